@@ -1,0 +1,39 @@
+/* A process-shared lock in shared memory that survives its holder's death.
+ *
+ * Why not a robust pthread mutex: glibc trusts the mutex bytes. Garbage in
+ * them (a hostile or corrupted segment) makes pthread_mutex_* abort on an
+ * assertion or spin forever, and glibc keeps robust-list pointers inside the
+ * mutex. This lock has one 64-bit word, so any bytes are a state it handles:
+ *   0                               free
+ *   start << 32 | WAITERS? | tid    held by thread `tid`, whose start time
+ *                                   (clock ticks since boot, low 32 bits)
+ *                                   tells it from a later thread that reused
+ *                                   the id
+ * A waiter that has seen the same holder for a while asks /proc whether that
+ * thread still runs; if not (gone, zombie, or another thread under a reused
+ * id) it takes the lock over with a compare-and-swap.
+ * Limits: holders must share our /proc (pid namespace), and with /proc
+ * mounted hidepid=2 another user's holder looks dead.
+ */
+#ifndef FASTIPC_LOCK_H
+#define FASTIPC_LOCK_H
+
+#include <stdint.h>
+
+typedef struct {
+    uint64_t word;
+} fi_lock;
+
+/* 0 taken (also from a dead holder), -EAGAIN held by a live thread,
+ * -EDEADLK held by this thread. Never blocks. */
+int fi_lock_try(fi_lock *l);
+
+/* Take the lock, spinning for spin_ns, then sleeping, until `deadline`
+ * (CLOCK_MONOTONIC ns; < 0: none). 0, -ETIMEDOUT, -EDEADLK, or -EINTR when a
+ * signal arrived while asleep. */
+int fi_lock_wait(fi_lock *l, int64_t deadline, int64_t spin_ns);
+
+/* Release a lock this thread holds. */
+void fi_lock_release(fi_lock *l);
+
+#endif /* FASTIPC_LOCK_H */

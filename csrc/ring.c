@@ -1,0 +1,866 @@
+/* The shared-memory ring: variable-length messages between processes.
+ *
+ * Layout of the segment (/dev/shm/fastipc.NAME):
+ *   [header: one page][data: D bytes]
+ * The data area is mapped twice, back to back, so a record that runs off the
+ * end continues at the start without being split: every record and every
+ * zero-copy view is contiguous in this process's address space.
+ *
+ * A record is an 8-byte header (u32 payload length, u32 zero) and the payload
+ * padded to 8 bytes. `head` and `tail` are monotonic byte positions; the
+ * bytes in [head, tail) are complete records, [tail, head + D) is free.
+ *
+ * Concurrency. Producers serialise on one process-shared lock, consumers on
+ * another; a producer and a consumer never wait for each other except when
+ * the ring is full or empty. The locks survive their holder's death, even by
+ * SIGKILL (lock.h: the next locker sees the holder is gone and takes over).
+ * Nothing needs repairing then, because every state change a holder makes
+ * becomes visible in one atomic store made last (the tail after the payload
+ * is written, the head after the payload is read): a dead producer's
+ * half-written record lies beyond the tail and is overwritten, a dead
+ * consumer's half-read record is still before the head and goes to the next
+ * consumer. We chose this over robust pthread mutexes (glibc aborts or spins
+ * on garbage mutex bytes) and file locks (a syscall per message).
+ *
+ * Waiting. A waiter spins for spin_ns, then announces itself in a `sleeping`
+ * flag and sleeps on a futex word; the other side checks the flag after each
+ * publish and only then pays for a wake-up. The flag and the index are both
+ * accessed with sequentially consistent operations (Dekker): either the
+ * waiter sees the new index or the publisher sees the flag.
+ *
+ * Hostile segments. Geometry is read once at open, checked against the file
+ * size and kept in the private handle; every index and length read from
+ * shared memory afterwards is checked against it before use, and a bad one
+ * returns -EBADMSG. Known limit: a process that truncates the file under our
+ * mapping makes our next access fault (SIGBUS).
+ */
+#define _GNU_SOURCE
+#include "fastipc.h"
+#include "lock.h"
+#include "sys.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#ifndef FASTIPC_VERSION
+#define FASTIPC_VERSION "unknown"
+#endif
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "fastipc's record and batch formats assume a little-endian CPU"
+#endif
+
+#define FI_MAGIC 0x31304e5249435046ULL /* "FPCIRN01" read as little-endian */
+#define FI_LAYOUT_VERSION 1u
+#define FI_HEADER_MIN 4096u
+#define FI_LINE 128 /* two x86 cache lines: the adjacent-line prefetcher pairs them */
+#define FI_REC_HDR 8u
+
+/* marshal's type codes (Python/marshal.c), stable since Python 2. */
+#define MARSHAL_LIST '['
+#define MARSHAL_TUPLE '('
+#define MARSHAL_BYTES 's'
+#define MARSHAL_FLAG_REF 0x80
+
+#define ALIGNED_LINE __attribute__((aligned(FI_LINE)))
+
+struct fi_header {
+    uint64_t magic; /* written last by the creator */
+    uint64_t version;
+    uint64_t header_size;
+    uint64_t capacity;
+    uint64_t data_size;
+    struct {
+        fi_lock lock;
+        uint64_t tail;     /* bytes published, ever */
+        uint64_t produced; /* messages published, ever */
+    } ALIGNED_LINE prod;
+    struct {
+        fi_lock lock;
+        uint64_t head;     /* bytes consumed, ever */
+        uint64_t consumed; /* messages consumed, ever */
+    } ALIGNED_LINE cons;
+    struct {
+        uint32_t cons_futex;    /* bumped to wake consumers */
+        uint32_t cons_sleeping; /* a consumer is (about to be) asleep */
+        uint32_t prod_futex;
+        uint32_t prod_sleeping;
+        uint32_t closed;        /* set once by shutdown */
+    } ALIGNED_LINE wake;
+};
+
+enum fi_side { SIDE_NONE = 0, SIDE_PROD = 1, SIDE_CONS = 2 };
+
+struct fi_ring {
+    struct fi_header *hdr;
+    char *data;        /* first of the two mappings of the data area */
+    void *map_base;    /* the whole reservation: header + 2 * data */
+    size_t map_len;
+    uint64_t cap;      /* copied from the header at open and checked */
+    uint64_t size;     /* D */
+    int64_t spin_ns;
+    uint64_t cached_head; /* producer's lower bound of head */
+    uint64_t cached_tail; /* consumer's lower bound of tail */
+    char *scratch;     /* lent by fi_ring_set_scratch */
+    size_t scratch_cap;
+    enum fi_side holding; /* side held by an open reserve/peek */
+    uint64_t held_len;    /* the reserved length / the peeked record size */
+    uint64_t held_pos;    /* where the reserved record starts */
+};
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static inline uint64_t align8(uint64_t n) { return (n + 7u) & ~(uint64_t)7u; }
+static inline uint64_t rec_size(uint64_t n) { return FI_REC_HDR + align8(n); }
+
+static inline uint64_t ld_acq(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline uint32_t ld32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+
+static int64_t deadline_of(int64_t timeout_ns)
+{
+    if (timeout_ns < 0)
+        return FI_FOREVER;
+    int64_t now = mono_ns();
+    return timeout_ns > INT64_MAX - now ? FI_FOREVER : now + timeout_ns;
+}
+
+static inline void wake(uint32_t *futex_word, uint32_t *sleeping)
+{
+    /* Plain load first: the common case (nobody asleep) stays read-only. */
+    if (ld32(sleeping) && __atomic_exchange_n(sleeping, 0, __ATOMIC_SEQ_CST)) {
+        __atomic_add_fetch(futex_word, 1, __ATOMIC_SEQ_CST);
+        futex_wake_all(futex_word);
+    }
+}
+
+static inline void wake_consumers(struct fi_header *h) { wake(&h->wake.cons_futex, &h->wake.cons_sleeping); }
+static inline void wake_producers(struct fi_header *h) { wake(&h->wake.prod_futex, &h->wake.prod_sleeping); }
+
+/* ---- locks ------------------------------------------------------------ */
+
+static inline int lock_try(fi_lock *l) { return fi_lock_try(l); }
+static inline int lock_wait(fi_ring *r, fi_lock *l, int64_t deadline) { return fi_lock_wait(l, deadline, r->spin_ns); }
+static inline void unlock(fi_lock *l) { fi_lock_release(l); }
+
+/* ---- waiting ---------------------------------------------------------- */
+
+static int is_closed(const struct fi_header *h) { return ld32(&h->wake.closed) != 0; }
+
+/* Whether a waiter on `side` should stop waiting and retry under its lock.
+ * Inconsistent indexes count as ready so that the locked path reports them. */
+static int ready(fi_ring *r, enum fi_side side, uint64_t need)
+{
+    struct fi_header *h = r->hdr;
+    uint64_t head = __atomic_load_n(&h->cons.head, __ATOMIC_SEQ_CST);
+    uint64_t tail = __atomic_load_n(&h->prod.tail, __ATOMIC_SEQ_CST);
+    if (is_closed(h) || tail - head > r->size)
+        return 1;
+    if (side == SIDE_CONS)
+        return tail != head;
+    return r->size - (tail - head) >= need;
+}
+
+static int wait_for(fi_ring *r, enum fi_side side, uint64_t need, int64_t deadline)
+{
+    struct fi_header *h = r->hdr;
+    uint32_t *fut = side == SIDE_CONS ? &h->wake.cons_futex : &h->wake.prod_futex;
+    uint32_t *slp = side == SIDE_CONS ? &h->wake.cons_sleeping : &h->wake.prod_sleeping;
+    int64_t now = mono_ns(), spin_end = now + r->spin_ns;
+
+    for (unsigned i = 1;; i++) {
+        if (ready(r, side, need))
+            return 0;
+        cpu_relax();
+        if ((i & 63) == 0) {
+            now = mono_ns();
+            if (now >= spin_end || (deadline >= 0 && now >= deadline))
+                break;
+        }
+    }
+    for (;;) {
+        if (deadline >= 0 && now >= deadline)
+            return -ETIMEDOUT;
+        uint32_t seen = ld32(fut);
+        __atomic_exchange_n(slp, 1, __ATOMIC_SEQ_CST);
+        if (ready(r, side, need))
+            return 0;
+        int rc = futex_wait(fut, seen, deadline < 0 ? -1 : deadline - now);
+        if (rc == -EINTR)
+            return rc;
+        if (ready(r, side, need))
+            return 0;
+        now = mono_ns();
+    }
+}
+
+/* ---- producer side (call with the producer lock held) ------------------ */
+
+/* Position of room for a record of `rec` bytes, or -EAGAIN / -EBADMSG. */
+static int room_for(fi_ring *r, uint64_t tail, uint64_t rec)
+{
+    uint64_t used = tail - r->cached_head;
+    if (used > r->size || r->size - used < rec) {
+        r->cached_head = ld_acq(&r->hdr->cons.head);
+        used = tail - r->cached_head;
+        if (used > r->size)
+            return -EBADMSG;
+        if (r->size - used < rec)
+            return -EAGAIN;
+    }
+    return 0;
+}
+
+static inline char *at(fi_ring *r, uint64_t pos) { return r->data + pos % r->size; }
+
+static inline void put_record_header(char *p, uint32_t len)
+{
+    uint32_t hdr[2] = {len, 0};
+    memcpy(p, hdr, sizeof hdr);
+}
+
+static void publish(fi_ring *r, uint64_t tail, uint64_t count)
+{
+    struct fi_header *h = r->hdr;
+    __atomic_store_n(&h->prod.produced, h->prod.produced + count, __ATOMIC_RELEASE);
+    /* Sequentially consistent, so the check of the sleeping flag below
+     * cannot be ordered before it (see wait_for). */
+    __atomic_exchange_n(&h->prod.tail, tail, __ATOMIC_SEQ_CST);
+    wake_consumers(h);
+}
+
+static int send_locked(fi_ring *r, const char *buf, size_t n)
+{
+    struct fi_header *h = r->hdr;
+    if (is_closed(h)) {
+        wake_consumers(h);
+        return -EPIPE;
+    }
+    uint64_t tail = __atomic_load_n(&h->prod.tail, __ATOMIC_RELAXED);
+    uint64_t rec = rec_size(n);
+    int rc = room_for(r, tail, rec);
+    if (rc)
+        return rc;
+    char *p = at(r, tail);
+    put_record_header(p, (uint32_t)n);
+    memcpy(p + FI_REC_HDR, buf, n);
+    publish(r, tail + rec, 1);
+    return 0;
+}
+
+/* Read the marshal header of a batch; *items points at the first item. */
+static int64_t batch_count(const char *buf, size_t len, const char **items)
+{
+    uint32_t count;
+    if (len < 5)
+        return -EINVAL;
+    unsigned char type = (unsigned char)buf[0] & ~MARSHAL_FLAG_REF;
+    if (type != MARSHAL_LIST && type != MARSHAL_TUPLE)
+        return -EINVAL;
+    memcpy(&count, buf + 1, 4);
+    *items = buf + 5;
+    return count;
+}
+
+/* Step over one marshal bytes item; its payload and length go to *data, *n. */
+static int batch_item(const char **p, const char *end, const char **data, uint32_t *n)
+{
+    if (end - *p < 5 || ((unsigned char)(*p)[0] & ~MARSHAL_FLAG_REF) != MARSHAL_BYTES)
+        return -EINVAL;
+    memcpy(n, *p + 1, 4);
+    if ((uint64_t)(end - *p - 5) < *n)
+        return -EINVAL;
+    *data = *p + 5;
+    *p += 5 + (size_t)*n;
+    return 0;
+}
+
+static int64_t send_batch_locked(fi_ring *r, const char *buf, size_t len, size_t skip)
+{
+    struct fi_header *h = r->hdr;
+    const char *p, *end = buf + len, *data;
+    uint32_t n;
+    int64_t count = batch_count(buf, len, &p);
+    if (count < 0)
+        return count;
+    if ((uint64_t)count <= skip)
+        return -EINVAL;
+    /* Check every item before writing any, so a bad batch sends nothing. */
+    const char *first = NULL;
+    int too_large = 0;
+    for (int64_t i = 0; i < count; i++) {
+        if (i == (int64_t)skip)
+            first = p;
+        if (batch_item(&p, end, &data, &n))
+            return -EINVAL;
+        too_large |= n > r->cap;
+    }
+    if (too_large)
+        return -EMSGSIZE;
+    if (is_closed(h)) {
+        wake_consumers(h);
+        return -EPIPE;
+    }
+    uint64_t tail = __atomic_load_n(&h->prod.tail, __ATOMIC_RELAXED), pos = tail;
+    int64_t sent = 0;
+    for (p = first; sent < count - (int64_t)skip; sent++) {
+        const char *q = p;
+        batch_item(&q, end, &data, &n);
+        uint64_t rec = rec_size(n);
+        int rc = room_for(r, pos, rec);
+        if (rc == -EBADMSG)
+            return rc;
+        if (rc)
+            break;
+        char *w = at(r, pos);
+        put_record_header(w, n);
+        memcpy(w + FI_REC_HDR, data, n);
+        pos += rec;
+        p = q;
+    }
+    if (sent == 0)
+        return -EAGAIN;
+    publish(r, pos, (uint64_t)sent);
+    return sent;
+}
+
+/* ---- consumer side (call with the consumer lock held) ------------------ */
+
+/* An empty ring is only "closed and drained" once no producer is inside its
+ * critical section: one that checked `closed` just before shutdown may still
+ * publish. Taking the producer lock for a moment waits that out. Returns
+ * -EPIPE (drained), -EAGAIN (nothing yet) or 0 (data arrived after all). */
+static int drained(fi_ring *r)
+{
+    struct fi_header *h = r->hdr;
+    if (!is_closed(h))
+        return -EAGAIN;
+    if (lock_try(&h->prod.lock) != 0)
+        return -EAGAIN;
+    r->cached_tail = ld_acq(&h->prod.tail);
+    unlock(&h->prod.lock);
+    return r->cached_tail == ld_acq(&h->cons.head) ? -EPIPE : 0;
+}
+
+/* The record at the head: its position and payload length, or -EAGAIN,
+ * -EPIPE (shut down and drained), -EBADMSG. */
+static int next_record(fi_ring *r, uint64_t *headp, uint32_t *lenp)
+{
+    struct fi_header *h = r->hdr;
+    uint64_t head = ld_acq(&h->cons.head);
+    /* cached_tail is a lower bound of tail; other consumers may have moved
+     * head past it (the unsigned difference then wraps and is > size). */
+    if (r->cached_tail - head > r->size || head == r->cached_tail)
+        r->cached_tail = ld_acq(&h->prod.tail);
+    if (head == r->cached_tail) {
+        int rc = drained(r);
+        if (rc)
+            return rc;
+    }
+    uint64_t avail = r->cached_tail - head;
+    if (avail > r->size)
+        return -EBADMSG;
+    uint32_t len;
+    memcpy(&len, at(r, head), 4);
+    if (len > r->cap || rec_size(len) > avail)
+        return -EBADMSG;
+    *headp = head;
+    *lenp = len;
+    return 0;
+}
+
+static void consume(fi_ring *r, uint64_t head, uint64_t count)
+{
+    struct fi_header *h = r->hdr;
+    __atomic_store_n(&h->cons.consumed, h->cons.consumed + count, __ATOMIC_RELEASE);
+    __atomic_exchange_n(&h->cons.head, head, __ATOMIC_SEQ_CST);
+    wake_producers(h);
+}
+
+static int64_t recv_locked(fi_ring *r, char *out, size_t cap)
+{
+    uint64_t head;
+    uint32_t len;
+    int rc = next_record(r, &head, &len);
+    if (rc)
+        return rc;
+    if (len > cap)
+        return -EMSGSIZE;
+    memcpy(out, at(r, head) + FI_REC_HDR, len);
+    consume(r, head + rec_size(len), 1);
+    return len;
+}
+
+static int64_t recv_batch_locked(fi_ring *r, char *out, size_t cap, size_t max_count)
+{
+    uint64_t head, pos;
+    uint32_t len, count = 0;
+    int rc = next_record(r, &head, &len);
+    if (rc)
+        return rc;
+    if (cap < 5 || (uint64_t)len + 5 > cap - 5)
+        return -EMSGSIZE;
+    char *w = out + 5;
+    for (pos = head;;) {
+        w[0] = MARSHAL_BYTES;
+        memcpy(w + 1, &len, 4);
+        memcpy(w + 5, at(r, pos) + FI_REC_HDR, len);
+        w += 5 + (size_t)len;
+        pos += rec_size(len);
+        if (++count == max_count || count == UINT32_MAX)
+            break;
+        if (pos == r->cached_tail)
+            r->cached_tail = ld_acq(&r->hdr->prod.tail);
+        if (pos == r->cached_tail || r->cached_tail - pos > r->size)
+            break;
+        memcpy(&len, at(r, pos), 4);
+        /* A bad record ends the batch; the next call reports it. */
+        if (len > r->cap || rec_size(len) > r->cached_tail - pos ||
+            (uint64_t)(out + cap - w) < (uint64_t)len + 5)
+            break;
+    }
+    out[0] = MARSHAL_LIST;
+    memcpy(out + 1, &count, 4);
+    consume(r, pos, count);
+    return w - out;
+}
+
+/* ---- public: lifetime ------------------------------------------------- */
+
+const char *fi_version(void) { return FASTIPC_VERSION; }
+
+static uint64_t header_size(void)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    return page > (long)FI_HEADER_MIN ? (uint64_t)page : FI_HEADER_MIN;
+}
+
+static uint64_t data_size_for(uint64_t capacity)
+{
+    uint64_t page = header_size();
+    uint64_t need = rec_size(capacity);
+    return (need + page - 1) / page * page;
+}
+
+uint64_t fi_ring_segment_size(uint64_t capacity) { return header_size() + data_size_for(capacity); }
+
+static int map_segment(int fd, uint64_t hsize, uint64_t size, fi_ring **out)
+{
+    fi_ring *r = calloc(1, sizeof *r);
+    if (!r)
+        return -ENOMEM;
+    r->map_len = hsize + 2 * size;
+    /* Reserve the whole range, then lay the file over it: header + data, and
+     * the data once more right after, so records never need splitting. */
+    char *base = mmap(NULL, r->map_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    int err = 0;
+    if (base == MAP_FAILED) {
+        err = errno;
+        goto fail;
+    }
+    if (mmap(base, hsize + size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED ||
+        mmap(base + hsize + size, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd,
+             (off_t)hsize) == MAP_FAILED) {
+        err = errno;
+        munmap(base, r->map_len);
+        goto fail;
+    }
+    r->map_base = base;
+    r->hdr = (struct fi_header *)base;
+    r->data = base + hsize;
+    r->size = size;
+    r->spin_ns = 20000;
+    *out = r;
+    return 0;
+fail:
+    free(r);
+    return -err;
+}
+
+int fi_ring_create(int fd, uint64_t capacity, fi_ring **out)
+{
+    _Static_assert(sizeof(struct fi_header) <= FI_HEADER_MIN, "header outgrew its page");
+    struct stat st;
+    uint64_t hsize = header_size(), size = data_size_for(capacity);
+    if (capacity == 0 || capacity > UINT32_MAX)
+        return -EINVAL;
+    if (fstat(fd, &st))
+        return -errno;
+    if ((uint64_t)st.st_size != hsize + size)
+        return -EINVAL;
+    fi_ring *r;
+    int rc = map_segment(fd, hsize, size, &r);
+    if (rc)
+        return rc;
+    struct fi_header *h = r->hdr;
+    memset(h, 0, sizeof *h);
+    h->version = FI_LAYOUT_VERSION;
+    h->header_size = hsize;
+    h->capacity = capacity;
+    h->data_size = size;
+    r->cap = capacity;
+    __atomic_store_n(&h->magic, FI_MAGIC, __ATOMIC_RELEASE);
+    *out = r;
+    return 0;
+}
+
+int fi_ring_open(int fd, fi_ring **out)
+{
+    struct stat st;
+    struct fi_header copy;
+    uint64_t hsize = header_size();
+    if (fstat(fd, &st))
+        return -errno;
+    if ((uint64_t)st.st_size < hsize)
+        return st.st_size == 0 ? -EAGAIN : -EPROTO;
+    errno = 0;
+    if (pread(fd, &copy, sizeof copy, 0) != (ssize_t)sizeof copy)
+        return errno ? -errno : -EPROTO;
+    uint64_t magic = __atomic_load_n(&copy.magic, __ATOMIC_ACQUIRE);
+    if (magic == 0)
+        return -EAGAIN;
+    if (magic != FI_MAGIC)
+        return -EPROTO;
+    if (copy.version != FI_LAYOUT_VERSION)
+        return -EPROTONOSUPPORT;
+    if (copy.header_size != hsize || copy.capacity == 0 || copy.capacity > UINT32_MAX ||
+        copy.data_size != data_size_for(copy.capacity) ||
+        (uint64_t)st.st_size != hsize + copy.data_size)
+        return -EBADMSG;
+    fi_ring *r;
+    int rc = map_segment(fd, hsize, copy.data_size, &r);
+    if (rc)
+        return rc;
+    r->cap = copy.capacity;
+    r->cached_head = r->cached_tail = ld_acq(&r->hdr->cons.head);
+    *out = r;
+    return 0;
+}
+
+void fi_ring_close(fi_ring *r)
+{
+    if (!r)
+        return;
+    munmap(r->map_base, r->map_len);
+    free(r);
+}
+
+uint64_t fi_ring_capacity(const fi_ring *r) { return r->cap; }
+uint64_t fi_ring_data_size(const fi_ring *r) { return r->size; }
+void fi_ring_set_scratch(fi_ring *r, char *buf, size_t cap)
+{
+    r->scratch = buf;
+    r->scratch_cap = buf ? cap : 0;
+}
+
+void fi_ring_set_spin(fi_ring *r, int64_t spin_ns) { r->spin_ns = spin_ns < 0 ? 0 : spin_ns; }
+
+int64_t fi_ring_len(fi_ring *r)
+{
+    if (!r)
+        return -EBADF;
+    struct fi_header *h = r->hdr;
+    uint64_t consumed = __atomic_load_n(&h->cons.consumed, __ATOMIC_ACQUIRE);
+    uint64_t produced = __atomic_load_n(&h->prod.produced, __ATOMIC_ACQUIRE);
+    uint64_t n = produced - consumed;
+    /* Read without locks, so a count a moment old; consumed is read first and
+     * is only bumped after the matching produced, so n cannot go negative.
+     * Known limit: a participant killed between bumping its counter and
+     * publishing its index leaves the count off by that batch. */
+    if (n > r->size / FI_REC_HDR)
+        return -EBADMSG;
+    return (int64_t)n;
+}
+
+int64_t fi_ring_next_len(fi_ring *r)
+{
+    if (!r)
+        return -EBADF;
+    uint64_t head = ld_acq(&r->hdr->cons.head), tail = ld_acq(&r->hdr->prod.tail);
+    if (head == tail)
+        return -EAGAIN;
+    if (tail - head > r->size)
+        return -EBADMSG;
+    uint32_t len;
+    memcpy(&len, at(r, head), 4);
+    return len > r->cap ? -EBADMSG : (int64_t)len;
+}
+
+int fi_ring_is_shutdown(fi_ring *r) { return r && is_closed(r->hdr); }
+
+int fi_ring_shutdown(fi_ring *r)
+{
+    if (!r)
+        return -EBADF;
+    struct fi_header *h = r->hdr;
+    __atomic_store_n(&h->wake.closed, 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&h->wake.cons_sleeping, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&h->wake.prod_sleeping, 0, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&h->wake.cons_futex, 1, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&h->wake.prod_futex, 1, __ATOMIC_SEQ_CST);
+    futex_wake_all(&h->wake.cons_futex);
+    futex_wake_all(&h->wake.prod_futex);
+    return 0;
+}
+
+/* ---- public: non-blocking --------------------------------------------- */
+
+int fi_ring_try_send(fi_ring *r, const char *buf, size_t n)
+{
+    if (!r)
+        return -EBADF;
+    if (n > r->cap)
+        return -EMSGSIZE;
+    int rc = lock_try(&r->hdr->prod.lock);
+    if (rc)
+        return rc;
+    rc = send_locked(r, buf, n);
+    unlock(&r->hdr->prod.lock);
+    return rc;
+}
+
+int64_t fi_ring_try_recv(fi_ring *r, char *out, size_t cap)
+{
+    if (!r)
+        return -EBADF;
+    int rc = lock_try(&r->hdr->cons.lock);
+    if (rc)
+        return rc;
+    int64_t n = recv_locked(r, out, cap);
+    unlock(&r->hdr->cons.lock);
+    return n;
+}
+
+int64_t fi_ring_try_recv1(fi_ring *r)
+{
+    return r ? fi_ring_try_recv(r, r->scratch, r->scratch_cap) : -EBADF;
+}
+
+int64_t fi_ring_try_send_batch(fi_ring *r, const char *buf, size_t len, size_t skip)
+{
+    if (!r)
+        return -EBADF;
+    int rc = lock_try(&r->hdr->prod.lock);
+    if (rc)
+        return rc;
+    int64_t n = send_batch_locked(r, buf, len, skip);
+    unlock(&r->hdr->prod.lock);
+    return n;
+}
+
+int64_t fi_ring_try_recv_batch(fi_ring *r, char *out, size_t cap, size_t max_count)
+{
+    if (!r)
+        return -EBADF;
+    if (max_count == 0)
+        return -EINVAL;
+    int rc = lock_try(&r->hdr->cons.lock);
+    if (rc)
+        return rc;
+    int64_t n = recv_batch_locked(r, out, cap, max_count);
+    unlock(&r->hdr->cons.lock);
+    return n;
+}
+
+/* ---- public: blocking ------------------------------------------------- */
+
+/* Retry `op` under `side`'s lock until it stops saying -EAGAIN. Between
+ * tries the lock is dropped and we wait for the other side. */
+#define BLOCKING(r, side, need, timeout_ns, op)                                       \
+    do {                                                                          \
+        fi_lock *m_ = (side) == SIDE_PROD ? &(r)->hdr->prod.lock : &(r)->hdr->cons.lock; \
+        int64_t deadline_ = deadline_of(timeout_ns);                              \
+        for (;;) {                                                                \
+            int64_t rc_ = lock_wait((r), m_, deadline_);                          \
+            if (rc_)                                                              \
+                return rc_;                                                       \
+            rc_ = (op);                                                           \
+            unlock(m_);                                                           \
+            if (rc_ != -EAGAIN)                                                   \
+                return rc_;                                                       \
+            rc_ = closed_wait((r), (side), (need), deadline_);                    \
+            if (rc_)                                                              \
+                return rc_;                                                       \
+        }                                                                         \
+    } while (0)
+
+/* Wait for the other side; once shut down, a consumer polls gently until the
+ * last producer leaves its critical section (see drained). */
+static int closed_wait(fi_ring *r, enum fi_side side, uint64_t need, int64_t deadline)
+{
+    if (side == SIDE_CONS && is_closed(r->hdr)) {
+        if (deadline >= 0 && mono_ns() >= deadline)
+            return -ETIMEDOUT;
+        struct timespec ts = {0, 200000};
+        nanosleep(&ts, NULL);
+        return 0;
+    }
+    return wait_for(r, side, need, deadline);
+}
+
+int fi_ring_send(fi_ring *r, const char *buf, size_t n, int64_t timeout_ns)
+{
+    if (!r)
+        return -EBADF;
+    if (n > r->cap)
+        return -EMSGSIZE;
+    BLOCKING(r, SIDE_PROD, rec_size(n), timeout_ns, send_locked(r, buf, n));
+}
+
+int64_t fi_ring_recv(fi_ring *r, char *out, size_t cap, int64_t timeout_ns)
+{
+    if (!r)
+        return -EBADF;
+    BLOCKING(r, SIDE_CONS, 0, timeout_ns, recv_locked(r, out, cap));
+}
+
+int64_t fi_ring_send_batch(fi_ring *r, const char *buf, size_t len, size_t skip, int64_t timeout_ns)
+{
+    if (!r)
+        return -EBADF;
+    /* Wait for room for the next item only: any progress is returned. */
+    const char *p, *data;
+    uint32_t n = 0;
+    int64_t count = batch_count(buf, len, &p);
+    if (count < 0)
+        return count;
+    for (size_t i = 0; i <= skip && (int64_t)i < count; i++)
+        if (batch_item(&p, buf + len, &data, &n))
+            return -EINVAL;
+    BLOCKING(r, SIDE_PROD, rec_size(n), timeout_ns, send_batch_locked(r, buf, len, skip));
+}
+
+int64_t fi_ring_recv_batch(fi_ring *r, char *out, size_t cap, size_t max_count, int64_t timeout_ns)
+{
+    if (!r)
+        return -EBADF;
+    if (max_count == 0)
+        return -EINVAL;
+    BLOCKING(r, SIDE_CONS, 0, timeout_ns, recv_batch_locked(r, out, cap, max_count));
+}
+
+static int64_t reserve_locked(fi_ring *r, size_t n, char **ptr)
+{
+    struct fi_header *h = r->hdr;
+    if (is_closed(h)) {
+        wake_consumers(h);
+        return -EPIPE;
+    }
+    uint64_t tail = __atomic_load_n(&h->prod.tail, __ATOMIC_RELAXED);
+    int rc = room_for(r, tail, rec_size(n));
+    if (rc)
+        return rc;
+    r->holding = SIDE_PROD;
+    r->held_len = n;
+    r->held_pos = tail;
+    *ptr = at(r, tail) + FI_REC_HDR;
+    return 1; /* not 0: keeps the lock (see fi_ring_reserve) */
+}
+
+int fi_ring_reserve(fi_ring *r, size_t n, int64_t timeout_ns, char **ptr)
+{
+    if (!r)
+        return -EBADF;
+    if (n > r->cap)
+        return -EMSGSIZE;
+    if (r->holding != SIDE_NONE)
+        return -EDEADLK;
+    fi_lock *m = &r->hdr->prod.lock;
+    int64_t deadline = deadline_of(timeout_ns);
+    for (;;) {
+        int rc = lock_wait(r, m, deadline);
+        if (rc)
+            return rc;
+        rc = (int)reserve_locked(r, n, ptr);
+        if (rc == 1)
+            return 0; /* the producer lock stays held until commit/abort */
+        unlock(m);
+        if (rc != -EAGAIN)
+            return rc;
+        rc = wait_for(r, SIDE_PROD, rec_size(n), deadline);
+        if (rc)
+            return rc;
+    }
+}
+
+int fi_ring_commit(fi_ring *r)
+{
+    if (!r)
+        return -EBADF;
+    if (r->holding != SIDE_PROD)
+        return -EINVAL;
+    struct fi_header *h = r->hdr;
+    int rc = 0;
+    r->holding = SIDE_NONE;
+    if (is_closed(h)) {
+        rc = -EPIPE;
+        wake_consumers(h);
+    } else {
+        put_record_header(at(r, r->held_pos), (uint32_t)r->held_len);
+        publish(r, r->held_pos + rec_size(r->held_len), 1);
+    }
+    unlock(&h->prod.lock);
+    return rc;
+}
+
+int fi_ring_abort(fi_ring *r)
+{
+    if (!r)
+        return -EBADF;
+    if (r->holding != SIDE_PROD)
+        return -EINVAL;
+    r->holding = SIDE_NONE;
+    unlock(&r->hdr->prod.lock);
+    return 0;
+}
+
+static int64_t peek_locked(fi_ring *r, char **ptr)
+{
+    uint64_t head;
+    uint32_t len;
+    int rc = next_record(r, &head, &len);
+    if (rc)
+        return rc;
+    r->holding = SIDE_CONS;
+    r->held_pos = head;
+    r->held_len = rec_size(len);
+    *ptr = at(r, head) + FI_REC_HDR;
+    return len;
+}
+
+int64_t fi_ring_peek(fi_ring *r, int64_t timeout_ns, char **ptr)
+{
+    if (!r)
+        return -EBADF;
+    if (r->holding != SIDE_NONE)
+        return -EDEADLK;
+    fi_lock *m = &r->hdr->cons.lock;
+    int64_t deadline = deadline_of(timeout_ns);
+    for (;;) {
+        int64_t rc = lock_wait(r, m, deadline);
+        if (rc)
+            return rc;
+        rc = peek_locked(r, ptr);
+        if (rc >= 0)
+            return rc; /* the consumer lock stays held until release */
+        unlock(m);
+        if (rc != -EAGAIN)
+            return rc;
+        rc = closed_wait(r, SIDE_CONS, 0, deadline);
+        if (rc)
+            return rc;
+    }
+}
+
+int fi_ring_release(fi_ring *r)
+{
+    if (!r)
+        return -EBADF;
+    if (r->holding != SIDE_CONS)
+        return -EINVAL;
+    r->holding = SIDE_NONE;
+    consume(r, r->held_pos + r->held_len, 1);
+    unlock(&r->hdr->cons.lock);
+    return 0;
+}

@@ -1,0 +1,55 @@
+/* Small Linux helpers shared by the C sources: clocks, futexes, spinning. */
+#ifndef FASTIPC_SYS_H
+#define FASTIPC_SYS_H
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <stdint.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FI_FOREVER (-1)
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static inline int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Sleep while *addr == val, at most timeout_ns (< 0: no limit).
+ * 0 when woken or the word had changed, -ETIMEDOUT, -EINTR. */
+static inline int futex_wait(uint32_t *addr, uint32_t val, int64_t timeout_ns)
+{
+    struct timespec ts, *tsp = NULL;
+    if (timeout_ns >= 0) {
+        ts.tv_sec = timeout_ns / 1000000000;
+        ts.tv_nsec = timeout_ns % 1000000000;
+        tsp = &ts;
+    }
+    /* Not FUTEX_PRIVATE: the word is shared between processes. The timeout
+     * of FUTEX_WAIT is relative and measured on CLOCK_MONOTONIC. */
+    if (syscall(SYS_futex, addr, FUTEX_WAIT, val, tsp, NULL, 0) == 0)
+        return 0;
+    if (errno == EAGAIN)
+        return 0;
+    return -errno;
+}
+
+static inline void futex_wake_all(uint32_t *addr)
+{
+    syscall(SYS_futex, addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+#endif /* FASTIPC_SYS_H */

@@ -1,0 +1,3 @@
+"""The package version, shared by the Python files and checked against the compiled module."""
+
+__version__ = "0.1.0"

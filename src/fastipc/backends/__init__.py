@@ -1,0 +1,1 @@
+"""Interchangeable implementations of the public classes: native (cffi) and python."""

@@ -1,0 +1,387 @@
+"""The native Ring: names, checks and errors in Python, the per-message work in C (csrc/ring.c)."""
+
+from __future__ import annotations
+
+import errno
+import marshal
+import os
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+from .._native import ffi, lib
+from .._native_fast import ffi as ffi_fast
+from .._native_fast import lib as lib_fast
+from .._version import __version__
+from ..errors import Closed, IncompatibleSegment, MessageTooLarge, Timeout
+from ..ring import Ring, check_buffer, incompatible, segment_path, timeout_ns
+
+__all__ = ["NativeRing"]
+
+_compiled = ffi.string(lib.fi_version()).decode()
+if _compiled != __version__ or ffi_fast.string(lib_fast.fi_version()).decode() != __version__:
+    raise ImportError(
+        f"fastipc._native is version {_compiled} but the Python files are {__version__}: "
+        "two copies of fastipc are installed; reinstall it"
+    )
+
+# The hot calls, bound once: a module global is cheaper than lib.attr.
+_try_send = lib_fast.fi_ring_try_send
+_try_recv = lib_fast.fi_ring_try_recv
+_try_recv1 = lib_fast.fi_ring_try_recv1
+_try_send_batch = lib_fast.fi_ring_try_send_batch
+_try_recv_batch = lib_fast.fi_ring_try_recv_batch
+_from_buffer = ffi_fast.from_buffer
+_dumps = marshal.dumps
+_loads = marshal.loads
+_monotonic_ns = time.monotonic_ns
+
+_EAGAIN = -errno.EAGAIN
+_EMSGSIZE = -errno.EMSGSIZE
+_ETIMEDOUT = -errno.ETIMEDOUT
+_EINTR = -errno.EINTR
+
+#: Received messages up to this size go through a per-handle buffer (bytes).
+SCRATCH_BYTES = 64 * 1024
+#: Room for one recv_many batch in marshal format (bytes).
+BATCH_BYTES = 256 * 1024
+#: Longest single sleep in C (ns): C cannot run Python's signal handlers, and
+#: glibc's mutex wait ignores signals, so we come back to Python this often.
+_SLICE_NS = 200_000_000
+#: Busy-wait before sleeping (ns); FASTIPC_SPIN_US overrides (0 disables).
+SPIN_NS = int(float(os.environ.get("FASTIPC_SPIN_US", "20")) * 1000)
+
+
+class NativeRing(Ring):
+    """:class:`~fastipc.Ring` backed by the C core; see Ring for the contract."""
+
+    _h: Any
+    _hf: Any
+
+    # ---- lifetime -----------------------------------------------------
+    @classmethod
+    def _create(cls, name: str, capacity: int, mode: int) -> NativeRing:
+        path = segment_path(name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            os.fchmod(fd, mode)  # exactly `mode`: the umask must not widen or narrow it
+            os.ftruncate(fd, lib.fi_ring_segment_size(capacity))
+            out = ffi.new("fi_ring **")
+            _check(lib.fi_ring_create(fd, capacity, out), name)
+        except BaseException:
+            os.unlink(path)
+            raise
+        finally:
+            os.close(fd)
+        return cls._wrap(name, out[0])
+
+    @classmethod
+    def _open(cls, name: str) -> NativeRing:
+        path = segment_path(name)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            out = ffi.new("fi_ring **")
+            deadline = time.monotonic() + 1.0
+            while (rc := lib.fi_ring_open(fd, out)) == _EAGAIN and time.monotonic() < deadline:
+                time.sleep(0.005)  # the creator is still laying it out
+            if rc == _EAGAIN:
+                raise incompatible(name, "empty or never finished initialising")
+            if rc == -errno.EPROTO:
+                with open(path, "rb") as f:
+                    magic = f.read(8)
+                why = "made by the python backend" if magic.startswith(b"FIPCPY") else "not a fastipc ring"
+                raise incompatible(name, why + " (this process uses the native backend)")
+            if rc == -errno.EPROTONOSUPPORT:
+                raise incompatible(name, "a fastipc ring of another layout version")
+            _check(rc, name)
+        finally:
+            os.close(fd)
+        return cls._wrap(name, out[0])
+
+    @classmethod
+    def _wrap(cls, name: str, handle: Any) -> NativeRing:
+        self = cls.__new__(cls)
+        self.name = name
+        self._h = ffi.gc(handle, lib.fi_ring_close)
+        # The same pointer typed for the GIL-keeping module (each cffi module
+        # has its own struct types).
+        self._hf = ffi_fast.cast("fi_ring *", handle)
+        self.capacity = lib.fi_ring_capacity(handle)
+        lib.fi_ring_set_spin(handle, SPIN_NS)
+        self._scratch = ffi_fast.new("char[]", SCRATCH_BYTES)
+        self._sbuf = ffi_fast.buffer(self._scratch)
+        lib_fast.fi_ring_set_scratch(self._hf, self._scratch, SCRATCH_BYTES)
+        self._batch: Any = None
+        self._bview: memoryview | None = None
+        self._holding = False
+        return self
+
+    def close(self) -> None:
+        if self._h == ffi.NULL:
+            return
+        if self._holding:
+            # An open reserve/view holds a robust mutex linked into this
+            # thread's robust list; unmapping it then would leave glibc a
+            # dangling link. Keep the mapping (a leak) rather than risk that.
+            ffi.gc(self._h, None)
+        else:
+            ffi.release(self._h)
+        self._h = ffi.NULL
+        self._hf = ffi_fast.NULL
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._h == ffi.NULL)
+
+    def __len__(self) -> int:
+        return int(_check(lib.fi_ring_len(self._h), self.name))
+
+    def shutdown(self) -> None:
+        _check(lib.fi_ring_shutdown(self._h), self.name)
+
+    # ---- send ---------------------------------------------------------
+    def send(self, data: Any, timeout: float | None = None) -> None:
+        if timeout is not None:
+            timeout_ns(timeout)  # a bad timeout is an error even when not needed
+        if type(data) is bytes:
+            rc = _try_send(self._hf, data, len(data))
+        else:
+            data = _cbuffer(data)
+            rc = _try_send(self._hf, data, len(data))
+        if rc:
+            self._send_slow(rc, data, timeout)
+
+    def _send_slow(self, rc: int, data: Any, timeout: float | None) -> None:
+        if rc == _EAGAIN:
+            h = self._h
+            rc = _wait(lambda t: lib.fi_ring_send(h, data, len(data), t), timeout)
+        if rc == _EMSGSIZE:
+            raise MessageTooLarge(
+                f"message of {len(data)} bytes exceeds ring {self.name!r}'s capacity of {self.capacity}"
+            )
+        _check(rc, self.name)
+
+    def send_many(self, messages: Iterable[Any], timeout: float | None = None) -> int:
+        if timeout is not None:
+            timeout_ns(timeout)
+        items = messages if type(messages) is list else list(messages)
+        if not items:
+            return 0
+        try:
+            # marshal writes a list of bytes-like objects in C into one
+            # buffer that csrc/ring.c parses: no Python loop per message.
+            blob = _dumps(items, 2)
+        except ValueError:
+            blob = b""  # some item is not marshallable: named below
+        total = len(items)
+        rc = _try_send_batch(self._hf, blob, len(blob), 0) if blob else -errno.EINVAL
+        if rc == total:
+            return total
+        return self._send_many_slow(rc, items, blob, timeout)
+
+    def _send_many_slow(self, rc: int, items: list[Any], blob: bytes, timeout: float | None) -> int:
+        total, sent, h = len(items), 0, self._h
+        if rc == -errno.EINVAL:
+            for i, item in enumerate(items):
+                check_buffer(item, f"send_many item {i}")
+            raise TypeError("send_many items must be bytes-like objects")  # pragma: no cover
+        if rc == _EMSGSIZE:
+            for i, item in enumerate(items):
+                if memoryview(item).nbytes > self.capacity:
+                    raise MessageTooLarge(
+                        f"send_many item {i} of {memoryview(item).nbytes} bytes exceeds ring "
+                        f"{self.name!r}'s capacity of {self.capacity}; nothing was sent"
+                    )
+        tns = timeout_ns(timeout)
+        deadline = None if tns < 0 else _monotonic_ns() + tns
+        while True:
+            if rc > 0:
+                sent += rc
+                if sent == total:
+                    return total
+            elif rc == _EAGAIN and tns == 0:
+                raise Timeout(f"ring {self.name!r} is full", sent=sent)
+            elif rc == -errno.EPIPE:
+                raise Closed(f"ring {self.name!r} was shut down", sent=sent)
+            elif rc not in (_EAGAIN, _ETIMEDOUT, _EINTR):
+                _check(rc, self.name)
+            remaining = _SLICE_NS if deadline is None else deadline - _monotonic_ns()
+            if remaining <= 0:
+                raise Timeout(f"ring {self.name!r} stayed full", sent=sent)
+            rc = lib.fi_ring_send_batch(h, blob, len(blob), sent, min(remaining, _SLICE_NS))
+
+    # ---- receive ------------------------------------------------------
+    def recv(self, timeout: float | None = None) -> bytes:
+        if timeout is not None:
+            timeout_ns(timeout)
+        n = _try_recv1(self._hf)
+        if n >= 0:
+            return self._sbuf[:n]  # type: ignore[no-any-return]
+        return self._recv_slow(n, timeout)
+
+    def _recv_slow(self, rc: int, timeout: float | None) -> bytes:
+        if rc == _EAGAIN:
+            h, scratch = self._h, self._scratch
+            rc = _wait(lambda t: lib.fi_ring_recv(h, scratch, SCRATCH_BYTES, t), timeout)
+            if rc >= 0:
+                return self._sbuf[:rc]  # type: ignore[no-any-return]
+        if rc == _EMSGSIZE:
+            # Larger than the scratch buffer: copy it once, straight from the ring.
+            with self._recv_view(timeout) as view:
+                return view.tobytes()
+        _check(rc, self.name)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
+        if timeout is not None:
+            timeout_ns(timeout)
+        buf = _cbuffer(buffer, writable=True)
+        size = len(buf)
+        rc = _try_recv(self._hf, buf, size)
+        if rc == _EAGAIN:
+            h = self._h
+            rc = _wait(lambda t: lib.fi_ring_recv(h, buf, size, t), timeout)
+        if rc == _EMSGSIZE:
+            need = lib.fi_ring_next_len(self._h)
+            raise MessageTooLarge(
+                f"the next message in ring {self.name!r} ({need} bytes) does not fit "
+                f"in a buffer of {size} bytes; it stays in the ring"
+            )
+        return int(_check(rc, self.name))
+
+    def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
+        if type(max_count) is not int or max_count < 1:
+            raise ValueError(f"max_count must be an int >= 1, got {max_count!r}")
+        if timeout is not None:
+            timeout_ns(timeout)
+        if self._bview is None:
+            self._batch = ffi_fast.new("char[]", BATCH_BYTES)
+            self._bview = memoryview(ffi_fast.buffer(self._batch))
+        n = _try_recv_batch(self._hf, self._batch, BATCH_BYTES, max_count)
+        if n > 0:
+            return _loads(self._bview[:n])  # type: ignore[no-any-return]
+        if n == _EAGAIN:
+            h, batch = self._h, self._batch
+            n = _wait(lambda t: lib.fi_ring_recv_batch(h, batch, BATCH_BYTES, max_count, t), timeout)
+            if n > 0:
+                return _loads(self._bview[:n])  # type: ignore[no-any-return]
+        if n == _EMSGSIZE:
+            with self._recv_view(timeout) as view:
+                return [view.tobytes()]
+        _check(n, self.name)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ---- zero-copy ----------------------------------------------------
+    def reserve(self, nbytes: int, timeout: float | None = None) -> AbstractContextManager[memoryview]:
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+            raise ValueError(f"nbytes must be an int >= 0, got {nbytes!r}")
+        if nbytes > self.capacity:
+            raise MessageTooLarge(
+                f"reserve of {nbytes} bytes exceeds ring {self.name!r}'s capacity of {self.capacity}"
+            )
+        return self._reserve(nbytes, timeout)
+
+    @contextmanager
+    def _reserve(self, nbytes: int, timeout: float | None) -> Iterator[memoryview]:
+        h, ptr = self._h, ffi.new("char **")
+        _check(_wait(lambda t: lib.fi_ring_reserve(h, nbytes, t, ptr), timeout), self.name)
+        self._holding = True
+        view = memoryview(ffi.buffer(ptr[0], nbytes))
+        try:
+            yield view
+        except BaseException:
+            _release_view(view)
+            self._holding = False
+            lib.fi_ring_abort(h)
+            raise
+        _release_view(view)
+        self._holding = False
+        _check(lib.fi_ring_commit(h), self.name)
+
+    def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
+        return self._recv_view(timeout)
+
+    @contextmanager
+    def _recv_view(self, timeout: float | None) -> Iterator[memoryview]:
+        h, ptr = self._h, ffi.new("char **")
+        n = _check(_wait(lambda t: lib.fi_ring_peek(h, t, ptr), timeout), self.name)
+        self._holding = True
+        view = memoryview(ffi.buffer(ptr[0], n)).toreadonly()
+        try:
+            yield view
+        finally:
+            _release_view(view)
+            self._holding = False
+            lib.fi_ring_release(h)
+
+
+def _release_view(view: memoryview) -> None:
+    try:
+        view.release()
+    except BufferError:
+        pass  # the caller still exports it (e.g. numpy); it must not be used now
+
+
+def _cbuffer(data: Any, writable: bool = False) -> Any:
+    """cffi's view of a caller's buffer, with fastipc's error messages."""
+    try:
+        return _from_buffer(data, require_writable=writable)
+    except TypeError:
+        if writable and not isinstance(data, str):
+            try:
+                memoryview(data)
+            except TypeError:
+                pass
+            else:
+                raise TypeError(
+                    f"recv_into needs a writable buffer, not {type(data).__name__}"
+                ) from None
+        check_buffer(data)
+        raise
+    except BufferError:
+        raise TypeError(f"{type(data).__name__} is not a C-contiguous buffer") from None
+
+
+def _wait(call: Any, timeout: float | None) -> int:
+    """Run blocking C ``call(slice_ns)`` until it stops timing out or the deadline passes.
+
+    Sleeps are cut into slices so that pending signal handlers (Ctrl-C) run
+    between them; -EINTR returns at once for the same reason.
+    """
+    tns = timeout_ns(timeout)
+    if tns < 0:
+        while True:
+            rc: int = call(_SLICE_NS)
+            if rc != _ETIMEDOUT and rc != _EINTR:
+                return rc
+    deadline = _monotonic_ns() + tns
+    while True:
+        remaining = max(0, deadline - _monotonic_ns())
+        rc = call(min(remaining, _SLICE_NS))
+        if rc != _ETIMEDOUT and rc != _EINTR:
+            return rc
+        if remaining == 0 or _monotonic_ns() >= deadline:
+            return _ETIMEDOUT
+
+
+def _check(rc: int, name: str) -> int:
+    """``rc`` if it is not an error; else raise what the negative errno means."""
+    if rc >= 0:
+        return rc
+    code = -rc
+    if code in (errno.ETIMEDOUT, errno.EAGAIN):
+        raise Timeout(f"ring {name!r}: timed out")
+    if code == errno.EPIPE:
+        raise Closed(f"ring {name!r} was shut down")
+    if code == errno.EBADMSG:
+        raise IncompatibleSegment(f"{segment_path(name)}: corrupted (an index or length is out of bounds)")
+    if code == errno.EMSGSIZE:
+        raise MessageTooLarge(f"ring {name!r}: message too large")
+    if code == errno.EBADF:
+        raise ValueError(f"ring {name!r}: operation on a closed handle")
+    if code == errno.EDEADLK:
+        raise RuntimeError(
+            f"ring {name!r}: this thread already holds a reserve() or recv_view() open on it"
+        )
+    raise OSError(code, os.strerror(code), segment_path(name))

@@ -1,0 +1,860 @@
+"""The pure-Python ring backend: a shared-memory ring ordered by file locks and named semaphores.
+
+Layout of ``/dev/shm/fastipc.NAME`` (all integers little-endian, native on
+the x86_64/aarch64 Linux this targets)::
+
+    offset  size  field
+         0     8  magic b"FIPCPY01" (written last at creation)
+         8     4  layout version (LAYOUT_VERSION)        12  4  reserved
+        16     8  capacity: the largest payload, bytes
+        24     8  D: size of the data area, bytes (multiple of 8, >= align8(capacity) + 8)
+        32     8  closed flag (non-zero after shutdown)
+        40     8  tail selector: bit 0 picks the live tail slot
+        48    16  tail slot 0: (tail position, messages pushed)
+        64    16  tail slot 1
+        80     8  head selector
+        88    16  head slot 0: (head position, messages popped)
+       104    16  head slot 1
+       256     3  bytes locked (never read or written) by the state, producer and consumer locks
+      4096     D  data area: records of [u64 payload length][payload, padded to 8]
+
+Positions are monotonic byte counts; a record starts at ``position % D``
+(always 8-aligned, so its header never straddles the end) and its payload
+may wrap around the end of the data area.
+
+Why file locks and double slots (the crash-safety argument):
+
+* Mutual exclusion comes from Linux open-file-description locks
+  (``F_OFD_SETLK``) on three bytes of the segment file: the kernel releases
+  them when their holder dies, however it dies, so a SIGKILLed participant
+  never leaves a lock held. Each lock syscall is also a full memory barrier,
+  which gives the ordering between processes: shared words are only read or
+  written while holding the lock that guards them, never raced.
+* The "state" lock guards the selectors, slots and closed flag and is held
+  for a few loads and stores. The "producer" lock serialises producers for a
+  whole send (so the tail can only move under it and a producer may read the
+  tail slot holding just that lock); the "consumer" lock does the same for
+  consumers and the head.
+* A producer writes its record(s) into free space first, then commits by
+  filling the idle tail slot and flipping the selector: that single aligned
+  8-byte store (one machine instruction) is the commit, so a writer killed
+  at any instant leaves either the old state or the new one, never a torn
+  pair; a dead producer's partial data lies beyond the tail and is invisible,
+  and a dead consumer's message is still at the head for the next consumer.
+* Everything read from the segment is bounds-checked (another process may be
+  hostile): offsets are always reduced modulo this handle's own D, and
+  inconsistent state raises IncompatibleSegment.
+
+The semaphores ``/fastipc.NAME.items`` and ``/fastipc.NAME.space`` are only
+wake-up hints, not counts: a waiter re-checks the state after every wake-up
+and never sleeps longer than ``_SLEEP_CAP`` between checks, so a peer killed
+between its commit and its post cannot strand it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import struct
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
+from typing import Any
+
+import posix_ipc
+
+from ..errors import Closed, MessageTooLarge, Timeout
+from ..ring import Ring, check_buffer, incompatible, segment_path, semaphore_paths, timeout_ns
+
+__all__ = ["PythonRing"]
+
+if sys.byteorder != "little":  # pragma: no cover - the layout uses native u64 words
+    raise ImportError("the python ring backend supports little-endian machines only")
+
+MAGIC = b"FIPCPY01"
+LAYOUT_VERSION = 1
+
+_HEADER = 4096  # bytes before the data area; one page so the data area is page-aligned
+_MASK64 = (1 << 64) - 1
+_MAX_POS = 1 << 62  # positions beyond this are corrupt (exabytes of traffic)
+
+# Header word indexes (u64 words of the mapping).
+_W_MAGIC = 0
+_W_VERSION = 1
+_W_CAPACITY = 2
+_W_DSIZE = 3
+_W_CLOSED = 4
+_W_TSEL = 5
+_W_TSLOT = 6  # slots 6,7 and 8,9
+_W_HSEL = 10
+_W_HSLOT = 11  # slots 11,12 and 13,14
+
+# File offsets of the lock bytes (advisory; the bytes themselves are never touched).
+_LOCK_STATE = 256
+_LOCK_PRODUCER = 257
+_LOCK_CONSUMER = 258
+
+#: Longest single sleep on a semaphore before re-checking the shared state (seconds).
+_SLEEP_CAP = 0.2
+#: How long a blocking wait re-checks the state before sleeping (seconds): a
+#: busy peer is usually seen without paying a semaphore wake-up.
+_SPIN = 20e-6
+#: Longest pause between polls of a contended lock when a deadline applies (seconds).
+_POLL_MAX = 0.001
+#: A peer holds the state lock for microseconds: waiting for it gets at least this long
+#: even with ``timeout=0`` (seconds); commits get longer so a copied message is not dropped.
+_STATE_GRACE = 0.05
+_COMMIT_GRACE = 1.0
+#: How long an opener waits for a ring being created to be initialised (seconds).
+_OPEN_WAIT = 1.0
+
+
+def _flock(ltype: int, start: int) -> bytes:
+    # struct flock on x86_64/aarch64: short l_type, short l_whence, off_t l_start,
+    # off_t l_len, pid_t l_pid (+4 bytes padding); OFD locks require l_pid == 0.
+    return struct.pack("hhqqi4x", ltype, os.SEEK_SET, start, 1, 0)
+
+
+_LOCKS = {b: _flock(fcntl.F_WRLCK, b) for b in (_LOCK_STATE, _LOCK_PRODUCER, _LOCK_CONSUMER)}
+_UNLOCKS = {b: _flock(fcntl.F_UNLCK, b) for b in (_LOCK_STATE, _LOCK_PRODUCER, _LOCK_CONSUMER)}
+_F_SETLK: int = fcntl.F_OFD_SETLK  # type: ignore[attr-defined,unused-ignore]
+_F_SETLKW: int = fcntl.F_OFD_SETLKW  # type: ignore[attr-defined,unused-ignore]
+_BUSY = (errno.EAGAIN, errno.EACCES)
+
+
+def _align8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def _data_size(capacity: int) -> int:
+    """Data-area bytes for ``capacity``: room for one largest record, rounded to whole pages."""
+    page = mmap.PAGESIZE
+    total = _HEADER + _align8(capacity) + 8
+    return (total + page - 1) // page * page - _HEADER
+
+
+def _deadline(timeout: float | None) -> float | None:
+    ns = timeout_ns(timeout)
+    return None if ns < 0 else time.monotonic() + ns / 1e9
+
+
+def _sem_names(name: str) -> tuple[str, str]:
+    return f"/fastipc.{name}.items", f"/fastipc.{name}.space"
+
+
+def _check_count(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    return value
+
+
+def _release(view: memoryview) -> None:
+    try:
+        view.release()
+    except BufferError:
+        pass  # the caller exported the view past its block; it lives until they drop it
+
+
+class PythonRing(Ring):
+    """:class:`~fastipc.Ring` implemented in Python over mmap, OFD locks and posix_ipc semaphores.
+
+    Each handle owns its own file descriptor (so handles in one process
+    exclude each other through their OFD locks) and a ``threading.Lock``
+    (OFD locks do not exclude threads sharing one descriptor).
+    """
+
+    name: str
+    capacity: int
+
+    def __init__(
+        self,
+        name: str,
+        fd: int,
+        mm: mmap.mmap,
+        capacity: int,
+        dsize: int,
+        items: posix_ipc.Semaphore,
+        space: posix_ipc.Semaphore,
+    ) -> None:
+        self.name = name
+        self.capacity = capacity
+        self._fd = fd
+        self._mm = mm
+        self._buf = memoryview(mm)
+        self._q = self._buf.cast("Q")
+        self._D = dsize
+        self._items = items
+        self._space = space
+        self._tlock = threading.Lock()  # one call at a time on this handle
+        self._slock = threading.Lock()  # the state lock among this handle's threads
+        self._owner = 0  # thread id inside a call (to refuse re-entry from a view block)
+        self._closed = False
+        self._torn_down = False
+        # Stale but safe views of the other side: head and tail only grow, so a
+        # producer's old head understates free space and a consumer's old tail
+        # understates what is committed.
+        self._head_seen = 0
+        self._tail_seen = 0
+
+    # ---- construction -----------------------------------------------------
+    @classmethod
+    def _create(cls, name: str, capacity: int, mode: int) -> PythonRing:
+        """Create the segment and semaphores of ring ``name`` (arguments already validated)."""
+        path = segment_path(name)
+        dsize = _data_size(capacity)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        made: list[str] = [path]
+        sems: list[posix_ipc.Semaphore] = []
+        mm: mmap.mmap | None = None
+        try:
+            os.fchmod(fd, mode)  # the umask must not apply
+            # Held while initialising so an opener that races us waits for the magic.
+            fcntl.fcntl(fd, _F_SETLKW, _LOCKS[_LOCK_STATE])
+            os.ftruncate(fd, _HEADER + dsize)
+            for sem_name, sem_path in zip(_sem_names(name), semaphore_paths(name)):
+                try:
+                    sem = posix_ipc.Semaphore(sem_name, posix_ipc.O_CREX, mode, 0)
+                except posix_ipc.ExistentialError:
+                    raise FileExistsError(errno.EEXIST, "semaphore exists", sem_path) from None
+                except posix_ipc.PermissionsError:
+                    raise PermissionError(errno.EACCES, "permission denied", sem_path) from None
+                sems.append(sem)
+                made.append(sem_path)
+                os.chmod(sem_path, mode)
+            mm = mmap.mmap(fd, _HEADER + dsize, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            q = memoryview(mm).cast("Q")
+            try:
+                q[_W_VERSION] = LAYOUT_VERSION
+                q[_W_CAPACITY] = capacity
+                q[_W_DSIZE] = dsize
+            finally:
+                q.release()
+            mm[0:8] = MAGIC  # last: an opener that sees the magic sees a whole ring
+            fcntl.fcntl(fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
+            ring = cls(name, fd, mm, capacity, dsize, sems[0], sems[1])
+        except BaseException:
+            for sem in sems:
+                sem.close()
+            if mm is not None:
+                mm.close()
+            os.close(fd)
+            for p in made:
+                try:
+                    os.unlink(p)
+                except OSError:
+                    pass
+            raise
+        return ring
+
+    @classmethod
+    def _open(cls, name: str) -> PythonRing:
+        """Open the existing ring ``name`` (name already validated)."""
+        path = segment_path(name)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        mm: mmap.mmap | None = None
+        sems: list[posix_ipc.Semaphore] = []
+        try:
+            capacity, dsize = cls._read_geometry(name, fd)
+            mm = mmap.mmap(fd, _HEADER + dsize, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            for sem_name, sem_path in zip(_sem_names(name), semaphore_paths(name)):
+                try:
+                    sems.append(posix_ipc.Semaphore(sem_name))
+                except posix_ipc.ExistentialError:
+                    raise FileNotFoundError(
+                        errno.ENOENT, "ring semaphore missing", sem_path
+                    ) from None
+                except posix_ipc.PermissionsError:
+                    raise PermissionError(errno.EACCES, "permission denied", sem_path) from None
+            ring = cls(name, fd, mm, capacity, dsize, sems[0], sems[1])
+        except BaseException:
+            for sem in sems:
+                sem.close()
+            if mm is not None:
+                mm.close()
+            os.close(fd)
+            raise
+        ring._lock_state(_deadline(_OPEN_WAIT))
+        try:
+            head, _, tail, _, _ = ring._state()
+        except BaseException:
+            ring._unlock_state()
+            ring.close()
+            raise
+        ring._unlock_state()
+        ring._head_seen, ring._tail_seen = head, tail
+        return ring
+
+    @staticmethod
+    def _read_geometry(name: str, fd: int) -> tuple[int, int]:
+        """Wait (up to ~1 s) for a creator to finish, then return (capacity, D) from the header."""
+        give_up = time.monotonic() + _OPEN_WAIT
+        while True:
+            # The creator holds the state lock from before ftruncate until after the magic.
+            try:
+                fcntl.fcntl(fd, _F_SETLK, _LOCKS[_LOCK_STATE])
+            except OSError as exc:
+                if exc.errno not in _BUSY:
+                    raise
+                locked = False
+            else:
+                locked = True
+            try:
+                size = os.fstat(fd).st_size
+                head = os.pread(fd, 32, 0) if size >= _HEADER else b""
+            finally:
+                if locked:
+                    fcntl.fcntl(fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
+            if locked and len(head) == 32 and head[:8] != bytes(8):
+                break
+            if time.monotonic() >= give_up:
+                if size < _HEADER:
+                    raise incompatible(
+                        name, f"segment is {size} bytes, too small for a ring header"
+                    )
+                if not locked:
+                    raise incompatible(name, "segment is still locked by its creator after 1 s")
+                raise incompatible(name, "segment was never initialised (magic is zero)")
+            time.sleep(0.001)
+        magic = head[:8]
+        version, capacity, dsize = struct.unpack_from("<I4xQQ", head, 8)
+        if magic != MAGIC:
+            raise incompatible(
+                name,
+                f"magic {magic!r} is not the python backend's {MAGIC!r} "
+                "(a ring of another backend, or not a fastipc ring)",
+            )
+        if version != LAYOUT_VERSION:
+            raise incompatible(
+                name, f"layout version {version}, this fastipc reads {LAYOUT_VERSION}"
+            )
+        if not 1 <= capacity <= 1 << 40:
+            raise incompatible(name, f"capacity {capacity} is out of range")
+        if dsize % 8 or dsize < _align8(capacity) + 8 or dsize > 2 * (1 << 40):
+            raise incompatible(name, f"data size {dsize} does not fit capacity {capacity}")
+        if size < _HEADER + dsize:
+            raise incompatible(
+                name, f"segment is {size} bytes, smaller than its layout ({_HEADER + dsize})"
+            )
+        return capacity, dsize
+
+    # ---- locks --------------------------------------------------------------
+    def _lock(self, byte: int, deadline: float | None) -> None:
+        """Take OFD lock ``byte``; poll until ``deadline`` (None: sleep in the kernel)."""
+        try:
+            fcntl.fcntl(self._fd, _F_SETLK, _LOCKS[byte])
+            return
+        except OSError as exc:
+            if exc.errno not in _BUSY:
+                raise
+        if deadline is None:
+            # Interrupted sleeps are retried by Python (PEP 475) after running signal
+            # handlers, so Ctrl-C raises here; a dead holder's lock is dropped by the kernel.
+            fcntl.fcntl(self._fd, _F_SETLKW, _LOCKS[byte])
+            return
+        # No timed variant of F_OFD_SETLKW exists: poll with a backoff up to 1 ms.
+        pause = 10e-6
+        while True:
+            if self._closed:
+                raise ValueError("ring is closed")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Timeout("timed out waiting for a ring lock")
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, _POLL_MAX)
+            try:
+                fcntl.fcntl(self._fd, _F_SETLK, _LOCKS[byte])
+                return
+            except OSError as exc:
+                if exc.errno not in _BUSY:
+                    raise
+
+    def _unlock(self, byte: int) -> None:
+        fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[byte])
+
+    def _lock_state(self, deadline: float | None, grace: float = _STATE_GRACE) -> None:
+        if deadline is not None:
+            deadline = max(deadline, time.monotonic() + grace)
+            if not self._slock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+                raise Timeout("timed out waiting for the ring state lock")
+        else:
+            self._slock.acquire()
+        try:
+            self._lock(_LOCK_STATE, deadline)
+        except BaseException:
+            self._slock.release()
+            raise
+
+    def _unlock_state(self) -> None:
+        try:
+            self._unlock(_LOCK_STATE)
+        finally:
+            self._slock.release()
+
+    def _enter(self) -> None:
+        """Start a call on this handle: one thread at a time, none after close."""
+        me = threading.get_ident()
+        if self._owner == me:
+            raise RuntimeError(
+                "ring handle is busy in a reserve()/recv_view() block of this thread"
+            )
+        if self._closed:
+            raise ValueError("ring is closed")
+        self._tlock.acquire()
+        self._owner = me
+        if self._closed:
+            self._leave()
+            raise ValueError("ring is closed")
+
+    def _leave(self) -> None:
+        self._owner = 0
+        try:
+            if self._closed and not self._torn_down:
+                self._teardown()  # close() was called from another thread during our call
+        finally:
+            self._tlock.release()
+
+    # ---- shared state -------------------------------------------------------
+    def _tail_slot(self) -> tuple[int, int]:
+        """(tail, pushed): read holding the producer or the state lock."""
+        q = self._q
+        i = _W_TSLOT + 2 * (q[_W_TSEL] & 1)
+        return q[i], q[i + 1]
+
+    def _head_slot(self) -> tuple[int, int]:
+        """(head, popped): read holding the consumer or the state lock."""
+        q = self._q
+        i = _W_HSLOT + 2 * (q[_W_HSEL] & 1)
+        return q[i], q[i + 1]
+
+    def _state(self) -> tuple[int, int, int, int, bool]:
+        """(head, popped, tail, pushed, closed), validated; the state lock must be held."""
+        head, popped = self._head_slot()
+        tail, pushed = self._tail_slot()
+        closed = self._q[_W_CLOSED] != 0
+        used = tail - head
+        n = pushed - popped
+        if not (
+            0 <= used <= self._D
+            and tail < _MAX_POS
+            and 0 <= n
+            and pushed < _MAX_POS
+            and 8 * n <= used <= n * (8 + _align8(self.capacity))
+        ):
+            raise incompatible(
+                self.name,
+                f"corrupt ring state: head={head} tail={tail} popped={popped} pushed={pushed}",
+            )
+        return head, popped, tail, pushed, closed
+
+    def _read_state(self, deadline: float | None) -> tuple[int, int, int, int, bool]:
+        self._lock_state(deadline)
+        try:
+            st = self._state()
+        finally:
+            self._unlock_state()
+        self._head_seen = st[0]
+        self._tail_seen = st[2]
+        return st
+
+    def _commit_tail(
+        self, old_tail: int, new_tail: int, new_pushed: int, deadline: float | None
+    ) -> None:
+        """Publish records written in [old_tail, new_tail): the producer lock must be held."""
+        self._lock_state(deadline, _COMMIT_GRACE)
+        try:
+            head, _, tail, _, closed = self._state()
+            if tail != old_tail or new_tail - head > self._D:
+                raise incompatible(self.name, "the tail moved under the producer lock")
+            if closed:
+                raise Closed("ring is shut down")
+            q = self._q
+            sel = q[_W_TSEL] & 1
+            i = _W_TSLOT + 2 * (sel ^ 1)
+            q[i] = new_tail
+            q[i + 1] = new_pushed
+            q[_W_TSEL] = sel ^ 1  # the commit: one aligned 8-byte store
+        finally:
+            self._unlock_state()
+        self._head_seen = head
+        if self._items.value == 0:
+            self._items.release()
+
+    def _commit_head(
+        self, old_head: int, new_head: int, new_popped: int, deadline: float | None
+    ) -> None:
+        """Release records in [old_head, new_head): the consumer lock must be held."""
+        self._lock_state(deadline, _COMMIT_GRACE)
+        try:
+            head, _, tail, _, _ = self._state()
+            if head != old_head or new_head > tail:
+                raise incompatible(self.name, "the head moved under the consumer lock")
+            q = self._q
+            sel = q[_W_HSEL] & 1
+            i = _W_HSLOT + 2 * (sel ^ 1)
+            q[i] = new_head
+            q[i + 1] = new_popped
+            q[_W_HSEL] = sel ^ 1  # the commit: one aligned 8-byte store
+        finally:
+            self._unlock_state()
+        self._tail_seen = tail
+        if self._space.value == 0:
+            self._space.release()
+
+    def _sleep(self, sem: posix_ipc.Semaphore, deadline: float | None, spun: float) -> float:
+        """Wait for a hint on ``sem``; return the new spin start. Raise Timeout past the deadline."""
+        if self._closed:
+            raise ValueError("ring is closed")
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            raise Timeout("timed out")
+        if spun == 0.0:
+            return now  # first miss: re-check a while before sleeping
+        if now - spun < _SPIN:
+            os.sched_yield()
+            return spun
+        wait = _SLEEP_CAP if deadline is None else min(deadline - now, _SLEEP_CAP)
+        try:
+            sem.acquire(wait)
+        except posix_ipc.BusyError:
+            pass
+        except posix_ipc.SignalError:
+            pass  # EINTR: the loop goes round, so a pending KeyboardInterrupt is raised
+        return spun
+
+    # ---- producer side --------------------------------------------------------
+    def _wait_space(self, need: int, deadline: float | None) -> tuple[int, int]:
+        """Wait until ``need`` bytes are free; return (tail, pushed). Producer lock held."""
+        spun = 0.0
+        D = self._D
+        while True:
+            tail, pushed = self._tail_slot()
+            if 0 <= tail - self._head_seen <= D - need:
+                return tail, pushed
+            head, _, tail, pushed, closed = self._read_state(deadline)
+            if closed:
+                raise Closed("ring is shut down")
+            if tail - head <= D - need:
+                return tail, pushed
+            spun = self._sleep(self._space, deadline, spun)
+
+    def _write(self, pos: int, data: memoryview) -> None:
+        """Copy ``data`` into the data area at position ``pos``, wrapping at the end."""
+        D = self._D
+        off = pos % D
+        n = len(data)
+        first = D - off
+        base = _HEADER + off
+        if n <= first:
+            self._mm[base : base + n] = data
+        else:
+            self._mm[base : base + first] = data[:first]
+            self._mm[_HEADER : _HEADER + n - first] = data[first:]
+
+    def _put(self, pos: int, data: memoryview) -> int:
+        """Write one record at ``pos``; return the position after it."""
+        n = len(data)
+        self._q[(_HEADER + pos % self._D) >> 3] = n
+        if n:
+            self._write(pos + 8, data)
+        return pos + 8 + _align8(n)
+
+    def _message(self, data: Any) -> memoryview:
+        mv = check_buffer(data)
+        if mv.nbytes > self.capacity:
+            raise MessageTooLarge(
+                f"message of {mv.nbytes} bytes exceeds ring capacity {self.capacity}"
+            )
+        return mv
+
+    def send(self, data: Any, timeout: float | None = None) -> None:
+        mv = self._message(data)
+        deadline = _deadline(timeout)
+        self._enter()
+        try:
+            self._lock(_LOCK_PRODUCER, deadline)
+            try:
+                tail, pushed = self._wait_space(8 + _align8(mv.nbytes), deadline)
+                end = self._put(tail, mv)
+                self._commit_tail(tail, end, pushed + 1, deadline)
+            finally:
+                self._unlock(_LOCK_PRODUCER)
+        finally:
+            self._leave()
+
+    def send_many(self, messages: Iterable[Any], timeout: float | None = None) -> int:
+        views = [self._message(m) for m in messages]
+        deadline = _deadline(timeout)
+        if not views:
+            return 0
+        D = self._D
+        sent = 0
+        self._enter()
+        try:
+            self._lock(_LOCK_PRODUCER, deadline)
+            try:
+                while sent < len(views):
+                    need = 8 + _align8(views[sent].nbytes)
+                    try:
+                        tail, pushed = self._wait_space(need, deadline)
+                    except (Timeout, Closed) as exc:
+                        raise type(exc)(str(exc), sent=sent) from None
+                    limit = self._head_seen + D
+                    pos = tail
+                    k = sent
+                    while k < len(views):
+                        need = 8 + _align8(views[k].nbytes)
+                        if pos + need > limit:
+                            break
+                        pos = self._put(pos, views[k])
+                        k += 1
+                    try:
+                        self._commit_tail(tail, pos, pushed + (k - sent), deadline)
+                    except (Timeout, Closed) as exc:
+                        raise type(exc)(str(exc), sent=sent) from None
+                    sent = k
+            finally:
+                self._unlock(_LOCK_PRODUCER)
+        finally:
+            self._leave()
+        return sent
+
+    def reserve(
+        self, nbytes: int, timeout: float | None = None
+    ) -> AbstractContextManager[memoryview]:
+        n = _check_count(nbytes, "nbytes")
+        if n < 0:
+            raise ValueError(f"nbytes must be >= 0, got {n}")
+        if n > self.capacity:
+            raise MessageTooLarge(f"reservation of {n} bytes exceeds ring capacity {self.capacity}")
+        return self._reserve(n, _deadline(timeout))
+
+    @contextmanager
+    def _reserve(self, n: int, deadline: float | None) -> Iterator[memoryview]:
+        self._enter()
+        try:
+            self._lock(_LOCK_PRODUCER, deadline)
+            try:
+                tail, pushed = self._wait_space(8 + _align8(n), deadline)
+                off = (tail + 8) % self._D
+                temp: bytearray | None = None
+                if off + n <= self._D:
+                    view = self._buf[_HEADER + off : _HEADER + off + n]
+                else:
+                    temp = bytearray(n)  # the record wraps: fill a copy, move it in at exit
+                    view = memoryview(temp)
+                try:
+                    yield view
+                finally:
+                    _release(view)
+                # Only reached on a normal exit: an exception skips the commit (discarded).
+                if temp is not None:
+                    end = self._put(tail, memoryview(temp))
+                else:
+                    self._q[(_HEADER + tail % self._D) >> 3] = n
+                    end = tail + 8 + _align8(n)
+                self._commit_tail(tail, end, pushed + 1, deadline)
+            finally:
+                self._unlock(_LOCK_PRODUCER)
+        finally:
+            self._leave()
+
+    # ---- consumer side ----------------------------------------------------------
+    def _wait_message(self, deadline: float | None) -> tuple[int, int, int, int]:
+        """Wait for a message; return (head, popped, committed end, payload length). Consumer lock held."""
+        spun = 0.0
+        D = self._D
+        while True:
+            head, popped = self._head_slot()
+            tail = self._tail_seen
+            if not 0 < tail - head <= D:
+                head, popped, tail, _, closed = self._read_state(deadline)
+                if tail == head:
+                    if closed:
+                        raise Closed("ring is shut down and drained")
+                    spun = self._sleep(self._items, deadline, spun)
+                    continue
+            return head, popped, tail, self._length(head, tail)
+
+    def _length(self, head: int, tail: int) -> int:
+        """Payload length of the record at ``head``, checked against the committed bytes."""
+        n: int = self._q[(_HEADER + head % self._D) >> 3]
+        if n > self.capacity or 8 + _align8(n) > tail - head:
+            raise incompatible(self.name, f"corrupt record: length {n} at position {head}")
+        return n
+
+    def _read(self, pos: int, n: int) -> bytes:
+        """The ``n`` payload bytes of the record at ``pos``, joined if they wrap."""
+        D = self._D
+        off = (pos + 8) % D
+        base = _HEADER + off
+        if off + n <= D:
+            return self._mm[base : base + n]
+        first = D - off
+        return self._mm[base : base + first] + self._mm[_HEADER : _HEADER + n - first]
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        deadline = _deadline(timeout)
+        self._enter()
+        try:
+            self._lock(_LOCK_CONSUMER, deadline)
+            try:
+                head, popped, _, n = self._wait_message(deadline)
+                data = self._read(head, n)
+                self._commit_head(head, head + 8 + _align8(n), popped + 1, deadline)
+            finally:
+                self._unlock(_LOCK_CONSUMER)
+        finally:
+            self._leave()
+        return data
+
+    def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
+        dst = check_buffer(buffer, "buffer")
+        if dst.readonly:
+            raise TypeError("buffer must be writable")
+        deadline = _deadline(timeout)
+        self._enter()
+        try:
+            self._lock(_LOCK_CONSUMER, deadline)
+            try:
+                head, popped, _, n = self._wait_message(deadline)
+                if n > dst.nbytes:
+                    raise MessageTooLarge(
+                        f"message of {n} bytes does not fit a {dst.nbytes}-byte buffer"
+                    )
+                D = self._D
+                off = (head + 8) % D
+                base = _HEADER + off
+                if off + n <= D:
+                    dst[:n] = self._buf[base : base + n]
+                else:
+                    first = D - off
+                    dst[:first] = self._buf[base : base + first]
+                    dst[first:n] = self._buf[_HEADER : _HEADER + n - first]
+                self._commit_head(head, head + 8 + _align8(n), popped + 1, deadline)
+            finally:
+                self._unlock(_LOCK_CONSUMER)
+        finally:
+            self._leave()
+        return n
+
+    def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
+        count = _check_count(max_count, "max_count")
+        if count < 1:
+            raise ValueError(f"max_count must be >= 1, got {count}")
+        deadline = _deadline(timeout)
+        out: list[bytes] = []
+        self._enter()
+        try:
+            self._lock(_LOCK_CONSUMER, deadline)
+            try:
+                head, popped, tail, n = self._wait_message(deadline)
+                if count > 1:
+                    # Take everything already committed, not just what this handle last saw.
+                    tail = self._read_state(deadline)[2]
+                pos = head
+                while True:
+                    out.append(self._read(pos, n))
+                    pos += 8 + _align8(n)
+                    if len(out) >= count or pos >= tail:
+                        break
+                    n = self._length(pos, tail)
+                self._commit_head(head, pos, popped + len(out), deadline)
+            finally:
+                self._unlock(_LOCK_CONSUMER)
+        finally:
+            self._leave()
+        return out
+
+    def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
+        return self._recv_view(_deadline(timeout))
+
+    @contextmanager
+    def _recv_view(self, deadline: float | None) -> Iterator[memoryview]:
+        self._enter()
+        try:
+            self._lock(_LOCK_CONSUMER, deadline)
+            try:
+                head, popped, _, n = self._wait_message(deadline)
+                off = (head + 8) % self._D
+                if off + n <= self._D:
+                    raw = self._buf[_HEADER + off : _HEADER + off + n]
+                else:
+                    raw = memoryview(self._read(head, n))  # the record wraps: a joined copy
+                view = raw.toreadonly()
+                try:
+                    yield view
+                finally:
+                    _release(view)
+                    _release(raw)
+                    # Consumed whether or not the block raised.
+                    self._commit_head(head, head + 8 + _align8(n), popped + 1, deadline)
+            finally:
+                self._unlock(_LOCK_CONSUMER)
+        finally:
+            self._leave()
+
+    # ---- control ------------------------------------------------------------------
+    def shutdown(self) -> None:
+        if self._closed:
+            raise ValueError("ring is closed")
+        self._lock_state(None)
+        try:
+            self._state()
+            self._q[_W_CLOSED] = 1
+        finally:
+            self._unlock_state()
+        # Hints only: every sleeper re-checks and sees the flag; a few spare posts
+        # cover sleepers in several processes racing for them.
+        for sem in (self._items, self._space):
+            for _ in range(4):
+                sem.release()
+
+    def __len__(self) -> int:
+        if self._closed:
+            raise ValueError("ring is closed")
+        self._lock_state(None)
+        try:
+            _, popped, _, pushed, _ = self._state()
+        finally:
+            self._unlock_state()
+        return pushed - popped
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._tlock.acquire(blocking=False):
+            try:
+                self._teardown()
+            finally:
+                self._tlock.release()
+        # Otherwise another thread is inside a call; it tears down as it leaves (_leave).
+
+    def _teardown(self) -> None:
+        if self._torn_down:
+            return
+        self._torn_down = True
+        with self._slock:
+            self._q.release()
+            self._buf.release()
+            try:
+                self._mm.close()
+            except BufferError:
+                pass  # the caller kept a view past its block; the mapping goes when it does
+            os.close(self._fd)
+            self._items.close()
+            self._space.close()
+
+    def __del__(self) -> None:
+        # A dropped handle must not leak its descriptor; errors at interpreter exit are moot.
+        with suppress(Exception):
+            if not self._closed:
+                self.close()

@@ -1,0 +1,284 @@
+"""Ring: a named shared-memory ring of variable-length messages between processes.
+
+The public class validates arguments, names segments and documents the
+contract; the per-message work is done by the backend picked in
+``fastipc._backend`` (C through cffi, or pure Python), whose class is a
+subclass of :class:`Ring`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+from .errors import IncompatibleSegment
+
+__all__ = ["Ring"]
+
+#: Where POSIX shared memory and named semaphores live on Linux.
+SHM_DIR = "/dev/shm"
+
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+#: The largest capacity accepted (bytes): record lengths are 32-bit.
+MAX_CAPACITY = (1 << 32) - 1
+
+
+def validate_name(name: object) -> str:
+    """Return ``name`` if it is a valid ring name, else raise TypeError/ValueError."""
+    if not isinstance(name, str):
+        raise TypeError(f"ring name must be a str, not {type(name).__name__}")
+    if not _NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"invalid ring name {name!r}: use 1-200 characters of A-Z a-z 0-9 . _ - (no slash)"
+        )
+    if name in (".", ".."):
+        raise ValueError(f"invalid ring name {name!r}")
+    return name
+
+
+def validate_capacity(capacity: object) -> int:
+    """Return ``capacity`` (payload bytes) if it is an int in [1, MAX_CAPACITY]."""
+    if isinstance(capacity, bool) or not isinstance(capacity, int):
+        raise TypeError(f"capacity must be an int (bytes), not {type(capacity).__name__}")
+    if not 1 <= capacity <= MAX_CAPACITY:
+        raise ValueError(f"capacity must be between 1 and {MAX_CAPACITY} bytes, got {capacity}")
+    return capacity
+
+
+def validate_mode(mode: object) -> int:
+    """Return ``mode`` if it is a permission mask such as ``0o600``."""
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+        raise ValueError(f"mode must be a permission mask between 0 and 0o777, got {mode!r}")
+    return mode
+
+
+def timeout_ns(timeout: float | None) -> int:
+    """Turn a timeout in seconds (None: forever) into nanoseconds (-1: forever)."""
+    if timeout is None:
+        return -1
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if timeout != timeout or timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+    if timeout == float("inf"):
+        return -1
+    return int(timeout * 1e9)
+
+
+def segment_path(name: str) -> str:
+    """The /dev/shm path of ring ``name``'s segment."""
+    return f"{SHM_DIR}/fastipc.{name}"
+
+
+def semaphore_paths(name: str) -> list[str]:
+    """The /dev/shm paths of the named semaphores a ring may own (python backend)."""
+    return [f"{SHM_DIR}/sem.fastipc.{name}.items", f"{SHM_DIR}/sem.fastipc.{name}.space"]
+
+
+def check_buffer(data: object, what: str = "message") -> memoryview:
+    """A flat byte view of ``data``, or TypeError naming what was wrong."""
+    if isinstance(data, str):
+        raise TypeError(f"{what} must be a bytes-like object, not str (encode it first)")
+    try:
+        mv = memoryview(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{what} must be a bytes-like object, not {type(data).__name__}") from None
+    if not mv.c_contiguous:
+        raise TypeError(f"{what} must be a C-contiguous buffer")
+    if mv.ndim != 1 or mv.itemsize != 1:
+        mv = mv.cast("B")
+    return mv
+
+
+class Ring:
+    """A named ring of variable-length messages in shared memory.
+
+    Any number of processes may open the same ring; each may send, receive
+    or both. Messages are delivered whole, each exactly once, in order per
+    producer. A participant killed at any instant (SIGKILL included) leaves
+    the ring usable by the others.
+
+    Make one with :meth:`create` or :meth:`open`, never by calling the class.
+    A handle is not thread-safe: give each thread its own (``Ring.open``).
+
+    Every ``timeout`` is in seconds on the monotonic clock: ``None`` blocks
+    until the call can complete, ``0`` never blocks. Blocking calls release
+    the GIL and a signal handler (Ctrl-C) runs within a fraction of a second.
+    """
+
+    #: The name given at creation (``/dev/shm/fastipc.NAME`` holds the segment).
+    name: str
+    #: The largest message, in bytes, the ring accepts; also its payload space.
+    capacity: int
+
+    # ---- construction -------------------------------------------------
+    @classmethod
+    def create(cls, name: str, capacity: int, *, mode: int = 0o600) -> Ring:
+        """Create ring ``name`` holding ``capacity`` payload bytes; return a handle.
+
+        ``mode`` sets the permissions of every OS object made (owner-only by
+        default, umask not applied). A message of up to ``capacity`` bytes
+        always fits in an empty ring.
+
+        Raises ValueError/TypeError for a bad name, capacity or mode,
+        FileExistsError if the name is taken, OSError if the OS refuses.
+        """
+        from ._backend import RingImpl
+
+        return RingImpl._create(validate_name(name), validate_capacity(capacity), validate_mode(mode))
+
+    @classmethod
+    def open(cls, name: str) -> Ring:
+        """Open the existing ring ``name``.
+
+        Raises FileNotFoundError if there is none, PermissionError if not
+        allowed, :class:`~fastipc.IncompatibleSegment` if the segment is not
+        a fastipc ring of this layout and backend.
+        """
+        from ._backend import RingImpl
+
+        return RingImpl._open(validate_name(name))
+
+    @staticmethod
+    def unlink_name(name: str) -> None:
+        """Remove ring ``name`` and every OS object it made; open handles keep working.
+
+        Raises FileNotFoundError if nothing of that name exists.
+        """
+        validate_name(name)
+        found = False
+        for path in [segment_path(name), *semaphore_paths(name)]:
+            try:
+                os.unlink(path)
+                found = True
+            except FileNotFoundError:
+                pass
+        if not found:
+            raise FileNotFoundError(2, "no such ring", segment_path(name))
+
+    # ---- the interface each backend implements --------------------------
+    def send(self, data: Any, timeout: float | None = None) -> None:
+        """Append one message (any C-contiguous bytes-like object).
+
+        Blocks while the ring is full. Raises :class:`~fastipc.Timeout`,
+        :class:`~fastipc.MessageTooLarge` if ``len(data) > capacity``,
+        :class:`~fastipc.Closed` after :meth:`shutdown`, TypeError for str,
+        int, None and other non-buffers.
+        """
+        raise NotImplementedError
+
+    def send_many(self, messages: Iterable[Any], timeout: float | None = None) -> int:
+        """Append every message of ``messages`` in order; return how many (all of them).
+
+        Writes as many as fit at once and waits for room for the rest. Every
+        item is checked before any is sent (TypeError, MessageTooLarge). If
+        the deadline passes or the ring is shut down midway, the raised
+        :class:`~fastipc.Timeout` / :class:`~fastipc.Closed` carries ``sent``:
+        how many went out.
+        """
+        raise NotImplementedError
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        """Remove and return the oldest message.
+
+        Blocks while the ring is empty. Raises :class:`~fastipc.Timeout`, or
+        :class:`~fastipc.Closed` once the ring is shut down and drained.
+        """
+        raise NotImplementedError
+
+    def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
+        """Copy the oldest message into writable ``buffer``; return its length in bytes.
+
+        If the message is longer than ``buffer`` it stays in the ring and
+        :class:`~fastipc.MessageTooLarge` is raised.
+        """
+        raise NotImplementedError
+
+    def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
+        """Return between 1 and ``max_count`` of the oldest messages.
+
+        Waits only for the first; takes the rest that are already there.
+        Raises :class:`~fastipc.Timeout` if none came in time.
+        """
+        raise NotImplementedError
+
+    def reserve(self, nbytes: int, timeout: float | None = None) -> AbstractContextManager[memoryview]:
+        """Context manager yielding a writable ``nbytes`` view inside the ring.
+
+        The message is published when the block exits normally and discarded
+        if it raises. While the block runs, other producers wait (the
+        producer side is held); consumers are not held up. Waits for room
+        like :meth:`send`.
+        """
+        raise NotImplementedError
+
+    def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
+        """Context manager yielding a read-only view of the oldest message in place.
+
+        The message is consumed when the block exits, whether or not it
+        raised. While the block runs, other consumers wait. Do not keep the
+        view past the block.
+        """
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        """Refuse further sends (:class:`~fastipc.Closed`) and wake every blocked waiter.
+
+        Receivers drain what is left, then get :class:`~fastipc.Closed`.
+        Irreversible for the life of the segment.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release this handle (idempotent); the ring lives on until unlinked."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        """Number of messages waiting (a snapshot)."""
+        raise NotImplementedError
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called on this handle."""
+        raise NotImplementedError
+
+    # ---- shared behaviour ---------------------------------------------
+    def unlink(self) -> None:
+        """Remove this ring's name and OS objects; this handle stays usable until closed."""
+        try:
+            Ring.unlink_name(self.name)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> Ring:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        # A handle is process-local; another process re-opens the ring by name.
+        return (Ring.open, (self.name,))
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"capacity={self.capacity}"
+        return f"<{type(self).__name__} {self.name!r} {state}>"
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Yield messages until the ring is shut down and drained."""
+        from .errors import Closed
+
+        while True:
+            try:
+                yield self.recv()
+            except Closed:
+                return
+
+
+def incompatible(name: str, why: str) -> IncompatibleSegment:
+    """The error for a segment that is not a usable fastipc ring."""
+    return IncompatibleSegment(f"{segment_path(name)}: {why}")

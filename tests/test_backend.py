@@ -1,0 +1,143 @@
+"""Backend selection: FASTIPC_BACKEND is obeyed without silent fallback, and both backends expose one interface."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+
+import pytest
+from conftest import child_env, run_python
+
+import fastipc
+from fastipc import IncompatibleSegment, Ring
+
+
+def test_backend_matches_environment_variable() -> None:
+    wanted = os.environ.get("FASTIPC_BACKEND", "auto").strip().lower()
+    if wanted in ("python", "native"):
+        assert fastipc.BACKEND == wanted, (
+            f"FASTIPC_BACKEND={wanted} but fastipc.BACKEND={fastipc.BACKEND}"
+        )
+    else:
+        assert fastipc.BACKEND in ("python", "native")
+
+
+@pytest.mark.parametrize("choice", ["python", "native"])
+def test_named_backend_loads_or_fails_loudly(choice: str) -> None:
+    proc = run_python(
+        "import fastipc; print(fastipc.BACKEND)",
+        env=child_env(FASTIPC_BACKEND=choice),
+        check=False,
+        timeout=30,
+    )
+    if proc.returncode == 0:
+        assert proc.stdout.strip() == choice, "asked for one backend, silently got another"
+    else:
+        # Only native may fail (not built); it must say so with an ImportError.
+        assert choice == "native", proc.stderr
+        assert "ImportError" in proc.stderr and "native" in proc.stderr, proc.stderr
+
+
+def test_unknown_backend_name_is_an_import_error() -> None:
+    proc = run_python(
+        "import fastipc", env=child_env(FASTIPC_BACKEND="turbo"), check=False, timeout=30
+    )
+    assert proc.returncode == 1
+    assert "ImportError" in proc.stderr and "turbo" in proc.stderr
+
+
+def test_ring_create_returns_the_loaded_backend_class(ring: Ring) -> None:
+    from fastipc._backend import RingImpl
+
+    assert isinstance(ring, Ring)
+    assert type(ring) is RingImpl
+    expected = {"python": "PythonRing", "native": "NativeRing"}[fastipc.BACKEND]
+    assert type(ring).__name__ == expected
+
+
+def _both_backends() -> tuple[type, type]:
+    from fastipc.backends.python_ring import PythonRing
+
+    try:
+        native = importlib.import_module("fastipc.backends.native_ring")
+    except ImportError as exc:
+        if (
+            os.environ.get("FASTIPC_BACKEND", "").strip().lower() == "native"
+            or fastipc.BACKEND == "native"
+        ):
+            pytest.fail(f"the native backend is required here but does not import: {exc}")
+        pytest.skip(
+            f"native backend not built ({exc}); compared when running with FASTIPC_BACKEND=native"
+        )
+    return PythonRing, native.NativeRing
+
+
+_PROTOCOL = ["_create", "_open", "__len__", "__enter__", "__exit__", "__reduce__", "__iter__"]
+
+
+def _interface(cls: type, returns: bool = False) -> dict[str, str]:
+    """attr -> parameters (and with ``returns`` the return annotation, own class name as Self)."""
+    out = {}
+    for attr in sorted({a for a in dir(cls) if not a.startswith("_")} | set(_PROTOCOL)):
+        try:
+            obj = inspect.getattr_static(cls, attr)
+        except AttributeError:
+            continue
+        if isinstance(obj, property):
+            out[attr] = "property"
+        elif isinstance(obj, (staticmethod, classmethod)) or callable(obj):
+            sig = inspect.signature(getattr(cls, attr))
+            text = str(sig.replace(return_annotation=inspect.Signature.empty))
+            if returns:
+                ret = sig.return_annotation
+                ret = "" if ret is inspect.Signature.empty else str(ret)
+                text += " -> " + re.sub(rf"\b(Ring|{cls.__name__})\b", "Self", ret)
+            out[attr] = text
+        else:
+            out[attr] = "attribute"
+    return out
+
+
+def test_both_backends_have_the_same_public_methods_and_signatures() -> None:
+    py, native = _both_backends()
+    assert _interface(py) == _interface(native)
+
+
+def test_backends_match_the_public_ring_signatures_and_annotations() -> None:
+    py, native = _both_backends()
+    public = _interface(Ring, returns=True)
+    problems = []
+    for cls in (py, native):
+        impl = _interface(cls, returns=True)
+        for attr, sig in public.items():
+            if attr not in impl:
+                problems.append(f"{cls.__name__} lacks {attr}")
+            elif impl[attr] != sig:
+                problems.append(f"{cls.__name__}.{attr}{impl[attr]}  !=  Ring.{attr}{sig}")
+    assert not problems, "\n".join(problems)
+
+
+def test_a_ring_of_the_other_backend_is_usable_or_incompatible(ring_name: str) -> None:
+    """A segment made by one backend, opened by the other: works or IncompatibleSegment, never a crash."""
+    _both_backends()
+    other = "python" if fastipc.BACKEND == "native" else "native"
+    run_python(
+        f"""
+        from fastipc import Ring
+        r = Ring.create({ring_name!r}, 1000)
+        r.send(b"from-{other}", timeout=1)
+        r.close()
+        """,
+        env=child_env(FASTIPC_BACKEND=other),
+        timeout=30,
+    )
+    try:
+        r = Ring.open(ring_name)
+    except IncompatibleSegment:
+        return
+    with r:
+        assert r.recv(timeout=1) == f"from-{other}".encode()
+        r.send(b"back", timeout=1)
+        assert r.recv(timeout=1) == b"back"
