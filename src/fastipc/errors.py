@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 __all__ = [
-    "FastIPCError",
-    "Timeout",
-    "MessageTooLarge",
     "Closed",
+    "FastIPCError",
     "IncompatibleSegment",
+    "MessageTooLarge",
+    "Timeout",
 ]
 
 

@@ -8,15 +8,18 @@ subclass of :class:`Ring`.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import IncompatibleSegment
 
 __all__ = ["Ring"]
+
+_R = TypeVar("_R", bound="Ring")
 
 #: Where POSIX shared memory and named semaphores live on Linux.
 SHM_DIR = "/dev/shm"
@@ -62,7 +65,7 @@ def timeout_ns(timeout: float | None) -> int:
         return -1
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
-    if timeout != timeout or timeout < 0:
+    if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
     if timeout == float("inf"):
         return -1
@@ -254,7 +257,7 @@ class Ring:
         except FileNotFoundError:
             pass
 
-    def __enter__(self) -> Ring:
+    def __enter__(self: _R) -> _R:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

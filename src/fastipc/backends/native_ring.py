@@ -58,6 +58,11 @@ class NativeRing(Ring):
 
     _h: Any
     _hf: Any
+    _scratch: Any
+    _sbuf: Any
+    _batch: Any
+    _bview: memoryview | None
+    _holding: bool
 
     # ---- lifetime -----------------------------------------------------
     @classmethod
@@ -112,8 +117,8 @@ class NativeRing(Ring):
         self._scratch = ffi_fast.new("char[]", SCRATCH_BYTES)
         self._sbuf = ffi_fast.buffer(self._scratch)
         lib_fast.fi_ring_set_scratch(self._hf, self._scratch, SCRATCH_BYTES)
-        self._batch: Any = None
-        self._bview: memoryview | None = None
+        self._batch = None
+        self._bview = None
         self._holding = False
         return self
 
