@@ -2,12 +2,13 @@
 """Run the Ring benchmark engine (fastipc.bench) with more repetitions and print a markdown table.
 
 Same measurements as ``fastipc bench``, by default 9 repetitions of 2 s each
-per figure and backend (about 3.5 minutes on 2 vCPUs); each cell shows the
-median and the smallest and largest repetition. Paste the output into
-benchmarks/RESULTS.md, or write it there with ``--out``.
+per figure and backend (about 3.5 minutes on 2 vCPUs, more while it waits for
+other work to stop: see --settle); each cell shows the median and the
+smallest and largest repetition. Paste the output into benchmarks/RESULTS.md,
+or write it elsewhere with ``--out``.
 
     python benchmarks/ring_bench.py [--repeat N] [--duration S] [--backend B]
-                                    [--out FILE] [--json FILE]
+                                    [--settle S] [--out FILE] [--json FILE]
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="BYTES",
         help="ring capacity for the 1 MiB figure (default 8 MiB)",
     )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="before each measurement wait up to this long for the machine to be idle "
+        "(default 20; 0: never wait)",
+    )
     parser.add_argument("--out", metavar="FILE", help="also write the markdown to FILE")
     parser.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
     args = parser.parse_args(argv)
@@ -50,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         idle_duration=0.5,
         idle_repeat=3,
         large_capacity=args.large_capacity,
+        settle=args.settle,
         mode=f"ring_bench ({args.repeat} x {args.duration:g} s)",
     )
     cfg.backends = BACKENDS if args.backend == "both" else (args.backend,)

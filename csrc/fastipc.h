@@ -65,8 +65,9 @@ int fi_ring_shutdown(fi_ring *r);
 /* ---- Non-blocking calls: never wait, safe to call with the GIL held. ---- */
 
 /* Append one message of n bytes. -EAGAIN full or another producer is
- * active, -EMSGSIZE n > capacity. */
-int fi_ring_try_send(fi_ring *r, const char *buf, size_t n);
+ * active, -EMSGSIZE n > capacity. (void *, not char *: cffi converts a
+ * bytes argument to void * ~40 ns faster.) */
+int fi_ring_try_send(fi_ring *r, const void *buf, size_t n);
 
 /* Copy the oldest message into out[0:cap] and consume it; return its length.
  * -EAGAIN empty or another consumer is active, -EMSGSIZE longer than cap
@@ -76,6 +77,12 @@ int64_t fi_ring_try_recv(fi_ring *r, char *out, size_t cap);
 /* fi_ring_try_recv into the buffer lent by fi_ring_set_scratch: one
  * argument, because each argument of a cffi call costs ~40 ns. */
 int64_t fi_ring_try_recv1(fi_ring *r);
+
+/* fi_ring_try_send / fi_ring_try_recv1 that busy-wait up to spin_ns for
+ * room or a message. Bounded, so still fine with the GIL held: a peer that
+ * keeps up is met here without the cost of the blocking path. */
+int fi_ring_spin_send(fi_ring *r, const void *buf, size_t n, int64_t spin_ns);
+int64_t fi_ring_spin_recv1(fi_ring *r, int64_t spin_ns);
 
 /* Append messages from a marshal-format list or tuple of bytes (marshal.dumps(
  * list, 2)), skipping the first `skip`; return how many were appended (> 0).
@@ -93,7 +100,7 @@ int64_t fi_ring_try_recv_batch(fi_ring *r, char *out, size_t cap, size_t max_cou
  * signal arrived while asleep (the caller runs handlers and retries), and
  * -EDEADLK when this thread already holds the side's lock (an open view). */
 
-int fi_ring_send(fi_ring *r, const char *buf, size_t n, int64_t timeout_ns);
+int fi_ring_send(fi_ring *r, const void *buf, size_t n, int64_t timeout_ns);
 int64_t fi_ring_recv(fi_ring *r, char *out, size_t cap, int64_t timeout_ns);
 
 /* Like the try_ form but waits until at least one message went out; returns

@@ -6,8 +6,9 @@
  * end continues at the start without being split: every record and every
  * zero-copy view is contiguous in this process's address space.
  *
- * A record is an 8-byte header (u32 payload length, u32 zero) and the payload
- * padded to 8 bytes. `head` and `tail` are monotonic byte positions; the
+ * A record is an 8-byte header (u32 payload length, u32 stride to the next
+ * record) and the payload padded to 8 bytes; the last record of each publish
+ * is padded on to a 64-byte boundary (see slot_size). `head` and `tail` are monotonic byte positions; the
  * bytes in [head, tail) are complete records, [tail, head + D) is free.
  *
  * Concurrency. Producers serialise on one process-shared lock, consumers on
@@ -57,6 +58,7 @@
 #define FI_HEADER_MIN 4096u
 #define FI_LINE 128 /* two x86 cache lines: the adjacent-line prefetcher pairs them */
 #define FI_REC_HDR 8u
+#define FI_SPIN_PAUSES 8 /* between looks at the other side while spinning */
 
 /* marshal's type codes (Python/marshal.c), stable since Python 2. */
 #define MARSHAL_LIST '['
@@ -114,6 +116,11 @@ struct fi_ring {
 
 static inline uint64_t align8(uint64_t n) { return (n + 7u) & ~(uint64_t)7u; }
 static inline uint64_t rec_size(uint64_t n) { return FI_REC_HDR + align8(n); }
+static inline uint64_t align_line(uint64_t pos) { return (pos + 63u) & ~(uint64_t)63u; }
+/* Space a message published on its own takes: every publish ends on a
+ * 64-byte boundary, so a producer never writes into the cache line a
+ * consumer is reading (false sharing halved the single-message rate). */
+static inline uint64_t slot_size(uint64_t n) { return align_line(FI_REC_HDR + n); }
 
 static inline uint64_t ld_acq(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline uint32_t ld32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
@@ -162,23 +169,33 @@ static int ready(fi_ring *r, enum fi_side side, uint64_t need)
     return r->size - (tail - head) >= need;
 }
 
+/* Busy-wait until `side` looks ready (1) or the clock passes `until` (0).
+ * Each look reads the other side's cache line, which the other side must
+ * then take back to write it: pausing between looks keeps that traffic from
+ * slowing the very peer we wait for. */
+static int spin_until(fi_ring *r, enum fi_side side, uint64_t need, int64_t until)
+{
+    for (unsigned i = 1;; i++) {
+        if (ready(r, side, need))
+            return 1;
+        for (int k = 0; k < FI_SPIN_PAUSES; k++)
+            cpu_relax();
+        if ((i & 7) == 0 && mono_ns() >= until)
+            return 0;
+    }
+}
+
 static int wait_for(fi_ring *r, enum fi_side side, uint64_t need, int64_t deadline)
 {
     struct fi_header *h = r->hdr;
     uint32_t *fut = side == SIDE_CONS ? &h->wake.cons_futex : &h->wake.prod_futex;
     uint32_t *slp = side == SIDE_CONS ? &h->wake.cons_sleeping : &h->wake.prod_sleeping;
     int64_t now = mono_ns(), spin_end = now + r->spin_ns;
-
-    for (unsigned i = 1;; i++) {
-        if (ready(r, side, need))
-            return 0;
-        cpu_relax();
-        if ((i & 63) == 0) {
-            now = mono_ns();
-            if (now >= spin_end || (deadline >= 0 && now >= deadline))
-                break;
-        }
-    }
+    if (deadline >= 0 && deadline < spin_end)
+        spin_end = deadline;
+    if (spin_until(r, side, need, spin_end))
+        return 0;
+    now = mono_ns();
     for (;;) {
         if (deadline >= 0 && now >= deadline)
             return -ETIMEDOUT;
@@ -214,10 +231,26 @@ static int room_for(fi_ring *r, uint64_t tail, uint64_t rec)
 
 static inline char *at(fi_ring *r, uint64_t pos) { return r->data + pos % r->size; }
 
-static inline void put_record_header(char *p, uint32_t len)
+/* A record header: the payload length and the stride to the next record
+ * (the record's own size, plus the padding to a line when it ends a publish). */
+static inline void put_record_header(char *p, uint32_t len, uint64_t stride)
 {
-    uint32_t hdr[2] = {len, 0};
+    uint32_t hdr[2] = {len, (uint32_t)stride};
     memcpy(p, hdr, sizeof hdr);
+}
+
+/* Read and check the record header at `pos`, with `avail` committed bytes
+ * from there: 0, or -EBADMSG if it cannot be a record we wrote. */
+static int get_record_header(fi_ring *r, uint64_t pos, uint64_t avail, uint32_t *len, uint64_t *stride)
+{
+    uint32_t hdr[2];
+    memcpy(hdr, at(r, pos), sizeof hdr);
+    uint64_t rec = rec_size(hdr[0]);
+    if (hdr[0] > r->cap || hdr[1] < rec || hdr[1] - rec > 56 || hdr[1] % 8 || hdr[1] > avail)
+        return -EBADMSG;
+    *len = hdr[0];
+    *stride = hdr[1];
+    return 0;
 }
 
 static void publish(fi_ring *r, uint64_t tail, uint64_t count)
@@ -230,7 +263,7 @@ static void publish(fi_ring *r, uint64_t tail, uint64_t count)
     wake_consumers(h);
 }
 
-static int send_locked(fi_ring *r, const char *buf, size_t n)
+static int send_locked(fi_ring *r, const void *buf, size_t n)
 {
     struct fi_header *h = r->hdr;
     if (is_closed(h)) {
@@ -238,14 +271,14 @@ static int send_locked(fi_ring *r, const char *buf, size_t n)
         return -EPIPE;
     }
     uint64_t tail = __atomic_load_n(&h->prod.tail, __ATOMIC_RELAXED);
-    uint64_t rec = rec_size(n);
-    int rc = room_for(r, tail, rec);
+    uint64_t stride = align_line(tail + rec_size(n)) - tail;
+    int rc = room_for(r, tail, stride);
     if (rc)
         return rc;
     char *p = at(r, tail);
-    put_record_header(p, (uint32_t)n);
+    put_record_header(p, (uint32_t)n, stride);
     memcpy(p + FI_REC_HDR, buf, n);
-    publish(r, tail + rec, 1);
+    publish(r, tail + stride, 1);
     return 0;
 }
 
@@ -302,25 +335,31 @@ static int64_t send_batch_locked(fi_ring *r, const char *buf, size_t len, size_t
         wake_consumers(h);
         return -EPIPE;
     }
-    uint64_t tail = __atomic_load_n(&h->prod.tail, __ATOMIC_RELAXED), pos = tail;
+    uint64_t tail = __atomic_load_n(&h->prod.tail, __ATOMIC_RELAXED), pos = tail, last = tail;
+    uint32_t last_len = 0;
     int64_t sent = 0;
     for (p = first; sent < count - (int64_t)skip; sent++) {
         const char *q = p;
         batch_item(&q, end, &data, &n);
         uint64_t rec = rec_size(n);
-        int rc = room_for(r, pos, rec);
+        /* Room for this record and the padding if it ends the publish. */
+        int rc = room_for(r, tail, align_line(pos + rec) - tail);
         if (rc == -EBADMSG)
             return rc;
         if (rc)
             break;
         char *w = at(r, pos);
-        put_record_header(w, n);
+        put_record_header(w, n, rec);
         memcpy(w + FI_REC_HDR, data, n);
+        last = pos;
+        last_len = n;
         pos += rec;
         p = q;
     }
     if (sent == 0)
         return -EAGAIN;
+    pos = align_line(pos);
+    put_record_header(at(r, last), last_len, pos - last);
     publish(r, pos, (uint64_t)sent);
     return sent;
 }
@@ -345,7 +384,7 @@ static int drained(fi_ring *r)
 
 /* The record at the head: its position and payload length, or -EAGAIN,
  * -EPIPE (shut down and drained), -EBADMSG. */
-static int next_record(fi_ring *r, uint64_t *headp, uint32_t *lenp)
+static int next_record(fi_ring *r, uint64_t *headp, uint32_t *lenp, uint64_t *stridep)
 {
     struct fi_header *h = r->hdr;
     uint64_t head = ld_acq(&h->cons.head);
@@ -361,13 +400,8 @@ static int next_record(fi_ring *r, uint64_t *headp, uint32_t *lenp)
     uint64_t avail = r->cached_tail - head;
     if (avail > r->size)
         return -EBADMSG;
-    uint32_t len;
-    memcpy(&len, at(r, head), 4);
-    if (len > r->cap || rec_size(len) > avail)
-        return -EBADMSG;
     *headp = head;
-    *lenp = len;
-    return 0;
+    return get_record_header(r, head, avail, lenp, stridep);
 }
 
 static void consume(fi_ring *r, uint64_t head, uint64_t count)
@@ -380,23 +414,23 @@ static void consume(fi_ring *r, uint64_t head, uint64_t count)
 
 static int64_t recv_locked(fi_ring *r, char *out, size_t cap)
 {
-    uint64_t head;
+    uint64_t head, stride;
     uint32_t len;
-    int rc = next_record(r, &head, &len);
+    int rc = next_record(r, &head, &len, &stride);
     if (rc)
         return rc;
     if (len > cap)
         return -EMSGSIZE;
     memcpy(out, at(r, head) + FI_REC_HDR, len);
-    consume(r, head + rec_size(len), 1);
+    consume(r, head + stride, 1);
     return len;
 }
 
 static int64_t recv_batch_locked(fi_ring *r, char *out, size_t cap, size_t max_count)
 {
-    uint64_t head, pos;
+    uint64_t head, pos, stride;
     uint32_t len, count = 0;
-    int rc = next_record(r, &head, &len);
+    int rc = next_record(r, &head, &len, &stride);
     if (rc)
         return rc;
     if (cap < 5 || (uint64_t)len + 5 > cap - 5)
@@ -407,16 +441,15 @@ static int64_t recv_batch_locked(fi_ring *r, char *out, size_t cap, size_t max_c
         memcpy(w + 1, &len, 4);
         memcpy(w + 5, at(r, pos) + FI_REC_HDR, len);
         w += 5 + (size_t)len;
-        pos += rec_size(len);
+        pos += stride;
         if (++count == max_count || count == UINT32_MAX)
             break;
         if (pos == r->cached_tail)
             r->cached_tail = ld_acq(&r->hdr->prod.tail);
         if (pos == r->cached_tail || r->cached_tail - pos > r->size)
             break;
-        memcpy(&len, at(r, pos), 4);
         /* A bad record ends the batch; the next call reports it. */
-        if (len > r->cap || rec_size(len) > r->cached_tail - pos ||
+        if (get_record_header(r, pos, r->cached_tail - pos, &len, &stride) ||
             (uint64_t)(out + cap - w) < (uint64_t)len + 5)
             break;
     }
@@ -439,7 +472,7 @@ static uint64_t header_size(void)
 static uint64_t data_size_for(uint64_t capacity)
 {
     uint64_t page = header_size();
-    uint64_t need = rec_size(capacity);
+    uint64_t need = slot_size(capacity);
     return (need + page - 1) / page * page;
 }
 
@@ -606,7 +639,7 @@ int fi_ring_shutdown(fi_ring *r)
 
 /* ---- public: non-blocking --------------------------------------------- */
 
-int fi_ring_try_send(fi_ring *r, const char *buf, size_t n)
+int fi_ring_try_send(fi_ring *r, const void *buf, size_t n)
 {
     if (!r)
         return -EBADF;
@@ -635,6 +668,22 @@ int64_t fi_ring_try_recv(fi_ring *r, char *out, size_t cap)
 int64_t fi_ring_try_recv1(fi_ring *r)
 {
     return r ? fi_ring_try_recv(r, r->scratch, r->scratch_cap) : -EBADF;
+}
+
+int fi_ring_spin_send(fi_ring *r, const void *buf, size_t n, int64_t spin_ns)
+{
+    int rc = fi_ring_try_send(r, buf, n);
+    if (rc == -EAGAIN && spin_until(r, SIDE_PROD, slot_size(n), mono_ns() + spin_ns))
+        rc = fi_ring_try_send(r, buf, n);
+    return rc;
+}
+
+int64_t fi_ring_spin_recv1(fi_ring *r, int64_t spin_ns)
+{
+    int64_t rc = fi_ring_try_recv1(r);
+    if (rc == -EAGAIN && spin_until(r, SIDE_CONS, 0, mono_ns() + spin_ns))
+        rc = fi_ring_try_recv1(r);
+    return rc;
 }
 
 int64_t fi_ring_try_send_batch(fi_ring *r, const char *buf, size_t len, size_t skip)
@@ -699,13 +748,13 @@ static int closed_wait(fi_ring *r, enum fi_side side, uint64_t need, int64_t dea
     return wait_for(r, side, need, deadline);
 }
 
-int fi_ring_send(fi_ring *r, const char *buf, size_t n, int64_t timeout_ns)
+int fi_ring_send(fi_ring *r, const void *buf, size_t n, int64_t timeout_ns)
 {
     if (!r)
         return -EBADF;
     if (n > r->cap)
         return -EMSGSIZE;
-    BLOCKING(r, SIDE_PROD, rec_size(n), timeout_ns, send_locked(r, buf, n));
+    BLOCKING(r, SIDE_PROD, slot_size(n), timeout_ns, send_locked(r, buf, n));
 }
 
 int64_t fi_ring_recv(fi_ring *r, char *out, size_t cap, int64_t timeout_ns)
@@ -728,7 +777,7 @@ int64_t fi_ring_send_batch(fi_ring *r, const char *buf, size_t len, size_t skip,
     for (size_t i = 0; i <= skip && (int64_t)i < count; i++)
         if (batch_item(&p, buf + len, &data, &n))
             return -EINVAL;
-    BLOCKING(r, SIDE_PROD, rec_size(n), timeout_ns, send_batch_locked(r, buf, len, skip));
+    BLOCKING(r, SIDE_PROD, slot_size(n), timeout_ns, send_batch_locked(r, buf, len, skip));
 }
 
 int64_t fi_ring_recv_batch(fi_ring *r, char *out, size_t cap, size_t max_count, int64_t timeout_ns)
@@ -748,7 +797,7 @@ static int64_t reserve_locked(fi_ring *r, size_t n, char **ptr)
         return -EPIPE;
     }
     uint64_t tail = __atomic_load_n(&h->prod.tail, __ATOMIC_RELAXED);
-    int rc = room_for(r, tail, rec_size(n));
+    int rc = room_for(r, tail, align_line(tail + rec_size(n)) - tail);
     if (rc)
         return rc;
     r->holding = SIDE_PROD;
@@ -778,7 +827,7 @@ int fi_ring_reserve(fi_ring *r, size_t n, int64_t timeout_ns, char **ptr)
         unlock(m);
         if (rc != -EAGAIN)
             return rc;
-        rc = wait_for(r, SIDE_PROD, rec_size(n), deadline);
+        rc = wait_for(r, SIDE_PROD, slot_size(n), deadline);
         if (rc)
             return rc;
     }
@@ -797,8 +846,9 @@ int fi_ring_commit(fi_ring *r)
         rc = -EPIPE;
         wake_consumers(h);
     } else {
-        put_record_header(at(r, r->held_pos), (uint32_t)r->held_len);
-        publish(r, r->held_pos + rec_size(r->held_len), 1);
+        uint64_t end = align_line(r->held_pos + rec_size(r->held_len));
+        put_record_header(at(r, r->held_pos), (uint32_t)r->held_len, end - r->held_pos);
+        publish(r, end, 1);
     }
     unlock(&h->prod.lock);
     return rc;
@@ -817,14 +867,14 @@ int fi_ring_abort(fi_ring *r)
 
 static int64_t peek_locked(fi_ring *r, char **ptr)
 {
-    uint64_t head;
+    uint64_t head, stride;
     uint32_t len;
-    int rc = next_record(r, &head, &len);
+    int rc = next_record(r, &head, &len, &stride);
     if (rc)
         return rc;
     r->holding = SIDE_CONS;
     r->held_pos = head;
-    r->held_len = rec_size(len);
+    r->held_len = stride;
     *ptr = at(r, head) + FI_REC_HDR;
     return len;
 }

@@ -171,6 +171,9 @@ class BenchConfig:
     small_size: int = 64
     #: Label for the mode, shown in the output.
     mode: str = "default"
+    #: Up to this many seconds before each measurement, wait for the machine
+    #: to be idle (no other runnable task for 0.1 s); 0: do not wait.
+    settle: float = 0.0
     #: Seconds the whole run should stay under: no repetition starts that
     #: would overrun it (at least one always runs). None: no budget.
     time_budget: float | None = None
@@ -446,6 +449,23 @@ def _procs_running() -> int | None:
     return None
 
 
+def _settle(max_wait: float) -> float | None:
+    """Wait up to ``max_wait`` s for 0.1 s without other runnable tasks; return the wait.
+
+    Returns None if the machine never went idle in time (the measurement
+    then runs anyway and its ``other_load`` tells how busy it was).
+    """
+    t0 = time.monotonic()
+    quiet = 0
+    while time.monotonic() - t0 < max_wait:
+        running = _procs_running()
+        quiet = quiet + 1 if running is not None and running <= 1 else 0
+        if quiet >= 5:
+            return time.monotonic() - t0
+        time.sleep(0.02)
+    return None
+
+
 def _wait_any(procs: Sequence[subprocess.Popen[str]], timeout: float) -> None:
     """Block until one of ``procs`` exits or ``timeout`` s pass, without polling."""
     try:
@@ -701,8 +721,11 @@ def run_benchmark(
                             f"[{len(report.measurements) + 1}/{total}] {kind} "
                             f"{backend} rep {rep + 1}"
                         )
+                    waited = _settle(cfg.settle) if cfg.settle > 0 else None
                     name = f"{token}.{next(seq):04d}"
-                    report.measurements.append(_run_one(kind, backend, rep, name, cfg))
+                    m = _run_one(kind, backend, rep, name, cfg)
+                    m.detail["settle_s"] = waited
+                    report.measurements.append(m)
             report.repetitions = rep + 1
             now = time.monotonic()
             if cfg.time_budget is not None and now + (now - t_rep) > t_start + cfg.time_budget:
