@@ -124,6 +124,10 @@ int fi_ring_abort(fi_ring *r);
  * consumes it), from the same thread. */
 int64_t fi_ring_peek(fi_ring *r, int64_t timeout_ns, char **ptr);
 int fi_ring_release(fi_ring *r);
+
+/* Let go of whatever side an open reserve/peek holds, publishing and
+ * consuming nothing (for closing a handle with a view still open). */
+int fi_ring_unhold(fi_ring *r);
 /* CDEF END */
 
 #endif /* FASTIPC_H */

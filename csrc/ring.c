@@ -914,3 +914,16 @@ int fi_ring_release(fi_ring *r)
     unlock(&r->hdr->cons.lock);
     return 0;
 }
+
+int fi_ring_unhold(fi_ring *r)
+{
+    if (!r)
+        return -EBADF;
+    if (r->holding == SIDE_PROD)
+        return fi_ring_abort(r);
+    if (r->holding == SIDE_CONS) {
+        r->holding = SIDE_NONE;
+        unlock(&r->hdr->cons.lock);
+    }
+    return 0;
+}

@@ -222,3 +222,32 @@ def test_recv_view_holds_other_consumers_but_not_producers(ring: Ring, children:
     # ... and then gets the next message, not the one that was viewed.
     assert children.readline(c, 10).endswith("recv 1:1")
     assert parse_msg(ring.recv(timeout=1)) == (777, 0)
+
+
+# ---------------------------------------------------------------------------
+# closing a handle while one of its views is open
+# ---------------------------------------------------------------------------
+
+
+def test_close_inside_reserve_sends_nothing_and_frees_the_producer_side(ring: Ring) -> None:
+    writer = Ring.open(ring.name)
+    cm = writer.reserve(3, timeout=1)
+    view = cm.__enter__()
+    view[:] = b"abc"
+    writer.close()
+    ring.send(b"other producer", timeout=1)  # not held up by the closed handle
+    with pytest.raises(ValueError, match="closed"):
+        cm.__exit__(None, None, None)
+    assert ring.recv(timeout=1) == b"other producer"
+    with pytest.raises(Timeout):
+        ring.recv(timeout=0)
+
+
+def test_close_inside_recv_view_leaves_the_message_for_other_consumers(ring: Ring) -> None:
+    reader = Ring.open(ring.name)
+    ring.send(b"kept", timeout=1)
+    cm = reader.recv_view(timeout=1)
+    assert bytes(cm.__enter__()) == b"kept"
+    reader.close()
+    cm.__exit__(None, None, None)
+    assert ring.recv(timeout=1) == b"kept"

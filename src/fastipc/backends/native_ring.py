@@ -132,9 +132,10 @@ class NativeRing(Ring):
         if self._h == ffi.NULL:
             return
         if self._holding:
-            # An open reserve/view holds a robust mutex linked into this
-            # thread's robust list; unmapping it then would leave glibc a
-            # dangling link. Keep the mapping (a leak) rather than risk that.
+            # A reserve/view is still open: let the other producers or
+            # consumers go (nothing is published or consumed), but keep the
+            # mapping (a leak), since the caller's view still points into it.
+            lib.fi_ring_unhold(self._h)
             ffi.gc(self._h, None)
         else:
             ffi.release(self._h)
@@ -309,10 +310,13 @@ class NativeRing(Ring):
             yield view
         except BaseException:
             _release_view(view)
-            self._holding = False
-            lib.fi_ring_abort(h)
+            if not self.closed:
+                self._holding = False
+                lib.fi_ring_abort(h)
             raise
         _release_view(view)
+        if self.closed:
+            raise ValueError(f"ring {self.name!r} was closed inside reserve(); nothing was sent")
         self._holding = False
         _check(lib.fi_ring_commit(h), self.name)
 
@@ -329,8 +333,9 @@ class NativeRing(Ring):
             yield view
         finally:
             _release_view(view)
-            self._holding = False
-            lib.fi_ring_release(h)
+            if not self.closed:  # close() already let the consumer side go
+                self._holding = False
+                lib.fi_ring_release(h)
 
 
 def _release_view(view: memoryview) -> None:

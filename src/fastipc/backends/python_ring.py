@@ -15,7 +15,7 @@ the x86_64/aarch64 Linux this targets)::
         80     8  head selector
         88    16  head slot 0: (head position, messages popped)
        104    16  head slot 1
-       256     3  bytes locked (never read or written) by the state, producer and consumer locks
+       256     3  bytes locked (never read or written): producer, state, consumer
       4096     D  data area: records of [u64 payload length][payload, padded to 8]
 
 Positions are monotonic byte counts; a record starts at ``position % D``
@@ -45,6 +45,10 @@ Why file locks and double slots (the crash-safety argument):
   hostile): offsets are always reduced modulo this handle's own D, and
   inconsistent state raises IncompatibleSegment.
 
+A handle inherited through ``fork()`` reopens and remaps the segment in the
+child (``os.register_at_fork``): sharing the parent's open file description
+would share its locks, so parent and child would not exclude each other.
+
 The semaphores ``/fastipc.NAME.items`` and ``/fastipc.NAME.space`` are only
 wake-up hints, not counts: a waiter re-checks the state after every wake-up
 and never sleeps longer than ``_SLEEP_CAP`` between checks, so a peer killed
@@ -61,6 +65,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any
@@ -68,7 +73,15 @@ from typing import Any
 import posix_ipc
 
 from ..errors import Closed, MessageTooLarge, Timeout
-from ..ring import Ring, check_buffer, incompatible, segment_path, semaphore_paths, timeout_ns
+from ..ring import (
+    MAX_CAPACITY,
+    Ring,
+    check_buffer,
+    incompatible,
+    segment_path,
+    semaphore_paths,
+    timeout_ns,
+)
 
 __all__ = ["PythonRing"]
 
@@ -77,9 +90,9 @@ if sys.byteorder != "little":  # pragma: no cover - the layout uses native u64 w
 
 MAGIC = b"FIPCPY01"
 LAYOUT_VERSION = 1
+_NATIVE_MAGIC = b"FPCIRN01"  # csrc/ring.c's FI_MAGIC, named for a clearer error
 
 _HEADER = 4096  # bytes before the data area; one page so the data area is page-aligned
-_MASK64 = (1 << 64) - 1
 _MAX_POS = 1 << 62  # positions beyond this are corrupt (exabytes of traffic)
 
 # Header word indexes (u64 words of the mapping).
@@ -102,8 +115,8 @@ _LOCK_CONSUMER = 258
 
 #: Longest single sleep on a semaphore before re-checking the shared state (seconds).
 _SLEEP_CAP = 0.2
-#: How long a blocking wait re-checks the state before sleeping (seconds): a
-#: busy peer is usually seen without paying a semaphore wake-up.
+#: How long a blocking wait watches the semaphore's value before sleeping on it
+#: (seconds): a busy peer is usually seen without paying a sleep and wake-up.
 _SPIN = 100e-6
 #: How long a contended lock is retried before sleeping on it (seconds).
 _LOCK_SPIN = 50e-6
@@ -129,6 +142,7 @@ _UNLOCKS_WITH_STATE = {
     _LOCK_PRODUCER: _flock(fcntl.F_UNLCK, _LOCK_PRODUCER, 2),
     _LOCK_CONSUMER: _flock(fcntl.F_UNLCK, _LOCK_STATE, 2),
 }
+_UNLOCK_ALL = _flock(fcntl.F_UNLCK, _LOCK_PRODUCER, 3)
 _F_SETLK: int = fcntl.F_OFD_SETLK  # type: ignore[attr-defined,unused-ignore]
 _F_SETLKW: int = fcntl.F_OFD_SETLKW  # type: ignore[attr-defined,unused-ignore]
 _BUSY = (errno.EAGAIN, errno.EACCES)
@@ -207,6 +221,7 @@ class PythonRing(Ring):
         # understates what is committed.
         self._head_seen = 0
         self._tail_seen = 0
+        _LIVE.add(self)
 
     # ---- construction -----------------------------------------------------
     @classmethod
@@ -329,6 +344,10 @@ class PythonRing(Ring):
             time.sleep(0.001)
         magic = head[:8]
         version, capacity, dsize = struct.unpack_from("<I4xQQ", head, 8)
+        if magic == _NATIVE_MAGIC:
+            raise incompatible(
+                name, "a ring of the native backend: open it with FASTIPC_BACKEND=native"
+            )
         if magic != MAGIC:
             raise incompatible(
                 name,
@@ -339,9 +358,9 @@ class PythonRing(Ring):
             raise incompatible(
                 name, f"layout version {version}, this fastipc reads {LAYOUT_VERSION}"
             )
-        if not 1 <= capacity <= 1 << 40:
+        if not 1 <= capacity <= MAX_CAPACITY:
             raise incompatible(name, f"capacity {capacity} is out of range")
-        if dsize % 8 or dsize < _align8(capacity) + 8 or dsize > 2 * (1 << 40):
+        if dsize % 8 or dsize < _align8(capacity) + 8 or dsize > _data_size(capacity) + (1 << 30):
             raise incompatible(name, f"data size {dsize} does not fit capacity {capacity}")
         if size < _HEADER + dsize:
             raise incompatible(
@@ -394,7 +413,8 @@ class PythonRing(Ring):
                     raise
 
     def _unlock(self, byte: int) -> None:
-        fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[byte])
+        if not self._torn_down:  # after close() inside a block, the kernel already let go
+            fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[byte])
 
     def _lock_state(self, deadline: float | None, grace: float = _STATE_GRACE) -> None:
         if deadline is not None:
@@ -406,6 +426,9 @@ class PythonRing(Ring):
         try:
             self._lock(_LOCK_STATE, deadline)
         except BaseException:
+            # Also after a Ctrl-C that lands just after the lock was taken: unlocking
+            # a byte this descriptor does not hold is a no-op.
+            self._unlock(_LOCK_STATE)
             self._slock.release()
             raise
 
@@ -415,7 +438,7 @@ class PythonRing(Ring):
         finally:
             self._slock.release()
 
-    def _enter(self) -> None:
+    def _enter(self, deadline: float | None) -> None:
         """Start a call on this handle: one thread at a time, none after close."""
         me = threading.get_ident()
         if self._owner == me:
@@ -424,7 +447,10 @@ class PythonRing(Ring):
             )
         if self._closed:
             raise ValueError("ring is closed")
-        self._tlock.acquire()
+        if deadline is None:
+            self._tlock.acquire()
+        elif not self._tlock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            raise Timeout("timed out waiting for another thread using this ring handle")
         self._owner = me
         if self._closed:
             self._leave()
@@ -622,14 +648,16 @@ class PythonRing(Ring):
     def send(self, data: Any, timeout: float | None = None) -> None:
         mv = self._message(data)
         deadline = _deadline(timeout)
-        self._enter()
+        self._enter(deadline)
         try:
-            self._lock(_LOCK_PRODUCER, deadline)
             try:
+                self._lock(_LOCK_PRODUCER, deadline)
                 tail, pushed = self._wait_space(8 + _align8(mv.nbytes), deadline)
                 end = self._put(tail, mv)
                 self._commit_tail(tail, end, pushed + 1, deadline)  # releases the lock
             except BaseException:
+                # Held unless a commit released it; also covers a Ctrl-C landing right
+                # after the lock was taken (unlocking an unheld byte is a no-op).
                 self._unlock(_LOCK_PRODUCER)
                 raise
         finally:
@@ -642,10 +670,10 @@ class PythonRing(Ring):
             return 0
         D = self._D
         sent = 0
-        self._enter()
+        self._enter(deadline)
         try:
-            self._lock(_LOCK_PRODUCER, deadline)
             try:
+                self._lock(_LOCK_PRODUCER, deadline)
                 while sent < len(views):
                     need = 8 + _align8(views[sent].nbytes)
                     try:
@@ -686,10 +714,10 @@ class PythonRing(Ring):
 
     @contextmanager
     def _reserve(self, n: int, deadline: float | None) -> Iterator[memoryview]:
-        self._enter()
+        self._enter(deadline)
         try:
-            self._lock(_LOCK_PRODUCER, deadline)
             try:
+                self._lock(_LOCK_PRODUCER, deadline)
                 tail, pushed = self._wait_space(8 + _align8(n), deadline)
                 off = (tail + 8) % self._D
                 temp: bytearray | None = None
@@ -702,7 +730,11 @@ class PythonRing(Ring):
                     yield view
                 finally:
                     _release(view)
+                    if self._closed:
+                        self._close_mapping()
                 # Only reached on a normal exit: an exception skips the commit (discarded).
+                if self._closed:
+                    raise ValueError("ring is closed: the reservation was discarded")
                 if temp is not None:
                     end = self._put(tail, memoryview(temp))
                 else:
@@ -750,10 +782,10 @@ class PythonRing(Ring):
 
     def recv(self, timeout: float | None = None) -> bytes:
         deadline = _deadline(timeout)
-        self._enter()
+        self._enter(deadline)
         try:
-            self._lock(_LOCK_CONSUMER, deadline)
             try:
+                self._lock(_LOCK_CONSUMER, deadline)
                 head, popped, _, n = self._wait_message(deadline)
                 data = self._read(head, n)
                 self._commit_head(head, head + 8 + _align8(n), popped + 1, deadline)
@@ -769,10 +801,10 @@ class PythonRing(Ring):
         if dst.readonly:
             raise TypeError("buffer must be writable")
         deadline = _deadline(timeout)
-        self._enter()
+        self._enter(deadline)
         try:
-            self._lock(_LOCK_CONSUMER, deadline)
             try:
+                self._lock(_LOCK_CONSUMER, deadline)
                 head, popped, _, n = self._wait_message(deadline)
                 if n > dst.nbytes:
                     raise MessageTooLarge(
@@ -801,10 +833,10 @@ class PythonRing(Ring):
             raise ValueError(f"max_count must be >= 1, got {count}")
         deadline = _deadline(timeout)
         out: list[bytes] = []
-        self._enter()
+        self._enter(deadline)
         try:
-            self._lock(_LOCK_CONSUMER, deadline)
             try:
+                self._lock(_LOCK_CONSUMER, deadline)
                 head, popped, tail, n = self._wait_message(deadline)
                 if count > 1:
                     # Take everything already committed, not just what this handle last saw.
@@ -829,10 +861,10 @@ class PythonRing(Ring):
 
     @contextmanager
     def _recv_view(self, deadline: float | None) -> Iterator[memoryview]:
-        self._enter()
+        self._enter(deadline)
         try:
-            self._lock(_LOCK_CONSUMER, deadline)
             try:
+                self._lock(_LOCK_CONSUMER, deadline)
                 head, popped, _, n = self._wait_message(deadline)
                 off = (head + 8) % self._D
                 if off + n <= self._D:
@@ -845,8 +877,13 @@ class PythonRing(Ring):
                 finally:
                     _release(view)
                     _release(raw)
-                    # Consumed whether or not the block raised.
-                    self._commit_head(head, head + 8 + _align8(n), popped + 1, deadline)
+                    if self._closed:
+                        # close() inside the block gave up the consumer side: the
+                        # message stays for the next consumer.
+                        self._close_mapping()
+                    else:
+                        # Consumed whether or not the block raised.
+                        self._commit_head(head, head + 8 + _align8(n), popped + 1, deadline)
             except BaseException:
                 self._unlock(_LOCK_CONSUMER)  # a successful commit already released it
                 raise
@@ -887,7 +924,11 @@ class PythonRing(Ring):
         if self._closed:
             return
         self._closed = True
-        if self._tlock.acquire(blocking=False):
+        if self._owner == threading.get_ident():
+            # Called inside this thread's reserve()/recv_view() block: release the
+            # ring now; the block's exit then publishes or consumes nothing.
+            self._teardown()
+        elif self._tlock.acquire(blocking=False):
             try:
                 self._teardown()
             finally:
@@ -899,18 +940,68 @@ class PythonRing(Ring):
             return
         self._torn_down = True
         with self._slock:
+            # OFD locks live as long as the open file description, which a mapping
+            # still exported to the caller keeps alive: drop every lock explicitly.
+            fcntl.fcntl(self._fd, _F_SETLK, _UNLOCK_ALL)
             self._q.release()
             self._buf.release()
-            try:
-                self._mm.close()
-            except BufferError:
-                pass  # the caller kept a view past its block; the mapping goes when it does
+            self._close_mapping()
             os.close(self._fd)
             self._items.close()
             self._space.close()
+
+    def _close_mapping(self) -> None:
+        try:
+            self._mm.close()
+        except BufferError:
+            pass  # a view is still out (retried when a block releases it, else at GC)
+
+    def _after_fork_in_child(self) -> None:
+        """Give a handle inherited through fork() its own open file description.
+
+        A forked child shares the parent's descriptor, hence its OFD locks: the two
+        would not exclude each other, and the child's copy of the mapping would keep
+        a dead parent's locks alive. Reopen the file and remap it in the child.
+        """
+        self._tlock = threading.Lock()  # another parent thread may have held these
+        self._slock = threading.Lock()
+        self._owner = 0
+        if self._torn_down:
+            return
+        old_fd, old_mm = self._fd, self._mm
+        try:
+            fd = os.open(f"/proc/self/fd/{old_fd}", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                mm = mmap.mmap(fd, len(old_mm), mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            except BaseException:
+                os.close(fd)
+                raise
+        except OSError:
+            # Unusable here rather than silently unsafe; the parent's handle is unaffected.
+            self._closed = self._torn_down = True
+            return
+        self._q.release()
+        self._buf.release()
+        self._fd, self._mm = fd, mm
+        self._buf = memoryview(mm)
+        self._q = self._buf.cast("Q")
+        with suppress(BufferError):
+            old_mm.close()
+        os.close(old_fd)
 
     def __del__(self) -> None:
         # A dropped handle must not leak its descriptor; errors at interpreter exit are moot.
         with suppress(Exception):
             if not self._closed:
                 self.close()
+
+
+_LIVE: weakref.WeakSet[PythonRing] = weakref.WeakSet()
+
+
+def _reopen_after_fork() -> None:
+    for ring in list(_LIVE):
+        ring._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reopen_after_fork)
