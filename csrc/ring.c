@@ -58,6 +58,8 @@
 #define FI_HEADER_MIN 4096u
 #define FI_LINE 128 /* two x86 cache lines: the adjacent-line prefetcher pairs them */
 #define FI_REC_HDR 8u
+/* A record's stride (header, payload, padding to a line) must fit its u32. */
+#define FI_MAX_CAPACITY (UINT32_MAX - 127u)
 #define FI_SPIN_PAUSES 8 /* between looks at the other side while spinning */
 
 /* marshal's type codes (Python/marshal.c), stable since Python 2. */
@@ -516,7 +518,7 @@ int fi_ring_create(int fd, uint64_t capacity, fi_ring **out)
     _Static_assert(sizeof(struct fi_header) <= FI_HEADER_MIN, "header outgrew its page");
     struct stat st;
     uint64_t hsize = header_size(), size = data_size_for(capacity);
-    if (capacity == 0 || capacity > UINT32_MAX)
+    if (capacity == 0 || capacity > FI_MAX_CAPACITY)
         return -EINVAL;
     if (fstat(fd, &st))
         return -errno;
@@ -557,7 +559,7 @@ int fi_ring_open(int fd, fi_ring **out)
         return -EPROTO;
     if (copy.version != FI_LAYOUT_VERSION)
         return -EPROTONOSUPPORT;
-    if (copy.header_size != hsize || copy.capacity == 0 || copy.capacity > UINT32_MAX ||
+    if (copy.header_size != hsize || copy.capacity == 0 || copy.capacity > FI_MAX_CAPACITY ||
         copy.data_size != data_size_for(copy.capacity) ||
         (uint64_t)st.st_size != hsize + copy.data_size)
         return -EBADMSG;

@@ -71,6 +71,14 @@ def test_capacity_below_one_is_a_value_error(ring_name: str, bad: int) -> None:
 
 
 @pytest.mark.parametrize("bad", [True, False, 1.0, 100.5, "100", None])
+def test_capacity_above_the_largest_record_is_a_value_error(ring_name: str) -> None:
+    from fastipc.ring import MAX_CAPACITY
+
+    with pytest.raises(ValueError, match="capacity"):
+        Ring.create(ring_name, MAX_CAPACITY + 1)
+    assert shm_entries(ring_name) == []
+
+
 def test_capacity_of_wrong_type_is_rejected(ring_name: str, bad: object) -> None:
     with pytest.raises((TypeError, ValueError)):
         Ring.create(ring_name, bad)  # type: ignore[arg-type]

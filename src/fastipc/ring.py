@@ -26,8 +26,8 @@ SHM_DIR = "/dev/shm"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
-#: The largest capacity accepted (bytes): record lengths are 32-bit.
-MAX_CAPACITY = (1 << 32) - 1
+#: The largest capacity accepted (bytes): a record's size, padding included, is 32-bit.
+MAX_CAPACITY = (1 << 32) - 128
 
 
 def validate_name(name: object) -> str:
