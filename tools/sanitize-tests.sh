@@ -15,4 +15,5 @@ FASTIPC_SANITIZE=1 "$venv/bin/pip" install -q --no-build-isolation --force-reins
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:handle_segv=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-FASTIPC_BACKEND=native "$venv/bin/python" -m pytest -q -p no:cacheprovider "${@:-tests}"
+[ $# -gt 0 ] || set -- -q tests
+FASTIPC_BACKEND=native "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
