@@ -141,3 +141,34 @@ def test_a_ring_of_the_other_backend_is_usable_or_incompatible(ring_name: str) -
         assert r.recv(timeout=1) == f"from-{other}".encode()
         r.send(b"back", timeout=1)
         assert r.recv(timeout=1) == b"back"
+
+
+_HIDE_NATIVE = """
+import importlib.abc, sys
+class HideNative(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith("fastipc._native"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, HideNative())
+"""
+
+
+def test_auto_falls_back_to_python_only_when_the_compiled_module_is_missing() -> None:
+    proc = run_python(
+        _HIDE_NATIVE + "import fastipc; print(fastipc.BACKEND)",
+        env=child_env(FASTIPC_BACKEND="auto"),
+        timeout=30,
+    )
+    assert proc.stdout.strip() == "python"
+
+
+def test_native_named_but_missing_is_an_import_error_with_the_reason() -> None:
+    proc = run_python(
+        _HIDE_NATIVE + "import fastipc",
+        env=child_env(FASTIPC_BACKEND="native"),
+        check=False,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    assert "ImportError" in proc.stderr and "fastipc._native" in proc.stderr, proc.stderr
