@@ -9,9 +9,9 @@ cd "$(dirname "$0")/.."
 venv=.venv-sanitize
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip
-FASTIPC_SANITIZE=1 "$venv/bin/pip" install -q --no-build-isolation --force-reinstall --no-deps . 2>/dev/null \
-    || { "$venv/bin/pip" install -q setuptools wheel cffi; FASTIPC_SANITIZE=1 "$venv/bin/pip" install -q --no-build-isolation --force-reinstall --no-deps .; }
-"$venv/bin/pip" install -q cffi posix_ipc pytest
+# The flag reaches build_ffi.py through the environment of pip's (isolated) build.
+FASTIPC_SANITIZE=1 "$venv/bin/pip" install -q --force-reinstall --no-cache-dir .
+"$venv/bin/pip" install -q pytest
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:handle_segv=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
