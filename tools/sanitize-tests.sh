@@ -9,8 +9,16 @@ cd "$(dirname "$0")/.."
 venv=.venv-sanitize
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip
-# The flag reaches build_ffi.py through the environment of pip's (isolated) build.
+# The flag reaches build_ffi.py through the environment of pip's (isolated)
+# build. setuptools reuses objects in build/ whatever the flags were, so the
+# sanitized build starts from none and leaves none for a normal build.
+rm -rf build
 FASTIPC_SANITIZE=1 "$venv/bin/pip" install -q --force-reinstall --no-cache-dir .
+rm -rf build
+if ! nm -D "$("$venv/bin/python" -c 'import fastipc._native as m; print(m.__file__)')" | grep -q __asan; then
+    echo "the C core was not built with AddressSanitizer" >&2
+    exit 1
+fi
 "$venv/bin/pip" install -q pytest
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:handle_segv=1
