@@ -24,7 +24,7 @@ VERSION = re.search(
     r'__version__ = "([^"]+)"', (HERE / "src" / "fastipc" / "_version.py").read_text()
 ).group(1)
 
-SOURCES = ["csrc/ring.c", "csrc/lock.c"]
+SOURCES = ["csrc/ring.c", "csrc/lock.c", "csrc/channel.c"]
 CFLAGS = ["-std=gnu11", "-O2", "-Wall", "-Wextra", f'-DFASTIPC_VERSION="{VERSION}"']
 LDFLAGS = []
 if os.environ.get("FASTIPC_SANITIZE", "") not in ("", "0"):

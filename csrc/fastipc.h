@@ -128,6 +128,115 @@ int fi_ring_release(fi_ring *r);
 /* Let go of whatever side an open reserve/peek holds, publishing and
  * consuming nothing (for closing a handle with a view still open). */
 int fi_ring_unhold(fi_ring *r);
+
+/* ---- Channel: length-framed messages over a Unix stream socket (channel.c) ----
+ * A frame is an 8-byte header (u32 LE payload length, u32 LE flags) and the
+ * payload. Flag bit 0 (fds attached) says SCM_RIGHTS fds ride on the frame's
+ * first byte; other bits are reserved and rejected. The handle never owns
+ * the socket fd (Python's socket object does) and works on it non-blocking
+ * (MSG_DONTWAIT). Errors besides those named:
+ *   -EPIPE     the peer closed the connection at a frame boundary (sticky)
+ *   -ENODATA   the peer closed it in the middle of a frame (sticky)
+ *   -EFBIG     a header announced more than max_message (sticky)
+ *   -EPROTO    unknown flag bits, or a frame flagged with fds that did not come (sticky)
+ *   -ENOBUFS   MSG_CTRUNC: a frame's fds did not fit max_fds; the ones that came
+ *              were closed and the frame consumed (not sticky)
+ *   or the errno of sendmsg/recvmsg (-ECONNRESET is reported as -EPIPE/-ENODATA).
+ * A sticky error is returned by every later receive. */
+typedef struct fi_chan fi_chan;
+
+/* A handle for connected AF_UNIX SOCK_STREAM socket `fd` (kept open by the
+ * caller) with a receive buffer of rbuf_size bytes (>= 64), frames of at
+ * most max_message payload bytes and at most max_fds fds per frame (1..253).
+ * -EINVAL bad sizes, -ENOMEM. */
+int fi_chan_new(int fd, size_t rbuf_size, uint32_t max_message, size_t max_fds, fi_chan **out);
+
+/* Free the handle and close every received fd nobody took; NULL is allowed.
+ * Does not close the socket. */
+void fi_chan_free(fi_chan *c);
+
+/* Receives that must wait first retry for spin_ns (default 0) before sleeping. */
+void fi_chan_set_spin(fi_chan *c, int64_t spin_ns);
+
+/* Lend the handle a buffer for fi_chan_try_recv1; the caller keeps it alive. */
+void fi_chan_set_scratch(fi_chan *c, char *buf, size_t cap);
+
+/* 1 if a complete frame is buffered (a receive returns without a syscall), else 0. */
+int fi_chan_pending(fi_chan *c);
+
+/* Payload length (bytes) announced by the buffered header of the next frame,
+ * or -EAGAIN if no whole header is buffered. Never blocks. */
+int64_t fi_chan_next_len(fi_chan *c);
+
+/* Payload bytes of the current frame already read into the buffer a receive
+ * was given (a large frame read straight into its destination), 0 if none. */
+int64_t fi_chan_rx_partial(fi_chan *c);
+
+/* Bytes received but not yet delivered, plus 1 per fd set or partial frame
+ * held: non-zero if anything received waits in this handle. */
+int64_t fi_chan_buffered(fi_chan *c);
+
+/* Tell the handle that the partial frame now continues in `out` (the caller
+ * copied the fi_chan_rx_partial bytes already read there). */
+void fi_chan_rx_move(fi_chan *c, char *out);
+
+/* Bytes of the frame being sent that already went out, and frames of the
+ * current batch completely sent; fi_chan_tx_reset forgets both (call it
+ * only between frames, i.e. when fi_chan_tx_partial is 0). */
+int64_t fi_chan_tx_partial(fi_chan *c);
+int64_t fi_chan_tx_frames(fi_chan *c);
+void fi_chan_tx_reset(fi_chan *c);
+
+/* Hand the fds that came with the last frame received with keep_fds to the
+ * caller: up to cap go to out (the rest are closed); returns how many. */
+int fi_chan_take_fds(fi_chan *c, int *out, size_t cap);
+/* Every handle call returns -EBADF (or 0) when given NULL, i.e. a closed channel. */
+
+/* ---- Non-blocking calls: safe with the GIL held. ---- */
+
+/* Send one frame of n payload bytes (one sendmsg: header + buf). -EMSGSIZE
+ * n > max_message (nothing sent), -EAGAIN
+ * when the socket is full; if part of the frame went out, call a send
+ * again with the same buffer to finish it (fi_chan_tx_partial > 0). */
+int fi_chan_try_send(fi_chan *c, const void *buf, size_t n);
+
+/* Receive the next frame into the buffer lent by fi_chan_set_scratch, closing
+ * any fds it carried; return its length. -EAGAIN nothing complete yet,
+ * -EMSGSIZE longer than the scratch buffer (it stays), -EINPROGRESS a frame
+ * is partly read into another buffer. */
+int64_t fi_chan_try_recv1(fi_chan *c);
+
+/* ---- Calls that wait up to timeout_ns (0: never) in ppoll; call without the GIL. ----
+ * Besides the above they return -ETIMEDOUT at the deadline and -EINTR when
+ * a signal arrived (the caller runs handlers and retries). */
+
+/* Send one frame with nfds (<= 253) fds attached to its first byte. Resumes
+ * a frame partly sent by the previous call (the fds went with it). */
+int fi_chan_send(fi_chan *c, const void *buf, size_t n, const int *fds, size_t nfds,
+                 int64_t timeout_ns);
+
+/* Send every item of a marshal-format list or tuple of bytes (marshal.dumps(
+ * list, 2)) as one frame each, many frames per sendmsg (up to IOV_MAX
+ * iovecs); returns the item count once all went out. Resumes the batch the
+ * previous call left unfinished (pass the same blob). -EINVAL not such a
+ * list, -EMSGSIZE an item over max_message (both checked before anything
+ * is sent). */
+int64_t fi_chan_send_batch(fi_chan *c, const char *blob, size_t len, int64_t timeout_ns);
+
+/* Receive the next frame into out[0:cap]; return its length. A frame longer
+ * than 64 KiB (or half the receive buffer) is read straight into out. keep_fds: keep
+ * the frame's fds for fi_chan_take_fds (else they are closed). -EMSGSIZE
+ * longer than cap (it stays), -EINPROGRESS a frame is partly read into
+ * another buffer (see fi_chan_rx_move). */
+int64_t fi_chan_recv(fi_chan *c, char *out, size_t cap, int keep_fds, int64_t timeout_ns);
+
+/* Move up to max_count buffered frames into out[0:cap] as a marshal list of
+ * bytes (marshal.loads reads it), reading the socket once if none is
+ * complete; closes fds that came with them; returns the bytes written.
+ * Stops before a frame with fds. -EMSGSIZE the next frame must be received
+ * alone (too long for out or for the receive buffer), -EINPROGRESS as above. */
+int64_t fi_chan_recv_batch(fi_chan *c, char *out, size_t cap, size_t max_count,
+                           int64_t timeout_ns);
 /* CDEF END */
 
 #endif /* FASTIPC_H */

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["BACKEND", "RingImpl"]
+__all__ = ["BACKEND", "ChannelImpl", "RingImpl"]
 
 _choice = os.environ.get("FASTIPC_BACKEND", "auto").strip().lower() or "auto"
 if _choice not in ("auto", "native", "python"):
@@ -17,11 +17,13 @@ if _choice not in ("auto", "native", "python"):
 
 BACKEND: str
 if _choice == "python":
+    from .backends.python_channel import PythonChannel as ChannelImpl
     from .backends.python_ring import PythonRing as RingImpl
 
     BACKEND = "python"
 else:
     try:
+        from .backends.native_channel import NativeChannel as ChannelImpl  # type: ignore[assignment]
         from .backends.native_ring import NativeRing as RingImpl  # type: ignore[assignment]
     except ModuleNotFoundError as exc:
         # Only a missing compiled module may fall back; a broken one must be seen.
@@ -29,6 +31,7 @@ else:
             raise ImportError(
                 f"FASTIPC_BACKEND={_choice}: the native backend cannot load: {exc}"
             ) from exc
+        from .backends.python_channel import PythonChannel as ChannelImpl
         from .backends.python_ring import PythonRing as RingImpl
 
         BACKEND = "python"

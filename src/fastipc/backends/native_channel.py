@@ -1,0 +1,375 @@
+"""The native Channel: checks and errors in Python, framing, batching and fds in C (csrc/channel.c)."""
+
+from __future__ import annotations
+
+import errno
+import marshal
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn
+
+from .._native import ffi, lib
+from .._native_fast import ffi as ffi_fast
+from .._native_fast import lib as lib_fast
+from ..channel import MAX_FDS, RECV_BUFFER, Channel, FdLike, validate_fds, validate_max_count
+from ..errors import Closed, Timeout
+from ..ring import check_buffer, timeout_ns
+from .native_ring import SPIN_NS  # importing native_ring also checks the .so's version
+
+__all__ = ["NativeChannel"]
+
+# The hot calls, bound once: a module global is cheaper than lib.attr.
+_try_send = lib_fast.fi_chan_try_send
+_try_recv1 = lib_fast.fi_chan_try_recv1
+_try_recv = lib_fast.fi_chan_recv
+_try_send_batch = lib_fast.fi_chan_send_batch
+_try_recv_batch = lib_fast.fi_chan_recv_batch
+_from_buffer = ffi_fast.from_buffer
+_dumps = marshal.dumps
+_loads = marshal.loads
+_monotonic_ns = time.monotonic_ns
+
+_EAGAIN = -errno.EAGAIN
+_EMSGSIZE = -errno.EMSGSIZE
+_EINPROGRESS = -errno.EINPROGRESS
+_ETIMEDOUT = -errno.ETIMEDOUT
+_EINTR = -errno.EINTR
+_EPIPE = -errno.EPIPE
+
+#: Received messages up to this size go through a per-channel buffer (bytes);
+#: longer ones are read straight into a new bytes object.
+SCRATCH_BYTES = 64 * 1024
+#: Room for one recv_many batch in marshal format (bytes).
+BATCH_BYTES = 256 * 1024
+#: Longest single wait in C (ns): C cannot run Python's signal handlers, so
+#: we come back to Python this often (and at once on EINTR).
+_SLICE_NS = 200_000_000
+#: Sends up to this size (bytes) are tried holding the GIL; longer ones copy
+#: into the kernel with the GIL released.
+_GIL_SEND_MAX = 64 * 1024
+
+
+class NativeChannel(Channel):
+    """:class:`~fastipc.Channel` backed by the C core; see Channel for the contract."""
+
+    _h: Any
+    _hf: Any
+    _scratch: Any
+    _sbuf: Any
+    _batch: Any
+    _bview: memoryview | None
+    _big: bytes | None
+    _bigp: Any
+
+    def _setup(self) -> None:
+        out = ffi.new("fi_chan **")
+        rc = lib.fi_chan_new(self._socket().fileno(), RECV_BUFFER, self.max_message, MAX_FDS, out)
+        if rc:
+            self._sock = None
+            self._fail(-rc)
+        self._h = ffi.gc(out[0], lib.fi_chan_free)
+        # The same pointer typed for the GIL-keeping module (each cffi module
+        # has its own struct types).
+        self._hf = ffi_fast.cast("fi_chan *", out[0])
+        self._scratch = ffi_fast.new("char[]", SCRATCH_BYTES)
+        self._sbuf = ffi_fast.buffer(self._scratch)
+        lib_fast.fi_chan_set_scratch(self._hf, self._scratch, SCRATCH_BYTES)
+        lib.fi_chan_set_spin(self._h, SPIN_NS)
+        self._batch = None
+        self._bview = None
+        self._big = None
+        self._bigp = None
+
+    def _release(self) -> None:
+        h = self._h
+        self._h = ffi.NULL
+        self._hf = ffi_fast.NULL
+        self._big = self._bigp = None
+        if h != ffi.NULL:
+            ffi.release(h)  # fi_chan_free: closes fds nobody took
+
+    def _buffered(self) -> bool:
+        return bool(lib.fi_chan_buffered(self._h))
+
+    def pending(self) -> bool:
+        self._socket()
+        return bool(lib_fast.fi_chan_pending(self._hf))
+
+    # ---- send -----------------------------------------------------------
+    def send(self, data: Any, fds: Iterable[FdLike] = (), timeout: float | None = None) -> None:
+        if type(data) is bytes and not fds and timeout is None and len(data) <= _GIL_SEND_MAX:
+            rc = _try_send(self._hf, data, len(data))
+            if rc == 0:
+                return
+        self._send_slow(data, fds, timeout)
+
+    def _send_slow(self, data: Any, fds: Iterable[FdLike], timeout: float | None) -> None:
+        self._socket()
+        mv = check_buffer(data)
+        fdl = validate_fds(fds) if fds else []
+        deadline = _deadline(timeout)
+        n = mv.nbytes
+        if n > self.max_message:
+            self._too_large(n)
+        buf = _from_buffer(data) if type(data) is bytes else _cbuffer(mv)
+        fdarr = ffi.new("int[]", fdl) if fdl else ffi.NULL
+        nfds = len(fdl)
+        h = self._h
+        try:
+            rc = _wait(lambda t: lib.fi_chan_send(h, buf, n, fdarr, nfds, t), deadline)
+        except BaseException:
+            self._abandon_send()
+            raise
+        if rc:
+            self._abandon_send()
+            self._send_error(rc)
+
+    def send_many(self, buffers: Iterable[Any], timeout: float | None = None) -> int:
+        items = buffers if type(buffers) is list else list(buffers)
+        hf = self._hf
+        if not items:
+            self._socket()
+            return 0
+        try:
+            # marshal writes a list of bytes-like objects in C into one
+            # buffer that csrc/channel.c turns into iovecs: no Python loop.
+            blob = _dumps(items, 2)
+        except ValueError:
+            blob = b""
+        total = len(items)
+        if blob and timeout is None:
+            rc = _try_send_batch(hf, blob, len(blob), 0)
+            if rc == total:
+                return total
+        else:
+            rc = -errno.EINVAL
+        return self._send_many_slow(rc, items, blob, timeout)
+
+    def _send_many_slow(self, rc: int, items: list[Any], blob: bytes, timeout: float | None) -> int:
+        self._socket()
+        deadline = _deadline(timeout)
+        if rc == _EMSGSIZE or rc == -errno.EINVAL:
+            views = [check_buffer(item, f"send_many item {i}") for i, item in enumerate(items)]
+            for i, mv in enumerate(views):
+                if mv.nbytes > self.max_message:
+                    self._too_large(mv.nbytes, f"send_many item {i}", "; nothing was sent")
+            if not blob:
+                raise TypeError("send_many items must be bytes-like objects")  # pragma: no cover
+        h = self._h
+        try:
+            rc = _wait(lambda t: lib.fi_chan_send_batch(h, blob, len(blob), t), deadline)
+        except BaseException:
+            self._abandon_send()
+            raise
+        if rc == len(items):
+            return rc
+        sent = int(lib.fi_chan_tx_frames(h))
+        self._abandon_send()
+        if rc in (_EAGAIN, _ETIMEDOUT):
+            raise Timeout(f"channel {self.name}: timed out with {sent} messages sent", sent=sent)
+        if rc == _EPIPE:
+            raise Closed(f"channel {self.name}: the peer closed the connection", sent=sent)
+        self._send_error(rc)
+
+    def _abandon_send(self) -> None:
+        """A send gives up: if half a frame went out the stream is lost, so close."""
+        h = self._h
+        if h == ffi.NULL:
+            return
+        if lib.fi_chan_tx_partial(h):
+            self.close()
+        else:
+            lib.fi_chan_tx_reset(h)
+
+    def _send_error(self, rc: int) -> NoReturn:
+        if rc == _EPIPE:
+            self._closed_send()
+        if rc in (_EAGAIN, _ETIMEDOUT):
+            raise Timeout(f"channel {self.name}: timed out")
+        if rc == -errno.EBADF and self.closed:
+            raise ValueError(f"operation on a closed channel ({self.name})")
+        if rc == _EMSGSIZE:
+            self._fail(-rc)
+        # Nothing of this frame went out (else _abandon_send closed the channel).
+        raise OSError(-rc, os.strerror(-rc), self.name)
+
+    def _too_large(self, n: int, what: str = "message", tail: str = "") -> NoReturn:
+        self._fail(
+            errno.EMSGSIZE,
+            detail=f"{what} of {n} bytes exceeds max_message={self.max_message}{tail}",
+        )
+
+    # ---- receive --------------------------------------------------------
+    def recv(self, timeout: float | None = None) -> bytes:
+        if timeout is not None:
+            timeout_ns(timeout)
+        n = _try_recv1(self._hf)
+        if n >= 0:
+            return self._sbuf[:n]  # type: ignore[no-any-return]
+        return self._recv_slow(n, timeout, 0)
+
+    def _recv_slow(self, rc: int, timeout: float | None, keep: int) -> bytes:
+        h = self._h
+        deadline = _deadline(timeout)
+        if rc == _EAGAIN and timeout != 0:
+            scratch = self._scratch
+            rc = _wait(lambda t: lib.fi_chan_recv(h, scratch, SCRATCH_BYTES, keep, t), deadline)
+        if rc >= 0:
+            return self._sbuf[:rc]  # type: ignore[no-any-return]
+        if rc != _EMSGSIZE and rc != _EINPROGRESS:
+            self._recv_error(rc)
+        if self._big is None:
+            n = lib.fi_chan_next_len(h)
+            if n < 0:
+                self._recv_error(n)
+            # A fresh bytes object that nothing else references yet: C reads
+            # the message straight into it, so it is never copied again.
+            self._big = bytes(n)
+            self._bigp = _from_buffer(self._big)
+        big, bigp, n = self._big, self._bigp, len(self._big)
+        rc = _wait(lambda t: lib.fi_chan_recv(h, bigp, n, keep, t), deadline)
+        if rc < 0:
+            self._recv_error(rc)  # Timeout/EINTR keep the progress for the next call
+        self._big = self._bigp = None
+        return big
+
+    def recv_with_fds(self, timeout: float | None = None) -> tuple[bytes, list[int]]:
+        if timeout is not None:
+            timeout_ns(timeout)
+        h = self._h
+        rc = _try_recv(self._hf, self._scratch, SCRATCH_BYTES, 1, 0)
+        data = self._sbuf[:rc] if rc >= 0 else self._recv_slow(rc, timeout, 1)
+        arr = ffi.new("int[]", MAX_FDS)
+        k = lib.fi_chan_take_fds(h, arr, MAX_FDS)
+        return data, list(arr[0:k])
+
+    def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
+        if timeout is not None:
+            timeout_ns(timeout)
+        buf = _cbuffer(buffer, writable=True)
+        size = len(buf)
+        h = self._h
+        if self._big is not None:
+            # A message was left half-read into our own buffer: finish it there.
+            if len(self._big) > size:
+                self._dst_too_small(len(self._big), size)
+            data = self._recv_slow(_EINPROGRESS, timeout, 0)
+            ffi.memmove(buf, data, len(data))
+            return len(data)
+        rc = _try_recv(self._hf, buf, size, 0, 0)
+        if rc >= 0:
+            return rc  # type: ignore[no-any-return]
+        if rc == _EAGAIN and timeout != 0:
+            try:
+                rc = _wait(lambda t: lib.fi_chan_recv(h, buf, size, 0, t), _deadline(timeout))
+            except BaseException:
+                self._adopt_partial(buf)
+                raise
+        if rc >= 0:
+            return rc  # type: ignore[no-any-return]
+        if rc == _EMSGSIZE:
+            self._dst_too_small(lib.fi_chan_next_len(h), size)
+        self._adopt_partial(buf)
+        self._recv_error(rc)
+
+    def _adopt_partial(self, buf: Any) -> None:
+        """recv_into gives up while a long message is half-read into the caller's buffer:
+        move what came into a buffer of our own, where the next receive finishes it."""
+        h = self._h
+        if h == ffi.NULL:
+            return
+        done = lib.fi_chan_rx_partial(h)
+        if done <= 0:
+            return
+        self._big = bytes(lib.fi_chan_next_len(h))
+        self._bigp = _from_buffer(self._big)
+        ffi.memmove(self._bigp, buf, done)
+        lib.fi_chan_rx_move(h, self._bigp)
+
+    def _dst_too_small(self, need: int, size: int) -> NoReturn:
+        self._fail(
+            errno.EMSGSIZE,
+            detail=f"the next message ({need} bytes) does not fit in a buffer of {size} bytes; "
+            "it stays queued",
+        )
+
+    def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
+        if type(max_count) is not int or max_count < 1:
+            validate_max_count(max_count)
+        if timeout is not None:
+            timeout_ns(timeout)
+        if self._bview is None:
+            self._socket()
+            self._batch = ffi_fast.new("char[]", BATCH_BYTES)
+            self._bview = memoryview(ffi_fast.buffer(self._batch))
+        n = _try_recv_batch(self._hf, self._batch, BATCH_BYTES, max_count, 0)
+        if n > 0:
+            return _loads(self._bview[:n])  # type: ignore[no-any-return]
+        if n == _EAGAIN and timeout != 0:
+            h, batch = self._h, self._batch
+            n = _wait(
+                lambda t: lib.fi_chan_recv_batch(h, batch, BATCH_BYTES, max_count, t),
+                _deadline(timeout),
+            )
+            if n > 0:
+                return _loads(self._bview[:n])  # type: ignore[no-any-return]
+        if n == _EMSGSIZE or n == _EINPROGRESS:
+            return [self._recv_slow(_EMSGSIZE, timeout, 0)]
+        self._recv_error(n)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _recv_error(self, rc: int) -> NoReturn:
+        if rc == _EAGAIN:
+            rc = _ETIMEDOUT
+        length = 0
+        if rc == -errno.EFBIG:
+            length = int(lib.fi_chan_next_len(self._h))
+        self._fail(-rc, length=length)
+
+
+def _deadline(timeout: float | None) -> int | None:
+    tns = timeout_ns(timeout)
+    return None if tns < 0 else _monotonic_ns() + tns
+
+
+def _wait(call: Callable[[int], int], deadline: int | None) -> int:
+    """Run C ``call(slice_ns)`` until it stops timing out or ``deadline`` (ns) passes.
+
+    Waits are cut into slices so that pending signal handlers (Ctrl-C) run
+    between them; -EINTR comes back at once for the same reason.
+    """
+    if deadline is None:
+        while True:
+            rc = call(_SLICE_NS)
+            if rc != _ETIMEDOUT and rc != _EINTR:
+                return rc
+    while True:
+        remaining = max(0, deadline - _monotonic_ns())
+        rc = call(min(remaining, _SLICE_NS))
+        if rc != _ETIMEDOUT and rc != _EINTR:
+            return rc
+        if remaining == 0 or _monotonic_ns() >= deadline:
+            return _ETIMEDOUT
+
+
+def _cbuffer(data: Any, writable: bool = False) -> Any:
+    """cffi's view of a caller's buffer, with fastipc's error messages."""
+    if writable:
+        if isinstance(data, str):
+            raise TypeError("recv_into needs a writable buffer, not str")
+        try:
+            mv = memoryview(data)
+        except TypeError:
+            raise TypeError(
+                f"recv_into needs a writable buffer, not {type(data).__name__}"
+            ) from None
+        if mv.readonly:
+            raise TypeError(f"recv_into needs a writable buffer, not {type(data).__name__}")
+        if not mv.c_contiguous:
+            raise TypeError("recv_into needs a C-contiguous buffer")
+        return ffi.from_buffer(
+            mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv, require_writable=True
+        )
+    mv = check_buffer(data)
+    return ffi.from_buffer(mv)

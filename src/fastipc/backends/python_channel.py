@@ -1,0 +1,435 @@
+"""The pure-Python channel backend: the framing of csrc/channel.c with socket.sendmsg/recvmsg_into.
+
+It follows the C step by step (see the comment at the top of channel.c for
+why fds are matched to frames by stream offsets), so both backends behave
+alike and interoperate on one socket.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import os
+import select
+import socket
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, NoReturn
+
+from ..channel import (
+    DIRECT_MIN,
+    FRAME_FDS,
+    HEADER,
+    KNOWN_FLAGS,
+    MAX_FDS,
+    RECV_BUFFER,
+    Channel,
+    FdLike,
+    validate_fds,
+    validate_max_count,
+)
+from ..errors import Timeout
+from ..ring import check_buffer, timeout_ns
+
+__all__ = ["PythonChannel"]
+
+_pack = HEADER.pack
+_unpack_from = HEADER.unpack_from
+_SOL_SOCKET = socket.SOL_SOCKET
+_SCM_RIGHTS = socket.SCM_RIGHTS
+_RECV_FLAGS = socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC
+_SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+#: Iovecs per sendmsg in send_many (IOV_MAX).
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 1024
+
+
+class _Again(Exception):
+    """The socket cannot go on now (EAGAIN): wait and retry."""
+
+
+class PythonChannel(Channel):
+    """:class:`~fastipc.Channel` in pure Python; see Channel for the contract."""
+
+    _rbuf: bytearray
+    _rmv: memoryview
+    _rpos: int
+    _rend: int
+    _rx_total: int
+    _eof: bool
+    _dead: int
+    _dead_len: int
+    _dead_detail: str
+    _sets: deque[list[Any]]
+    _last: list[int]
+    _big: bytearray | None
+    _big_len: int
+    _big_flags: int
+    _big_start: int
+    _big_done: int
+    _rpoll: Any
+    _wpoll: Any
+    _fd: int
+    _ancbuf: int
+
+    def _setup(self) -> None:
+        self._rbuf = bytearray(RECV_BUFFER)
+        self._rmv = memoryview(self._rbuf)
+        self._rpos = self._rend = 0
+        self._rx_total = 0
+        self._eof = False
+        self._dead = 0
+        self._dead_len = 0
+        self._dead_detail = ""
+        self._sets = deque()
+        self._last = []
+        self._big = None
+        self._big_len = self._big_flags = self._big_start = self._big_done = 0
+        self._fd = self._socket().fileno()
+        # One poll object per direction: a thread may send while another receives.
+        self._rpoll = select.poll()
+        self._rpoll.register(self._fd, select.POLLIN)
+        self._wpoll = select.poll()
+        self._wpoll.register(self._fd, select.POLLOUT)
+        self._ancbuf = socket.CMSG_SPACE(MAX_FDS * 4)
+
+    def _release(self) -> None:
+        while self._sets:
+            fds = self._sets.popleft()[2]
+            _close_all(fds or [])
+        _close_all(self._last)
+        self._last = []
+        self._big = None
+
+    def _buffered(self) -> bool:
+        return self._rend > self._rpos or self._big is not None or bool(self._sets)
+
+    def pending(self) -> bool:
+        self._socket()
+        avail = self._rend - self._rpos
+        if self._big is not None or avail < 8:
+            return False
+        return avail - 8 >= _unpack_from(self._rbuf, self._rpos)[0]  # type: ignore[no-any-return]
+
+    # ---- waiting --------------------------------------------------------
+    def _wait(self, events: int, deadline: int | None) -> None:
+        """Wait until the socket is ready for ``events``; Timeout past ``deadline`` (ns)."""
+        poller = self._rpoll if events == select.POLLIN else self._wpoll
+        if deadline is None:
+            poller.poll()
+            return
+        left = deadline - time.monotonic_ns()
+        if left <= 0:
+            raise Timeout(f"channel {self.name}: timed out")
+        # poll() retries EINTR itself after running signal handlers (PEP 475).
+        poller.poll(-(-left // 1_000_000))
+
+    @staticmethod
+    def _deadline(timeout: float | None) -> int | None:
+        tns = timeout_ns(timeout)
+        return None if tns < 0 else time.monotonic_ns() + tns
+
+    # ---- send -----------------------------------------------------------
+    def send(self, data: Any, fds: Iterable[FdLike] = (), timeout: float | None = None) -> None:
+        sock = self._socket()
+        mv = check_buffer(data)
+        fdl = validate_fds(fds) if fds else []
+        deadline = self._deadline(timeout)
+        n = mv.nbytes
+        if n > self.max_message:
+            self._too_large(n)
+        head = _pack(n, FRAME_FDS if fdl else 0)
+        anc = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fdl))] if fdl else []
+        total, done = 8 + n, 0
+        try:
+            while done < total:
+                iov: list[Any] = [head[done:], mv] if done < 8 else [mv[done - 8 :]]
+                try:
+                    done += sock.sendmsg(iov, anc if done == 0 else [], _SEND_FLAGS)
+                except (BlockingIOError, InterruptedError):
+                    self._wait(select.POLLOUT, deadline)
+                except (BrokenPipeError, ConnectionResetError):
+                    self._closed_send()
+                except OSError as exc:
+                    raise OSError(exc.errno, exc.strerror, self.name) from None
+        except BaseException:
+            if 0 < done < total:
+                self.close()  # half a frame went out: the stream cannot be resynchronised
+            raise
+
+    def send_many(self, buffers: Iterable[Any], timeout: float | None = None) -> int:
+        sock = self._socket()
+        items = [check_buffer(b, f"send_many item {i}") for i, b in enumerate(buffers)]
+        deadline = self._deadline(timeout)
+        for i, mv in enumerate(items):
+            if mv.nbytes > self.max_message:
+                self._too_large(mv.nbytes, f"send_many item {i}", "; nothing was sent")
+        heads = [_pack(mv.nbytes, 0) for mv in items]
+        sent, done = 0, 0  # whole frames sent; bytes of frame `sent` sent
+        total = len(items)
+        try:
+            while sent < total:
+                iov: list[Any] = []
+                for k in range(sent, min(total, sent + _IOV_MAX // 2)):
+                    skip = done if k == sent else 0
+                    if skip < 8:
+                        iov.append(heads[k][skip:])
+                        if items[k].nbytes:
+                            iov.append(items[k])
+                    else:
+                        iov.append(items[k][skip - 8 :])
+                try:
+                    w = sock.sendmsg(iov, [], _SEND_FLAGS)
+                except (BlockingIOError, InterruptedError):
+                    self._wait(select.POLLOUT, deadline)
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    self._closed_send()
+                except OSError as exc:
+                    raise OSError(exc.errno, exc.strerror, self.name) from None
+                while w > 0:
+                    rest = 8 + items[sent].nbytes - done
+                    if w < rest:
+                        done += w
+                        break
+                    w -= rest
+                    done = 0
+                    sent += 1
+        except BaseException as exc:
+            if done:
+                self.close()  # half a frame went out: the stream cannot be resynchronised
+            if isinstance(exc, Timeout):
+                raise Timeout(str(exc), sent=sent) from None
+            raise
+        return total
+
+    # ---- receive: the stream ------------------------------------------
+    def _read(self, mv: memoryview) -> int:
+        """One recvmsg into ``mv``: bytes read (0 at the end), fds recorded; _Again if none."""
+        try:
+            n, anc, flags, _ = self._socket().recvmsg_into([mv], self._ancbuf, _RECV_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            raise _Again from None
+        except ConnectionResetError:
+            n, anc, flags = 0, [], 0
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, self.name) from None
+        lo = self._rx_total
+        self._rx_total += n
+        if n == 0:
+            self._eof = True
+        truncated = bool(flags & socket.MSG_CTRUNC)
+        for level, kind, data in anc:
+            if level != _SOL_SOCKET or kind != _SCM_RIGHTS:
+                continue
+            fds = array.array("i")
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+            fdl: list[int] | None = fds.tolist()
+            if truncated:
+                _close_all(fds.tolist())
+                fdl = None  # the frame reports MSG_CTRUNC
+            if len(self._sets) >= 16:
+                _close_all(fdl or [])
+                self._kill(errno.EPROTO, detail="too many unclaimed fd sets")
+                continue
+            self._sets.append([lo, lo + n, fdl])
+            truncated = False
+        if truncated:  # no SCM_RIGHTS message fitted at all
+            self._sets.append([lo, lo + n, None])
+        return n
+
+    def _fill(self, need: int) -> None:
+        """Read more into the receive buffer so that it can hold ``need`` bytes from rpos."""
+        if self._rpos == self._rend:
+            self._rpos = self._rend = 0
+        elif self._rpos and (
+            self._rpos + need > len(self._rbuf) or self._rend > len(self._rbuf) * 7 // 8
+        ):
+            avail = self._rend - self._rpos
+            # Through bytes: bytearray slice assignment memcpy()s, and the
+            # source may overlap the destination.
+            self._rbuf[:avail] = bytes(self._rmv[self._rpos : self._rend])
+            self._rpos, self._rend = 0, avail
+        self._rend += self._read(self._rmv[self._rend :])
+
+    def _kill(self, code: int, length: int = 0, detail: str = "") -> int:
+        self._dead, self._dead_len, self._dead_detail = code, length, detail
+        return code
+
+    def _at_eof(self) -> int:
+        clean = self._rend == self._rpos and self._big is None
+        return self._kill(errno.EPIPE if clean else errno.ENODATA)
+
+    def _claim(self, start: int, flags: int, keep: bool) -> list[int]:
+        """Settle the fds of the frame that started at stream offset ``start``."""
+        _close_all(self._last)
+        self._last = []
+        sets = self._sets
+        while sets and sets[0][1] <= start:
+            _close_all(sets.popleft()[2] or [])  # sent without the flag: nobody's
+        if not flags & FRAME_FDS:
+            return []
+        if not sets or sets[0][0] > start:
+            self._kill(errno.EPROTO, detail="a message flagged with fds came without them")
+            self._raise()
+        fds = sets.popleft()[2]
+        if fds is None:
+            self._socket()
+            self._fail(errno.ENOBUFS)
+        if keep:
+            return fds  # type: ignore[no-any-return]
+        _close_all(fds)
+        return []
+
+    def _header(self) -> tuple[int, int] | None:
+        """(length, flags) of the buffered next header, or None; a bad one kills the stream."""
+        if self._rend - self._rpos < 8:
+            return None
+        n, flags = _unpack_from(self._rbuf, self._rpos)
+        if flags & ~KNOWN_FLAGS:
+            self._kill(errno.EPROTO, detail=f"unknown frame flags {flags:#x}")
+            self._raise()
+        if n > self.max_message:
+            self._kill(errno.EFBIG, n)
+            self._raise()
+        return n, flags
+
+    def _raise(self) -> NoReturn:
+        self._fail(self._dead, length=self._dead_len, detail=self._dead_detail)
+
+    def _frame(self, cap: int, keep: bool, deadline: int | None) -> tuple[Any, list[int]]:
+        """The next frame's payload (a memoryview into the buffer, or a bytearray) and fds.
+
+        A frame longer than ``cap`` stays (MessageTooLarge). The view is only
+        valid until the next receive.
+        """
+        self._socket()
+        if self._dead:
+            self._raise()
+        while True:
+            try:
+                if self._big is not None:
+                    if self._big_len > cap:
+                        raise _TooLong(self._big_len)
+                    return self._finish_big(keep)
+                hdr = self._header()
+                if hdr is not None:
+                    n, flags = hdr
+                    if n > cap:
+                        raise _TooLong(n)
+                    avail = self._rend - self._rpos
+                    if avail - 8 >= n:
+                        start = self._rx_total - avail
+                        p = self._rpos + 8
+                        self._rpos = p + n
+                        fds = self._claim(start, flags, keep)
+                        return self._rmv[p : p + n], fds
+                    if n > DIRECT_MIN:
+                        big = bytearray(n)
+                        have = avail - 8
+                        big[:have] = self._rmv[self._rpos + 8 : self._rend]
+                        self._big, self._big_len, self._big_flags = big, n, flags
+                        self._big_start, self._big_done = self._rx_total - avail, have
+                        self._rpos = self._rend = 0
+                        continue
+                    need = 8 + n
+                else:
+                    need = 8
+                if self._eof:
+                    self._at_eof()
+                    self._raise()
+                self._fill(need)
+                if self._dead:
+                    self._raise()
+            except _Again:
+                self._wait(select.POLLIN, deadline)
+
+    def _finish_big(self, keep: bool) -> tuple[Any, list[int]]:
+        big = self._big
+        assert big is not None
+        view = memoryview(big)
+        while self._big_done < self._big_len:
+            if self._eof:
+                self._at_eof()
+                self._big = None
+                self._raise()
+            self._big_done += self._read(view[self._big_done :])  # _Again: progress kept
+            if self._dead:
+                self._raise()
+        self._big = None
+        return big, self._claim(self._big_start, self._big_flags, keep)
+
+    def _too_large(self, n: int, what: str = "message", tail: str = "") -> NoReturn:
+        self._fail(
+            errno.EMSGSIZE,
+            detail=f"{what} of {n} bytes exceeds max_message={self.max_message}{tail}",
+        )
+
+    # ---- receive: the API -------------------------------------------------
+    def recv(self, timeout: float | None = None) -> bytes:
+        data, _ = self._frame(self.max_message, False, self._deadline(timeout))
+        return bytes(data)
+
+    def recv_with_fds(self, timeout: float | None = None) -> tuple[bytes, list[int]]:
+        data, fds = self._frame(self.max_message, True, self._deadline(timeout))
+        return bytes(data), fds
+
+    def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
+        dst = _writable(buffer)
+        deadline = self._deadline(timeout)
+        try:
+            data, _ = self._frame(dst.nbytes, False, deadline)
+        except _TooLong as exc:
+            self._fail(
+                errno.EMSGSIZE,
+                detail=f"the next message ({exc.length} bytes) does not fit in a buffer of "
+                f"{dst.nbytes} bytes; it stays queued",
+            )
+        n = len(data)
+        dst[:n] = data
+        return n
+
+    def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
+        validate_max_count(max_count)
+        data, _ = self._frame(self.max_message, False, self._deadline(timeout))
+        out = [bytes(data)]
+        # Then whatever complete frames are already buffered, without a syscall;
+        # a frame with fds heads the next call, as in the C backend.
+        while len(out) < max_count and self._big is None and not self._dead:
+            avail = self._rend - self._rpos
+            if avail < 8:
+                break
+            n, flags = _unpack_from(self._rbuf, self._rpos)
+            if flags or n > self.max_message or avail - 8 < n:
+                break
+            data, _ = self._frame(n, False, None)
+            out.append(bytes(data))
+        return out
+
+
+class _TooLong(Exception):
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+        self.length = length
+
+
+def _writable(buffer: Any) -> memoryview:
+    if isinstance(buffer, str):
+        raise TypeError("recv_into needs a writable buffer, not str")
+    try:
+        mv = memoryview(buffer)
+    except TypeError:
+        raise TypeError(f"recv_into needs a writable buffer, not {type(buffer).__name__}") from None
+    if mv.readonly:
+        raise TypeError(f"recv_into needs a writable buffer, not {type(buffer).__name__}")
+    if not mv.c_contiguous:
+        raise TypeError("recv_into needs a C-contiguous buffer")
+    return mv.cast("B") if mv.ndim != 1 or mv.itemsize != 1 else mv
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass

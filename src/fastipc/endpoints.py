@@ -1,0 +1,202 @@
+"""Parsing and validating endpoint URLs: one name per transport for the API and the CLI.
+
+Every transport is named by a URL (see DESIGN.md, Endpoints)::
+
+    unix:///abs/path   unix://rel/path   unix://@abstract     Unix stream socket
+    unixgram://PATH                                           Unix datagram socket
+    tcp://HOST:PORT    udp://HOST:PORT                        IPv4/IPv6 network sockets
+
+Options ride in the query string (``unix:///run/app.sock?mode=0660``); each
+scheme says which options it knows. A malformed URL raises ``ValueError``
+naming the part that is wrong. Paths are taken literally (no %-decoding),
+except that ``?`` starts the query string.
+
+To add a scheme, write a ``_parse_SCHEME(rest, url) -> Endpoint`` function
+and register it in ``_PARSERS`` with the options it accepts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Union
+
+__all__ = ["SUN_PATH_MAX", "Endpoint", "parse"]
+
+#: The longest Unix socket path in bytes: ``sun_path`` is 108 bytes with the
+#: terminating NUL (an abstract name gets the same 107 bytes after its NUL).
+SUN_PATH_MAX = 107
+
+#: What ``socket.bind``/``connect`` take for the endpoint's family.
+Address = Union[str, bytes, "tuple[str, int]"]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A parsed endpoint URL.
+
+    ``scheme`` is the transport; ``path`` the filesystem path (unix,
+    unixgram) or ``None``; ``abstract`` is True for ``unix://@name``, whose
+    ``name`` then is the abstract name (without the leading NUL); ``host``
+    and ``port`` are set for tcp/udp; ``options`` holds the query string.
+    """
+
+    url: str
+    scheme: str
+    path: str | None = None
+    abstract: bool = False
+    name: str | None = None
+    host: str | None = None
+    port: int | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def address(self) -> Address:
+        """The address to pass to ``socket.bind``/``socket.connect``."""
+        if self.scheme in ("unix", "unixgram"):
+            if self.abstract:
+                assert self.name is not None
+                return b"\0" + self.name.encode()
+            assert self.path is not None
+            return self.path
+        if self.scheme in ("tcp", "udp"):
+            assert self.host is not None and self.port is not None
+            return (self.host, self.port)
+        raise ValueError(f"{self.url!r}: scheme {self.scheme!r} has no socket address")
+
+    @property
+    def display(self) -> str:
+        """The endpoint as it should appear in error messages (the path, or the URL)."""
+        if self.path is not None:
+            return self.path
+        if self.abstract:
+            return "@" + (self.name or "")
+        return self.url
+
+
+def parse(url: str, *, schemes: tuple[str, ...] | None = None) -> Endpoint:
+    """Parse endpoint ``url``; with ``schemes``, only those transports are accepted.
+
+    Raises TypeError if ``url`` is not a str, ValueError naming the wrong
+    part (scheme, path, host, port, option) otherwise.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"endpoint must be a URL string, not {type(url).__name__}")
+    if "\0" in url:
+        raise ValueError(f"endpoint {url!r}: NUL byte in the URL")
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(
+            f"endpoint {url!r}: missing scheme; expected SCHEME://..., e.g. unix:///run/app.sock"
+        )
+    scheme = scheme.lower()
+    entry = _PARSERS.get(scheme)
+    if entry is None:
+        known = ", ".join(sorted(_PARSERS))
+        raise ValueError(f"endpoint {url!r}: unknown scheme {scheme!r} (known: {known})")
+    if schemes is not None and scheme not in schemes:
+        raise ValueError(
+            f"endpoint {url!r}: scheme {scheme!r} is not accepted here (use {', '.join(schemes)})"
+        )
+    parser, allowed = entry
+    rest, _, query = rest.partition("?")
+    options = _parse_query(query, allowed, url)
+    ep = parser(rest, url)
+    return Endpoint(
+        url=url,
+        scheme=scheme,
+        path=ep.path,
+        abstract=ep.abstract,
+        name=ep.name,
+        host=ep.host,
+        port=ep.port,
+        options=options,
+    )
+
+
+def _parse_query(query: str, allowed: frozenset[str], url: str) -> dict[str, str]:
+    options: dict[str, str] = {}
+    if not query:
+        return options
+    for part in query.split("&"):
+        if not part:
+            continue
+        key, eq, value = part.partition("=")
+        if not eq or not key:
+            raise ValueError(f"endpoint {url!r}: option {part!r} is not KEY=VALUE")
+        if key not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise ValueError(f"endpoint {url!r}: unknown option {key!r} (known: {known})")
+        if key in options:
+            raise ValueError(f"endpoint {url!r}: option {key!r} given twice")
+        options[key] = value
+    return options
+
+
+def _parse_unix(rest: str, url: str) -> Endpoint:
+    """``///abs``, ``//rel`` (after the scheme: ``/abs``, ``rel``) or ``@abstract``."""
+    if not rest:
+        raise ValueError(f"endpoint {url!r}: empty path")
+    if rest.startswith("@"):
+        name = rest[1:]
+        if not name:
+            raise ValueError(f"endpoint {url!r}: empty abstract socket name after '@'")
+        if len(name.encode()) > SUN_PATH_MAX:
+            raise ValueError(
+                f"endpoint {url!r}: abstract name is {len(name.encode())} bytes, over the "
+                f"{SUN_PATH_MAX}-byte limit of a Unix socket address (sun_path)"
+            )
+        return Endpoint(url=url, scheme="", abstract=True, name=name)
+    path = rest
+    if path.endswith("/"):
+        raise ValueError(f"endpoint {url!r}: path {path!r} names a directory, not a socket file")
+    size = len(os.fsencode(path))
+    if size > SUN_PATH_MAX:
+        raise ValueError(
+            f"endpoint {url!r}: path is {size} bytes, over the {SUN_PATH_MAX}-byte limit "
+            "of a Unix socket path (sun_path); use a shorter path or unix://@name"
+        )
+    return Endpoint(url=url, scheme="", path=path)
+
+
+def _parse_host_port(rest: str, url: str) -> Endpoint:
+    """``HOST:PORT`` with HOST a name, an IPv4 address or ``[IPv6]``."""
+    if "/" in rest:
+        raise ValueError(f"endpoint {url!r}: unexpected path {rest[rest.index('/') :]!r}")
+    if rest.startswith("["):
+        end = rest.find("]")
+        if end < 0:
+            raise ValueError(f"endpoint {url!r}: host: unclosed '[' of an IPv6 address")
+        host, tail = rest[1:end], rest[end + 1 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"endpoint {url!r}: host {host!r} is not an IPv6 address") from None
+        if not tail.startswith(":"):
+            raise ValueError(f"endpoint {url!r}: port: missing ':PORT' after the host")
+        port_text = tail[1:]
+    else:
+        host, sep, port_text = rest.rpartition(":")
+        if not sep:
+            raise ValueError(f"endpoint {url!r}: port: missing ':PORT' after the host")
+        if ":" in host:
+            raise ValueError(f"endpoint {url!r}: host: write an IPv6 address as [ADDR]")
+    if not host:
+        raise ValueError(f"endpoint {url!r}: host: empty (use 0.0.0.0 for all interfaces)")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"endpoint {url!r}: port {port_text!r} is not a number from 0 to 65535")
+    return Endpoint(url=url, scheme="", host=host, port=int(port_text))
+
+
+_Parser = Callable[[str, str], Endpoint]
+_UNIX_OPTIONS = frozenset({"mode", "backlog", "max_message"})
+
+#: scheme -> (parser, options its query string may carry)
+_PARSERS: dict[str, tuple[_Parser, frozenset[str]]] = {
+    "unix": (_parse_unix, _UNIX_OPTIONS),
+    "unixgram": (_parse_unix, frozenset({"mode"})),
+    "tcp": (_parse_host_port, frozenset({"backlog", "max_message"})),
+    "udp": (_parse_host_port, frozenset()),
+}

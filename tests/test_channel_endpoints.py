@@ -1,0 +1,77 @@
+"""Endpoint URLs: every form parses to the right address; every malformed part is named."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastipc.endpoints import SUN_PATH_MAX, parse
+
+
+def test_unix_absolute_relative_and_abstract_forms() -> None:
+    ep = parse("unix:///run/app.sock")
+    assert (ep.scheme, ep.path, ep.abstract, ep.address) == (
+        "unix",
+        "/run/app.sock",
+        False,
+        "/run/app.sock",
+    )
+    ep = parse("unix://rel/dir/app.sock")
+    assert ep.path == "rel/dir/app.sock" and ep.address == "rel/dir/app.sock"
+    ep = parse("unix://@my-service")
+    assert ep.abstract and ep.name == "my-service" and ep.address == b"\0my-service"
+    assert ep.display == "@my-service"
+
+
+def test_query_options_are_parsed_and_unknown_ones_named() -> None:
+    ep = parse("unix:///tmp/a.sock?mode=0660&backlog=5")
+    assert dict(ep.options) == {"mode": "0660", "backlog": "5"}
+    with pytest.raises(ValueError, match="unknown option 'colour'"):
+        parse("unix:///tmp/a.sock?colour=red")
+    with pytest.raises(ValueError, match="not KEY=VALUE"):
+        parse("unix:///tmp/a.sock?mode")
+
+
+def test_path_limit_is_107_bytes() -> None:
+    ok = "/" + "a" * (SUN_PATH_MAX - 1)
+    assert parse("unix://" + ok).path == ok
+    with pytest.raises(ValueError, match="108 bytes, over the 107-byte limit"):
+        parse("unix://" + ok + "b")
+    with pytest.raises(ValueError, match="107-byte limit"):
+        parse("unix://@" + "n" * 108)
+    # multi-byte characters count in bytes, not characters
+    with pytest.raises(ValueError, match="107-byte limit"):
+        parse("unix:///" + "é" * 54)
+
+
+@pytest.mark.parametrize(
+    "url, part",
+    [
+        ("/run/app.sock", "missing scheme"),
+        ("http://x", "unknown scheme 'http'"),
+        ("unix://", "empty path"),
+        ("unix://@", "empty abstract"),
+        ("unix:///run/dir/", "directory"),
+        ("tcp://127.0.0.1", "port"),
+        ("tcp://127.0.0.1:99999", "port '99999'"),
+        ("tcp://:80", "host"),
+        ("tcp://[::1:80", "host"),
+        ("tcp://::1:80", "IPv6"),
+        ("unix:///a\0b", "NUL"),
+    ],
+)
+def test_malformed_urls_name_the_wrong_part(url: str, part: str) -> None:
+    with pytest.raises(ValueError, match=part.replace("[", r"\[")):
+        parse(url)
+
+
+def test_tcp_forms() -> None:
+    assert parse("tcp://127.0.0.1:8080").address == ("127.0.0.1", 8080)
+    assert parse("tcp://[::1]:5000").address == ("::1", 5000)
+    assert parse("udp://localhost:53").port == 53
+
+
+def test_scheme_restriction_and_type() -> None:
+    with pytest.raises(ValueError, match="not accepted here"):
+        parse("tcp://h:1", schemes=("unix",))
+    with pytest.raises(TypeError):
+        parse(b"unix:///x")  # type: ignore[arg-type]
