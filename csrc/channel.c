@@ -31,6 +31,7 @@
  */
 #define _GNU_SOURCE
 #include "fastipc.h"
+#include "marshal.h"
 #include "sys.h"
 
 #include <limits.h>
@@ -57,10 +58,6 @@
 #define STAGE_CAP (256u * 1024) /* send_many's staging buffer */
 #define STAGE_MAX (16u * 1024)  /* payloads this long are sent from where they are */
 
-#define MARSHAL_LIST '['
-#define MARSHAL_TUPLE '('
-#define MARSHAL_BYTES 's'
-#define MARSHAL_FLAG_REF 0x80
 
 struct fdset {
     uint64_t lo, hi; /* stream offsets of the recvmsg that brought them */
@@ -396,9 +393,7 @@ static int64_t recv_batch_step(fi_chan *c, char *out, size_t cap, size_t max_cou
         uint64_t start = c->rx_total - avail;
         if (count > 0 && (flags & FRAME_FDS))
             break; /* a frame with fds heads the next batch, so an error is its own */
-        w[0] = MARSHAL_BYTES;
-        memcpy(w + 1, &len, 4);
-        memcpy(w + 5, c->rbuf + c->rpos + HDR, len);
+        char *next = batch_put(w, c->rbuf + c->rpos + HDR, len);
         c->rpos += HDR + len;
         int rc = claim_fds(c, start, flags, 0);
         if (rc) {
@@ -406,7 +401,7 @@ static int64_t recv_batch_step(fi_chan *c, char *out, size_t cap, size_t max_cou
                 return rc;
             break; /* cannot happen (flagged frames are first); keep what we have */
         }
-        w += 5 + (size_t)len;
+        w = next;
         if (++count == max_count || count == UINT32_MAX)
             break;
         avail = c->rend - c->rpos;
@@ -419,8 +414,7 @@ static int64_t recv_batch_step(fi_chan *c, char *out, size_t cap, size_t max_cou
             (uint64_t)(out + cap - w) < (uint64_t)len + 5)
             break;
     }
-    out[0] = MARSHAL_LIST;
-    memcpy(out + 1, &count, 4);
+    batch_close(out, count);
     return w - out;
 }
 
@@ -468,33 +462,6 @@ static int send_step(fi_chan *c, const void *buf, size_t n, const int *fds, size
         c->tx_done += (size_t)w;
     }
     c->tx_done = 0;
-    return 0;
-}
-
-/* Read the marshal header of a batch; *items points at the first item. */
-static int64_t batch_count(const char *buf, size_t len, const char **items)
-{
-    uint32_t count;
-    if (len < 5)
-        return -EINVAL;
-    unsigned char type = (unsigned char)buf[0] & ~MARSHAL_FLAG_REF;
-    if (type != MARSHAL_LIST && type != MARSHAL_TUPLE)
-        return -EINVAL;
-    memcpy(&count, buf + 1, 4);
-    *items = buf + 5;
-    return count;
-}
-
-/* Step over one marshal bytes item; its payload and length go to *data, *n. */
-static int batch_item(const char **p, const char *end, const char **data, uint32_t *n)
-{
-    if (end - *p < 5 || ((unsigned char)(*p)[0] & ~MARSHAL_FLAG_REF) != MARSHAL_BYTES)
-        return -EINVAL;
-    memcpy(n, *p + 1, 4);
-    if ((uint64_t)(end - *p - 5) < *n)
-        return -EINVAL;
-    *data = *p + 5;
-    *p += 5 + (size_t)*n;
     return 0;
 }
 

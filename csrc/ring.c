@@ -38,6 +38,7 @@
 #define _GNU_SOURCE
 #include "fastipc.h"
 #include "lock.h"
+#include "marshal.h"
 #include "sys.h"
 
 #include <stdlib.h>
@@ -62,11 +63,6 @@
 #define FI_MAX_CAPACITY (UINT32_MAX - 127u)
 #define FI_SPIN_PAUSES 8 /* between looks at the other side while spinning */
 
-/* marshal's type codes (Python/marshal.c), stable since Python 2. */
-#define MARSHAL_LIST '['
-#define MARSHAL_TUPLE '('
-#define MARSHAL_BYTES 's'
-#define MARSHAL_FLAG_REF 0x80
 
 #define ALIGNED_LINE __attribute__((aligned(FI_LINE)))
 
@@ -284,33 +280,6 @@ static int send_locked(fi_ring *r, const void *buf, size_t n)
     return 0;
 }
 
-/* Read the marshal header of a batch; *items points at the first item. */
-static int64_t batch_count(const char *buf, size_t len, const char **items)
-{
-    uint32_t count;
-    if (len < 5)
-        return -EINVAL;
-    unsigned char type = (unsigned char)buf[0] & ~MARSHAL_FLAG_REF;
-    if (type != MARSHAL_LIST && type != MARSHAL_TUPLE)
-        return -EINVAL;
-    memcpy(&count, buf + 1, 4);
-    *items = buf + 5;
-    return count;
-}
-
-/* Step over one marshal bytes item; its payload and length go to *data, *n. */
-static int batch_item(const char **p, const char *end, const char **data, uint32_t *n)
-{
-    if (end - *p < 5 || ((unsigned char)(*p)[0] & ~MARSHAL_FLAG_REF) != MARSHAL_BYTES)
-        return -EINVAL;
-    memcpy(n, *p + 1, 4);
-    if ((uint64_t)(end - *p - 5) < *n)
-        return -EINVAL;
-    *data = *p + 5;
-    *p += 5 + (size_t)*n;
-    return 0;
-}
-
 static int64_t send_batch_locked(fi_ring *r, const char *buf, size_t len, size_t skip)
 {
     struct fi_header *h = r->hdr;
@@ -439,10 +408,7 @@ static int64_t recv_batch_locked(fi_ring *r, char *out, size_t cap, size_t max_c
         return -EMSGSIZE;
     char *w = out + 5;
     for (pos = head;;) {
-        w[0] = MARSHAL_BYTES;
-        memcpy(w + 1, &len, 4);
-        memcpy(w + 5, at(r, pos) + FI_REC_HDR, len);
-        w += 5 + (size_t)len;
+        w = batch_put(w, at(r, pos) + FI_REC_HDR, len);
         pos += stride;
         if (++count == max_count || count == UINT32_MAX)
             break;
@@ -455,8 +421,7 @@ static int64_t recv_batch_locked(fi_ring *r, char *out, size_t cap, size_t max_c
             (uint64_t)(out + cap - w) < (uint64_t)len + 5)
             break;
     }
-    out[0] = MARSHAL_LIST;
-    memcpy(out + 1, &count, 4);
+    batch_close(out, count);
     consume(r, pos, count);
     return w - out;
 }
