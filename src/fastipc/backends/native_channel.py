@@ -6,7 +6,7 @@ import errno
 import marshal
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, NoReturn
 
 from .._native import ffi, lib
@@ -15,6 +15,8 @@ from .._native_fast import lib as lib_fast
 from ..channel import MAX_FDS, RECV_BUFFER, Channel, FdLike, validate_fds, validate_max_count
 from ..errors import Closed, Timeout
 from ..ring import check_buffer, timeout_ns
+from ._blocking import deadline as _deadline
+from ._blocking import wait as _wait
 from .native_ring import SPIN_NS  # importing native_ring also checks the .so's version
 
 __all__ = ["NativeChannel"]
@@ -42,9 +44,6 @@ _EPIPE = -errno.EPIPE
 SCRATCH_BYTES = 64 * 1024
 #: Room for one recv_many batch in marshal format (bytes).
 BATCH_BYTES = 256 * 1024
-#: Longest single wait in C (ns): C cannot run Python's signal handlers, so
-#: we come back to Python this often (and at once on EINTR).
-_SLICE_NS = 200_000_000
 #: Sends up to this size (bytes) are tried holding the GIL; longer ones copy
 #: into the kernel with the GIL released.
 _GIL_SEND_MAX = 64 * 1024
@@ -326,31 +325,6 @@ class NativeChannel(Channel):
         if rc == -errno.EFBIG:
             length = int(lib.fi_chan_next_len(self._h))
         self._fail(-rc, length=length)
-
-
-def _deadline(timeout: float | None) -> int | None:
-    tns = timeout_ns(timeout)
-    return None if tns < 0 else _monotonic_ns() + tns
-
-
-def _wait(call: Callable[[int], int], deadline: int | None) -> int:
-    """Run C ``call(slice_ns)`` until it stops timing out or ``deadline`` (ns) passes.
-
-    Waits are cut into slices so that pending signal handlers (Ctrl-C) run
-    between them; -EINTR comes back at once for the same reason.
-    """
-    if deadline is None:
-        while True:
-            rc = call(_SLICE_NS)
-            if rc != _ETIMEDOUT and rc != _EINTR:
-                return rc
-    while True:
-        remaining = max(0, deadline - _monotonic_ns())
-        rc = call(min(remaining, _SLICE_NS))
-        if rc != _ETIMEDOUT and rc != _EINTR:
-            return rc
-        if remaining == 0 or _monotonic_ns() >= deadline:
-            return _ETIMEDOUT
 
 
 def _cbuffer(data: Any, writable: bool = False) -> Any:

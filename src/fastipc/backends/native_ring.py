@@ -16,6 +16,9 @@ from .._native_fast import lib as lib_fast
 from .._version import __version__
 from ..errors import Closed, IncompatibleSegment, MessageTooLarge, Timeout
 from ..ring import Ring, check_buffer, incompatible, segment_path, timeout_ns
+from ._blocking import SLICE_NS as _SLICE_NS
+from ._blocking import deadline as _deadline
+from ._blocking import wait as _wait
 
 __all__ = ["NativeRing"]
 
@@ -48,9 +51,6 @@ _EINTR = -errno.EINTR
 SCRATCH_BYTES = 64 * 1024
 #: Room for one recv_many batch in marshal format (bytes).
 BATCH_BYTES = 256 * 1024
-#: Longest single sleep in C (ns): C cannot run Python's signal handlers, and
-#: glibc's mutex wait ignores signals, so we come back to Python this often.
-_SLICE_NS = 200_000_000
 #: Busy-wait before sleeping (ns); FASTIPC_SPIN_US overrides (0 disables).
 SPIN_NS = int(float(os.environ.get("FASTIPC_SPIN_US", "20")) * 1000)
 #: The first part of that spin is done holding the GIL, in the call that
@@ -169,7 +169,7 @@ class NativeRing(Ring):
             rc = _spin_send(self._hf, data, len(data), _GIL_SPIN_NS)
         if rc == _EAGAIN:
             h = self._h
-            rc = _wait(lambda t: lib.fi_ring_send(h, data, len(data), t), timeout)
+            rc = _wait(lambda t: lib.fi_ring_send(h, data, len(data), t), _deadline(timeout))
         if rc == _EMSGSIZE:
             raise MessageTooLarge(
                 f"message of {len(data)} bytes exceeds ring {self.name!r}'s capacity of {self.capacity}"
@@ -241,7 +241,7 @@ class NativeRing(Ring):
                 return self._sbuf[:rc]  # type: ignore[no-any-return]
         if rc == _EAGAIN:
             h, scratch = self._h, self._scratch
-            rc = _wait(lambda t: lib.fi_ring_recv(h, scratch, SCRATCH_BYTES, t), timeout)
+            rc = _wait(lambda t: lib.fi_ring_recv(h, scratch, SCRATCH_BYTES, t), _deadline(timeout))
             if rc >= 0:
                 return self._sbuf[:rc]  # type: ignore[no-any-return]
         if rc == _EMSGSIZE:
@@ -259,7 +259,7 @@ class NativeRing(Ring):
         rc = _try_recv(self._hf, buf, size)
         if rc == _EAGAIN:
             h = self._h
-            rc = _wait(lambda t: lib.fi_ring_recv(h, buf, size, t), timeout)
+            rc = _wait(lambda t: lib.fi_ring_recv(h, buf, size, t), _deadline(timeout))
         if rc == _EMSGSIZE:
             need = lib.fi_ring_next_len(self._h)
             raise MessageTooLarge(
@@ -281,7 +281,7 @@ class NativeRing(Ring):
             return _loads(self._bview[:n])  # type: ignore[no-any-return]
         if n == _EAGAIN:
             h, batch = self._h, self._batch
-            n = _wait(lambda t: lib.fi_ring_recv_batch(h, batch, BATCH_BYTES, max_count, t), timeout)
+            n = _wait(lambda t: lib.fi_ring_recv_batch(h, batch, BATCH_BYTES, max_count, t), _deadline(timeout))
             if n > 0:
                 return _loads(self._bview[:n])  # type: ignore[no-any-return]
         if n == _EMSGSIZE:
@@ -303,7 +303,7 @@ class NativeRing(Ring):
     @contextmanager
     def _reserve(self, nbytes: int, timeout: float | None) -> Iterator[memoryview]:
         h, ptr = self._h, ffi.new("char **")
-        _check(_wait(lambda t: lib.fi_ring_reserve(h, nbytes, t, ptr), timeout), self.name)
+        _check(_wait(lambda t: lib.fi_ring_reserve(h, nbytes, t, ptr), _deadline(timeout)), self.name)
         self._holding = True
         view = memoryview(ffi.buffer(ptr[0], nbytes))
         try:
@@ -326,7 +326,7 @@ class NativeRing(Ring):
     @contextmanager
     def _recv_view(self, timeout: float | None) -> Iterator[memoryview]:
         h, ptr = self._h, ffi.new("char **")
-        n = _check(_wait(lambda t: lib.fi_ring_peek(h, t, ptr), timeout), self.name)
+        n = _check(_wait(lambda t: lib.fi_ring_peek(h, t, ptr), _deadline(timeout)), self.name)
         self._holding = True
         view = memoryview(ffi.buffer(ptr[0], n)).toreadonly()
         try:
@@ -363,28 +363,6 @@ def _cbuffer(data: Any, writable: bool = False) -> Any:
         raise
     except BufferError:
         raise TypeError(f"{type(data).__name__} is not a C-contiguous buffer") from None
-
-
-def _wait(call: Any, timeout: float | None) -> int:
-    """Run blocking C ``call(slice_ns)`` until it stops timing out or the deadline passes.
-
-    Sleeps are cut into slices so that pending signal handlers (Ctrl-C) run
-    between them; -EINTR returns at once for the same reason.
-    """
-    tns = timeout_ns(timeout)
-    if tns < 0:
-        while True:
-            rc: int = call(_SLICE_NS)
-            if rc != _ETIMEDOUT and rc != _EINTR:
-                return rc
-    deadline = _monotonic_ns() + tns
-    while True:
-        remaining = max(0, deadline - _monotonic_ns())
-        rc = call(min(remaining, _SLICE_NS))
-        if rc != _ETIMEDOUT and rc != _EINTR:
-            return rc
-        if remaining == 0 or _monotonic_ns() >= deadline:
-            return _ETIMEDOUT
 
 
 def _check(rc: int, name: str) -> int:
