@@ -66,8 +66,10 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Run the Ring benchmark and print the table (or JSON)."""
+    """Run the Ring and Channel benchmarks and print the tables (or JSON)."""
     from .bench import BACKENDS, BenchConfig, format_table, run_benchmark
+    from .bench_channel import format_rows
+    from .bench_channel import rows as channel_rows
 
     cfg = BenchConfig.quick() if args.quick else BenchConfig()
     cfg.backends = BACKENDS if args.backend == "both" else (args.backend,)
@@ -93,6 +95,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         report = run_benchmark(cfg, progress)
+        progress("channel figures ...")
+        channel = channel_rows(min(cfg.duration, 1.0), cfg.backends)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -100,9 +104,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        print(json.dumps({**report.to_json(), "channel": channel}, indent=2))
     else:
         sys.stdout.write(format_table(report))
+        sys.stdout.write("\nChannel (Unix stream socket, two processes; plain = a pure-Python loop)\n")
+        sys.stdout.write(format_rows(channel) + "\n")
     return 0
 
 
