@@ -113,14 +113,6 @@ static void put_hdr(unsigned char *h, uint32_t len, uint32_t flags)
     memcpy(h + 4, &flags, 4);
 }
 
-static int64_t deadline_of(int64_t timeout_ns)
-{
-    if (timeout_ns < 0)
-        return FI_FOREVER;
-    int64_t now = mono_ns();
-    return timeout_ns > INT64_MAX - now ? FI_FOREVER : now + timeout_ns;
-}
-
 /* Wait until fd is ready for `events` or the deadline passes. POLLHUP and
  * POLLERR also end the wait: the retried call then reports what happened. */
 static int wait_fd(int fd, short events, int64_t deadline)

@@ -123,14 +123,6 @@ static inline uint64_t slot_size(uint64_t n) { return align_line(FI_REC_HDR + n)
 static inline uint64_t ld_acq(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline uint32_t ld32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 
-static int64_t deadline_of(int64_t timeout_ns)
-{
-    if (timeout_ns < 0)
-        return FI_FOREVER;
-    int64_t now = mono_ns();
-    return timeout_ns > INT64_MAX - now ? FI_FOREVER : now + timeout_ns;
-}
-
 static inline void wake(uint32_t *futex_word, uint32_t *sleeping)
 {
     /* Plain load first: the common case (nobody asleep) stays read-only. */

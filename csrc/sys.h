@@ -28,6 +28,15 @@ static inline int64_t mono_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* The CLOCK_MONOTONIC deadline of a timeout (ns; < 0: FI_FOREVER). */
+static inline int64_t deadline_of(int64_t timeout_ns)
+{
+    if (timeout_ns < 0)
+        return FI_FOREVER;
+    int64_t now = mono_ns();
+    return timeout_ns > INT64_MAX - now ? FI_FOREVER : now + timeout_ns;
+}
+
 /* Sleep while *addr == val, at most timeout_ns (< 0: no limit).
  * 0 when woken or the word had changed, -ETIMEDOUT, -EINTR. */
 static inline int futex_wait(uint32_t *addr, uint32_t val, int64_t timeout_ns)

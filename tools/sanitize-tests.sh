@@ -15,8 +15,9 @@ python3 -m venv "$venv"
 rm -rf build
 FASTIPC_SANITIZE=1 "$venv/bin/pip" install -q --force-reinstall --no-cache-dir .
 rm -rf build
-# (Found by path: importing it before LD_PRELOAD is set would fail.)
-if ! nm -D "$venv"/lib/python3*/site-packages/fastipc/_native.*so | grep -q __asan; then
+# (Found by path: importing it before LD_PRELOAD is set would fail. Not grep -q:
+# it would stop reading early and pipefail would count nm's SIGPIPE.)
+if ! nm -D "$venv"/lib/python3*/site-packages/fastipc/_native.*so | grep __asan >/dev/null; then
     echo "the C core was not built with AddressSanitizer" >&2
     exit 1
 fi
