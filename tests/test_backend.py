@@ -172,3 +172,26 @@ def test_native_named_but_missing_is_an_import_error_with_the_reason() -> None:
     )
     assert proc.returncode == 1
     assert "ImportError" in proc.stderr and "fastipc._native" in proc.stderr, proc.stderr
+
+
+def test_python_files_and_compiled_module_of_different_versions_refuse_to_load(
+    tmp_path: object,
+) -> None:
+    """Two copies installed over each other: the native backend says so instead of misbehaving."""
+    import pathlib
+    import shutil
+
+    pkg = pathlib.Path(fastipc.__file__).parent
+    if not list(pkg.glob("_native*.so")):
+        pytest.skip("the compiled module is not built in this installation")
+    copy = pathlib.Path(str(tmp_path)) / "fastipc"
+    shutil.copytree(pkg, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "_version.py").write_text('__version__ = "0.0.0+other"\n')
+    proc = run_python(
+        "import fastipc",
+        env=child_env(FASTIPC_BACKEND="native", PYTHONPATH=str(copy.parent)),
+        check=False,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    assert "two copies" in proc.stderr, proc.stderr
