@@ -215,7 +215,9 @@ class Ring:
         The message is published when the block exits normally and discarded
         if it raises. While the block runs, other producers wait (the
         producer side is held); consumers are not held up. Waits for room
-        like :meth:`send`.
+        like :meth:`send`. Closing the handle inside the block lets the
+        producer side go; leaving the block then raises ValueError and
+        publishes nothing.
         """
         raise NotImplementedError
 
@@ -224,7 +226,8 @@ class Ring:
 
         The message is consumed when the block exits, whether or not it
         raised. While the block runs, other consumers wait. Do not keep the
-        view past the block.
+        view past the block. Closing the handle inside the block lets the
+        consumer side go and leaves the message for the next consumer.
         """
         raise NotImplementedError
 
