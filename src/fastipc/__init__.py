@@ -3,19 +3,26 @@
 from ._backend import BACKEND
 from ._version import __version__
 from .channel import Channel, Listener, listen
+from .client import Client, connect
 from .errors import Closed, FastIPCError, IncompatibleSegment, MessageTooLarge, Timeout
 from .ring import Ring
+from .server import Peer, Server, serve
 
 __all__ = [
     "BACKEND",
     "Channel",
+    "Client",
     "Closed",
     "FastIPCError",
     "IncompatibleSegment",
     "Listener",
     "MessageTooLarge",
+    "Peer",
     "Ring",
+    "Server",
     "Timeout",
     "__version__",
+    "connect",
     "listen",
+    "serve",
 ]

@@ -18,7 +18,6 @@ import errno
 import os
 import select
 import socket
-import stat
 import struct
 import time
 from collections.abc import Iterable, Iterator
@@ -26,45 +25,27 @@ from typing import Any, NoReturn, TypeVar, Union
 
 from .endpoints import Endpoint, parse
 from .errors import Closed, MessageTooLarge, Timeout
+from .framing import (
+    DEFAULT_MAX_MESSAGE,
+    validate_max_message,
+)
 from .ring import timeout_ns
+from .socket_file import backlog_option, bind_unix, mode_option, remove_if_ours
 
 __all__ = ["DEFAULT_MAX_MESSAGE", "MAX_FDS", "Channel", "Listener", "listen"]
 
 _C = TypeVar("_C", bound="Channel")
 _L = TypeVar("_L", bound="Listener")
 
-#: The default largest message a channel accepts (bytes).
-DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
-#: The largest ``max_message`` (bytes): the frame length field is 32-bit.
-MAX_MESSAGE_LIMIT = (1 << 32) - 1
 #: Most fds one message may carry (the kernel's SCM_MAX_FD).
 MAX_FDS = 253
-#: The frame header: payload length, flags.
-HEADER = struct.Struct("<II")
-#: Flag bit: fds (SCM_RIGHTS) come with the frame's first byte.
-FRAME_FDS = 1
-#: Flag bits this version understands.
-KNOWN_FLAGS = FRAME_FDS
 #: Size of a channel's receive buffer (bytes); longer frames bypass it.
 RECV_BUFFER = 256 * 1024
 #: Frames longer than this (bytes) are read straight into their destination.
 DIRECT_MIN = 64 * 1024
-#: Default listen() backlog.
-DEFAULT_BACKLOG = 128
 
 #: Something that names an fd: an int or an object with ``fileno()``.
 FdLike = Union[int, Any]
-
-
-def validate_max_message(value: object) -> int:
-    """Return ``value`` if it is an int in [1, 2**32 - 1] (bytes)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"max_message must be an int (bytes), not {type(value).__name__}")
-    if not 1 <= value <= MAX_MESSAGE_LIMIT:
-        raise ValueError(
-            f"max_message must be between 1 and {MAX_MESSAGE_LIMIT} bytes, got {value}"
-        )
-    return value
 
 
 def validate_fds(fds: Iterable[FdLike]) -> list[int]:
@@ -483,15 +464,7 @@ class Listener:
         if sock is None:
             return
         try:
-            path = self.endpoint.path
-            if path is not None and self._ident is not None:
-                try:
-                    st = os.lstat(path)
-                except FileNotFoundError:
-                    st = None
-                # Only remove the file we made: another listener may have replaced it.
-                if st is not None and (st.st_dev, st.st_ino) == self._ident:
-                    os.unlink(path)
+            remove_if_ours(self.endpoint.path, self._ident)
         finally:
             sock.close()
 
@@ -536,51 +509,19 @@ def listen(
     there, PermissionError, OSError.
     """
     ep = parse(url, schemes=("unix",))
-    if mode is None:
-        text = ep.options.get("mode", "0600")
-        try:
-            mode = int(text, 8)
-        except ValueError:
-            raise ValueError(
-                f"endpoint {url!r}: option mode={text!r} is not an octal mask"
-            ) from None
-    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
-        raise ValueError(f"mode must be a permission mask between 0 and 0o777, got {mode!r}")
-    if backlog is None:
-        text = ep.options.get("backlog", str(DEFAULT_BACKLOG))
-        if not text.isdigit():
-            raise ValueError(f"endpoint {url!r}: option backlog={text!r} is not a number")
-        backlog = int(text)
-    if isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 0:
-        raise ValueError(f"backlog must be an int >= 0, got {backlog!r}")
+    mode = mode_option(ep, mode)
+    backlog = backlog_option(ep, backlog)
     max_message = _max_message_for(ep, max_message)
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     ident = None
     try:
-        if ep.path is not None:
-            _clear_stale(ep.path)
-            # The file bind() makes takes the socket inode's mode less the
-            # umask: never wider than `mode`, so no moment of wider access.
-            os.fchmod(sock.fileno(), mode)
-        try:
-            sock.bind(ep.address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise OSError(
-                    errno.EADDRINUSE, "address in use by a live socket", ep.display
-                ) from None
-            raise OSError(exc.errno, exc.strerror, ep.display) from None
-        if ep.path is not None:
-            os.chmod(ep.path, mode)  # exactly `mode`, whatever the umask took away
-            st = os.lstat(ep.path)
-            ident = (st.st_dev, st.st_ino)
+        ident = bind_unix(sock, ep, mode)
         sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()
-        if ident is not None and ep.path is not None:
-            os.unlink(ep.path)
+        remove_if_ours(ep.path, ident)
         raise
     lst = Listener.__new__(Listener)
     lst.endpoint = ep
@@ -589,33 +530,3 @@ def listen(
     lst._ident = ident
     return lst
 
-
-def _clear_stale(path: str) -> None:
-    """Remove the socket file at ``path`` if nobody accepts on it; refuse if somebody does."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise FileExistsError(errno.EEXIST, "exists and is not a socket; not replacing it", path)
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        probe.setblocking(False)
-        probe.connect(path)
-    except ConnectionRefusedError:
-        pass  # stale: its listener is gone
-    except FileNotFoundError:
-        return
-    except BlockingIOError:
-        # EAGAIN: a backlog full of unaccepted connections, so it is alive.
-        raise OSError(errno.EADDRINUSE, "address in use by a live socket", path) from None
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, path) from None
-    else:
-        raise OSError(errno.EADDRINUSE, "address in use by a live socket", path)
-    finally:
-        probe.close()
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -5,6 +5,9 @@ Every transport is named by a URL (see DESIGN.md, Endpoints)::
     unix:///abs/path   unix://rel/path   unix://@abstract     Unix stream socket
     unixgram://PATH                                           Unix datagram socket
     tcp://HOST:PORT    udp://HOST:PORT                        IPv4/IPv6 network sockets
+    mq:///name                                                POSIX message queue
+    fifo:///abs/path   fifo://rel/path                        named pipe (FIFO)
+    shm://NAME                                                shared-memory Ring
 
 Options ride in the query string (``unix:///run/app.sock?mode=0660``); each
 scheme says which options it knows. A malformed URL raises ``ValueError``
@@ -38,9 +41,11 @@ class Endpoint:
     """A parsed endpoint URL.
 
     ``scheme`` is the transport; ``path`` the filesystem path (unix,
-    unixgram) or ``None``; ``abstract`` is True for ``unix://@name``, whose
-    ``name`` then is the abstract name (without the leading NUL); ``host``
-    and ``port`` are set for tcp/udp; ``options`` holds the query string.
+    unixgram, fifo) or ``None``; ``abstract`` is True for ``unix://@name``,
+    whose ``name`` then is the abstract name (without the leading NUL);
+    ``name`` is also the queue name with its slash (mq) or the ring name
+    (shm); ``host`` and ``port`` are set for tcp/udp; ``options`` holds the
+    query string.
     """
 
     url: str
@@ -190,13 +195,56 @@ def _parse_host_port(rest: str, url: str) -> Endpoint:
     return Endpoint(url=url, scheme="", host=host, port=int(port_text))
 
 
+def _parse_mq(rest: str, url: str) -> Endpoint:
+    """``/name``: one slash, then 1-254 characters without a slash (mq_overview(7))."""
+    if not rest.startswith("/"):
+        raise ValueError(f"endpoint {url!r}: queue name must start with '/' (mq:///name)")
+    name = rest[1:]
+    if not name:
+        raise ValueError(f"endpoint {url!r}: empty queue name")
+    if "/" in name:
+        raise ValueError(f"endpoint {url!r}: queue name {name!r} may not contain '/'")
+    if len(name.encode()) > MQ_NAME_MAX:
+        raise ValueError(
+            f"endpoint {url!r}: queue name is {len(name.encode())} bytes, over the "
+            f"{MQ_NAME_MAX}-byte limit (NAME_MAX less the leading slash)"
+        )
+    return Endpoint(url=url, scheme="", name="/" + name)
+
+
+def _parse_fifo(rest: str, url: str) -> Endpoint:
+    """``/abs/path`` or ``rel/path``: a filesystem path."""
+    if not rest:
+        raise ValueError(f"endpoint {url!r}: empty path")
+    if rest.endswith("/"):
+        raise ValueError(f"endpoint {url!r}: path {rest!r} names a directory, not a FIFO")
+    return Endpoint(url=url, scheme="", path=rest)
+
+
+def _parse_shm(rest: str, url: str) -> Endpoint:
+    """``NAME``: a ring name (1-200 of ``A-Z a-z 0-9 . _ -``)."""
+    from .ring import validate_name
+
+    try:
+        name = validate_name(rest)
+    except ValueError as exc:
+        raise ValueError(f"endpoint {url!r}: ring name: {exc}") from None
+    return Endpoint(url=url, scheme="", name=name)
+
+
+#: The longest POSIX message queue name in bytes, after its leading slash.
+MQ_NAME_MAX = 254
+
 _Parser = Callable[[str, str], Endpoint]
 _UNIX_OPTIONS = frozenset({"mode", "backlog", "max_message"})
 
 #: scheme -> (parser, options its query string may carry)
 _PARSERS: dict[str, tuple[_Parser, frozenset[str]]] = {
     "unix": (_parse_unix, _UNIX_OPTIONS),
-    "unixgram": (_parse_unix, frozenset({"mode"})),
+    "unixgram": (_parse_unix, frozenset({"mode", "max_message"})),
     "tcp": (_parse_host_port, frozenset({"backlog", "max_message"})),
-    "udp": (_parse_host_port, frozenset()),
+    "udp": (_parse_host_port, frozenset({"iface"})),
+    "mq": (_parse_mq, frozenset({"maxmsg", "msgsize", "mode", "reply"})),
+    "fifo": (_parse_fifo, frozenset({"mode", "single_writer", "max_message"})),
+    "shm": (_parse_shm, frozenset({"capacity", "mode"})),
 }

@@ -19,9 +19,6 @@ from typing import Any, NoReturn
 
 from ..channel import (
     DIRECT_MIN,
-    FRAME_FDS,
-    HEADER,
-    KNOWN_FLAGS,
     MAX_FDS,
     RECV_BUFFER,
     Channel,
@@ -30,6 +27,7 @@ from ..channel import (
     validate_max_count,
 )
 from ..errors import Timeout
+from ..framing import FRAME_FDS, HEADER, KNOWN_FLAGS
 from ..ring import check_buffer, timeout_ns
 
 __all__ = ["PythonChannel"]

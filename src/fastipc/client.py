@@ -1,0 +1,44 @@
+"""connect(): a client for any endpoint URL, the counterpart of :func:`fastipc.serve`."""
+
+from __future__ import annotations
+
+from .endpoints import parse
+from .framing import DEFAULT_MAX_MESSAGE, validate_max_message
+from .server import FRAMINGS, SERVED_SCHEMES
+from .transports import open_client
+from .transports.base import Client
+
+__all__ = ["Client", "connect"]
+
+
+def connect(
+    url: str,
+    *,
+    framing: str = "length",
+    timeout: float | None = None,
+    max_message: int | None = None,
+) -> Client:
+    """Connect to the endpoint ``url`` and return its :class:`Client`.
+
+    ``url``: ``tcp://HOST:PORT``, ``unix://PATH``, ``udp://HOST:PORT``,
+    ``unixgram://PATH``, ``mq:///name`` (created or opened, options
+    ``maxmsg``, ``msgsize``, ``mode``, ``reply``), ``fifo:///path`` (its
+    reader must be there). ``framing`` applies to stream transports:
+    ``"length"`` (default; DESIGN.md framing) or ``"raw"`` (classic C peers).
+    ``timeout`` (seconds) bounds connecting. ``max_message`` (bytes,
+    default 64 MiB or the URL's ``?max_message=``) is the largest message
+    received.
+
+    Raises ValueError for a bad URL or argument, :class:`~fastipc.Timeout`,
+    OSError subclasses naming the endpoint (ConnectionRefusedError when
+    nobody listens, FileNotFoundError for a missing socket file).
+    """
+    if framing not in FRAMINGS:
+        raise ValueError(f"framing must be 'raw' or 'length', got {framing!r}")
+    ep = parse(url, schemes=SERVED_SCHEMES)
+    if max_message is None:
+        text = ep.options.get("max_message")
+        if text is not None and not text.isdigit():
+            raise ValueError(f"endpoint {url!r}: option max_message={text!r} is not a number")
+        max_message = int(text) if text is not None else DEFAULT_MAX_MESSAGE
+    return open_client(ep, framing, timeout, validate_max_message(max_message))

@@ -1,0 +1,131 @@
+"""The length framing every fastipc stream speaks (DESIGN.md, Framing), and its incremental decoder.
+
+A frame is an 8-byte header, then the payload::
+
+    [u32 LE payload length][u32 LE flags][payload]
+
+Flag bit 0 (``FRAME_FDS``) marks a frame whose SCM_RIGHTS fds ride on its
+first byte (Channel only); the other bits are reserved and a frame using them
+is refused. The Channel backends parse frames in their own hot paths; the
+server core and the FIFO transport use :class:`LengthDecoder`.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .errors import MessageTooLarge
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE",
+    "FRAME_FDS",
+    "HEADER",
+    "KNOWN_FLAGS",
+    "MAX_MESSAGE_LIMIT",
+    "FramingError",
+    "LengthDecoder",
+    "validate_max_message",
+]
+
+#: The default largest message (bytes) a length-framed stream accepts.
+DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+#: The largest ``max_message`` (bytes): the frame length field is 32-bit.
+MAX_MESSAGE_LIMIT = (1 << 32) - 1
+#: The frame header: payload length, flags.
+HEADER = struct.Struct("<II")
+#: Flag bit: fds (SCM_RIGHTS) come with the frame's first byte.
+FRAME_FDS = 1
+#: Flag bits this version understands.
+KNOWN_FLAGS = FRAME_FDS
+
+
+class FramingError(ValueError):
+    """The bytes on a length-framed stream are not frames (e.g. reserved flag bits set)."""
+
+
+def validate_max_message(value: object) -> int:
+    """Return ``value`` if it is an int in [1, 2**32 - 1] (bytes); raise TypeError/ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"max_message must be an int (bytes), not {type(value).__name__}")
+    if not 1 <= value <= MAX_MESSAGE_LIMIT:
+        raise ValueError(
+            f"max_message must be between 1 and {MAX_MESSAGE_LIMIT} bytes, got {value}"
+        )
+    return value
+
+
+class LengthDecoder:
+    """Cuts length frames out of a byte stream fed in arbitrary pieces.
+
+    Never allocates a frame's announced size before its bytes arrive, so a
+    hostile header costs nothing. ``allowed_flags`` are the flag bits
+    accepted (default: none, a plain message).
+    """
+
+    __slots__ = ("_buf", "allowed_flags", "error", "max_message")
+
+    def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE, allowed_flags: int = 0) -> None:
+        self.max_message = validate_max_message(max_message)
+        self.allowed_flags = allowed_flags
+        #: Why the stream broke (MessageTooLarge or FramingError), else None;
+        #: once set, later feeds return nothing.
+        self.error: ValueError | None = None
+        self._buf = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame held (0 between frames)."""
+        return len(self._buf)
+
+    def reset(self) -> None:
+        """Drop any partial frame and forget an error (for streams that can resync, e.g. FIFOs)."""
+        self._buf.clear()
+        self.error = None
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data``; return the payloads of the frames it completed, in order.
+
+        Never raises for bad bytes: a header announcing more than
+        ``max_message`` bytes sets :attr:`error` to a
+        :class:`~fastipc.MessageTooLarge`, reserved flag bits set it to a
+        :class:`FramingError`. The frames before the bad header are still
+        returned; nothing after it is, since a byte stream cannot be
+        resynchronised.
+        """
+        if self.error is not None:
+            return []
+        buf = self._buf
+        if buf:
+            buf += data
+            view: bytes | bytearray = buf
+        else:
+            view = data
+        out: list[bytes] = []
+        off = 0
+        end = len(view)
+        unpack = HEADER.unpack_from
+        limit = self.max_message
+        while end - off >= 8:
+            length, flags = unpack(view, off)
+            if length > limit:
+                self.error = MessageTooLarge(
+                    f"frame header announces {length} bytes, over max_message ({limit} bytes)"
+                )
+            elif flags & ~self.allowed_flags:
+                self.error = FramingError(f"frame header has unknown flag bits {flags:#x}")
+            if self.error is not None:
+                self._buf = bytearray()
+                return out
+            stop = off + 8 + length
+            if stop > end:
+                break
+            out.append(bytes(view[off + 8 : stop]))
+            off = stop
+        if off < end:
+            if view is buf:
+                del buf[:off]
+            else:
+                self._buf = bytearray(memoryview(view)[off:])
+        elif buf:
+            buf.clear()
+        return out

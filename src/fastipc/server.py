@@ -1,0 +1,443 @@
+"""The multiplexed server core: one selector loop (epoll on Linux) serving every client of an endpoint.
+
+The course notes' ``select()`` server, grown up: the loop watches the
+endpoint (a listening socket, a datagram socket, a message queue or a FIFO)
+and every connected client at once, so a slow or silent client never stalls
+the others. Transports plug in as *sources* (``transports/``): a source
+registers its fds with :attr:`Server.selector` and hands each complete
+message to :meth:`Server.dispatch`, which calls the user's handler and sends
+back what it returns.
+
+The loop runs in one thread; the handler runs in it too, so handlers must
+not block for long. Limits (:class:`Limits`) keep memory bounded whatever
+the clients do.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, Optional, TypeVar, Union
+
+from .endpoints import Endpoint, parse
+from .errors import FastIPCError
+from .framing import DEFAULT_MAX_MESSAGE, validate_max_message
+
+__all__ = ["FRAMINGS", "Handler", "Limits", "Peer", "Server", "Source", "serve"]
+
+log = logging.getLogger("fastipc.server")
+
+_S = TypeVar("_S", bound="Server")
+
+#: What a handler may return: bytes-like to send back, or None for no reply.
+Reply = Optional[Union[bytes, bytearray, memoryview]]
+#: ``handler(message, peer) -> reply``.
+Handler = Callable[[bytes, "Peer"], Reply]
+#: Stream framings: "raw" (one read is one message) and "length" (DESIGN.md, Framing).
+FRAMINGS = ("raw", "length")
+#: Schemes :func:`serve` accepts.
+SERVED_SCHEMES = ("tcp", "unix", "udp", "unixgram", "mq", "fifo")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What protects a server from its clients; every client past a limit is cut off, alone.
+
+    ``max_clients``: stream connections at once (more are accepted and
+    closed at once). ``max_message``: bytes in one message (a longer length
+    frame closes that client; a longer datagram is dropped). ``max_output``:
+    bytes queued for one client that is not reading (more closes it: a slow
+    reader). ``idle_timeout``: seconds a stream client may go without
+    completing a message (catches silent clients and slow-loris senders),
+    None for never. ``backlog``: the kernel's queue of connections not yet
+    accepted. A server's memory is at most about ``max_clients * (max_message
+    + max_output)``.
+    """
+
+    max_clients: int = 1024
+    max_message: int = DEFAULT_MAX_MESSAGE
+    max_output: int = 16 * 1024 * 1024
+    idle_timeout: float | None = 300.0
+    backlog: int = 128
+
+    def __post_init__(self) -> None:
+        for name in ("max_clients", "max_output", "backlog"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        validate_max_message(self.max_message)
+        idle = self.idle_timeout
+        if idle is not None and (
+            isinstance(idle, bool) or not isinstance(idle, (int, float)) or not idle > 0
+        ):
+            raise ValueError(f"idle_timeout must be a number of seconds > 0 or None, got {idle!r}")
+
+
+class Peer:
+    """One client as a handler sees it: where it is, and how to answer or drop it.
+
+    ``address`` is the client's address: ``(host, port)`` for tcp/udp, the
+    socket name for unix/unixgram (``""`` when the client did not bind one),
+    None for mq and fifo. Methods must be called from the server's thread
+    (i.e. from the handler).
+    """
+
+    address: Any = None
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data`` (one message) to this client, queued if it cannot take it now.
+
+        Raises :class:`~fastipc.Closed` if the client is gone or cannot be
+        answered, :class:`~fastipc.MessageTooLarge` for a datagram too large.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the connection once what is queued for it has been sent (stream transports)."""
+
+    def abort(self) -> None:
+        """Close the connection now, dropping what is queued (tcp: reset, SO_LINGER 0)."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is closed (or closing)."""
+        return False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.address!r}>"
+
+
+class Source:
+    """What a transport adds to the loop: its fds, its address, what it leaves behind."""
+
+    #: The URL actually served (with the real port when 0 was asked).
+    address: str = ""
+
+    def attach(self, server: Server) -> None:
+        """Register this source's fds with ``server.selector``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop serving and remove what this source created (socket file, FIFO, queue)."""
+        raise NotImplementedError
+
+
+class Server:
+    """Serves one endpoint with a handler; made by :func:`serve`.
+
+    Use :meth:`start` to serve in a background thread or
+    :meth:`serve_forever` in this one; :meth:`close` stops it, closes every
+    client and removes what it created. A context manager (closes on exit).
+    """
+
+    def __init__(
+        self, endpoint: Endpoint, handler: Handler, framing: str, limits: Limits
+    ) -> None:
+        self.endpoint = endpoint
+        self.handler = handler
+        self.framing = framing
+        self.limits = limits
+        self.selector = _selector()
+        self._source: Source | None = None
+        self._clients: set[Any] = set()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_seq = 0
+        self._stop = False
+        self._signalled = False
+        self._closed = False
+        self._serving = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.selector.register(self._wake_r, 1, self._drain_wake)
+        #: The signal number that stopped :meth:`serve_forever`, else None.
+        self.stopped_by: int | None = None
+
+    # ---- public ---------------------------------------------------------
+    @property
+    def address(self) -> str:
+        """The URL served, with the real port when port 0 was asked (e.g. ``tcp://127.0.0.1:43817``)."""
+        return self._source.address if self._source is not None else self.endpoint.url
+
+    @property
+    def clients(self) -> int:
+        """Stream clients connected now."""
+        return len(self._clients)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def start(self: _S) -> _S:
+        """Serve in a background (daemon) thread; return self. Raises RuntimeError if serving."""
+        self._check_open()
+        if self._thread is not None:
+            raise RuntimeError("server already started")
+        started = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run_thread, args=(started,), name=f"fastipc-serve {self.address}", daemon=True
+        )
+        self._thread.start()
+        started.wait()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until :meth:`close`, or SIGINT/SIGTERM when this is the main thread.
+
+        A signal stops the loop and returns normally (``stopped_by`` tells
+        which); the server stays open until :meth:`close`. Raises
+        RuntimeError if the server is already serving in another thread.
+        """
+        self._check_open()
+        self._serve(None)
+
+    def close(self) -> None:
+        """Stop serving, close every client and remove the socket file/FIFO/queue this server made.
+
+        Idempotent; safe from the handler and from other threads (waits for
+        the serving thread to finish, unless called from it).
+        """
+        if self._closed:
+            return
+        self._stop = True
+        self._wake()
+        me = threading.current_thread()
+        if self._loop_thread is me:
+            return  # inside the handler: the loop tears down when it returns
+        thread = self._thread
+        if thread is not None and thread is not me:
+            thread.join()
+        with self._serving:
+            self._teardown()
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self.clients} clients"
+        return f"<Server {self.address} {self.framing} {state}>"
+
+    # ---- for sources ----------------------------------------------------
+    def dispatch(self, message: bytes, peer: Peer) -> None:
+        """Hand ``message`` from ``peer`` to the handler and send back what it returns.
+
+        A handler that raises is logged and only that client is dropped.
+        """
+        try:
+            reply = self.handler(message, peer)
+        except Exception:
+            log.exception("handler failed on a message from %s; dropping that client", peer.address)
+            peer.abort()
+            return
+        if reply is None or peer.closed:
+            return
+        try:
+            peer.send(reply)
+        except (FastIPCError, OSError, ValueError, TypeError) as exc:
+            # A reply that cannot go (bad type, too large, peer gone) must not stop the loop.
+            log.warning("reply to %s not sent: %s", peer.address, exc)
+
+    def add_client(self, client: Any) -> None:
+        self._clients.add(client)
+
+    def remove_client(self, client: Any) -> None:
+        self._clients.discard(client)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        """Run ``callback`` in the loop after ``delay`` seconds."""
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (time.monotonic() + delay, self._timer_seq, callback))
+
+    # ---- the loop ---------------------------------------------------------
+    def _attach(self, source: Source) -> None:
+        self._source = source
+        source.attach(self)
+        idle = self.limits.idle_timeout
+        if idle is not None:
+            self.call_later(_sweep_interval(idle), self._sweep)
+
+    def _run_thread(self, started: threading.Event) -> None:
+        self._serve(started)
+
+    def _serve(self, started: threading.Event | None) -> None:
+        if not self._serving.acquire(blocking=False):
+            if started is not None:
+                started.set()
+            raise RuntimeError("server is already serving in another thread")
+        restore: list[tuple[int, Any]] = []
+        try:
+            self._loop_thread = threading.current_thread()
+            if threading.current_thread() is threading.main_thread():
+                restore = self._catch_signals()
+            if started is not None:
+                started.set()
+            self._loop()
+        finally:
+            for signum, old in restore:
+                signal.signal(signum, old)
+            self._loop_thread = None
+            if self._stop:
+                self._teardown()
+            self._serving.release()
+
+    def _loop(self) -> None:
+        select = self.selector.select
+        timers = self._timers
+        self._signalled = False
+        while not (self._stop or self._signalled):
+            timeout = None
+            if timers:
+                timeout = max(0.0, timers[0][0] - time.monotonic())
+            for key, mask in select(timeout):
+                key.data(mask)
+                if self._stop or self._signalled:
+                    return
+            if timers:
+                now = time.monotonic()
+                while timers and timers[0][0] <= now:
+                    _, _, callback = heapq.heappop(timers)
+                    callback()
+
+    def _sweep(self) -> None:
+        """Cut off stream clients that went ``idle_timeout`` without completing a message."""
+        idle = self.limits.idle_timeout
+        assert idle is not None
+        now = time.monotonic()
+        for client in list(self._clients):
+            if client.deadline <= now:
+                client.expire(f"no complete message for {idle:g} s (idle_timeout)")
+        self.call_later(_sweep_interval(idle), self._sweep)
+
+    def _catch_signals(self) -> list[tuple[int, Any]]:
+        def stop(signum: int, frame: FrameType | None) -> None:
+            # The wake byte makes the select() that Python retries after the
+            # handler (PEP 475) return at once.
+            self.stopped_by = signum
+            self._signalled = True
+            self._wake()
+
+        saved: list[tuple[int, Any]] = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            saved.append((signum, signal.signal(signum, stop)))
+        return saved
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already awake (buffer full) or closed
+
+    def _drain_wake(self, mask: int) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _teardown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for client in list(self._clients):
+            client.shutdown_now("server closed")
+        self._clients.clear()
+        try:
+            if self._source is not None:
+                self._source.close()
+        finally:
+            self.selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"server {self.address} is closed")
+
+
+def _sweep_interval(idle: float) -> float:
+    return min(1.0, max(0.01, idle / 4))
+
+
+def _selector() -> Any:
+    import selectors
+
+    return selectors.DefaultSelector()
+
+
+def serve(
+    url: str,
+    handler: Handler,
+    *,
+    framing: str = "length",
+    max_clients: int = 1024,
+    max_message: int | None = None,
+    max_output: int = 16 * 1024 * 1024,
+    idle_timeout: float | None = 300.0,
+    backlog: int | None = None,
+) -> Server:
+    """Bind ``url`` and return a :class:`Server` that calls ``handler(message, peer)`` per message.
+
+    ``url``: ``tcp://HOST:PORT`` (port 0 picks one: see
+    :attr:`Server.address`), ``unix://PATH``, ``udp://HOST:PORT`` (a
+    multicast group joins it: ``?iface=ADDR``), ``unixgram://PATH``,
+    ``mq:///name`` (created or opened; ``?reply=/name`` names the queue
+    replies go to), ``fifo:///path`` (created owner-only). A bytes-like
+    value the handler returns is sent back to that peer.
+
+    ``framing`` (stream transports): ``"length"`` (default; DESIGN.md
+    framing) or ``"raw"`` (what one read returns is one message; what
+    classic C peers and ``nc`` speak). FIFOs are always length-framed;
+    datagrams and queue messages are messages already. The limits are
+    described in :class:`Limits`; ``max_message`` defaults to 64 MiB (the
+    URL's ``?max_message=`` when given), ``backlog`` to 128 (``?backlog=``).
+
+    Serving starts with :meth:`Server.start` or :meth:`Server.serve_forever`.
+    Raises ValueError for a bad URL, framing or limit, OSError (naming the
+    endpoint) when it cannot be bound, e.g. OSError(EADDRINUSE).
+    """
+    if not callable(handler):
+        raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+    if framing not in FRAMINGS:
+        raise ValueError(f"framing must be 'raw' or 'length', got {framing!r}")
+    ep = parse(url, schemes=SERVED_SCHEMES)
+    if max_message is None:
+        max_message = _int_option(ep, "max_message", DEFAULT_MAX_MESSAGE)
+    if backlog is None:
+        backlog = _int_option(ep, "backlog", 128)
+    limits = Limits(
+        max_clients=max_clients,
+        max_message=max_message,
+        max_output=max_output,
+        idle_timeout=idle_timeout,
+        backlog=backlog,
+    )
+    from .transports import open_source
+
+    server = Server(ep, handler, framing, limits)
+    try:
+        server._attach(open_source(ep, server))
+    except BaseException:
+        server._teardown()
+        raise
+    return server
+
+
+def _int_option(ep: Endpoint, key: str, default: int) -> int:
+    text = ep.options.get(key)
+    if text is None:
+        return default
+    if not text.isdigit():
+        raise ValueError(f"endpoint {ep.url!r}: option {key}={text!r} is not a number")
+    return int(text)

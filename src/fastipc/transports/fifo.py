@@ -1,0 +1,215 @@
+"""Named pipes (fifo): ``fifo:///path`` — many writers, one reading server, length-framed messages.
+
+The reading side (the server) makes the FIFO owner-only (``?mode=`` to
+widen it) and removes it when it closes; it also holds a write end itself
+so that writers coming and going never look like end of stream to it.
+
+The kernel writes at most PIPE_BUF (4,096) bytes to a pipe atomically. A
+message is its 8-byte header plus payload, so a client refuses a message
+whose frame is over PIPE_BUF (payload over 4,088 bytes) with
+:class:`~fastipc.MessageTooLarge`: with several writers a longer frame
+could interleave with another writer's and break the stream for everyone.
+A client that knows it is the only writer says so with
+``?single_writer=1`` and may then send messages up to ``max_message``.
+
+A server that meets a broken frame (a writer that ignored the rule, or
+garbage) drops what it holds and goes on reading; the FIFO is shared, so
+it cannot be closed for one writer.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import selectors
+import stat
+
+from ..endpoints import Endpoint
+from ..errors import Closed, MessageTooLarge, Timeout
+from ..framing import HEADER, LengthDecoder
+from ..server import Peer, Server, Source
+from ..socket_file import mode_option, remove_if_ours
+from .base import Client, time_left
+
+__all__ = ["PIPE_BUF", "FifoClient", "FifoPeer", "FifoSource"]
+
+log = logging.getLogger("fastipc.server")
+
+#: Bytes the kernel writes to a pipe atomically.
+PIPE_BUF = select.PIPE_BUF
+#: Bytes asked of one read().
+READ_SIZE = 64 * 1024
+#: Longest wait (seconds) before Python checks for signals again.
+_SLICE = 0.2
+
+
+def _has_reader(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return False
+        raise OSError(exc.errno, exc.strerror, path) from None
+    os.close(fd)
+    return True
+
+
+def _make_fifo(path: str, mode: int) -> tuple[int, int]:
+    """mkfifo ``path`` with exactly ``mode``; replace a stale FIFO, refuse a live one."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISFIFO(st.st_mode):
+            raise FileExistsError(errno.EEXIST, "exists and is not a FIFO; not replacing it", path)
+        if _has_reader(path):
+            raise OSError(errno.EADDRINUSE, "a live process reads this FIFO", path)
+        os.unlink(path)
+    old = os.umask(0o777 ^ mode)  # so that no moment of wider access exists
+    try:
+        os.mkfifo(path, mode)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, path) from None
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    st = os.lstat(path)
+    return (st.st_dev, st.st_ino)
+
+
+class FifoSource(Source):
+    """The FIFO a server reads length-framed messages from."""
+
+    def __init__(self, ep: Endpoint, server: Server) -> None:
+        assert ep.path is not None
+        self.endpoint = ep
+        self._server = server
+        self._ident: tuple[int, int] | None = _make_fifo(ep.path, mode_option(ep, None))
+        self._rfd = self._wfd = -1
+        try:
+            self._rfd = os.open(ep.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            self._wfd = os.open(ep.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except BaseException:
+            self.close()
+            raise
+        self._decoder = LengthDecoder(server.limits.max_message)
+        self.address = ep.url.partition("?")[0]
+
+    def attach(self, server: Server) -> None:
+        server.selector.register(self._rfd, selectors.EVENT_READ, self._on_ready)
+
+    def _on_ready(self, mask: int) -> None:
+        try:
+            data = os.read(self._rfd, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        decoder = self._decoder
+        peer = FifoPeer()
+        for message in decoder.feed(data):
+            self._server.dispatch(message, peer)
+        if decoder.error is not None:
+            log.warning("%s: broken frame (%s); dropping what was buffered", self.address, decoder.error)
+            decoder.reset()
+
+    def close(self) -> None:
+        for fd in (self._rfd, self._wfd):
+            if fd >= 0:
+                os.close(fd)
+        self._rfd = self._wfd = -1
+        remove_if_ours(self.endpoint.path, self._ident)
+        self._ident = None
+
+
+class FifoPeer(Peer):
+    """A FIFO's writer: anonymous and unreachable (a FIFO is one-way)."""
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        raise Closed("a FIFO is one-way: its writers cannot be answered")
+
+
+class FifoClient(Client):
+    """A writer to a FIFO that a server reads; :meth:`send` only."""
+
+    def __init__(self, ep: Endpoint, timeout: float | None, max_message: int) -> None:
+        super().__init__(ep)
+        assert ep.path is not None
+        try:
+            fd = os.open(ep.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                raise ConnectionRefusedError(
+                    errno.ECONNREFUSED, "no process reads this FIFO", ep.path
+                ) from None
+            raise OSError(exc.errno, exc.strerror, ep.path) from None
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ValueError(f"endpoint {ep.url!r}: {ep.path} is not a FIFO")
+        self._fd = fd
+        single = ep.options.get("single_writer", "0")
+        if single not in ("0", "1"):
+            raise ValueError(f"endpoint {ep.url!r}: option single_writer={single!r} is not 0 or 1")
+        self._limit = max_message if single == "1" else PIPE_BUF - HEADER.size
+
+    def send(
+        self, data: bytes | bytearray | memoryview, *, priority: int = 0, timeout: float | None = None
+    ) -> None:
+        """Write ``data`` as one frame; waits while the pipe is full.
+
+        Raises :class:`~fastipc.MessageTooLarge` over 4,088 bytes (the frame
+        over PIPE_BUF) unless ``?single_writer=1``, :class:`~fastipc.Closed`
+        when the reader is gone, :class:`~fastipc.Timeout`; a large message
+        abandoned midway by the timeout or Ctrl-C closes the client.
+        """
+        self._no_priority(priority)
+        fd = self._check()
+        view = memoryview(data).cast("B")
+        if len(view) > self._limit:
+            hint = "" if self._limit >= PIPE_BUF else "; add ?single_writer=1 if no one else writes"
+            raise MessageTooLarge(
+                f"{self.address}: at most {self._limit} bytes per message, got {len(view)}{hint}"
+            )
+        frame = HEADER.pack(len(view), 0) + bytes(view)
+        left = time_left(timeout)
+        done = 0
+        try:
+            while done < len(frame):
+                try:
+                    done += os.write(fd, frame[done:])
+                    continue
+                except BlockingIOError:
+                    pass
+                except BrokenPipeError:
+                    raise Closed(f"{self.address}: the reader closed the FIFO") from None
+                wait = left()
+                if wait is not None and wait <= 0:
+                    raise Timeout(f"{self.address}: the FIFO stayed full")
+                poller = select.poll()
+                poller.register(fd, select.POLLOUT)
+                poller.poll(max(1, int(min(_SLICE, wait if wait is not None else _SLICE) * 1000)))
+        except BaseException:
+            if 0 < done < len(frame):
+                self.close()  # half a frame is in the pipe: this writer cannot go on
+            raise
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        raise ValueError(f"{self.address}: a FIFO is one-way; its clients only send")
+
+    def fileno(self) -> int:
+        return self._check()
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def _check(self) -> int:
+        if self._fd < 0:
+            raise ValueError(f"operation on a closed client ({self.address})")
+        return self._fd
