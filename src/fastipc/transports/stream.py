@@ -38,6 +38,7 @@ ACCEPT_BATCH = 64
 IOV_BATCH = 64
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_CREDS = struct.Struct("3i")
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 
@@ -148,9 +149,29 @@ class Connection(Peer):
         self._outbytes = 0
         self._closing = False  # close once the output is sent
         self._reading = True
+        self._desc: str | None = None
         server.add_client(self)
         server.selector.register(sock, _READ, self._on_ready)
-        log.info("connect %r", address)
+        log.info("connect %s", self.describe())
+
+    @property
+    def credentials(self) -> tuple[int, int, int] | None:
+        """(pid, uid, gid) of a unix client's process when it connected (SO_PEERCRED); None for tcp."""
+        if self._tcp or self._sock is None:
+            return None
+        creds = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
+        pid, uid, gid = _CREDS.unpack(creds)
+        return pid, uid, gid
+
+    def describe(self) -> str:
+        """The client for a log line: host:port (tcp), or its pid and uid (unix)."""
+        if self._tcp:
+            host, port = self.address[:2]
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if self._desc is None:
+            creds = self.credentials
+            self._desc = f"pid {creds[0]} uid {creds[1]}" if creds else repr(self.address)
+        return self._desc
 
     @property
     def closed(self) -> bool:
@@ -295,7 +316,7 @@ class Connection(Peer):
             selector.modify(sock, events, self._on_ready)
 
     def _drop(self, reason: str) -> None:
-        log.warning("dropping %r: %s", self.address, reason)
+        log.warning("dropping %s: %s", self.describe(), reason)
         self._finish(reason, quiet=True)
 
     def _finish(self, reason: str, quiet: bool = False) -> None:
@@ -313,7 +334,7 @@ class Connection(Peer):
         sock.close()
         server.remove_client(self)
         if not quiet:
-            log.info("disconnect %r: %s", self.address, reason)
+            log.info("disconnect %s: %s", self.describe(), reason)
 
 
 class StreamClient(Client):
