@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -21,6 +23,7 @@ import posix_ipc
 import pytest
 from _channel_util import sock_dir_fixture  # noqa: F401
 from _cpeers import CPeers, cpeer_bins_fixture, cpeers_fixture  # noqa: F401
+from conftest import child_env
 
 import fastipc
 
@@ -319,3 +322,33 @@ def test_c_mq_receiver_started_first_gets_a_fastipc_message(
     with fastipc.connect(f"mq://{q}", timeout=T) as cli:
         cli.send(b"to the waiting C peer", priority=5, timeout=T)
     assert cpeers.finish(reader, T) == "5\tto the waiting C peer\n"
+
+
+# --- the command line -------------------------------------------------------------------
+
+
+def test_c_tcp_clients_get_the_reply_of_fastipc_serve_close(cpeers: CPeers) -> None:
+    """``fastipc serve --reply TEXT --close`` is the course's one-shot server for clients reading to EOF."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fastipc", "serve", "tcp://127.0.0.1:0", "--reply", "Hi, C", "--close"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert server.stderr is not None
+        line = server.stderr.readline()
+        assert line.startswith("fastipc: serving tcp://127.0.0.1:"), line
+        host, port = host_port(line.split()[-1])
+        procs = [cpeers.spawn("tcp_client", host, port, f"C {i}", first_line=False)[0] for i in range(3)]
+        # Each client reads until EOF: it ends only because the server closed after replying.
+        assert [cpeers.finish(p, T) for p in procs] == [printed("Hi, C\0")] * 3
+        server.terminate()
+        _, err = server.communicate(timeout=T)
+        assert server.returncode == 0, err
+        for i in range(3):
+            assert f"C {i}" in err, err
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
