@@ -33,19 +33,34 @@ log = logging.getLogger("fastipc.server")
 UDP_MAX_IPV4 = 65507
 #: The largest UDP payload over IPv6 (65,535 less the UDP header).
 UDP_MAX_IPV6 = 65527
-#: The receive buffer of a unixgram socket (bytes): a larger datagram is dropped.
+#: The largest unixgram datagram (bytes) fastipc asks the kernel for; the
+#: kernel's own cap is the socket's send buffer less 32 bytes, and the send
+#: buffer is at most net.core.wmem_max (often 208 KiB), so the real limit is
+#: what :func:`max_datagram` finds.
 UNIXGRAM_BUFFER = 4 * 1024 * 1024
+#: What the kernel keeps of a unix socket's send buffer for the datagram's own bookkeeping.
+_UNIX_DGRAM_OVERHEAD = 32
 #: Datagrams read per readiness event, so one busy sender does not starve the loop.
 READ_BATCH = 64
 
 
-def max_datagram(family: int, max_message: int) -> int:
-    """The largest datagram (bytes) for ``family`` under ``max_message``."""
-    if family == socket.AF_INET:
+def max_datagram(sock: socket.socket, max_message: int) -> int:
+    """The largest datagram (bytes) ``sock`` can send, under ``max_message``.
+
+    For a unixgram socket this grows its send buffer towards
+    ``max_message`` (the kernel caps it at net.core.wmem_max) and returns
+    what the kernel will then carry.
+    """
+    if sock.family == socket.AF_INET:
         return min(UDP_MAX_IPV4, max_message)
-    if family == socket.AF_INET6:
+    if sock.family == socket.AF_INET6:
         return min(UDP_MAX_IPV6, max_message)
-    return min(UNIXGRAM_BUFFER, max_message)
+    want = min(UNIXGRAM_BUFFER, max_message)
+    have = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) - _UNIX_DGRAM_OVERHEAD
+    if have < want:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, want + _UNIX_DGRAM_OVERHEAD)
+        have = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) - _UNIX_DGRAM_OVERHEAD
+    return min(want, have)
 
 
 def _resolve(ep: Endpoint) -> tuple[int, Any]:
@@ -77,11 +92,14 @@ def _iface(ep: Endpoint) -> bytes:
         raise ValueError(f"endpoint {ep.url!r}: option iface={text!r} is not an IPv4 address") from None
 
 
-def _check_size(data: bytes | bytearray | memoryview, limit: int, where: str) -> None:
+def _check_size(
+    data: bytes | bytearray | memoryview, limit: int, where: str, family: int
+) -> None:
     size = memoryview(data).nbytes
     if size > limit:
+        why = " (the send buffer, capped by net.core.wmem_max)" if family == socket.AF_UNIX else ""
         raise MessageTooLarge(
-            f"{where}: a datagram holds at most {limit} bytes, got a {size}-byte message"
+            f"{where}: a datagram holds at most {limit} bytes{why}, got a {size}-byte message"
         )
 
 
@@ -89,11 +107,14 @@ def _url(ep: Endpoint, sock: socket.socket) -> str:
     if ep.scheme == "unixgram":
         return ep.url.partition("?")[0]
     host, port = sock.getsockname()[:2]
+    query = ""
     if ep.host is not None and _multicast(ep, sock.family):
         host = ep.host
+        if "iface" in ep.options:
+            query = f"?iface={ep.options['iface']}"  # clients must send out the same interface
     if ":" in host:
         host = f"[{host}]"
-    return f"udp://{host}:{port}"
+    return f"udp://{host}:{port}{query}"
 
 
 class DatagramSource(Source):
@@ -131,8 +152,12 @@ class DatagramSource(Source):
             remove_if_ours(ep.path, self._ident)
             raise
         self._sock = sock
-        self._limit = max_datagram(family, server.limits.max_message)
-        # One byte more than the limit, so an oversized datagram shows as such.
+        # Receive up to max_message (a unixgram sender may have a larger send
+        # buffer than ours); one byte more shows an oversized datagram as such.
+        self._limit = min(server.limits.max_message, UNIXGRAM_BUFFER)
+        if family != socket.AF_UNIX:
+            self._limit = max_datagram(sock, self._limit)
+        self._send_limit = max_datagram(sock, server.limits.max_message)
         self._buf = bytearray(self._limit + 1)
         self.address = _url(ep, sock)
 
@@ -156,7 +181,7 @@ class DatagramSource(Source):
             self._server.dispatch(bytes(buf[:n]), DatagramPeer(self, addr))
 
     def sendto(self, data: bytes | bytearray | memoryview, addr: Any) -> None:
-        _check_size(data, self._limit, f"reply to {addr!r}")
+        _check_size(data, self._send_limit, f"reply to {addr!r}", self._sock.family)
         if not addr:
             raise Closed("the sender has no address (an unbound unixgram socket): cannot reply")
         try:
@@ -216,7 +241,9 @@ class DatagramClient(Client):
             raise
         self._sock: socket.socket | None = sock
         self._addr = addr
-        self._limit = max_datagram(family, max_message)
+        self._limit = max_datagram(sock, max_message)
+        self._recv_limit = max(self._limit, min(max_message, UNIXGRAM_BUFFER))
+        self._buf = bytearray(self._recv_limit + 1)  # one allocation, not one per recv
         check_timeout(timeout)  # validated; a datagram socket connects at once
 
     def send(
@@ -224,7 +251,7 @@ class DatagramClient(Client):
     ) -> None:
         self._no_priority(priority)
         sock = self._socket()
-        _check_size(data, self._limit, self.address)
+        _check_size(data, self._limit, self.address, sock.family)
         sock.settimeout(check_timeout(timeout))
         try:
             if self._group:
@@ -244,14 +271,16 @@ class DatagramClient(Client):
         sock = self._socket()
         sock.settimeout(check_timeout(timeout))
         try:
-            data, _, flags, _ = sock.recvmsg(self._limit + 1)
+            n, _, flags, _ = sock.recvmsg_into([self._buf])
         except socket.timeout:
             raise Timeout(f"{self.address}: nothing received within {timeout} s") from None
         except OSError as exc:
             raise endpoint_error(exc, self.endpoint) from None
-        if len(data) > self._limit or flags & socket.MSG_TRUNC:
-            raise MessageTooLarge(f"{self.address}: received a datagram over {self._limit} bytes")
-        return data
+        if n > self._recv_limit or flags & socket.MSG_TRUNC:
+            raise MessageTooLarge(
+                f"{self.address}: received a datagram over {self._recv_limit} bytes"
+            )
+        return bytes(self._buf[:n])
 
     def fileno(self) -> int:
         return self._socket().fileno()

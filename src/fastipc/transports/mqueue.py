@@ -246,9 +246,9 @@ class QueueClient(Client):
         q = self._open(self._queue)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise TypeError(f"priority must be an int, not {type(priority).__name__}")
-        if not 0 <= priority < posix_ipc.QUEUE_PRIORITY_MAX:
+        if not 0 <= priority <= posix_ipc.QUEUE_PRIORITY_MAX:
             raise ValueError(
-                f"priority must be between 0 and {posix_ipc.QUEUE_PRIORITY_MAX - 1}, got {priority}"
+                f"priority must be between 0 and {posix_ipc.QUEUE_PRIORITY_MAX}, got {priority}"
             )
         payload = _check_size(q, data, q.name)
         left = time_left(timeout)

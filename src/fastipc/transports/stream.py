@@ -369,6 +369,7 @@ class StreamClient(Client):
         self.framing = framing
         self._max_message = max_message
         self._channel: Channel | None = None
+        self._shut_write = False
         if framing == "length":
             self._channel = Channel._adopt(sock, ep.display, max_message)
         else:
@@ -379,6 +380,8 @@ class StreamClient(Client):
     ) -> None:
         self._no_priority(priority)
         sock = self._socket()
+        if self._shut_write:
+            raise Closed(f"{self.address}: this client shut down writing")
         if self._channel is not None:
             self._channel.send(data, timeout=timeout)
             return
@@ -406,13 +409,14 @@ class StreamClient(Client):
         return data
 
     def shutdown(self, how: str = "both") -> None:
+        flags = {"read": socket.SHUT_RD, "write": socket.SHUT_WR, "both": socket.SHUT_RDWR}
+        if how not in flags:
+            raise ValueError(f"how must be 'read', 'write' or 'both', got {how!r}")
+        self._shut_write = self._shut_write or how != "read"
         if self._channel is not None:
             self._socket()
             self._channel.shutdown(how)
             return
-        flags = {"read": socket.SHUT_RD, "write": socket.SHUT_WR, "both": socket.SHUT_RDWR}
-        if how not in flags:
-            raise ValueError(f"how must be 'read', 'write' or 'both', got {how!r}")
         try:
             self._socket().shutdown(flags[how])
         except OSError as exc:
