@@ -294,9 +294,10 @@ def test_fifo_many_writers_every_message_intact_and_in_order_per_writer(
 
 
 def test_fifo_4089_bytes_refused_unless_single_writer(procs: Procs, fifo_dir: str) -> None:
+    """Both sides must say ?single_writer=1 for frames over PIPE_BUF."""
     path = f"{fifo_dir}/s.fifo"
     got = Collector()
-    with fastipc.serve(f"fifo://{path}", got).start():
+    with fastipc.serve(f"fifo://{path}?single_writer=1", got).start():
         with fastipc.connect(f"fifo://{path}") as cli:
             cli.send(b"a" * 4088, timeout=5)
             with pytest.raises(MessageTooLarge, match="single_writer"):
@@ -411,3 +412,18 @@ def test_fifo_server_skips_a_broken_frame_and_goes_on(fifo_dir: str) -> None:
         with fastipc.connect(f"fifo://{path}") as cli:
             cli.send(b"second", timeout=5)
         assert got.wait_for(2) == [b"first", b"second"]
+
+
+def test_fifo_server_without_single_writer_drops_frames_over_pipe_buf(
+    procs: Procs, fifo_dir: str
+) -> None:
+    """A big frame a multi-writer server cannot trust is dropped; the FIFO stays in step."""
+    path = f"{fifo_dir}/m.fifo"
+    got = Collector()
+    with fastipc.serve(f"fifo://{path}", got).start():
+        with fastipc.connect(f"fifo://{path}?single_writer=1") as big:
+            big.send(b"b" * 10_000, timeout=5)
+        time.sleep(0.3)  # the server reads (and drops) it before the next writer
+        with fastipc.connect(f"fifo://{path}") as cli:
+            cli.send(b"after", timeout=5)
+        assert got.wait_for(1) == [b"after"]

@@ -30,7 +30,7 @@ from .framing import (
     validate_max_message,
 )
 from .ring import timeout_ns
-from .socket_file import backlog_option, bind_unix, mode_option, remove_if_ours
+from .socket_file import backlog_option, bind_unix, connect_unix, mode_option, remove_if_ours
 
 __all__ = ["DEFAULT_MAX_MESSAGE", "MAX_FDS", "Channel", "Listener", "listen"]
 
@@ -140,20 +140,7 @@ class Channel:
         deadline = None if tns < 0 else time.monotonic_ns() + tns
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            sock.setblocking(False)
-            while True:
-                try:
-                    sock.connect(ep.address)
-                    break
-                except (BlockingIOError, InterruptedError):
-                    # EAGAIN: the listener's backlog is full; it may drain.
-                    if deadline is not None and time.monotonic_ns() >= deadline:
-                        raise Timeout(
-                            f"connect to {ep.display}: listener's backlog stayed full"
-                        ) from None
-                    time.sleep(0.002)
-                except OSError as exc:
-                    raise OSError(exc.errno, exc.strerror, ep.display) from None
+            connect_unix(sock, ep, deadline)
         except BaseException:
             sock.close()
             raise

@@ -136,8 +136,62 @@ def _parse_query(query: str, allowed: frozenset[str], url: str) -> dict[str, str
             raise ValueError(f"endpoint {url!r}: unknown option {key!r} (known: {known})")
         if key in options:
             raise ValueError(f"endpoint {url!r}: option {key!r} given twice")
+        problem = _OPTION_CHECKS[key](value)
+        if problem:
+            raise ValueError(f"endpoint {url!r}: option {key}={value!r} {problem}")
         options[key] = value
     return options
+
+
+def _count(minimum: int) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if not value.isdigit() or int(value) < minimum:
+            return f"is not a whole number >= {minimum}"
+        return ""
+
+    return check
+
+
+def _check_mode(value: str) -> str:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        return "is not an octal permission mask (e.g. 0600)"
+    return "" if 0 <= mode <= 0o777 else "is not a permission mask between 0 and 0777"
+
+
+def _check_flag(value: str) -> str:
+    return "" if value in ("0", "1") else "is not 0 or 1"
+
+
+def _check_ipv4(value: str) -> str:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        return "is not an IPv4 address"
+    return ""
+
+
+def _check_queue(value: str) -> str:
+    try:
+        _parse_mq(value, "mq://" + value)
+    except ValueError as exc:
+        return "is not a queue name: " + str(exc).split(": ", 1)[-1]
+    return ""
+
+
+#: option -> check returning "" or what is wrong with the value.
+_OPTION_CHECKS: dict[str, Callable[[str], str]] = {
+    "backlog": _count(0),
+    "max_message": _count(1),
+    "maxmsg": _count(1),
+    "msgsize": _count(1),
+    "capacity": _count(1),
+    "mode": _check_mode,
+    "single_writer": _check_flag,
+    "iface": _check_ipv4,
+    "reply": _check_queue,
+}
 
 
 def _parse_unix(rest: str, url: str) -> Endpoint:

@@ -112,7 +112,12 @@ class LengthDecoder:
                     f"frame header announces {length} bytes, over max_message ({limit} bytes)"
                 )
             elif flags & ~self.allowed_flags:
-                self.error = FramingError(f"frame header has unknown flag bits {flags:#x}")
+                what = (
+                    "fds attached (flag bit 0), which this stream does not take"
+                    if flags == FRAME_FDS
+                    else f"unknown flag bits {flags:#x}"
+                )
+                self.error = FramingError(f"frame header has {what}")
             if self.error is not None:
                 self._buf = bytearray()
                 return out

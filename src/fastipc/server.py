@@ -58,7 +58,7 @@ class Limits:
     completing a message (catches silent clients and slow-loris senders),
     None for never. ``backlog``: the kernel's queue of connections not yet
     accepted. A server's memory is at most about ``max_clients * (max_message
-    + max_output)``.
+    + max_output + largest reply)``.
     """
 
     max_clients: int = 1024

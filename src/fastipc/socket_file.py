@@ -10,10 +10,19 @@ import errno
 import os
 import socket
 import stat
+import time
 
 from .endpoints import Endpoint
+from .errors import Timeout
 
-__all__ = ["backlog_option", "bind_unix", "is_live_socket", "mode_option", "remove_if_ours"]
+__all__ = [
+    "backlog_option",
+    "bind_unix",
+    "connect_unix",
+    "is_live_socket",
+    "mode_option",
+    "remove_if_ours",
+]
 
 #: Identity of a file we made: (st_dev, st_ino).
 FileId = tuple[int, int]
@@ -141,3 +150,24 @@ def backlog_option(ep: Endpoint, backlog: int | None) -> int:
     if isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 0:
         raise ValueError(f"backlog must be an int >= 0, got {backlog!r}")
     return backlog
+
+
+def connect_unix(sock: socket.socket, ep: Endpoint, deadline: int | None) -> None:
+    """Connect AF_UNIX stream ``sock`` to ``ep``, waiting while the listener's backlog is full.
+
+    A unix connect does not queue behind a full backlog: it fails with
+    EAGAIN, so this retries until the monotonic ``deadline`` (ns; None:
+    forever) and then raises :class:`~fastipc.Timeout`. Other failures raise
+    the matching OSError naming the path. ``sock`` is left non-blocking.
+    """
+    sock.setblocking(False)
+    while True:
+        try:
+            sock.connect(ep.address)
+            return
+        except (BlockingIOError, InterruptedError):
+            if deadline is not None and time.monotonic_ns() >= deadline:
+                raise Timeout(f"connect to {ep.display}: listener's backlog stayed full") from None
+            time.sleep(0.002)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, ep.display) from None

@@ -12,9 +12,13 @@ could interleave with another writer's and break the stream for everyone.
 A client that knows it is the only writer says so with
 ``?single_writer=1`` and may then send messages up to ``max_message``.
 
-A server that meets a broken frame (a writer that ignored the rule, or
-garbage) drops what it holds and goes on reading; the FIFO is shared, so
-it cannot be closed for one writer.
+The server takes frames of at most PIPE_BUF too, unless its URL also says
+``?single_writer=1``. Because every such write lands in the pipe whole, a
+read that empties the pipe ends on a write boundary: half a frame still
+held then is stray bytes (a writer that ignored the framing), which the
+server drops and logs. A bad header drops the rest of that read and
+everything up to the next time the pipe is empty, where the stream is in
+step again. The FIFO is shared, so it cannot be closed for one writer.
 """
 
 from __future__ import annotations
@@ -95,7 +99,12 @@ class FifoSource(Source):
         except BaseException:
             self.close()
             raise
-        self._decoder = LengthDecoder(server.limits.max_message)
+        self._single_writer = ep.options.get("single_writer") == "1"
+        limit = server.limits.max_message
+        if not self._single_writer:
+            limit = min(limit, PIPE_BUF - HEADER.size)
+        self._decoder = LengthDecoder(limit)
+        self._skipping = False  # after a bad header: until the pipe is empty
         self.address = ep.url.partition("?")[0]
 
     def attach(self, server: Server) -> None:
@@ -106,12 +115,28 @@ class FifoSource(Source):
             data = os.read(self._rfd, READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return
+        drained = len(data) < READ_SIZE  # a pipe read returns all there is, up to the size asked
+        if self._skipping:
+            self._skipping = not drained
+            return
         decoder = self._decoder
         peer = FifoPeer()
         for message in decoder.feed(data):
             self._server.dispatch(message, peer)
         if decoder.error is not None:
-            log.warning("%s: broken frame (%s); dropping what was buffered", self.address, decoder.error)
+            log.warning(
+                "%s: broken frame (%s); dropping bytes until the pipe is empty",
+                self.address,
+                decoder.error,
+            )
+            decoder.reset()
+            self._skipping = not drained
+        elif drained and decoder.pending and not self._single_writer:
+            log.warning(
+                "%s: dropped %d stray bytes (not a whole frame written at once)",
+                self.address,
+                decoder.pending,
+            )
             decoder.reset()
 
     def close(self) -> None:
@@ -148,10 +173,8 @@ class FifoClient(Client):
             os.close(fd)
             raise ValueError(f"endpoint {ep.url!r}: {ep.path} is not a FIFO")
         self._fd = fd
-        single = ep.options.get("single_writer", "0")
-        if single not in ("0", "1"):
-            raise ValueError(f"endpoint {ep.url!r}: option single_writer={single!r} is not 0 or 1")
-        self._limit = max_message if single == "1" else PIPE_BUF - HEADER.size
+        single = ep.options.get("single_writer") == "1"  # parse() checked it is 0 or 1
+        self._limit = max_message if single else PIPE_BUF - HEADER.size
 
     def send(
         self, data: bytes | bytearray | memoryview, *, priority: int = 0, timeout: float | None = None

@@ -22,8 +22,9 @@ from ..channel import Channel
 from ..endpoints import Endpoint
 from ..errors import Closed, MessageTooLarge, Timeout
 from ..framing import HEADER, MAX_MESSAGE_LIMIT, LengthDecoder
+from ..ring import timeout_ns
 from ..server import Peer, Server, Source
-from ..socket_file import bind_unix, mode_option, remove_if_ours
+from ..socket_file import bind_unix, connect_unix, mode_option, remove_if_ours
 from .base import Client, check_timeout, endpoint_error
 
 __all__ = ["Connection", "StreamClient", "StreamListener"]
@@ -36,9 +37,24 @@ READ_SIZE = 64 * 1024
 ACCEPT_BATCH = 64
 #: Most buffers handed to one sendmsg().
 IOV_BATCH = 64
+#: Length-framed replies up to this size (bytes) are joined to their header for one send().
+JOIN_MAX = 16 * 1024
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _CREDS = struct.Struct("3i")
+_pack = HEADER.pack
+
+
+def _skip(parts: list[bytes], sent: int) -> list[memoryview]:
+    """What is left of ``parts`` after the first ``sent`` bytes went out."""
+    rest = []
+    for part in parts:
+        if sent >= len(part):
+            sent -= len(part)
+            continue
+        rest.append(memoryview(part)[sent:])
+        sent = 0
+    return rest
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 
@@ -61,6 +77,20 @@ def _url(ep: Endpoint, sock: socket.socket) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{ep.scheme}://{host}:{port}"
+
+
+def _describe(sock: socket.socket, address: Any) -> str:
+    """A client for a log line: host:port (tcp), or its pid and uid (unix, SO_PEERCRED)."""
+    if sock.family != socket.AF_UNIX:
+        host, port = address[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        pid, uid, _ = _CREDS.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
+        )
+    except OSError:
+        return repr(address)
+    return f"pid {pid} uid {uid}"
 
 
 class StreamListener(Source):
@@ -89,6 +119,7 @@ class StreamListener(Source):
             raise
         self._sock = sock
         self._tcp = family != socket.AF_UNIX
+        self._starved = False  # out of fds: accept paused
         self.address = _url(ep, sock)
 
     def attach(self, server: Server) -> None:
@@ -104,7 +135,11 @@ class StreamListener(Source):
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     # Out of fds: stop accepting for a moment rather than spin.
-                    log.warning("accept on %s failed: %s; pausing 0.1 s", self.address, exc)
+                    if not self._starved:
+                        log.warning(
+                            "accept on %s failed: %s; retrying every 0.1 s", self.address, exc
+                        )
+                    self._starved = True
                     server.selector.unregister(self._sock)
                     server.call_later(0.1, lambda: self.attach(server))
                     return
@@ -113,10 +148,15 @@ class StreamListener(Source):
                 raise
             if server.clients >= server.limits.max_clients:
                 log.warning(
-                    "refused %r: %d clients already (max_clients)", addr, server.limits.max_clients
+                    "refused %s: %d clients already (max_clients)",
+                    _describe(conn, addr),
+                    server.limits.max_clients,
                 )
                 conn.close()
                 continue
+            if self._starved:
+                log.warning("accept on %s works again", self.address)
+                self._starved = False
             if self._tcp:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             Connection(server, conn, addr, self._tcp)
@@ -165,13 +205,9 @@ class Connection(Peer):
 
     def describe(self) -> str:
         """The client for a log line: host:port (tcp), or its pid and uid (unix)."""
-        if self._tcp:
-            host, port = self.address[:2]
-            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        if self._desc is None:
-            creds = self.credentials
-            self._desc = f"pid {creds[0]} uid {creds[1]}" if creds else repr(self.address)
-        return self._desc
+        if self._desc is None and self._sock is not None:
+            self._desc = _describe(self._sock, self.address)
+        return self._desc or repr(self.address)
 
     @property
     def closed(self) -> bool:
@@ -179,24 +215,54 @@ class Connection(Peer):
 
     # ---- Peer -------------------------------------------------------------
     def send(self, data: bytes | bytearray | memoryview) -> None:
-        if self.closed:
-            raise Closed(f"client {self.address!r} is closed")
-        payload = data if isinstance(data, bytes) else bytes(data)
+        sock = self._sock
+        if sock is None or self._closing:
+            raise Closed(f"client {self.describe()} is closed")
+        payload = data if type(data) is bytes else bytes(data)
+        size = len(payload)
+        parts: list[bytes] | None = None
         if self._decoder is not None:
-            if len(payload) > MAX_MESSAGE_LIMIT:
+            if size > MAX_MESSAGE_LIMIT:
                 raise MessageTooLarge(
-                    f"a length frame holds at most {MAX_MESSAGE_LIMIT} bytes, got {len(payload)}"
+                    f"a length frame holds at most {MAX_MESSAGE_LIMIT} bytes, got {size}"
                 )
-            parts = [memoryview(HEADER.pack(len(payload), 0)), memoryview(payload)]
+            if size <= JOIN_MAX:
+                payload = _pack(size, 0) + payload  # one small copy beats a 2-buffer sendmsg
+            else:
+                parts = [_pack(size, 0), payload]
+            size += 8
+        out = self._out
+        if not out:
+            # The common case: the kernel takes the whole reply now, and the
+            # selector (already waiting for reads) needs no change.
+            try:
+                sent = sock.send(payload) if parts is None else sock.sendmsg(parts)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._finish(f"write failed: {exc.strerror}")
+                return
+            if sent and self._idle is not None:
+                self.deadline = time.monotonic() + self._idle  # it takes its replies: not idle
+            if sent == size:
+                return
+            rest = [memoryview(payload)[sent:]] if parts is None else _skip(parts, sent)
+            out.extend(rest)
+            self._outbytes += size - sent
+            self._set_events(_WRITE | (_READ if self._reading else 0))
+            return
+        # One reply is always queued whole; what piles up behind it is capped.
+        if self._outbytes > self._max_output:
+            self._drop(
+                f"{self._outbytes} bytes still queued when another reply came, "
+                "over max_output: a slow reader"
+            )
+            return
+        if parts is None:
+            out.append(memoryview(payload))
         else:
-            parts = [memoryview(payload)]
-        was_empty = not self._out
-        self._out.extend(parts)
-        self._outbytes += sum(len(p) for p in parts)
-        if was_empty:
-            self._flush()  # most replies leave in this one sendmsg()
-        if self._sock is not None and self._outbytes > self._max_output:
-            self._drop(f"{self._outbytes} bytes queued, over max_output: a slow reader")
+            out.extend(memoryview(p) for p in parts)
+        self._outbytes += size
 
     def close(self) -> None:
         if self._sock is None or self._closing:
@@ -252,7 +318,7 @@ class Connection(Peer):
         dispatch = self._server.dispatch
         for message in messages:
             dispatch(message, self)
-            if self.closed or not self._reading:
+            if not self._reading or self._sock is None:
                 return
         if decoder is not None and decoder.error is not None:
             self._drop(f"bad frame: {decoder.error}")
@@ -283,6 +349,8 @@ class Connection(Peer):
                 self._finish(f"write failed: {exc.strerror}")
                 return
             self._outbytes -= sent
+            if sent and self._idle is not None:
+                self.deadline = time.monotonic() + self._idle  # it reads: not idle
             while sent:
                 head = out[0]
                 if sent >= len(head):
@@ -352,14 +420,17 @@ class StreamClient(Client):
         family = _family(ep)
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            sock.settimeout(check_timeout(timeout))
-            try:
-                sock.connect(ep.address)
-            except socket.timeout:
-                raise Timeout(f"{ep.url}: not connected within {timeout} s") from None
-            except OSError as exc:
-                raise endpoint_error(exc, ep) from None
-            if family != socket.AF_UNIX:
+            if family == socket.AF_UNIX:
+                tns = timeout_ns(timeout)
+                connect_unix(sock, ep, None if tns < 0 else time.monotonic_ns() + tns)
+            else:
+                sock.settimeout(check_timeout(timeout))
+                try:
+                    sock.connect(ep.address)
+                except socket.timeout:
+                    raise Timeout(f"{ep.url}: not connected within {timeout} s") from None
+                except OSError as exc:
+                    raise endpoint_error(exc, ep) from None
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except BaseException:
             sock.close()
