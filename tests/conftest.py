@@ -227,3 +227,15 @@ def fill(ring: Ring, size: int) -> int:
             return n
         n += 1
         assert n < 10_000_000
+
+
+@pytest.fixture
+def procs() -> Iterator[object]:
+    """Children of the transport tests (``_server_workers.Procs``); all killed at teardown."""
+    from _server_workers import Procs
+
+    p = Procs()
+    try:
+        yield p
+    finally:
+        p.cleanup()

@@ -12,36 +12,16 @@ import os
 import random
 import re
 import selectors
-import shutil
 import socket
 import stat
-import tempfile
 import time
-from collections.abc import Iterator
 
 import pytest
+from _channel_util import sock_dir_fixture  # noqa: F401
 from _server_workers import Procs
 
 import fastipc
 from fastipc import MessageTooLarge, Timeout
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    p = Procs()
-    try:
-        yield p
-    finally:
-        p.cleanup()
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="fitd", dir="/tmp")
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def sockname(cli: fastipc.Client) -> object:

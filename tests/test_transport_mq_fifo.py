@@ -14,10 +14,8 @@ import errno
 import fcntl
 import os
 import selectors
-import shutil
 import stat
 import struct
-import tempfile
 import termios
 import threading
 import time
@@ -25,19 +23,11 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from _channel_util import sock_dir_fixture  # noqa: F401
 from _server_workers import Procs, check_msg, queue_exists, unlink_queue
 
 import fastipc
 from fastipc import Closed, MessageTooLarge, Timeout
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    p = Procs()
-    try:
-        yield p
-    finally:
-        p.cleanup()
 
 
 @pytest.fixture
@@ -53,15 +43,6 @@ def qname() -> Iterator[Callable[[], str]]:
     yield new
     for name in made:
         unlink_queue(name)
-
-
-@pytest.fixture
-def fifo_dir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="fitf", dir="/tmp")
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def queue_attrs(name: str) -> tuple[int, int]:
@@ -268,9 +249,9 @@ class Collector:
 
 
 def test_fifo_many_writers_every_message_intact_and_in_order_per_writer(
-    procs: Procs, fifo_dir: str
+    procs: Procs, sock_dir: str
 ) -> None:
-    path = f"{fifo_dir}/w.fifo"
+    path = f"{sock_dir}/w.fifo"
     nwriters, count = 4, 1500
     got = Collector()
     with fastipc.serve(f"fifo://{path}", got).start():
@@ -293,9 +274,9 @@ def test_fifo_many_writers_every_message_intact_and_in_order_per_writer(
     assert max(map(len, msgs)) == 4088  # the largest atomic frame went through
 
 
-def test_fifo_4089_bytes_refused_unless_single_writer(procs: Procs, fifo_dir: str) -> None:
+def test_fifo_4089_bytes_refused_unless_single_writer(procs: Procs, sock_dir: str) -> None:
     """Both sides must say ?single_writer=1 for frames over PIPE_BUF."""
-    path = f"{fifo_dir}/s.fifo"
+    path = f"{sock_dir}/s.fifo"
     got = Collector()
     with fastipc.serve(f"fifo://{path}?single_writer=1", got).start():
         with fastipc.connect(f"fifo://{path}") as cli:
@@ -313,8 +294,8 @@ def test_fifo_4089_bytes_refused_unless_single_writer(procs: Procs, fifo_dir: st
     assert [check_msg(m) for m in msgs[2:]] == [(9, 0), (9, 1), (9, 2)]
 
 
-def test_fifo_connect_without_reader_is_refused(fifo_dir: str) -> None:
-    path = f"{fifo_dir}/nobody.fifo"
+def test_fifo_connect_without_reader_is_refused(sock_dir: str) -> None:
+    path = f"{sock_dir}/nobody.fifo"
     with pytest.raises(FileNotFoundError):
         fastipc.connect(f"fifo://{path}")
     os.mkfifo(path, 0o600)  # a FIFO nobody reads
@@ -323,8 +304,8 @@ def test_fifo_connect_without_reader_is_refused(fifo_dir: str) -> None:
     assert info.value.filename == path
 
 
-def test_fifo_file_0600_removed_on_close_and_mode_option(procs: Procs, fifo_dir: str) -> None:
-    path = f"{fifo_dir}/p.fifo"
+def test_fifo_file_0600_removed_on_close_and_mode_option(procs: Procs, sock_dir: str) -> None:
+    path = f"{sock_dir}/p.fifo"
     srv = procs.server(f"fifo://{path}")
     assert srv.address == f"fifo://{path}"
     st = os.lstat(path)
@@ -341,8 +322,8 @@ def test_fifo_file_0600_removed_on_close_and_mode_option(procs: Procs, fifo_dir:
     assert not os.path.exists(path)
 
 
-def test_fifo_live_reader_refused_stale_fifo_replaced(procs: Procs, fifo_dir: str) -> None:
-    path = f"{fifo_dir}/l.fifo"
+def test_fifo_live_reader_refused_stale_fifo_replaced(procs: Procs, sock_dir: str) -> None:
+    path = f"{sock_dir}/l.fifo"
     srv = procs.server(f"fifo://{path}")
     with pytest.raises(OSError) as info:
         fastipc.serve(f"fifo://{path}", lambda m, p: None)
@@ -360,8 +341,8 @@ def test_fifo_live_reader_refused_stale_fifo_replaced(procs: Procs, fifo_dir: st
     assert not os.path.exists(path)
 
 
-def test_fifo_writer_sees_closed_when_the_reader_goes(fifo_dir: str) -> None:
-    path = f"{fifo_dir}/c.fifo"
+def test_fifo_writer_sees_closed_when_the_reader_goes(sock_dir: str) -> None:
+    path = f"{sock_dir}/c.fifo"
     srv = fastipc.serve(f"fifo://{path}", lambda m, p: None).start()
     cli = fastipc.connect(f"fifo://{path}")
     with cli:
@@ -371,8 +352,8 @@ def test_fifo_writer_sees_closed_when_the_reader_goes(fifo_dir: str) -> None:
             cli.send(b"two", timeout=5)
 
 
-def test_fifo_send_timeout_when_the_pipe_stays_full(fifo_dir: str) -> None:
-    path = f"{fifo_dir}/full.fifo"
+def test_fifo_send_timeout_when_the_pipe_stays_full(sock_dir: str) -> None:
+    path = f"{sock_dir}/full.fifo"
     os.mkfifo(path, 0o600)
     rfd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a reader that never reads
     try:
@@ -395,8 +376,8 @@ def pipe_bytes(fd: int) -> int:
     return buf[0]
 
 
-def test_fifo_server_skips_a_broken_frame_and_goes_on(fifo_dir: str) -> None:
-    path = f"{fifo_dir}/b.fifo"
+def test_fifo_server_skips_a_broken_frame_and_goes_on(sock_dir: str) -> None:
+    path = f"{sock_dir}/b.fifo"
     got = Collector()
     with fastipc.serve(f"fifo://{path}", got).start():
         wfd = os.open(path, os.O_WRONLY)
@@ -415,10 +396,10 @@ def test_fifo_server_skips_a_broken_frame_and_goes_on(fifo_dir: str) -> None:
 
 
 def test_fifo_server_without_single_writer_drops_frames_over_pipe_buf(
-    procs: Procs, fifo_dir: str
+    procs: Procs, sock_dir: str
 ) -> None:
     """A big frame a multi-writer server cannot trust is dropped; the FIFO stays in step."""
-    path = f"{fifo_dir}/m.fifo"
+    path = f"{sock_dir}/m.fifo"
     got = Collector()
     with fastipc.serve(f"fifo://{path}", got).start():
         with fastipc.connect(f"fifo://{path}?single_writer=1") as big:

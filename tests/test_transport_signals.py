@@ -10,37 +10,18 @@ it created, the process exiting 0.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
+from _channel_util import sock_dir_fixture  # noqa: F401
 from _server_workers import Procs, queue_exists, unlink_queue
 
 import fastipc
 from fastipc import Closed
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    p = Procs()
-    try:
-        yield p
-    finally:
-        p.cleanup()
-
-
-@pytest.fixture
-def where() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="fits", dir="/tmp")
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
@@ -73,7 +54,7 @@ BLOCKED = ["tcp-length", "tcp-raw", "unix-length", "unix-raw", "udp", "unixgram"
 
 @pytest.mark.parametrize("kind", BLOCKED)
 def test_ctrl_c_interrupts_a_blocked_client_call_promptly(
-    procs: Procs, where: str, qnames: list[str], kind: str
+    procs: Procs, sock_dir: str, qnames: list[str], kind: str
 ) -> None:
     scheme, _, framing = kind.partition("-")
     what = "send" if framing == "send" else "recv"
@@ -83,15 +64,15 @@ def test_ctrl_c_interrupts_a_blocked_client_call_promptly(
         url = {
             "tcp": "tcp://127.0.0.1:0",
             "udp": "udp://127.0.0.1:0",
-            "unix": f"unix://{where}/s.sock",
-            "unixgram": f"unixgram://{where}/g.sock",
+            "unix": f"unix://{sock_dir}/s.sock",
+            "unixgram": f"unixgram://{sock_dir}/g.sock",
         }[scheme]
         srv = procs.server(url, framing)
         url = srv.address
     elif scheme == "mq":
         url = f"mq://{qnames[0]}"  # an empty queue: recv waits
     else:
-        path = f"{where}/f.fifo"
+        path = f"{sock_dir}/f.fifo"
         os.mkfifo(path, 0o600)
         rfd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a reader that never reads
         url = f"fifo://{path}"
@@ -119,15 +100,15 @@ SERVED = ["tcp", "unix", "udp", "unixgram", "mq", "fifo"]
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 @pytest.mark.parametrize("scheme", SERVED)
 def test_signal_stops_serve_forever_and_close_cleans_up(
-    procs: Procs, where: str, qnames: list[str], scheme: str, signum: int
+    procs: Procs, sock_dir: str, qnames: list[str], scheme: str, signum: int
 ) -> None:
     url = {
         "tcp": "tcp://127.0.0.1:0",
         "udp": "udp://127.0.0.1:0",
-        "unix": f"unix://{where}/s.sock",
-        "unixgram": f"unixgram://{where}/g.sock",
+        "unix": f"unix://{sock_dir}/s.sock",
+        "unixgram": f"unixgram://{sock_dir}/g.sock",
         "mq": f"mq://{qnames[0]}?reply={qnames[1]}",
-        "fifo": f"fifo://{where}/f.fifo",
+        "fifo": f"fifo://{sock_dir}/f.fifo",
     }[scheme]
     srv = procs.server(url)
     cli = fastipc.connect(srv.address if scheme != "mq" else url, timeout=10)
@@ -156,9 +137,9 @@ def test_signal_stops_serve_forever_and_close_cleans_up(
             s.bind(("127.0.0.1", port))
 
 
-def test_serve_forever_keeps_serving_until_the_signal(procs: Procs, where: str) -> None:
+def test_serve_forever_keeps_serving_until_the_signal(procs: Procs, sock_dir: str) -> None:
     """SIGTERM arrives while clients are mid-conversation: everyone else still got every answer."""
-    path = f"{where}/busy.sock"
+    path = f"{sock_dir}/busy.sock"
     srv = procs.server(f"unix://{path}")
     clis = [fastipc.connect(f"unix://{path}", timeout=10) for _ in range(10)]
     try:

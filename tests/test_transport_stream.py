@@ -26,31 +26,13 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from _channel_util import sock_dir_fixture  # noqa: F401
 from _server_workers import HEAD, Procs, ServerProc, check_msg, make_msg
 
 import fastipc
 from fastipc import Closed, MessageTooLarge, Timeout
 
 FRAME = struct.Struct("<II")
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    p = Procs()
-    try:
-        yield p
-    finally:
-        p.cleanup()
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    """A short directory for socket files (sun_path holds 107 bytes)."""
-    d = tempfile.mkdtemp(prefix="fit", dir="/tmp")
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

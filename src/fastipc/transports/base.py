@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -10,7 +11,7 @@ from typing import TypeVar
 from ..endpoints import Endpoint
 from ..ring import timeout_ns
 
-__all__ = ["Client", "check_timeout", "endpoint_error", "time_left"]
+__all__ = ["Client", "bound_url", "check_timeout", "endpoint_error", "time_left"]
 
 _T = TypeVar("_T", bound="Client")
 
@@ -34,6 +35,21 @@ def time_left(timeout: float | None) -> Callable[[], float | None]:
         return lambda: None
     deadline = time.monotonic() + tns / 1e9
     return lambda: max(0.0, deadline - time.monotonic())
+
+
+def bound_url(
+    ep: Endpoint, sock: socket.socket, *, host: str | None = None, query: str = ""
+) -> str:
+    """The URL ``sock`` is bound to: ``ep``'s for a unix socket (without options), else
+    ``SCHEME://HOST:PORT`` with the real port (IPv6 in brackets), ``host`` if given
+    instead of the address bound, and ``query`` appended."""
+    if sock.family == socket.AF_UNIX:
+        return ep.url.partition("?")[0]
+    bound, port = sock.getsockname()[:2]
+    host = host or bound
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{ep.scheme}://{host}:{port}{query}"
 
 
 def endpoint_error(exc: OSError, ep: Endpoint) -> OSError:

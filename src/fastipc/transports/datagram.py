@@ -23,7 +23,7 @@ from ..endpoints import Endpoint
 from ..errors import Closed, MessageTooLarge, Timeout
 from ..server import Peer, Server, Source
 from ..socket_file import bind_unix, mode_option, remove_if_ours
-from .base import Client, check_timeout, endpoint_error
+from .base import Client, bound_url, check_timeout, endpoint_error
 
 __all__ = ["DatagramClient", "DatagramPeer", "DatagramSource", "max_datagram"]
 
@@ -104,17 +104,11 @@ def _check_size(
 
 
 def _url(ep: Endpoint, sock: socket.socket) -> str:
-    if ep.scheme == "unixgram":
-        return ep.url.partition("?")[0]
-    host, port = sock.getsockname()[:2]
-    query = ""
-    if ep.host is not None and _multicast(ep, sock.family):
-        host = ep.host
-        if "iface" in ep.options:
-            query = f"?iface={ep.options['iface']}"  # clients must send out the same interface
-    if ":" in host:
-        host = f"[{host}]"
-    return f"udp://{host}:{port}{query}"
+    if not _multicast(ep, sock.family):
+        return bound_url(ep, sock)
+    # The group's name, and the interface clients must send out of to reach it.
+    iface = ep.options.get("iface")
+    return bound_url(ep, sock, host=ep.host, query=f"?iface={iface}" if iface else "")
 
 
 class DatagramSource(Source):

@@ -25,7 +25,7 @@ from ..framing import HEADER, MAX_MESSAGE_LIMIT, LengthDecoder
 from ..ring import timeout_ns
 from ..server import Peer, Server, Source
 from ..socket_file import bind_unix, connect_unix, mode_option, remove_if_ours
-from .base import Client, check_timeout, endpoint_error
+from .base import Client, bound_url, check_timeout, endpoint_error
 
 __all__ = ["Connection", "StreamClient", "StreamListener"]
 
@@ -70,15 +70,6 @@ def _family(ep: Endpoint) -> int:
     return infos[0][0]
 
 
-def _url(ep: Endpoint, sock: socket.socket) -> str:
-    if ep.scheme == "unix":
-        return ep.url.partition("?")[0]
-    host, port = sock.getsockname()[:2]
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{ep.scheme}://{host}:{port}"
-
-
 def _describe(sock: socket.socket, address: Any) -> str:
     """A client for a log line: host:port (tcp), or its pid and uid (unix, SO_PEERCRED)."""
     if sock.family != socket.AF_UNIX:
@@ -120,7 +111,7 @@ class StreamListener(Source):
         self._sock = sock
         self._tcp = family != socket.AF_UNIX
         self._starved = False  # out of fds: accept paused
-        self.address = _url(ep, sock)
+        self.address = bound_url(ep, sock)
 
     def attach(self, server: Server) -> None:
         server.selector.register(self._sock, _READ, self._on_ready)
@@ -267,12 +258,7 @@ class Connection(Peer):
     def close(self) -> None:
         if self._sock is None or self._closing:
             return
-        self._reading = False
-        if self._out:
-            self._closing = True
-            self._set_events(_WRITE)
-        else:
-            self._finish("closed by the server")
+        self._close_after_output("closed by the server")
 
     def abort(self) -> None:
         if self._sock is None:
@@ -329,12 +315,16 @@ class Connection(Peer):
             self._drop(f"closed in the middle of a frame ({decoder.pending} bytes of it sent)")
             return
         # The client shut down writing (or closed): answer what it asked, then close.
+        self._close_after_output("closed by the client")
+
+    def _close_after_output(self, reason: str) -> None:
+        """Read no more; close once the queued output is sent (now, if none is)."""
         self._reading = False
         if self._out:
             self._closing = True
             self._set_events(_WRITE)
         else:
-            self._finish("closed by the client")
+            self._finish(reason)
 
     def _flush(self) -> None:
         sock = self._sock
