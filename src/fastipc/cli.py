@@ -454,21 +454,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _peer_text(peer: Any, url: list[str]) -> str:
-    """A peer for a log line: as the server core writes it, host:port, a socket name, or the URL."""
-    describe = getattr(peer, "describe", None)
-    if callable(describe):
-        return str(describe())
-    addr = peer.address
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        host, port = str(addr[0]), addr[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if isinstance(addr, bytes):
-        addr = os.fsdecode(addr)
-    if isinstance(addr, str):
-        if addr.startswith("\0"):
-            return "@" + addr[1:]
-        return addr or "an unnamed socket"
-    return url[0]  # mq, fifo: no peer address
+    """A peer for a log line, as the server core names it; the served URL when it has no address."""
+    text = str(peer.describe())
+    return url[0] if text == "-" else text  # mq, fifo, unnamed unixgram senders
 
 
 # ---------------------------------------------------------------------------

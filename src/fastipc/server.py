@@ -110,8 +110,20 @@ class Peer:
         """Whether the connection is closed (or closing)."""
         return False
 
+    def describe(self) -> str:
+        """The client as log lines name it: ``host:port``, ``pid N uid U`` (unix), a path, or ``-``."""
+        addr = self.address
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            host, port = str(addr[0]), addr[1]
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if isinstance(addr, bytes):
+            addr = addr.decode(errors="replace")
+        if isinstance(addr, str) and addr:
+            return "@" + addr[1:] if addr.startswith("\0") else addr
+        return "-"
+
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.address!r}>"
+        return f"<{type(self).__name__} {self.describe()}>"
 
 
 class Source:
@@ -238,7 +250,7 @@ class Server:
         try:
             reply = self.handler(message, peer)
         except Exception:
-            log.exception("handler failed on a message from %s; dropping that client", peer.address)
+            log.exception("handler failed on a message from %s; dropping that client", peer.describe())
             peer.abort()
             return
         if reply is None or peer.closed:
@@ -247,7 +259,7 @@ class Server:
             peer.send(reply)
         except (FastIPCError, OSError, ValueError, TypeError) as exc:
             # A reply that cannot go (bad type, too large, peer gone) must not stop the loop.
-            log.warning("reply to %s not sent: %s", peer.address, exc)
+            log.warning("reply to %s not sent: %s", peer.describe(), exc)
 
     def add_client(self, client: Any) -> None:
         self._clients.add(client)
@@ -256,7 +268,11 @@ class Server:
         self._clients.discard(client)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> None:
-        """Run ``callback`` in the loop after ``delay`` seconds."""
+        """Run ``callback`` in the loop after ``delay`` seconds.
+
+        Call it from the loop's thread (a handler) or before serving starts;
+        it is not thread-safe.
+        """
         self._timer_seq += 1
         heapq.heappush(self._timers, (time.monotonic() + delay, self._timer_seq, callback))
 
