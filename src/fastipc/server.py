@@ -90,6 +90,9 @@ class Peer:
     """
 
     address: Any = None
+    #: True for a stream connection (one client, closed on failure), False
+    #: for the sender of a datagram or queue message.
+    connected = False
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data`` (one message) to this client, queued if it cannot take it now.
@@ -250,7 +253,11 @@ class Server:
         try:
             reply = self.handler(message, peer)
         except Exception:
-            log.exception("handler failed on a message from %s; dropping that client", peer.describe())
+            log.exception(
+                "handler failed on a message from %s; %s",
+                peer.describe(),
+                "dropping that client" if peer.connected else "message dropped",
+            )
             peer.abort()
             return
         if reply is None or peer.closed:

@@ -162,6 +162,8 @@ class StreamListener(Source):
 class Connection(Peer):
     """One stream client of a server: framing in, queued replies out, limits enforced."""
 
+    connected = True
+
     def __init__(self, server: Server, sock: socket.socket, address: Any, tcp: bool) -> None:
         sock.setblocking(False)
         self.address = address
