@@ -72,14 +72,13 @@ def _make_fifo(path: str, mode: int) -> tuple[int, int]:
         if _has_reader(path):
             raise OSError(errno.EADDRINUSE, "a live process reads this FIFO", path)
         os.unlink(path)
-    old = os.umask(0o777 ^ mode)  # so that no moment of wider access exists
+    # mkfifo applies the umask, so the FIFO is never wider than `mode`; no
+    # umask juggling (process-wide, so unsafe beside other threads).
     try:
         os.mkfifo(path, mode)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, path) from None
-    finally:
-        os.umask(old)
-    os.chmod(path, mode)
+    os.chmod(path, mode)  # exactly `mode`, whatever the umask took away
     st = os.lstat(path)
     return (st.st_dev, st.st_ino)
 
