@@ -21,6 +21,7 @@ import socket
 import stat
 import struct
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -467,3 +468,35 @@ def test_240_clients_at_once_each_get_their_own_answers(
             assert time.monotonic() < deadline, f"server still counts {n!r} clients"
             time.sleep(0.02)
     srv.stop()
+
+
+@pytest.mark.parametrize("framing", ["raw", "length"])
+def test_other_threads_push_to_a_peer_through_call_soon_threadsafe(framing: str) -> None:
+    """A subscriber: the handler remembers the peer; another thread pushes to it later."""
+    subscribers: list[fastipc.Peer] = []
+    ready = threading.Event()
+
+    def handler(message: bytes, peer: fastipc.Peer) -> bytes:
+        subscribers.append(peer)
+        ready.set()
+        return b"subscribed"
+
+    srv = fastipc.serve("tcp://127.0.0.1:0", handler, framing=framing).start()
+    with srv, fastipc.connect(srv.address, framing=framing, timeout=5) as cli:
+        assert cli.request(b"subscribe", timeout=5) == b"subscribed"
+        assert ready.wait(5)
+        failed: list[BaseException] = []
+
+        def push() -> None:
+            try:
+                subscribers[0].send(b"news")
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                failed.append(exc)
+
+        pusher = threading.Thread(target=srv.call_soon_threadsafe, args=(push,))
+        pusher.start()
+        pusher.join(5)
+        assert cli.recv(timeout=5) == b"news"
+        assert failed == []
+    with pytest.raises(ValueError, match="closed"):
+        srv.call_soon_threadsafe(push)

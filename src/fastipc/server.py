@@ -21,6 +21,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
@@ -85,8 +86,9 @@ class Peer:
 
     ``address`` is the client's address: ``(host, port)`` for tcp/udp, the
     socket name for unix/unixgram (``""`` when the client did not bind one),
-    None for mq and fifo. Methods must be called from the server's thread
-    (i.e. from the handler).
+    None for mq and fifo. Methods must be called from the server's thread:
+    from the handler, or from other threads through
+    :meth:`Server.call_soon_threadsafe`.
     """
 
     address: Any = None
@@ -163,6 +165,7 @@ class Server:
         self._source: Source | None = None
         self._clients: set[Any] = set()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._soon: deque[Callable[[], None]] = deque()
         self._timer_seq = 0
         self._stop = False
         self._signalled = False
@@ -283,6 +286,18 @@ class Server:
         self._timer_seq += 1
         heapq.heappush(self._timers, (time.monotonic() + delay, self._timer_seq, callback))
 
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` in the loop's thread soon; callable from any thread.
+
+        The way for other threads to act on peers (e.g. push a message with
+        ``peer.send``), which must happen in the loop's thread. Callbacks
+        run in the order given; one that raises is logged and the loop goes
+        on. Raises ValueError once the server is closed.
+        """
+        self._check_open()
+        self._soon.append(callback)  # deque.append is atomic under the GIL
+        self._wake()
+
     # ---- the loop ---------------------------------------------------------
     def _attach(self, source: Source) -> None:
         self._source = source
@@ -368,6 +383,13 @@ class Server:
                 pass
         except (BlockingIOError, OSError):
             pass
+        soon = self._soon
+        while soon:
+            callback = soon.popleft()
+            try:
+                callback()
+            except Exception:
+                log.exception("callback %r given to call_soon_threadsafe failed", callback)
 
     def _teardown(self) -> None:
         if self._closed:
