@@ -11,7 +11,14 @@ from typing import TypeVar
 from ..endpoints import Endpoint
 from ..ring import timeout_ns
 
-__all__ = ["Client", "bound_url", "check_timeout", "endpoint_error", "time_left"]
+__all__ = [
+    "Client",
+    "SocketClient",
+    "bound_url",
+    "check_timeout",
+    "endpoint_error",
+    "time_left",
+]
 
 _T = TypeVar("_T", bound="Client")
 
@@ -153,3 +160,26 @@ class Client:
     def _no_priority(self, priority: int) -> None:
         if priority:
             raise ValueError(f"priority is for message queues, not {self.endpoint.scheme}")
+
+
+class SocketClient(Client):
+    """A client that owns one socket (stream and datagram transports)."""
+
+    _sock: socket.socket | None = None
+
+    def fileno(self) -> int:
+        return self._socket().fileno()
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            raise ValueError(f"operation on a closed client ({self.address})")
+        return self._sock

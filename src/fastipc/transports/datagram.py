@@ -23,7 +23,7 @@ from ..endpoints import Endpoint
 from ..errors import Closed, MessageTooLarge, Timeout
 from ..server import Peer, Server, Source
 from ..socket_file import bind_unix, mode_option, remove_if_ours
-from .base import Client, bound_url, check_timeout, endpoint_error
+from .base import SocketClient, bound_url, check_timeout, endpoint_error
 
 __all__ = ["DatagramClient", "DatagramPeer", "DatagramSource", "max_datagram"]
 
@@ -205,7 +205,7 @@ class DatagramPeer(Peer):
         self._source.sendto(data, self.address)
 
 
-class DatagramClient(Client):
+class DatagramClient(SocketClient):
     """A udp or unixgram client: each :meth:`send` is one datagram, :meth:`recv` one reply.
 
     Its socket is connected to the server (errors such as "nobody listens"
@@ -275,20 +275,3 @@ class DatagramClient(Client):
                 f"{self.address}: received a datagram over {self._recv_limit} bytes"
             )
         return bytes(self._buf[:n])
-
-    def fileno(self) -> int:
-        return self._socket().fileno()
-
-    def close(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._sock is None
-
-    def _socket(self) -> socket.socket:
-        if self._sock is None:
-            raise ValueError(f"operation on a closed client ({self.address})")
-        return self._sock

@@ -25,7 +25,7 @@ from ..framing import HEADER, MAX_MESSAGE_LIMIT, LengthDecoder
 from ..ring import timeout_ns
 from ..server import Peer, Server, Source
 from ..socket_file import bind_unix, connect_unix, mode_option, remove_if_ours
-from .base import Client, bound_url, check_timeout, endpoint_error
+from .base import SocketClient, bound_url, check_timeout, endpoint_error
 
 __all__ = ["Connection", "StreamClient", "StreamListener"]
 
@@ -397,7 +397,7 @@ class Connection(Peer):
             log.info("disconnect %s: %s", self.describe(), reason)
 
 
-class StreamClient(Client):
+class StreamClient(SocketClient):
     """A tcp or unix client: :meth:`send`/:meth:`recv` whole messages in the chosen framing.
 
     Length framing rides on a :class:`~fastipc.Channel` (the C hot path when
@@ -486,17 +486,14 @@ class StreamClient(Client):
             if exc.errno != errno.ENOTCONN:
                 raise endpoint_error(exc, self.endpoint) from None
 
-    def fileno(self) -> int:
-        return self._socket().fileno()
-
     def close(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is None:
+        if self._sock is None:
             return
         if self._channel is not None:
-            self._channel.close()
+            self._sock = None
+            self._channel.close()  # the channel owns the socket
         else:
-            sock.close()
+            super().close()
 
     def abort(self) -> None:
         sock = self._sock
@@ -507,11 +504,3 @@ class StreamClient(Client):
                 pass
         self.close()
 
-    @property
-    def closed(self) -> bool:
-        return self._sock is None
-
-    def _socket(self) -> socket.socket:
-        if self._sock is None:
-            raise ValueError(f"operation on a closed client ({self.address})")
-        return self._sock
