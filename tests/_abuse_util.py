@@ -18,19 +18,18 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any, Callable, TypeVar
 
 import pytest
+from _channel_util import sock_dir_fixture  # noqa: F401
 from conftest import child_env
 
 import fastipc
@@ -46,7 +45,6 @@ __all__ = [
     "frame",
     "raw_connect",
     "start_server_fixture",
-    "tmpdir_short_fixture",
     "wait_disconnected",
     "who",
 ]
@@ -280,19 +278,11 @@ class Chatter:
 StartServer = Callable[..., ServerProc]
 
 
-@pytest.fixture(name="tmpdir_short")
-def tmpdir_short_fixture() -> Iterator[str]:
-    """A fresh, short directory under /tmp (socket paths are limited to 107 bytes)."""
-    d = tempfile.mkdtemp(prefix="fia", dir="/tmp")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
 @pytest.fixture(name="start_server")
-def start_server_fixture(tmpdir_short: str) -> Iterator[StartServer]:
+def start_server_fixture(sock_dir: str) -> Iterator[StartServer]:
     """``start_server(kind, **serve_kwargs)``: a server child for tcp, unix, udp or unixgram.
 
-    Its socket (and log) live in ``tmpdir_short``; every server is SIGKILLed at teardown.
+    Its socket (and log) live in ``sock_dir``; every server is SIGKILLed at teardown.
     """
     made: list[ServerProc] = []
 
@@ -301,10 +291,10 @@ def start_server_fixture(tmpdir_short: str) -> Iterator[StartServer]:
         url = {
             "tcp": "tcp://127.0.0.1:0",
             "udp": "udp://127.0.0.1:0",
-            "unix": f"unix://{tmpdir_short}/s{n}.sock",
-            "unixgram": f"unixgram://{tmpdir_short}/g{n}.sock",
+            "unix": f"unix://{sock_dir}/s{n}.sock",
+            "unixgram": f"unixgram://{sock_dir}/g{n}.sock",
         }.get(kind, kind)
-        sp = ServerProc(url, os.path.join(tmpdir_short, f"server{n}.log"), **kwargs)
+        sp = ServerProc(url, os.path.join(sock_dir, f"server{n}.log"), **kwargs)
         made.append(sp)
         return sp
 

@@ -34,10 +34,10 @@ from _abuse_util import (  # noqa: F401
     frame,
     raw_connect,
     start_server_fixture,
-    tmpdir_short_fixture,
     wait_disconnected,
     who,
 )
+from _channel_util import sock_dir_fixture  # noqa: F401
 from conftest import child_env, new_name
 
 import fastipc
@@ -118,12 +118,12 @@ def _ids(table: list[tuple[str, str]]) -> list[str]:
     ("url", "match"), BAD_URLS + BAD_SERVE_URLS, ids=_ids(BAD_URLS + BAD_SERVE_URLS)
 )
 def test_serve_refuses_a_malformed_url_naming_the_wrong_part(
-    url: str, match: str, tmpdir_short: str
+    url: str, match: str, sock_dir: str
 ) -> None:
-    url = url.replace("{d}", tmpdir_short)
+    url = url.replace("{d}", sock_dir)
     with pytest.raises(ValueError, match=match):
         fastipc.serve(url, lambda m, p: None)
-    assert os.listdir(tmpdir_short) == [], "a refused URL left a file behind"
+    assert os.listdir(sock_dir) == [], "a refused URL left a file behind"
 
 
 @pytest.mark.parametrize(("url", "match"), BAD_URLS, ids=_ids(BAD_URLS))
@@ -155,21 +155,21 @@ def test_a_bad_mq_reply_option_is_named_and_creates_no_queue(side: str) -> None:
 
 
 def test_a_bad_fifo_single_writer_option_is_a_value_error_before_opening(
-    tmpdir_short: str,
+    sock_dir: str,
 ) -> None:
-    url = f"fifo://{tmpdir_short}/none.fifo?single_writer=yes"
+    url = f"fifo://{sock_dir}/none.fifo?single_writer=yes"
     with pytest.raises(ValueError, match=r"single_writer='yes'"):
         fastipc.connect(url)
 
 
 @pytest.mark.parametrize("framing", ["lenght", "LENGTH", "", "line", None])
-def test_an_unknown_framing_is_refused(framing: object, tmpdir_short: str) -> None:
-    url = f"unix://{tmpdir_short}/f.sock"
+def test_an_unknown_framing_is_refused(framing: object, sock_dir: str) -> None:
+    url = f"unix://{sock_dir}/f.sock"
     with pytest.raises(ValueError, match=r"framing must be 'raw' or 'length', got "):
         fastipc.serve(url, lambda m, p: None, framing=framing)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"framing must be 'raw' or 'length', got "):
         fastipc.connect(url, framing=framing)  # type: ignore[arg-type]
-    assert os.listdir(tmpdir_short) == []
+    assert os.listdir(sock_dir) == []
 
 
 BAD_LIMITS = [
@@ -201,18 +201,18 @@ BAD_LIMITS = [
     ("name", "value", "exc", "match"), BAD_LIMITS, ids=[f"{n}={v!r}" for n, v, _, _ in BAD_LIMITS]
 )
 def test_a_bad_limit_is_refused_before_binding(
-    name: str, value: object, exc: type[Exception], match: str, tmpdir_short: str
+    name: str, value: object, exc: type[Exception], match: str, sock_dir: str
 ) -> None:
-    for url in (f"unix://{tmpdir_short}/l.sock", "tcp://127.0.0.1:0", "udp://127.0.0.1:0"):
+    for url in (f"unix://{sock_dir}/l.sock", "tcp://127.0.0.1:0", "udp://127.0.0.1:0"):
         with pytest.raises(exc, match=match):
             fastipc.serve(url, lambda m, p: None, **{name: value})  # type: ignore[arg-type]
-    assert os.listdir(tmpdir_short) == []
+    assert os.listdir(sock_dir) == []
 
 
-def test_a_handler_that_is_not_callable_is_refused(tmpdir_short: str) -> None:
+def test_a_handler_that_is_not_callable_is_refused(sock_dir: str) -> None:
     with pytest.raises(TypeError, match="handler must be callable, not bytes"):
-        fastipc.serve(f"unix://{tmpdir_short}/h.sock", b"echo")  # type: ignore[arg-type]
-    assert os.listdir(tmpdir_short) == []
+        fastipc.serve(f"unix://{sock_dir}/h.sock", b"echo")  # type: ignore[arg-type]
+    assert os.listdir(sock_dir) == []
 
 
 # ---- length-framed streams: hostile headers and bytes ------------------------------------
@@ -498,9 +498,9 @@ def _fifo_writes_get_through(sp: ServerProc, writer: fastipc.Client, tag: str, n
 
 
 def test_a_fifo_frame_over_max_message_is_dropped_and_the_fifo_read_on(
-    start_server: StartServer, tmpdir_short: str
+    start_server: StartServer, sock_dir: str
 ) -> None:
-    path = f"{tmpdir_short}/big.fifo"
+    path = f"{sock_dir}/big.fifo"
     sp = start_server(f"fifo://{path}", max_message=MiB, idle_timeout=30)
     base = sp.status("VmHWM")
     with fastipc.connect(sp.address, timeout=T) as good:
@@ -518,11 +518,11 @@ def test_a_fifo_frame_over_max_message_is_dropped_and_the_fifo_read_on(
 
 
 def test_a_short_stray_write_to_a_fifo_does_not_swallow_the_next_messages(
-    start_server: StartServer, tmpdir_short: str
+    start_server: StartServer, sock_dir: str
 ) -> None:
     # Two stray bytes, then a good frame: bytes 0-7 read as a header announcing
     # 0x00050010 bytes with flags 0, which is under max_message.
-    path = f"{tmpdir_short}/stray.fifo"
+    path = f"{sock_dir}/stray.fifo"
     sp = start_server(f"fifo://{path}", idle_timeout=IDLE_FIFO)
     with fastipc.connect(sp.address, timeout=T) as good:
         _fifo_writes_get_through(sp, good, "before")

@@ -27,10 +27,10 @@ from _abuse_util import (  # noqa: F401
     frame,
     raw_connect,
     start_server_fixture,
-    tmpdir_short_fixture,
     wait_disconnected,
     who,
 )
+from _channel_util import sock_dir_fixture  # noqa: F401
 
 import fastipc
 from fastipc import Closed, Timeout
@@ -217,10 +217,10 @@ def test_over_max_clients_a_connection_is_accepted_and_closed_and_a_freed_place_
 
 @pytest.mark.parametrize("how", ["kwarg", "url"])
 def test_backlog_is_the_queue_of_connections_not_yet_accepted(
-    start_server: StartServer, tmpdir_short: str, how: str
+    start_server: StartServer, sock_dir: str, how: str
 ) -> None:
     backlog = 2 if how == "kwarg" else 4
-    url = f"unix://{tmpdir_short}/b.sock"
+    url = f"unix://{sock_dir}/b.sock"
     sp = (
         start_server(url, backlog=backlog, idle_timeout=30)
         if how == "kwarg"
