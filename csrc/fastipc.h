@@ -132,13 +132,18 @@ int fi_ring_unhold(fi_ring *r);
 /* ---- Channel: length-framed messages over a Unix stream socket (channel.c) ----
  * A frame is an 8-byte header (u32 LE payload length, u32 LE flags) and the
  * payload. Flag bit 0 (fds attached) says SCM_RIGHTS fds ride on the frame's
- * first byte; other bits are reserved and rejected. The handle never owns
+ * first byte; bit 1 (hand-off) that the payload is in the sender's shared
+ * area and the frame carries a 16-byte descriptor of it instead; bit 2
+ * (area, with bits 0 and 1) that the one fd attached is that area. Other
+ * bits are reserved and rejected (channel.c, top, has the details). The handle never owns
  * the socket fd (Python's socket object does) and works on it non-blocking
  * (MSG_DONTWAIT). Errors besides those named:
  *   -EPIPE     the peer closed the connection at a frame boundary (sticky)
  *   -ENODATA   the peer closed it in the middle of a frame (sticky)
  *   -EFBIG     a header announced more than max_message (sticky)
- *   -EPROTO    unknown flag bits, or a frame flagged with fds that did not come (sticky)
+ *   -EPROTO    unknown flag bits, a frame flagged with fds that did not come, or a
+ *              hand-off area that is not a sealed fastipc memfd (sticky)
+ *   -EBADMSG   a hand-off descriptor outside the area (sticky)
  *   -ENOBUFS   MSG_CTRUNC: a frame's fds did not fit max_fds; the ones that came
  *              were closed and the frame consumed (not sticky)
  *   or the errno of sendmsg/recvmsg (-ECONNRESET is reported as -EPIPE/-ENODATA).
@@ -157,6 +162,18 @@ void fi_chan_free(fi_chan *c);
 
 /* Receives that must wait first retry for spin_ns (default 0) before sleeping. */
 void fi_chan_set_spin(fi_chan *c, int64_t spin_ns);
+
+/* Send messages of min_len bytes up to area_size / 2 (bytes) through a
+ * shared area of area_size bytes (a memfd made at the first such message
+ * and passed to the peer with it) instead of through the socket; 0 turns
+ * it off (the default). Only fi_chan_send and fi_chan_try_send use it, for
+ * messages without fds. -EINVAL area_size not a multiple of 4096, under
+ * 2 * min_len or over 1 GiB; -EBUSY another size once the area exists. */
+int fi_chan_set_handoff(fi_chan *c, size_t min_len, size_t area_size);
+
+/* Data bytes of the area this handle receives through (receiving=1, the
+ * peer's) or sends through (0); 0 if none yet. */
+int64_t fi_chan_handoff_area(fi_chan *c, int receiving);
 
 /* Lend the handle a buffer for fi_chan_try_recv1; the caller keeps it alive. */
 void fi_chan_set_scratch(fi_chan *c, char *buf, size_t cap);

@@ -12,6 +12,35 @@
 
 #define FI_FOREVER (-1)
 
+/* memfd and file seals (Linux 3.17). manylinux2014's glibc 2.17 has no
+ * memfd_create() and its headers may lack the numbers, so they are spelled
+ * out here; a kernel without the call answers ENOSYS and the Channel then
+ * keeps to the socket. */
+#ifndef SYS_memfd_create
+#if defined(__x86_64__)
+#define SYS_memfd_create 319
+#elif defined(__i386__)
+#define SYS_memfd_create 356
+#elif defined(__aarch64__)
+#define SYS_memfd_create 279
+#elif defined(__powerpc64__)
+#define SYS_memfd_create 360
+#elif defined(__s390x__)
+#define SYS_memfd_create 350
+#endif
+#endif
+#ifndef MFD_CLOEXEC
+#define MFD_CLOEXEC 0x0001U
+#define MFD_ALLOW_SEALING 0x0002U
+#endif
+#ifndef F_ADD_SEALS
+#define F_ADD_SEALS 1033
+#define F_GET_SEALS 1034
+#define F_SEAL_SEAL 0x0001
+#define F_SEAL_SHRINK 0x0002
+#define F_SEAL_GROW 0x0004
+#endif
+
 static inline void cpu_relax(void)
 {
 #if defined(__x86_64__) || defined(__i386__)

@@ -48,7 +48,7 @@ def pair() -> Any:
     b.close()
 
 
-def test_every_size_arrives_whole_and_in_order(pair: Any, no_fd_leak: None) -> None:
+def test_every_size_arrives_whole_and_in_order(no_fd_leak: None, pair: Any) -> None:
     a, b = pair
     t = in_thread(lambda: [a.send(payload(i, n)) for i, n in enumerate(SIZES)])
     for i, n in enumerate(SIZES):

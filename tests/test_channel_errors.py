@@ -144,7 +144,7 @@ def test_sending_to_a_closed_peer_is_closed(no_fd_leak: None) -> None:
             a.send_many([b"y"] * 10)
 
 
-@pytest.mark.parametrize("flags", [2, 0x80000000, 0xFFFFFFFF])
+@pytest.mark.parametrize("flags", [8, 0x80000000, 0xFFFFFFFF])
 def test_unknown_flag_bits_are_a_protocol_error(
     raw_pair: tuple[socket.socket, Channel], flags: int
 ) -> None:

@@ -8,7 +8,10 @@ forked sender (or echo) process, so both sides use one backend. Figures:
 ``msg64``    64-byte messages, one ``send`` / one ``recv`` each; msgs/s at the receiver.
 ``batch64``  the same through ``send_many`` of 1000 / ``recv_many(4096)``; msgs/s.
 ``mib1``     1 MiB messages, ``send`` of a prebuilt buffer / ``recv_into`` a
-             preallocated one; GB/s (1e9 bytes/s) at the receiver.
+             preallocated one; GB/s (1e9 bytes/s) at the receiver. They go
+             through the shared-memory hand-off (the default).
+``mib1_socket`` the same with the hand-off off (``handoff_min=0``): through
+             the kernel's socket buffers.
 ``rtt64``    64-byte ping-pong; median and p99 round trip in microseconds, with
              the native receiver's brief spin before sleeping (FASTIPC_SPIN_US,
              default 20) and, as ``rtt64_nospin``, without it.
@@ -36,7 +39,7 @@ from typing import Any
 
 __all__ = ["format_rows", "main", "rows"]
 
-KINDS = ["msg64", "batch64", "mib1", "rtt64"]
+KINDS = ["msg64", "batch64", "mib1", "mib1_socket", "rtt64"]
 PLAIN_KINDS = ["plain_msg64", "plain_batch64"]
 _HDR = struct.Struct("<II")
 _BATCH = 1000
@@ -92,7 +95,8 @@ def _child(kind: str, duration: float) -> dict[str, Any]:
 
     if kind.startswith("plain"):
         return _plain(kind, duration)
-    a, b = Channel.pair()
+    a, b = Channel.pair(handoff_min=0) if kind == "mib1_socket" else Channel.pair()
+    kind = kind.replace("_socket", "")
     pid = os.fork()
     if pid == 0:  # the sender / echo side
         a.close()

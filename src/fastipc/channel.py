@@ -9,7 +9,9 @@ wire format (DESIGN.md, Framing), so either may be the peer of the other::
     frame = [u32 LE payload length][u32 LE flags][payload]
 
 Flag bit 0 (``FRAME_FDS``) marks a frame whose SCM_RIGHTS fds ride on its
-first byte; the other bits are reserved and a frame using them is refused.
+first byte; bits 1 and 2 carry the shared-memory hand-off of large messages
+(``handoff.py``); the other bits are reserved and a frame using them is
+refused.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .framing import (
     DEFAULT_MAX_MESSAGE,
     validate_max_message,
 )
+from .handoff import DEFAULT_HANDOFF_AREA, DEFAULT_HANDOFF_MIN, validate_handoff
 from .ring import timeout_ns
 from .socket_file import backlog_option, bind_unix, connect_unix, mode_option, remove_if_ours
 
@@ -99,12 +102,24 @@ class Channel:
 
     Threads: one thread may send while another receives; two threads
     sending (or two receiving) on one channel at once need a lock.
+
+    Large messages: a message of ``handoff_min`` bytes or more (up to half
+    of ``handoff_area``) sent by :meth:`send` without fds is copied into a
+    shared-memory area (a sealed memfd of ``handoff_area`` bytes, made at
+    the first such message and passed to the peer once) and only a 16-byte
+    descriptor crosses the socket: one copy on each side instead of two
+    through the kernel. The receiving API does not change. ``handoff_min=0``
+    turns it off; :meth:`send_many` always sends through the socket.
     """
 
     #: The largest message, in bytes, this end sends or accepts.
     max_message: int
     #: The endpoint (path, @name or description) used in error messages.
     name: str
+    #: Messages sent of at least this many bytes go through shared memory (0: never).
+    handoff_min: int
+    #: Size in bytes of this end's hand-off area.
+    handoff_area: int
     _sock: socket.socket | None
 
     def __init__(self, *_: object) -> None:
@@ -112,30 +127,50 @@ class Channel:
 
     # ---- construction -------------------------------------------------
     @classmethod
-    def pair(cls, *, max_message: int = DEFAULT_MAX_MESSAGE) -> tuple[Channel, Channel]:
+    def pair(
+        cls,
+        *,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        handoff_min: int = DEFAULT_HANDOFF_MIN,
+        handoff_area: int = DEFAULT_HANDOFF_AREA,
+    ) -> tuple[Channel, Channel]:
         """Two connected channels (a socketpair), e.g. to hand one to a child process.
 
         A channel can be passed to a ``multiprocessing`` child (spawn or
-        fork) as an argument before it received anything.
+        fork) as an argument before it received anything. ``handoff_min``
+        and ``handoff_area`` (bytes) set the shared-memory hand-off of large
+        messages (see the class); ValueError if out of range.
         """
         max_message = validate_max_message(max_message)
+        handoff = validate_handoff(handoff_min, handoff_area)
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        return cls._adopt(a, "socketpair", max_message), cls._adopt(b, "socketpair", max_message)
+        return (
+            cls._adopt(a, "socketpair", max_message, handoff),
+            cls._adopt(b, "socketpair", max_message, handoff),
+        )
 
     @classmethod
     def connect(
-        cls, url: str, timeout: float | None = None, *, max_message: int | None = None
+        cls,
+        url: str,
+        timeout: float | None = None,
+        *,
+        max_message: int | None = None,
+        handoff_min: int = DEFAULT_HANDOFF_MIN,
+        handoff_area: int = DEFAULT_HANDOFF_AREA,
     ) -> Channel:
         """Connect to the listener at ``url`` (``unix:///path``, ``unix://rel``, ``unix://@name``).
 
         ``timeout`` (seconds) bounds the wait while the listener's backlog is
         full. ``max_message`` defaults to the URL's ``max_message`` option,
-        else 64 MiB. Raises ValueError for a bad URL, FileNotFoundError
+        else 64 MiB; ``handoff_min``/``handoff_area`` as for :meth:`pair`.
+        Raises ValueError for a bad URL, FileNotFoundError
         (nothing at the path), ConnectionRefusedError (a stale socket file),
         PermissionError, :class:`~fastipc.Timeout`.
         """
         ep = parse(url, schemes=("unix",))
         max_message = _max_message_for(ep, max_message)
+        handoff = validate_handoff(handoff_min, handoff_area)
         tns = timeout_ns(timeout)
         deadline = None if tns < 0 else time.monotonic_ns() + tns
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -144,14 +179,22 @@ class Channel:
         except BaseException:
             sock.close()
             raise
-        return cls._adopt(sock, ep.display, max_message)
+        return cls._adopt(sock, ep.display, max_message, handoff)
 
     @classmethod
-    def from_socket(cls, sock: socket.socket, *, max_message: int = DEFAULT_MAX_MESSAGE) -> Channel:
+    def from_socket(
+        cls,
+        sock: socket.socket,
+        *,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        handoff_min: int = DEFAULT_HANDOFF_MIN,
+        handoff_area: int = DEFAULT_HANDOFF_AREA,
+    ) -> Channel:
         """Adopt connected AF_UNIX SOCK_STREAM socket ``sock``; the channel owns it from now on.
 
         The socket is switched to non-blocking mode (the channel does its own
-        waiting). Raises TypeError/ValueError for another kind of socket.
+        waiting); ``handoff_min``/``handoff_area`` as for :meth:`pair`.
+        Raises TypeError/ValueError for another kind of socket.
         """
         if not isinstance(sock, socket.socket):
             raise TypeError(f"from_socket needs a socket.socket, not {type(sock).__name__}")
@@ -159,10 +202,20 @@ class Channel:
             raise ValueError(
                 f"from_socket needs an AF_UNIX SOCK_STREAM socket, got {sock.family!r} {sock.type!r}"
             )
-        return cls._adopt(sock, "socket", validate_max_message(max_message))
+        max_message = validate_max_message(max_message)
+        handoff = validate_handoff(handoff_min, handoff_area)
+        return cls._adopt(sock, "socket", max_message, handoff)
 
     @classmethod
-    def _adopt(cls, sock: socket.socket, name: str, max_message: int) -> Channel:
+    def _adopt(
+        cls,
+        sock: socket.socket,
+        name: str,
+        max_message: int,
+        handoff: tuple[int, int] = (0, DEFAULT_HANDOFF_AREA),
+    ) -> Channel:
+        """A channel on connected ``sock``. ``handoff`` (min, area bytes) stays
+        off unless given: only a Channel peer understands hand-off frames."""
         from ._backend import ChannelImpl
 
         sock.setblocking(False)
@@ -170,6 +223,7 @@ class Channel:
         self._sock = sock
         self.name = name
         self.max_message = max_message
+        self.handoff_min, self.handoff_area = handoff
         self._setup()
         return self
 
@@ -316,7 +370,8 @@ class Channel:
             raise ValueError(
                 "cannot pass a channel that already buffered received bytes to another process"
             )
-        return (_rebuild, (self._socket(), self.name, self.max_message))
+        handoff = (self.handoff_min, self.handoff_area)
+        return (_rebuild, (self._socket(), self.name, self.max_message, handoff))
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self.fileno()}"
@@ -360,9 +415,13 @@ class Channel:
                 f"max_message={self.max_message}; channel closed"
             )
         if code == errno.EPROTO:
+            what = detail or "bad frame flags, missing fds, or a hand-off area that is not a sealed memfd"
+            raise OSError(code, f"protocol error: {what}; channel closed", name)
+        if code == errno.EBADMSG:
             raise OSError(
                 code,
-                f"protocol error: {detail or 'bad frame flags or missing fds'}; channel closed",
+                "protocol error: a hand-off descriptor points outside the shared area; "
+                "channel closed",
                 name,
             )
         raise OSError(code, os.strerror(code), name)
@@ -371,8 +430,10 @@ class Channel:
         raise Closed(f"channel {self.name}: the peer closed the connection")
 
 
-def _rebuild(sock: socket.socket, name: str, max_message: int) -> Channel:
-    return Channel._adopt(sock, name, max_message)
+def _rebuild(
+    sock: socket.socket, name: str, max_message: int, handoff: tuple[int, int]
+) -> Channel:
+    return Channel._adopt(sock, name, max_message, handoff)
 
 
 def _max_message_for(ep: Endpoint, given: int | None) -> int:
@@ -399,6 +460,8 @@ class Listener:
     endpoint: Endpoint
     #: ``max_message`` (bytes) given to every accepted channel.
     max_message: int
+    #: ``(handoff_min, handoff_area)`` (bytes) given to every accepted channel.
+    handoff: tuple[int, int]
     _sock: socket.socket | None
     _ident: tuple[int, int] | None
 
@@ -439,7 +502,7 @@ class Listener:
                 if left <= 0:
                     raise Timeout(f"listener {self.name}: no connection within the timeout")
                 poller.poll(-(-left // 1_000_000))
-        return Channel._adopt(conn, self.name, self.max_message)
+        return Channel._adopt(conn, self.name, self.max_message, self.handoff)
 
     def fileno(self) -> int:
         """The listening socket's fd (readable when a connection waits)."""
@@ -480,6 +543,8 @@ def listen(
     mode: int | None = None,
     backlog: int | None = None,
     max_message: int | None = None,
+    handoff_min: int = DEFAULT_HANDOFF_MIN,
+    handoff_area: int = DEFAULT_HANDOFF_AREA,
 ) -> Listener:
     """Listen for channel connections at ``url`` (``unix:///path``, ``unix://rel``, ``unix://@name``).
 
@@ -488,7 +553,8 @@ def listen(
     :meth:`Listener.close`. A stale socket file (nobody accepting on it) is
     replaced. ``backlog`` is the kernel's queue of unaccepted connections.
     Each option may also come from the URL's query (``?mode=0660``); a
-    keyword wins.
+    keyword wins. ``handoff_min``/``handoff_area`` (bytes) are given to
+    every accepted channel, as for :meth:`Channel.pair`.
 
     Raises ValueError for a bad URL or option (including a path over the
     107-byte limit), OSError(EADDRINUSE) naming the path if a live socket
@@ -499,6 +565,7 @@ def listen(
     mode = mode_option(ep, mode)
     backlog = backlog_option(ep, backlog)
     max_message = _max_message_for(ep, max_message)
+    handoff = validate_handoff(handoff_min, handoff_area)
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     ident = None
@@ -513,6 +580,7 @@ def listen(
     lst = Listener.__new__(Listener)
     lst.endpoint = ep
     lst.max_message = max_message
+    lst.handoff = handoff
     lst._sock = sock
     lst._ident = ident
     return lst

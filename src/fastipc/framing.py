@@ -5,8 +5,12 @@ A frame is an 8-byte header, then the payload::
     [u32 LE payload length][u32 LE flags][payload]
 
 Flag bit 0 (``FRAME_FDS``) marks a frame whose SCM_RIGHTS fds ride on its
-first byte (Channel only); the other bits are reserved and a frame using them
-is refused. The Channel backends parse frames in their own hot paths; the
+first byte (Channel only). Bits 1 and 2 (``FRAME_BULK``, ``FRAME_AREA``) are
+the Channel's shared-memory hand-off (see csrc/channel.c): the payload is in
+the sender's area and the frame carries a 16-byte descriptor
+``[u64 LE offset][u64 LE release position]`` instead, and with bit 2 the one
+fd attached is that area. The other bits are reserved and a frame using them
+is refused; streams other than a Channel accept none of bits 1-2. The Channel backends parse frames in their own hot paths; the
 server core and the FIFO transport use :class:`LengthDecoder`.
 """
 
@@ -17,7 +21,11 @@ import struct
 from .errors import MessageTooLarge
 
 __all__ = [
+    "CHANNEL_FLAGS",
     "DEFAULT_MAX_MESSAGE",
+    "DESCRIPTOR",
+    "FRAME_AREA",
+    "FRAME_BULK",
     "FRAME_FDS",
     "HEADER",
     "KNOWN_FLAGS",
@@ -35,8 +43,16 @@ MAX_MESSAGE_LIMIT = (1 << 32) - 1
 HEADER = struct.Struct("<II")
 #: Flag bit: fds (SCM_RIGHTS) come with the frame's first byte.
 FRAME_FDS = 1
-#: Flag bits this version understands.
+#: Flag bit: the payload is in the sender's hand-off area; the frame carries its descriptor.
+FRAME_BULK = 2
+#: Flag bit (with FRAME_BULK and FRAME_FDS): the one fd attached is the sender's area.
+FRAME_AREA = 4
+#: A FRAME_BULK frame's wire payload: offset in the area's data, release position.
+DESCRIPTOR = struct.Struct("<QQ")
+#: Flag bits a plain length-framed stream understands.
 KNOWN_FLAGS = FRAME_FDS
+#: Flag bits a Channel understands.
+CHANNEL_FLAGS = FRAME_FDS | FRAME_BULK | FRAME_AREA
 
 
 class FramingError(ValueError):

@@ -75,6 +75,10 @@ class NativeChannel(Channel):
         self._sbuf = ffi_fast.buffer(self._scratch)
         lib_fast.fi_chan_set_scratch(self._hf, self._scratch, SCRATCH_BYTES)
         lib.fi_chan_set_spin(self._h, SPIN_NS)
+        if self.handoff_min:
+            rc = lib.fi_chan_set_handoff(self._h, self.handoff_min, self.handoff_area)
+            if rc:  # validate_handoff let through what C refuses: a bug, say so
+                raise ValueError(f"handoff_min/handoff_area refused by the C core ({os.strerror(-rc)})")
         self._batch = None
         self._bview = None
         self._big = None

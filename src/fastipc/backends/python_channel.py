@@ -27,7 +27,8 @@ from ..channel import (
     validate_max_count,
 )
 from ..errors import Timeout
-from ..framing import FRAME_FDS, HEADER, KNOWN_FLAGS
+from ..framing import CHANNEL_FLAGS, FRAME_AREA, FRAME_BULK, FRAME_FDS, HEADER
+from ..handoff import WAIT_NS, ReceiveArea, SendArea
 from ..ring import check_buffer, timeout_ns
 
 __all__ = ["PythonChannel"]
@@ -69,6 +70,9 @@ class PythonChannel(Channel):
     _wpoll: Any
     _fd: int
     _ancbuf: int
+    _tx_area: SendArea | None
+    _rx_area: ReceiveArea | None
+    _rx_release: int  # release position to store once the message was copied out; -1 none
 
     def _setup(self) -> None:
         self._rbuf = bytearray(RECV_BUFFER)
@@ -90,8 +94,14 @@ class PythonChannel(Channel):
         self._wpoll = select.poll()
         self._wpoll.register(self._fd, select.POLLOUT)
         self._ancbuf = socket.CMSG_SPACE(MAX_FDS * 4)
+        self._tx_area = self._rx_area = None
+        self._rx_release = -1
 
     def _release(self) -> None:
+        for area in (self._tx_area, self._rx_area):
+            if area is not None:
+                area.close()
+        self._tx_area = self._rx_area = None
         while self._sets:
             fds = self._sets.popleft()[2]
             _close_all(fds or [])
@@ -107,7 +117,8 @@ class PythonChannel(Channel):
         avail = self._rend - self._rpos
         if self._big is not None or avail < 8:
             return False
-        return avail - 8 >= _unpack_from(self._rbuf, self._rpos)[0]  # type: ignore[no-any-return]
+        n, flags = _unpack_from(self._rbuf, self._rpos)
+        return avail - 8 >= (16 if flags & FRAME_BULK else n)
 
     # ---- waiting --------------------------------------------------------
     def _wait(self, events: int, deadline: int | None) -> None:
@@ -136,12 +147,26 @@ class PythonChannel(Channel):
         n = mv.nbytes
         if n > self.max_message:
             self._too_large(n)
-        head = _pack(n, FRAME_FDS if fdl else 0)
+        flags = FRAME_FDS if fdl else 0
+        body = mv
+        area = self._handoff_area(n) if not fdl else None
+        if area is not None:
+            wait_until = time.monotonic_ns() + WAIT_NS
+            if deadline is not None:
+                wait_until = min(wait_until, deadline)
+            desc = area.put(mv, wait_until)
+            if desc is not None:
+                body = memoryview(desc)
+                flags = FRAME_BULK
+                if area.fd >= 0:
+                    flags |= FRAME_AREA | FRAME_FDS
+                    fdl = [area.fd]
+        head = _pack(n, flags)
         anc = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fdl))] if fdl else []
-        total, done = 8 + n, 0
+        total, done = 8 + body.nbytes, 0
         try:
             while done < total:
-                iov: list[Any] = [head[done:], mv] if done < 8 else [mv[done - 8 :]]
+                iov: list[Any] = [head[done:], body] if done < 8 else [body[done - 8 :]]
                 try:
                     done += sock.sendmsg(iov, anc if done == 0 else [], _SEND_FLAGS)
                 except (BlockingIOError, InterruptedError):
@@ -154,6 +179,24 @@ class PythonChannel(Channel):
             if 0 < done < total:
                 self.close()  # half a frame went out: the stream cannot be resynchronised
             raise
+        if flags & FRAME_AREA and area is not None:
+            area.announced()
+
+    def _handoff_area(self, n: int) -> SendArea | None:
+        """The area a message of ``n`` bytes goes through, or None: inline."""
+        if not self.handoff_min or not self.handoff_min <= n <= self.handoff_area // 2:
+            return None
+        area = self._tx_area
+        if area is None:
+            try:
+                area = self._tx_area = SendArea(self.handoff_area)
+            except OSError:
+                self.handoff_min = 0  # e.g. no memfd here: inline from now on
+                return None
+        if not area.usable:
+            self.handoff_min = 0
+            return None
+        return area
 
     def send_many(self, buffers: Iterable[Any], timeout: float | None = None) -> int:
         sock = self._socket()
@@ -284,8 +327,15 @@ class PythonChannel(Channel):
         if self._rend - self._rpos < 8:
             return None
         n, flags = _unpack_from(self._rbuf, self._rpos)
-        if flags & ~KNOWN_FLAGS:
+        if flags & ~CHANNEL_FLAGS:
             self._kill(errno.EPROTO, detail=f"unknown frame flags {flags:#x}")
+            self._raise()
+        if (
+            flags & (FRAME_BULK | FRAME_FDS) != FRAME_BULK | FRAME_FDS
+            if flags & FRAME_AREA
+            else flags & FRAME_BULK and flags & FRAME_FDS
+        ):
+            self._kill(errno.EPROTO, detail=f"frame flags {flags:#x} do not go together")
             self._raise()
         if n > self.max_message:
             self._kill(errno.EFBIG, n)
@@ -316,13 +366,16 @@ class PythonChannel(Channel):
                     if n > cap:
                         raise _TooLong(n)
                     avail = self._rend - self._rpos
-                    if avail - 8 >= n:
+                    wire = 16 if flags & FRAME_BULK else n
+                    if avail - 8 >= wire:
                         start = self._rx_total - avail
                         p = self._rpos + 8
-                        self._rpos = p + n
+                        self._rpos = p + wire
+                        if flags & FRAME_BULK:
+                            return self._bulk(start, n, flags, self._rmv[p : p + 16]), []
                         fds = self._claim(start, flags, keep)
                         return self._rmv[p : p + n], fds
-                    if n > DIRECT_MIN:
+                    if wire > DIRECT_MIN:
                         big = bytearray(n)
                         have = avail - 8
                         big[:have] = self._rmv[self._rpos + 8 : self._rend]
@@ -330,7 +383,7 @@ class PythonChannel(Channel):
                         self._big_start, self._big_done = self._rx_total - avail, have
                         self._rpos = self._rend = 0
                         continue
-                    need = 8 + n
+                    need = 8 + wire
                 else:
                     need = 8
                 if self._eof:
@@ -341,6 +394,40 @@ class PythonChannel(Channel):
                     self._raise()
             except _Again:
                 self._wait(select.POLLIN, deadline)
+
+    def _bulk(self, start: int, n: int, flags: int, descriptor: memoryview) -> memoryview:
+        """The message a FRAME_BULK frame names, in the peer's area (valid until
+        :meth:`_copied`); maps the area if the frame brought one."""
+        self._claim(start, 0, False)  # settles stray sets before this frame
+        if flags & FRAME_AREA:
+            sets = self._sets
+            fds = (sets.popleft()[2] or []) if sets and sets[0][0] <= start else []
+            if len(fds) != 1:  # none, truncated (MSG_CTRUNC) or more: not ours to guess
+                _close_all(fds)
+                self._kill(errno.EPROTO, detail="a hand-off area frame must carry exactly one fd")
+                self._raise()
+            try:
+                area = ReceiveArea(fds[0])
+            except (OSError, ValueError) as exc:
+                self._kill(errno.EPROTO, detail=str(exc))
+                self._raise()
+            finally:
+                os.close(fds[0])
+            if self._rx_area is not None:
+                self._rx_area.close()
+            self._rx_area = area
+        found = self._rx_area.message(descriptor, n) if self._rx_area is not None else None
+        if found is None:
+            self._kill(errno.EBADMSG)
+            self._raise()
+        view, self._rx_release = found
+        return view
+
+    def _copied(self) -> None:
+        """The message :meth:`_frame` returned was copied out: free its room in the area."""
+        if self._rx_release >= 0 and self._rx_area is not None:
+            self._rx_area.release(self._rx_release)
+        self._rx_release = -1
 
     def _finish_big(self, keep: bool) -> tuple[Any, list[int]]:
         big = self._big
@@ -366,11 +453,15 @@ class PythonChannel(Channel):
     # ---- receive: the API -------------------------------------------------
     def recv(self, timeout: float | None = None) -> bytes:
         data, _ = self._frame(self.max_message, False, self._deadline(timeout))
-        return bytes(data)
+        out = bytes(data)
+        self._copied()
+        return out
 
     def recv_with_fds(self, timeout: float | None = None) -> tuple[bytes, list[int]]:
         data, fds = self._frame(self.max_message, True, self._deadline(timeout))
-        return bytes(data), fds
+        out = bytes(data)
+        self._copied()
+        return out, fds
 
     def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
         dst = _writable(buffer)
@@ -385,12 +476,14 @@ class PythonChannel(Channel):
             )
         n = len(data)
         dst[:n] = data
+        self._copied()
         return n
 
     def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
         validate_max_count(max_count)
         data, _ = self._frame(self.max_message, False, self._deadline(timeout))
         out = [bytes(data)]
+        self._copied()
         # Then whatever complete frames are already buffered, without a syscall;
         # a frame with fds heads the next call, as in the C backend.
         while len(out) < max_count and self._big is None and not self._dead:
