@@ -1,0 +1,200 @@
+"""Large messages through the shared-memory hand-off: whole, in order, across processes and backends, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+from _channel_util import (  # noqa: F401
+    fd_count,
+    kids_fixture,
+    no_fd_leak_fixture,
+    other_backends,
+    sock_dir_fixture,
+    sock_url_fixture,
+)
+from _channel_workers import payload
+
+from fastipc import Channel, Closed, Timeout, listen
+
+AREA_NAME = "memfd:fastipc-channel"
+MIB = 1 << 20
+# Default hand-off: 64 KiB up to 2 MiB (half the 4 MiB area) go through it.
+SIZES = [65535, 65536, 100_000, MIB, 2 * MIB, 2 * MIB + 1, 3_000_000, 10, 70_000]
+
+
+def areas_mapped(pid: int | str = "self") -> int:
+    """How many hand-off areas process ``pid`` has mapped (from /proc/PID/maps)."""
+    with open(f"/proc/{pid}/maps") as f:
+        return sum(AREA_NAME in line for line in f)
+
+
+def in_thread(fn: Any) -> threading.Thread:
+    t = threading.Thread(target=fn, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("peer", other_backends())
+def test_large_messages_cross_processes_through_the_area_both_ways(
+    no_fd_leak: None, sock_url: str, kids: Any, peer: str
+) -> None:
+    with listen(sock_url) as lst:
+        proc, line = kids.spawn("echo", sock_url, "single", backend=peer)
+        assert line == f"ready {peer}"
+        with lst.accept(timeout=10) as ch:
+            assert areas_mapped() == 0
+            for rnd in range(3):
+                for i, n in enumerate(SIZES):
+                    msg = payload(rnd * 100 + i, n)
+                    ch.send(msg, timeout=30)
+                    got = ch.recv(timeout=30)
+                    assert got == msg, f"round {rnd}, {n} bytes through a {peer} echo"
+            # Ours to send through and the child's that we receive from; the
+            # child maps the same two.
+            assert areas_mapped() == 2
+            assert areas_mapped(proc.pid) == 2
+        assert kids.wait(proc, 20) == 0, kids.stderr(proc)
+    assert areas_mapped() == 0, "closing the channel unmaps both areas"
+
+
+def test_with_the_hand_off_off_everything_goes_through_the_socket(no_fd_leak: None) -> None:
+    a, b = Channel.pair(handoff_min=0)
+    with a, b:
+        msg = payload(1, MIB)
+        t = in_thread(lambda: [a.send(msg, timeout=30) for _ in range(5)])
+        for _ in range(5):
+            assert b.recv(timeout=30) == msg
+        t.join()
+        assert areas_mapped() == 0
+
+
+def test_every_receive_call_takes_handed_off_messages(no_fd_leak: None) -> None:
+    a, b = Channel.pair(handoff_min=4096, handoff_area=1 << 16)
+    with a, b:
+        msgs = [payload(i, 5000 + 997 * i) for i in range(12)]
+        t = in_thread(lambda: [a.send(m, timeout=30) for m in msgs])
+        assert b.recv(timeout=10) == msgs[0]
+        buf = bytearray(32_000)
+        n = b.recv_into(buf, timeout=10)
+        assert bytes(buf[:n]) == msgs[1]
+        data, fds = b.recv_with_fds(timeout=10)
+        assert data == msgs[2] and fds == []
+        got: list[bytes] = []
+        while len(got) < 9:
+            got += b.recv_many(4, timeout=10)
+        assert got == msgs[3:]
+        t.join()
+        assert areas_mapped() == 2
+
+
+def test_messages_with_fds_and_small_ones_keep_their_order_among_handed_off_ones() -> None:
+    a, b = Channel.pair(handoff_min=4096, handoff_area=1 << 16)
+    r, w = os.pipe()
+    with a, b:
+        a.send(payload(0, 9000))
+        a.send(b"small")
+        a.send(payload(1, 9000), fds=[w])
+        a.send(payload(2, 9000))
+        a.send_many([payload(3, 9000), b"batched"])
+        assert b.recv(timeout=5) == payload(0, 9000)
+        assert b.recv(timeout=5) == b"small"
+        data, fds = b.recv_with_fds(timeout=5)
+        assert data == payload(1, 9000) and len(fds) == 1
+        os.write(fds[0], b"!")
+        assert os.read(r, 1) == b"!"
+        for fd in (*fds, r, w):
+            os.close(fd)
+        rest: list[bytes] = []
+        while len(rest) < 3:
+            rest += b.recv_many(10, timeout=5)
+        assert rest == [payload(2, 9000), payload(3, 9000), b"batched"]
+
+
+def test_a_receiver_that_falls_behind_gets_every_message_whole_and_in_order() -> None:
+    # A 64 KiB area fills at once: the sender waits for room, then goes
+    # inline; the stream interleaves both and nothing may be lost.
+    a, b = Channel.pair(handoff_min=4096, handoff_area=1 << 16)
+    count = 1500
+    sizes = [4096 + (i * 7919) % 28_000 for i in range(count)]
+    with a, b:
+        t = in_thread(lambda: [a.send(payload(i, n), timeout=60) for i, n in enumerate(sizes)])
+        for i, n in enumerate(sizes):
+            if i % 100 == 0:
+                time.sleep(0.01)
+            got = b.recv(timeout=30)
+            assert len(got) == n and got == payload(i, n), f"message {i}"
+        t.join()
+
+
+def test_filling_the_area_and_the_socket_loses_and_repeats_nothing() -> None:
+    a, b = Channel.pair(handoff_min=4096, handoff_area=1 << 16)
+    with a, b:
+        sent = 0
+        with pytest.raises(Timeout):
+            while True:
+                a.send(payload(sent, 20_000), timeout=0.2)
+                sent += 1
+        assert sent > 3, "the area alone holds three"
+        for i in range(sent):
+            assert b.recv(timeout=5) == payload(i, 20_000), f"message {i}"
+        if a.closed:
+            # The Timeout came in the middle of an inline frame: the peer
+            # sees the cut, never a partial message.
+            with pytest.raises(Closed):
+                b.recv(timeout=5)
+        else:
+            a.send(payload(sent, 20_000), timeout=5)
+            assert b.recv(timeout=5) == payload(sent, 20_000)
+
+
+def test_a_channel_closed_with_messages_in_the_area_leaves_nothing_behind(
+    no_fd_leak: None,
+) -> None:
+    before = fd_count()
+    a, b = Channel.pair(handoff_min=4096, handoff_area=1 << 16)
+    for i in range(3):
+        a.send(payload(i, 10_000))
+    assert areas_mapped() == 1  # the receiver has not looked yet
+    b.close()
+    a.close()
+    assert areas_mapped() == 0
+    assert fd_count() == before
+
+
+def test_the_listener_hands_its_settings_to_accepted_channels(sock_url: str) -> None:
+    with listen(sock_url, handoff_min=0) as lst:
+        with Channel.connect(sock_url, timeout=5, handoff_min=4096, handoff_area=8192) as c:
+            with lst.accept(timeout=5) as s:
+                assert (s.handoff_min, c.handoff_min, c.handoff_area) == (0, 4096, 8192)
+                msg = payload(7, 4096)
+                c.send(msg)
+                s.send(msg)
+                assert s.recv(timeout=5) == msg and c.recv(timeout=5) == msg
+                assert areas_mapped() == 2  # only the client sends through one
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "text"),
+    [
+        ({"handoff_min": "1"}, TypeError, "handoff_min must be an int"),
+        ({"handoff_min": True}, TypeError, "handoff_min must be an int"),
+        ({"handoff_area": 1.5}, TypeError, "handoff_area must be an int"),
+        ({"handoff_min": -1}, ValueError, "handoff_min must be >= 0"),
+        ({"handoff_area": 5000}, ValueError, "multiple of 4096"),
+        ({"handoff_area": 0}, ValueError, "multiple of 4096"),
+        ({"handoff_area": 2 << 30}, ValueError, "multiple of 4096 bytes between"),
+        ({"handoff_min": 8192, "handoff_area": 12288}, ValueError, "at least twice"),
+    ],
+)
+def test_bad_hand_off_settings_are_refused_by_name(
+    sock_url: str, kwargs: dict[str, Any], error: type[Exception], text: str
+) -> None:
+    with pytest.raises(error, match=text):
+        Channel.pair(**kwargs)
+    with pytest.raises(error, match=text):
+        listen(sock_url, **kwargs)
+    assert not os.path.exists(sock_url[len("unix://") :])
