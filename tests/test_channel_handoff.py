@@ -166,15 +166,17 @@ def test_a_channel_closed_with_messages_in_the_area_leaves_nothing_behind(
 
 
 def test_the_listener_hands_its_settings_to_accepted_channels(sock_url: str) -> None:
-    with listen(sock_url, handoff_min=0) as lst:
-        with Channel.connect(sock_url, timeout=5, handoff_min=4096, handoff_area=8192) as c:
-            with lst.accept(timeout=5) as s:
-                assert (s.handoff_min, c.handoff_min, c.handoff_area) == (0, 4096, 8192)
-                msg = payload(7, 4096)
-                c.send(msg)
-                s.send(msg)
-                assert s.recv(timeout=5) == msg and c.recv(timeout=5) == msg
-                assert areas_mapped() == 2  # only the client sends through one
+    with (
+        listen(sock_url, handoff_min=0) as lst,
+        Channel.connect(sock_url, timeout=5, handoff_min=4096, handoff_area=8192) as c,
+        lst.accept(timeout=5) as s,
+    ):
+        assert (s.handoff_min, c.handoff_min, c.handoff_area) == (0, 4096, 8192)
+        msg = payload(7, 4096)
+        c.send(msg)
+        s.send(msg)
+        assert s.recv(timeout=5) == msg and c.recv(timeout=5) == msg
+        assert areas_mapped() == 2  # only the client sends through one
 
 
 @pytest.mark.parametrize(
