@@ -986,14 +986,17 @@ static int spin_end(fi_chan *c, int64_t deadline, int64_t *until)
     return 1;
 }
 
-int64_t fi_chan_recv(fi_chan *c, char *out, size_t cap, int keep_fds, int64_t timeout_ns)
+/* Run a receive step until it has something other than -EAGAIN, spinning
+ * first and then sleeping in ppoll, until the deadline. */
+typedef int64_t (*recv_step_fn)(fi_chan *c, char *out, size_t cap, size_t arg);
+
+static int64_t recv_waiting(fi_chan *c, recv_step_fn step, char *out, size_t cap, size_t arg,
+                            int64_t timeout_ns)
 {
-    if (!c)
-        return -EBADF;
     int64_t deadline = deadline_of(timeout_ns), until = 0;
     int spinning = timeout_ns != 0 && spin_end(c, deadline, &until);
     for (;;) {
-        int64_t rc = recv_step(c, out, cap, keep_fds);
+        int64_t rc = step(c, out, cap, arg);
         if (rc != -EAGAIN || timeout_ns == 0)
             return rc;
         if (spinning) {
@@ -1007,6 +1010,18 @@ int64_t fi_chan_recv(fi_chan *c, char *out, size_t cap, int keep_fds, int64_t ti
     }
 }
 
+static int64_t recv_one_step(fi_chan *c, char *out, size_t cap, size_t keep_fds)
+{
+    return recv_step(c, out, cap, keep_fds != 0);
+}
+
+int64_t fi_chan_recv(fi_chan *c, char *out, size_t cap, int keep_fds, int64_t timeout_ns)
+{
+    if (!c)
+        return -EBADF;
+    return recv_waiting(c, recv_one_step, out, cap, (size_t)(keep_fds != 0), timeout_ns);
+}
+
 int64_t fi_chan_recv_batch(fi_chan *c, char *out, size_t cap, size_t max_count,
                            int64_t timeout_ns)
 {
@@ -1014,19 +1029,5 @@ int64_t fi_chan_recv_batch(fi_chan *c, char *out, size_t cap, size_t max_count,
         return -EBADF;
     if (max_count == 0)
         return -EINVAL;
-    int64_t deadline = deadline_of(timeout_ns), until = 0;
-    int spinning = timeout_ns != 0 && spin_end(c, deadline, &until);
-    for (;;) {
-        int64_t rc = recv_batch_step(c, out, cap, max_count);
-        if (rc != -EAGAIN || timeout_ns == 0)
-            return rc;
-        if (spinning) {
-            cpu_relax();
-            spinning = mono_ns() < until;
-            continue;
-        }
-        rc = wait_fd(c->fd, POLLIN, deadline);
-        if (rc)
-            return rc;
-    }
+    return recv_waiting(c, recv_batch_step, out, cap, max_count, timeout_ns);
 }
