@@ -864,7 +864,9 @@ int64_t fi_chan_buffered(fi_chan *c)
 {
     if (!c)
         return 0;
-    return (int64_t)(c->rend - c->rpos) + (c->rx_active ? 1 : 0) + c->nsets + c->nlast;
+    /* A mapped area counts: the peer's next descriptors point into it. */
+    return (int64_t)(c->rend - c->rpos) + (c->rx_active ? 1 : 0) + c->nsets + c->nlast +
+           (c->rx_area ? 1 : 0);
 }
 
 void fi_chan_rx_move(fi_chan *c, char *out) { c->rx_out = out; }

@@ -190,7 +190,8 @@ int64_t fi_chan_next_len(fi_chan *c);
 int64_t fi_chan_rx_partial(fi_chan *c);
 
 /* Bytes received but not yet delivered, plus 1 per fd set or partial frame
- * held: non-zero if anything received waits in this handle. */
+ * held and 1 for a mapped hand-off area: non-zero if anything received
+ * lives in this handle (so the channel cannot move to another process). */
 int64_t fi_chan_buffered(fi_chan *c);
 
 /* Tell the handle that the partial frame now continues in `out` (the caller

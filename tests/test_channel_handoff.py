@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import array
+import ctypes
 import os
 import threading
 import time
@@ -200,3 +202,40 @@ def test_bad_hand_off_settings_are_refused_by_name(
     with pytest.raises(error, match=text):
         listen(sock_url, **kwargs)
     assert not os.path.exists(sock_url[len("unix://") :])
+
+
+def test_a_channel_that_mapped_the_peers_area_refuses_to_be_passed() -> None:
+    # A process it went to would not have the area the peer's next
+    # descriptors point into.
+    from multiprocessing.reduction import ForkingPickler
+
+    a, b = Channel.pair(handoff_min=4096, handoff_area=1 << 16)
+    with a, b:
+        ForkingPickler.dumps(a)  # a sent through its own area: its peer has it, fine
+        ForkingPickler.dumps(b)  # b has received nothing yet
+        a.send(payload(1, 10_000))
+        assert b.recv(timeout=5) == payload(1, 10_000)
+        with pytest.raises(ValueError, match="hand-off area"):
+            ForkingPickler.dumps(b)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda data: array.array("b", data),
+        lambda data: memoryview(bytearray(data)).cast("c"),
+        lambda data: (ctypes.c_char * len(data)).from_buffer_copy(data),
+    ],
+    ids=["array-b", "memoryview-c", "ctypes-char"],
+)
+def test_byte_buffers_of_any_one_byte_format_are_sent_and_received_into(make: Any) -> None:
+    a, b = Channel.pair(handoff_min=4096, handoff_area=1 << 16)
+    with a, b:
+        for n in (100, 10_000):  # through the socket, then through the area
+            msg = payload(n, n)
+            a.send(make(msg), timeout=5)
+            assert b.recv(timeout=5) == msg
+            a.send(msg, timeout=5)
+            dst = make(bytes(n))
+            assert b.recv_into(dst, timeout=5) == n
+            assert bytes(memoryview(dst).cast("B")) == msg

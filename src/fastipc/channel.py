@@ -368,7 +368,8 @@ class Channel:
         # Only multiprocessing's pickler can carry the socket (it dups the fd).
         if self._buffered():
             raise ValueError(
-                "cannot pass a channel that already buffered received bytes to another process"
+                "cannot pass a channel that already buffered received bytes, or mapped the "
+                "peer's hand-off area, to another process"
             )
         handoff = (self.handoff_min, self.handoff_area)
         return (_rebuild, (self._socket(), self.name, self.max_message, handoff))

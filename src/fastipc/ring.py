@@ -92,7 +92,9 @@ def check_buffer(data: object, what: str = "message") -> memoryview:
         raise TypeError(f"{what} must be a bytes-like object, not {type(data).__name__}") from None
     if not mv.c_contiguous:
         raise TypeError(f"{what} must be a C-contiguous buffer")
-    if mv.ndim != 1 or mv.itemsize != 1:
+    if mv.format != "B" or mv.ndim != 1:
+        # Also for one-byte formats ('b', 'c'): slice assignment between
+        # views of different formats raises, so every view is made 'B'.
         mv = mv.cast("B")
     return mv
 

@@ -110,7 +110,14 @@ class PythonChannel(Channel):
         self._big = None
 
     def _buffered(self) -> bool:
-        return self._rend > self._rpos or self._big is not None or bool(self._sets)
+        # A mapped area counts: the peer's next descriptors point into it,
+        # and a process the channel is passed to would not have it.
+        return (
+            self._rend > self._rpos
+            or self._big is not None
+            or bool(self._sets)
+            or self._rx_area is not None
+        )
 
     def pending(self) -> bool:
         self._socket()
@@ -515,7 +522,7 @@ def _writable(buffer: Any) -> memoryview:
         raise TypeError(f"recv_into needs a writable buffer, not {type(buffer).__name__}")
     if not mv.c_contiguous:
         raise TypeError("recv_into needs a C-contiguous buffer")
-    return mv.cast("B") if mv.ndim != 1 or mv.itemsize != 1 else mv
+    return mv.cast("B") if mv.ndim != 1 or mv.format != "B" else mv
 
 
 def _close_all(fds: list[int]) -> None:
