@@ -248,6 +248,17 @@ int64_t fi_chan_send_batch(fi_chan *c, const char *blob, size_t len, int64_t tim
  * another buffer (see fi_chan_rx_move). */
 int64_t fi_chan_recv(fi_chan *c, char *out, size_t cap, int keep_fds, int64_t timeout_ns);
 
+/* Lend the next message in place if it came through the hand-off area: *ptr
+ * gets its bytes (read-only: the peer's memory), the length is returned.
+ * Its room stays taken, and later receives keep theirs, until
+ * fi_chan_release_view. -ENOMSG the next message is not a hand-off (take it
+ * with fi_chan_recv), -EBUSY a view is already lent. */
+int64_t fi_chan_recv_view(fi_chan *c, const char **ptr, int64_t timeout_ns);
+
+/* Let go of the lent message (and of any area the peer replaced meanwhile).
+ * -EINVAL none is lent. */
+int fi_chan_release_view(fi_chan *c);
+
 /* Move up to max_count buffered frames into out[0:cap] as a marshal list of
  * bytes (marshal.loads reads it), reading the socket once if none is
  * complete; closes fds that came with them; returns the bytes written.

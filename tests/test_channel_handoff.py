@@ -239,3 +239,66 @@ def test_byte_buffers_of_any_one_byte_format_are_sent_and_received_into(make: An
             dst = make(bytes(n))
             assert b.recv_into(dst, timeout=5) == n
             assert bytes(memoryview(dst).cast("B")) == msg
+
+
+def test_recv_view_lends_a_handed_off_message_in_place_until_the_block_exits() -> None:
+    a, b = Channel.pair(handoff_min=4096, handoff_area=1 << 16)
+    with a, b:
+        big = payload(1, 40_000)
+        a.send(big)
+        with b.recv_view(timeout=5) as v:
+            assert v.readonly and v.nbytes == len(big) and v == big
+            # Its room stays taken: 40 KB of a 64 KB area, so the next
+            # 30 KB message cannot fit and comes through the socket, intact.
+            a.send(payload(2, 30_000), timeout=5)
+            assert b.recv(timeout=5) == payload(2, 30_000)
+            assert v == big, "the lent message was not overwritten"
+        with pytest.raises(ValueError):
+            v[0]  # released at the end of the block
+        # Room is back: messages keep flowing through the area.
+        for i in range(10):
+            a.send(payload(i, 30_000), timeout=5)
+            with b.recv_view(timeout=5) as v:
+                assert v == payload(i, 30_000)
+
+
+def test_recv_view_of_a_message_that_came_through_the_socket_is_a_view_of_a_copy() -> None:
+    a, b = Channel.pair(handoff_min=4096, handoff_area=1 << 16)
+    with a, b:
+        a.send(b"small")
+        a.send(payload(3, 40_000), fds=[0])  # fds: never handed off
+        with b.recv_view(timeout=5) as v:
+            assert v.readonly and v == b"small"
+        with b.recv_view(timeout=5) as v:
+            assert v == payload(3, 40_000)
+        with pytest.raises(Timeout), b.recv_view(timeout=0.05):
+            pass
+
+
+def test_one_recv_view_at_a_time_and_closing_inside_the_block_is_safe(no_fd_leak: None) -> None:
+    a, b = Channel.pair(handoff_min=4096, handoff_area=1 << 16)
+    a.send(payload(1, 10_000))
+    a.send(payload(2, 10_000))
+    with b.recv_view(timeout=5) as v:
+        with pytest.raises(ValueError, match="already open"), b.recv_view(timeout=5):
+            pass
+        assert v == payload(1, 10_000)
+        b.close()
+    with pytest.raises(ValueError):
+        v[0]
+    a.close()
+    assert areas_mapped() == 0
+
+
+@pytest.mark.parametrize("peer", other_backends())
+def test_recv_view_takes_messages_from_a_peer_of_each_backend(
+    sock_url: str, kids: Any, peer: str
+) -> None:
+    with listen(sock_url) as lst:
+        proc, _ = kids.spawn("echo", sock_url, "single", backend=peer)
+        with lst.accept(timeout=10) as ch:
+            for i, n in enumerate([10, 100_000, MIB, 70_000, 3_000_000]):
+                ch.send(payload(i, n), timeout=30)
+                with ch.recv_view(timeout=30) as v:
+                    assert v == payload(i, n), f"{n} bytes"
+        assert kids.wait(proc, 20) == 0, kids.stderr(proc)

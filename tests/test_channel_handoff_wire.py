@@ -148,6 +148,31 @@ def test_a_hand_off_made_by_hand_is_delivered_by_every_receive_call_and_released
         a.close()
 
 
+def test_recv_view_reads_in_the_area_and_releases_when_the_block_exits(
+    no_fd_leak: None, raw_pair: tuple[socket.socket, Channel], area: Area
+) -> None:
+    s, ch = raw_pair
+    one, two, three = os.urandom(1000), os.urandom(2000), os.urandom(3000)
+    area.announce(s, one, 0, 1000)
+    with ch.recv_view(timeout=1) as v:
+        assert v == one
+        area.put(0, b"Z" * 1000)  # the sender's memory, seen in place
+        assert v == b"Z" * 1000
+        assert area.released() == 0, "lent, so not released yet"
+        area.send(s, two, 1000, 3000)
+        assert ch.recv(timeout=1) == two
+        assert area.released() == 0, "later receives wait for the view too"
+    assert area.released() == 3000
+    area.send(s, three, 3000, 6000)
+    with ch.recv_view(timeout=1) as v:
+        assert v == three
+    assert area.released() == 6000
+    s.sendall(frame(desc(area.data, 7000), BULK, length=1))
+    with pytest.raises(OSError, match="protocol error") as info, ch.recv_view(timeout=1):
+        pass
+    assert info.value.errno == errno.EBADMSG and ch.closed
+
+
 def test_the_receiver_stores_whatever_release_position_the_descriptor_names(
     raw_pair: tuple[socket.socket, Channel], area: Area
 ) -> None:

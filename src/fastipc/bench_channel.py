@@ -12,6 +12,9 @@ forked sender (or echo) process, so both sides use one backend. Figures:
              through the shared-memory hand-off (the default).
 ``mib1_socket`` the same with the hand-off off (``handoff_min=0``): through
              the kernel's socket buffers.
+``mib1_view`` the same messages taken with ``recv_view``: the receiver looks
+             at the first and last byte of each in place and copies nothing,
+             so the sender's one copy into the area is the only one.
 ``rtt64``    64-byte ping-pong; median and p99 round trip in microseconds, with
              the native receiver's brief spin before sleeping (FASTIPC_SPIN_US,
              default 20) and, as ``rtt64_nospin``, without it.
@@ -39,7 +42,7 @@ from typing import Any
 
 __all__ = ["format_rows", "main", "rows"]
 
-KINDS = ["msg64", "batch64", "mib1", "mib1_socket", "rtt64"]
+KINDS = ["msg64", "batch64", "mib1", "mib1_socket", "mib1_view", "rtt64"]
 PLAIN_KINDS = ["plain_msg64", "plain_batch64"]
 _HDR = struct.Struct("<II")
 _BATCH = 1000
@@ -96,7 +99,8 @@ def _child(kind: str, duration: float) -> dict[str, Any]:
     if kind.startswith("plain"):
         return _plain(kind, duration)
     a, b = Channel.pair(handoff_min=0) if kind == "mib1_socket" else Channel.pair()
-    kind = kind.replace("_socket", "")
+    view = kind == "mib1_view"
+    kind = kind.replace("_socket", "").replace("_view", "")
     pid = os.fork()
     if pid == 0:  # the sender / echo side
         a.close()
@@ -149,6 +153,19 @@ def _child(kind: str, duration: float) -> dict[str, Any]:
             try:
                 while True:
                     count += len(recv_many(4096))
+            except Closed:
+                pass
+        elif kind == "mib1" and view:
+            recv_view = a.recv_view
+            with recv_view() as v:
+                nbytes = v.nbytes
+            first = time.perf_counter()
+            try:
+                while True:
+                    with recv_view() as v:
+                        if v[0] != v[-1]:
+                            raise AssertionError("a 1 MiB message arrived damaged")
+                        nbytes += v.nbytes
             except Closed:
                 pass
         elif kind == "mib1":

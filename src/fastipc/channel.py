@@ -23,6 +23,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any, NoReturn, TypeVar, Union
 
 from .endpoints import Endpoint, parse
@@ -293,6 +294,21 @@ class Channel:
         Raises as :meth:`recv`, and OSError(ENOBUFS) naming MSG_CTRUNC if the
         message carried more fds than fit (the ones that came were closed;
         the message is consumed, the channel stays open).
+        """
+        raise NotImplementedError
+
+    def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
+        """Context manager yielding a read-only view of the next message, in place when it can.
+
+        A message that came through the shared-memory hand-off is not
+        copied: the view is the sender's area, and its room is given back
+        when the block exits (until then the sender has that much less room;
+        messages received inside the block keep theirs too). Any other
+        message is received as by :meth:`recv` and viewed. Do not keep the
+        view past the block (it is released there; closing the channel
+        inside the block is allowed). One view at a time: a second
+        ``recv_view`` inside the block raises ValueError. Raises as
+        :meth:`recv`.
         """
         raise NotImplementedError
 

@@ -6,7 +6,8 @@ import errno
 import marshal
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, NoReturn
 
 from .._native import ffi, lib
@@ -60,6 +61,7 @@ class NativeChannel(Channel):
     _bview: memoryview | None
     _big: bytes | None
     _bigp: Any
+    _view: memoryview | None
 
     def _setup(self) -> None:
         out = ffi.new("fi_chan **")
@@ -83,12 +85,20 @@ class NativeChannel(Channel):
         self._bview = None
         self._big = None
         self._bigp = None
+        self._view = None
 
     def _release(self) -> None:
         h = self._h
         self._h = ffi.NULL
         self._hf = ffi_fast.NULL
         self._big = self._bigp = None
+        view, self._view = self._view, None
+        if view is not None and not _release_view(view):
+            # A view into the peer's area is still exported (e.g. to numpy):
+            # unmapping it would turn its next read into a crash, so the
+            # handle (and its mapping) is left for the process's life.
+            ffi.gc(h, None)
+            return
         if h != ffi.NULL:
             ffi.release(h)  # fi_chan_free: closes fds nobody took
 
@@ -237,6 +247,34 @@ class NativeChannel(Channel):
         self._big = self._bigp = None
         return big
 
+    def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
+        return self._recv_view(timeout)
+
+    @contextmanager
+    def _recv_view(self, timeout: float | None) -> Iterator[memoryview]:
+        self._socket()
+        if self._view is not None:
+            raise ValueError(f"channel {self.name}: a recv_view is already open")
+        h, ptr = self._h, ffi.new("char **")
+        deadline = _deadline(timeout)
+        n = _wait(lambda t: lib.fi_chan_recv_view(h, ptr, t), deadline)
+        lent = n >= 0
+        if lent:
+            view = memoryview(ffi.buffer(ptr[0], n)).toreadonly()
+        elif n == -errno.ENOMSG:
+            left = None if deadline is None else max(0.0, (deadline - _monotonic_ns()) / 1e9)
+            view = memoryview(self.recv(left))
+        else:
+            self._recv_error(n)
+        self._view = view
+        try:
+            yield view
+        finally:
+            self._view = None
+            _release_view(view)
+            if lent and self._h != ffi.NULL:  # close() inside the block freed it all
+                lib.fi_chan_release_view(self._h)
+
     def recv_with_fds(self, timeout: float | None = None) -> tuple[bytes, list[int]]:
         if timeout is not None:
             timeout_ns(timeout)
@@ -329,6 +367,15 @@ class NativeChannel(Channel):
         if rc == -errno.EFBIG:
             length = int(lib.fi_chan_next_len(self._h))
         self._fail(-rc, length=length)
+
+
+def _release_view(view: memoryview) -> bool:
+    """Release ``view``; False if the caller still exports it (e.g. numpy)."""
+    try:
+        view.release()
+    except BufferError:
+        return False
+    return True
 
 
 def _cbuffer(data: Any, writable: bool = False) -> Any:

@@ -14,7 +14,8 @@ import select
 import socket
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, NoReturn
 
 from ..channel import (
@@ -73,6 +74,8 @@ class PythonChannel(Channel):
     _tx_area: SendArea | None
     _rx_area: ReceiveArea | None
     _rx_release: int  # release position to store once the message was copied out; -1 none
+    _view: memoryview | None  # the message lent by recv_view
+    _held_release: int  # release position stored when that view goes; -1 none
 
     def _setup(self) -> None:
         self._rbuf = bytearray(RECV_BUFFER)
@@ -96,8 +99,13 @@ class PythonChannel(Channel):
         self._ancbuf = socket.CMSG_SPACE(MAX_FDS * 4)
         self._tx_area = self._rx_area = None
         self._rx_release = -1
+        self._view = None
+        self._held_release = -1
 
     def _release(self) -> None:
+        view, self._view = self._view, None
+        if view is not None:
+            _release_view(view)  # if still exported, the mapping stays (see _unmap)
         for area in (self._tx_area, self._rx_area):
             if area is not None:
                 area.close()
@@ -431,10 +439,15 @@ class PythonChannel(Channel):
         return view
 
     def _copied(self) -> None:
-        """The message :meth:`_frame` returned was copied out: free its room in the area."""
-        if self._rx_release >= 0 and self._rx_area is not None:
-            self._rx_area.release(self._rx_release)
-        self._rx_release = -1
+        """The message :meth:`_frame` returned was copied out: free its room in the area
+        (once the view recv_view lent goes, if one is out)."""
+        rel, self._rx_release = self._rx_release, -1
+        if rel < 0 or self._rx_area is None:
+            return
+        if self._view is not None:
+            self._held_release = rel
+        else:
+            self._rx_area.release(rel)
 
     def _finish_big(self, keep: bool) -> tuple[Any, list[int]]:
         big = self._big
@@ -463,6 +476,33 @@ class PythonChannel(Channel):
         out = bytes(data)
         self._copied()
         return out
+
+    def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
+        return self._recv_view(timeout)
+
+    @contextmanager
+    def _recv_view(self, timeout: float | None) -> Iterator[memoryview]:
+        self._socket()
+        if self._view is not None:
+            raise ValueError(f"channel {self.name}: a recv_view is already open")
+        data, _ = self._frame(self.max_message, False, self._deadline(timeout))
+        lent = self._rx_release >= 0
+        area = self._rx_area
+        if lent:
+            view = data.toreadonly()  # in place in the peer's area
+            self._held_release, self._rx_release = self._rx_release, -1
+        else:
+            view = memoryview(bytes(data))  # the receive buffer is reused
+        self._view = view
+        try:
+            yield view
+        finally:
+            self._view = None
+            _release_view(view)
+            rel, self._held_release = self._held_release, -1
+            # Not after close() or a replaced area: that room is nobody's now.
+            if lent and rel >= 0 and area is not None and area is self._rx_area:
+                area.release(rel)
 
     def recv_with_fds(self, timeout: float | None = None) -> tuple[bytes, list[int]]:
         data, fds = self._frame(self.max_message, True, self._deadline(timeout))
@@ -523,6 +563,13 @@ def _writable(buffer: Any) -> memoryview:
     if not mv.c_contiguous:
         raise TypeError("recv_into needs a C-contiguous buffer")
     return mv.cast("B") if mv.ndim != 1 or mv.format != "B" else mv
+
+
+def _release_view(view: memoryview) -> None:
+    try:
+        view.release()
+    except BufferError:
+        pass  # the caller still exports it (e.g. numpy); it must not be used now
 
 
 def _close_all(fds: list[int]) -> None:
