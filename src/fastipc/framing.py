@@ -128,11 +128,15 @@ class LengthDecoder:
                     f"frame header announces {length} bytes, over max_message ({limit} bytes)"
                 )
             elif flags & ~self.allowed_flags:
-                what = (
-                    "fds attached (flag bit 0), which this stream does not take"
-                    if flags == FRAME_FDS
-                    else f"unknown flag bits {flags:#x}"
-                )
+                if flags == FRAME_FDS:
+                    what = "fds attached (flag bit 0), which this stream does not take"
+                elif flags & ~self.allowed_flags & (FRAME_BULK | FRAME_AREA):
+                    what = (
+                        f"flags {flags:#x}: a Channel's shared-memory hand-off, which this "
+                        "stream does not take (make that Channel with handoff_min=0)"
+                    )
+                else:
+                    what = f"unknown flag bits {flags:#x}"
                 self.error = FramingError(f"frame header has {what}")
             if self.error is not None:
                 self._buf = bytearray()
