@@ -676,7 +676,10 @@ static int area_create(fi_chan *c)
     int fd = (int)syscall(SYS_memfd_create, "fastipc-channel", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0)
         return -errno;
-    if (ftruncate(fd, (off_t)n) ||
+    /* fallocate takes the pages now: where memory is short it fails here
+     * (and the channel keeps to the socket) instead of a later write into
+     * a page shmem cannot supply raising SIGBUS. */
+    if (ftruncate(fd, (off_t)n) || fallocate(fd, 0, 0, (off_t)n) ||
         fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)) {
         int rc = -errno;
         close(fd);

@@ -19,6 +19,7 @@ from _channel_util import (  # noqa: F401
     sock_url_fixture,
 )
 from _channel_workers import payload
+from conftest import run_python
 
 from fastipc import Channel, Closed, Timeout, listen
 
@@ -302,3 +303,25 @@ def test_recv_view_takes_messages_from_a_peer_of_each_backend(
                 with ch.recv_view(timeout=30) as v:
                     assert v == payload(i, n), f"{n} bytes"
         assert kids.wait(proc, 20) == 0, kids.stderr(proc)
+
+
+def test_where_no_area_can_be_made_large_messages_go_through_the_socket() -> None:
+    # RLIMIT_FSIZE caps the memfd's size too: making the area fails with
+    # EFBIG (SIGXFSZ ignored), and the channel must keep to the socket.
+    out = run_python(
+        """
+import os, resource, signal, threading
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+from fastipc import Channel
+a, b = Channel.pair()
+msg = os.urandom(1 << 20)
+t = threading.Thread(target=lambda: [a.send(msg, timeout=10) for _ in range(3)])
+t.start()
+ok = all(b.recv(timeout=10) == msg for _ in range(3))
+t.join()
+maps = open("/proc/self/maps").read().count("memfd:fastipc-channel")
+print(ok, maps)
+"""
+    )
+    assert out.stdout.split() == ["True", "0"], out.stderr

@@ -117,7 +117,9 @@ class Channel:
     max_message: int
     #: The endpoint (path, @name or description) used in error messages.
     name: str
-    #: Messages sent of at least this many bytes go through shared memory (0: never).
+    #: Messages sent of at least this many bytes go through shared memory (0:
+    #: never), as set; a channel that cannot make its area (no memfd, no
+    #: memory) or whose peer writes nonsense into it sends inline regardless.
     handoff_min: int
     #: Size in bytes of this end's hand-off area.
     handoff_area: int

@@ -93,6 +93,9 @@ class SendArea:
         fd = os.memfd_create("fastipc-channel", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, AREA_HEADER + size)
+            # Take the pages now: short of memory this fails here, not as a
+            # SIGBUS on a later write into a page shmem cannot supply.
+            os.posix_fallocate(fd, 0, AREA_HEADER + size)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
             self._map = _map(fd, AREA_HEADER + size)
         except BaseException:

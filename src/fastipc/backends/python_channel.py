@@ -72,6 +72,7 @@ class PythonChannel(Channel):
     _fd: int
     _ancbuf: int
     _tx_area: SendArea | None
+    _no_area: bool  # making the send area failed once: never try again
     _rx_area: ReceiveArea | None
     _rx_release: int  # release position to store once the message was copied out; -1 none
     _view: memoryview | None  # the message lent by recv_view
@@ -98,6 +99,7 @@ class PythonChannel(Channel):
         self._wpoll.register(self._fd, select.POLLOUT)
         self._ancbuf = socket.CMSG_SPACE(MAX_FDS * 4)
         self._tx_area = self._rx_area = None
+        self._no_area = False
         self._rx_release = -1
         self._view = None
         self._held_release = -1
@@ -203,15 +205,14 @@ class PythonChannel(Channel):
             return None
         area = self._tx_area
         if area is None:
+            if self._no_area:
+                return None
             try:
                 area = self._tx_area = SendArea(self.handoff_area)
             except OSError:
-                self.handoff_min = 0  # e.g. no memfd here: inline from now on
+                self._no_area = True  # e.g. no memfd or no memory here: inline from now on
                 return None
-        if not area.usable:
-            self.handoff_min = 0
-            return None
-        return area
+        return area if area.usable else None
 
     def send_many(self, buffers: Iterable[Any], timeout: float | None = None) -> int:
         sock = self._socket()
