@@ -907,13 +907,6 @@ int fi_chan_set_handoff(fi_chan *c, size_t min_len, size_t area_size)
     return 0;
 }
 
-int64_t fi_chan_handoff_area(fi_chan *c, int receiving)
-{
-    if (!c)
-        return -EBADF;
-    return (int64_t)(receiving ? c->rx_data : c->tx_area ? c->tx_data : 0);
-}
-
 void fi_chan_set_scratch(fi_chan *c, char *buf, size_t cap)
 {
     c->scratch = buf;

@@ -171,10 +171,6 @@ void fi_chan_set_spin(fi_chan *c, int64_t spin_ns);
  * 2 * min_len or over 1 GiB; -EBUSY another size once the area exists. */
 int fi_chan_set_handoff(fi_chan *c, size_t min_len, size_t area_size);
 
-/* Data bytes of the area this handle receives through (receiving=1, the
- * peer's) or sends through (0); 0 if none yet. */
-int64_t fi_chan_handoff_area(fi_chan *c, int receiving);
-
 /* Lend the handle a buffer for fi_chan_try_recv1; the caller keeps it alive. */
 void fi_chan_set_scratch(fi_chan *c, char *buf, size_t cap);
 

@@ -123,6 +123,8 @@ class Channel:
     handoff_min: int
     #: Size in bytes of this end's hand-off area.
     handoff_area: int
+    #: The view recv_view has lent, while its block runs.
+    _view: memoryview | None
     _sock: socket.socket | None
 
     def __init__(self, *_: object) -> None:
@@ -312,6 +314,13 @@ class Channel:
         ``recv_view`` inside the block raises ValueError. Raises as
         :meth:`recv`.
         """
+        self._socket()
+        if self._view is not None:
+            raise ValueError(f"channel {self.name}: a recv_view is already open")
+        return self._recv_view(timeout)
+
+    def _recv_view(self, timeout: float | None) -> AbstractContextManager[memoryview]:
+        """The backend's recv_view: sets ``_view`` to the view while the block runs."""
         raise NotImplementedError
 
     def pending(self) -> bool:

@@ -99,6 +99,16 @@ def check_buffer(data: object, what: str = "message") -> memoryview:
     return mv
 
 
+def release_view(view: memoryview) -> bool:
+    """Release a view lent by a ``with`` block; False if the caller still exports
+    it (e.g. to numpy), which leaves it alive: it must not be used past the block."""
+    try:
+        view.release()
+    except BufferError:
+        return False
+    return True
+
+
 class Ring:
     """A named ring of variable-length messages in shared memory.
 

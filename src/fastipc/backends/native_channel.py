@@ -7,7 +7,7 @@ import marshal
 import os
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from .._native import ffi, lib
@@ -15,7 +15,7 @@ from .._native_fast import ffi as ffi_fast
 from .._native_fast import lib as lib_fast
 from ..channel import MAX_FDS, RECV_BUFFER, Channel, FdLike, validate_fds, validate_max_count
 from ..errors import Closed, Timeout
-from ..ring import check_buffer, timeout_ns
+from ..ring import check_buffer, release_view, timeout_ns
 from ._blocking import deadline as _deadline
 from ._blocking import wait as _wait
 from .native_ring import SPIN_NS  # importing native_ring also checks the .so's version
@@ -61,7 +61,6 @@ class NativeChannel(Channel):
     _bview: memoryview | None
     _big: bytes | None
     _bigp: Any
-    _view: memoryview | None
 
     def _setup(self) -> None:
         out = ffi.new("fi_chan **")
@@ -93,7 +92,7 @@ class NativeChannel(Channel):
         self._hf = ffi_fast.NULL
         self._big = self._bigp = None
         view, self._view = self._view, None
-        if view is not None and not _release_view(view):
+        if view is not None and not release_view(view):
             # A view into the peer's area is still exported (e.g. to numpy):
             # unmapping it would turn its next read into a crash, so the
             # handle (and its mapping) is left for the process's life.
@@ -247,14 +246,8 @@ class NativeChannel(Channel):
         self._big = self._bigp = None
         return big
 
-    def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
-        return self._recv_view(timeout)
-
     @contextmanager
     def _recv_view(self, timeout: float | None) -> Iterator[memoryview]:
-        self._socket()
-        if self._view is not None:
-            raise ValueError(f"channel {self.name}: a recv_view is already open")
         h, ptr = self._h, ffi.new("char **")
         deadline = _deadline(timeout)
         n = _wait(lambda t: lib.fi_chan_recv_view(h, ptr, t), deadline)
@@ -271,7 +264,7 @@ class NativeChannel(Channel):
             yield view
         finally:
             self._view = None
-            _release_view(view)
+            release_view(view)
             if lent and self._h != ffi.NULL:  # close() inside the block freed it all
                 lib.fi_chan_release_view(self._h)
 
@@ -367,15 +360,6 @@ class NativeChannel(Channel):
         if rc == -errno.EFBIG:
             length = int(lib.fi_chan_next_len(self._h))
         self._fail(-rc, length=length)
-
-
-def _release_view(view: memoryview) -> bool:
-    """Release ``view``; False if the caller still exports it (e.g. numpy)."""
-    try:
-        view.release()
-    except BufferError:
-        return False
-    return True
 
 
 def _cbuffer(data: Any, writable: bool = False) -> Any:

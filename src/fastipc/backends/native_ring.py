@@ -15,7 +15,7 @@ from .._native_fast import ffi as ffi_fast
 from .._native_fast import lib as lib_fast
 from .._version import __version__
 from ..errors import Closed, IncompatibleSegment, MessageTooLarge, Timeout
-from ..ring import Ring, check_buffer, incompatible, segment_path, timeout_ns
+from ..ring import Ring, check_buffer, incompatible, release_view, segment_path, timeout_ns
 from ._blocking import SLICE_NS as _SLICE_NS
 from ._blocking import deadline as _deadline
 from ._blocking import wait as _wait
@@ -309,12 +309,12 @@ class NativeRing(Ring):
         try:
             yield view
         except BaseException:
-            _release_view(view)
+            release_view(view)
             if not self.closed:
                 self._holding = False
                 lib.fi_ring_abort(h)
             raise
-        _release_view(view)
+        release_view(view)
         if self.closed:
             raise ValueError(f"ring {self.name!r} was closed inside reserve(); nothing was sent")
         self._holding = False
@@ -332,17 +332,10 @@ class NativeRing(Ring):
         try:
             yield view
         finally:
-            _release_view(view)
+            release_view(view)
             if not self.closed:  # close() already let the consumer side go
                 self._holding = False
                 lib.fi_ring_release(h)
-
-
-def _release_view(view: memoryview) -> None:
-    try:
-        view.release()
-    except BufferError:
-        pass  # the caller still exports it (e.g. numpy); it must not be used now
 
 
 def _cbuffer(data: Any, writable: bool = False) -> Any:

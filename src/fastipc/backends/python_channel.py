@@ -15,7 +15,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from ..channel import (
@@ -30,7 +30,7 @@ from ..channel import (
 from ..errors import Timeout
 from ..framing import CHANNEL_FLAGS, FRAME_AREA, FRAME_BULK, FRAME_FDS, HEADER
 from ..handoff import WAIT_NS, ReceiveArea, SendArea
-from ..ring import check_buffer, timeout_ns
+from ..ring import check_buffer, release_view, timeout_ns
 
 __all__ = ["PythonChannel"]
 
@@ -75,7 +75,6 @@ class PythonChannel(Channel):
     _no_area: bool  # making the send area failed once: never try again
     _rx_area: ReceiveArea | None
     _rx_release: int  # release position to store once the message was copied out; -1 none
-    _view: memoryview | None  # the message lent by recv_view
     _held_release: int  # release position stored when that view goes; -1 none
 
     def _setup(self) -> None:
@@ -107,7 +106,7 @@ class PythonChannel(Channel):
     def _release(self) -> None:
         view, self._view = self._view, None
         if view is not None:
-            _release_view(view)  # if still exported, the mapping stays (see _unmap)
+            release_view(view)  # if still exported, the mapping stays (see _unmap)
         for area in (self._tx_area, self._rx_area):
             if area is not None:
                 area.close()
@@ -478,14 +477,8 @@ class PythonChannel(Channel):
         self._copied()
         return out
 
-    def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
-        return self._recv_view(timeout)
-
     @contextmanager
     def _recv_view(self, timeout: float | None) -> Iterator[memoryview]:
-        self._socket()
-        if self._view is not None:
-            raise ValueError(f"channel {self.name}: a recv_view is already open")
         data, _ = self._frame(self.max_message, False, self._deadline(timeout))
         lent = self._rx_release >= 0
         area = self._rx_area
@@ -499,7 +492,7 @@ class PythonChannel(Channel):
             yield view
         finally:
             self._view = None
-            _release_view(view)
+            release_view(view)
             rel, self._held_release = self._held_release, -1
             # Not after close() or a replaced area: that room is nobody's now.
             if lent and rel >= 0 and area is not None and area is self._rx_area:
@@ -564,13 +557,6 @@ def _writable(buffer: Any) -> memoryview:
     if not mv.c_contiguous:
         raise TypeError("recv_into needs a C-contiguous buffer")
     return mv.cast("B") if mv.ndim != 1 or mv.format != "B" else mv
-
-
-def _release_view(view: memoryview) -> None:
-    try:
-        view.release()
-    except BufferError:
-        pass  # the caller still exports it (e.g. numpy); it must not be used now
 
 
 def _close_all(fds: list[int]) -> None:

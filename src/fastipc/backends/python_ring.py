@@ -78,6 +78,7 @@ from ..ring import (
     Ring,
     check_buffer,
     incompatible,
+    release_view,
     segment_path,
     semaphore_paths,
     timeout_ns,
@@ -172,13 +173,6 @@ def _check_count(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
     return value
-
-
-def _release(view: memoryview) -> None:
-    try:
-        view.release()
-    except BufferError:
-        pass  # the caller exported the view past its block; it lives until they drop it
 
 
 class PythonRing(Ring):
@@ -729,7 +723,7 @@ class PythonRing(Ring):
                 try:
                     yield view
                 finally:
-                    _release(view)
+                    release_view(view)
                     if self._closed:
                         self._close_mapping()
                 # Only reached on a normal exit: an exception skips the commit (discarded).
@@ -875,8 +869,8 @@ class PythonRing(Ring):
                 try:
                     yield view
                 finally:
-                    _release(view)
-                    _release(raw)
+                    release_view(view)
+                    release_view(raw)
                     if self._closed:
                         # close() inside the block gave up the consumer side: the
                         # message stays for the next consumer.
