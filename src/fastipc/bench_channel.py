@@ -19,6 +19,15 @@ forked sender (or echo) process, so both sides use one backend. Figures:
              the native receiver's brief spin before sleeping (FASTIPC_SPIN_US,
              default 20) and, as ``rtt64_nospin``, without it.
 
+One figure measures the machine, not fastipc, so that the 1 MiB rows can be
+read against what its memory gives in the same run (backend ``machine``):
+
+``copy1``    1 MiB copies in one process into a 4 MiB area in turn
+             (``memoryview`` slice assignment: one memcpy each). No 1 MiB row
+             can beat it: ``mib1_view``'s sender makes one such copy per
+             message, ``mib1`` adds the receiver's copy on the other core.
+             ``benchmarks/handoff_ceiling.py`` measures the two-process bound.
+
 The ``plain`` rows are a pure-Python length-prefixed loop on a raw socket,
 what a careful Python programmer writes without fastipc: the sender joins 1000
 frames into one ``sendall``, the receiver ``recv_into``s 1 MiB chunks and
@@ -40,10 +49,11 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["format_rows", "main", "rows"]
+__all__ = ["format_rows", "main", "rows", "run_figure"]
 
 KINDS = ["msg64", "batch64", "mib1", "mib1_socket", "mib1_view", "rtt64"]
 PLAIN_KINDS = ["plain_msg64", "plain_batch64"]
+MACHINE_KINDS = ["copy1"]
 _HDR = struct.Struct("<II")
 _BATCH = 1000
 
@@ -55,22 +65,32 @@ def rows(
     out = []
     for kind in KINDS:
         for backend in backends:
-            out.append(_run(kind, backend, duration))
+            out.append(run_figure(kind, backend, duration))
     if "native" in backends:
-        row = _run("rtt64", "native", duration, {"FASTIPC_SPIN_US": "0"})
+        row = run_figure("rtt64", "native", duration, {"FASTIPC_SPIN_US": "0"})
         row["kind"] = "rtt64_nospin"
         out.append(row)
     for kind in PLAIN_KINDS:
-        out.append(_run(kind, "plain", duration))
+        out.append(run_figure(kind, "plain", duration))
+    for kind in MACHINE_KINDS:
+        out.append(run_figure(kind, "machine", duration))
     return out
 
 
-def _run(
+def run_figure(
     kind: str, backend: str, duration: float, extra_env: dict[str, str] | None = None
 ) -> dict[str, Any]:
+    """Measure one figure (a ``KINDS``, ``PLAIN_KINDS`` or ``MACHINE_KINDS`` name) for ``duration`` seconds.
+
+    ``backend`` is "native" or "python" (for the ``plain`` and ``machine``
+    kinds any other label; they do not use fastipc's backends). The figure
+    runs in a fresh process with ``extra_env`` added to its environment.
+    Returns the figure's dict (``gb_s``, ``msgs_s`` or ``median_us``/``p99_us``,
+    plus ``kind`` and ``backend``), or one with ``error`` if the process failed.
+    """
     env = dict(os.environ)
     env.update(extra_env or {})
-    env["FASTIPC_BACKEND"] = "python" if backend == "plain" else backend
+    env["FASTIPC_BACKEND"] = backend if backend in ("native", "python") else "python"
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_parent, env.get("PYTHONPATH")]))
     proc = subprocess.run(
@@ -98,6 +118,8 @@ def _child(kind: str, duration: float) -> dict[str, Any]:
 
     if kind.startswith("plain"):
         return _plain(kind, duration)
+    if kind == "copy1":
+        return _copy1(duration)
     a, b = Channel.pair(handoff_min=0) if kind == "mib1_socket" else Channel.pair()
     view = kind == "mib1_view"
     kind = kind.replace("_socket", "").replace("_view", "")
@@ -273,6 +295,21 @@ def _plain(kind: str, duration: float) -> dict[str, Any]:
     s.close()
     os.waitpid(pid, 0)
     return {"msgs_s": count / took if took else 0.0}
+
+
+def _copy1(duration: float) -> dict[str, Any]:
+    """1 MiB memcpys in one process, into a 4 MiB area in turn as the hand-off's sender does."""
+    src = b"M" * (1 << 20)
+    area = memoryview(bytearray(4 << 20))
+    slots = [area[i << 20 : (i + 1) << 20] for i in range(4)]
+    count = 0
+    t0 = time.perf_counter()
+    end = t0 + duration
+    while time.perf_counter() < end:
+        for dst in slots:
+            dst[:] = src
+        count += 4
+    return {"gb_s": count * (1 << 20) / (time.perf_counter() - t0) / 1e9}
 
 
 def format_rows(results: list[dict[str, Any]]) -> str:
