@@ -14,10 +14,14 @@ Each round measures, seconds apart, in an order that rotates each round:
 ``mib1_view``     ``Channel.recv_view`` of the same messages.
 ``copy1``         1 MiB memcpys in one process (one core's copy rate).
 
-and prints per figure the median and range over the rounds, and the median
-of the per-round ratios mib1 / ceiling_copy and mib1_view / ceiling_view: on a
-machine whose speed drifts (this 2-vCPU VM moves 3-6x within seconds, the
-ceiling too), a ratio taken within one round is the fair comparison.
+and prints per figure the median, best and range over the rounds, then for
+mib1 / ceiling_copy and mib1_view / ceiling_view the median of the per-round
+ratios and the ratio of the bests. On this 2-vCPU VM the figures drift 3-6x
+within seconds, the C loop's too (its copy mode drops to 4-10 GB/s for
+seconds at a time, as often as fastipc's figures do, and not in the same
+rounds): interference only ever slows a run down, so the best of several
+rounds is the fairer estimate of what each can do, and the ratio of bests
+the fairer comparison; the per-round ratio is shown for the record.
 
     python benchmarks/handoff_ceiling.py [--repeat 7] [--duration 1.0] [--backend native|python]
 
@@ -117,16 +121,20 @@ def main() -> int:
                 flush=True,
             )
 
-    print(f"| figure ({args.backend}) | GB/s, median | range |")
-    print("|---|---|---|")
+    print(f"| figure ({args.backend}, {args.repeat} rounds) | GB/s, median | best | range |")
+    print("|---|---|---|---|")
     for f in FIGURES:
         v = got[f]
-        print(f"| {f} | {statistics.median(v):.1f} | {min(v):.1f}-{max(v):.1f} |")
+        print(f"| {f} | {statistics.median(v):.1f} | {max(v):.1f} | {min(v):.1f}-{max(v):.1f} |")
     print()
-    print("| ratio within a round | median | range |")
-    print("|---|---|---|")
-    for name, v in ratios.items():
-        print(f"| {name} | {statistics.median(v):.2f} | {min(v):.2f}-{max(v):.2f} |")
+    print("| ratio | of the bests | per round, median | per round, range |")
+    print("|---|---|---|---|")
+    for a, b in RATIOS:
+        v = ratios[f"{a} / {b}"]
+        best = max(got[a]) / max(got[b]) if max(got[b]) else 0.0
+        print(
+            f"| {a} / {b} | {best:.2f} | {statistics.median(v):.2f} | {min(v):.2f}-{max(v):.2f} |"
+        )
     return 0
 
 
