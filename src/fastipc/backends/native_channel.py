@@ -110,11 +110,24 @@ class NativeChannel(Channel):
 
     # ---- send -----------------------------------------------------------
     def send(self, data: Any, fds: Iterable[FdLike] = (), timeout: float | None = None) -> None:
-        if type(data) is bytes and not fds and timeout is None and len(data) <= _GIL_SEND_MAX:
-            rc = _try_send(self._hf, data, len(data))
-            if rc == 0:
+        # Everything that may leave half a frame in the handle runs inside
+        # this try: a signal handler that raises (Ctrl-C) runs between any two
+        # bytecodes, also right after a C call that wrote part of the frame,
+        # and a later send must then not continue that frame with its own
+        # bytes (tests/test_channel_interrupt.py caught exactly that).
+        try:
+            if (
+                type(data) is bytes
+                and not fds
+                and timeout is None
+                and len(data) <= _GIL_SEND_MAX
+                and _try_send(self._hf, data, len(data)) == 0
+            ):
                 return
-        self._send_slow(data, fds, timeout)
+            self._send_slow(data, fds, timeout)
+        except BaseException:
+            self._abandon_send()
+            raise
 
     def _send_slow(self, data: Any, fds: Iterable[FdLike], timeout: float | None) -> None:
         self._socket()
@@ -150,13 +163,17 @@ class NativeChannel(Channel):
         except ValueError:
             blob = b""
         total = len(items)
-        if blob and timeout is None:
-            rc = _try_send_batch(hf, blob, len(blob), 0)
-            if rc == total:
-                return total
-        else:
-            rc = -errno.EINVAL
-        return self._send_many_slow(rc, items, blob, timeout)
+        try:  # as in send: no half frame may outlive an exception
+            if blob and timeout is None:
+                rc = _try_send_batch(hf, blob, len(blob), 0)
+                if rc == total:
+                    return total
+            else:
+                rc = -errno.EINVAL
+            return self._send_many_slow(rc, items, blob, timeout)
+        except BaseException:
+            self._abandon_send()
+            raise
 
     def _send_many_slow(self, rc: int, items: list[Any], blob: bytes, timeout: float | None) -> int:
         self._socket()

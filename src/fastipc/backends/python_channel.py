@@ -180,20 +180,30 @@ class PythonChannel(Channel):
         head = _pack(n, flags)
         anc = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fdl))] if fdl else []
         total, done = 8 + body.nbytes, 0
+        # A signal handler that raises (Ctrl-C) can run right after sendmsg
+        # returned, before `done` counts what it wrote: while `unsure`, bytes
+        # may have gone out uncounted, so an exception then closes the channel
+        # too rather than let the next send splice a new frame onto a torn one.
+        unsure = False
         try:
             while done < total:
                 iov: list[Any] = [head[done:], body] if done < 8 else [body[done - 8 :]]
                 try:
+                    unsure = True
                     done += sock.sendmsg(iov, anc if done == 0 else [], _SEND_FLAGS)
+                    unsure = False
                 except (BlockingIOError, InterruptedError):
+                    unsure = False
                     self._wait(select.POLLOUT, deadline)
                 except (BrokenPipeError, ConnectionResetError):
+                    unsure = False  # sendmsg raised: it wrote nothing
                     self._closed_send()
                 except OSError as exc:
+                    unsure = False
                     raise OSError(exc.errno, exc.strerror, self.name) from None
         except BaseException:
-            if 0 < done < total:
-                self.close()  # half a frame went out: the stream cannot be resynchronised
+            if unsure or 0 < done < total:
+                self.close()  # part of a frame may have gone out: the stream cannot be resynchronised
             raise
         if flags & FRAME_AREA and area is not None:
             area.announced()
@@ -222,6 +232,7 @@ class PythonChannel(Channel):
                 self._too_large(mv.nbytes, f"send_many item {i}", "; nothing was sent")
         heads = [_pack(mv.nbytes, 0) for mv in items]
         sent, done = 0, 0  # whole frames sent; bytes of frame `sent` sent
+        unsure = False
         total = len(items)
         try:
             while sent < total:
@@ -235,13 +246,17 @@ class PythonChannel(Channel):
                     else:
                         iov.append(items[k][skip - 8 :])
                 try:
+                    unsure = True  # as in send: written bytes not yet counted
                     w = sock.sendmsg(iov, [], _SEND_FLAGS)
                 except (BlockingIOError, InterruptedError):
+                    unsure = False
                     self._wait(select.POLLOUT, deadline)
                     continue
                 except (BrokenPipeError, ConnectionResetError):
+                    unsure = False  # sendmsg raised: it wrote nothing
                     self._closed_send()
                 except OSError as exc:
+                    unsure = False
                     raise OSError(exc.errno, exc.strerror, self.name) from None
                 while w > 0:
                     rest = 8 + items[sent].nbytes - done
@@ -251,9 +266,10 @@ class PythonChannel(Channel):
                     w -= rest
                     done = 0
                     sent += 1
+                unsure = False
         except BaseException as exc:
-            if done:
-                self.close()  # half a frame went out: the stream cannot be resynchronised
+            if done or unsure:
+                self.close()  # part of a frame may have gone out: the stream cannot be resynchronised
             if isinstance(exc, Timeout):
                 raise Timeout(str(exc), sent=sent) from None
             raise

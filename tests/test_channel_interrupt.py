@@ -1,0 +1,173 @@
+"""A signal handler that raises may interrupt a send at any instant; no damaged message may ever arrive.
+
+A forked sender sends messages of 1-200 KB while a timer raises an exception
+in it every 200 µs; after each interruption it goes on with the next message,
+as a program that catches KeyboardInterrupt and carries on would. The
+receiver checks every message it gets whole and intact, in order. An
+interruption after part of a frame went out may close the channel (the
+stream cannot be resynchronised), which ends that round (a new pair is
+made for the next); it must never let a later message be spliced onto the
+torn one. The Ring gets the same treatment; it has no torn state to close
+over (a message is published whole or not at all), so its one round runs
+for the whole time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import fastipc
+from fastipc import Channel, Closed, Ring, Timeout
+
+DURATION = 2.0  # seconds of interrupted sending per case
+_SEQ = struct.Struct("<Q")
+
+
+class Interrupted(Exception):
+    pass
+
+
+def message(seq: int) -> bytes:
+    size = 1000 + (seq * 7919) % 200_000
+    return _SEQ.pack(seq) + bytes([seq % 251]) * (size - 8)
+
+
+_armed = [False]  # raise only inside a send: the harness's own loop must not be hit
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    if _armed[0]:
+        _armed[0] = False
+        raise Interrupted
+
+
+def _sender(ch: Channel | Ring, duration: float) -> tuple[int, int]:
+    sent = interrupted = 0
+    seq = 0
+    signal.signal(signal.SIGALRM, _interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+    end = time.monotonic() + duration
+    while time.monotonic() < end:
+        msg = message(seq)
+        seq += 1
+        try:
+            _armed[0] = True
+            ch.send(msg)
+            _armed[0] = False
+            sent += 1
+        except Interrupted:
+            interrupted += 1
+        except (Closed, ValueError):
+            _armed[0] = False
+            break  # closed after a torn frame: allowed, and the end of the run
+    signal.setitimer(signal.ITIMER_REAL, 0, 0)
+    return sent, interrupted
+
+
+def _run_sender(
+    send_side: Callable[[], tuple[int, int]],
+    recv: Callable[[], bytes],
+    close_parent: Callable[[], None],
+) -> tuple[int, int, int]:
+    """Fork a child running ``send_side()`` -> (sent, interrupted); take every message with ``recv``.
+
+    ``close_parent`` drops the parent's copy of what the child sends on.
+    Returns (sent, interrupted, received) after checking each message and
+    the counts.
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            sent, interrupted = send_side()
+            os.write(w, f"{sent} {interrupted}".encode())
+            code = 0
+        except BaseException:  # noqa: BLE001 - report and exit without unwinding pytest
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    close_parent()
+    os.close(w)
+    got, last = 0, -1
+    try:
+        while True:
+            try:
+                msg = recv()
+            except Closed:
+                break
+            except Timeout:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail(f"the sender stopped sending after {got} messages (hung?)")
+            seq = _SEQ.unpack_from(msg)[0]
+            assert seq > last, f"message {seq} after {last}: out of order or repeated"
+            assert msg == message(seq), f"message {seq} arrived damaged ({len(msg)} bytes)"
+            last = seq
+            got += 1
+    finally:
+        _, status = os.waitpid(pid, 0)
+        stats = os.read(r, 100).decode().split()
+        os.close(r)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"sender died: {status}"
+    sent, interrupted = map(int, stats)
+    # A message whose send was interrupted after it had gone out whole
+    # arrives without being counted as sent.
+    assert sent <= got <= sent + interrupted, f"{sent} sends completed, {got} messages arrived"
+    return sent, interrupted, got
+
+
+def _channel_round(handoff_min: int, duration: float) -> tuple[int, int, int]:
+    """One sender process on a fresh pair until its channel closes or ``duration`` s pass."""
+    a, b = Channel.pair(handoff_min=handoff_min)
+
+    def send_side() -> tuple[int, int]:
+        b.close()
+        with a:
+            return _sender(a, duration)
+
+    try:
+        return _run_sender(send_side, lambda: b.recv(timeout=30), a.close)
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("handoff_min", [0, 65536], ids=["socket", "handoff"])
+def test_interrupted_sends_never_damage_the_stream(handoff_min: int) -> None:
+    end = time.monotonic() + DURATION
+    rounds = interrupted = got = 0
+    while time.monotonic() < end:
+        _, n_int, n_got = _channel_round(handoff_min, max(0.05, end - time.monotonic()))
+        rounds += 1
+        interrupted += n_int
+        got += n_got
+    assert interrupted > 0, "the timer never interrupted a send: the test proved nothing"
+    assert got > 0, "no message arrived at all"
+
+
+def test_interrupted_sends_never_damage_a_ring(make_ring: Any, ring_name: str) -> None:
+    if fastipc.BACKEND == "python":
+        # Found by this test, not fixed yet: the python Ring backend takes
+        # threading locks (the per-handle call lock, the state lock) in
+        # steps a raising signal handler can split, and a handle so
+        # interrupted can hang its next call. Reported in the issue notes.
+        pytest.skip("python Ring backend: a raising signal handler can leave a handle lock held")
+    ring = make_ring(1 << 20)
+
+    def send_side() -> tuple[int, int]:
+        with Ring.open(ring_name) as mine:
+            counts = _sender(mine, DURATION)
+            mine.shutdown()
+        return counts
+
+    _, interrupted, _ = _run_sender(send_side, lambda: ring.recv(timeout=30), lambda: None)
+    assert interrupted > 0, "the timer never interrupted a send: the test proved nothing"
