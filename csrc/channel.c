@@ -945,7 +945,7 @@ int64_t fi_chan_next_len(fi_chan *c)
     return len;
 }
 
-int64_t fi_chan_rx_partial(fi_chan *c) { return c && c->rx_active ? (int64_t)c->rx_done : 0; }
+int64_t fi_chan_rx_partial(fi_chan *c) { return c && c->rx_active ? (int64_t)c->rx_done : -1; }
 
 int64_t fi_chan_buffered(fi_chan *c)
 {
@@ -956,7 +956,14 @@ int64_t fi_chan_buffered(fi_chan *c)
            (c->rx_area ? 1 : 0);
 }
 
-void fi_chan_rx_move(fi_chan *c, char *out) { c->rx_out = out; }
+int fi_chan_rx_adopt(fi_chan *c, const char *from, char *to)
+{
+    if (!c || !c->rx_active || c->rx_out != from)
+        return 0;
+    memcpy(to, from, c->rx_done);
+    c->rx_out = to;
+    return 1;
+}
 
 int64_t fi_chan_tx_partial(fi_chan *c) { return c ? (int64_t)c->tx_done : 0; }
 

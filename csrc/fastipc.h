@@ -182,7 +182,8 @@ int fi_chan_pending(fi_chan *c);
 int64_t fi_chan_next_len(fi_chan *c);
 
 /* Payload bytes of the current frame already read into the buffer a receive
- * was given (a large frame read straight into its destination), 0 if none. */
+ * was given (a large frame read straight into its destination; 0 and up),
+ * -1 if no frame is being read that way. */
 int64_t fi_chan_rx_partial(fi_chan *c);
 
 /* Bytes received but not yet delivered, plus 1 per fd set or partial frame
@@ -190,9 +191,10 @@ int64_t fi_chan_rx_partial(fi_chan *c);
  * lives in this handle (so the channel cannot move to another process). */
 int64_t fi_chan_buffered(fi_chan *c);
 
-/* Tell the handle that the partial frame now continues in `out` (the caller
- * copied the fi_chan_rx_partial bytes already read there). */
-void fi_chan_rx_move(fi_chan *c, char *out);
+/* If the partial frame is being read into `from`, copy what came so far to
+ * `to` (room for the whole frame: fi_chan_next_len bytes) and continue it
+ * there; return 1. Return 0 (and change nothing) if it is not. */
+int fi_chan_rx_adopt(fi_chan *c, const char *from, char *to);
 
 /* Bytes of the frame being sent that already went out, and frames of the
  * current batch completely sent; fi_chan_tx_reset forgets both (call it
@@ -241,7 +243,7 @@ int64_t fi_chan_send_batch(fi_chan *c, const char *blob, size_t len, int64_t tim
  * than 64 KiB (or half the receive buffer) is read straight into out. keep_fds: keep
  * the frame's fds for fi_chan_take_fds (else they are closed). -EMSGSIZE
  * longer than cap (it stays), -EINPROGRESS a frame is partly read into
- * another buffer (see fi_chan_rx_move). */
+ * another buffer (see fi_chan_rx_adopt). */
 int64_t fi_chan_recv(fi_chan *c, char *out, size_t cap, int keep_fds, int64_t timeout_ns);
 
 /* Lend the next message in place if it came through the hand-off area: *ptr

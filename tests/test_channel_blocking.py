@@ -145,6 +145,30 @@ def test_recv_into_timing_out_midway_keeps_the_part_read() -> None:
         sender.join()
 
 
+def test_recv_into_timing_out_after_only_the_header_leaves_no_claim_on_the_buffer() -> None:
+    # The header of a long frame came, none of its payload: the receive that
+    # times out has read nothing into the caller's buffer yet, but is set to
+    # read there. The next receive, into another buffer, must get the
+    # message whole (it once failed with EINPROGRESS for good).
+    s, t = socket.socketpair()
+    ch = Channel.from_socket(t)
+    big = os.urandom(300_000)
+    with ch, s:
+        s.sendall(struct.pack("<II", len(big), 0))
+        first = bytearray(len(big))
+        with pytest.raises(Timeout):
+            ch.recv_into(first, timeout=0.1)
+        sender = threading.Thread(target=s.sendall, args=(big,))
+        sender.start()
+        other = bytearray(len(big))
+        try:
+            assert ch.recv_into(other, timeout=5) == len(big)
+        finally:
+            sender.join(10)
+        assert other == big
+        assert first == bytes(len(big))  # nothing was written to the abandoned buffer
+
+
 @pytest.mark.parametrize("what", ["recv", "recv_many", "recv_into", "send"])
 def test_ctrl_c_interrupts_a_blocked_call_within_half_a_second(
     sock_url: str, kids: Any, what: str

@@ -171,3 +171,90 @@ def test_interrupted_sends_never_damage_a_ring(make_ring: Any, ring_name: str) -
 
     _, interrupted, _ = _run_sender(send_side, lambda: ring.recv(timeout=30), lambda: None)
     assert interrupted > 0, "the timer never interrupted a send: the test proved nothing"
+
+
+RECEIVERS: dict[str, Callable[[Channel, bytearray], list[bytes]]] = {
+    "recv": lambda ch, buf: [ch.recv(timeout=30)],
+    "recv_into": lambda ch, buf: [bytes(buf[: ch.recv_into(buf, timeout=30)])],
+    "recv_many": lambda ch, buf: ch.recv_many(16, timeout=30),
+    "recv_with_fds": lambda ch, buf: [ch.recv_with_fds(timeout=30)[0]],
+}
+
+
+@pytest.mark.parametrize("how", sorted(RECEIVERS))
+@pytest.mark.parametrize("handoff_min", [0, 65536], ids=["socket", "handoff"])
+def test_interrupted_receives_damage_nothing(how: str, handoff_min: int) -> None:
+    """The receiver is interrupted every 200 µs and carries on: messages still arrive whole, once, in order."""
+    if fastipc.BACKEND == "python":
+        # Found by this test, not fixed: the python backend updates its
+        # receive state in several bytecodes after recvmsg returns, and an
+        # exception between them loses bytes of the stream (seen as a
+        # protocol error that closes the channel). Reported in the issue notes.
+        pytest.skip("python backend: a raising signal handler can desynchronise a receive")
+    a, b = Channel.pair(handoff_min=handoff_min)
+    count = 3000
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            b.close()
+            with a:
+                for seq in range(count):
+                    a.send(message(seq) if seq % 3 else _SEQ.pack(seq) + b"s" * 56)
+                a.shutdown("write")
+            code = 0
+        finally:
+            os._exit(code)
+    a.close()
+    receive = RECEIVERS[how]
+    # Raise only while fastipc's own code runs: an exception in this test's
+    # code just after a receive returned would drop a message the library
+    # did deliver (as it would with any function returning data).
+    pkg = os.path.dirname(fastipc.__file__) + os.sep
+
+    def interrupt_in_fastipc(signum: int, frame: Any) -> None:
+        if _armed[0] and frame is not None and frame.f_code.co_filename.startswith(pkg):
+            _armed[0] = False
+            raise Interrupted
+
+    buf = bytearray(256 * 1024)
+    got: list[bytes] = []
+    interrupted = 0
+    signal.signal(signal.SIGALRM, interrupt_in_fastipc)
+    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+    try:
+        while True:
+            try:
+                _armed[0] = True
+                msgs = receive(b, buf)
+                _armed[0] = False
+            except Interrupted:
+                interrupted += 1
+                continue
+            except Closed:
+                _armed[0] = False
+                break
+            got.extend(msgs)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        _armed[0] = False
+        b.close()
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"sender died: {status}"
+    assert interrupted > 0, "the timer never interrupted a receive: the test proved nothing"
+    last = -1
+    for msg in got:
+        seq = _SEQ.unpack_from(msg)[0]
+        assert seq > last, f"message {seq} after {last}: out of order or repeated"
+        want = message(seq) if seq % 3 else _SEQ.pack(seq) + b"s" * 56
+        assert msg == want, f"message {seq} arrived damaged ({len(msg)} bytes)"
+        last = seq
+    # A message is lost only when the exception ends the very receive that
+    # took it, after C handed it over and before Python returned it (as with
+    # any call returning data): at most what one call returns per interruption.
+    lost = count - len(got)
+    per_call = 16 if how == "recv_many" else 1
+    assert 0 <= lost <= interrupted * per_call, (
+        f"{lost} of {count} messages lost, {interrupted} interruptions"
+    )

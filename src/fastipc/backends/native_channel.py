@@ -248,6 +248,7 @@ class NativeChannel(Channel):
             return self._sbuf[:rc]  # type: ignore[no-any-return]
         if rc != _EMSGSIZE and rc != _EINPROGRESS:
             self._recv_error(rc)
+        self._drop_stale_big()
         if self._big is None:
             n = lib.fi_chan_next_len(h)
             if n < 0:
@@ -301,6 +302,7 @@ class NativeChannel(Channel):
         buf = _cbuffer(buffer, writable=True)
         size = len(buf)
         h = self._h
+        self._drop_stale_big()
         if self._big is not None:
             # A message was left half-read into our own buffer: finish it there.
             if len(self._big) > size:
@@ -308,35 +310,52 @@ class NativeChannel(Channel):
             data = self._recv_slow(_EINPROGRESS, timeout, 0)
             ffi.memmove(buf, data, len(data))
             return len(data)
-        rc = _try_recv(self._hf, buf, size, 0, 0)
-        if rc >= 0:
-            return rc  # type: ignore[no-any-return]
-        if rc == _EAGAIN and timeout != 0:
-            try:
+        # From the first C call on, C may be reading a long message straight
+        # into the caller's buffer; whatever ends this call early (a timeout,
+        # an error, a signal handler raising between any two bytecodes)
+        # moves that progress into a buffer of our own, since the caller's
+        # may be gone by the next receive.
+        try:
+            rc = _try_recv(self._hf, buf, size, 0, 0)
+            if rc >= 0:
+                return rc  # type: ignore[no-any-return]
+            if rc == _EAGAIN and timeout != 0:
                 rc = _wait(lambda t: lib.fi_chan_recv(h, buf, size, 0, t), _deadline(timeout))
-            except BaseException:
-                self._adopt_partial(buf)
-                raise
-        if rc >= 0:
-            return rc  # type: ignore[no-any-return]
-        if rc == _EMSGSIZE:
-            self._dst_too_small(lib.fi_chan_next_len(h), size)
-        self._adopt_partial(buf)
-        self._recv_error(rc)
+            if rc >= 0:
+                return rc  # type: ignore[no-any-return]
+            if rc == _EMSGSIZE:
+                self._dst_too_small(lib.fi_chan_next_len(h), size)
+            self._recv_error(rc)
+        except BaseException:
+            self._adopt_partial(buf)
+            raise
+
+    def _drop_stale_big(self) -> None:
+        """Forget our long-message buffer if C is not reading into it.
+
+        That happens when the receive that made it was cut short before C
+        started on it, or after C finished it (the message then went to a
+        receive that an exception ended before it could return it).
+        """
+        if self._big is not None and lib.fi_chan_rx_partial(self._h) < 0:
+            self._big = self._bigp = None
 
     def _adopt_partial(self, buf: Any) -> None:
-        """recv_into gives up while a long message is half-read into the caller's buffer:
-        move what came into a buffer of our own, where the next receive finishes it."""
+        """A receive into the caller's ``buf`` ends early while a long message is partly
+        read into it: continue that message in a buffer of our own, for the next receive."""
         h = self._h
-        if h == ffi.NULL:
+        if h == ffi.NULL or self._big is not None or lib.fi_chan_rx_partial(h) < 0:
             return
-        done = lib.fi_chan_rx_partial(h)
-        if done <= 0:
-            return
+        # Held by self before C is told to write there, so that nothing can
+        # leave C pointing into a freed object.
         self._big = bytes(lib.fi_chan_next_len(h))
         self._bigp = _from_buffer(self._big)
-        ffi.memmove(self._bigp, buf, done)
-        lib.fi_chan_rx_move(h, self._bigp)
+        if not lib.fi_chan_rx_adopt(h, buf, self._bigp):
+            # C is partway into a buffer this call was not given: one an
+            # earlier receive, itself interrupted twice, failed to take over.
+            # Its bytes cannot be vouched for, so the stream is lost.
+            self._big = self._bigp = None
+            self.close()
 
     def _dst_too_small(self, need: int, size: int) -> NoReturn:
         self._fail(
