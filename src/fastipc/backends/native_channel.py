@@ -302,7 +302,8 @@ class NativeChannel(Channel):
         buf = _cbuffer(buffer, writable=True)
         size = len(buf)
         h = self._h
-        self._drop_stale_big()
+        if self._big is not None:
+            self._drop_stale_big()
         if self._big is not None:
             # A message was left half-read into our own buffer: finish it there.
             if len(self._big) > size:
