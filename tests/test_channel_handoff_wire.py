@@ -384,24 +384,17 @@ def _write_sealed() -> list[int]:
     return [area_fd(4096, seals=SEALED | fcntl.F_SEAL_WRITE)]
 
 
-def _read_only() -> list[int]:
+def _reopened(flags: int) -> list[int]:
+    """A good area, passed as a new descriptor of it opened with ``flags``."""
     fd = area_fd(4096)
     try:
-        return [os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)]
+        return [os.open(f"/proc/self/fd/{fd}", flags | os.O_CLOEXEC)]
     finally:
         os.close(fd)
 
 
 def _future_write_sealed() -> list[int]:
     return [area_fd(4096, seals=SEALED | F_SEAL_FUTURE_WRITE)]
-
-
-def _o_path() -> list[int]:
-    fd = area_fd(4096)
-    try:
-        return [os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)]
-    finally:
-        os.close(fd)
 
 
 def _two_areas() -> list[int]:
@@ -425,8 +418,8 @@ NOT_AN_AREA: dict[str, Callable[[], list[int]]] = {
     "wrong-magic": _wrong_magic,
     "sealed-against-writing": _write_sealed,
     "sealed-against-future-writes": _future_write_sealed,
-    "read-only-fd": _read_only,
-    "o-path-fd": _o_path,
+    "read-only-fd": lambda: _reopened(os.O_RDONLY),
+    "o-path-fd": lambda: _reopened(os.O_PATH),
     "two-fds": _two_areas,
     "no-fd": _none,
 }

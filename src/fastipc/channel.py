@@ -22,8 +22,8 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, NoReturn, TypeVar, Union
 
 from .endpoints import Endpoint, parse
@@ -33,7 +33,7 @@ from .framing import (
     validate_max_message,
 )
 from .handoff import DEFAULT_HANDOFF_AREA, DEFAULT_HANDOFF_MIN, validate_handoff
-from .ring import timeout_ns
+from .ring import release_view, timeout_ns
 from .socket_file import backlog_option, bind_unix, connect_unix, mode_option, remove_if_ours
 
 __all__ = ["DEFAULT_MAX_MESSAGE", "MAX_FDS", "Channel", "Listener", "listen"]
@@ -321,10 +321,22 @@ class Channel:
         self._socket()
         if self._view is not None:
             raise ValueError(f"channel {self.name}: a recv_view is already open")
-        return self._recv_view(timeout)
+        return self._lend_view(timeout)
 
-    def _recv_view(self, timeout: float | None) -> AbstractContextManager[memoryview]:
-        """The backend's recv_view: sets ``_view`` to the view while the block runs."""
+    @contextmanager
+    def _lend_view(self, timeout: float | None) -> Iterator[memoryview]:
+        view, give_back = self._take_view(timeout)
+        self._view = view
+        try:
+            yield view
+        finally:
+            self._view = None
+            release_view(view)
+            give_back()
+
+    def _take_view(self, timeout: float | None) -> tuple[memoryview, Callable[[], None]]:
+        """The backend's part of recv_view: the next message's view, and the call that
+        gives its room back (and that of messages received meanwhile) when the block ends."""
         raise NotImplementedError
 
     def pending(self) -> bool:

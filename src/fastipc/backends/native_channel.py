@@ -6,8 +6,7 @@ import errno
 import marshal
 import os
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 from .._native import ffi, lib
@@ -264,27 +263,20 @@ class NativeChannel(Channel):
         self._big = self._bigp = None
         return big
 
-    @contextmanager
-    def _recv_view(self, timeout: float | None) -> Iterator[memoryview]:
+    def _take_view(self, timeout: float | None) -> tuple[memoryview, Callable[[], None]]:
         h, ptr = self._h, ffi.new("char **")
         deadline = _deadline(timeout)
         n = _wait(lambda t: lib.fi_chan_recv_view(h, ptr, t), deadline)
-        lent = n >= 0
-        if lent:
-            view = memoryview(ffi.buffer(ptr[0], n)).toreadonly()
-        elif n == -errno.ENOMSG:
+        if n >= 0:
+            return memoryview(ffi.buffer(ptr[0], n)).toreadonly(), self._release_lent
+        if n == -errno.ENOMSG:
             left = None if deadline is None else max(0.0, (deadline - _monotonic_ns()) / 1e9)
-            view = memoryview(self.recv(left))
-        else:
-            self._recv_error(n)
-        self._view = view
-        try:
-            yield view
-        finally:
-            self._view = None
-            release_view(view)
-            if lent and self._h != ffi.NULL:  # close() inside the block freed it all
-                lib.fi_chan_release_view(self._h)
+            return memoryview(self.recv(left)), _nothing
+        self._recv_error(n)
+
+    def _release_lent(self) -> None:
+        if self._h != ffi.NULL:  # close() inside the block freed it all
+            lib.fi_chan_release_view(self._h)
 
     def recv_with_fds(self, timeout: float | None = None) -> tuple[bytes, list[int]]:
         if timeout is not None:
@@ -397,6 +389,10 @@ class NativeChannel(Channel):
         if rc == -errno.EFBIG:
             length = int(lib.fi_chan_next_len(self._h))
         self._fail(-rc, length=length)
+
+
+def _nothing() -> None:
+    """Giving back the room of a message viewed from a copy: there is none."""
 
 
 def _cbuffer(data: Any, writable: bool = False) -> Any:

@@ -14,8 +14,7 @@ import select
 import socket
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 from ..channel import (
@@ -493,26 +492,23 @@ class PythonChannel(Channel):
         self._copied()
         return out
 
-    @contextmanager
-    def _recv_view(self, timeout: float | None) -> Iterator[memoryview]:
+    def _take_view(self, timeout: float | None) -> tuple[memoryview, Callable[[], None]]:
         data, _ = self._frame(self.max_message, False, self._deadline(timeout))
-        lent = self._rx_release >= 0
         area = self._rx_area
-        if lent:
+        if self._rx_release >= 0:
             view = data.toreadonly()  # in place in the peer's area
             self._held_release, self._rx_release = self._rx_release, -1
         else:
             view = memoryview(bytes(data))  # the receive buffer is reused
-        self._view = view
-        try:
-            yield view
-        finally:
-            self._view = None
-            release_view(view)
+
+        def give_back() -> None:
+            # Its room, and that of messages received inside the block.
             rel, self._held_release = self._held_release, -1
             # Not after close() or a replaced area: that room is nobody's now.
-            if lent and rel >= 0 and area is not None and area is self._rx_area:
+            if rel >= 0 and area is not None and area is self._rx_area:
                 area.release(rel)
+
+        return view, give_back
 
     def recv_with_fds(self, timeout: float | None = None) -> tuple[bytes, list[int]]:
         data, fds = self._frame(self.max_message, True, self._deadline(timeout))
