@@ -265,6 +265,11 @@ class NativeChannel(Channel):
 
     def _take_view(self, timeout: float | None) -> tuple[memoryview, Callable[[], None]]:
         h, ptr = self._h, ffi.new("char **")
+        # No view is out (recv_view checked), yet C may still hold one: an
+        # exception (a signal handler raising) between C lending it and the
+        # block starting drops the view unseen. Let it go, or every later
+        # recv_view would fail with EBUSY and the area's room never return.
+        lib.fi_chan_release_view(h)  # -EINVAL, harmless, when none is held
         deadline = _deadline(timeout)
         n = _wait(lambda t: lib.fi_chan_recv_view(h, ptr, t), deadline)
         if n >= 0:
