@@ -377,6 +377,14 @@ def _add_serve(sub: Any) -> None:
     )
     _add_max_message(p)
     p.add_argument(
+        "--max-buffered",
+        type=_positive_int,
+        metavar="BYTES",
+        help="bytes held for all stream clients together (partial messages and queued "
+        "replies); past it the client holding the most is closed "
+        "(default 256 MiB, or twice --max-message if larger)",
+    )
+    p.add_argument(
         "--idle-timeout",
         type=_seconds,
         default=300.0,
@@ -436,6 +444,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 max_clients=args.max_clients,
                 max_message=args.max_message,
                 idle_timeout=args.idle_timeout or None,
+                max_buffered=args.max_buffered,
             )
         except KeyboardInterrupt:
             return 0

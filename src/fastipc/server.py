@@ -31,7 +31,16 @@ from .endpoints import Endpoint, parse
 from .errors import FastIPCError
 from .framing import DEFAULT_MAX_MESSAGE, validate_max_message
 
-__all__ = ["FRAMINGS", "Handler", "Limits", "Peer", "Server", "Source", "serve"]
+__all__ = [
+    "DEFAULT_MAX_BUFFERED",
+    "FRAMINGS",
+    "Handler",
+    "Limits",
+    "Peer",
+    "Server",
+    "Source",
+    "serve",
+]
 
 log = logging.getLogger("fastipc.server")
 
@@ -45,6 +54,10 @@ Handler = Callable[[bytes, "Peer"], Reply]
 FRAMINGS = ("raw", "length")
 #: Schemes :func:`serve` accepts.
 SERVED_SCHEMES = ("tcp", "unix", "udp", "unixgram", "mq", "fifo")
+#: The default budget (bytes) of client input held and output queued across
+#: all clients of a server (:attr:`Limits.max_buffered`), raised to twice
+#: ``max_message`` when that is larger.
+DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -58,8 +71,32 @@ class Limits:
     reader). ``idle_timeout``: seconds a stream client may go without
     completing a message (catches silent clients and slow-loris senders),
     None for never. ``backlog``: the kernel's queue of connections not yet
-    accepted. A server's memory is at most about ``max_clients * (max_message
-    + max_output + largest reply)``.
+    accepted.
+
+    ``max_buffered``: bytes the server holds for all its stream clients
+    together: the part of a length frame received so far (counted as it
+    arrives, never as the size its header announces) plus replies queued
+    for clients that do not read them fast enough. When a client's read or
+    a queued reply takes the total past it, the client holding the most is
+    cut off (logged at WARNING, naming it), then the next largest if still
+    over, so many clients each sending a little of a large message cannot
+    exhaust memory while honest small clients keep working. Default (None):
+    :data:`DEFAULT_MAX_BUFFERED` (256 MiB), or ``2 * max_message`` when
+    larger; after construction it is always an int. It must be at least
+    ``max_message`` (one whole message always fits).
+
+    The real bound on what a server holds for its clients is then about
+    ``max_buffered`` + 64 KiB (one read, or the one reply that crossed the
+    line) + the message being handled and its reply (up to ``max_message``
+    each, in the handler); per client it is ``max_message + max_output +
+    one reply``. Not counted: the kernel's socket buffers (outside the
+    process, per socket, capped by ``net.core.rmem_max``/``wmem_max``), a
+    FIFO source's one partial frame (at most ``max_message``), and the
+    allocator's slack (a growing buffer may hold up to about 1/8 more).
+    Raw framing holds no input between reads (one read is one message).
+
+    Raises ValueError for a value out of range or of the wrong type
+    (TypeError for a ``max_message`` that is not an int).
     """
 
     max_clients: int = 1024
@@ -67,6 +104,7 @@ class Limits:
     max_output: int = 16 * 1024 * 1024
     idle_timeout: float | None = 300.0
     backlog: int = 128
+    max_buffered: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_clients", "max_output", "backlog"):
@@ -79,6 +117,19 @@ class Limits:
             isinstance(idle, bool) or not isinstance(idle, (int, float)) or not idle > 0
         ):
             raise ValueError(f"idle_timeout must be a number of seconds > 0 or None, got {idle!r}")
+        budget = self.max_buffered
+        if budget is None:
+            # Frozen: fill in the default the way __init__ would have.
+            object.__setattr__(
+                self, "max_buffered", max(DEFAULT_MAX_BUFFERED, 2 * self.max_message)
+            )
+        elif isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"max_buffered must be an int >= 1 (bytes) or None, got {budget!r}")
+        elif budget < self.max_message:
+            raise ValueError(
+                f"max_buffered ({budget} bytes) must be at least max_message "
+                f"({self.max_message} bytes): one whole message must fit"
+            )
 
 
 class Peer:
@@ -95,6 +146,10 @@ class Peer:
     #: True for a stream connection (one client, closed on failure), False
     #: for the sender of a datagram or queue message.
     connected = False
+    #: Bytes the server holds for this client now (int): its partial input
+    #: plus its queued output; what :attr:`Limits.max_buffered` counts.
+    #: Always 0 for datagram and queue senders.
+    buffered = 0
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data`` (one message) to this client, queued if it cannot take it now.
@@ -164,6 +219,10 @@ class Server:
         self.selector = _selector()
         self._source: Source | None = None
         self._clients: set[Any] = set()
+        self._buffered = 0
+        budget = limits.max_buffered
+        assert budget is not None  # Limits fills in the default
+        self._budget: int = budget
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._soon: deque[Callable[[], None]] = deque()
         self._timer_seq = 0
@@ -190,6 +249,11 @@ class Server:
     def clients(self) -> int:
         """Stream clients connected now."""
         return len(self._clients)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for all clients now (partial input + queued output), what ``max_buffered`` caps."""
+        return self._buffered
 
     @property
     def closed(self) -> bool:
@@ -276,6 +340,33 @@ class Server:
 
     def remove_client(self, client: Any) -> None:
         self._clients.discard(client)
+
+    def account(self, delta: int) -> None:
+        """Add ``delta`` bytes (negative: released) to what clients hold; enforce ``max_buffered``.
+
+        A client calls it after changing its ``buffered`` by ``delta``. When
+        the total passes :attr:`Limits.max_buffered`, the clients holding
+        the most are cut off (``expire``), largest first, until it fits: the
+        caller itself may be one of them. Call it from the loop's thread.
+        """
+        self._buffered += delta
+        if delta > 0 and self._buffered > self._budget:
+            self._over_budget()
+
+    def _over_budget(self) -> None:
+        budget = self._budget
+        while self._buffered > budget:
+            victim = max(self._clients, key=_held, default=None)
+            if victim is None or victim.buffered <= 0:
+                return
+            before = self._buffered
+            victim.expire(
+                f"holds {victim.buffered} bytes ({victim.holding()}), the most of any "
+                f"client, and all clients together held {before} bytes, over "
+                f"max_buffered ({budget} bytes)"
+            )
+            if self._buffered >= before:
+                return  # nothing was freed: do not spin
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> None:
         """Run ``callback`` in the loop after ``delay`` seconds.
@@ -411,6 +502,11 @@ class Server:
             raise ValueError(f"server {self.address} is closed")
 
 
+def _held(client: Any) -> int:
+    held: int = client.buffered
+    return held
+
+
 def _sweep_interval(idle: float) -> float:
     return min(1.0, max(0.01, idle / 4))
 
@@ -431,6 +527,7 @@ def serve(
     max_output: int = 16 * 1024 * 1024,
     idle_timeout: float | None = 300.0,
     backlog: int | None = None,
+    max_buffered: int | None = None,
 ) -> Server:
     """Bind ``url`` and return a :class:`Server` that calls ``handler(message, peer)`` per message.
 
@@ -446,7 +543,9 @@ def serve(
     classic C peers and ``nc`` speak). FIFOs are always length-framed;
     datagrams and queue messages are messages already. The limits are
     described in :class:`Limits`; ``max_message`` defaults to 64 MiB (the
-    URL's ``?max_message=`` when given), ``backlog`` to 128 (``?backlog=``).
+    URL's ``?max_message=`` when given), ``backlog`` to 128 (``?backlog=``),
+    ``max_buffered`` (bytes held for all clients together) to 256 MiB or
+    twice ``max_message``, whichever is larger.
 
     Serving starts with :meth:`Server.start` or :meth:`Server.serve_forever`.
     Raises ValueError for a bad URL, framing or limit, OSError (naming the
@@ -467,6 +566,7 @@ def serve(
         max_output=max_output,
         idle_timeout=idle_timeout,
         backlog=backlog,
+        max_buffered=max_buffered,
     )
     from .transports import open_source
 

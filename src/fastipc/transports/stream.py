@@ -4,7 +4,9 @@ The server side reads what a client sends, cuts it into messages by the
 server's framing ("raw": one read is one message; "length": DESIGN.md
 frames), and queues replies without ever blocking the loop: a client that
 does not read gets its replies queued up to ``max_output`` bytes, then is
-cut off.
+cut off. What each client holds (its partial frame, its queued replies) is
+reported to the server as it changes, which keeps the total within
+``max_buffered`` (see :class:`~fastipc.server.Limits`).
 """
 
 from __future__ import annotations
@@ -183,6 +185,8 @@ class Connection(Peer):
         self._closing = False  # close once the output is sent
         self._reading = True
         self._desc: str | None = None
+        #: Bytes held for this client (partial input + queued output), as the server counts them.
+        self.buffered = 0
         server.add_client(self)
         server.selector.register(sock, _READ, self._on_ready)
         log.info("connect %s", self.describe())
@@ -243,6 +247,7 @@ class Connection(Peer):
             out.extend(rest)
             self._outbytes += size - sent
             self._set_events(_WRITE | (_READ if self._reading else 0))
+            self._account()  # may cut this client (or a larger one) off: max_buffered
             return
         # One reply is always queued whole; what piles up behind it is capped.
         if self._outbytes > self._max_output:
@@ -256,6 +261,7 @@ class Connection(Peer):
         else:
             out.extend(memoryview(p) for p in parts)
         self._outbytes += size
+        self._account()
 
     def close(self) -> None:
         if self._sock is None or self._closing:
@@ -279,6 +285,21 @@ class Connection(Peer):
     def shutdown_now(self, reason: str) -> None:
         self._finish(reason, quiet=True)
 
+    def holding(self) -> str:
+        """What :attr:`buffered` is made of, for a log line."""
+        dec = self._decoder
+        pending = dec.pending if dec is not None else 0
+        return f"{pending} of a partial message, {self._outbytes} of queued replies"
+
+    def _account(self) -> None:
+        """Tell the server how much this client holds now (it may cut off the largest holder)."""
+        dec = self._decoder
+        held = self._outbytes + (dec.pending if dec is not None else 0)
+        delta = held - self.buffered
+        if delta:
+            self.buffered = held
+            self._server.account(delta)
+
     # ---- the loop's callbacks ------------------------------------------------
     def _on_ready(self, mask: int) -> None:
         if mask & _WRITE:
@@ -300,7 +321,14 @@ class Connection(Peer):
             self._on_eof()
             return
         decoder = self._decoder
-        messages = [data] if decoder is None else decoder.feed(data)
+        if decoder is None:
+            messages = [data]
+        else:
+            messages = decoder.feed(data)
+            if decoder.pending != self.buffered - self._outbytes:
+                self._account()  # the partial frame grew or was used up
+                if self._sock is None:
+                    return  # cut off: it held the most, over max_buffered
         if messages and self._idle is not None:
             self.deadline = time.monotonic() + self._idle
         dispatch = self._server.dispatch
@@ -343,6 +371,8 @@ class Connection(Peer):
             self._outbytes -= sent
             if sent and self._idle is not None:
                 self.deadline = time.monotonic() + self._idle  # it reads: not idle
+            if sent:
+                self._account()
             while sent:
                 head = out[0]
                 if sent >= len(head):
@@ -386,7 +416,12 @@ class Connection(Peer):
         self._closing = False
         self._out.clear()
         self._outbytes = 0
+        if self._decoder is not None:
+            self._decoder.reset()  # free a partial frame now, not when this object goes
         server = self._server
+        if self.buffered:
+            server.account(-self.buffered)
+            self.buffered = 0
         try:
             server.selector.unregister(sock)
         except (KeyError, ValueError):
