@@ -21,7 +21,15 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from _abuse_util import Chatter, T, frame, raw_connect, wait_disconnected
+from _abuse_util import (  # noqa: F401
+    Chatter,
+    StartServer,
+    T,
+    frame,
+    raw_connect,
+    start_server_fixture,
+    wait_disconnected,
+)
 from _channel_util import sock_dir_fixture  # noqa: F401
 from conftest import child_env
 
@@ -173,6 +181,36 @@ def test_announced_sizes_are_not_counted_only_bytes_that_arrived(serve: object) 
         assert srv.clients == 21  # nobody was cut off
     for c in clients:
         c.close()
+
+
+def test_a_server_process_stays_within_its_budget_however_many_clients_hoard(
+    start_server: StartServer,
+) -> None:
+    budget = 16 * MiB
+    sp = start_server("unix", max_message=4 * MiB, max_buffered=budget, idle_timeout=60)
+    base = sp.status("VmHWM")
+    hoarders = []
+    with Chatter(sp.address) as good:
+        # 96 clients each send 1 MiB of an announced 4 MiB frame: 96 MiB if all were held.
+        for _ in range(96):
+            s = partial(sp.address, 4 * MiB, 0)
+            try:
+                s.sendall(b"h" * MiB)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # cut off while sending: it held the most
+            hoarders.append(s)
+        good.wait_answers(2)
+        # Each one left holds 1 MiB and its 8-byte header: at most 15 fit in 16 MiB.
+        sp.wait_log(r"WARNING dropping pid \d+ uid \d+: holds \d+ bytes.*max_buffered", count=81)
+        with fastipc.connect(sp.address, timeout=T) as fresh:
+            assert fresh.request(b"fresh", timeout=T) == b"re:fresh"
+    grown = sp.status("VmHWM") - base
+    for s in hoarders:
+        s.close()
+    # At most 16 MiB held at once (+ one 64 KiB read, allocator slack); 96 MiB without it.
+    assert grown < 48 * MiB, (
+        f"server peak RSS grew {grown >> 20} MiB with a {budget >> 20} MiB budget"
+    )
 
 
 # ---- queued output -----------------------------------------------------------------------

@@ -348,6 +348,7 @@ class Server:
         the total passes :attr:`Limits.max_buffered`, the clients holding
         the most are cut off (``expire``), largest first, until it fits: the
         caller itself may be one of them. Call it from the loop's thread.
+        Raises nothing; cut-off clients are logged at WARNING.
         """
         self._buffered += delta
         if delta > 0 and self._buffered > self._budget:
