@@ -12,6 +12,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -239,3 +240,189 @@ def procs() -> Iterator[object]:
         yield p
     finally:
         p.cleanup()
+
+
+# ---- the leak check (issue 10, "Leaks") ---------------------------------------------
+# After the session nothing fastipc made may be left: /dev/shm entries, POSIX
+# message queues, socket files in the temp dirs the tests use, and the test
+# process's fd count must be back where it started. Other sessions may run on
+# the same machine at once, so a new object counts as ours if its name carries
+# this process's pid (new_name() does) or if no live process holds it.
+_LEAK_NOTES: list[str] = []
+MQUEUE_DIR = "/dev/mqueue"
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _fastipc_shm() -> set[str]:
+    try:
+        return {os.path.join(SHM, f) for f in os.listdir(SHM) if "fastipc" in f}
+    except OSError:
+        return set()
+
+
+def _mqueue_mounted() -> str | None:
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 2 and parts[2] == "mqueue":
+                    return parts[1]
+    except OSError:
+        pass
+    return None
+
+
+def _mount_mqueue() -> str | None:
+    """Where the mqueue filesystem is mounted, mounting it at /dev/mqueue if we may; None if not."""
+    where = _mqueue_mounted()
+    if where is not None:
+        return where
+    if os.geteuid() != 0:
+        _LEAK_NOTES.append(
+            "leak check: the mqueue filesystem is not mounted and we are not root; only queues some "
+            "live process holds open (/proc/PID/fd) can be seen, an unlinked-never queue nobody holds cannot"
+        )
+        return None
+    try:
+        os.makedirs(MQUEUE_DIR, exist_ok=True)
+        proc = subprocess.run(
+            ["mount", "-t", "mqueue", "none", MQUEUE_DIR], capture_output=True, text=True, check=False
+        )
+    except OSError as exc:
+        proc = subprocess.CompletedProcess([], 1, "", str(exc))
+    if proc.returncode != 0:
+        _LEAK_NOTES.append(
+            f"leak check: could not mount the mqueue filesystem at {MQUEUE_DIR} ({proc.stderr.strip()}); "
+            "only queues some live process holds open (/proc/PID/fd) can be seen"
+        )
+        return None
+    return MQUEUE_DIR
+
+
+def _held() -> tuple[set[str], set[str]]:
+    """(paths of /dev/shm entries, names of queues) that some live process maps or holds open."""
+    shm: set[str] = set()
+    queues: set[str] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    i = line.find("/dev/shm/")
+                    if i >= 0:
+                        shm.add(line[i:].rstrip("\n").removesuffix(" (deleted)"))
+            fd_dir = f"/proc/{pid}/fd"
+            for fd in os.listdir(fd_dir):
+                try:
+                    target = os.readlink(f"{fd_dir}/{fd}")
+                except OSError:
+                    continue
+                if target.startswith(SHM + "/"):
+                    shm.add(target)
+                elif target.startswith("/") and "/" not in target[1:]:
+                    queues.add(target[1:])  # an mqueue fd reads as /NAME
+        except OSError:
+            continue
+    return shm, queues
+
+
+def _queues(where: str | None) -> set[str]:
+    if where is None:
+        return _held()[1]
+    try:
+        return set(os.listdir(where))
+    except OSError:
+        return set()
+
+
+def _bound_unix_paths() -> set[str]:
+    """Socket files some live socket is bound to (/proc/net/unix)."""
+    out: set[str] = set()
+    try:
+        with open("/proc/net/unix") as f:
+            next(f, None)
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 8 and parts[7].startswith("/"):
+                    out.add(parts[7])
+    except OSError:
+        pass
+    return out
+
+
+def _socket_files(roots: list[str], since: float) -> set[str]:
+    """Socket files under ``roots`` changed since ``since`` (dirs made earlier are not entered)."""
+    import stat
+
+    found: set[str] = set()
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            keep = []
+            for d in dirnames:
+                try:
+                    st = os.lstat(os.path.join(dirpath, d))
+                except OSError:
+                    continue
+                if st.st_ctime >= since or dirpath != root:
+                    keep.append(d)
+            dirnames[:] = keep
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                if stat.S_ISSOCK(st.st_mode) and st.st_ctime >= since:
+                    found.add(path)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaks_after_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fail the session (an error at the last teardown) listing whatever fastipc left behind."""
+    import gc
+    import tempfile
+
+    mq_dir = _mount_mqueue()
+    since = time.time() - 1
+    ours = f"{os.getpid()}_"
+    shm0, mq0 = _fastipc_shm(), _queues(mq_dir)
+    gc.collect()
+    fds0 = _fd_count()
+    fd_list0 = set(os.listdir("/proc/self/fd"))
+    yield
+    gc.collect()
+    held_shm, held_mq = _held()
+    bound = _bound_unix_paths()
+    leaks: list[str] = []
+    for path in sorted(_fastipc_shm() - shm0):
+        if ours in path or path not in held_shm:
+            leaks.append(f"/dev/shm: {path}")
+    for q in sorted(_queues(mq_dir) - mq0):
+        if ours in q or q not in held_mq:
+            leaks.append(f"message queue: /{q}")
+    roots = sorted({tempfile.gettempdir(), "/tmp", str(tmp_path_factory.getbasetemp())})
+    for path in sorted(_socket_files(roots, since)):
+        if path not in bound or ours in path:
+            leaks.append(f"socket file: {path}")
+    fds1 = _fd_count()
+    if fds1 != fds0:
+        extra = sorted(set(os.listdir("/proc/self/fd")) - fd_list0, key=int)
+        where = []
+        for fd in extra[:20]:
+            try:
+                where.append(f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}")
+            except OSError:
+                pass
+        leaks.append(f"fds: {fds0} open at the start, {fds1} at the end; new: {', '.join(where) or '-'}")
+    if leaks:
+        pytest.fail("left behind by the test session:\n  " + "\n  ".join(leaks), pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for note in _LEAK_NOTES:
+        terminalreporter.write_line(note)
