@@ -82,11 +82,29 @@ def bind_unix(sock: socket.socket, ep: Endpoint, mode: int) -> FileId | None:
         # Something is there (bind never follows or replaces a file).
         _replace_stale(sock, ep, ep.path)
     try:
-        os.chmod(ep.path, mode)  # exactly `mode`, whatever the umask took away
-        st = os.lstat(ep.path)
+        return _set_mode(ep.path, mode)
     except BaseException:
         os.unlink(ep.path)
         raise
+
+
+def _set_mode(path: str, mode: int) -> FileId:
+    """Give the socket file just bound at ``path`` exactly ``mode``; return its identity.
+
+    Through an O_PATH handle opened without following a symlink, so a file
+    swapped in for ours after bind() is never chmod-ed (a plain chmod would
+    follow a symlink put there). Raises FileExistsError if the path is no
+    longer a socket.
+    """
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISSOCK(st.st_mode):
+            raise FileExistsError(errno.EEXIST, "replaced by something that is not a socket", path)
+        # The magic link names the inode opened, not whatever the path holds now.
+        os.chmod(f"/proc/self/fd/{fd}", mode)  # exactly `mode`, whatever the umask took away
+    finally:
+        os.close(fd)
     return (st.st_dev, st.st_ino)
 
 
