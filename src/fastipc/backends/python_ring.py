@@ -205,6 +205,7 @@ class PythonRing(Ring):
         self._D = dsize
         self._items = items
         self._space = space
+        # Both only ever taken by ``with`` (see "Interrupts" above _state_lock_deadline).
         self._tlock = threading.Lock()  # one call at a time on this handle
         self._slock = threading.Lock()  # the state lock among this handle's threads
         self._owner = 0  # thread id inside a call (to refuse re-entry from a view block)
@@ -294,15 +295,11 @@ class PythonRing(Ring):
                 mm.close()
             os.close(fd)
             raise
-        ring._lock_state(_deadline(_OPEN_WAIT))
         try:
-            head, _, tail, _, _ = ring._state()
+            ring._read_state(_deadline(_OPEN_WAIT))
         except BaseException:
-            ring._unlock_state()
             ring.close()
             raise
-        ring._unlock_state()
-        ring._head_seen, ring._tail_seen = head, tail
         return ring
 
     @staticmethod
@@ -384,20 +381,21 @@ class PythonRing(Ring):
             if time.monotonic() >= spin_end:
                 break
             os.sched_yield()
-        if deadline is None:
-            # Interrupted sleeps are retried by Python (PEP 475) after running signal
-            # handlers, so Ctrl-C raises here; a dead holder's lock is dropped by the kernel.
-            fcntl.fcntl(self._fd, _F_SETLKW, _LOCKS[byte])
-            return
-        # No timed variant of F_OFD_SETLKW exists: poll with a backoff up to 1 ms.
+        # No timed variant of F_OFD_SETLKW exists, and close() from another thread
+        # must wake this one (it cannot interrupt F_OFD_SETLKW): poll with a backoff
+        # up to 1 ms, with or without a deadline. A dead holder's lock is dropped by
+        # the kernel.
         pause = 10e-6
         while True:
             if self._closed:
                 raise ValueError("ring is closed")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise Timeout("timed out waiting for a ring lock")
-            time.sleep(min(pause, remaining))
+            if deadline is None:
+                time.sleep(pause)
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Timeout("timed out waiting for a ring lock")
+                time.sleep(min(pause, remaining))
             pause = min(pause * 2, _POLL_MAX)
             try:
                 fcntl.fcntl(self._fd, _F_SETLK, _LOCKS[byte])
@@ -410,30 +408,25 @@ class PythonRing(Ring):
         if not self._torn_down:  # after close() inside a block, the kernel already let go
             fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[byte])
 
-    def _lock_state(self, deadline: float | None, grace: float = _STATE_GRACE) -> None:
-        if deadline is not None:
-            deadline = max(deadline, time.monotonic() + grace)
-            if not self._slock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
-                raise Timeout("timed out waiting for the ring state lock")
-        else:
-            self._slock.acquire()
-        try:
-            self._lock(_LOCK_STATE, deadline)
-        except BaseException:
-            # Also after a Ctrl-C that lands just after the lock was taken: unlocking
-            # a byte this descriptor does not hold is a no-op.
-            self._unlock(_LOCK_STATE)
-            self._slock.release()
-            raise
+    # Interrupts: a raising signal handler (Ctrl-C) runs between two bytecodes of the
+    # main thread, in CPython right after any call returns or at a Python function's
+    # entry, so a lock must never be taken by one statement and released by a ``try``
+    # that starts in a later one, nor released through a Python-level helper (the
+    # exception can strike at its entry). So: the thread locks are only taken by
+    # ``with`` (its C-level __enter__/__exit__ leave no gap), an OFD byte is taken
+    # inside the ``try`` that releases it, and that release is a direct fcntl() call
+    # (unlocking a byte not held is a no-op); only the thread holding _tlock (side
+    # bytes) or _slock (the state byte) ever locks or unlocks a byte.
 
-    def _unlock_state(self) -> None:
-        try:
-            self._unlock(_LOCK_STATE)
-        finally:
-            self._slock.release()
+    @staticmethod
+    def _state_lock_deadline(deadline: float | None, grace: float = _STATE_GRACE) -> float | None:
+        """A peer holds the state lock for microseconds: even ``timeout=0`` waits ``grace``."""
+        return None if deadline is None else max(deadline, time.monotonic() + grace)
 
-    def _enter(self, deadline: float | None) -> None:
-        """Start a call on this handle: one thread at a time, none after close."""
+    def _check_enter(self, deadline: float | None) -> int:
+        """Before a call takes this handle: refuse re-entry from a view block and a closed
+        handle; with a deadline, wait for another thread's call to end (Timeout).
+        Returns this thread's id, for ``_owner``."""
         me = threading.get_ident()
         if self._owner == me:
             raise RuntimeError(
@@ -441,22 +434,18 @@ class PythonRing(Ring):
             )
         if self._closed:
             raise ValueError("ring is closed")
-        if deadline is None:
-            self._tlock.acquire()
-        elif not self._tlock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
-            raise Timeout("timed out waiting for another thread using this ring handle")
-        self._owner = me
-        if self._closed:
-            self._leave()
-            raise ValueError("ring is closed")
+        if deadline is not None:
+            # `with` cannot wait with a timeout: poll (only threads sharing a handle wait).
+            while self._tlock.locked():
+                if time.monotonic() >= deadline:
+                    raise Timeout("timed out waiting for another thread using this ring handle")
+                time.sleep(0.0005)
+        return me
 
-    def _leave(self) -> None:
-        self._owner = 0
-        try:
-            if self._closed and not self._torn_down:
-                self._teardown()  # close() was called from another thread during our call
-        finally:
-            self._tlock.release()
+    def _left(self) -> None:
+        """End of a call (``_tlock`` still held): tear down if close() came meanwhile."""
+        if self._closed and not self._torn_down:
+            self._teardown()  # close() was called from another thread during our call
 
     # ---- shared state -------------------------------------------------------
     def _tail_slot(self) -> tuple[int, int]:
@@ -492,24 +481,18 @@ class PythonRing(Ring):
         return head, popped, tail, pushed, closed
 
     def _read_state(self, deadline: float | None) -> tuple[int, int, int, int, bool]:
-        self._lock_state(deadline)
-        try:
-            st = self._state()
-        finally:
-            self._unlock_state()
+        deadline = self._state_lock_deadline(deadline)
+        with self._slock:
+            if self._torn_down:
+                raise ValueError("ring is closed")
+            try:
+                self._lock(_LOCK_STATE, deadline)
+                st = self._state()
+            finally:
+                fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
         self._head_seen = st[0]
         self._tail_seen = st[2]
         return st
-
-    def _end_commit(self, side: int, release: bool) -> None:
-        """Drop the state lock, and with ``release`` the ``side`` lock too in the same syscall."""
-        if not release:
-            self._unlock_state()
-            return
-        try:
-            fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS_WITH_STATE[side])
-        finally:
-            self._slock.release()
 
     def _commit_tail(
         self,
@@ -524,23 +507,33 @@ class PythonRing(Ring):
         With ``release`` a successful commit also releases the producer lock; on
         an exception it is still held and the caller releases it.
         """
-        self._lock_state(deadline, _COMMIT_GRACE)
-        try:
-            head, _, tail, _, closed = self._state()
-            if tail != old_tail or new_tail - head > self._D:
-                raise incompatible(self.name, "the tail moved under the producer lock")
-            if closed:
-                raise Closed("ring is shut down")
-            q = self._q
-            sel = q[_W_TSEL] & 1
-            i = _W_TSLOT + 2 * (sel ^ 1)
-            q[i] = new_tail
-            q[i + 1] = new_pushed
-            q[_W_TSEL] = sel ^ 1  # the commit: one aligned 8-byte store
-        except BaseException:
-            self._unlock_state()
-            raise
-        self._end_commit(_LOCK_PRODUCER, release)
+        deadline = self._state_lock_deadline(deadline, _COMMIT_GRACE)
+        with self._slock:
+            if self._torn_down:
+                raise ValueError("ring is closed")
+            try:
+                self._lock(_LOCK_STATE, deadline)
+                head, _, tail, _, closed = self._state()
+                if tail != old_tail or new_tail - head > self._D:
+                    raise incompatible(self.name, "the tail moved under the producer lock")
+                if closed:
+                    raise Closed("ring is shut down")
+                q = self._q
+                sel = q[_W_TSEL] & 1
+                i = _W_TSLOT + 2 * (sel ^ 1)
+                q[i] = new_tail
+                q[i + 1] = new_pushed
+                q[_W_TSEL] = sel ^ 1  # the commit: one aligned 8-byte store
+            except BaseException:
+                fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
+                raise
+            # Nothing between the try and this call: drop the state lock, with
+            # ``release`` the producer lock in the same syscall.
+            fcntl.fcntl(
+                self._fd,
+                _F_SETLK,
+                _UNLOCKS_WITH_STATE[_LOCK_PRODUCER] if release else _UNLOCKS[_LOCK_STATE],
+            )
         self._head_seen = head
         if self._items.value == 0:
             self._items.release()
@@ -552,21 +545,25 @@ class PythonRing(Ring):
 
         On an exception the consumer lock is still held and the caller releases it.
         """
-        self._lock_state(deadline, _COMMIT_GRACE)
-        try:
-            head, _, tail, _, _ = self._state()
-            if head != old_head or new_head > tail:
-                raise incompatible(self.name, "the head moved under the consumer lock")
-            q = self._q
-            sel = q[_W_HSEL] & 1
-            i = _W_HSLOT + 2 * (sel ^ 1)
-            q[i] = new_head
-            q[i + 1] = new_popped
-            q[_W_HSEL] = sel ^ 1  # the commit: one aligned 8-byte store
-        except BaseException:
-            self._unlock_state()
-            raise
-        self._end_commit(_LOCK_CONSUMER, True)
+        deadline = self._state_lock_deadline(deadline, _COMMIT_GRACE)
+        with self._slock:
+            if self._torn_down:
+                raise ValueError("ring is closed")
+            try:
+                self._lock(_LOCK_STATE, deadline)
+                head, _, tail, _, _ = self._state()
+                if head != old_head or new_head > tail:
+                    raise incompatible(self.name, "the head moved under the consumer lock")
+                q = self._q
+                sel = q[_W_HSEL] & 1
+                i = _W_HSLOT + 2 * (sel ^ 1)
+                q[i] = new_head
+                q[i + 1] = new_popped
+                q[_W_HSEL] = sel ^ 1  # the commit: one aligned 8-byte store
+            except BaseException:
+                fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
+                raise
+            fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS_WITH_STATE[_LOCK_CONSUMER])
         self._tail_seen = tail
         if self._space.value == 0:
             self._space.release()
@@ -642,9 +639,12 @@ class PythonRing(Ring):
     def send(self, data: Any, timeout: float | None = None) -> None:
         mv = self._message(data)
         deadline = _deadline(timeout)
-        self._enter(deadline)
-        try:
+        me = self._check_enter(deadline)
+        with self._tlock:
             try:
+                self._owner = me
+                if self._closed:
+                    raise ValueError("ring is closed")
                 self._lock(_LOCK_PRODUCER, deadline)
                 tail, pushed = self._wait_space(8 + _align8(mv.nbytes), deadline)
                 end = self._put(tail, mv)
@@ -654,8 +654,9 @@ class PythonRing(Ring):
                 # after the lock was taken (unlocking an unheld byte is a no-op).
                 self._unlock(_LOCK_PRODUCER)
                 raise
-        finally:
-            self._leave()
+            finally:
+                self._owner = 0  # first, before any call (see "Interrupts")
+                self._left()
 
     def send_many(self, messages: Iterable[Any], timeout: float | None = None) -> int:
         views = [self._message(m) for m in messages]
@@ -664,9 +665,12 @@ class PythonRing(Ring):
             return 0
         D = self._D
         sent = 0
-        self._enter(deadline)
-        try:
+        me = self._check_enter(deadline)
+        with self._tlock:
             try:
+                self._owner = me
+                if self._closed:
+                    raise ValueError("ring is closed")
                 self._lock(_LOCK_PRODUCER, deadline)
                 while sent < len(views):
                     need = 8 + _align8(views[sent].nbytes)
@@ -692,8 +696,9 @@ class PythonRing(Ring):
             except BaseException:
                 self._unlock(_LOCK_PRODUCER)
                 raise
-        finally:
-            self._leave()
+            finally:
+                self._owner = 0  # first, before any call (see "Interrupts")
+                self._left()
         return sent
 
     def reserve(
@@ -708,9 +713,12 @@ class PythonRing(Ring):
 
     @contextmanager
     def _reserve(self, n: int, deadline: float | None) -> Iterator[memoryview]:
-        self._enter(deadline)
-        try:
+        me = self._check_enter(deadline)
+        with self._tlock:
             try:
+                self._owner = me
+                if self._closed:
+                    raise ValueError("ring is closed")
                 self._lock(_LOCK_PRODUCER, deadline)
                 tail, pushed = self._wait_space(8 + _align8(n), deadline)
                 off = (tail + 8) % self._D
@@ -738,8 +746,9 @@ class PythonRing(Ring):
             except BaseException:
                 self._unlock(_LOCK_PRODUCER)
                 raise
-        finally:
-            self._leave()
+            finally:
+                self._owner = 0  # first, before any call (see "Interrupts")
+                self._left()
 
     # ---- consumer side ----------------------------------------------------------
     def _wait_message(self, deadline: float | None) -> tuple[int, int, int, int]:
@@ -776,9 +785,12 @@ class PythonRing(Ring):
 
     def recv(self, timeout: float | None = None) -> bytes:
         deadline = _deadline(timeout)
-        self._enter(deadline)
-        try:
+        me = self._check_enter(deadline)
+        with self._tlock:
             try:
+                self._owner = me
+                if self._closed:
+                    raise ValueError("ring is closed")
                 self._lock(_LOCK_CONSUMER, deadline)
                 head, popped, _, n = self._wait_message(deadline)
                 data = self._read(head, n)
@@ -786,8 +798,9 @@ class PythonRing(Ring):
             except BaseException:
                 self._unlock(_LOCK_CONSUMER)  # a successful commit already released it
                 raise
-        finally:
-            self._leave()
+            finally:
+                self._owner = 0  # first, before any call (see "Interrupts")
+                self._left()
         return data
 
     def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
@@ -795,9 +808,12 @@ class PythonRing(Ring):
         if dst.readonly:
             raise TypeError("buffer must be writable")
         deadline = _deadline(timeout)
-        self._enter(deadline)
-        try:
+        me = self._check_enter(deadline)
+        with self._tlock:
             try:
+                self._owner = me
+                if self._closed:
+                    raise ValueError("ring is closed")
                 self._lock(_LOCK_CONSUMER, deadline)
                 head, popped, _, n = self._wait_message(deadline)
                 if n > dst.nbytes:
@@ -817,8 +833,9 @@ class PythonRing(Ring):
             except BaseException:
                 self._unlock(_LOCK_CONSUMER)  # a successful commit already released it
                 raise
-        finally:
-            self._leave()
+            finally:
+                self._owner = 0  # first, before any call (see "Interrupts")
+                self._left()
         return n
 
     def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
@@ -827,9 +844,12 @@ class PythonRing(Ring):
             raise ValueError(f"max_count must be >= 1, got {count}")
         deadline = _deadline(timeout)
         out: list[bytes] = []
-        self._enter(deadline)
-        try:
+        me = self._check_enter(deadline)
+        with self._tlock:
             try:
+                self._owner = me
+                if self._closed:
+                    raise ValueError("ring is closed")
                 self._lock(_LOCK_CONSUMER, deadline)
                 head, popped, tail, n = self._wait_message(deadline)
                 if count > 1:
@@ -846,8 +866,9 @@ class PythonRing(Ring):
             except BaseException:
                 self._unlock(_LOCK_CONSUMER)  # a successful commit already released it
                 raise
-        finally:
-            self._leave()
+            finally:
+                self._owner = 0  # first, before any call (see "Interrupts")
+                self._left()
         return out
 
     def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
@@ -855,9 +876,12 @@ class PythonRing(Ring):
 
     @contextmanager
     def _recv_view(self, deadline: float | None) -> Iterator[memoryview]:
-        self._enter(deadline)
-        try:
+        me = self._check_enter(deadline)
+        with self._tlock:
             try:
+                self._owner = me
+                if self._closed:
+                    raise ValueError("ring is closed")
                 self._lock(_LOCK_CONSUMER, deadline)
                 head, popped, _, n = self._wait_message(deadline)
                 off = (head + 8) % self._D
@@ -881,19 +905,23 @@ class PythonRing(Ring):
             except BaseException:
                 self._unlock(_LOCK_CONSUMER)  # a successful commit already released it
                 raise
-        finally:
-            self._leave()
+            finally:
+                self._owner = 0  # first, before any call (see "Interrupts")
+                self._left()
 
     # ---- control ------------------------------------------------------------------
     def shutdown(self) -> None:
         if self._closed:
             raise ValueError("ring is closed")
-        self._lock_state(None)
-        try:
-            self._state()
-            self._q[_W_CLOSED] = 1
-        finally:
-            self._unlock_state()
+        with self._slock:
+            if self._torn_down:
+                raise ValueError("ring is closed")
+            try:
+                self._lock(_LOCK_STATE, None)
+                self._state()
+                self._q[_W_CLOSED] = 1
+            finally:
+                fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
         # Hints only: every sleeper re-checks and sees the flag; a few spare posts
         # cover sleepers in several processes racing for them.
         for sem in (self._items, self._space):
@@ -903,11 +931,14 @@ class PythonRing(Ring):
     def __len__(self) -> int:
         if self._closed:
             raise ValueError("ring is closed")
-        self._lock_state(None)
-        try:
-            _, popped, _, pushed, _ = self._state()
-        finally:
-            self._unlock_state()
+        with self._slock:
+            if self._torn_down:
+                raise ValueError("ring is closed")
+            try:
+                self._lock(_LOCK_STATE, None)
+                _, popped, _, pushed, _ = self._state()
+            finally:
+                fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
         return pushed - popped
 
     @property
@@ -922,12 +953,19 @@ class PythonRing(Ring):
             # Called inside this thread's reserve()/recv_view() block: release the
             # ring now; the block's exit then publishes or consumes nothing.
             self._teardown()
-        elif self._tlock.acquire(blocking=False):
+        else:
+            # acquire() called from C (list += map), so its result is kept even if a
+            # signal handler raises right after it returns.
+            got: list[bool] = []
             try:
-                self._teardown()
+                got += map(self._tlock.acquire, (False,))
+                if got[0]:
+                    self._teardown()
+                # Otherwise another thread is inside a call; it tears down as it
+                # leaves (_left), after waking within its wait slice.
             finally:
-                self._tlock.release()
-        # Otherwise another thread is inside a call; it tears down as it leaves (_leave).
+                if got and got[0]:
+                    self._tlock.release()
 
     def _teardown(self) -> None:
         if self._torn_down:
@@ -988,6 +1026,8 @@ class PythonRing(Ring):
         with suppress(Exception):
             if not self._closed:
                 self.close()
+            elif not self._torn_down:  # a call that close() left it to was interrupted
+                self._teardown()
 
 
 _LIVE: weakref.WeakSet[PythonRing] = weakref.WeakSet()
