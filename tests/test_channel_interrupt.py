@@ -155,12 +155,6 @@ def test_interrupted_sends_never_damage_the_stream(handoff_min: int) -> None:
 
 
 def test_interrupted_sends_never_damage_a_ring(make_ring: Any, ring_name: str) -> None:
-    if fastipc.BACKEND == "python":
-        # Found by this test, not fixed yet: the python Ring backend takes
-        # threading locks (the per-handle call lock, the state lock) in
-        # steps a raising signal handler can split, and a handle so
-        # interrupted can hang its next call. Reported in the issue notes.
-        pytest.skip("python Ring backend: a raising signal handler can leave a handle lock held")
     ring = make_ring(1 << 20)
 
     def send_side() -> tuple[int, int]:
@@ -185,12 +179,6 @@ RECEIVERS: dict[str, Callable[[Channel, bytearray], list[bytes]]] = {
 @pytest.mark.parametrize("handoff_min", [0, 65536], ids=["socket", "handoff"])
 def test_interrupted_receives_damage_nothing(how: str, handoff_min: int) -> None:
     """The receiver is interrupted every 200 µs and carries on: messages still arrive whole, once, in order."""
-    if fastipc.BACKEND == "python":
-        # Found by this test, not fixed: the python backend updates its
-        # receive state in several bytecodes after recvmsg returns, and an
-        # exception between them loses bytes of the stream (seen as a
-        # protocol error that closes the channel). Reported in the issue notes.
-        pytest.skip("python backend: a raising signal handler can desynchronise a receive")
     a, b = Channel.pair(handoff_min=handoff_min)
     count = 3000
     pid = os.fork()
