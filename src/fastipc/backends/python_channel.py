@@ -38,7 +38,16 @@ _unpack_from = HEADER.unpack_from
 _SOL_SOCKET = socket.SOL_SOCKET
 _SCM_RIGHTS = socket.SCM_RIGHTS
 _RECV_FLAGS = socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC
+_RECV_FLAGS_ARGS = (_RECV_FLAGS,)
 _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+#: Longest single poll() (ms): a close() from another thread is seen within it.
+_WAIT_SLICE_MS = 200
+#: A long frame's buffer starts at most this big and doubles as bytes arrive (up
+#: to the frame's length), so a peer announcing max_message and sending little
+#: costs little; a 1 MiB message still gets its whole buffer at once.
+_BIG_START = 1 << 20
+#: Most fd sets held for frames not yet returned (one read brings at most one).
+_MAX_SETS = 16
 #: Iovecs per sendmsg in send_many (IOV_MAX).
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 1024
 
@@ -70,11 +79,19 @@ class PythonChannel(Channel):
     _wpoll: Any
     _fd: int
     _ancbuf: int
+    _anc_args: tuple[int]
     _tx_area: SendArea | None
     _no_area: bool  # making the send area failed once: never try again
     _rx_area: ReceiveArea | None
     _rx_release: int  # release position to store once the message was copied out; -1 none
     _held_release: int  # release position stored when that view goes; -1 none
+    # The read in flight (see "Interrupts" in the module docstring): recvmsg_into's
+    # result lands in _inbox from C; _apply books it from these, set before the call.
+    _inbox: deque[tuple[int, list[Any], int, Any]]
+    _at_lo: int  # stream offset of the read's first byte
+    _at_base: int  # where it went: offset in the receive buffer, or in _big
+    _at_big: bool  # True: into _big (advances _big_done), else the buffer (_rend)
+    _recvmsg: Callable[..., Any]
 
     def _setup(self) -> None:
         self._rbuf = bytearray(RECV_BUFFER)
@@ -89,13 +106,19 @@ class PythonChannel(Channel):
         self._last = []
         self._big = None
         self._big_len = self._big_flags = self._big_start = self._big_done = 0
-        self._fd = self._socket().fileno()
+        sock = self._socket()
+        self._fd = sock.fileno()
+        self._recvmsg = sock.recvmsg_into
+        self._inbox = deque()
+        self._at_lo = self._at_base = 0
+        self._at_big = False
         # One poll object per direction: a thread may send while another receives.
         self._rpoll = select.poll()
         self._rpoll.register(self._fd, select.POLLIN)
         self._wpoll = select.poll()
         self._wpoll.register(self._fd, select.POLLOUT)
         self._ancbuf = socket.CMSG_SPACE(MAX_FDS * 4)
+        self._anc_args = (self._ancbuf,)
         self._tx_area = self._rx_area = None
         self._no_area = False
         self._rx_release = -1
@@ -103,6 +126,8 @@ class PythonChannel(Channel):
         self._held_release = -1
 
     def _release(self) -> None:
+        while self._inbox:  # a read whose bookkeeping an exception cut short
+            _close_all(_fds_of(self._inbox.popleft()[1]))
         view, self._view = self._view, None
         if view is not None:
             release_view(view)  # if still exported, the mapping stays (see _unmap)
@@ -121,7 +146,8 @@ class PythonChannel(Channel):
         # A mapped area counts: the peer's next descriptors point into it,
         # and a process the channel is passed to would not have it.
         return (
-            self._rend > self._rpos
+            bool(self._inbox)
+            or self._rend > self._rpos
             or self._big is not None
             or bool(self._sets)
             or self._rx_area is not None
@@ -129,6 +155,8 @@ class PythonChannel(Channel):
 
     def pending(self) -> bool:
         self._socket()
+        if self._inbox:
+            self._apply()
         avail = self._rend - self._rpos
         if self._big is not None or avail < 8:
             return False
@@ -137,16 +165,25 @@ class PythonChannel(Channel):
 
     # ---- waiting --------------------------------------------------------
     def _wait(self, events: int, deadline: int | None) -> None:
-        """Wait until the socket is ready for ``events``; Timeout past ``deadline`` (ns)."""
+        """Wait until the socket is ready for ``events``; Timeout past ``deadline`` (ns).
+
+        Waits in slices of _WAIT_SLICE_MS: closing an fd does not wake a poll() on
+        it (Linux), and close() from another thread must wake this one
+        (ValueError). poll() retries EINTR itself after running signal handlers
+        (PEP 475).
+        """
         poller = self._rpoll if events == select.POLLIN else self._wpoll
-        if deadline is None:
-            poller.poll()
-            return
-        left = deadline - time.monotonic_ns()
-        if left <= 0:
-            raise Timeout(f"channel {self.name}: timed out")
-        # poll() retries EINTR itself after running signal handlers (PEP 475).
-        poller.poll(-(-left // 1_000_000))
+        while True:
+            if deadline is None:
+                ms = _WAIT_SLICE_MS
+            else:
+                left = deadline - time.monotonic_ns()
+                if left <= 0:
+                    raise Timeout(f"channel {self.name}: timed out")
+                ms = min(-(-left // 1_000_000), _WAIT_SLICE_MS)
+            if poller.poll(ms) and self._sock is not None:
+                return
+            self._socket()  # ValueError once closed
 
     @staticmethod
     def _deadline(timeout: float | None) -> int | None:
@@ -199,6 +236,7 @@ class PythonChannel(Channel):
                     self._closed_send()
                 except OSError as exc:
                     unsure = False
+                    self._socket()  # closed by another thread: ValueError
                     raise OSError(exc.errno, exc.strerror, self.name) from None
         except BaseException:
             if unsure or 0 < done < total:
@@ -256,6 +294,7 @@ class PythonChannel(Channel):
                     self._closed_send()
                 except OSError as exc:
                     unsure = False
+                    self._socket()  # closed by another thread: ValueError
                     raise OSError(exc.errno, exc.strerror, self.name) from None
                 while w > 0:
                     rest = 8 + items[sent].nbytes - done
@@ -275,39 +314,75 @@ class PythonChannel(Channel):
         return total
 
     # ---- receive: the stream ------------------------------------------
-    def _read(self, mv: memoryview) -> int:
-        """One recvmsg into ``mv``: bytes read (0 at the end), fds recorded; _Again if none."""
+    def _read(self, mv: memoryview, into_big: bool, base: int) -> int:
+        """One recvmsg into ``mv`` (at ``base`` in the buffer, or in _big): bytes read
+        (0 at the end), booked by :meth:`_apply`; _Again if none.
+
+        recvmsg_into is called from C (deque += map), so its result is in _inbox
+        the instant it returns, whatever a signal handler then raises.
+        """
+        self._at_lo, self._at_base, self._at_big = self._rx_total, base, into_big
         try:
-            n, anc, flags, _ = self._socket().recvmsg_into([mv], self._ancbuf, _RECV_FLAGS)
+            self._inbox += map(self._recvmsg, ([mv],), self._anc_args, _RECV_FLAGS_ARGS)
         except (BlockingIOError, InterruptedError):
             raise _Again from None
         except ConnectionResetError:
-            n, anc, flags = 0, [], 0
+            self._inbox.append((0, [], 0, None))
         except OSError as exc:
+            self._socket()  # closed by another thread: ValueError
             raise OSError(exc.errno, exc.strerror, self.name) from None
-        lo = self._rx_total
-        self._rx_total += n
+        return self._apply()
+
+    def _apply(self) -> int:
+        """Book the read at the head of _inbox: stream counters, end of stream, fds.
+
+        Idempotent, so that a receive an exception cut short anywhere in here
+        does it again: the counters are stored absolutely, in bytecodes no signal
+        handler can run between (no call among them), and fd sets are added by
+        one call and recognised as added by their start offset.
+        """
+        n, anc, flags, _ = self._inbox[0]
+        lo = self._at_lo
+        if (anc or flags & socket.MSG_CTRUNC) and not (self._sets and self._sets[-1][0] == lo):
+            self._add_fds(lo, n, anc, bool(flags & socket.MSG_CTRUNC))
+        # From here to popleft(): no call, so no signal handler runs in between.
+        if self._at_big:
+            self._big_done = self._at_base + n
+        else:
+            self._rend = self._at_base + n
+        self._rx_total = lo + n
         if n == 0:
             self._eof = True
-        truncated = bool(flags & socket.MSG_CTRUNC)
-        for level, kind, data in anc:
-            if level != _SOL_SOCKET or kind != _SCM_RIGHTS:
-                continue
-            fds = array.array("i")
-            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-            fdl: list[int] | None = fds.tolist()
-            if truncated:
-                _close_all(fds.tolist())
-                fdl = None  # the frame reports MSG_CTRUNC
-            if len(self._sets) >= 16:
-                _close_all(fdl or [])
-                self._kill(errno.EPROTO, detail="too many unclaimed fd sets")
-                continue
-            self._sets.append([lo, lo + n, fdl])
-            truncated = False
-        if truncated:  # no SCM_RIGHTS message fitted at all
-            self._sets.append([lo, lo + n, None])
+        self._inbox.popleft()
         return n
+
+    def _add_fds(self, lo: int, n: int, anc: list[Any], truncated: bool) -> None:
+        """Record the fds a read brought (one call adds them: see _apply)."""
+        fds = _fds_of(anc)
+        new: list[list[Any]]
+        if truncated:
+            # The frame reports MSG_CTRUNC (None); the fds that came are nobody's: a
+            # set ending where the read starts, closed as stray at the next claim.
+            new = [[lo, lo, fds], [lo, lo + n, None]] if fds else [[lo, lo + n, None]]
+        else:
+            new = [[lo, lo + n, fds]]
+        # Fds held for frames not yet returned count against the per-message limit,
+        # the current frame's own set aside (DESIGN.md): a peer cannot make this
+        # end hold more. The set is kept (close() closes it), the channel dies.
+        start = self._big_start if self._big is not None else lo - (self._rend - self._rpos)
+        held = len(fds)
+        for s_lo, s_hi, s_fds in self._sets:
+            if s_fds and not s_lo <= start < s_hi:
+                held += len(s_fds)
+        self._sets.extend(new)
+        if len(self._sets) > _MAX_SETS:
+            self._kill(errno.EPROTO, detail="too many unclaimed fd sets")
+        elif held > MAX_FDS:
+            self._kill(
+                errno.EPROTO,
+                detail=f"the peer sent {held} fds for messages not yet received "
+                f"(more than {MAX_FDS} held at once)",
+            )
 
     def _fill(self, need: int) -> None:
         """Read more into the receive buffer so that it can hold ``need`` bytes from rpos."""
@@ -321,7 +396,7 @@ class PythonChannel(Channel):
             # source may overlap the destination.
             self._rbuf[:avail] = bytes(self._rmv[self._rpos : self._rend])
             self._rpos, self._rend = 0, avail
-        self._rend += self._read(self._rmv[self._rend :])
+        self._read(self._rmv[self._rend :], False, self._rend)
 
     def _kill(self, code: int, length: int = 0, detail: str = "") -> int:
         self._dead, self._dead_len, self._dead_detail = code, length, detail
@@ -382,6 +457,8 @@ class PythonChannel(Channel):
         valid until the next receive.
         """
         self._socket()
+        if self._inbox:
+            self._apply()  # an exception cut the last receive short after its read
         if self._dead:
             self._raise()
         while True:
@@ -400,13 +477,17 @@ class PythonChannel(Channel):
                     if avail - 8 >= wire:
                         start = self._rx_total - avail
                         p = self._rpos + 8
-                        self._rpos = p + wire
                         if flags & FRAME_BULK:
-                            return self._bulk(start, n, flags, self._rmv[p : p + 16]), []
+                            # Consumed only once its area is in place: cut short
+                            # before, the next receive takes the frame again.
+                            view = self._bulk(start, n, flags, self._rmv[p : p + 16])
+                            self._rpos = p + wire
+                            return view, []
+                        self._rpos = p + wire
                         fds = self._claim(start, flags, keep)
                         return self._rmv[p : p + n], fds
                     if wire > DIRECT_MIN:
-                        big = bytearray(n)
+                        big = bytearray(min(n, _BIG_START))  # grows in _finish_big
                         have = avail - 8
                         big[:have] = self._rmv[self._rpos + 8 : self._rend]
                         self._big, self._big_len, self._big_flags = big, n, flags
@@ -430,22 +511,23 @@ class PythonChannel(Channel):
         :meth:`_copied`); maps the area if the frame brought one."""
         self._claim(start, 0, False)  # settles stray sets before this frame
         if flags & FRAME_AREA:
+            # Idempotent up to the area's install: the fd set stays queued until the
+            # new area is in place, so a call cut short before does it all again.
             sets = self._sets
-            fds = (sets.popleft()[2] or []) if sets and sets[0][0] <= start else []
+            fds = (sets[0][2] or []) if sets and sets[0][0] <= start else []
             if len(fds) != 1:  # none, truncated (MSG_CTRUNC) or more: not ours to guess
-                _close_all(fds)
                 self._kill(errno.EPROTO, detail="a hand-off area frame must carry exactly one fd")
-                self._raise()
+                self._raise()  # closes the channel, and with it the fds
             try:
                 area = ReceiveArea(fds[0])
             except (OSError, ValueError) as exc:
                 self._kill(errno.EPROTO, detail=str(exc))
                 self._raise()
-            finally:
-                os.close(fds[0])
-            if self._rx_area is not None:
-                self._rx_area.close()
-            self._rx_area = area
+            old, self._rx_area = self._rx_area, area  # no call between: one step
+            fd = sets.popleft()[2][0]
+            os.close(fd)
+            if old is not None:
+                old.close()
         found = self._rx_area.message(descriptor, n) if self._rx_area is not None else None
         if found is None:
             self._kill(errno.EBADMSG)
@@ -467,13 +549,26 @@ class PythonChannel(Channel):
     def _finish_big(self, keep: bool) -> tuple[Any, list[int]]:
         big = self._big
         assert big is not None
-        view = memoryview(big)
         while self._big_done < self._big_len:
             if self._eof:
                 self._at_eof()
                 self._big = None
                 self._raise()
-            self._big_done += self._read(view[self._big_done :])  # _Again: progress kept
+            done = self._big_done
+            room = len(big)
+            if done == room:
+                # Grow as bytes arrive (doubling, up to the frame): one realloc, in
+                # place when it can. Cut short anywhere, the state stays consistent.
+                more = min(room, self._big_len - room)
+                try:
+                    big += bytes(more)
+                except BufferError:  # a view of the old buffer still lives: copy
+                    grown = bytearray(room + more)
+                    grown[:done] = big
+                    self._big = big = grown
+                room += more
+            with memoryview(big) as view:
+                self._read(view[done:room], True, done)  # _Again: progress kept
             if self._dead:
                 self._raise()
         self._big = None
@@ -569,6 +664,17 @@ def _writable(buffer: Any) -> memoryview:
     if not mv.c_contiguous:
         raise TypeError("recv_into needs a C-contiguous buffer")
     return mv.cast("B") if mv.ndim != 1 or mv.format != "B" else mv
+
+
+def _fds_of(anc: list[Any]) -> list[int]:
+    """The fds in recvmsg's ancillary data ``anc``."""
+    fds: list[int] = []
+    for level, kind, data in anc:
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[: len(data) - len(data) % arr.itemsize])
+            fds.extend(arr.tolist())
+    return fds
 
 
 def _close_all(fds: list[int]) -> None:
