@@ -3,6 +3,40 @@
 It follows the C step by step (see the comment at the top of channel.c for
 why fds are matched to frames by stream offsets), so both backends behave
 alike and interoperate on one socket.
+
+Interrupts (Ctrl-C, any raising signal handler, DESIGN.md "Contract
+details"): only the message being returned at the instant of the exception
+can be lost; the stream is never desynchronised. Why it holds in pure
+Python: CPython runs signal handlers only in the main thread, between
+bytecodes, and only where it checks for them: right after a call returns
+and at a Python function's entry (and on backward jumps), never between
+plain loads, stores and arithmetic. So:
+
+* The read. ``recvmsg_into`` is called from C (``deque += map(...)``): its
+  result (byte count, fds) is in ``_inbox`` the instant the call returns,
+  before any handler can run; the bytes are where the call was told to put
+  them, recorded beforehand in ``_at_*``.
+* The bookkeeping (:meth:`_apply`) is idempotent and redone at the start of
+  the next receive while ``_inbox`` is not empty: the counters are stored as
+  absolute values in a run of bytecodes with no call in it, ended by the
+  ``popleft()``; the read's fd set is added by one call and recognised as
+  added by its start offset.
+* Consuming a frame is one store (``_rpos``, or ``_big = None``) made after
+  everything that could fail for it; a hand-off area frame is consumed only
+  once its new area is installed (one store), so a receive cut short
+  before takes the frame again. What is cut short after the store is the
+  returned message: lost, as the contract allows. A release position lost
+  with it is repaired by the next one (positions are cumulative).
+
+An fd may leak (never be closed twice) if an exception lands between
+taking it off a queue and closing it. Blocking signals instead
+(``pthread_sigmask``) would cost two syscalls per read and still not stop
+a handler already pending, or a signal delivered to another thread, from
+running in the main thread between the read and its bookkeeping.
+
+Threads: ``close()`` from another thread wakes a blocked call within
+_WAIT_SLICE_MS (poll() waits in slices; closing an fd does not wake a poll
+on it), which raises ValueError.
 """
 
 from __future__ import annotations
