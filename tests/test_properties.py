@@ -428,7 +428,7 @@ def test_channel_matches_deque(program: list[tuple[str, Any]], handoff: bool) ->
             if op in ("send", "send_many"):
                 # Keep what is in flight well under the socket's buffer, so that
                 # a send with timeout=0 never has to wait.
-                while model and (len(model) > 32 or sum(map(len, model)) > 100_000):
+                while model and (len(model) > 16 or sum(map(len, model)) > 60_000):
                     check_receive("recv", None, b, model)
             if op == "send":
                 if len(arg) > CHANNEL_MAX:
