@@ -248,10 +248,11 @@ static void op_recv(struct state *s, input *in, uint8_t op)
     int64_t nl = fi_chan_next_len(s->c);
     size_t cap;
     switch ((op >> 4) & 3) {
-    case 0: cap = nl >= 0 && nl <= (1 << 20) ? (size_t)nl : 64; break;   /* exact */
-    case 1: cap = nl > 0 && nl <= (1 << 20) ? (size_t)nl - 1 : 0; break; /* one short */
+    /* (no valid frame is longer than the largest good area's 16 KiB of data) */
+    case 0: cap = nl >= 0 && nl <= (1 << 15) ? (size_t)nl : 64; break;   /* exact */
+    case 1: cap = nl > 0 && nl <= (1 << 15) ? (size_t)nl - 1 : 0; break; /* one short */
     case 2: cap = in_u16(in); break;
-    default: cap = 1 << 16; break;
+    default: cap = 1 << 15; break;
     }
     char *out = malloc(cap ? cap : 1);
     int64_t r = fi_chan_recv(s->c, out, cap, (op & 0x40) != 0, 0);
