@@ -28,8 +28,12 @@ plain loads, stores and arithmetic. So:
   returned message: lost, as the contract allows. A release position lost
   with it is repaired by the next one (positions are cumulative).
 
-An fd may leak (never be closed twice) if an exception lands between
-taking it off a queue and closing it. Blocking signals instead
+* Fds are closed by :func:`_close_from`, which takes each out of its list
+  and closes it in C with no bytecode between, then the emptied set is
+  dropped: cut short anywhere, none is left unclosed or closed twice. Only
+  the fds of the message being returned (``recv_with_fds``) go with it.
+
+Blocking signals instead
 (``pthread_sigmask``) would cost two syscalls per read and still not stop
 a handler already pending, or a signal delivered to another thread, from
 running in the main thread between the read and its bookkeeping.
@@ -126,6 +130,7 @@ class PythonChannel(Channel):
     _at_base: int  # where it went: offset in the receive buffer, or in _big
     _at_big: bool  # True: into _big (advances _big_done), else the buffer (_rend)
     _recvmsg: Callable[..., Any]
+    _area_from: int  # stream offset of the frame that brought _rx_area
 
     def _setup(self) -> None:
         self._rbuf = bytearray(RECV_BUFFER)
@@ -144,6 +149,7 @@ class PythonChannel(Channel):
         self._fd = sock.fileno()
         self._recvmsg = sock.recvmsg_into
         self._inbox = deque()
+        self._area_from = -1
         self._at_lo = self._at_base = 0
         self._at_big = False
         # One poll object per direction: a thread may send while another receives.
@@ -170,8 +176,8 @@ class PythonChannel(Channel):
                 area.close()
         self._tx_area = self._rx_area = None
         while self._sets:
-            fds = self._sets.popleft()[2]
-            _close_all(fds or [])
+            _close_from(self._sets[0][2])
+            self._sets.popleft()
         _close_all(self._last)
         self._last = []
         self._big = None
@@ -446,19 +452,21 @@ class PythonChannel(Channel):
         self._last = []
         sets = self._sets
         while sets and sets[0][1] <= start:
-            _close_all(sets.popleft()[2] or [])  # sent without the flag: nobody's
+            _close_from(sets[0][2])  # sent without the flag: nobody's
+            sets.popleft()
         if not flags & FRAME_FDS:
             return []
         if not sets or sets[0][0] > start:
             self._kill(errno.EPROTO, detail="a message flagged with fds came without them")
             self._raise()
-        fds = sets.popleft()[2]
-        if fds is None:
-            self._socket()
-            self._fail(errno.ENOBUFS)
-        if keep:
+        if keep or sets[0][2] is None:
+            fds = sets.popleft()[2]
+            if fds is None:
+                self._socket()
+                self._fail(errno.ENOBUFS)
             return fds  # type: ignore[no-any-return]
-        _close_all(fds)
+        _close_from(sets[0][2])
+        sets.popleft()
         return []
 
     def _header(self) -> tuple[int, int] | None:
@@ -545,23 +553,29 @@ class PythonChannel(Channel):
         :meth:`_copied`); maps the area if the frame brought one."""
         self._claim(start, 0, False)  # settles stray sets before this frame
         if flags & FRAME_AREA:
-            # Idempotent up to the area's install: the fd set stays queued until the
-            # new area is in place, so a call cut short before does it all again.
+            # Idempotent: a call cut short anywhere does again what is left. The fd
+            # set stays queued until the new area is installed (one step, marked
+            # with the frame's start), then its fd is closed by _close_from.
             sets = self._sets
-            fds = (sets[0][2] or []) if sets and sets[0][0] <= start else []
-            if len(fds) != 1:  # none, truncated (MSG_CTRUNC) or more: not ours to guess
-                self._kill(errno.EPROTO, detail="a hand-off area frame must carry exactly one fd")
-                self._raise()  # closes the channel, and with it the fds
-            try:
-                area = ReceiveArea(fds[0])
-            except (OSError, ValueError) as exc:
-                self._kill(errno.EPROTO, detail=str(exc))
-                self._raise()
-            old, self._rx_area = self._rx_area, area  # no call between: one step
-            fd = sets.popleft()[2][0]
-            os.close(fd)
-            if old is not None:
-                old.close()
+            if self._area_from != start:
+                fds = (sets[0][2] or []) if sets and sets[0][0] <= start else []
+                if len(fds) != 1:  # none, truncated (MSG_CTRUNC) or more: not ours to guess
+                    self._kill(
+                        errno.EPROTO, detail="a hand-off area frame must carry exactly one fd"
+                    )
+                    self._raise()  # closes the channel, and with it the fds
+                try:
+                    area = ReceiveArea(fds[0])
+                except (OSError, ValueError) as exc:
+                    self._kill(errno.EPROTO, detail=str(exc))
+                    self._raise()
+                # No call in this statement: the install is one step.
+                old, self._rx_area, self._area_from = self._rx_area, area, start
+                if old is not None:
+                    old.close()
+            if sets and sets[0][0] <= start:
+                _close_from(sets[0][2])
+                sets.popleft()
         found = self._rx_area.message(descriptor, n) if self._rx_area is not None else None
         if found is None:
             self._kill(errno.EBADMSG)
@@ -709,6 +723,25 @@ def _fds_of(anc: list[Any]) -> list[int]:
             arr.frombytes(data[: len(data) - len(data) % arr.itemsize])
             fds.extend(arr.tolist())
     return fds
+
+
+_drain: Callable[[Iterable[Any]], None] = deque(maxlen=0).extend
+
+
+def _close_from(fds: list[int] | None) -> None:
+    """Close the fds in list ``fds``, taking each out of it as it is closed.
+
+    Each pop and its close happen in C with no bytecode between them, so a
+    signal handler that raises can neither leave an fd out of the list
+    unclosed nor let a later call close it twice.
+    """
+    if fds:
+        try:
+            _drain(map(os.close, iter(fds.pop, None)))
+        except IndexError:
+            pass  # emptied
+        except OSError:
+            _close_from(fds)  # one was not open: go on with the rest
 
 
 def _close_all(fds: list[int]) -> None:
