@@ -49,6 +49,16 @@ A handle inherited through ``fork()`` reopens and remaps the segment in the
 child (``os.register_at_fork``): sharing the parent's open file description
 would share its locks, so parent and child would not exclude each other.
 
+Interrupts and threads: a raising signal handler (Ctrl-C) never leaves a
+lock held: the thread locks are taken only by ``with`` and each OFD byte
+inside the ``try`` whose cleanup unlocks it with a direct ``fcntl`` call
+(see the comment above ``_state_lock_deadline``). ``close()`` from another
+thread wakes a blocked call within its wait slice (semaphore sleeps of
+``_SLEEP_CAP``, lock polls of at most ``_POLL_MAX``: no ``F_OFD_SETLKW``,
+which nothing but a signal could interrupt); the call then raises
+``ValueError: ring is closed`` and unmaps the ring itself as it leaves, so no
+thread touches the mapping after it is gone.
+
 The semaphores ``/fastipc.NAME.items`` and ``/fastipc.NAME.space`` are only
 wake-up hints, not counts: a waiter re-checks the state after every wake-up
 and never sleeps longer than ``_SLEEP_CAP`` between checks, so a peer killed
@@ -78,6 +88,7 @@ from ..ring import (
     Ring,
     check_buffer,
     incompatible,
+    open_segment,
     release_view,
     segment_path,
     semaphore_paths,
@@ -269,10 +280,9 @@ class PythonRing(Ring):
         return ring
 
     @classmethod
-    def _open(cls, name: str) -> PythonRing:
-        """Open the existing ring ``name`` (name already validated)."""
-        path = segment_path(name)
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    def _open(cls, name: str, owners: frozenset[int] | None = None) -> PythonRing:
+        """Open the existing ring ``name`` (name already validated; see Ring.open for ``owners``)."""
+        fd = open_segment(name, owners)
         mm: mmap.mmap | None = None
         sems: list[posix_ipc.Semaphore] = []
         try:
