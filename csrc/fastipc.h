@@ -35,9 +35,22 @@ int fi_ring_create(int fd, uint64_t capacity, fi_ring **out);
  * version, -EAGAIN creator still initialising, -EBADMSG inconsistent header. */
 int fi_ring_open(int fd, fi_ring **out);
 
-/* Unmap and free the handle; NULL is allowed. Does not release a lock held
- * by an open reserve/view (the Python layer does that first). */
+/* Close the handle: every later call returns -EBADF, except fi_ring_abort and
+ * fi_ring_unhold, which still let go of a side this thread holds. Threads
+ * waiting in calls on it wake and return -EBADF. The mapping goes once no
+ * call is inside, no pin is left and no side is held; the struct stays
+ * until fi_ring_free. Serial (see below). Idempotent; NULL is allowed. */
 void fi_ring_close(fi_ring *r);
+
+/* Close (if open) and free the handle: call when no other thread can still
+ * use the pointer. NULL is allowed. */
+void fi_ring_free(fi_ring *r);
+
+/* Keep the mapping while a view into it lives (a view past its block must
+ * never fault): one fi_ring_unpin per successful fi_ring_pin, which may
+ * come after fi_ring_close. -EBADF if the mapping is already gone. */
+int fi_ring_pin(fi_ring *r);
+void fi_ring_unpin(fi_ring *r);
 
 /* The payload capacity (bytes) and data-area size (bytes) of the handle. */
 uint64_t fi_ring_capacity(const fi_ring *r);
@@ -62,7 +75,11 @@ int fi_ring_is_shutdown(fi_ring *r);
 /* Mark the ring shut down and wake every waiter. Never blocks. */
 int fi_ring_shutdown(fi_ring *r);
 
-/* ---- Non-blocking calls: never wait, safe to call with the GIL held. ---- */
+/* ---- Non-blocking calls: never wait, safe to call with the GIL held. ----
+ * These and fi_ring_len/next_len/shutdown/commit/release/close are "serial":
+ * the caller never runs one at the same time as fi_ring_close on the handle
+ * (Python: they are all called holding the GIL). The waiting calls below may
+ * run while another thread closes the handle: they count themselves in. */
 
 /* Append one message of n bytes. -EAGAIN full or another producer is
  * active, -EMSGSIZE n > capacity. (void *, not char *: cffi converts a
@@ -121,12 +138,14 @@ int fi_ring_abort(fi_ring *r);
 
 /* Wait for the oldest message and hold the consumer side: *ptr gets its
  * bytes in place; returns its length. Finish with fi_ring_release (which
- * consumes it), from the same thread. */
+ * consumes it), from the same thread (-EPERM from another). */
 int64_t fi_ring_peek(fi_ring *r, int64_t timeout_ns, char **ptr);
 int fi_ring_release(fi_ring *r);
 
 /* Let go of whatever side an open reserve/peek holds, publishing and
- * consuming nothing (for closing a handle with a view still open). */
+ * consuming nothing (for closing a handle with a view still open, or a
+ * block an exception ended before it began). 0 also when nothing is held;
+ * -EPERM if another thread holds it. */
 int fi_ring_unhold(fi_ring *r);
 
 /* ---- Channel: length-framed messages over a Unix stream socket (channel.c) ----

@@ -159,9 +159,21 @@ int fi_lock_wait(fi_lock *l, int64_t deadline, int64_t spin_ns)
     }
 }
 
-void fi_lock_release(fi_lock *l)
+int fi_lock_held(const fi_lock *l)
 {
-    uint64_t old = __atomic_exchange_n(&l->word, 0, __ATOMIC_RELEASE);
-    if (old & WAITERS)
+    uint64_t v = __atomic_load_n(&l->word, __ATOMIC_RELAXED);
+    return (v & ~(uint64_t)WAITERS) == (self_word() & ~(uint64_t)WAITERS) ? 0 : -EPERM;
+}
+
+int fi_lock_release(fi_lock *l)
+{
+    uint64_t self = self_word() & ~(uint64_t)WAITERS;
+    uint64_t v = __atomic_load_n(&l->word, __ATOMIC_RELAXED);
+    do {
+        if ((v & ~(uint64_t)WAITERS) != self)
+            return -EPERM;
+    } while (!__atomic_compare_exchange_n(&l->word, &v, 0, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED));
+    if (v & WAITERS)
         futex_wake_all((uint32_t *)&l->word);
+    return 0;
 }

@@ -24,8 +24,9 @@ typedef struct {
     uint64_t word;
 } fi_lock;
 
-/* 0 taken (also from a dead holder), -EAGAIN held by a live thread,
- * -EDEADLK held by this thread. Never blocks. */
+/* 0 taken, -EAGAIN held by another thread (live or not: only fi_lock_wait
+ * asks /proc, since that costs a file read), -EDEADLK held by this thread.
+ * Never blocks. */
 int fi_lock_try(fi_lock *l);
 
 /* Take the lock, spinning for spin_ns, then sleeping, until `deadline`
@@ -33,7 +34,12 @@ int fi_lock_try(fi_lock *l);
  * signal arrived while asleep. */
 int fi_lock_wait(fi_lock *l, int64_t deadline, int64_t spin_ns);
 
-/* Release a lock this thread holds. */
-void fi_lock_release(fi_lock *l);
+/* Release the lock if this thread holds it: 0, or -EPERM (and the word is
+ * left alone) if another thread or process does, e.g. a forked child
+ * releasing what its parent took, or a holder that was taken over. */
+int fi_lock_release(fi_lock *l);
+
+/* 0 if this thread holds the lock, else -EPERM. */
+int fi_lock_held(const fi_lock *l);
 
 #endif /* FASTIPC_LOCK_H */

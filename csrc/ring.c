@@ -55,13 +55,19 @@
 #endif
 
 #define FI_MAGIC 0x31304e5249435046ULL /* "FPCIRN01" read as little-endian */
-#define FI_LAYOUT_VERSION 1u
+/* 2: the tail word's top bit is the shutdown mark (TAIL_CLOSED). */
+#define FI_LAYOUT_VERSION 2u
 #define FI_HEADER_MIN 4096u
 #define FI_LINE 128 /* two x86 cache lines: the adjacent-line prefetcher pairs them */
 #define FI_REC_HDR 8u
 /* A record's stride (header, payload, padding to a line) must fit its u32. */
 #define FI_MAX_CAPACITY (UINT32_MAX - 127u)
 #define FI_SPIN_PAUSES 8 /* between looks at the other side while spinning */
+/* Set in prod.tail by shutdown. A publish is a compare-and-swap from the
+ * tail its producer read, so once the mark is in no producer can publish,
+ * however long it held the lock (dead, stopped): a consumer that finds the
+ * mark and an empty ring knows the ring is drained for good. */
+#define TAIL_CLOSED (1ull << 63)
 
 
 #define ALIGNED_LINE __attribute__((aligned(FI_LINE)))
@@ -74,7 +80,7 @@ struct fi_header {
     uint64_t data_size;
     struct {
         fi_lock lock;
-        uint64_t tail;     /* bytes published, ever */
+        uint64_t tail;     /* bytes published, ever; | TAIL_CLOSED once shut down */
         uint64_t produced; /* messages published, ever */
     } ALIGNED_LINE prod;
     struct {
@@ -93,8 +99,21 @@ struct fi_header {
 
 enum fi_side { SIDE_NONE = 0, SIDE_PROD = 1, SIDE_CONS = 2 };
 
+/* Lifetime of a handle (DESIGN.md, Handles, threads and lifetimes):
+ * fi_ring_close may come from any thread while others are inside calls or
+ * hold views, so the mapping is reference-counted. `refs` is 1 for the open
+ * handle, plus 1 for each thread inside a call that waits (enter/leave),
+ * each pin (a view the caller still holds), and the side an open
+ * reserve/peek holds; the mapping goes when it drops to 0. The struct
+ * itself goes only in fi_ring_free, when its owner (Python's handle object)
+ * is gone, so a stale pointer to a closed handle meets `closed`, never
+ * freed memory. Calls that never wait (marked "serial" in fastipc.h) do not
+ * count themselves: the caller runs them and fi_ring_close one at a time
+ * (Python: holding the GIL). */
 struct fi_ring {
     struct fi_header *hdr;
+    int closed;        /* fi_ring_close was called */
+    uint32_t refs;     /* see above */
     char *data;        /* first of the two mappings of the data area */
     void *map_base;    /* the whole reservation: header + 2 * data */
     size_t map_len;
@@ -121,6 +140,11 @@ static inline uint64_t align_line(uint64_t pos) { return (pos + 63u) & ~(uint64_
 static inline uint64_t slot_size(uint64_t n) { return align_line(FI_REC_HDR + n); }
 
 static inline uint64_t ld_acq(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+/* The tail position without the shutdown mark. */
+static inline uint64_t ld_tail(const struct fi_header *h, int order)
+{
+    return __atomic_load_n(&h->prod.tail, order) & ~TAIL_CLOSED;
+}
 static inline uint32_t ld32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 
 static inline void wake(uint32_t *futex_word, uint32_t *sleeping)
@@ -139,7 +163,7 @@ static inline void wake_producers(struct fi_header *h) { wake(&h->wake.prod_fute
 
 static inline int lock_try(fi_lock *l) { return fi_lock_try(l); }
 static inline int lock_wait(fi_ring *r, fi_lock *l, int64_t deadline) { return fi_lock_wait(l, deadline, r->spin_ns); }
-static inline void unlock(fi_lock *l) { fi_lock_release(l); }
+static inline int unlock(fi_lock *l) { return fi_lock_release(l); }
 
 /* ---- waiting ---------------------------------------------------------- */
 
@@ -151,8 +175,8 @@ static int ready(fi_ring *r, enum fi_side side, uint64_t need)
 {
     struct fi_header *h = r->hdr;
     uint64_t head = __atomic_load_n(&h->cons.head, __ATOMIC_SEQ_CST);
-    uint64_t tail = __atomic_load_n(&h->prod.tail, __ATOMIC_SEQ_CST);
-    if (is_closed(h) || tail - head > r->size)
+    uint64_t tail = ld_tail(h, __ATOMIC_SEQ_CST);
+    if (is_closed(h) || r->closed || tail - head > r->size)
         return 1;
     if (side == SIDE_CONS)
         return tail != head;
@@ -197,7 +221,7 @@ static int wait_for(fi_ring *r, enum fi_side side, uint64_t need, int64_t deadli
         if (rc == -EINTR)
             return rc;
         if (ready(r, side, need))
-            return 0;
+            return 0; /* also when this handle was closed: the caller's next step sees it */
         now = mono_ns();
     }
 }
@@ -243,14 +267,25 @@ static int get_record_header(fi_ring *r, uint64_t pos, uint64_t avail, uint32_t 
     return 0;
 }
 
-static void publish(fi_ring *r, uint64_t tail, uint64_t count)
+/* Make the records in [old_tail, tail) visible: 0, -EPIPE if the ring was
+ * shut down meanwhile (nothing is published), -EBADMSG if the tail moved
+ * under the producer lock (a corrupted or hostile segment). */
+static int publish(fi_ring *r, uint64_t old_tail, uint64_t tail, uint64_t count)
 {
     struct fi_header *h = r->hdr;
-    __atomic_store_n(&h->prod.produced, h->prod.produced + count, __ATOMIC_RELEASE);
+    uint64_t produced = h->prod.produced;
+    __atomic_store_n(&h->prod.produced, produced + count, __ATOMIC_RELEASE);
     /* Sequentially consistent, so the check of the sleeping flag below
      * cannot be ordered before it (see wait_for). */
-    __atomic_exchange_n(&h->prod.tail, tail, __ATOMIC_SEQ_CST);
+    uint64_t seen = old_tail;
+    if (!__atomic_compare_exchange_n(&h->prod.tail, &seen, tail, 0, __ATOMIC_SEQ_CST,
+                                     __ATOMIC_SEQ_CST)) {
+        __atomic_store_n(&h->prod.produced, produced, __ATOMIC_RELEASE);
+        wake_consumers(h);
+        return seen & TAIL_CLOSED ? -EPIPE : -EBADMSG;
+    }
     wake_consumers(h);
+    return 0;
 }
 
 static int send_locked(fi_ring *r, const void *buf, size_t n)
@@ -260,7 +295,7 @@ static int send_locked(fi_ring *r, const void *buf, size_t n)
         wake_consumers(h);
         return -EPIPE;
     }
-    uint64_t tail = __atomic_load_n(&h->prod.tail, __ATOMIC_RELAXED);
+    uint64_t tail = ld_tail(h, __ATOMIC_RELAXED);
     uint64_t stride = align_line(tail + rec_size(n)) - tail;
     int rc = room_for(r, tail, stride);
     if (rc)
@@ -268,8 +303,7 @@ static int send_locked(fi_ring *r, const void *buf, size_t n)
     char *p = at(r, tail);
     put_record_header(p, (uint32_t)n, stride);
     memcpy(p + FI_REC_HDR, buf, n);
-    publish(r, tail + stride, 1);
-    return 0;
+    return publish(r, tail, tail + stride, 1);
 }
 
 static int64_t send_batch_locked(fi_ring *r, const char *buf, size_t len, size_t skip)
@@ -298,7 +332,7 @@ static int64_t send_batch_locked(fi_ring *r, const char *buf, size_t len, size_t
         wake_consumers(h);
         return -EPIPE;
     }
-    uint64_t tail = __atomic_load_n(&h->prod.tail, __ATOMIC_RELAXED), pos = tail, last = tail;
+    uint64_t tail = ld_tail(h, __ATOMIC_RELAXED), pos = tail, last = tail;
     uint32_t last_len = 0;
     int64_t sent = 0;
     for (p = first; sent < count - (int64_t)skip; sent++) {
@@ -323,25 +357,23 @@ static int64_t send_batch_locked(fi_ring *r, const char *buf, size_t len, size_t
         return -EAGAIN;
     pos = align_line(pos);
     put_record_header(at(r, last), last_len, pos - last);
-    publish(r, pos, (uint64_t)sent);
-    return sent;
+    int rc = publish(r, tail, pos, (uint64_t)sent);
+    return rc ? rc : sent;
 }
 
 /* ---- consumer side (call with the consumer lock held) ------------------ */
 
-/* An empty ring is only "closed and drained" once no producer is inside its
- * critical section: one that checked `closed` just before shutdown may still
- * publish. Taking the producer lock for a moment waits that out. Returns
- * -EPIPE (drained), -EAGAIN (nothing yet) or 0 (data arrived after all). */
+/* An empty ring is "closed and drained" once the tail carries the shutdown
+ * mark: no producer can publish after it (see TAIL_CLOSED), not even one
+ * that is dead or stopped while holding the producer lock. Returns -EPIPE
+ * (drained), -EAGAIN (nothing yet) or 0 (data arrived after all). */
 static int drained(fi_ring *r)
 {
     struct fi_header *h = r->hdr;
-    if (!is_closed(h))
+    uint64_t tail = ld_acq(&h->prod.tail);
+    if (!(tail & TAIL_CLOSED))
         return -EAGAIN;
-    if (lock_try(&h->prod.lock) != 0)
-        return -EAGAIN;
-    r->cached_tail = ld_acq(&h->prod.tail);
-    unlock(&h->prod.lock);
+    r->cached_tail = tail & ~TAIL_CLOSED;
     return r->cached_tail == ld_acq(&h->cons.head) ? -EPIPE : 0;
 }
 
@@ -354,7 +386,7 @@ static int next_record(fi_ring *r, uint64_t *headp, uint32_t *lenp, uint64_t *st
     /* cached_tail is a lower bound of tail; other consumers may have moved
      * head past it (the unsigned difference then wraps and is > size). */
     if (r->cached_tail - head > r->size || head == r->cached_tail)
-        r->cached_tail = ld_acq(&h->prod.tail);
+        r->cached_tail = ld_tail(h, __ATOMIC_ACQUIRE);
     if (head == r->cached_tail) {
         int rc = drained(r);
         if (rc)
@@ -405,7 +437,7 @@ static int64_t recv_batch_locked(fi_ring *r, char *out, size_t cap, size_t max_c
         if (++count == max_count || count == UINT32_MAX)
             break;
         if (pos == r->cached_tail)
-            r->cached_tail = ld_acq(&r->hdr->prod.tail);
+            r->cached_tail = ld_tail(r->hdr, __ATOMIC_ACQUIRE);
         if (pos == r->cached_tail || r->cached_tail - pos > r->size)
             break;
         /* A bad record ends the batch; the next call reports it. */
@@ -417,6 +449,44 @@ static int64_t recv_batch_locked(fi_ring *r, char *out, size_t cap, size_t max_c
     consume(r, pos, count);
     return w - out;
 }
+
+/* ---- handle lifetime -------------------------------------------------- */
+
+static void unmap(fi_ring *r)
+{
+    munmap(r->map_base, r->map_len);
+    r->hdr = NULL;
+    r->data = NULL;
+}
+
+/* Drop one reference (see struct fi_ring); the last one takes the mapping. */
+static void put_ref(fi_ring *r)
+{
+    if (__atomic_sub_fetch(&r->refs, 1, __ATOMIC_SEQ_CST) == 0)
+        unmap(r);
+}
+
+/* Count this thread in for a call that may wait: -EBADF once closed. A
+ * reference is only ever taken while another is held (refs > 0), so the
+ * mapping, once gone, never comes back into use. */
+static int enter(fi_ring *r)
+{
+    if (!r)
+        return -EBADF;
+    uint32_t v = __atomic_load_n(&r->refs, __ATOMIC_SEQ_CST);
+    do {
+        if (v == 0)
+            return -EBADF;
+    } while (!__atomic_compare_exchange_n(&r->refs, &v, v + 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
+    if (__atomic_load_n(&r->closed, __ATOMIC_SEQ_CST)) {
+        put_ref(r);
+        return -EBADF;
+    }
+    return 0;
+}
+
+/* For the serial calls: the handle is usable (not closed, so mapped). */
+static inline int usable(const fi_ring *r) { return r && !__atomic_load_n(&r->closed, __ATOMIC_RELAXED); }
 
 /* ---- public: lifetime ------------------------------------------------- */
 
@@ -463,6 +533,7 @@ static int map_segment(int fd, uint64_t hsize, uint64_t size, fi_ring **out)
     r->data = base + hsize;
     r->size = size;
     r->spin_ns = 20000;
+    r->refs = 1;
     *out = r;
     return 0;
 fail:
@@ -532,10 +603,42 @@ int fi_ring_open(int fd, fi_ring **out)
 
 void fi_ring_close(fi_ring *r)
 {
+    if (!r || __atomic_exchange_n(&r->closed, 1, __ATOMIC_SEQ_CST))
+        return;
+    /* Wake this handle's sleepers (a spurious wake-up for everyone else's):
+     * they see `closed` in ready() and leave. The header is still mapped:
+     * the handle's own reference is dropped only below. */
+    struct fi_header *h = r->hdr;
+    __atomic_add_fetch(&h->wake.cons_futex, 1, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&h->wake.prod_futex, 1, __ATOMIC_SEQ_CST);
+    futex_wake_all(&h->wake.cons_futex);
+    futex_wake_all(&h->wake.prod_futex);
+    put_ref(r);
+}
+
+void fi_ring_free(fi_ring *r)
+{
     if (!r)
         return;
-    munmap(r->map_base, r->map_len);
-    free(r);
+    fi_ring_close(r);
+    /* Anything still counted (a side held by a block its thread never left)
+     * would use the struct later: keep it (a leak) rather than free it. */
+    if (__atomic_load_n(&r->refs, __ATOMIC_SEQ_CST) == 0)
+        free(r);
+}
+
+int fi_ring_pin(fi_ring *r)
+{
+    if (!r || __atomic_load_n(&r->refs, __ATOMIC_SEQ_CST) == 0)
+        return -EBADF;
+    __atomic_add_fetch(&r->refs, 1, __ATOMIC_SEQ_CST);
+    return 0;
+}
+
+void fi_ring_unpin(fi_ring *r)
+{
+    if (r)
+        put_ref(r);
 }
 
 uint64_t fi_ring_capacity(const fi_ring *r) { return r->cap; }
@@ -550,7 +653,7 @@ void fi_ring_set_spin(fi_ring *r, int64_t spin_ns) { r->spin_ns = spin_ns < 0 ? 
 
 int64_t fi_ring_len(fi_ring *r)
 {
-    if (!r)
+    if (!usable(r))
         return -EBADF;
     struct fi_header *h = r->hdr;
     uint64_t consumed = __atomic_load_n(&h->cons.consumed, __ATOMIC_ACQUIRE);
@@ -567,9 +670,9 @@ int64_t fi_ring_len(fi_ring *r)
 
 int64_t fi_ring_next_len(fi_ring *r)
 {
-    if (!r)
+    if (!usable(r))
         return -EBADF;
-    uint64_t head = ld_acq(&r->hdr->cons.head), tail = ld_acq(&r->hdr->prod.tail);
+    uint64_t head = ld_acq(&r->hdr->cons.head), tail = ld_tail(r->hdr, __ATOMIC_ACQUIRE);
     if (head == tail)
         return -EAGAIN;
     if (tail - head > r->size)
@@ -579,13 +682,15 @@ int64_t fi_ring_next_len(fi_ring *r)
     return len > r->cap ? -EBADMSG : (int64_t)len;
 }
 
-int fi_ring_is_shutdown(fi_ring *r) { return r && is_closed(r->hdr); }
+int fi_ring_is_shutdown(fi_ring *r) { return usable(r) && is_closed(r->hdr); }
 
 int fi_ring_shutdown(fi_ring *r)
 {
-    if (!r)
+    if (!usable(r))
         return -EBADF;
     struct fi_header *h = r->hdr;
+    /* The mark first: from here on no producer publishes (see TAIL_CLOSED). */
+    __atomic_fetch_or(&h->prod.tail, TAIL_CLOSED, __ATOMIC_SEQ_CST);
     __atomic_store_n(&h->wake.closed, 1, __ATOMIC_SEQ_CST);
     __atomic_store_n(&h->wake.cons_sleeping, 0, __ATOMIC_SEQ_CST);
     __atomic_store_n(&h->wake.prod_sleeping, 0, __ATOMIC_SEQ_CST);
@@ -600,7 +705,7 @@ int fi_ring_shutdown(fi_ring *r)
 
 int fi_ring_try_send(fi_ring *r, const void *buf, size_t n)
 {
-    if (!r)
+    if (!usable(r))
         return -EBADF;
     if (n > r->cap)
         return -EMSGSIZE;
@@ -614,7 +719,7 @@ int fi_ring_try_send(fi_ring *r, const void *buf, size_t n)
 
 int64_t fi_ring_try_recv(fi_ring *r, char *out, size_t cap)
 {
-    if (!r)
+    if (!usable(r))
         return -EBADF;
     int rc = lock_try(&r->hdr->cons.lock);
     if (rc)
@@ -626,7 +731,7 @@ int64_t fi_ring_try_recv(fi_ring *r, char *out, size_t cap)
 
 int64_t fi_ring_try_recv1(fi_ring *r)
 {
-    return r ? fi_ring_try_recv(r, r->scratch, r->scratch_cap) : -EBADF;
+    return usable(r) ? fi_ring_try_recv(r, r->scratch, r->scratch_cap) : -EBADF;
 }
 
 int fi_ring_spin_send(fi_ring *r, const void *buf, size_t n, int64_t spin_ns)
@@ -647,7 +752,7 @@ int64_t fi_ring_spin_recv1(fi_ring *r, int64_t spin_ns)
 
 int64_t fi_ring_try_send_batch(fi_ring *r, const char *buf, size_t len, size_t skip)
 {
-    if (!r)
+    if (!usable(r))
         return -EBADF;
     int rc = lock_try(&r->hdr->prod.lock);
     if (rc)
@@ -659,7 +764,7 @@ int64_t fi_ring_try_send_batch(fi_ring *r, const char *buf, size_t len, size_t s
 
 int64_t fi_ring_try_recv_batch(fi_ring *r, char *out, size_t cap, size_t max_count)
 {
-    if (!r)
+    if (!usable(r))
         return -EBADF;
     if (max_count == 0)
         return -EINVAL;
@@ -672,6 +777,26 @@ int64_t fi_ring_try_recv_batch(fi_ring *r, char *out, size_t cap, size_t max_cou
 }
 
 /* ---- public: blocking ------------------------------------------------- */
+
+/* Wait for the other side; once shut down, a consumer polls gently (see
+ * drained). Returns 0 to retry, -ETIMEDOUT, -EINTR, or -EBADF once the
+ * handle was closed. */
+static int closed_wait(fi_ring *r, enum fi_side side, uint64_t need, int64_t deadline)
+{
+    if (__atomic_load_n(&r->closed, __ATOMIC_RELAXED))
+        return -EBADF;
+    if (side == SIDE_CONS && is_closed(r->hdr)) {
+        if (deadline >= 0 && mono_ns() >= deadline)
+            return -ETIMEDOUT;
+        struct timespec ts = {0, 200000};
+        nanosleep(&ts, NULL);
+        return 0;
+    }
+    int rc = wait_for(r, side, need, deadline);
+    if (rc == 0 && __atomic_load_n(&r->closed, __ATOMIC_RELAXED))
+        return -EBADF;
+    return rc;
+}
 
 /* Retry `op` under `side`'s lock until it stops saying -EAGAIN. Between
  * tries the lock is dropped and we wait for the other side. */
@@ -693,40 +818,38 @@ int64_t fi_ring_try_recv_batch(fi_ring *r, char *out, size_t cap, size_t max_cou
         }                                                                         \
     } while (0)
 
-/* Wait for the other side; once shut down, a consumer polls gently until the
- * last producer leaves its critical section (see drained). */
-static int closed_wait(fi_ring *r, enum fi_side side, uint64_t need, int64_t deadline)
+static int send_wait(fi_ring *r, const void *buf, size_t n, int64_t timeout_ns)
 {
-    if (side == SIDE_CONS && is_closed(r->hdr)) {
-        if (deadline >= 0 && mono_ns() >= deadline)
-            return -ETIMEDOUT;
-        struct timespec ts = {0, 200000};
-        nanosleep(&ts, NULL);
-        return 0;
-    }
-    return wait_for(r, side, need, deadline);
+    BLOCKING(r, SIDE_PROD, slot_size(n), timeout_ns, send_locked(r, buf, n));
 }
 
 int fi_ring_send(fi_ring *r, const void *buf, size_t n, int64_t timeout_ns)
 {
-    if (!r)
-        return -EBADF;
-    if (n > r->cap)
-        return -EMSGSIZE;
-    BLOCKING(r, SIDE_PROD, slot_size(n), timeout_ns, send_locked(r, buf, n));
+    int rc = enter(r);
+    if (rc)
+        return rc;
+    rc = n > r->cap ? -EMSGSIZE : send_wait(r, buf, n, timeout_ns);
+    put_ref(r);
+    return rc;
+}
+
+static int64_t recv_wait(fi_ring *r, char *out, size_t cap, int64_t timeout_ns)
+{
+    BLOCKING(r, SIDE_CONS, 0, timeout_ns, recv_locked(r, out, cap));
 }
 
 int64_t fi_ring_recv(fi_ring *r, char *out, size_t cap, int64_t timeout_ns)
 {
-    if (!r)
-        return -EBADF;
-    BLOCKING(r, SIDE_CONS, 0, timeout_ns, recv_locked(r, out, cap));
+    int64_t rc = enter(r);
+    if (rc)
+        return rc;
+    rc = recv_wait(r, out, cap, timeout_ns);
+    put_ref(r);
+    return rc;
 }
 
-int64_t fi_ring_send_batch(fi_ring *r, const char *buf, size_t len, size_t skip, int64_t timeout_ns)
+static int64_t send_batch_wait(fi_ring *r, const char *buf, size_t len, size_t skip, int64_t timeout_ns)
 {
-    if (!r)
-        return -EBADF;
     /* Wait for room for the next item only: any progress is returned. */
     const char *p, *data;
     uint32_t n = 0;
@@ -739,13 +862,51 @@ int64_t fi_ring_send_batch(fi_ring *r, const char *buf, size_t len, size_t skip,
     BLOCKING(r, SIDE_PROD, slot_size(n), timeout_ns, send_batch_locked(r, buf, len, skip));
 }
 
+int64_t fi_ring_send_batch(fi_ring *r, const char *buf, size_t len, size_t skip, int64_t timeout_ns)
+{
+    int64_t rc = enter(r);
+    if (rc)
+        return rc;
+    rc = send_batch_wait(r, buf, len, skip, timeout_ns);
+    put_ref(r);
+    return rc;
+}
+
+static int64_t recv_batch_wait(fi_ring *r, char *out, size_t cap, size_t max_count, int64_t timeout_ns)
+{
+    BLOCKING(r, SIDE_CONS, 0, timeout_ns, recv_batch_locked(r, out, cap, max_count));
+}
+
 int64_t fi_ring_recv_batch(fi_ring *r, char *out, size_t cap, size_t max_count, int64_t timeout_ns)
 {
-    if (!r)
-        return -EBADF;
     if (max_count == 0)
         return -EINVAL;
-    BLOCKING(r, SIDE_CONS, 0, timeout_ns, recv_batch_locked(r, out, cap, max_count));
+    int64_t rc = enter(r);
+    if (rc)
+        return rc;
+    rc = recv_batch_wait(r, out, cap, max_count, timeout_ns);
+    put_ref(r);
+    return rc;
+}
+
+/* Hold `side` for an open reserve/peek: the side's lock stays taken, and
+ * the mapping stays (one reference) until the side is let go. */
+static void hold(fi_ring *r, enum fi_side side)
+{
+    __atomic_add_fetch(&r->refs, 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&r->holding, side, __ATOMIC_SEQ_CST);
+}
+
+/* Let go of the held side; -EPERM (and nothing changes) if this thread is
+ * not the one holding it. */
+static int let_go(fi_ring *r, fi_lock *l)
+{
+    int rc = unlock(l);
+    if (rc)
+        return rc;
+    __atomic_store_n(&r->holding, SIDE_NONE, __ATOMIC_SEQ_CST);
+    put_ref(r);
+    return 0;
 }
 
 static int64_t reserve_locked(fi_ring *r, size_t n, char **ptr)
@@ -755,25 +916,19 @@ static int64_t reserve_locked(fi_ring *r, size_t n, char **ptr)
         wake_consumers(h);
         return -EPIPE;
     }
-    uint64_t tail = __atomic_load_n(&h->prod.tail, __ATOMIC_RELAXED);
+    uint64_t tail = ld_tail(h, __ATOMIC_RELAXED);
     int rc = room_for(r, tail, align_line(tail + rec_size(n)) - tail);
     if (rc)
         return rc;
-    r->holding = SIDE_PROD;
+    hold(r, SIDE_PROD);
     r->held_len = n;
     r->held_pos = tail;
     *ptr = at(r, tail) + FI_REC_HDR;
     return 1; /* not 0: keeps the lock (see fi_ring_reserve) */
 }
 
-int fi_ring_reserve(fi_ring *r, size_t n, int64_t timeout_ns, char **ptr)
+static int reserve_wait(fi_ring *r, size_t n, int64_t timeout_ns, char **ptr)
 {
-    if (!r)
-        return -EBADF;
-    if (n > r->cap)
-        return -EMSGSIZE;
-    if (r->holding != SIDE_NONE)
-        return -EDEADLK;
     fi_lock *m = &r->hdr->prod.lock;
     int64_t deadline = deadline_of(timeout_ns);
     for (;;) {
@@ -786,31 +941,45 @@ int fi_ring_reserve(fi_ring *r, size_t n, int64_t timeout_ns, char **ptr)
         unlock(m);
         if (rc != -EAGAIN)
             return rc;
-        rc = wait_for(r, SIDE_PROD, slot_size(n), deadline);
+        rc = closed_wait(r, SIDE_PROD, slot_size(n), deadline);
         if (rc)
             return rc;
     }
 }
 
+int fi_ring_reserve(fi_ring *r, size_t n, int64_t timeout_ns, char **ptr)
+{
+    int rc = enter(r);
+    if (rc)
+        return rc;
+    if (n > r->cap)
+        rc = -EMSGSIZE;
+    else if (__atomic_load_n(&r->holding, __ATOMIC_SEQ_CST) != SIDE_NONE)
+        rc = -EDEADLK;
+    else
+        rc = reserve_wait(r, n, timeout_ns, ptr);
+    put_ref(r);
+    return rc;
+}
+
 int fi_ring_commit(fi_ring *r)
 {
-    if (!r)
+    if (!usable(r))
         return -EBADF;
     if (r->holding != SIDE_PROD)
         return -EINVAL;
     struct fi_header *h = r->hdr;
     int rc = 0;
-    r->holding = SIDE_NONE;
     if (is_closed(h)) {
         rc = -EPIPE;
         wake_consumers(h);
     } else {
         uint64_t end = align_line(r->held_pos + rec_size(r->held_len));
         put_record_header(at(r, r->held_pos), (uint32_t)r->held_len, end - r->held_pos);
-        publish(r, end, 1);
+        rc = publish(r, r->held_pos, end, 1);
     }
-    unlock(&h->prod.lock);
-    return rc;
+    int released = let_go(r, &h->prod.lock);
+    return released ? released : rc;
 }
 
 int fi_ring_abort(fi_ring *r)
@@ -819,9 +988,7 @@ int fi_ring_abort(fi_ring *r)
         return -EBADF;
     if (r->holding != SIDE_PROD)
         return -EINVAL;
-    r->holding = SIDE_NONE;
-    unlock(&r->hdr->prod.lock);
-    return 0;
+    return let_go(r, &r->hdr->prod.lock);
 }
 
 static int64_t peek_locked(fi_ring *r, char **ptr)
@@ -831,19 +998,15 @@ static int64_t peek_locked(fi_ring *r, char **ptr)
     int rc = next_record(r, &head, &len, &stride);
     if (rc)
         return rc;
-    r->holding = SIDE_CONS;
+    hold(r, SIDE_CONS);
     r->held_pos = head;
     r->held_len = stride;
     *ptr = at(r, head) + FI_REC_HDR;
     return len;
 }
 
-int64_t fi_ring_peek(fi_ring *r, int64_t timeout_ns, char **ptr)
+static int64_t peek_wait(fi_ring *r, int64_t timeout_ns, char **ptr)
 {
-    if (!r)
-        return -EBADF;
-    if (r->holding != SIDE_NONE)
-        return -EDEADLK;
     fi_lock *m = &r->hdr->cons.lock;
     int64_t deadline = deadline_of(timeout_ns);
     for (;;) {
@@ -862,27 +1025,37 @@ int64_t fi_ring_peek(fi_ring *r, int64_t timeout_ns, char **ptr)
     }
 }
 
+int64_t fi_ring_peek(fi_ring *r, int64_t timeout_ns, char **ptr)
+{
+    int64_t rc = enter(r);
+    if (rc)
+        return rc;
+    if (__atomic_load_n(&r->holding, __ATOMIC_SEQ_CST) != SIDE_NONE)
+        rc = -EDEADLK;
+    else
+        rc = peek_wait(r, timeout_ns, ptr);
+    put_ref(r);
+    return rc;
+}
+
 int fi_ring_release(fi_ring *r)
 {
-    if (!r)
+    if (!usable(r))
         return -EBADF;
     if (r->holding != SIDE_CONS)
         return -EINVAL;
-    r->holding = SIDE_NONE;
+    if (fi_lock_held(&r->hdr->cons.lock) != 0)
+        return -EPERM; /* another thread's view: not ours to consume */
     consume(r, r->held_pos + r->held_len, 1);
-    unlock(&r->hdr->cons.lock);
-    return 0;
+    return let_go(r, &r->hdr->cons.lock);
 }
 
 int fi_ring_unhold(fi_ring *r)
 {
     if (!r)
         return -EBADF;
-    if (r->holding == SIDE_PROD)
-        return fi_ring_abort(r);
-    if (r->holding == SIDE_CONS) {
-        r->holding = SIDE_NONE;
-        unlock(&r->hdr->cons.lock);
-    }
-    return 0;
+    enum fi_side side = __atomic_load_n(&r->holding, __ATOMIC_SEQ_CST);
+    if (side == SIDE_NONE)
+        return 0;
+    return let_go(r, side == SIDE_PROD ? &r->hdr->prod.lock : &r->hdr->cons.lock);
 }

@@ -8,9 +8,11 @@ subclass of :class:`Ring`.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
@@ -82,6 +84,55 @@ def semaphore_paths(name: str) -> list[str]:
     return [f"{SHM_DIR}/sem.fastipc.{name}.items", f"{SHM_DIR}/sem.fastipc.{name}.space"]
 
 
+def open_segment(name: str, owners: frozenset[int] | None = None) -> int:
+    """Open ring ``name``'s segment read-write; return the fd (close-on-exec).
+
+    Never follows a symlink (a name squatted by a link raises OSError(ELOOP)),
+    and refuses a segment that is not a regular file or whose owner is not in
+    ``owners`` (default: this process's effective uid, or root) with
+    PermissionError naming the owner: another user could otherwise create
+    the name first and read or forge what is sent through it.
+    """
+    path = segment_path(name)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(
+                errno.ELOOP, "is a symbolic link, not a ring segment; not following it", path
+            ) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise incompatible(name, "not a regular file")
+        allowed = owners if owners is not None else frozenset((os.geteuid(), 0))
+        if st.st_uid not in allowed:
+            raise PermissionError(
+                errno.EPERM,
+                f"owned by uid {st.st_uid}, not by this user: refusing a segment another user "
+                f"made (pass owners={{{st.st_uid}}} to Ring.open to trust it)",
+                path,
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def validate_owners(owners: object) -> frozenset[int] | None:
+    """``owners`` as a frozenset of uids (None: the default), or TypeError."""
+    if owners is None:
+        return None
+    try:
+        uids = frozenset(owners)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError("owners must be an iterable of uids (ints) or None") from None
+    if not all(isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in uids):
+        raise TypeError(f"owners must be uids (ints >= 0), got {sorted(map(repr, uids))}")
+    return uids
+
+
 def check_buffer(data: object, what: str = "message") -> memoryview:
     """A flat byte view of ``data``, or TypeError naming what was wrong."""
     if isinstance(data, str):
@@ -147,16 +198,23 @@ class Ring:
         return RingImpl._create(validate_name(name), validate_capacity(capacity), validate_mode(mode))
 
     @classmethod
-    def open(cls, name: str) -> Ring:
+    def open(cls, name: str, *, owners: Iterable[int] | None = None) -> Ring:
         """Open the existing ring ``name``.
 
+        The segment must belong to one of the uids in ``owners`` (default:
+        this process's effective uid, or root), so another user cannot make
+        the name first and have you talk to their segment; a ring another
+        user shares with you (``mode=0o660``) needs ``owners={that_uid}``.
+        A symbolic link at the name is never followed.
+
         Raises FileNotFoundError if there is none, PermissionError if not
-        allowed, :class:`~fastipc.IncompatibleSegment` if the segment is not
-        a fastipc ring of this layout and backend.
+        allowed or owned by another user, OSError(ELOOP) for a symlink,
+        :class:`~fastipc.IncompatibleSegment` if the segment is not a
+        fastipc ring of this layout and backend.
         """
         from ._backend import RingImpl
 
-        return RingImpl._open(validate_name(name))
+        return RingImpl._open(validate_name(name), validate_owners(owners))
 
     @staticmethod
     def unlink_name(name: str) -> None:

@@ -15,7 +15,15 @@ from .._native_fast import ffi as ffi_fast
 from .._native_fast import lib as lib_fast
 from .._version import __version__
 from ..errors import Closed, IncompatibleSegment, MessageTooLarge, Timeout
-from ..ring import Ring, check_buffer, incompatible, release_view, segment_path, timeout_ns
+from ..ring import (
+    Ring,
+    check_buffer,
+    incompatible,
+    open_segment,
+    release_view,
+    segment_path,
+    timeout_ns,
+)
 from ._blocking import SLICE_NS as _SLICE_NS
 from ._blocking import deadline as _deadline
 from ._blocking import wait as _wait
@@ -37,6 +45,10 @@ _spin_send = lib_fast.fi_ring_spin_send
 _spin_recv1 = lib_fast.fi_ring_spin_recv1
 _try_send_batch = lib_fast.fi_ring_try_send_batch
 _try_recv_batch = lib_fast.fi_ring_try_recv_batch
+_unhold = lib_fast.fi_ring_unhold
+_close = lib_fast.fi_ring_close
+_pin = lib_fast.fi_ring_pin
+_unpin = lib_fast.fi_ring_unpin
 _from_buffer = ffi_fast.from_buffer
 _dumps = marshal.dumps
 _loads = marshal.loads
@@ -69,6 +81,7 @@ class NativeRing(Ring):
     _batch: Any
     _bview: memoryview | None
     _holding: bool
+    _closed: bool
 
     # ---- lifetime -----------------------------------------------------
     @classmethod
@@ -88,9 +101,9 @@ class NativeRing(Ring):
         return cls._wrap(name, out[0])
 
     @classmethod
-    def _open(cls, name: str) -> NativeRing:
+    def _open(cls, name: str, owners: frozenset[int] | None = None) -> NativeRing:
         path = segment_path(name)
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        fd = open_segment(name, owners)
         try:
             out = ffi.new("fi_ring **")
             deadline = time.monotonic() + 1.0
@@ -114,7 +127,12 @@ class NativeRing(Ring):
     def _wrap(cls, name: str, handle: Any) -> NativeRing:
         self = cls.__new__(cls)
         self.name = name
-        self._h = ffi.gc(handle, lib.fi_ring_close)
+        self._closed = False
+        # The owner of the C handle: freed (fi_ring_free) only when nothing
+        # refers to it any more, so a thread still inside a call, or a view
+        # pinning the mapping, never meets freed memory (close() only marks
+        # it closed; C counts who is inside).
+        self._h = ffi.gc(handle, lib.fi_ring_free)
         # The same pointer typed for the GIL-keeping module (each cffi module
         # has its own struct types).
         self._hf = ffi_fast.cast("fi_ring *", handle)
@@ -129,28 +147,39 @@ class NativeRing(Ring):
         return self
 
     def close(self) -> None:
-        if self._h == ffi.NULL:
+        if self._closed:
             return
+        self._closed = True
         if self._holding:
-            # A reserve/view is still open: let the other producers or
-            # consumers go (nothing is published or consumed), but keep the
-            # mapping (a leak), since the caller's view still points into it.
-            lib.fi_ring_unhold(self._h)
-            ffi.gc(self._h, None)
-        else:
-            ffi.release(self._h)
-        self._h = ffi.NULL
-        self._hf = ffi_fast.NULL
+            # A reserve/view of this thread is open: let the other producers
+            # or consumers go now (nothing is published or consumed). If it
+            # is another thread's block, C refuses (not the holder) and that
+            # block lets go as it exits.
+            _unhold(self._hf)
+        # Threads waiting in calls on this handle wake and raise; the mapping
+        # stays while any of them is inside C or any view still pins it.
+        _close(self._hf)
 
     @property
     def closed(self) -> bool:
-        return bool(self._h == ffi.NULL)
+        return self._closed
 
     def __len__(self) -> int:
-        return int(_check(lib.fi_ring_len(self._h), self.name))
+        return int(_check(lib_fast.fi_ring_len(self._hf), self.name))
 
     def shutdown(self) -> None:
-        _check(lib.fi_ring_shutdown(self._h), self.name)
+        _check(lib_fast.fi_ring_shutdown(self._hf), self.name)
+
+    def _lend(self, ptr: Any, n: int) -> memoryview:
+        """A view of ``n`` bytes at ``ptr`` in the mapping that pins it: the mapping
+        outlives close() while the view, or any slice or export of it, lives."""
+        _check(_pin(self._hf), self.name)
+        # The destructor runs when the last view, slice or export is gone; its
+        # default argument keeps the C struct's owner alive until then.
+        pinned = ffi_fast.gc(
+            ffi_fast.cast("char *", ptr), lambda _, hf=self._hf, owner=self._h: _unpin(hf)
+        )
+        return memoryview(ffi_fast.buffer(pinned, n))
 
     # ---- send ---------------------------------------------------------
     def send(self, data: Any, timeout: float | None = None) -> None:
@@ -261,7 +290,7 @@ class NativeRing(Ring):
             h = self._h
             rc = _wait(lambda t: lib.fi_ring_recv(h, buf, size, t), _deadline(timeout))
         if rc == _EMSGSIZE:
-            need = lib.fi_ring_next_len(self._h)
+            need = lib_fast.fi_ring_next_len(self._hf)
             raise MessageTooLarge(
                 f"the next message in ring {self.name!r} ({need} bytes) does not fit "
                 f"in a buffer of {size} bytes; it stays in the ring"
@@ -302,40 +331,60 @@ class NativeRing(Ring):
 
     @contextmanager
     def _reserve(self, nbytes: int, timeout: float | None) -> Iterator[memoryview]:
-        h, ptr = self._h, ffi.new("char **")
-        _check(_wait(lambda t: lib.fi_ring_reserve(h, nbytes, t, ptr), _deadline(timeout)), self.name)
-        self._holding = True
-        view = memoryview(ffi.buffer(ptr[0], nbytes))
+        if self._holding:
+            _check(-errno.EDEADLK, self.name)
+        h, hf, ptr = self._h, self._hf, ffi.new("char **")
+        view: memoryview | None = None
+        publish = False
+        # Everything from the C call that takes the producer lock runs inside
+        # this try: an exception at any point (a signal handler that raises
+        # between two bytecodes included) lets the lock go in the finally.
         try:
+            self._holding = True
+            rc = _wait(lambda t: lib.fi_ring_reserve(h, nbytes, t, ptr), _deadline(timeout))
+            _check(rc, self.name)
+            view = self._lend(ptr[0], nbytes)
             yield view
-        except BaseException:
-            release_view(view)
-            if not self.closed:
+            publish = True
+        finally:
+            try:
+                if publish and not self._closed:
+                    _check(lib_fast.fi_ring_commit(hf), self.name)
+                else:
+                    _unhold(hf)
+            finally:
                 self._holding = False
-                lib.fi_ring_abort(h)
-            raise
-        release_view(view)
-        if self.closed:
+                if view is not None:
+                    release_view(view)
+        if self._closed:
             raise ValueError(f"ring {self.name!r} was closed inside reserve(); nothing was sent")
-        self._holding = False
-        _check(lib.fi_ring_commit(h), self.name)
 
     def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
         return self._recv_view(timeout)
 
     @contextmanager
     def _recv_view(self, timeout: float | None) -> Iterator[memoryview]:
-        h, ptr = self._h, ffi.new("char **")
-        n = _check(_wait(lambda t: lib.fi_ring_peek(h, t, ptr), _deadline(timeout)), self.name)
-        self._holding = True
-        view = memoryview(ffi.buffer(ptr[0], n)).toreadonly()
-        try:
+        if self._holding:
+            _check(-errno.EDEADLK, self.name)
+        h, hf, ptr = self._h, self._hf, ffi.new("char **")
+        view: memoryview | None = None
+        try:  # as in _reserve: no exception may leave the consumer lock taken
+            self._holding = True
+            n = _check(_wait(lambda t: lib.fi_ring_peek(h, t, ptr), _deadline(timeout)), self.name)
+            view = self._lend(ptr[0], n).toreadonly()
             yield view
         finally:
-            release_view(view)
-            if not self.closed:  # close() already let the consumer side go
+            try:
+                if view is not None and not self._closed:
+                    lib_fast.fi_ring_release(hf)  # consumed, raised or not
+                else:
+                    # Never lent (the message stays), or closed inside the
+                    # block (the message stays for the next consumer).
+                    _unhold(hf)
+            finally:
                 self._holding = False
-                lib.fi_ring_release(h)
+                if view is not None:
+                    release_view(view)
 
 
 def _cbuffer(data: Any, writable: bool = False) -> Any:
