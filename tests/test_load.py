@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -35,7 +36,8 @@ SPARE_FDS = 64
 
 SERVER = textwrap.dedent(
     """
-    import os, sys, fastipc
+    import faulthandler, os, signal, sys, fastipc
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for stacks on a hang
     servers = {}
 
     def make(kind, url):
@@ -89,8 +91,8 @@ CLIENT = textwrap.dedent(
     socks = []
     for i in range(n):
         s = socket.socket(family, socket.SOCK_STREAM)
+        s.connect(addr)  # blocking: a unix connect waits for room in the backlog
         s.settimeout(30)
-        s.connect(addr)
         socks.append(s)
     print("connected", len(socks), flush=True)
     # All connected at once: every client sends, then every client reads its reply.
@@ -134,17 +136,40 @@ def _who(proc: subprocess.Popen[str]) -> str:
     return ("server " if "fastipc.serve" in args[2] else "client ") + " ".join(args[3:])
 
 
+#: The server process, for its thread stacks when something hangs.
+_SERVER: list[subprocess.Popen[str]] = []
+
+
+def _server_stacks() -> str:
+    if not _SERVER or _SERVER[0].poll() is not None:
+        return ""
+    srv = _SERVER[0]
+    srv.send_signal(signal.SIGUSR1)
+    time.sleep(1)  # faulthandler writes from the signal handler
+    srv.send_signal(signal.SIGKILL)
+    srv.wait(10)
+    assert srv.stderr is not None
+    return "\nserver threads:\n" + srv.stderr.read()
+
+
 def _line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """One line of ``proc``'s stdout, read byte by byte from the fd (a buffered readline
+    could swallow the next line, which select() would then never report)."""
     assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if not ready:
-        pytest.fail(f"{_who(proc)} said nothing within {timeout} s")
-    line = proc.stdout.readline().strip()
-    if not line:
-        assert proc.stderr is not None
-        proc.wait(5)
-        pytest.fail(f"{_who(proc)} exited {proc.returncode}: {proc.stderr.read()}")
-    return line
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    out = b""
+    while not out.endswith(b"\n"):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            pytest.fail(f"{_who(proc)} said nothing within {timeout} s{_server_stacks()}")
+        byte = os.read(fd, 1)
+        if not byte:
+            assert proc.stderr is not None
+            proc.wait(5)
+            pytest.fail(f"{_who(proc)} exited {proc.returncode}: {proc.stderr.read()}")
+        out += byte
+    return out.decode().strip()
 
 
 @pytest.fixture
@@ -181,6 +206,7 @@ def test_one_server_holds_1000_tcp_and_1000_unix_clients(nofile: int) -> None:
 
     try:
         server = start(SERVER % {"n": N}, f"unix://{d}/load.sock")
+        _SERVER[:] = [server]
         word, tcp_url, unix_url = _line(server, 30).split()
         assert word == "ready"
         rss0 = _vmrss_kib(server.pid)
