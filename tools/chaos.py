@@ -54,7 +54,9 @@ All transports
       within 1 s, so only a hang can break this;
     * messages keep moving: summed over the moments when every participant
       of a group is up, ready and not stopped, 10 s (``STALL_S``) may not
-      pass without the group's receive count rising;
+      pass without the group's receive count rising, nor without each of its
+      senders, receivers and clients moving a message of its own (so a
+      restarted participant that never resumes is caught);
     * the end is clean: after SIGTERM/shutdown every worker exits 0 within
       30 s, and nothing of the run is left in /dev/shm or as a socket file.
 
@@ -537,6 +539,9 @@ class Worker:
         self.restart_at: float | None = None
         self.killed = False  # this incarnation was SIGKILLed by us
         self.done = False
+        self.moved = 0  # messages this slot sent, received or had answered (all incarnations)
+        self.idle = 0.0  # running time, with its whole group up, since it last moved one
+        self.moved_seen = 0
 
 
 class Scenario:
@@ -578,6 +583,10 @@ class Scenario:
     def cleanup(self) -> None:
         pass
 
+    def clean(self, ws: list[Worker]) -> bool:
+        """True if messages must move among ``ws`` now: every one up, ready and running."""
+        return all(self.d.alive(w) and w.ready and w.stopped_until is None for w in ws)
+
     def violation(self, what: str) -> None:
         self.violations.append(what)
         self.d.say(f"VIOLATION [{self.name}] {what}")
@@ -606,6 +615,14 @@ class RingScenario(Scenario):
             tuple[int, int], int
         ] = {}  # (consumer writer, producer writer) -> last seq
         self.max_seen: dict[int, int] = {}
+
+    def clean(self, ws: list[Worker]) -> bool:
+        # A dead ring participant blocks nobody (its lock is taken over); a stopped one
+        # may hold a lock, so: nobody stopped, and someone up on each side.
+        if any(w.stopped_until is not None for w in ws):
+            return False
+        up = {w.role for w in ws if self.d.alive(w) and w.ready}
+        return up >= {"ring_producer", "ring_consumer"}
 
     def args(self, w: Worker) -> dict[str, Any]:
         sabotage = self.d.sabotage and w.slot == "cons0"
@@ -955,6 +972,8 @@ class Driver:
                     f"{w.slot} ({w.role} {w.mode}, pid {w.proc.pid if w.proc else '?'}) reported:\n{self.stderr_tail(w)}"
                 )
             elif kind != TICK:
+                if kind in (SENT, RECV, ACK):
+                    w.moved += 1
                 self.sc.on_record(w, kind, a, b, seq, t)
 
     def kill(self, w: Worker, restart: bool = True) -> None:
@@ -1027,13 +1046,32 @@ class Driver:
                 seen[g] = self.sc.progress[g]
                 acc[g] = 0.0
                 continue
-            if all(self.alive(w) and w.ready and w.stopped_until is None for w in ws):
+            if self.sc.clean(ws):
                 acc[g] = acc.get(g, 0.0) + dt
                 if acc[g] > STALL_S:
                     self.sc.violation(
                         f"stalled: group {g} moved no message in {STALL_S:.0f} s with all of {slots} running"
                     )
                     acc[g] = 0.0
+        # Each participant too: one that is up, with every peer of its groups up and
+        # running, must move a message of its own within STALL_S (a restarted consumer
+        # or client that never resumes is caught here even if the others carry on).
+        for w in self.sc.workers.values():
+            if w.role == "server":
+                continue
+            if w.moved != w.moved_seen:
+                w.moved_seen, w.idle = w.moved, 0.0
+                continue
+            peers = {s for g in w.groups for s in self.sc.groups[g]}
+            me_up = self.alive(w) and w.ready and w.stopped_until is None
+            if me_up and self.sc.clean([self.sc.workers[s] for s in sorted(peers)]):
+                w.idle += dt
+                if w.idle > STALL_S:
+                    self.sc.violation(
+                        f"stalled: {w.slot} ({w.role} {w.mode}) moved no message of its own in "
+                        f"{STALL_S:.0f} s with all of {sorted(peers)} running"
+                    )
+                    w.idle = 0.0
 
     def terminate(self, ws: list[Worker]) -> None:
         for w in ws:
