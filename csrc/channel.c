@@ -96,14 +96,44 @@
 #define STAGE_MAX (16u * 1024)  /* payloads this long are sent from where they are */
 
 
+/* A mapping of the peer's hand-off area. Reference-counted: the channel
+ * holds one while the area is current (or stale, see fi_chan_recv_view) and
+ * every view the caller still holds pins one, so a view, or a slice of it,
+ * kept past its block never reads unmapped memory (fi_chan_view_pin). */
+struct fi_area {
+    char *p;
+    size_t len;
+    uint32_t refs;
+};
+
+static void area_unref(struct fi_area *a)
+{
+    if (a && __atomic_sub_fetch(&a->refs, 1, __ATOMIC_SEQ_CST) == 0) {
+        munmap(a->p, a->len);
+        free(a);
+    }
+}
+
 struct fdset {
     uint64_t lo, hi; /* stream offsets of the recvmsg that brought them */
     int n;           /* fds in this set; -1: MSG_CTRUNC (they were closed) */
     int *fds;        /* max_fds slots in the pool */
 };
 
+/* Lifetime (DESIGN.md, Handles, threads and lifetimes): fi_chan_close may
+ * come from any thread while another is inside a call, so every call counts
+ * itself in `refs` (enter/leave; the open handle is 1 more) and the
+ * buffers, fds and the handle's own dup of the socket go when it drops to
+ * 0. The struct goes only in fi_chan_free. The dup is why a socket fd
+ * number closed by Python can never be reused under a call still inside. */
 struct fi_chan {
-    int fd;
+    int fd;     /* our own dup of the socket */
+    int closed; /* fi_chan_close was called */
+    uint32_t refs;
+    int defer_close; /* inside a try call (GIL held): fds go to `doomed`, not close() */
+    int *doomed;     /* fds to close in the next call that may block */
+    int ndoomed;
+    int held_fds;    /* fds in the unclaimed sets */
     int dead; /* sticky -errno: the stream cannot go on */
     int eof;  /* recvmsg returned 0 (or ECONNRESET) */
     uint32_t max_message;
@@ -144,12 +174,12 @@ struct fi_chan {
     char *stage; /* STAGE_CAP bytes, allocated by the first batch */
 
     /* hand-off: the peer's area we read from */
-    char *rx_area;
-    size_t rx_area_len, rx_data;
+    struct fi_area *rx_area;
+    size_t rx_data;
     int view_held;        /* a message is lent in place (fi_chan_recv_view) */
     uint64_t rel_pending; /* release position stored when the view goes */
-    char *stale_area;     /* an area replaced while a view into it was lent */
-    size_t stale_len;
+    struct fi_area *stale_area; /* an area replaced while a view into it was lent */
+    struct fi_area *view_area;  /* the area of the message lent */
     /* hand-off: our area */
     size_t handoff_min, handoff_area; /* 0: off */
     char *tx_area;
@@ -189,15 +219,48 @@ static int wait_fd(int fd, short events, int64_t deadline)
     return r == 0 ? -ETIMEDOUT : 0;
 }
 
-static void close_fds(const int *fds, int n)
+/* Close an fd that arrived and nobody will take. close() can block: on a
+ * socket with SO_LINGER set and data unsent it waits out the linger time, so
+ * a peer could pass such a socket to stall the receiver. Linger is turned
+ * off first (the kernel still sends what is queued, in the background). */
+static void close_received(int fd)
 {
+    struct linger lg;
+    socklen_t len = sizeof lg;
+    if (getsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, &len) == 0 && lg.l_onoff) {
+        lg.l_onoff = 0;
+        lg.l_linger = 0;
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    close(fd);
+}
+
+#define DOOMED_CAP (4 * MAX_FDS + 8)
+
+/* Close received fds; inside a try call (which runs holding Python's GIL)
+ * they wait in `doomed` for the next call that may block, so no close ever
+ * stops the other threads. */
+static void close_fds(fi_chan *c, const int *fds, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (c->defer_close && c->ndoomed < DOOMED_CAP)
+            c->doomed[c->ndoomed++] = fds[i];
+        else
+            close_received(fds[i]);
+    }
+}
+
+static void flush_doomed(fi_chan *c)
+{
+    int n = c->ndoomed;
+    c->ndoomed = 0;
     for (int i = 0; i < n; i++)
-        close(fds[i]);
+        close_received(c->doomed[i]);
 }
 
 static void drop_last(fi_chan *c)
 {
-    close_fds(c->last, c->nlast);
+    close_fds(c, c->last, c->nlast);
     c->nlast = 0;
 }
 
@@ -211,8 +274,10 @@ static void pop_set(fi_chan *c, int keep)
         memcpy(c->last, s->fds, (size_t)s->n * sizeof(int));
         c->nlast = s->n;
     } else if (s->n > 0) {
-        close_fds(s->fds, s->n);
+        close_fds(c, s->fds, s->n);
     }
+    if (s->n > 0)
+        c->held_fds -= s->n;
     s->n = 0;
     c->set_head = (c->set_head + 1) % MAX_SETS;
     c->nsets--;
@@ -230,11 +295,20 @@ static int take_cmsgs(fi_chan *c, struct msghdr *m, uint64_t lo, uint64_t hi)
         int *fds = (int *)CMSG_DATA(cm);
         if (n > (int)c->max_fds) /* cannot happen with our control buffer; be safe */
             n = (int)c->max_fds;
-        if (c->nsets == MAX_SETS) {
-            /* Far more unclaimed sets than any honest peer leaves: refuse. */
+        /* fds ride only on a frame's first byte, so a set that arrives
+         * while a long frame is read straight into its destination, past
+         * that frame's start, belongs to no frame. And an honest peer
+         * leaves at most two sets unclaimed (the frame being completed and
+         * the next one, whose first byte came with the last read): more
+         * sets, or more fds than two frames may carry, is a peer hoarding
+         * our fd table. Refuse both: close everything held. */
+        int orphan = c->rx_active && lo > c->rx_start;
+        if (orphan || c->nsets == MAX_SETS || c->held_fds + n > 2 * (int)c->max_fds) {
             int tmp[MAX_FDS];
             memcpy(tmp, fds, (size_t)n * sizeof(int));
-            close_fds(tmp, n);
+            close_fds(c, tmp, n);
+            while (c->nsets > 0)
+                pop_set(c, 0);
             c->dead = rc = -EPROTO;
             continue;
         }
@@ -244,13 +318,15 @@ static int take_cmsgs(fi_chan *c, struct msghdr *m, uint64_t lo, uint64_t hi)
         s->lo = lo;
         s->hi = hi;
         c->nsets++;
+        c->held_fds += n;
     }
     if (m->msg_flags & MSG_CTRUNC) {
         /* Some fds did not fit (the kernel closed those): close the ones that
          * did and mark the set so the frame reports it. */
         if (c->nsets > 0 && set_at(c, c->nsets - 1)->lo == lo) {
             struct fdset *s = set_at(c, c->nsets - 1);
-            close_fds(s->fds, s->n);
+            close_fds(c, s->fds, s->n);
+            c->held_fds -= s->n;
             s->n = -1;
         } else if (c->nsets < MAX_SETS) {
             struct fdset *s = set_at(c, c->nsets++);
@@ -321,6 +397,20 @@ static int claim_fds(fi_chan *c, uint64_t start, uint32_t flags, int keep)
     return truncated ? -ENOBUFS : 0;
 }
 
+/* Whether settling the fds of the frame that started at `start` closes any
+ * (then a try call leaves the frame for a call that may block). */
+static int would_close(fi_chan *c, uint64_t start, uint32_t flags, int keep)
+{
+    if (!c->defer_close)
+        return 0;
+    if (c->nlast > 0 || (flags & FRAME_AREA) || ((flags & FRAME_FDS) && !keep))
+        return 1;
+    for (int i = 0; i < c->nsets && set_at(c, i)->hi <= start; i++)
+        if (set_at(c, i)->n > 0)
+            return 1;
+    return 0;
+}
+
 /* Bytes of a frame's payload on the wire. */
 static size_t wire_len(uint32_t len, uint32_t flags) { return flags & FRAME_BULK ? DESC : len; }
 
@@ -329,14 +419,18 @@ static uint64_t *area_released(char *area) { return (uint64_t *)(void *)(area + 
 /* Map the area the peer passed on fd (a memfd it may keep writing; see the top). */
 static int area_map_rx(fi_chan *c, int fd)
 {
+    /* Seals before size: once F_SEAL_SHRINK is seen the size can only stay
+     * (or grow, which maps nothing new); read the other way round, the
+     * sender could shrink and seal in between and we would map pages that
+     * are gone (SIGBUS on the first read). */
+    int seals = fcntl(fd, F_GET_SEALS);
+    if (seals < 0 || !(seals & F_SEAL_SHRINK))
+        return -EPROTO;
     struct stat st;
     if (fstat(fd, &st))
         return -errno;
     if (!S_ISREG(st.st_mode) || st.st_size <= (off_t)AREA_HDR ||
         (uint64_t)st.st_size - AREA_HDR > AREA_MAX)
-        return -EPROTO;
-    int seals = fcntl(fd, F_GET_SEALS);
-    if (seals < 0 || !(seals & F_SEAL_SHRINK))
         return -EPROTO;
     size_t n = (size_t)st.st_size;
     void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -344,23 +438,25 @@ static int area_map_rx(fi_chan *c, int fd)
         return -EPROTO; /* e.g. sealed against writing: not an area */
     uint64_t magic;
     memcpy(&magic, p, 8);
-    if (magic != AREA_MAGIC) {
+    struct fi_area *a = magic == AREA_MAGIC ? malloc(sizeof *a) : NULL;
+    if (!a) {
         munmap(p, n);
-        return -EPROTO;
+        return magic == AREA_MAGIC ? -ENOMEM : -EPROTO;
     }
+    a->p = p;
+    a->len = n;
+    a->refs = 1;
     if (c->rx_area && c->view_held) {
         if (c->stale_area) { /* a third area while the first is still lent: no honest peer */
-            munmap(p, n);
+            area_unref(a);
             return -EPROTO;
         }
-        c->stale_area = c->rx_area; /* unmapped when the view goes */
-        c->stale_len = c->rx_area_len;
+        c->stale_area = c->rx_area; /* let go when the view goes */
         c->rel_pending = NO_RELEASE; /* nothing of the new area is taken yet */
-    } else if (c->rx_area) {
-        munmap(c->rx_area, c->rx_area_len);
+    } else {
+        area_unref(c->rx_area);
     }
-    c->rx_area = p;
-    c->rx_area_len = n;
+    c->rx_area = a;
     c->rx_data = n - AREA_HDR;
     return 0;
 }
@@ -373,7 +469,7 @@ static void bulk_release(fi_chan *c, uint64_t rel)
     if (c->view_held)
         c->rel_pending = rel;
     else
-        __atomic_store_n(area_released(c->rx_area), rel, __ATOMIC_RELEASE);
+        __atomic_store_n(area_released(c->rx_area->p), rel, __ATOMIC_RELEASE);
 }
 
 /* Locate the message of the FRAME_BULK frame that started at stream offset
@@ -394,12 +490,13 @@ static int bulk_locate(fi_chan *c, uint64_t start, uint32_t len, uint32_t flags,
         if (s->n == 1) {
             fd = s->fds[0];
             s->n = 0; /* ours now */
+            c->held_fds -= 1;
         }
         pop_set(c, 0);
         if (fd < 0)
             return c->dead = -EPROTO;
         int rc = area_map_rx(c, fd);
-        close(fd);
+        close_fds(c, &fd, 1);
         if (rc)
             return c->dead = rc;
     }
@@ -408,7 +505,7 @@ static int bulk_locate(fi_chan *c, uint64_t start, uint32_t len, uint32_t flags,
     memcpy(rel, d + 8, 8);
     if (!c->rx_area || off > c->rx_data || len > c->rx_data - off)
         return c->dead = -EBADMSG;
-    *src = c->rx_area + AREA_HDR + off;
+    *src = c->rx_area->p + AREA_HDR + off;
     return 0;
 }
 
@@ -459,7 +556,11 @@ static int64_t recv_direct(fi_chan *c, int keep)
         if (got < 0)
             return got; /* -EAGAIN etc.: the progress stays for the next call */
         c->rx_done += (size_t)got;
+        if (c->ndoomed && c->defer_close)
+            return -EXDEV;
     }
+    if (would_close(c, c->rx_start, c->rx_flags, keep))
+        return -EXDEV;
     c->rx_active = 0;
     int rc = claim_fds(c, c->rx_start, c->rx_flags, keep);
     return rc ? rc : (int64_t)c->rx_len;
@@ -488,6 +589,8 @@ static int64_t recv_step(fi_chan *c, char *out, size_t cap, int keep)
             size_t wire = wire_len(len, flags);
             if (avail - HDR >= wire) {
                 uint64_t start = c->rx_total - avail;
+                if (would_close(c, start, flags, keep))
+                    return -EXDEV;
                 const char *payload = c->rbuf + c->rpos + HDR;
                 c->rpos += HDR + wire;
                 if (flags & FRAME_BULK) {
@@ -516,6 +619,8 @@ static int64_t recv_step(fi_chan *c, char *out, size_t cap, int keep)
         int64_t got = fill(c, need);
         if (got < 0)
             return got;
+        if (c->ndoomed && c->defer_close)
+            return -EXDEV; /* fds to close came with that read */
     }
 }
 
@@ -549,6 +654,7 @@ static int64_t recv_view_step(fi_chan *c, char *out, size_t cap, size_t unused)
                 *(const char **)(void *)out = src;
                 (void)cap;
                 c->view_held = 1;
+                c->view_area = c->rx_area;
                 c->rel_pending = rel;
                 c->view_end = start + HDR + DESC;
                 c->view_len = len;
@@ -592,6 +698,8 @@ static int64_t recv_batch_step(fi_chan *c, char *out, size_t cap, size_t max_cou
         int64_t got = fill(c, need);
         if (got < 0)
             return got;
+        if (c->ndoomed && c->defer_close)
+            return -EXDEV; /* fds to close came with that read */
     }
     char *w = out + 5;
     uint32_t count = 0;
@@ -600,6 +708,11 @@ static int64_t recv_batch_step(fi_chan *c, char *out, size_t cap, size_t max_cou
         uint64_t start = c->rx_total - avail;
         if (count > 0 && (flags & FRAME_FDS))
             break; /* a frame with fds heads the next batch, so an error is its own */
+        if (would_close(c, start, flags, 0)) {
+            if (count == 0)
+                return -EXDEV;
+            break;
+        }
         char *next = batch_put(w, c->rbuf + c->rpos + HDR, len);
         c->rpos += HDR + len;
         int rc = claim_fds(c, start, flags, 0);
@@ -846,38 +959,12 @@ static int send_batch_step(fi_chan *c, const char *blob, size_t len, uint64_t co
 
 /* ---- public: lifetime ------------------------------------------------- */
 
-int fi_chan_new(int fd, size_t rbuf_size, uint32_t max_message, size_t max_fds, fi_chan **out)
+/* Free what the open handle holds (refs reached 0): buffers, fds, areas, the dup. */
+static void release_all(fi_chan *c)
 {
-    if (fd < 0 || rbuf_size < 64 || max_fds < 1 || max_fds > MAX_FDS)
-        return -EINVAL;
-    fi_chan *c = calloc(1, sizeof *c);
-    if (!c)
-        return -ENOMEM;
-    c->fd = fd;
-    c->max_message = max_message;
-    c->rcap = rbuf_size;
-    c->direct_min = rbuf_size / 2 < DIRECT_MAX ? rbuf_size / 2 : DIRECT_MAX;
-    c->max_fds = max_fds;
-    c->tx_area_fd = -1;
-    c->ccap = CMSG_SPACE(max_fds * sizeof(int));
-    c->rbuf = malloc(rbuf_size);
-    c->cbuf = malloc(c->ccap);
-    c->pool = malloc(MAX_SETS * max_fds * sizeof(int));
-    c->last = malloc(max_fds * sizeof(int));
-    if (!c->rbuf || !c->cbuf || !c->pool || !c->last) {
-        fi_chan_free(c);
-        return -ENOMEM;
-    }
-    for (int i = 0; i < MAX_SETS; i++)
-        c->sets[i].fds = c->pool + (size_t)i * max_fds;
-    *out = c;
-    return 0;
-}
-
-void fi_chan_free(fi_chan *c)
-{
-    if (!c)
-        return;
+    c->defer_close = 0;
+    if (c->doomed)
+        flush_doomed(c);
     while (c->nsets > 0)
         pop_set(c, 0);
     if (c->last)
@@ -887,20 +974,119 @@ void fi_chan_free(fi_chan *c)
     free(c->pool);
     free(c->last);
     free(c->stage);
-    if (c->rx_area)
-        munmap(c->rx_area, c->rx_area_len);
-    if (c->stale_area)
-        munmap(c->stale_area, c->stale_len);
+    free(c->doomed);
+    c->rbuf = c->cbuf = c->stage = NULL;
+    c->pool = c->last = c->doomed = NULL;
+    area_unref(c->rx_area);
+    area_unref(c->stale_area);
+    c->rx_area = c->stale_area = c->view_area = NULL;
     if (c->tx_area)
         munmap(c->tx_area, c->tx_area_len);
+    c->tx_area = NULL;
     if (c->tx_area_fd >= 0)
         close(c->tx_area_fd);
-    free(c);
+    c->tx_area_fd = -1;
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
 }
+
+static void leave(fi_chan *c)
+{
+    if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_SEQ_CST) == 0)
+        release_all(c);
+}
+
+/* Count this thread in for a call: -EBADF once closed (see struct fi_chan). */
+static int enter(fi_chan *c)
+{
+    if (!c)
+        return -EBADF;
+    uint32_t v = __atomic_load_n(&c->refs, __ATOMIC_SEQ_CST);
+    do {
+        if (v == 0)
+            return -EBADF;
+    } while (!__atomic_compare_exchange_n(&c->refs, &v, v + 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
+    if (__atomic_load_n(&c->closed, __ATOMIC_SEQ_CST)) {
+        leave(c);
+        return -EBADF;
+    }
+    return 0;
+}
+
+static inline int is_closed_chan(fi_chan *c) { return __atomic_load_n(&c->closed, __ATOMIC_RELAXED); }
+
+int fi_chan_new(int fd, size_t rbuf_size, uint32_t max_message, size_t max_fds, fi_chan **out)
+{
+    if (fd < 0 || rbuf_size < 64 || max_fds < 1 || max_fds > MAX_FDS)
+        return -EINVAL;
+    fi_chan *c = calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    c->refs = 1;
+    c->tx_area_fd = -1;
+    c->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (c->fd < 0) {
+        int rc = -errno;
+        free(c);
+        return rc;
+    }
+    c->max_message = max_message;
+    c->rcap = rbuf_size;
+    c->direct_min = rbuf_size / 2 < DIRECT_MAX ? rbuf_size / 2 : DIRECT_MAX;
+    c->max_fds = max_fds;
+    c->ccap = CMSG_SPACE(max_fds * sizeof(int));
+    c->rbuf = malloc(rbuf_size);
+    c->cbuf = malloc(c->ccap);
+    c->pool = malloc(MAX_SETS * max_fds * sizeof(int));
+    c->last = malloc(max_fds * sizeof(int));
+    c->doomed = malloc(DOOMED_CAP * sizeof(int));
+    if (!c->rbuf || !c->cbuf || !c->pool || !c->last || !c->doomed) {
+        fi_chan_free(c);
+        return -ENOMEM;
+    }
+    for (int i = 0; i < MAX_SETS; i++)
+        c->sets[i].fds = c->pool + (size_t)i * max_fds;
+    *out = c;
+    return 0;
+}
+
+int fi_chan_close(fi_chan *c)
+{
+    if (!c || __atomic_exchange_n(&c->closed, 1, __ATOMIC_SEQ_CST))
+        return 0;
+    uint32_t left = __atomic_sub_fetch(&c->refs, 1, __ATOMIC_SEQ_CST);
+    if (left == 0)
+        release_all(c);
+    return (int)left;
+}
+
+void fi_chan_free(fi_chan *c)
+{
+    if (!c)
+        return;
+    fi_chan_close(c);
+    /* A call still counted would use the struct later: keep it (a leak). */
+    if (__atomic_load_n(&c->refs, __ATOMIC_SEQ_CST) == 0)
+        free(c);
+}
+
+fi_area *fi_chan_view_pin(fi_chan *c)
+{
+    if (enter(c))
+        return NULL;
+    fi_area *a = c->view_held ? c->view_area : NULL;
+    if (a)
+        __atomic_add_fetch(&a->refs, 1, __ATOMIC_SEQ_CST);
+    leave(c);
+    return a;
+}
+
+void fi_area_unpin(fi_area *a) { area_unref(a); }
 
 void fi_chan_set_spin(fi_chan *c, int64_t spin_ns) { c->spin_ns = spin_ns < 0 ? 0 : spin_ns; }
 
-int fi_chan_set_handoff(fi_chan *c, size_t min_len, size_t area_size)
+static int set_handoff_body(fi_chan *c, size_t min_len, size_t area_size)
 {
     if (!c)
         return -EBADF;
@@ -919,7 +1105,7 @@ void fi_chan_set_scratch(fi_chan *c, char *buf, size_t cap)
     c->scap = cap;
 }
 
-int fi_chan_pending(fi_chan *c)
+static int pending_body(fi_chan *c)
 {
     if (!c)
         return 0;
@@ -932,7 +1118,7 @@ int fi_chan_pending(fi_chan *c)
     return avail - HDR >= wire_len(len, flags);
 }
 
-int64_t fi_chan_next_len(fi_chan *c)
+static int64_t next_len_body(fi_chan *c)
 {
     uint32_t len;
     if (!c)
@@ -945,9 +1131,9 @@ int64_t fi_chan_next_len(fi_chan *c)
     return len;
 }
 
-int64_t fi_chan_rx_partial(fi_chan *c) { return c && c->rx_active ? (int64_t)c->rx_done : -1; }
+static int64_t rx_partial_body(fi_chan *c) { return c && c->rx_active ? (int64_t)c->rx_done : -1; }
 
-int64_t fi_chan_buffered(fi_chan *c)
+static int64_t buffered_body(fi_chan *c)
 {
     if (!c)
         return 0;
@@ -956,7 +1142,7 @@ int64_t fi_chan_buffered(fi_chan *c)
            (c->rx_area ? 1 : 0);
 }
 
-int fi_chan_rx_adopt(fi_chan *c, const char *from, char *to)
+static int rx_adopt_body(fi_chan *c, const char *from, char *to)
 {
     if (!c || !c->rx_active || c->rx_out != from)
         return 0;
@@ -965,11 +1151,11 @@ int fi_chan_rx_adopt(fi_chan *c, const char *from, char *to)
     return 1;
 }
 
-int64_t fi_chan_tx_partial(fi_chan *c) { return c ? (int64_t)c->tx_done : 0; }
+static int64_t tx_partial_body(fi_chan *c) { return c ? (int64_t)c->tx_done : 0; }
 
-int64_t fi_chan_tx_frames(fi_chan *c) { return c ? (int64_t)c->tx_frames : 0; }
+static int64_t tx_frames_body(fi_chan *c) { return c ? (int64_t)c->tx_frames : 0; }
 
-void fi_chan_tx_reset(fi_chan *c)
+static void tx_reset_body(fi_chan *c)
 {
     c->tx_done = 0;
     c->tx_frames = 0;
@@ -977,20 +1163,20 @@ void fi_chan_tx_reset(fi_chan *c)
     c->tx_bulk = 0; /* its area space is freed with the next message's release */
 }
 
-int fi_chan_take_fds(fi_chan *c, int *out, size_t cap)
+static int take_fds_body(fi_chan *c, int *out, size_t cap)
 {
     if (!c)
         return -EBADF;
     int n = c->nlast < (int)cap ? c->nlast : (int)cap;
     memcpy(out, c->last, (size_t)n * sizeof(int));
-    close_fds(c->last + n, c->nlast - n);
+    close_fds(c, c->last + n, c->nlast - n);
     c->nlast = 0;
     return n;
 }
 
 /* ---- public: non-blocking --------------------------------------------- */
 
-int fi_chan_try_send(fi_chan *c, const void *buf, size_t n)
+static int try_send_body(fi_chan *c, const void *buf, size_t n)
 {
     if (!c)
         return -EBADF;
@@ -999,16 +1185,10 @@ int fi_chan_try_send(fi_chan *c, const void *buf, size_t n)
     return send_msg(c, buf, n, NULL, 0, 0); /* holds the GIL: never waits for room */
 }
 
-int64_t fi_chan_try_recv1(fi_chan *c)
-{
-    if (!c)
-        return -EBADF;
-    return recv_step(c, c->scratch, c->scap, 0);
-}
 
 /* ---- public: waiting --------------------------------------------------- */
 
-int fi_chan_send(fi_chan *c, const void *buf, size_t n, const int *fds, size_t nfds,
+static int send_body(fi_chan *c, const void *buf, size_t n, const int *fds, size_t nfds,
                  int64_t timeout_ns)
 {
     if (!c)
@@ -1028,10 +1208,12 @@ int fi_chan_send(fi_chan *c, const void *buf, size_t n, const int *fds, size_t n
         rc = wait_fd(c->fd, POLLOUT, deadline);
         if (rc)
             return rc;
+        if (is_closed_chan(c))
+            return -EBADF;
     }
 }
 
-int64_t fi_chan_send_batch(fi_chan *c, const char *blob, size_t len, int64_t timeout_ns)
+static int64_t send_batch_body(fi_chan *c, const char *blob, size_t len, int64_t timeout_ns)
 {
     const char *p, *end = blob + len, *data;
     if (!c)
@@ -1066,6 +1248,8 @@ int64_t fi_chan_send_batch(fi_chan *c, const char *blob, size_t len, int64_t tim
         rc = wait_fd(c->fd, POLLOUT, deadline);
         if (rc)
             return rc;
+        if (is_closed_chan(c))
+            return -EBADF;
     }
 }
 
@@ -1123,6 +1307,8 @@ static int64_t recv_waiting(fi_chan *c, recv_step_fn step, char *out, size_t cap
         rc = wait_fd(c->fd, POLLIN, deadline);
         if (rc)
             return rc;
+        if (is_closed_chan(c))
+            return -EBADF;
     }
 }
 
@@ -1131,37 +1317,36 @@ static int64_t recv_one_step(fi_chan *c, char *out, size_t cap, size_t keep_fds)
     return recv_step(c, out, cap, keep_fds != 0);
 }
 
-int64_t fi_chan_recv(fi_chan *c, char *out, size_t cap, int keep_fds, int64_t timeout_ns)
+static int64_t recv_body(fi_chan *c, char *out, size_t cap, int keep_fds, int64_t timeout_ns)
 {
     if (!c)
         return -EBADF;
     return recv_waiting(c, recv_one_step, out, cap, (size_t)(keep_fds != 0), timeout_ns);
 }
 
-int64_t fi_chan_recv_view(fi_chan *c, const char **ptr, int64_t timeout_ns)
+static int64_t recv_view_body(fi_chan *c, const char **ptr, int64_t timeout_ns)
 {
     if (!c)
         return -EBADF;
     return recv_waiting(c, recv_view_step, (char *)(void *)ptr, sizeof *ptr, 0, timeout_ns);
 }
 
-int fi_chan_release_view(fi_chan *c)
+static int release_view_body(fi_chan *c)
 {
     if (!c)
         return -EBADF;
     if (!c->view_held)
         return -EINVAL;
     c->view_held = 0;
-    if (c->stale_area) {
-        munmap(c->stale_area, c->stale_len);
-        c->stale_area = NULL;
-    }
-    if (c->rel_pending != NO_RELEASE)
-        __atomic_store_n(area_released(c->rx_area), c->rel_pending, __ATOMIC_RELEASE);
+    area_unref(c->stale_area);
+    c->stale_area = NULL;
+    c->view_area = NULL;
+    if (c->rel_pending != NO_RELEASE && c->rx_area)
+        __atomic_store_n(area_released(c->rx_area->p), c->rel_pending, __ATOMIC_RELEASE);
     return 0;
 }
 
-int64_t fi_chan_recv_batch(fi_chan *c, char *out, size_t cap, size_t max_count,
+static int64_t recv_batch_body(fi_chan *c, char *out, size_t cap, size_t max_count,
                            int64_t timeout_ns)
 {
     if (!c)
@@ -1169,4 +1354,218 @@ int64_t fi_chan_recv_batch(fi_chan *c, char *out, size_t cap, size_t max_count,
     if (max_count == 0)
         return -EINVAL;
     return recv_waiting(c, recv_batch_step, out, cap, max_count, timeout_ns);
+}
+
+/* ---- public: every call counts itself in (see struct fi_chan) ---------- */
+
+int fi_chan_set_handoff(fi_chan *c, size_t min_len, size_t area_size)
+{
+    if (enter(c))
+        return -EBADF;
+    int rc = set_handoff_body(c, min_len, area_size);
+    leave(c);
+    return rc;
+}
+
+int fi_chan_pending(fi_chan *c)
+{
+    if (enter(c))
+        return 0;
+    int rc = pending_body(c);
+    leave(c);
+    return rc;
+}
+
+int64_t fi_chan_next_len(fi_chan *c)
+{
+    if (enter(c))
+        return -EBADF;
+    int64_t rc = next_len_body(c);
+    leave(c);
+    return rc;
+}
+
+int64_t fi_chan_rx_partial(fi_chan *c)
+{
+    if (enter(c))
+        return -1;
+    int64_t rc = rx_partial_body(c);
+    leave(c);
+    return rc;
+}
+
+int64_t fi_chan_buffered(fi_chan *c)
+{
+    if (enter(c))
+        return 0;
+    int64_t rc = buffered_body(c);
+    leave(c);
+    return rc;
+}
+
+int fi_chan_rx_adopt(fi_chan *c, const char *from, char *to)
+{
+    if (enter(c))
+        return 0;
+    int rc = rx_adopt_body(c, from, to);
+    leave(c);
+    return rc;
+}
+
+int64_t fi_chan_tx_partial(fi_chan *c)
+{
+    if (enter(c))
+        return 0;
+    int64_t rc = tx_partial_body(c);
+    leave(c);
+    return rc;
+}
+
+int64_t fi_chan_tx_frames(fi_chan *c)
+{
+    if (enter(c))
+        return 0;
+    int64_t rc = tx_frames_body(c);
+    leave(c);
+    return rc;
+}
+
+int fi_chan_take_fds(fi_chan *c, int *out, size_t cap)
+{
+    if (enter(c))
+        return -EBADF;
+    int rc = take_fds_body(c, out, cap);
+    leave(c);
+    return rc;
+}
+
+int fi_chan_try_send(fi_chan *c, const void *buf, size_t n)
+{
+    if (enter(c))
+        return -EBADF;
+    int rc = try_send_body(c, buf, n);
+    leave(c);
+    return rc;
+}
+
+int fi_chan_send(fi_chan *c, const void *buf, size_t n, const int *fds, size_t nfds,
+                 int64_t timeout_ns)
+{
+    if (enter(c))
+        return -EBADF;
+    flush_doomed(c);
+    int rc = send_body(c, buf, n, fds, nfds, timeout_ns);
+    leave(c);
+    return rc;
+}
+
+int64_t fi_chan_send_batch(fi_chan *c, const char *blob, size_t len, int64_t timeout_ns)
+{
+    if (enter(c))
+        return -EBADF;
+    flush_doomed(c);
+    int64_t rc = send_batch_body(c, blob, len, timeout_ns);
+    leave(c);
+    return rc;
+}
+
+int64_t fi_chan_recv(fi_chan *c, char *out, size_t cap, int keep_fds, int64_t timeout_ns)
+{
+    if (enter(c))
+        return -EBADF;
+    flush_doomed(c);
+    int64_t rc = recv_body(c, out, cap, keep_fds, timeout_ns);
+    leave(c);
+    return rc;
+}
+
+int64_t fi_chan_recv_view(fi_chan *c, const char **ptr, int64_t timeout_ns)
+{
+    if (enter(c))
+        return -EBADF;
+    flush_doomed(c);
+    int64_t rc = recv_view_body(c, ptr, timeout_ns);
+    leave(c);
+    return rc;
+}
+
+int fi_chan_release_view(fi_chan *c)
+{
+    if (enter(c))
+        return -EBADF;
+    int rc = release_view_body(c);
+    leave(c);
+    return rc;
+}
+
+int64_t fi_chan_recv_batch(fi_chan *c, char *out, size_t cap, size_t max_count,
+                           int64_t timeout_ns)
+{
+    if (enter(c))
+        return -EBADF;
+    flush_doomed(c);
+    int64_t rc = recv_batch_body(c, out, cap, max_count, timeout_ns);
+    leave(c);
+    return rc;
+}
+
+void fi_chan_tx_reset(fi_chan *c)
+{
+    if (enter(c))
+        return;
+    tx_reset_body(c);
+    leave(c);
+}
+
+/* The try calls run holding the GIL: fds they would close wait in `doomed`,
+ * and once some do, these calls return -EXDEV so that the caller goes
+ * through a call that may block (and closes them without the GIL). */
+static int try_begin(fi_chan *c)
+{
+    if (enter(c))
+        return -EBADF;
+    if (c->ndoomed) {
+        leave(c);
+        return -EXDEV;
+    }
+    c->defer_close = 1;
+    return 0;
+}
+
+static void try_end(fi_chan *c)
+{
+    c->defer_close = 0;
+    leave(c);
+}
+
+int64_t fi_chan_try_recv1(fi_chan *c)
+{
+    int64_t rc = try_begin(c);
+    if (rc)
+        return rc;
+    rc = recv_step(c, c->scratch, c->scap, 0);
+    try_end(c);
+    return rc;
+}
+
+int64_t fi_chan_try_recv(fi_chan *c, char *out, size_t cap, int keep_fds)
+{
+    int64_t rc = try_begin(c);
+    if (rc)
+        return rc;
+    rc = recv_step(c, out, cap, keep_fds != 0);
+    try_end(c);
+    return rc;
+}
+
+int64_t fi_chan_try_recv_batch(fi_chan *c, char *out, size_t cap, size_t max_count)
+{
+    if (max_count == 0)
+        return -EINVAL;
+    int64_t rc = try_begin(c);
+    if (rc)
+        return rc;
+    rc = recv_batch_step(c, out, cap, max_count);
+    try_end(c);
+    return rc;
 }

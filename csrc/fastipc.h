@@ -168,16 +168,31 @@ int fi_ring_unhold(fi_ring *r);
  *   or the errno of sendmsg/recvmsg (-ECONNRESET is reported as -EPIPE/-ENODATA).
  * A sticky error is returned by every later receive. */
 typedef struct fi_chan fi_chan;
+typedef struct fi_area fi_area;
 
-/* A handle for connected AF_UNIX SOCK_STREAM socket `fd` (kept open by the
- * caller) with a receive buffer of rbuf_size bytes (>= 64), frames of at
+/* A handle for connected AF_UNIX SOCK_STREAM socket `fd` (the handle works on
+ * its own dup of it, so the caller may close `fd` any time) with a receive buffer of rbuf_size bytes (>= 64), frames of at
  * most max_message payload bytes and at most max_fds fds per frame (1..253).
  * -EINVAL bad sizes, -ENOMEM. */
 int fi_chan_new(int fd, size_t rbuf_size, uint32_t max_message, size_t max_fds, fi_chan **out);
 
-/* Free the handle and close every received fd nobody took; NULL is allowed.
- * Does not close the socket. */
+/* Close the handle; any thread, any time, idempotent. Every later call returns
+ * -EBADF (or 0/-1 where so noted); calls waiting in other threads return
+ * -EBADF when they next wake (shut the socket down to wake them now). The
+ * buffers, received fds nobody took, areas and the handle's dup of the
+ * socket go once no call is inside. Returns how many calls are still inside
+ * (0: all is freed already). */
+int fi_chan_close(fi_chan *c);
+
+/* Close (if open) and free the handle: when no thread can use the pointer any
+ * more. NULL is allowed. */
 void fi_chan_free(fi_chan *c);
+
+/* Pin the area of the message fi_chan_recv_view lent (NULL if none): it stays
+ * mapped, even after the channel is closed or the peer replaced it, until
+ * the matching fi_area_unpin. */
+fi_area *fi_chan_view_pin(fi_chan *c);
+void fi_area_unpin(fi_area *a);
 
 /* Receives that must wait first retry for spin_ns (default 0) before sleeping. */
 void fi_chan_set_spin(fi_chan *c, int64_t spin_ns);
@@ -225,7 +240,7 @@ void fi_chan_tx_reset(fi_chan *c);
 /* Hand the fds that came with the last frame received with keep_fds to the
  * caller: up to cap go to out (the rest are closed); returns how many. */
 int fi_chan_take_fds(fi_chan *c, int *out, size_t cap);
-/* Every handle call returns -EBADF (or 0) when given NULL, i.e. a closed channel. */
+/* Every handle call returns -EBADF (or 0) when given NULL or a closed handle. */
 
 /* ---- Non-blocking calls: safe with the GIL held. ---- */
 
@@ -238,8 +253,15 @@ int fi_chan_try_send(fi_chan *c, const void *buf, size_t n);
 /* Receive the next frame into the buffer lent by fi_chan_set_scratch, closing
  * any fds it carried; return its length. -EAGAIN nothing complete yet,
  * -EMSGSIZE longer than the scratch buffer (it stays), -EINPROGRESS a frame
- * is partly read into another buffer. */
+ * is partly read into another buffer, -EXDEV received fds wait to be closed:
+ * receive with a call below that may wait (it closes them; close() can
+ * block, so the try calls never call it). */
 int64_t fi_chan_try_recv1(fi_chan *c);
+
+/* fi_chan_recv and fi_chan_recv_batch with timeout 0, never closing an fd
+ * (-EXDEV as above). */
+int64_t fi_chan_try_recv(fi_chan *c, char *out, size_t cap, int keep_fds);
+int64_t fi_chan_try_recv_batch(fi_chan *c, char *out, size_t cap, size_t max_count);
 
 /* ---- Calls that wait up to timeout_ns (0: never) in ppoll; call without the GIL. ----
  * Besides the above they return -ETIMEDOUT at the deadline and -EINTR when

@@ -4,7 +4,14 @@ from ._backend import BACKEND
 from ._version import __version__
 from .channel import Channel, Listener, listen
 from .client import Client, connect
-from .errors import Closed, FastIPCError, IncompatibleSegment, MessageTooLarge, Timeout
+from .errors import (
+    Closed,
+    FastIPCError,
+    IncompatibleSegment,
+    MessageTooLarge,
+    ProtocolError,
+    Timeout,
+)
 from .ring import Ring
 from .server import Peer, Server, serve
 
@@ -18,6 +25,7 @@ __all__ = [
     "Listener",
     "MessageTooLarge",
     "Peer",
+    "ProtocolError",
     "Ring",
     "Server",
     "Timeout",

@@ -27,7 +27,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any, NoReturn, TypeVar, Union
 
 from .endpoints import Endpoint, parse
-from .errors import Closed, MessageTooLarge, Timeout
+from .errors import Closed, MessageTooLarge, ProtocolError, Timeout
 from .framing import (
     DEFAULT_MAX_MESSAGE,
     validate_max_message,
@@ -456,19 +456,33 @@ class Channel:
         if code == errno.EFBIG:
             raise MessageTooLarge(
                 f"channel {name}: the peer announced a message of {length} bytes, over "
-                f"max_message={self.max_message}; channel closed"
+                f"max_message={self.max_message}{self._raw_text_hint(length)}; channel closed"
             )
         if code == errno.EPROTO:
-            what = detail or "bad frame flags, missing fds, or a hand-off area that is not a sealed memfd"
-            raise OSError(code, f"protocol error: {what}; channel closed", name)
+            what = detail or (
+                "bad frame flags, fds attached where no message starts or more than one "
+                "message may carry, or a hand-off area that is not a sealed memfd"
+            )
+            hint = self._raw_text_hint(length)
+            raise ProtocolError(f"protocol error: {what}{hint}; channel closed", name)
         if code == errno.EBADMSG:
-            raise OSError(
-                code,
+            raise ProtocolError(
                 "protocol error: a hand-off descriptor points outside the shared area; "
                 "channel closed",
                 name,
+                errno.EBADMSG,
             )
         raise OSError(code, os.strerror(code), name)
+
+    def _raw_text_hint(self, length: int = 0) -> str:
+        """A hint when the bad header's length field reads as text: a raw (unframed) peer."""
+        head = length.to_bytes(4, "little") if 0 < length < 1 << 32 else b""
+        if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+            return (
+                f" (the header's first bytes read {head.decode()!r}: text, as if the peer "
+                "sends raw bytes; check that both sides use length framing)"
+            )
+        return ""
 
     def _closed_send(self) -> NoReturn:
         raise Closed(f"channel {self.name}: the peer closed the connection")

@@ -7,8 +7,11 @@ __all__ = [
     "FastIPCError",
     "IncompatibleSegment",
     "MessageTooLarge",
+    "ProtocolError",
     "Timeout",
 ]
+
+import errno as _errno
 
 
 class FastIPCError(Exception):
@@ -41,3 +44,15 @@ class Closed(FastIPCError, EOFError):
 
 class IncompatibleSegment(FastIPCError):
     """A shared-memory segment is not a fastipc ring of this layout, or is corrupted."""
+
+
+class ProtocolError(FastIPCError, OSError):
+    """A peer broke the framing: bad flag bits, missing or hoarded fds, a bad hand-off area.
+
+    An ``OSError`` with ``errno`` EPROTO (EBADMSG for a hand-off descriptor
+    outside the area); the message says what was wrong and, where it fits,
+    what to check. The connection it came on is closed.
+    """
+
+    def __init__(self, message: str, name: str = "", code: int = _errno.EPROTO) -> None:
+        super().__init__(code, message, name) if name else super().__init__(code, message)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import marshal
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
@@ -24,9 +25,9 @@ __all__ = ["NativeChannel"]
 # The hot calls, bound once: a module global is cheaper than lib.attr.
 _try_send = lib_fast.fi_chan_try_send
 _try_recv1 = lib_fast.fi_chan_try_recv1
-_try_recv = lib_fast.fi_chan_recv
+_try_recv = lib_fast.fi_chan_try_recv
 _try_send_batch = lib_fast.fi_chan_send_batch
-_try_recv_batch = lib_fast.fi_chan_recv_batch
+_try_recv_batch = lib_fast.fi_chan_try_recv_batch
 _from_buffer = ffi_fast.from_buffer
 _dumps = marshal.dumps
 _loads = marshal.loads
@@ -38,6 +39,8 @@ _EINPROGRESS = -errno.EINPROGRESS
 _ETIMEDOUT = -errno.ETIMEDOUT
 _EINTR = -errno.EINTR
 _EPIPE = -errno.EPIPE
+#: A try call found received fds waiting to be closed: take the path that may block.
+_EXDEV = -errno.EXDEV
 
 #: Received messages up to this size go through a per-channel buffer (bytes);
 #: longer ones are read straight into a new bytes object.
@@ -60,6 +63,7 @@ class NativeChannel(Channel):
     _bview: memoryview | None
     _big: bytes | None
     _bigp: Any
+    _wake_sock: socket.socket | None
 
     def _setup(self) -> None:
         out = ffi.new("fi_chan **")
@@ -67,7 +71,11 @@ class NativeChannel(Channel):
         if rc:
             self._sock = None
             self._fail(-rc)
+        # The owner of the C handle: freed only when nothing refers to it, so
+        # a thread still inside a call when another closes the channel meets
+        # a closed handle (C counts who is inside), never freed memory.
         self._h = ffi.gc(out[0], lib.fi_chan_free)
+        self._wake_sock = self._sock
         # The same pointer typed for the GIL-keeping module (each cffi module
         # has its own struct types).
         self._hf = ffi_fast.cast("fi_chan *", out[0])
@@ -86,19 +94,21 @@ class NativeChannel(Channel):
         self._view = None
 
     def _release(self) -> None:
-        h = self._h
-        self._h = ffi.NULL
-        self._hf = ffi_fast.NULL
         self._big = self._bigp = None
         view, self._view = self._view, None
-        if view is not None and not release_view(view):
-            # A view into the peer's area is still exported (e.g. to numpy):
-            # unmapping it would turn its next read into a crash, so the
-            # handle (and its mapping) is left for the process's life.
-            ffi.gc(h, None)
-            return
-        if h != ffi.NULL:
-            ffi.release(h)  # fi_chan_free: closes fds nobody took
+        if view is not None:
+            release_view(view)  # if still exported, its pin keeps the area mapped
+        sock, self._wake_sock = self._wake_sock, None
+        if lib.fi_chan_close(self._h) > 0 and sock is not None:
+            # Another thread is inside a call on this channel: shutting the
+            # socket down wakes it from ppoll now (it then raises ValueError)
+            # instead of at its next wait slice. C works on its own dup of
+            # the socket, freed when that call leaves, so the fd number cannot
+            # be reused under it.
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _buffered(self) -> bool:
         return bool(lib.fi_chan_buffered(self._h))
@@ -203,7 +213,7 @@ class NativeChannel(Channel):
     def _abandon_send(self) -> None:
         """A send gives up: if half a frame went out the stream is lost, so close."""
         h = self._h
-        if h == ffi.NULL:
+        if self.closed:
             return
         if lib.fi_chan_tx_partial(h):
             self.close()
@@ -240,7 +250,7 @@ class NativeChannel(Channel):
     def _recv_slow(self, rc: int, timeout: float | None, keep: int) -> bytes:
         h = self._h
         deadline = _deadline(timeout)
-        if rc == _EAGAIN and timeout != 0:
+        if (rc == _EAGAIN and timeout != 0) or rc == _EXDEV:
             scratch = self._scratch
             rc = _wait(lambda t: lib.fi_chan_recv(h, scratch, SCRATCH_BYTES, keep, t), deadline)
         if rc >= 0:
@@ -273,21 +283,25 @@ class NativeChannel(Channel):
         deadline = _deadline(timeout)
         n = _wait(lambda t: lib.fi_chan_recv_view(h, ptr, t), deadline)
         if n >= 0:
-            return memoryview(ffi.buffer(ptr[0], n)).toreadonly(), self._release_lent
+            area = lib.fi_chan_view_pin(h)
+            if area == ffi.NULL:  # pragma: no cover - C lent a view, so it has an area
+                raise RuntimeError("fi_chan_view_pin found no view")
+            # The pin goes when the last view, slice or export of it does.
+            pinned = ffi.gc(ffi.cast("char *", ptr[0]), lambda _, a=area: lib.fi_area_unpin(a))
+            return memoryview(ffi.buffer(pinned, n)).toreadonly(), self._release_lent
         if n == -errno.ENOMSG:
             left = None if deadline is None else max(0.0, (deadline - _monotonic_ns()) / 1e9)
             return memoryview(self.recv(left)), _nothing
         self._recv_error(n)
 
     def _release_lent(self) -> None:
-        if self._h != ffi.NULL:  # close() inside the block freed it all
-            lib.fi_chan_release_view(self._h)
+        lib.fi_chan_release_view(self._h)  # -EBADF, harmless, after close()
 
     def recv_with_fds(self, timeout: float | None = None) -> tuple[bytes, list[int]]:
         if timeout is not None:
             timeout_ns(timeout)
         h = self._h
-        rc = _try_recv(self._hf, self._scratch, SCRATCH_BYTES, 1, 0)
+        rc = _try_recv(self._hf, self._scratch, SCRATCH_BYTES, 1)
         data = self._sbuf[:rc] if rc >= 0 else self._recv_slow(rc, timeout, 1)
         arr = ffi.new("int[]", MAX_FDS)
         k = lib.fi_chan_take_fds(h, arr, MAX_FDS)
@@ -314,10 +328,10 @@ class NativeChannel(Channel):
         # moves that progress into a buffer of our own, since the caller's
         # may be gone by the next receive.
         try:
-            rc = _try_recv(self._hf, buf, size, 0, 0)
+            rc = _try_recv(self._hf, buf, size, 0)
             if rc >= 0:
                 return rc  # type: ignore[no-any-return]
-            if rc == _EAGAIN and timeout != 0:
+            if (rc == _EAGAIN and timeout != 0) or rc == _EXDEV:
                 rc = _wait(lambda t: lib.fi_chan_recv(h, buf, size, 0, t), _deadline(timeout))
             if rc >= 0:
                 return rc  # type: ignore[no-any-return]
@@ -342,7 +356,7 @@ class NativeChannel(Channel):
         """A receive into the caller's ``buf`` ends early while a long message is partly
         read into it: continue that message in a buffer of our own, for the next receive."""
         h = self._h
-        if h == ffi.NULL or self._big is not None or lib.fi_chan_rx_partial(h) < 0:
+        if self.closed or self._big is not None or lib.fi_chan_rx_partial(h) < 0:
             return
         # Held by self before C is told to write there, so that nothing can
         # leave C pointing into a freed object.
@@ -371,10 +385,10 @@ class NativeChannel(Channel):
             self._socket()
             self._batch = ffi_fast.new("char[]", BATCH_BYTES)
             self._bview = memoryview(ffi_fast.buffer(self._batch))
-        n = _try_recv_batch(self._hf, self._batch, BATCH_BYTES, max_count, 0)
+        n = _try_recv_batch(self._hf, self._batch, BATCH_BYTES, max_count)
         if n > 0:
             return _loads(self._bview[:n])  # type: ignore[no-any-return]
-        if n == _EAGAIN and timeout != 0:
+        if (n == _EAGAIN and timeout != 0) or n == _EXDEV:
             h, batch = self._h, self._batch
             n = _wait(
                 lambda t: lib.fi_chan_recv_batch(h, batch, BATCH_BYTES, max_count, t),
@@ -391,8 +405,8 @@ class NativeChannel(Channel):
         if rc == _EAGAIN:
             rc = _ETIMEDOUT
         length = 0
-        if rc == -errno.EFBIG:
-            length = int(lib.fi_chan_next_len(self._h))
+        if rc in (-errno.EFBIG, -errno.EPROTO):
+            length = max(0, int(lib.fi_chan_next_len(self._h)))
         self._fail(-rc, length=length)
 
 
