@@ -347,7 +347,10 @@ static int64_t rx_read(fi_chan *c, char *p, size_t n)
     m.msg_iov = &iov;
     m.msg_iovlen = 1;
     m.msg_control = c->cbuf;
-    m.msg_controllen = c->ccap;
+    /* CMSG_LEN, not the buffer's CMSG_SPACE: the kernel installs as many
+     * fds as the length has room for, and the padding of CMSG_SPACE would
+     * let one more than max_fds in, unseen (found by fuzz/chan_frames). */
+    m.msg_controllen = CMSG_LEN(c->max_fds * sizeof(int));
     ssize_t got = recvmsg(c->fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     if (got < 0) {
         if (errno != ECONNRESET)
@@ -382,15 +385,25 @@ static int64_t fill(fi_chan *c, size_t need)
     return got;
 }
 
-/* The frame that started at stream offset `start` is complete: settle its fds. */
-static int claim_fds(fi_chan *c, uint64_t start, uint32_t flags, int keep)
+/* Whether the oldest set is the fds of the frame in stream bytes [start,
+ * end): a recvmsg stops right after the skb that carries fds, the first of
+ * the sendmsg that sent them, so a set belongs to the frame holding its
+ * read's last byte (hi - 1), not to any frame that merely began in that read. */
+static int set_is_frames(fi_chan *c, uint64_t start, uint64_t end)
+{
+    struct fdset *s = set_at(c, 0);
+    return c->nsets > 0 && s->lo <= start && s->hi - 1 >= start && s->hi - 1 < end;
+}
+
+/* The frame in stream bytes [start, end) is complete: settle its fds. */
+static int claim_fds(fi_chan *c, uint64_t start, uint64_t end, uint32_t flags, int keep)
 {
     drop_last(c);
     while (c->nsets > 0 && set_at(c, 0)->hi <= start)
         pop_set(c, 0); /* sent without the flag: nobody's, close them */
     if (!(flags & FRAME_FDS))
         return 0;
-    if (c->nsets == 0 || set_at(c, 0)->lo > start)
+    if (!set_is_frames(c, start, end))
         return c->dead = -EPROTO; /* flagged, but no fds came with it */
     int truncated = set_at(c, 0)->n < 0;
     pop_set(c, keep);
@@ -483,7 +496,7 @@ static int bulk_locate(fi_chan *c, uint64_t start, uint32_t len, uint32_t flags,
     while (c->nsets > 0 && set_at(c, 0)->hi <= start)
         pop_set(c, 0);
     if (flags & FRAME_AREA) {
-        if (c->nsets == 0 || set_at(c, 0)->lo > start)
+        if (!set_is_frames(c, start, start + HDR + DESC))
             return c->dead = -EPROTO;
         struct fdset *s = set_at(c, 0);
         int fd = -1;
@@ -562,7 +575,7 @@ static int64_t recv_direct(fi_chan *c, int keep)
     if (would_close(c, c->rx_start, c->rx_flags, keep))
         return -EXDEV;
     c->rx_active = 0;
-    int rc = claim_fds(c, c->rx_start, c->rx_flags, keep);
+    int rc = claim_fds(c, c->rx_start, c->rx_start + HDR + c->rx_len, c->rx_flags, keep);
     return rc ? rc : (int64_t)c->rx_len;
 }
 
@@ -596,8 +609,9 @@ static int64_t recv_step(fi_chan *c, char *out, size_t cap, int keep)
                 if (flags & FRAME_BULK) {
                     rc = bulk_take(c, start, len, flags, payload, out);
                 } else {
-                    memcpy(out, payload, len);
-                    rc = claim_fds(c, start, flags, keep);
+                    if (len)
+                        memcpy(out, payload, len);
+                    rc = claim_fds(c, start, start + HDR + wire, flags, keep);
                 }
                 return rc ? rc : (int64_t)len;
             }
@@ -715,7 +729,7 @@ static int64_t recv_batch_step(fi_chan *c, char *out, size_t cap, size_t max_cou
         }
         char *next = batch_put(w, c->rbuf + c->rpos + HDR, len);
         c->rpos += HDR + len;
-        int rc = claim_fds(c, start, flags, 0);
+        int rc = claim_fds(c, start, start + HDR + len, flags, 0);
         if (rc) {
             if (count == 0)
                 return rc;

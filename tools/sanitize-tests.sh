@@ -12,9 +12,9 @@ python3 -m venv "$venv"
 # The flag reaches build_ffi.py through the environment of pip's (isolated)
 # build. setuptools reuses objects in build/ whatever the flags were, so the
 # sanitized build starts from none and leaves none for a normal build.
-rm -rf build
+rm -rf build/temp.* build/lib.*
 FASTIPC_SANITIZE=1 "$venv/bin/pip" install -q --force-reinstall --no-cache-dir .
-rm -rf build
+rm -rf build/temp.* build/lib.*
 # (Found by path: importing it before LD_PRELOAD is set would fail. Not grep -q:
 # it would stop reading early and pipefail would count nm's SIGPIPE.)
 if ! nm -D "$venv"/lib/python3*/site-packages/fastipc/_native.*so | grep __asan >/dev/null; then
