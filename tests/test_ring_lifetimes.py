@@ -14,7 +14,6 @@ import signal
 import time
 
 import pytest
-
 from conftest import run_python
 
 from fastipc import Closed, Ring, Timeout
@@ -252,7 +251,7 @@ def _hold_and_die(ring_name: str, how: str) -> int:
             os._exit(0 if how == "stop" else 3)
         except Closed:
             os._exit(4)  # resumed after shutdown: the commit was refused
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - any other end is a failure of the child
             os._exit(5)
     return pid
 

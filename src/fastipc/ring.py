@@ -124,13 +124,15 @@ def validate_owners(owners: object) -> frozenset[int] | None:
     """``owners`` as a frozenset of uids (None: the default), or TypeError."""
     if owners is None:
         return None
-    try:
-        uids = frozenset(owners)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError("owners must be an iterable of uids (ints) or None") from None
-    if not all(isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in uids):
-        raise TypeError(f"owners must be uids (ints >= 0), got {sorted(map(repr, uids))}")
-    return uids
+    if not isinstance(owners, Iterable):
+        raise TypeError("owners must be an iterable of uids (ints) or None")
+    uids: frozenset[object] = frozenset(owners)
+    out: set[int] = set()
+    for u in uids:
+        if isinstance(u, bool) or not isinstance(u, int) or u < 0:
+            raise TypeError(f"owners must be uids (ints >= 0), got {u!r}")
+        out.add(u)
+    return frozenset(out)
 
 
 def check_buffer(data: object, what: str = "message") -> memoryview:
