@@ -484,8 +484,9 @@ class Channel:
             )
         return ""
 
-    def _closed_send(self) -> NoReturn:
-        raise Closed(f"channel {self.name}: the peer closed the connection")
+    def _closed_send(self, sent: int = 0) -> NoReturn:
+        """The peer is gone: Closed, carrying how many messages of a batch went out."""
+        raise Closed(f"channel {self.name}: the peer closed the connection", sent=sent)
 
 
 def _rebuild(

@@ -331,7 +331,7 @@ class PythonChannel(Channel):
                     continue
                 except (BrokenPipeError, ConnectionResetError):
                     unsure = False  # sendmsg raised: it wrote nothing
-                    self._closed_send()
+                    self._closed_send(sent)
                 except OSError as exc:
                     unsure = False
                     self._socket()  # closed by another thread: ValueError
