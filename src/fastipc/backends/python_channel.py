@@ -415,7 +415,10 @@ class PythonChannel(Channel):
             if s_fds and not s_lo <= start < s_hi:
                 held += len(s_fds)
         self._sets.extend(new)
-        if len(self._sets) > _MAX_SETS:
+        if fds and self._big is not None and lo > self._big_start:
+            # fds ride only on a frame's first byte: these came inside one.
+            self._kill(errno.EPROTO, detail="fds rode on a byte inside a message")
+        elif len(self._sets) > _MAX_SETS:
             self._kill(errno.EPROTO, detail="too many unclaimed fd sets")
         elif held > MAX_FDS:
             self._kill(
@@ -446,8 +449,13 @@ class PythonChannel(Channel):
         clean = self._rend == self._rpos and self._big is None
         return self._kill(errno.EPIPE if clean else errno.ENODATA)
 
-    def _claim(self, start: int, flags: int, keep: bool) -> list[int]:
-        """Settle the fds of the frame that started at stream offset ``start``."""
+    def _claim(self, start: int, flags: int, keep: bool, end: int = 0) -> list[int]:
+        """Settle the fds of the frame in stream bytes [``start``, ``end``).
+
+        A read stops right after the skb that carries fds, the first of the
+        sendmsg that sent them, so a set belongs to the frame holding its
+        read's last byte, not to any frame that merely began in that read.
+        """
         _close_all(self._last)
         self._last = []
         sets = self._sets
@@ -456,7 +464,7 @@ class PythonChannel(Channel):
             sets.popleft()
         if not flags & FRAME_FDS:
             return []
-        if not sets or sets[0][0] > start:
+        if not sets or not sets[0][0] <= start <= sets[0][1] - 1 < end:
             self._kill(errno.EPROTO, detail="a message flagged with fds came without them")
             self._raise()
         if keep or sets[0][2] is None:
@@ -475,14 +483,14 @@ class PythonChannel(Channel):
             return None
         n, flags = _unpack_from(self._rbuf, self._rpos)
         if flags & ~CHANNEL_FLAGS:
-            self._kill(errno.EPROTO, detail=f"unknown frame flags {flags:#x}")
+            self._kill(errno.EPROTO, n, detail=f"unknown frame flags {flags:#x}")
             self._raise()
         if (
             flags & (FRAME_BULK | FRAME_FDS) != FRAME_BULK | FRAME_FDS
             if flags & FRAME_AREA
             else flags & FRAME_BULK and flags & FRAME_FDS
         ):
-            self._kill(errno.EPROTO, detail=f"frame flags {flags:#x} do not go together")
+            self._kill(errno.EPROTO, n, detail=f"frame flags {flags:#x} do not go together")
             self._raise()
         if n > self.max_message:
             self._kill(errno.EFBIG, n)
@@ -526,7 +534,7 @@ class PythonChannel(Channel):
                             self._rpos = p + wire
                             return view, []
                         self._rpos = p + wire
-                        fds = self._claim(start, flags, keep)
+                        fds = self._claim(start, flags, keep, start + 8 + wire)
                         return self._rmv[p : p + n], fds
                     if wire > DIRECT_MIN:
                         big = bytearray(min(n, _BIG_START))  # grows in _finish_big
@@ -558,7 +566,8 @@ class PythonChannel(Channel):
             # with the frame's start), then its fd is closed by _close_from.
             sets = self._sets
             if self._area_from != start:
-                fds = (sets[0][2] or []) if sets and sets[0][0] <= start else []
+                mine = sets and sets[0][0] <= start <= sets[0][1] - 1 < start + 8 + 16
+                fds = (sets[0][2] or []) if mine else []
                 if len(fds) != 1:  # none, truncated (MSG_CTRUNC) or more: not ours to guess
                     self._kill(
                         errno.EPROTO, detail="a hand-off area frame must carry exactly one fd"
@@ -620,7 +629,9 @@ class PythonChannel(Channel):
             if self._dead:
                 self._raise()
         self._big = None
-        return big, self._claim(self._big_start, self._big_flags, keep)
+        return big, self._claim(
+            self._big_start, self._big_flags, keep, self._big_start + 8 + self._big_len
+        )
 
     def _too_large(self, n: int, what: str = "message", tail: str = "") -> NoReturn:
         self._fail(
