@@ -14,7 +14,6 @@ import struct
 import pytest
 
 import fastipc
-
 from fastipc import Channel, Timeout
 
 _HEADER = struct.Struct("<II")
