@@ -252,7 +252,11 @@ def valid_endpoints(draw: Any) -> tuple[str, dict[str, Any]]:
         want.update(name="/" + name)
         keys = ["maxmsg", "msgsize", "mode", "reply"]
     else:
-        name = draw(st.from_regex(r"[A-Za-z0-9._-]{1,50}", fullmatch=True))
+        name = draw(
+            st.from_regex(r"[A-Za-z0-9._-]{1,50}", fullmatch=True).filter(
+                lambda n: n not in (".", "..")  # valid characters, but never a ring name
+            )
+        )
         rest = name
         want.update(name=name)
         keys = ["capacity", "mode"]
