@@ -178,7 +178,12 @@ def test_a_received_socket_whose_close_would_linger_does_not_stall_the_receiver(
     # drops its own copy: the receiver's recv() discards it (no keep), and a
     # close() of it would block for the linger time. It must return promptly
     # (and never holding the GIL: another thread keeps running).
-    listener = socket.create_server(("127.0.0.1", 0))
+    listener = socket.socket()
+    # A tiny receive buffer at the far end keeps the data unsent (else the
+    # kernel drains it into an autotuned buffer and close() never lingers).
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
     tcp = socket.create_connection(listener.getsockname())
     server_side, _ = listener.accept()  # never reads: data stays unsent
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -189,6 +194,7 @@ def test_a_received_socket_whose_close_would_linger_does_not_stall_the_receiver(
             tcp.send(b"x" * 65536)
     except BlockingIOError:
         pass
+    tcp.setblocking(True)
     a, b = Channel.pair()
     ticks = [0]
     stop = threading.Event()

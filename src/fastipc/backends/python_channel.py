@@ -50,6 +50,8 @@ import errno
 import os
 import select
 import socket
+import stat
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -747,12 +749,36 @@ def _close_from(fds: list[int] | None) -> None:
     unclosed nor let a later call close it twice.
     """
     if fds:
+        _no_linger(fds)
         try:
             _drain(map(os.close, iter(fds.pop, None)))
         except IndexError:
             pass  # emptied
         except OSError:
             _close_from(fds)  # one was not open: go on with the rest
+
+
+_LINGER = struct.Struct("ii")
+
+
+def _no_linger(fds: list[int]) -> None:
+    """Turn SO_LINGER off on the sockets among ``fds`` before they are closed.
+
+    A peer could pass a socket with linger on and data unsent, whose last
+    close() blocks for the linger time; the kernel still sends what is
+    queued, in the background. Works on a dup of each fd, so an exception at
+    any point can at worst leak that dup, never close an fd twice.
+    """
+    for fd in list(fds):
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                onoff, _ = _LINGER.unpack(sock.getsockopt(_SOL_SOCKET, socket.SO_LINGER, 8))
+                if onoff:
+                    sock.setsockopt(_SOL_SOCKET, socket.SO_LINGER, _LINGER.pack(0, 0))
+        except OSError:
+            pass
 
 
 def _close_all(fds: list[int]) -> None:
