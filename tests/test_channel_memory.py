@@ -34,12 +34,14 @@ def status_kib(field: str) -> int:
         "VmRSS",
         pytest.param(
             "VmData",
-            marks=pytest.mark.xfail(
+            # Not an xfail: whether VmData grows depends on what the allocator
+            # has free (it passed now and then), so only the skip is honest.
+            marks=pytest.mark.skipif(
                 fastipc.BACKEND == "native",
-                strict=True,
-                reason="known limit: the native backend reads a long frame straight into a "
-                "bytes of the announced size, allocated when its header arrives; the pages "
-                "are calloc'd and untouched (VmRSS stays flat) but the address space is taken",
+                reason="known limit (issue 10 note): the native backend reads a long frame "
+                "straight into a bytes of the announced size, allocated when its header "
+                "arrives; calloc'd and untouched, so VmRSS stays flat (tested above) but "
+                "address space may be taken",
             ),
         ),
     ],
