@@ -1467,7 +1467,6 @@ int fi_chan_send(fi_chan *c, const void *buf, size_t n, const int *fds, size_t n
 {
     if (enter(c))
         return -EBADF;
-    flush_doomed(c);
     int rc = send_body(c, buf, n, fds, nfds, timeout_ns);
     leave(c);
     return rc;
@@ -1477,7 +1476,6 @@ int64_t fi_chan_send_batch(fi_chan *c, const char *blob, size_t len, int64_t tim
 {
     if (enter(c))
         return -EBADF;
-    flush_doomed(c);
     int64_t rc = send_batch_body(c, blob, len, timeout_ns);
     leave(c);
     return rc;

@@ -629,9 +629,13 @@ void fi_ring_free(fi_ring *r)
 
 int fi_ring_pin(fi_ring *r)
 {
-    if (!r || __atomic_load_n(&r->refs, __ATOMIC_SEQ_CST) == 0)
+    if (!r)
         return -EBADF;
-    __atomic_add_fetch(&r->refs, 1, __ATOMIC_SEQ_CST);
+    uint32_t v = __atomic_load_n(&r->refs, __ATOMIC_SEQ_CST);
+    do {
+        if (v == 0)
+            return -EBADF; /* the mapping is gone: never bring it back into use */
+    } while (!__atomic_compare_exchange_n(&r->refs, &v, v + 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
     return 0;
 }
 
@@ -901,10 +905,12 @@ static void hold(fi_ring *r, enum fi_side side)
  * not the one holding it. */
 static int let_go(fi_ring *r, fi_lock *l)
 {
-    int rc = unlock(l);
-    if (rc)
-        return rc;
+    if (fi_lock_held(l))
+        return -EPERM;
+    /* `holding` first: once the lock is free another thread of this handle
+     * may take it and set `holding` for itself. */
     __atomic_store_n(&r->holding, SIDE_NONE, __ATOMIC_SEQ_CST);
+    unlock(l);
     put_ref(r);
     return 0;
 }
@@ -969,6 +975,8 @@ int fi_ring_commit(fi_ring *r)
     if (r->holding != SIDE_PROD)
         return -EINVAL;
     struct fi_header *h = r->hdr;
+    if (fi_lock_held(&h->prod.lock))
+        return -EPERM; /* another thread's reservation: not ours to publish */
     int rc = 0;
     if (is_closed(h)) {
         rc = -EPIPE;

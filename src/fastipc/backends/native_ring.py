@@ -348,10 +348,11 @@ class NativeRing(Ring):
             publish = True
         finally:
             try:
-                if publish and not self._closed:
-                    _check(lib_fast.fi_ring_commit(hf), self.name)
-                else:
-                    _unhold(hf)
+                rc = lib_fast.fi_ring_commit(hf) if publish and not self._closed else 0
+                # Whatever the commit said, the producer side is let go here:
+                # no error may leave the lock taken (0 if nothing is held).
+                _unhold(hf)
+                _check(rc, self.name)
             finally:
                 self._holding = False
                 if view is not None:
@@ -376,11 +377,14 @@ class NativeRing(Ring):
         finally:
             try:
                 if view is not None and not self._closed:
-                    lib_fast.fi_ring_release(hf)  # consumed, raised or not
+                    rc = lib_fast.fi_ring_release(hf)  # consumed, raised or not
                 else:
-                    # Never lent (the message stays), or closed inside the
-                    # block (the message stays for the next consumer).
-                    _unhold(hf)
+                    rc = 0  # never lent, or closed inside the block: the message stays
+                # Never lent (the message stays), closed inside the block (the
+                # message stays for the next consumer), or a failed release:
+                # the consumer side is let go whatever happened.
+                _unhold(hf)
+                _check(rc, self.name)
             finally:
                 self._holding = False
                 if view is not None:
