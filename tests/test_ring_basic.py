@@ -71,7 +71,7 @@ def test_capacity_below_one_is_a_value_error(ring_name: str, bad: int) -> None:
 
 
 def test_capacity_above_the_largest_record_is_a_value_error(ring_name: str) -> None:
-    from fastipc.ring import MAX_CAPACITY
+    from fastipc._checks import MAX_CAPACITY
 
     with pytest.raises(ValueError, match="capacity"):
         Ring.create(ring_name, MAX_CAPACITY + 1)

@@ -24,8 +24,9 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, NoReturn, TypeVar, Union
+from typing import Any, NoReturn, TypeVar
 
+from ._checks import MAX_FDS, FdLike, release_view, timeout_ns
 from .endpoints import Endpoint, parse
 from .errors import Closed, MessageTooLarge, ProtocolError, Timeout
 from .framing import (
@@ -33,7 +34,6 @@ from .framing import (
     validate_max_message,
 )
 from .handoff import DEFAULT_HANDOFF_AREA, DEFAULT_HANDOFF_MIN, validate_handoff
-from .ring import release_view, timeout_ns
 from .socket_file import backlog_option, bind_unix, connect_unix, mode_option, remove_if_ours
 
 __all__ = ["DEFAULT_MAX_MESSAGE", "MAX_FDS", "Channel", "Listener", "listen"]
@@ -41,42 +41,10 @@ __all__ = ["DEFAULT_MAX_MESSAGE", "MAX_FDS", "Channel", "Listener", "listen"]
 _C = TypeVar("_C", bound="Channel")
 _L = TypeVar("_L", bound="Listener")
 
-#: Most fds one message may carry (the kernel's SCM_MAX_FD).
-MAX_FDS = 253
 #: Size of a channel's receive buffer (bytes); longer frames bypass it.
 RECV_BUFFER = 256 * 1024
 #: Frames longer than this (bytes) are read straight into their destination.
 DIRECT_MIN = 64 * 1024
-
-#: Something that names an fd: an int or an object with ``fileno()``.
-FdLike = Union[int, Any]
-
-
-def validate_fds(fds: Iterable[FdLike]) -> list[int]:
-    """The fd numbers of ``fds`` (ints or objects with ``fileno()``), at most MAX_FDS."""
-    if isinstance(fds, (str, bytes)):
-        raise TypeError("fds must be a sequence of ints or objects with fileno()")
-    out: list[int] = []
-    for f in fds:
-        if isinstance(f, bool):
-            raise TypeError("fds: bool is not an fd")
-        fd = f if isinstance(f, int) else getattr(f, "fileno", None)
-        if callable(fd):
-            fd = fd()
-        if not isinstance(fd, int) or isinstance(fd, bool):
-            raise TypeError(f"fds: {f!r} is not an int or an object with fileno()")
-        if fd < 0:
-            raise ValueError(f"fds: {fd} is not a valid fd")
-        out.append(fd)
-    if len(out) > MAX_FDS:
-        raise ValueError(f"at most {MAX_FDS} fds per message, got {len(out)}")
-    return out
-
-
-def validate_max_count(max_count: object) -> int:
-    if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 1:
-        raise ValueError(f"max_count must be an int >= 1, got {max_count!r}")
-    return max_count
 
 
 class Channel:
@@ -489,9 +457,7 @@ class Channel:
         raise Closed(f"channel {self.name}: the peer closed the connection", sent=sent)
 
 
-def _rebuild(
-    sock: socket.socket, name: str, max_message: int, handoff: tuple[int, int]
-) -> Channel:
+def _rebuild(sock: socket.socket, name: str, max_message: int, handoff: tuple[int, int]) -> Channel:
     return Channel._adopt(sock, name, max_message, handoff)
 
 
@@ -643,4 +609,3 @@ def listen(
     lst._sock = sock
     lst._ident = ident
     return lst
-

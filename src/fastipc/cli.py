@@ -116,7 +116,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps({**report.to_json(), "channel": channel}, indent=2))
     else:
         sys.stdout.write(format_table(report))
-        sys.stdout.write("\nChannel (Unix stream socket, two processes; plain = a pure-Python loop)\n")
+        sys.stdout.write(
+            "\nChannel (Unix stream socket, two processes; plain = a pure-Python loop)\n"
+        )
         sys.stdout.write(format_rows(channel) + "\n")
     return 0
 

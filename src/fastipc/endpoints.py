@@ -277,7 +277,7 @@ def _parse_fifo(rest: str, url: str) -> Endpoint:
 
 def _parse_shm(rest: str, url: str) -> Endpoint:
     """``NAME``: a ring name (1-200 of ``A-Z a-z 0-9 . _ -``)."""
-    from .ring import validate_name
+    from ._names import validate_name
 
     try:
         name = validate_name(rest)

@@ -72,7 +72,9 @@ def validate_handoff(handoff_min: object, handoff_area: object) -> tuple[int, in
             raise TypeError(f"{name} must be an int (bytes), not {type(value).__name__}")
     assert isinstance(handoff_min, int) and isinstance(handoff_area, int)
     if handoff_min < 0:
-        raise ValueError(f"handoff_min must be >= 0 bytes (0 turns the hand-off off), got {handoff_min}")
+        raise ValueError(
+            f"handoff_min must be >= 0 bytes (0 turns the hand-off off), got {handoff_min}"
+        )
     if handoff_area < 4096 or handoff_area % 4096 or handoff_area > AREA_MAX:
         raise ValueError(
             f"handoff_area must be a multiple of 4096 bytes between 4096 and {AREA_MAX}, "
@@ -96,7 +98,9 @@ class SendArea:
             # Take the pages now: short of memory this fails here, not as a
             # SIGBUS on a later write into a page shmem cannot supply.
             os.posix_fallocate(fd, 0, AREA_HEADER + size)
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+            fcntl.fcntl(
+                fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+            )
             self._map = _map(fd, AREA_HEADER + size)
         except BaseException:
             os.close(fd)

@@ -42,7 +42,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .ring import SHM_DIR, validate_name
+from ._names import SHM_DIR, validate_name
 
 __all__ = [
     "Entry",

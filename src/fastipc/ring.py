@@ -8,158 +8,25 @@ subclass of :class:`Ring`.
 
 from __future__ import annotations
 
-import errno
-import math
 import os
-import re
-import stat
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
-from .errors import IncompatibleSegment
+from ._checks import (
+    validate_capacity,
+    validate_mode,
+    validate_owners,
+)
+from ._names import (
+    segment_path,
+    semaphore_paths,
+    validate_name,
+)
 
 __all__ = ["Ring"]
 
 _R = TypeVar("_R", bound="Ring")
-
-#: Where POSIX shared memory and named semaphores live on Linux.
-SHM_DIR = "/dev/shm"
-
-_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
-
-#: The largest capacity accepted (bytes): a record's size, padding included, is 32-bit.
-MAX_CAPACITY = (1 << 32) - 128
-
-
-def validate_name(name: object) -> str:
-    """Return ``name`` if it is a valid ring name, else raise TypeError/ValueError."""
-    if not isinstance(name, str):
-        raise TypeError(f"ring name must be a str, not {type(name).__name__}")
-    if not _NAME_RE.fullmatch(name):
-        raise ValueError(
-            f"invalid ring name {name!r}: use 1-200 characters of A-Z a-z 0-9 . _ - (no slash)"
-        )
-    if name in (".", ".."):
-        raise ValueError(f"invalid ring name {name!r}")
-    return name
-
-
-def validate_capacity(capacity: object) -> int:
-    """Return ``capacity`` (payload bytes) if it is an int in [1, MAX_CAPACITY]."""
-    if isinstance(capacity, bool) or not isinstance(capacity, int):
-        raise TypeError(f"capacity must be an int (bytes), not {type(capacity).__name__}")
-    if not 1 <= capacity <= MAX_CAPACITY:
-        raise ValueError(f"capacity must be between 1 and {MAX_CAPACITY} bytes, got {capacity}")
-    return capacity
-
-
-def validate_mode(mode: object) -> int:
-    """Return ``mode`` if it is a permission mask such as ``0o600``."""
-    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
-        raise ValueError(f"mode must be a permission mask between 0 and 0o777, got {mode!r}")
-    return mode
-
-
-def timeout_ns(timeout: float | None) -> int:
-    """Turn a timeout in seconds (None: forever) into nanoseconds (-1: forever)."""
-    if timeout is None:
-        return -1
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
-    if timeout == float("inf"):
-        return -1
-    return int(timeout * 1e9)
-
-
-def segment_path(name: str) -> str:
-    """The /dev/shm path of ring ``name``'s segment."""
-    return f"{SHM_DIR}/fastipc.{name}"
-
-
-def semaphore_paths(name: str) -> list[str]:
-    """The /dev/shm paths of the named semaphores a ring may own (python backend)."""
-    return [f"{SHM_DIR}/sem.fastipc.{name}.items", f"{SHM_DIR}/sem.fastipc.{name}.space"]
-
-
-def open_segment(name: str, owners: frozenset[int] | None = None) -> int:
-    """Open ring ``name``'s segment read-write; return the fd (close-on-exec).
-
-    Never follows a symlink (a name squatted by a link raises OSError(ELOOP)),
-    and refuses a segment that is not a regular file or whose owner is not in
-    ``owners`` (default: this process's effective uid, or root) with
-    PermissionError naming the owner: another user could otherwise create
-    the name first and read or forge what is sent through it.
-    """
-    path = segment_path(name)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise OSError(
-                errno.ELOOP, "is a symbolic link, not a ring segment; not following it", path
-            ) from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise incompatible(name, "not a regular file")
-        allowed = owners if owners is not None else frozenset((os.geteuid(), 0))
-        if st.st_uid not in allowed:
-            raise PermissionError(
-                errno.EPERM,
-                f"owned by uid {st.st_uid}, not by this user: refusing a segment another user "
-                f"made (pass owners={{{st.st_uid}}} to Ring.open to trust it)",
-                path,
-            )
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def validate_owners(owners: object) -> frozenset[int] | None:
-    """``owners`` as a frozenset of uids (None: the default), or TypeError."""
-    if owners is None:
-        return None
-    if not isinstance(owners, Iterable):
-        raise TypeError("owners must be an iterable of uids (ints) or None")
-    uids: frozenset[object] = frozenset(owners)
-    out: set[int] = set()
-    for u in uids:
-        if isinstance(u, bool) or not isinstance(u, int) or u < 0:
-            raise TypeError(f"owners must be uids (ints >= 0), got {u!r}")
-        out.add(u)
-    return frozenset(out)
-
-
-def check_buffer(data: object, what: str = "message") -> memoryview:
-    """A flat byte view of ``data``, or TypeError naming what was wrong."""
-    if isinstance(data, str):
-        raise TypeError(f"{what} must be a bytes-like object, not str (encode it first)")
-    try:
-        mv = memoryview(data)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{what} must be a bytes-like object, not {type(data).__name__}") from None
-    if not mv.c_contiguous:
-        raise TypeError(f"{what} must be a C-contiguous buffer")
-    if mv.format != "B" or mv.ndim != 1:
-        # Also for one-byte formats ('b', 'c'): slice assignment between
-        # views of different formats raises, so every view is made 'B'.
-        mv = mv.cast("B")
-    return mv
-
-
-def release_view(view: memoryview) -> bool:
-    """Release a view lent by a ``with`` block; False if the caller still exports
-    it (e.g. to numpy), which leaves it alive: it must not be used past the block."""
-    try:
-        view.release()
-    except BufferError:
-        return False
-    return True
 
 
 class Ring:
@@ -197,7 +64,9 @@ class Ring:
         """
         from ._backend import RingImpl
 
-        return RingImpl._create(validate_name(name), validate_capacity(capacity), validate_mode(mode))
+        return RingImpl._create(
+            validate_name(name), validate_capacity(capacity), validate_mode(mode)
+        )
 
     @classmethod
     def open(cls, name: str, *, owners: Iterable[int] | None = None) -> Ring:
@@ -281,7 +150,9 @@ class Ring:
         """
         raise NotImplementedError
 
-    def reserve(self, nbytes: int, timeout: float | None = None) -> AbstractContextManager[memoryview]:
+    def reserve(
+        self, nbytes: int, timeout: float | None = None
+    ) -> AbstractContextManager[memoryview]:
         """Context manager yielding a writable ``nbytes`` view inside the ring.
 
         The message is published when the block exits normally and discarded
@@ -355,8 +226,3 @@ class Ring:
                 yield self.recv()
             except Closed:
                 return
-
-
-def incompatible(name: str, why: str) -> IncompatibleSegment:
-    """The error for a segment that is not a usable fastipc ring."""
-    return IncompatibleSegment(f"{segment_path(name)}: {why}")

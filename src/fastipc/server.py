@@ -209,9 +209,7 @@ class Server:
     client and removes what it created. A context manager (closes on exit).
     """
 
-    def __init__(
-        self, endpoint: Endpoint, handler: Handler, framing: str, limits: Limits
-    ) -> None:
+    def __init__(self, endpoint: Endpoint, handler: Handler, framing: str, limits: Limits) -> None:
         self.endpoint = endpoint
         self.handler = handler
         self.framing = framing
@@ -266,7 +264,10 @@ class Server:
             raise RuntimeError("server already started")
         started = threading.Event()
         self._thread = threading.Thread(
-            target=self._run_thread, args=(started,), name=f"fastipc-serve {self.address}", daemon=True
+            target=self._run_thread,
+            args=(started,),
+            name=f"fastipc-serve {self.address}",
+            daemon=True,
         )
         self._thread.start()
         started.wait()

@@ -6,7 +6,7 @@ import errno
 import time
 from collections.abc import Callable
 
-from ..ring import timeout_ns
+from .._checks import deadline
 
 __all__ = ["SLICE_NS", "deadline", "wait"]
 
@@ -18,12 +18,6 @@ SLICE_NS = 200_000_000
 _ETIMEDOUT = -errno.ETIMEDOUT
 _EINTR = -errno.EINTR
 _monotonic_ns = time.monotonic_ns
-
-
-def deadline(timeout: float | None) -> int | None:
-    """The CLOCK_MONOTONIC deadline (ns) of ``timeout`` seconds from now; None: never."""
-    tns = timeout_ns(timeout)
-    return None if tns < 0 else _monotonic_ns() + tns
 
 
 def wait(call: Callable[[int], int], until: int | None) -> int:

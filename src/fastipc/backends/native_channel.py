@@ -10,12 +10,20 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
+from .._checks import (
+    MAX_FDS,
+    FdLike,
+    check_buffer,
+    release_view,
+    timeout_ns,
+    validate_fds,
+    validate_max_count,
+)
 from .._native import ffi, lib
 from .._native_fast import ffi as ffi_fast
 from .._native_fast import lib as lib_fast
-from ..channel import MAX_FDS, RECV_BUFFER, Channel, FdLike, validate_fds, validate_max_count
+from ..channel import RECV_BUFFER, Channel
 from ..errors import Closed, Timeout
-from ..ring import check_buffer, release_view, timeout_ns
 from ._blocking import deadline as _deadline
 from ._blocking import wait as _wait
 from .native_ring import SPIN_NS  # importing native_ring also checks the .so's version
@@ -86,7 +94,9 @@ class NativeChannel(Channel):
         if self.handoff_min:
             rc = lib.fi_chan_set_handoff(self._h, self.handoff_min, self.handoff_area)
             if rc:  # validate_handoff let through what C refuses: a bug, say so
-                raise ValueError(f"handoff_min/handoff_area refused by the C core ({os.strerror(-rc)})")
+                raise ValueError(
+                    f"handoff_min/handoff_area refused by the C core ({os.strerror(-rc)})"
+                )
         self._batch = None
         self._bview = None
         self._big = None

@@ -10,20 +10,14 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+from .._checks import check_buffer, release_view, timeout_ns
+from .._names import incompatible, open_segment, segment_path
 from .._native import ffi, lib
 from .._native_fast import ffi as ffi_fast
 from .._native_fast import lib as lib_fast
 from .._version import __version__
 from ..errors import Closed, IncompatibleSegment, MessageTooLarge, Timeout
-from ..ring import (
-    Ring,
-    check_buffer,
-    incompatible,
-    open_segment,
-    release_view,
-    segment_path,
-    timeout_ns,
-)
+from ..ring import Ring
 from ._blocking import SLICE_NS as _SLICE_NS
 from ._blocking import deadline as _deadline
 from ._blocking import wait as _wait
@@ -114,7 +108,11 @@ class NativeRing(Ring):
             if rc == -errno.EPROTO:
                 with open(path, "rb") as f:
                     magic = f.read(8)
-                why = "made by the python backend" if magic.startswith(b"FIPCPY") else "not a fastipc ring"
+                why = (
+                    "made by the python backend"
+                    if magic.startswith(b"FIPCPY")
+                    else "not a fastipc ring"
+                )
                 raise incompatible(name, why + " (this process uses the native backend)")
             if rc == -errno.EPROTONOSUPPORT:
                 raise incompatible(name, "a fastipc ring of another layout version")
@@ -310,7 +308,10 @@ class NativeRing(Ring):
             return _loads(self._bview[:n])  # type: ignore[no-any-return]
         if n == _EAGAIN:
             h, batch = self._h, self._batch
-            n = _wait(lambda t: lib.fi_ring_recv_batch(h, batch, BATCH_BYTES, max_count, t), _deadline(timeout))
+            n = _wait(
+                lambda t: lib.fi_ring_recv_batch(h, batch, BATCH_BYTES, max_count, t),
+                _deadline(timeout),
+            )
             if n > 0:
                 return _loads(self._bview[:n])  # type: ignore[no-any-return]
         if n == _EMSGSIZE:
@@ -320,7 +321,9 @@ class NativeRing(Ring):
         raise AssertionError("unreachable")  # pragma: no cover
 
     # ---- zero-copy ----------------------------------------------------
-    def reserve(self, nbytes: int, timeout: float | None = None) -> AbstractContextManager[memoryview]:
+    def reserve(
+        self, nbytes: int, timeout: float | None = None
+    ) -> AbstractContextManager[memoryview]:
         if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
             raise ValueError(f"nbytes must be an int >= 0, got {nbytes!r}")
         if nbytes > self.capacity:
@@ -421,7 +424,9 @@ def _check(rc: int, name: str) -> int:
     if code == errno.EPIPE:
         raise Closed(f"ring {name!r} was shut down")
     if code == errno.EBADMSG:
-        raise IncompatibleSegment(f"{segment_path(name)}: corrupted (an index or length is out of bounds)")
+        raise IncompatibleSegment(
+            f"{segment_path(name)}: corrupted (an index or length is out of bounds)"
+        )
     if code == errno.EMSGSIZE:
         raise MessageTooLarge(f"ring {name!r}: message too large")
     if code == errno.EBADF:

@@ -57,19 +57,19 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
-from ..channel import (
-    DIRECT_MIN,
+from .._checks import (
     MAX_FDS,
-    RECV_BUFFER,
-    Channel,
     FdLike,
+    check_buffer,
+    release_view,
+    timeout_ns,
     validate_fds,
     validate_max_count,
 )
+from ..channel import DIRECT_MIN, RECV_BUFFER, Channel
 from ..errors import Timeout
 from ..framing import CHANNEL_FLAGS, FRAME_AREA, FRAME_BULK, FRAME_FDS, HEADER
 from ..handoff import WAIT_NS, ReceiveArea, SendArea
-from ..ring import check_buffer, release_view, timeout_ns
 
 __all__ = ["PythonChannel"]
 

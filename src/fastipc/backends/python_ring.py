@@ -82,18 +82,10 @@ from typing import Any
 
 import posix_ipc
 
+from .._checks import MAX_CAPACITY, check_buffer, release_view, timeout_ns
+from .._names import incompatible, open_segment, segment_path, semaphore_paths
 from ..errors import Closed, MessageTooLarge, Timeout
-from ..ring import (
-    MAX_CAPACITY,
-    Ring,
-    check_buffer,
-    incompatible,
-    open_segment,
-    release_view,
-    segment_path,
-    semaphore_paths,
-    timeout_ns,
-)
+from ..ring import Ring
 
 __all__ = ["PythonRing"]
 

@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from .._checks import timeout_ns
 from ..endpoints import Endpoint
-from ..ring import timeout_ns
 
 __all__ = [
     "Client",
@@ -95,7 +95,11 @@ class Client:
         return self.endpoint.url
 
     def send(
-        self, data: bytes | bytearray | memoryview, *, priority: int = 0, timeout: float | None = None
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
     ) -> None:
         """Send ``data`` as one message. ``priority`` is for message queues (0 elsewhere).
 

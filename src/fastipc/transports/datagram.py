@@ -89,12 +89,12 @@ def _iface(ep: Endpoint) -> bytes:
     try:
         return socket.inet_aton(str(ipaddress.IPv4Address(text)))
     except ValueError:
-        raise ValueError(f"endpoint {ep.url!r}: option iface={text!r} is not an IPv4 address") from None
+        raise ValueError(
+            f"endpoint {ep.url!r}: option iface={text!r} is not an IPv4 address"
+        ) from None
 
 
-def _check_size(
-    data: bytes | bytearray | memoryview, limit: int, where: str, family: int
-) -> None:
+def _check_size(data: bytes | bytearray | memoryview, limit: int, where: str, family: int) -> None:
     size = memoryview(data).nbytes
     if size > limit:
         why = " (the send buffer, capped by net.core.wmem_max)" if family == socket.AF_UNIX else ""
@@ -241,7 +241,11 @@ class DatagramClient(SocketClient):
         check_timeout(timeout)  # validated; a datagram socket connects at once
 
     def send(
-        self, data: bytes | bytearray | memoryview, *, priority: int = 0, timeout: float | None = None
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
     ) -> None:
         self._no_priority(priority)
         sock = self._socket()

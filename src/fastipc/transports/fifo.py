@@ -176,7 +176,11 @@ class FifoClient(Client):
         self._limit = max_message if single else PIPE_BUF - HEADER.size
 
     def send(
-        self, data: bytes | bytearray | memoryview, *, priority: int = 0, timeout: float | None = None
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
     ) -> None:
         """Write ``data`` as one frame; waits while the pipe is full.
 

@@ -235,7 +235,11 @@ class QueueClient(Client):
                 raise
 
     def send(
-        self, data: bytes | bytearray | memoryview, *, priority: int = 0, timeout: float | None = None
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
     ) -> None:
         """Send ``data`` with ``priority`` (0 to 32767; higher is received first).
 

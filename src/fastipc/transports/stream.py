@@ -20,11 +20,11 @@ import time
 from collections import deque
 from typing import Any
 
+from .._checks import timeout_ns
 from ..channel import Channel
 from ..endpoints import Endpoint
 from ..errors import Closed, MessageTooLarge, Timeout
 from ..framing import HEADER, MAX_MESSAGE_LIMIT, LengthDecoder
-from ..ring import timeout_ns
 from ..server import Peer, Server, Source
 from ..socket_file import bind_unix, connect_unix, mode_option, remove_if_ours
 from .base import SocketClient, bound_url, check_timeout, endpoint_error
@@ -57,6 +57,8 @@ def _skip(parts: list[bytes], sent: int) -> list[memoryview]:
         rest.append(memoryview(part)[sent:])
         sent = 0
     return rest
+
+
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 
@@ -175,9 +177,7 @@ class Connection(Peer):
         limits = server.limits
         self._idle = limits.idle_timeout
         self.deadline = time.monotonic() + self._idle if self._idle is not None else float("inf")
-        self._decoder = (
-            LengthDecoder(limits.max_message) if server.framing == "length" else None
-        )
+        self._decoder = LengthDecoder(limits.max_message) if server.framing == "length" else None
         self._read_size = min(READ_SIZE, limits.max_message)
         self._max_output = limits.max_output
         self._out: deque[memoryview] = deque()
@@ -440,9 +440,7 @@ class StreamClient(SocketClient):
     ``recv`` returns what one read gave (at most 64 KiB).
     """
 
-    def __init__(
-        self, ep: Endpoint, framing: str, timeout: float | None, max_message: int
-    ) -> None:
+    def __init__(self, ep: Endpoint, framing: str, timeout: float | None, max_message: int) -> None:
         super().__init__(ep)
         family = _family(ep)
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -474,7 +472,11 @@ class StreamClient(SocketClient):
             sock.setblocking(True)
 
     def send(
-        self, data: bytes | bytearray | memoryview, *, priority: int = 0, timeout: float | None = None
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
     ) -> None:
         self._no_priority(priority)
         sock = self._socket()
@@ -538,4 +540,3 @@ class StreamClient(SocketClient):
             except OSError:
                 pass
         self.close()
-

@@ -1,0 +1,152 @@
+"""Argument checks and time, shared by the public classes, both backends and the transports.
+
+Ground floor: imports nothing of fastipc. Every check raises TypeError or
+ValueError with a message naming the argument and what would be accepted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from typing import Any, Union
+
+__all__ = [
+    "MAX_CAPACITY",
+    "MAX_FDS",
+    "FdLike",
+    "check_buffer",
+    "deadline",
+    "release_view",
+    "time_left",
+    "timeout_ns",
+    "validate_capacity",
+    "validate_fds",
+    "validate_max_count",
+    "validate_mode",
+    "validate_owners",
+]
+
+#: The largest ring capacity accepted (bytes): a record's size, padding included, is 32-bit.
+MAX_CAPACITY = (1 << 32) - 128
+#: Most fds one message may carry (the kernel's SCM_MAX_FD).
+MAX_FDS = 253
+
+#: Something that names an fd: an int or an object with ``fileno()``.
+FdLike = Union[int, Any]
+
+_monotonic_ns = time.monotonic_ns
+
+
+def timeout_ns(timeout: float | None) -> int:
+    """Turn a timeout in seconds (None: forever) into nanoseconds (-1: forever)."""
+    if timeout is None:
+        return -1
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(
+            f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
+        )
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+    if timeout == float("inf"):
+        return -1
+    return int(timeout * 1e9)
+
+
+def deadline(timeout: float | None) -> int | None:
+    """The CLOCK_MONOTONIC deadline (ns) of ``timeout`` seconds from now; None: never."""
+    tns = timeout_ns(timeout)
+    return None if tns < 0 else _monotonic_ns() + tns
+
+
+def time_left(until: int | None) -> float | None:
+    """Seconds left before the deadline ``until`` (ns, from :func:`deadline`); None: no deadline."""
+    if until is None:
+        return None
+    return max(0.0, (until - _monotonic_ns()) / 1e9)
+
+
+def validate_capacity(capacity: object) -> int:
+    """Return ``capacity`` (payload bytes) if it is an int in [1, MAX_CAPACITY]."""
+    if isinstance(capacity, bool) or not isinstance(capacity, int):
+        raise TypeError(f"capacity must be an int (bytes), not {type(capacity).__name__}")
+    if not 1 <= capacity <= MAX_CAPACITY:
+        raise ValueError(f"capacity must be between 1 and {MAX_CAPACITY} bytes, got {capacity}")
+    return capacity
+
+
+def validate_mode(mode: object) -> int:
+    """Return ``mode`` if it is a permission mask such as ``0o600``."""
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+        raise ValueError(f"mode must be a permission mask between 0 and 0o777, got {mode!r}")
+    return mode
+
+
+def validate_owners(owners: object) -> frozenset[int] | None:
+    """``owners`` as a frozenset of uids (None: the default), or TypeError."""
+    if owners is None:
+        return None
+    if not isinstance(owners, Iterable):
+        raise TypeError("owners must be an iterable of uids (ints) or None")
+    uids: frozenset[object] = frozenset(owners)
+    out: set[int] = set()
+    for u in uids:
+        if isinstance(u, bool) or not isinstance(u, int) or u < 0:
+            raise TypeError(f"owners must be uids (ints >= 0), got {u!r}")
+        out.add(u)
+    return frozenset(out)
+
+
+def check_buffer(data: object, what: str = "message") -> memoryview:
+    """A flat byte view of ``data``, or TypeError naming what was wrong."""
+    if isinstance(data, str):
+        raise TypeError(f"{what} must be a bytes-like object, not str (encode it first)")
+    try:
+        mv = memoryview(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{what} must be a bytes-like object, not {type(data).__name__}") from None
+    if not mv.c_contiguous:
+        raise TypeError(f"{what} must be a C-contiguous buffer")
+    if mv.format != "B" or mv.ndim != 1:
+        # Also for one-byte formats ('b', 'c'): slice assignment between
+        # views of different formats raises, so every view is made 'B'.
+        mv = mv.cast("B")
+    return mv
+
+
+def release_view(view: memoryview) -> bool:
+    """Release a view lent by a ``with`` block; False if the caller still exports
+    it (e.g. to numpy), which leaves it alive: it must not be used past the block."""
+    try:
+        view.release()
+    except BufferError:
+        return False
+    return True
+
+
+def validate_fds(fds: Iterable[FdLike]) -> list[int]:
+    """The fd numbers of ``fds`` (ints or objects with ``fileno()``), at most MAX_FDS."""
+    if isinstance(fds, (str, bytes)):
+        raise TypeError("fds must be a sequence of ints or objects with fileno()")
+    out: list[int] = []
+    for f in fds:
+        if isinstance(f, bool):
+            raise TypeError("fds: bool is not an fd")
+        fd = f if isinstance(f, int) else getattr(f, "fileno", None)
+        if callable(fd):
+            fd = fd()
+        if not isinstance(fd, int) or isinstance(fd, bool):
+            raise TypeError(f"fds: {f!r} is not an int or an object with fileno()")
+        if fd < 0:
+            raise ValueError(f"fds: {fd} is not a valid fd")
+        out.append(fd)
+    if len(out) > MAX_FDS:
+        raise ValueError(f"at most {MAX_FDS} fds per message, got {len(out)}")
+    return out
+
+
+def validate_max_count(max_count: object) -> int:
+    """``max_count`` if it is an int >= 1 (how many messages a batch call may return)."""
+    if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 1:
+        raise ValueError(f"max_count must be an int >= 1, got {max_count!r}")
+    return max_count

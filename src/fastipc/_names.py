@@ -1,0 +1,107 @@
+"""Ring names and the /dev/shm paths of every object a ring makes.
+
+The one place that spells them: the backends, ``fastipc ls``/``rm`` and the
+tests all ask here. Opening a segment by name lives here too, so that the
+rules for trusting a name (no symlinks, owner check) are written once.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+
+from .errors import IncompatibleSegment
+
+__all__ = [
+    "SEGMENT_PREFIX",
+    "SEMAPHORE_PREFIX",
+    "SEMAPHORE_SUFFIXES",
+    "SHM_DIR",
+    "incompatible",
+    "open_segment",
+    "segment_path",
+    "semaphore_names",
+    "semaphore_paths",
+    "validate_name",
+]
+
+#: Where POSIX shared memory and named semaphores live on Linux.
+SHM_DIR = "/dev/shm"
+#: A ring's segment is ``SHM_DIR/SEGMENT_PREFIX + name``.
+SEGMENT_PREFIX = "fastipc."
+#: The python ring's semaphores are ``SHM_DIR/SEMAPHORE_PREFIX + name + suffix``.
+SEMAPHORE_PREFIX = "sem.fastipc."
+SEMAPHORE_SUFFIXES = (".items", ".space")
+
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+
+def validate_name(name: object) -> str:
+    """Return ``name`` if it is a valid ring name, else raise TypeError/ValueError."""
+    if not isinstance(name, str):
+        raise TypeError(f"ring name must be a str, not {type(name).__name__}")
+    if not _NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"invalid ring name {name!r}: use 1-200 characters of A-Z a-z 0-9 . _ - (no slash)"
+        )
+    if name in (".", ".."):
+        raise ValueError(f"invalid ring name {name!r}")
+    return name
+
+
+def segment_path(name: str) -> str:
+    """The /dev/shm path of ring ``name``'s segment."""
+    return f"{SHM_DIR}/{SEGMENT_PREFIX}{name}"
+
+
+def semaphore_names(name: str) -> list[str]:
+    """The POSIX names (for ``posix_ipc.Semaphore``) of the python ring's two semaphores."""
+    return [f"/fastipc.{name}{s}" for s in SEMAPHORE_SUFFIXES]
+
+
+def semaphore_paths(name: str) -> list[str]:
+    """The /dev/shm paths of the named semaphores a ring may own (python backend)."""
+    return [f"{SHM_DIR}/{SEMAPHORE_PREFIX}{name}{s}" for s in SEMAPHORE_SUFFIXES]
+
+
+def open_segment(name: str, owners: frozenset[int] | None = None) -> int:
+    """Open ring ``name``'s segment read-write; return the fd (close-on-exec).
+
+    Never follows a symlink (a name squatted by a link raises OSError(ELOOP)),
+    and refuses a segment that is not a regular file or whose owner is not in
+    ``owners`` (default: this process's effective uid, or root) with
+    PermissionError naming the owner: another user could otherwise create
+    the name first and read or forge what is sent through it.
+    """
+    path = segment_path(name)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(
+                errno.ELOOP, "is a symbolic link, not a ring segment; not following it", path
+            ) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise incompatible(name, "not a regular file")
+        allowed = owners if owners is not None else frozenset((os.geteuid(), 0))
+        if st.st_uid not in allowed:
+            raise PermissionError(
+                errno.EPERM,
+                f"owned by uid {st.st_uid}, not by this user: refusing a segment another user "
+                f"made (pass owners={{{st.st_uid}}} to Ring.open to trust it)",
+                path,
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def incompatible(name: str, why: str) -> IncompatibleSegment:
+    """The error for a segment that is not a usable fastipc ring."""
+    return IncompatibleSegment(f"{segment_path(name)}: {why}")
