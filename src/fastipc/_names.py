@@ -24,6 +24,7 @@ __all__ = [
     "segment_path",
     "semaphore_names",
     "semaphore_paths",
+    "unlink_ring",
     "validate_name",
 ]
 
@@ -64,6 +65,24 @@ def semaphore_names(name: str) -> list[str]:
 def semaphore_paths(name: str) -> list[str]:
     """The /dev/shm paths of the named semaphores a ring may own (python backend)."""
     return [f"{SHM_DIR}/{SEMAPHORE_PREFIX}{name}{s}" for s in SEMAPHORE_SUFFIXES]
+
+
+def unlink_ring(name: str) -> None:
+    """Remove ring ``name``'s segment and semaphores; open handles keep working.
+
+    Raises ValueError/TypeError for a bad name, FileNotFoundError if nothing
+    of that name exists. ``os.unlink`` never follows a symlink at the name.
+    """
+    validate_name(name)
+    found = False
+    for path in [segment_path(name), *semaphore_paths(name)]:
+        try:
+            os.unlink(path)
+            found = True
+        except FileNotFoundError:
+            pass
+    if not found:
+        raise FileNotFoundError(errno.ENOENT, "no such ring", segment_path(name))
 
 
 def open_segment(name: str, owners: frozenset[int] | None = None) -> int:

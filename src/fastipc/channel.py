@@ -1,10 +1,11 @@
 """Channel: length-framed messages over a Unix stream socket, with fd passing and peer credentials.
 
-The public :class:`Channel` validates arguments, owns the socket and
-documents the contract; the per-message work (framing, batching, fds) is
-done by the backend picked in ``fastipc._backend`` (C through cffi, or pure
-Python), whose class is a subclass of :class:`Channel`. Both speak the same
-wire format (DESIGN.md, Framing), so either may be the peer of the other::
+The public :class:`Channel` adds the factories (validating arguments and
+making the socket) to the backend picked in ``fastipc._backend`` (C through
+cffi, or pure Python), which implements ``fastipc._contract.ChannelBase``
+and does the per-message work (framing, batching, fds). Both speak the same
+wire format (docs/architecture.md, "Wire format"), so either may be the
+peer of the other::
 
     frame = [u32 LE payload length][u32 LE flags][payload]
 
@@ -16,19 +17,18 @@ refused.
 
 from __future__ import annotations
 
-import errno
-import os
 import select
 import socket
-import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from ._checks import MAX_FDS, FdLike, release_view, timeout_ns
+if TYPE_CHECKING:
+    from ._contract import ChannelBase as ChannelImpl
+else:
+    from ._backend import ChannelImpl
+from ._checks import MAX_FDS, timeout_ns
 from .endpoints import Endpoint, parse
-from .errors import Closed, MessageTooLarge, ProtocolError, Timeout
+from .errors import Timeout
 from .framing import (
     DEFAULT_MAX_MESSAGE,
     validate_max_message,
@@ -38,16 +38,10 @@ from .socket_file import backlog_option, bind_unix, connect_unix, mode_option, r
 
 __all__ = ["DEFAULT_MAX_MESSAGE", "MAX_FDS", "Channel", "Listener", "listen"]
 
-_C = TypeVar("_C", bound="Channel")
 _L = TypeVar("_L", bound="Listener")
 
-#: Size of a channel's receive buffer (bytes); longer frames bypass it.
-RECV_BUFFER = 256 * 1024
-#: Frames longer than this (bytes) are read straight into their destination.
-DIRECT_MIN = 64 * 1024
 
-
-class Channel:
+class Channel(ChannelImpl):
     """A connected pair end that carries whole messages (any bytes, up to ``max_message``).
 
     Messages arrive whole and in order, each exactly once; a message may
@@ -94,9 +88,6 @@ class Channel:
     #: The view recv_view has lent, while its block runs.
     _view: memoryview | None
     _sock: socket.socket | None
-
-    def __init__(self, *_: object) -> None:
-        raise TypeError("use Channel.pair(), Channel.connect(), Channel.from_socket() or accept()")
 
     # ---- construction -------------------------------------------------
     @classmethod
@@ -178,287 +169,6 @@ class Channel:
         max_message = validate_max_message(max_message)
         handoff = validate_handoff(handoff_min, handoff_area)
         return cls._adopt(sock, "socket", max_message, handoff)
-
-    @classmethod
-    def _adopt(
-        cls,
-        sock: socket.socket,
-        name: str,
-        max_message: int,
-        handoff: tuple[int, int] = (0, DEFAULT_HANDOFF_AREA),
-    ) -> Channel:
-        """A channel on connected ``sock``. ``handoff`` (min, area bytes) stays
-        off unless given: only a Channel peer understands hand-off frames."""
-        from ._backend import ChannelImpl
-
-        sock.setblocking(False)
-        self: Channel = ChannelImpl.__new__(ChannelImpl)
-        self._sock = sock
-        self.name = name
-        self.max_message = max_message
-        self.handoff_min, self.handoff_area = handoff
-        self._setup()
-        return self
-
-    # ---- the interface each backend implements --------------------------
-    def _setup(self) -> None:
-        """Make the backend's per-channel state (called once by _adopt)."""
-        raise NotImplementedError
-
-    def _release(self) -> None:
-        """Free the backend's state and close fds it holds (called once by close)."""
-        raise NotImplementedError
-
-    def _buffered(self) -> bool:
-        """True if received bytes wait in this process (they would not survive pickling)."""
-        raise NotImplementedError
-
-    def send(self, data: Any, fds: Iterable[FdLike] = (), timeout: float | None = None) -> None:
-        """Send one message: any C-contiguous bytes-like object, with ``fds`` attached.
-
-        ``fds`` are ints or objects with ``fileno()``, at most 253; the peer
-        receives duplicates (the caller's stay open). Blocks while the
-        socket is full. Raises :class:`~fastipc.MessageTooLarge` if
-        ``len(data) > max_message`` (nothing sent), :class:`~fastipc.Closed`
-        if the peer is gone, :class:`~fastipc.Timeout`, TypeError for str
-        and other non-buffers.
-        """
-        raise NotImplementedError
-
-    def send_many(self, buffers: Iterable[Any], timeout: float | None = None) -> int:
-        """Send each of ``buffers`` as one message, in order, with few syscalls; return how many.
-
-        Every item is checked before any is sent (TypeError, MessageTooLarge).
-        If the deadline passes between messages, the :class:`~fastipc.Timeout`
-        carries ``sent``; if it passes inside one, the channel is closed too.
-        """
-        raise NotImplementedError
-
-    def recv(self, timeout: float | None = None) -> bytes:
-        """Return the next message. Fds that came with it are closed (see :meth:`recv_with_fds`).
-
-        Raises :class:`~fastipc.Timeout`, :class:`~fastipc.Closed` once the
-        peer closed and everything was received, MessageTooLarge (channel
-        closed) if the peer announced one over ``max_message``.
-        """
-        raise NotImplementedError
-
-    def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
-        """Copy the next message into writable ``buffer``; return its length in bytes.
-
-        A message longer than ``buffer`` stays queued and
-        :class:`~fastipc.MessageTooLarge` is raised (the channel stays open).
-        Fds that came with it are closed.
-        """
-        raise NotImplementedError
-
-    def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
-        """Return between 1 and ``max_count`` messages: waits for the first, takes what else arrived.
-
-        Fds that came with them are closed.
-        """
-        raise NotImplementedError
-
-    def recv_with_fds(self, timeout: float | None = None) -> tuple[bytes, list[int]]:
-        """Return the next message and the fds that came with it.
-
-        The fds are new, close-on-exec and owned by the caller (close them).
-        Raises as :meth:`recv`, and OSError(ENOBUFS) naming MSG_CTRUNC if the
-        message carried more fds than fit (the ones that came were closed;
-        the message is consumed, the channel stays open).
-        """
-        raise NotImplementedError
-
-    def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
-        """Context manager yielding a read-only view of the next message, in place when it can.
-
-        A message that came through the shared-memory hand-off is not
-        copied: the view is the sender's area, and its room is given back
-        when the block exits (until then the sender has that much less room;
-        messages received inside the block keep theirs too). Any other
-        message is received as by :meth:`recv` and viewed. Do not keep the
-        view past the block (it is released there; closing the channel
-        inside the block is allowed). One view at a time: a second
-        ``recv_view`` inside the block raises ValueError. Raises as
-        :meth:`recv`. The native backend's wait for the message after a
-        handed-off one spins up to that message's length / 8 GB/s (at most
-        250 µs, never past ``timeout``) before sleeping, as a reader that
-        copies nothing is back waiting well before the sender's next copy is
-        done (see csrc/channel.c, spin_end).
-        """
-        self._socket()
-        if self._view is not None:
-            raise ValueError(f"channel {self.name}: a recv_view is already open")
-        return self._lend_view(timeout)
-
-    @contextmanager
-    def _lend_view(self, timeout: float | None) -> Iterator[memoryview]:
-        view, give_back = self._take_view(timeout)
-        self._view = view
-        try:
-            yield view
-        finally:
-            self._view = None
-            release_view(view)
-            give_back()
-
-    def _take_view(self, timeout: float | None) -> tuple[memoryview, Callable[[], None]]:
-        """The backend's part of recv_view: the next message's view, and the call that
-        gives its room back (and that of messages received meanwhile) when the block ends."""
-        raise NotImplementedError
-
-    def pending(self) -> bool:
-        """True if a whole message is already buffered in this process.
-
-        A selector on :meth:`fileno` does not see such messages: receive
-        until this is False (or a ``timeout=0`` receive times out) before
-        waiting on the fd.
-        """
-        raise NotImplementedError
-
-    # ---- shared behaviour ---------------------------------------------
-    def peer_credentials(self) -> tuple[int, int, int]:
-        """``(pid, uid, gid)`` of the peer process as the kernel recorded them at connect (SO_PEERCRED)."""
-        creds = self._socket().getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-        pid, uid, gid = struct.unpack("3i", creds)
-        return pid, uid, gid
-
-    def shutdown(self, how: str = "both") -> None:
-        """Shut down ``"write"``, ``"read"`` or ``"both"`` directions of the connection.
-
-        After ``"write"`` the peer receives what was sent, then Closed; this
-        end can still receive. Raises ValueError for another ``how``.
-        """
-        flags = {"write": socket.SHUT_WR, "read": socket.SHUT_RD, "both": socket.SHUT_RDWR}
-        if how not in flags:
-            raise ValueError(f"shutdown how must be 'write', 'read' or 'both', got {how!r}")
-        try:
-            self._socket().shutdown(flags[how])
-        except OSError as exc:
-            if exc.errno != errno.ENOTCONN:  # the peer already went away: nothing to shut
-                raise OSError(exc.errno, exc.strerror, self.name) from None
-
-    def fileno(self) -> int:
-        """The socket's fd, for selectors and asyncio (see :meth:`pending`)."""
-        return self._socket().fileno()
-
-    @property
-    def closed(self) -> bool:
-        """True once the channel is closed (by :meth:`close` or a broken stream)."""
-        return self._sock is None
-
-    def close(self) -> None:
-        """Close the socket and every received fd not handed out (idempotent)."""
-        sock, self._sock = self._sock, None
-        if sock is None:
-            return
-        try:
-            self._release()
-        finally:
-            sock.close()
-
-    def __enter__(self: _C) -> _C:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_sock", None) is not None:
-            self.close()
-
-    def __iter__(self) -> Iterator[bytes]:
-        """Yield messages until the peer closes."""
-        while True:
-            try:
-                yield self.recv()
-            except Closed:
-                return
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # Only multiprocessing's pickler can carry the socket (it dups the fd).
-        if self._buffered():
-            raise ValueError(
-                "cannot pass a channel that already buffered received bytes, or mapped the "
-                "peer's hand-off area, to another process"
-            )
-        handoff = (self.handoff_min, self.handoff_area)
-        return (_rebuild, (self._socket(), self.name, self.max_message, handoff))
-
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else f"fd={self.fileno()}"
-        return f"<{type(self).__name__} {self.name} {state}>"
-
-    # ---- helpers for the backends ------------------------------------
-    def _socket(self) -> socket.socket:
-        sock = self._sock
-        if sock is None:
-            raise ValueError(f"operation on a closed channel ({self.name})")
-        return sock
-
-    def _fail(self, code: int, *, length: int = 0, detail: str = "") -> NoReturn:
-        """Raise what errno ``code`` (positive) means here, closing the channel if it is broken."""
-        name = self.name
-        if code in (errno.ETIMEDOUT, errno.EAGAIN):
-            raise Timeout(f"channel {name}: timed out")
-        if code == errno.EPIPE:
-            raise Closed(f"channel {name}: the peer closed the connection")
-        if code == errno.EBADF and self.closed:
-            raise ValueError(f"operation on a closed channel ({name})")
-        if code == errno.ENOBUFS:
-            raise OSError(
-                code,
-                "MSG_CTRUNC: a message carried more fds than fit (the ones that arrived were "
-                "closed; the message was dropped)",
-                name,
-            )
-        if code == errno.EMSGSIZE:
-            raise MessageTooLarge(f"channel {name}: {detail or 'message too large'}")
-        # The rest leave the byte stream unusable.
-        self.close()
-        if code == errno.ENODATA:
-            raise Closed(
-                f"channel {name}: the peer closed the connection in the middle of a message "
-                "(the partial message was dropped); channel closed"
-            )
-        if code == errno.EFBIG:
-            raise MessageTooLarge(
-                f"channel {name}: the peer announced a message of {length} bytes, over "
-                f"max_message={self.max_message}{self._raw_text_hint(length)}; channel closed"
-            )
-        if code == errno.EPROTO:
-            what = detail or (
-                "bad frame flags, fds attached where no message starts or more than one "
-                "message may carry, or a hand-off area that is not a sealed memfd"
-            )
-            hint = self._raw_text_hint(length)
-            raise ProtocolError(f"protocol error: {what}{hint}; channel closed", name)
-        if code == errno.EBADMSG:
-            raise ProtocolError(
-                "protocol error: a hand-off descriptor points outside the shared area; "
-                "channel closed",
-                name,
-                errno.EBADMSG,
-            )
-        raise OSError(code, os.strerror(code), name)
-
-    def _raw_text_hint(self, length: int = 0) -> str:
-        """A hint when the bad header's length field reads as text: a raw (unframed) peer."""
-        head = length.to_bytes(4, "little") if 0 < length < 1 << 32 else b""
-        if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
-            return (
-                f" (the header's first bytes read {head.decode()!r}: text, as if the peer "
-                "sends raw bytes; check that both sides use length framing)"
-            )
-        return ""
-
-    def _closed_send(self, sent: int = 0) -> NoReturn:
-        """The peer is gone: Closed, carrying how many messages of a batch went out."""
-        raise Closed(f"channel {self.name}: the peer closed the connection", sent=sent)
-
-
-def _rebuild(sock: socket.socket, name: str, max_message: int, handoff: tuple[int, int]) -> Channel:
-    return Channel._adopt(sock, name, max_message, handoff)
 
 
 def _max_message_for(ep: Endpoint, given: int | None) -> int:

@@ -19,14 +19,11 @@ from .._checks import (
     validate_fds,
     validate_max_count,
 )
-from .._native import ffi, lib
-from .._native_fast import ffi as ffi_fast
-from .._native_fast import lib as lib_fast
-from ..channel import RECV_BUFFER, Channel
+from .._contract import RECV_BUFFER, ChannelBase
 from ..errors import Closed, Timeout
 from ._blocking import deadline as _deadline
 from ._blocking import wait as _wait
-from .native_ring import SPIN_NS  # importing native_ring also checks the .so's version
+from ._native import SPIN_NS, ffi, ffi_fast, lib, lib_fast
 
 __all__ = ["NativeChannel"]
 
@@ -60,7 +57,7 @@ BATCH_BYTES = 256 * 1024
 _GIL_SEND_MAX = 64 * 1024
 
 
-class NativeChannel(Channel):
+class NativeChannel(ChannelBase):
     """:class:`~fastipc.Channel` backed by the C core; see Channel for the contract."""
 
     _h: Any

@@ -11,25 +11,15 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from .._checks import check_buffer, release_view, timeout_ns
+from .._contract import RingBase
 from .._names import incompatible, open_segment, segment_path
-from .._native import ffi, lib
-from .._native_fast import ffi as ffi_fast
-from .._native_fast import lib as lib_fast
-from .._version import __version__
 from ..errors import Closed, IncompatibleSegment, MessageTooLarge, Timeout
-from ..ring import Ring
 from ._blocking import SLICE_NS as _SLICE_NS
 from ._blocking import deadline as _deadline
 from ._blocking import wait as _wait
+from ._native import SPIN_NS, ffi, ffi_fast, lib, lib_fast
 
 __all__ = ["NativeRing"]
-
-_compiled = ffi.string(lib.fi_version()).decode()
-if _compiled != __version__ or ffi_fast.string(lib_fast.fi_version()).decode() != __version__:
-    raise ImportError(
-        f"fastipc._native is version {_compiled} but the Python files are {__version__}: "
-        "two copies of fastipc are installed; reinstall it"
-    )
 
 # The hot calls, bound once: a module global is cheaper than lib.attr.
 _try_send = lib_fast.fi_ring_try_send
@@ -57,15 +47,13 @@ _EINTR = -errno.EINTR
 SCRATCH_BYTES = 64 * 1024
 #: Room for one recv_many batch in marshal format (bytes).
 BATCH_BYTES = 256 * 1024
-#: Busy-wait before sleeping (ns); FASTIPC_SPIN_US overrides (0 disables).
-SPIN_NS = int(float(os.environ.get("FASTIPC_SPIN_US", "20")) * 1000)
 #: The first part of that spin is done holding the GIL, in the call that
 #: missed: a peer that keeps up is met without entering the blocking path
 #: (~1 us of Python). Short, so other threads are barely held up.
 _GIL_SPIN_NS = min(SPIN_NS, 3000)
 
 
-class NativeRing(Ring):
+class NativeRing(RingBase):
     """:class:`~fastipc.Ring` backed by the C core; see Ring for the contract."""
 
     _h: Any

@@ -66,7 +66,7 @@ from .._checks import (
     validate_fds,
     validate_max_count,
 )
-from ..channel import DIRECT_MIN, RECV_BUFFER, Channel
+from .._contract import DIRECT_MIN, RECV_BUFFER, ChannelBase
 from ..errors import Timeout
 from ..framing import CHANNEL_FLAGS, FRAME_AREA, FRAME_BULK, FRAME_FDS, HEADER
 from ..handoff import WAIT_NS, ReceiveArea, SendArea
@@ -96,7 +96,7 @@ class _Again(Exception):
     """The socket cannot go on now (EAGAIN): wait and retry."""
 
 
-class PythonChannel(Channel):
+class PythonChannel(ChannelBase):
     """:class:`~fastipc.Channel` in pure Python; see Channel for the contract."""
 
     _rbuf: bytearray

@@ -83,9 +83,9 @@ from typing import Any
 import posix_ipc
 
 from .._checks import MAX_CAPACITY, check_buffer, release_view, timeout_ns
+from .._contract import RingBase
 from .._names import incompatible, open_segment, segment_path, semaphore_paths
 from ..errors import Closed, MessageTooLarge, Timeout
-from ..ring import Ring
 
 __all__ = ["PythonRing"]
 
@@ -178,7 +178,7 @@ def _check_count(value: object, what: str) -> int:
     return value
 
 
-class PythonRing(Ring):
+class PythonRing(RingBase):
     """:class:`~fastipc.Ring` implemented in Python over mmap, OFD locks and posix_ipc semaphores.
 
     Each handle owns its own file descriptor (so handles in one process

@@ -1,0 +1,474 @@
+"""The contract both backends implement: RingBase and ChannelBase.
+
+Each base class documents the interface (the docstrings users read through
+the public ``Ring``/``Channel``, which subclass the chosen backend's class)
+and holds the behaviour both backends share, so that neither backend needs
+to import a public class. Ground floor: imports only errors, _checks, _names
+and handoff.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, NoReturn, TypeVar
+
+from ._checks import FdLike, release_view
+from ._names import unlink_ring
+from .errors import Closed, MessageTooLarge, ProtocolError, Timeout
+from .handoff import DEFAULT_HANDOFF_AREA
+
+__all__ = ["DIRECT_MIN", "RECV_BUFFER", "ChannelBase", "RingBase"]
+
+_R = TypeVar("_R", bound="RingBase")
+_C = TypeVar("_C", bound="ChannelBase")
+
+#: Size of a channel's receive buffer (bytes); longer frames bypass it.
+RECV_BUFFER = 256 * 1024
+#: Frames longer than this (bytes) are read straight into their destination.
+DIRECT_MIN = 64 * 1024
+
+
+class RingBase:
+    """What every ring backend provides; see :class:`fastipc.Ring` for the contract."""
+
+    #: The name given at creation (``/dev/shm/fastipc.NAME`` holds the segment).
+    name: str
+    #: The largest message, in bytes, the ring accepts; also its payload space.
+    capacity: int
+
+    def __init__(self, *_: object) -> None:
+        raise TypeError("use Ring.create() or Ring.open()")
+
+    # ---- the interface each backend implements --------------------------
+    @classmethod
+    def _create(cls: type[_R], name: str, capacity: int, mode: int) -> _R:
+        """Create the segment (name, capacity and mode already checked); a handle on it."""
+        raise NotImplementedError
+
+    @classmethod
+    def _open(cls: type[_R], name: str, owners: frozenset[int] | None = None) -> _R:
+        """Open the existing segment ``name`` (checked) whose owner is in ``owners``."""
+        raise NotImplementedError
+
+    def send(self, data: Any, timeout: float | None = None) -> None:
+        """Append one message (any C-contiguous bytes-like object).
+
+        Blocks while the ring is full. Raises :class:`~fastipc.Timeout`,
+        :class:`~fastipc.MessageTooLarge` if ``len(data) > capacity``,
+        :class:`~fastipc.Closed` after :meth:`shutdown`, TypeError for str,
+        int, None and other non-buffers.
+        """
+        raise NotImplementedError
+
+    def send_many(self, messages: Iterable[Any], timeout: float | None = None) -> int:
+        """Append every message of ``messages`` in order; return how many (all of them).
+
+        Writes as many as fit at once and waits for room for the rest. Every
+        item is checked before any is sent (TypeError, MessageTooLarge). If
+        the deadline passes or the ring is shut down midway, the raised
+        :class:`~fastipc.Timeout` / :class:`~fastipc.Closed` carries ``sent``:
+        how many went out.
+        """
+        raise NotImplementedError
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        """Remove and return the oldest message.
+
+        Blocks while the ring is empty. Raises :class:`~fastipc.Timeout`, or
+        :class:`~fastipc.Closed` once the ring is shut down and drained.
+        """
+        raise NotImplementedError
+
+    def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
+        """Copy the oldest message into writable ``buffer``; return its length in bytes.
+
+        If the message is longer than ``buffer`` it stays in the ring and
+        :class:`~fastipc.MessageTooLarge` is raised.
+        """
+        raise NotImplementedError
+
+    def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
+        """Return between 1 and ``max_count`` of the oldest messages.
+
+        Waits only for the first; takes the rest that are already there.
+        Raises :class:`~fastipc.Timeout` if none came in time.
+        """
+        raise NotImplementedError
+
+    def reserve(
+        self, nbytes: int, timeout: float | None = None
+    ) -> AbstractContextManager[memoryview]:
+        """Context manager yielding a writable ``nbytes`` view inside the ring.
+
+        The message is published when the block exits normally and discarded
+        if it raises. While the block runs, other producers wait (the
+        producer side is held); consumers are not held up. Waits for room
+        like :meth:`send`. Closing the handle inside the block lets the
+        producer side go; leaving the block then raises ValueError and
+        publishes nothing.
+        """
+        raise NotImplementedError
+
+    def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
+        """Context manager yielding a read-only view of the oldest message in place.
+
+        The message is consumed when the block exits, whether or not it
+        raised. While the block runs, other consumers wait. Do not keep the
+        view past the block. Closing the handle inside the block lets the
+        consumer side go and leaves the message for the next consumer.
+        """
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        """Refuse further sends (:class:`~fastipc.Closed`) and wake every blocked waiter.
+
+        Receivers drain what is left, then get :class:`~fastipc.Closed`.
+        Irreversible for the life of the segment.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release this handle (idempotent); the ring lives on until unlinked."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        """Number of messages waiting (a snapshot)."""
+        raise NotImplementedError
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called on this handle."""
+        raise NotImplementedError
+
+    # ---- shared behaviour ---------------------------------------------
+    def unlink(self) -> None:
+        """Remove this ring's name and OS objects; this handle stays usable until closed."""
+        try:
+            unlink_ring(self.name)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self: _R) -> _R:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        # A handle is process-local; another process re-opens the ring by name
+        # (through the public class, which every handle is an instance of).
+        return (type(self).open, (self.name,))  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"capacity={self.capacity}"
+        return f"<{type(self).__name__} {self.name!r} {state}>"
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Yield messages until the ring is shut down and drained."""
+        while True:
+            try:
+                yield self.recv()
+            except Closed:
+                return
+
+
+class ChannelBase:
+    """What every channel backend provides; see :class:`fastipc.Channel` for the contract."""
+
+    #: The largest message, in bytes, this end sends or accepts.
+    max_message: int
+    #: The endpoint (path, @name or description) used in error messages.
+    name: str
+    #: Messages sent of at least this many bytes go through shared memory (0:
+    #: never), as set; a channel that cannot make its area (no memfd, no
+    #: memory) or whose peer writes nonsense into it sends inline regardless.
+    handoff_min: int
+    #: Size in bytes of this end's hand-off area.
+    handoff_area: int
+    #: The view recv_view has lent, while its block runs.
+    _view: memoryview | None
+    _sock: socket.socket | None
+
+    def __init__(self, *_: object) -> None:
+        raise TypeError("use Channel.pair(), Channel.connect(), Channel.from_socket() or accept()")
+
+    # ---- construction (for the public factories) -----------------------
+    @classmethod
+    def _adopt(
+        cls: type[_C],
+        sock: socket.socket,
+        name: str,
+        max_message: int,
+        handoff: tuple[int, int] = (0, DEFAULT_HANDOFF_AREA),
+    ) -> _C:
+        """A channel on connected ``sock``. ``handoff`` (min, area bytes) stays
+        off unless given: only a Channel peer understands hand-off frames."""
+        sock.setblocking(False)
+        self = cls.__new__(cls)
+        self._sock = sock
+        self.name = name
+        self.max_message = max_message
+        self.handoff_min, self.handoff_area = handoff
+        self._setup()
+        return self
+
+    # ---- the interface each backend implements --------------------------
+    def _setup(self) -> None:
+        """Make the backend's per-channel state (called once by _adopt)."""
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Free the backend's state and close fds it holds (called once by close)."""
+        raise NotImplementedError
+
+    def _buffered(self) -> bool:
+        """True if received bytes wait in this process (they would not survive pickling)."""
+        raise NotImplementedError
+
+    def send(self, data: Any, fds: Iterable[FdLike] = (), timeout: float | None = None) -> None:
+        """Send one message: any C-contiguous bytes-like object, with ``fds`` attached.
+
+        ``fds`` are ints or objects with ``fileno()``, at most 253; the peer
+        receives duplicates (the caller's stay open). Blocks while the
+        socket is full. Raises :class:`~fastipc.MessageTooLarge` if
+        ``len(data) > max_message`` (nothing sent), :class:`~fastipc.Closed`
+        if the peer is gone, :class:`~fastipc.Timeout`, TypeError for str
+        and other non-buffers.
+        """
+        raise NotImplementedError
+
+    def send_many(self, buffers: Iterable[Any], timeout: float | None = None) -> int:
+        """Send each of ``buffers`` as one message, in order, with few syscalls; return how many.
+
+        Every item is checked before any is sent (TypeError, MessageTooLarge).
+        If the deadline passes between messages, the :class:`~fastipc.Timeout`
+        carries ``sent``; if it passes inside one, the channel is closed too.
+        """
+        raise NotImplementedError
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        """Return the next message. Fds that came with it are closed (see :meth:`recv_with_fds`).
+
+        Raises :class:`~fastipc.Timeout`, :class:`~fastipc.Closed` once the
+        peer closed and everything was received, MessageTooLarge (channel
+        closed) if the peer announced one over ``max_message``.
+        """
+        raise NotImplementedError
+
+    def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
+        """Copy the next message into writable ``buffer``; return its length in bytes.
+
+        A message longer than ``buffer`` stays queued and
+        :class:`~fastipc.MessageTooLarge` is raised (the channel stays open).
+        Fds that came with it are closed.
+        """
+        raise NotImplementedError
+
+    def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
+        """Return between 1 and ``max_count`` messages: waits for the first, takes what else arrived.
+
+        Fds that came with them are closed.
+        """
+        raise NotImplementedError
+
+    def recv_with_fds(self, timeout: float | None = None) -> tuple[bytes, list[int]]:
+        """Return the next message and the fds that came with it.
+
+        The fds are new, close-on-exec and owned by the caller (close them).
+        Raises as :meth:`recv`, and OSError(ENOBUFS) naming MSG_CTRUNC if the
+        message carried more fds than fit (the ones that came were closed;
+        the message is consumed, the channel stays open).
+        """
+        raise NotImplementedError
+
+    def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
+        """Context manager yielding a read-only view of the next message, in place when it can.
+
+        A message that came through the shared-memory hand-off is not
+        copied: the view is the sender's area, and its room is given back
+        when the block exits (until then the sender has that much less room;
+        messages received inside the block keep theirs too). Any other
+        message is received as by :meth:`recv` and viewed. Do not keep the
+        view past the block (it is released there; closing the channel
+        inside the block is allowed). One view at a time: a second
+        ``recv_view`` inside the block raises ValueError. Raises as
+        :meth:`recv`. The native backend's wait for the message after a
+        handed-off one spins up to that message's length / 8 GB/s (at most
+        250 µs, never past ``timeout``) before sleeping, as a reader that
+        copies nothing is back waiting well before the sender's next copy is
+        done (see csrc/channel.c, spin_end).
+        """
+        self._socket()
+        if self._view is not None:
+            raise ValueError(f"channel {self.name}: a recv_view is already open")
+        return self._lend_view(timeout)
+
+    @contextmanager
+    def _lend_view(self, timeout: float | None) -> Iterator[memoryview]:
+        view, give_back = self._take_view(timeout)
+        self._view = view
+        try:
+            yield view
+        finally:
+            self._view = None
+            release_view(view)
+            give_back()
+
+    def _take_view(self, timeout: float | None) -> tuple[memoryview, Callable[[], None]]:
+        """The backend's part of recv_view: the next message's view, and the call that
+        gives its room back (and that of messages received meanwhile) when the block ends."""
+        raise NotImplementedError
+
+    def pending(self) -> bool:
+        """True if a whole message is already buffered in this process.
+
+        A selector on :meth:`fileno` does not see such messages: receive
+        until this is False (or a ``timeout=0`` receive times out) before
+        waiting on the fd.
+        """
+        raise NotImplementedError
+
+    # ---- shared behaviour ---------------------------------------------
+    def peer_credentials(self) -> tuple[int, int, int]:
+        """``(pid, uid, gid)`` of the peer process as the kernel recorded them at connect (SO_PEERCRED)."""
+        creds = self._socket().getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        pid, uid, gid = struct.unpack("3i", creds)
+        return pid, uid, gid
+
+    def shutdown(self, how: str = "both") -> None:
+        """Shut down ``"write"``, ``"read"`` or ``"both"`` directions of the connection.
+
+        After ``"write"`` the peer receives what was sent, then Closed; this
+        end can still receive. Raises ValueError for another ``how``.
+        """
+        flags = {"write": socket.SHUT_WR, "read": socket.SHUT_RD, "both": socket.SHUT_RDWR}
+        if how not in flags:
+            raise ValueError(f"shutdown how must be 'write', 'read' or 'both', got {how!r}")
+        try:
+            self._socket().shutdown(flags[how])
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:  # the peer already went away: nothing to shut
+                raise OSError(exc.errno, exc.strerror, self.name) from None
+
+    def fileno(self) -> int:
+        """The socket's fd, for selectors and asyncio (see :meth:`pending`)."""
+        return self._socket().fileno()
+
+    @property
+    def closed(self) -> bool:
+        """True once the channel is closed (by :meth:`close` or a broken stream)."""
+        return self._sock is None
+
+    def close(self) -> None:
+        """Close the socket and every received fd not handed out (idempotent)."""
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        try:
+            self._release()
+        finally:
+            sock.close()
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_sock", None) is not None:
+            self.close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Yield messages until the peer closes."""
+        while True:
+            try:
+                yield self.recv()
+            except Closed:
+                return
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Only multiprocessing's pickler can carry the socket (it dups the fd).
+        if self._buffered():
+            raise ValueError(
+                "cannot pass a channel that already buffered received bytes, or mapped the "
+                "peer's hand-off area, to another process"
+            )
+        handoff = (self.handoff_min, self.handoff_area)
+        return (type(self)._adopt, (self._socket(), self.name, self.max_message, handoff))
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"fd={self.fileno()}"
+        return f"<{type(self).__name__} {self.name} {state}>"
+
+    # ---- helpers for the backends ------------------------------------
+    def _socket(self) -> socket.socket:
+        sock = self._sock
+        if sock is None:
+            raise ValueError(f"operation on a closed channel ({self.name})")
+        return sock
+
+    def _fail(self, code: int, *, length: int = 0, detail: str = "") -> NoReturn:
+        """Raise what errno ``code`` (positive) means here, closing the channel if it is broken."""
+        name = self.name
+        if code in (errno.ETIMEDOUT, errno.EAGAIN):
+            raise Timeout(f"channel {name}: timed out")
+        if code == errno.EPIPE:
+            raise Closed(f"channel {name}: the peer closed the connection")
+        if code == errno.EBADF and self.closed:
+            raise ValueError(f"operation on a closed channel ({name})")
+        if code == errno.ENOBUFS:
+            raise OSError(
+                code,
+                "MSG_CTRUNC: a message carried more fds than fit (the ones that arrived were "
+                "closed; the message was dropped)",
+                name,
+            )
+        if code == errno.EMSGSIZE:
+            raise MessageTooLarge(f"channel {name}: {detail or 'message too large'}")
+        # The rest leave the byte stream unusable.
+        self.close()
+        if code == errno.ENODATA:
+            raise Closed(
+                f"channel {name}: the peer closed the connection in the middle of a message "
+                "(the partial message was dropped); channel closed"
+            )
+        if code == errno.EFBIG:
+            raise MessageTooLarge(
+                f"channel {name}: the peer announced a message of {length} bytes, over "
+                f"max_message={self.max_message}{self._raw_text_hint(length)}; channel closed"
+            )
+        if code == errno.EPROTO:
+            what = detail or (
+                "bad frame flags, fds attached where no message starts or more than one "
+                "message may carry, or a hand-off area that is not a sealed memfd"
+            )
+            hint = self._raw_text_hint(length)
+            raise ProtocolError(f"protocol error: {what}{hint}; channel closed", name)
+        if code == errno.EBADMSG:
+            raise ProtocolError(
+                "protocol error: a hand-off descriptor points outside the shared area; "
+                "channel closed",
+                name,
+                errno.EBADMSG,
+            )
+        raise OSError(code, os.strerror(code), name)
+
+    def _raw_text_hint(self, length: int = 0) -> str:
+        """A hint when the bad header's length field reads as text: a raw (unframed) peer."""
+        head = length.to_bytes(4, "little") if 0 < length < 1 << 32 else b""
+        if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+            return (
+                f" (the header's first bytes read {head.decode()!r}: text, as if the peer "
+                "sends raw bytes; check that both sides use length framing)"
+            )
+        return ""
+
+    def _closed_send(self, sent: int = 0) -> NoReturn:
+        """The peer is gone: Closed, carrying how many messages of a batch went out."""
+        raise Closed(f"channel {self.name}: the peer closed the connection", sent=sent)
