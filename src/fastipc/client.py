@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from . import transports  # noqa: F401  (each transport registers its scheme at import)
+from ._registry import FRAMINGS, schemes, transport
 from .endpoints import parse
 from .framing import DEFAULT_MAX_MESSAGE, validate_max_message
-from .server import FRAMINGS, SERVED_SCHEMES
-from .transports import open_client
 from .transports.base import Client
 
 __all__ = ["Client", "connect"]
@@ -24,7 +24,7 @@ def connect(
     ``unixgram://PATH``, ``mq:///name`` (created or opened, options
     ``maxmsg``, ``msgsize``, ``mode``, ``reply``), ``fifo:///path`` (its
     reader must be there). ``framing`` applies to stream transports:
-    ``"length"`` (default; DESIGN.md framing) or ``"raw"`` (classic C peers).
+    ``"length"`` (default; docs/architecture.md, "Wire format") or ``"raw"`` (classic C peers).
     ``timeout`` (seconds) bounds connecting. ``max_message`` (bytes,
     default 64 MiB or the URL's ``?max_message=``) is the largest message
     received.
@@ -35,10 +35,9 @@ def connect(
     """
     if framing not in FRAMINGS:
         raise ValueError(f"framing must be 'raw' or 'length', got {framing!r}")
-    ep = parse(url, schemes=SERVED_SCHEMES)
+    ep = parse(url, schemes=schemes())
     if max_message is None:
-        text = ep.options.get("max_message")
-        if text is not None and not text.isdigit():
-            raise ValueError(f"endpoint {url!r}: option max_message={text!r} is not a number")
-        max_message = int(text) if text is not None else DEFAULT_MAX_MESSAGE
-    return open_client(ep, framing, timeout, validate_max_message(max_message))
+        max_message = DEFAULT_MAX_MESSAGE if ep.max_message is None else ep.max_message
+    kind = transport(ep.scheme)
+    assert kind is not None  # parse() accepted only registered schemes
+    return kind.open_client(ep, framing, timeout, validate_max_message(max_message))

@@ -1,6 +1,6 @@
 """Parsing and validating endpoint URLs: one name per transport for the API and the CLI.
 
-Every transport is named by a URL (see DESIGN.md, Endpoints)::
+Every transport is named by a URL (docs/architecture.md, "Endpoints")::
 
     unix:///abs/path   unix://rel/path   unix://@abstract     Unix stream socket
     unixgram://PATH                                           Unix datagram socket
@@ -10,12 +10,20 @@ Every transport is named by a URL (see DESIGN.md, Endpoints)::
     shm://NAME                                                shared-memory Ring
 
 Options ride in the query string (``unix:///run/app.sock?mode=0660``); each
-scheme says which options it knows. A malformed URL raises ``ValueError``
-naming the part that is wrong. Paths are taken literally (no %-decoding),
-except that ``?`` starts the query string.
+scheme says which options it knows. Each option is checked and converted
+once, here, into a typed attribute of the :class:`Endpoint` (``ep.mode`` is
+an int, ``ep.single_writer`` a bool, ``ep.reply`` a queue name), so nothing
+downstream parses strings again; ``ep.options`` keeps the query as written.
+A malformed URL raises ``ValueError`` naming the part that is wrong. Paths
+are taken literally (no %-decoding), except that ``?`` starts the query
+string.
+
+Ground floor plus one: imports only the standard library and ``_names``.
 
 To add a scheme, write a ``_parse_SCHEME(rest, url) -> Endpoint`` function
-and register it in ``_PARSERS`` with the options it accepts.
+and register it in ``_PARSERS`` with the options it accepts; to add an
+option, give it a converter in ``_OPTIONS`` and a typed field on
+:class:`Endpoint`.
 """
 
 from __future__ import annotations
@@ -23,10 +31,12 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Union
 
-__all__ = ["SUN_PATH_MAX", "Endpoint", "parse"]
+from ._names import validate_name
+
+__all__ = ["MQ_NAME_MAX", "SUN_PATH_MAX", "Endpoint", "os_error", "parse"]
 
 #: The longest Unix socket path in bytes: ``sun_path`` is 108 bytes with the
 #: terminating NUL (an abstract name gets the same 107 bytes after its NUL).
@@ -45,7 +55,15 @@ class Endpoint:
     whose ``name`` then is the abstract name (without the leading NUL);
     ``name`` is also the queue name with its slash (mq) or the ring name
     (shm); ``host`` and ``port`` are set for tcp/udp; ``options`` holds the
-    query string.
+    query string as written (option -> text).
+
+    The options, checked and typed (None, or False, when not given; which
+    scheme takes which is in ``_PARSERS``): ``mode`` (int, a permission
+    mask, ``?mode=0660``), ``backlog`` (int >= 0), ``max_message`` (int >= 1,
+    bytes; its upper bound, 2**32 - 1, is checked where it is used, as for
+    the keyword), ``maxmsg``, ``msgsize`` and ``capacity`` (ints >= 1),
+    ``single_writer`` (bool, ``0`` or ``1``), ``iface`` (an IPv4 address as
+    text), ``reply`` (a queue name with its leading slash).
     """
 
     url: str
@@ -56,6 +74,15 @@ class Endpoint:
     host: str | None = None
     port: int | None = None
     options: Mapping[str, str] = field(default_factory=dict)
+    mode: int | None = None
+    backlog: int | None = None
+    max_message: int | None = None
+    maxmsg: int | None = None
+    msgsize: int | None = None
+    capacity: int | None = None
+    single_writer: bool = False
+    iface: str | None = None
+    reply: str | None = None
 
     @property
     def address(self) -> Address:
@@ -107,24 +134,32 @@ def parse(url: str, *, schemes: tuple[str, ...] | None = None) -> Endpoint:
         )
     parser, allowed = entry
     rest, _, query = rest.partition("?")
-    options = _parse_query(query, allowed, url)
+    options, typed = _parse_query(query, allowed, url)
     ep = parser(rest, url)
-    return Endpoint(
-        url=url,
-        scheme=scheme,
-        path=ep.path,
-        abstract=ep.abstract,
-        name=ep.name,
-        host=ep.host,
-        port=ep.port,
-        options=options,
-    )
+    return replace(ep, url=url, scheme=scheme, options=options, **typed)
 
 
-def _parse_query(query: str, allowed: frozenset[str], url: str) -> dict[str, str]:
+def os_error(exc: OSError, where: str) -> OSError:
+    """``exc`` again, naming ``where`` (a path, ``@name`` or URL) instead of what the kernel saw.
+
+    The one place fastipc's endpoint code turns an errno into an exception:
+    ``OSError(errno, strerror, where)``, which CPython makes the matching
+    subclass (FileNotFoundError, ConnectionRefusedError, ...). An OSError
+    without an errno keeps its text, prefixed with ``where``.
+    """
+    if exc.errno is None:
+        return OSError(f"{where}: {exc}")
+    return OSError(exc.errno, exc.strerror, where)
+
+
+def _parse_query(
+    query: str, allowed: frozenset[str], url: str
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """The options as written (key -> text) and converted (attribute -> typed value)."""
     options: dict[str, str] = {}
+    typed: dict[str, Any] = {}
     if not query:
-        return options
+        return options, typed
     for part in query.split("&"):
         if not part:
             continue
@@ -136,61 +171,72 @@ def _parse_query(query: str, allowed: frozenset[str], url: str) -> dict[str, str
             raise ValueError(f"endpoint {url!r}: unknown option {key!r} (known: {known})")
         if key in options:
             raise ValueError(f"endpoint {url!r}: option {key!r} given twice")
-        problem = _OPTION_CHECKS[key](value)
-        if problem:
-            raise ValueError(f"endpoint {url!r}: option {key}={value!r} {problem}")
+        try:
+            typed[key] = _OPTIONS[key](value)
+        except _BadOption as exc:
+            raise ValueError(f"endpoint {url!r}: option {key}={value!r} {exc}") from None
         options[key] = value
-    return options
+    return options, typed
 
 
-def _count(minimum: int) -> Callable[[str], str]:
-    def check(value: str) -> str:
-        if not value.isdigit() or int(value) < minimum:
-            return f"is not a whole number >= {minimum}"
-        return ""
-
-    return check
+class _BadOption(ValueError):
+    """What is wrong with an option's value (the text follows ``option KEY='VALUE'``)."""
 
 
-def _check_mode(value: str) -> str:
+def _count(minimum: int) -> Callable[[str], int]:
+    def convert(value: str) -> int:
+        if not value.isdecimal() or int(value) < minimum:
+            raise _BadOption(f"is not a whole number >= {minimum}")
+        return int(value)
+
+    return convert
+
+
+def _mode(value: str) -> int:
     try:
         mode = int(value, 8)
     except ValueError:
-        return "is not an octal permission mask (e.g. 0600)"
-    return "" if 0 <= mode <= 0o777 else "is not a permission mask between 0 and 0777"
+        raise _BadOption("is not an octal permission mask (e.g. 0600)") from None
+    if not 0 <= mode <= 0o777:
+        raise _BadOption("is not a permission mask between 0 and 0777")
+    return mode
 
 
-def _check_flag(value: str) -> str:
-    return "" if value in ("0", "1") else "is not 0 or 1"
+def _flag(value: str) -> bool:
+    if value not in ("0", "1"):
+        raise _BadOption("is not 0 or 1")
+    return value == "1"
 
 
-def _check_ipv4(value: str) -> str:
+def _ipv4(value: str) -> str:
     try:
         ipaddress.IPv4Address(value)
     except ValueError:
-        return "is not an IPv4 address"
-    return ""
+        raise _BadOption("is not an IPv4 address") from None
+    return value
 
 
-def _check_queue(value: str) -> str:
+def _queue(value: str) -> str:
     try:
-        _parse_mq(value, "mq://" + value)
+        name = _parse_mq(value, "mq://" + value).name
     except ValueError as exc:
-        return "is not a queue name: " + str(exc).split(": ", 1)[-1]
-    return ""
+        raise _BadOption("is not a queue name: " + str(exc).split(": ", 1)[-1]) from None
+    assert name is not None
+    return name
 
 
-#: option -> check returning "" or what is wrong with the value.
-_OPTION_CHECKS: dict[str, Callable[[str], str]] = {
+#: option -> converter from its text to its typed value (the Endpoint
+#: attribute of the same name); raises _BadOption saying what is wrong.
+_OPTIONS: dict[str, Callable[[str], Any]] = {
     "backlog": _count(0),
     "max_message": _count(1),
     "maxmsg": _count(1),
     "msgsize": _count(1),
     "capacity": _count(1),
-    "mode": _check_mode,
-    "single_writer": _check_flag,
-    "iface": _check_ipv4,
-    "reply": _check_queue,
+    "mode": _mode,
+    "single_writer": _flag,
+    "iface": _ipv4,
+    "reply": _queue,
 }
 
 
@@ -277,8 +323,6 @@ def _parse_fifo(rest: str, url: str) -> Endpoint:
 
 def _parse_shm(rest: str, url: str) -> Endpoint:
     """``NAME``: a ring name (1-200 of ``A-Z a-z 0-9 . _ -``)."""
-    from ._names import validate_name
-
     try:
         name = validate_name(rest)
     except ValueError as exc:

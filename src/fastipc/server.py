@@ -3,10 +3,12 @@
 The course notes' ``select()`` server, grown up: the loop watches the
 endpoint (a listening socket, a datagram socket, a message queue or a FIFO)
 and every connected client at once, so a slow or silent client never stalls
-the others. Transports plug in as *sources* (``transports/``): a source
-registers its fds with :attr:`Server.selector` and hands each complete
-message to :meth:`Server.dispatch`, which calls the user's handler and sends
-back what it returns.
+the others. Transports plug in as *sources*: each module of ``fastipc.transports``
+registers its scheme in ``fastipc._registry`` when imported (this module
+imports no transport); a source registers its fds with
+:attr:`Server.selector` and hands each complete message to
+:meth:`Server.dispatch`, which calls the user's handler and sends back what
+it returns (docs/architecture.md, "Servers and transports").
 
 The loop runs in one thread; the handler runs in it too, so handlers must
 not block for long. Limits (:class:`Limits`) keep memory bounded whatever
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Optional, TypeVar, Union
 
+from ._registry import FRAMINGS, schemes, transport
 from .endpoints import Endpoint, parse
 from .errors import FastIPCError
 from .framing import DEFAULT_MAX_MESSAGE, validate_max_message
@@ -50,10 +53,6 @@ _S = TypeVar("_S", bound="Server")
 Reply = Optional[Union[bytes, bytearray, memoryview]]
 #: ``handler(message, peer) -> reply``.
 Handler = Callable[[bytes, "Peer"], Reply]
-#: Stream framings: "raw" (one read is one message) and "length" (DESIGN.md, Framing).
-FRAMINGS = ("raw", "length")
-#: Schemes :func:`serve` accepts.
-SERVED_SCHEMES = ("tcp", "unix", "udp", "unixgram", "mq", "fifo")
 #: The default budget (bytes) of client input held and output queued across
 #: all clients of a server (:attr:`Limits.max_buffered`), raised to twice
 #: ``max_message`` when that is larger.
@@ -540,8 +539,8 @@ def serve(
     replies go to), ``fifo:///path`` (created owner-only). A bytes-like
     value the handler returns is sent back to that peer.
 
-    ``framing`` (stream transports): ``"length"`` (default; DESIGN.md
-    framing) or ``"raw"`` (what one read returns is one message; what
+    ``framing`` (stream transports): ``"length"`` (default;
+    docs/architecture.md, "Wire format") or ``"raw"`` (what one read returns is one message; what
     classic C peers and ``nc`` speak). FIFOs are always length-framed;
     datagrams and queue messages are messages already. The limits are
     described in :class:`Limits`; ``max_message`` defaults to 64 MiB (the
@@ -557,11 +556,11 @@ def serve(
         raise TypeError(f"handler must be callable, not {type(handler).__name__}")
     if framing not in FRAMINGS:
         raise ValueError(f"framing must be 'raw' or 'length', got {framing!r}")
-    ep = parse(url, schemes=SERVED_SCHEMES)
+    ep = parse(url, schemes=schemes())
     if max_message is None:
-        max_message = _int_option(ep, "max_message", DEFAULT_MAX_MESSAGE)
+        max_message = DEFAULT_MAX_MESSAGE if ep.max_message is None else ep.max_message
     if backlog is None:
-        backlog = _int_option(ep, "backlog", 128)
+        backlog = 128 if ep.backlog is None else ep.backlog
     limits = Limits(
         max_clients=max_clients,
         max_message=max_message,
@@ -570,21 +569,12 @@ def serve(
         backlog=backlog,
         max_buffered=max_buffered,
     )
-    from .transports import open_source
-
+    kind = transport(ep.scheme)
+    assert kind is not None  # parse() accepted only registered schemes
     server = Server(ep, handler, framing, limits)
     try:
-        server._attach(open_source(ep, server))
+        server._attach(kind.open_source(ep, server))
     except BaseException:
         server._teardown()
         raise
     return server
-
-
-def _int_option(ep: Endpoint, key: str, default: int) -> int:
-    text = ep.options.get(key)
-    if text is None:
-        return default
-    if not text.isdigit():
-        raise ValueError(f"endpoint {ep.url!r}: option {key}={text!r} is not a number")
-    return int(text)

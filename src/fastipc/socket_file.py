@@ -15,10 +15,12 @@ import stat
 import time
 from collections.abc import Iterator
 
-from .endpoints import Endpoint
+from ._checks import deadline, time_left, validate_mode
+from .endpoints import Endpoint, os_error
 from .errors import Timeout
 
 __all__ = [
+    "DEFAULT_BACKLOG",
     "LOCK_TIMEOUT",
     "backlog_option",
     "bind_unix",
@@ -33,20 +35,14 @@ FileId = tuple[int, int]
 
 
 def mode_option(ep: Endpoint, mode: int | None, default: int = 0o600) -> int:
-    """The permission mask for ``ep``: ``mode`` if given, else its ``?mode=`` option, else ``default``."""
+    """The permission mask for ``ep``: ``mode`` if given, else its ``?mode=`` option, else ``default``.
+
+    Raises ValueError for a ``mode`` that is not a mask between 0 and 0o777
+    (the URL's was checked by :func:`~fastipc.endpoints.parse`).
+    """
     if mode is None:
-        text = ep.options.get("mode")
-        if text is None:
-            return default
-        try:
-            mode = int(text, 8)
-        except ValueError:
-            raise ValueError(
-                f"endpoint {ep.url!r}: option mode={text!r} is not an octal mask"
-            ) from None
-    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
-        raise ValueError(f"mode must be a permission mask between 0 and 0o777, got {mode!r}")
-    return mode
+        return ep.mode if ep.mode is not None else default
+    return validate_mode(mode)
 
 
 def bind_unix(sock: socket.socket, ep: Endpoint, mode: int) -> FileId | None:
@@ -78,7 +74,7 @@ def bind_unix(sock: socket.socket, ep: Endpoint, mode: int) -> FileId | None:
         sock.bind(ep.address)  # the common case: nothing there, no lock needed
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
-            raise OSError(exc.errno, exc.strerror, ep.display) from None
+            raise os_error(exc, ep.display) from None
         # Something is there (bind never follows or replaces a file).
         _replace_stale(sock, ep, ep.path)
     try:
@@ -129,7 +125,7 @@ def _bind(sock: socket.socket, ep: Endpoint) -> None:
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise OSError(errno.EADDRINUSE, "address in use by a live socket", ep.display) from None
-        raise OSError(exc.errno, exc.strerror, ep.display) from None
+        raise os_error(exc, ep.display) from None
 
 
 #: Seconds :func:`bind_unix` waits for the lock on a socket file's directory
@@ -155,14 +151,14 @@ def _directory_lock(path: str) -> Iterator[int]:
             path,
         ) from None
     try:
-        deadline = time.monotonic() + LOCK_TIMEOUT
+        until = deadline(LOCK_TIMEOUT)
         pause = 0.0001
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                if time_left(until) == 0:
                     raise Timeout(
                         f"{path}: its directory stayed locked (flock) by another process for "
                         f"{LOCK_TIMEOUT:g} s; not replacing the socket file"
@@ -248,7 +244,7 @@ def _live_reason(path: str, parent: os.stat_result) -> str | None:
         except OSError as exc:
             if exc.errno == errno.EPROTOTYPE:
                 continue  # a socket of another type: tried below, or gone
-            raise OSError(exc.errno, exc.strerror, path) from None
+            raise os_error(exc, path) from None
         finally:
             probe.close()
         return "a live socket accepts connections there"
@@ -297,12 +293,13 @@ DEFAULT_BACKLOG = 128
 
 
 def backlog_option(ep: Endpoint, backlog: int | None) -> int:
-    """The listen() backlog for ``ep``: ``backlog`` if given, else ``?backlog=``, else 128."""
+    """The listen() backlog for ``ep``: ``backlog`` if given, else ``?backlog=``, else 128.
+
+    Raises ValueError for a ``backlog`` that is not an int >= 0 (the URL's
+    was checked by :func:`~fastipc.endpoints.parse`).
+    """
     if backlog is None:
-        text = ep.options.get("backlog", str(DEFAULT_BACKLOG))
-        if not text.isdigit():
-            raise ValueError(f"endpoint {ep.url!r}: option backlog={text!r} is not a number")
-        backlog = int(text)
+        return ep.backlog if ep.backlog is not None else DEFAULT_BACKLOG
     if isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 0:
         raise ValueError(f"backlog must be an int >= 0, got {backlog!r}")
     return backlog
@@ -322,8 +319,8 @@ def connect_unix(sock: socket.socket, ep: Endpoint, deadline: int | None) -> Non
             sock.connect(ep.address)
             return
         except (BlockingIOError, InterruptedError):
-            if deadline is not None and time.monotonic_ns() >= deadline:
+            if time_left(deadline) == 0:
                 raise Timeout(f"connect to {ep.display}: listener's backlog stayed full") from None
             time.sleep(0.002)
         except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, ep.display) from None
+            raise os_error(exc, ep.display) from None

@@ -9,13 +9,29 @@ unixgram
 mq         mqueue.QueueSource         mqueue.QueueClient
 fifo       fifo.FifoSource            fifo.FifoClient
 =========  =========================  ================================
+
+Each module registers its schemes in ``fastipc._registry`` when imported,
+with what the transport can do (answer, close one peer, take a framing);
+importing this package registers them all. The server core looks them up
+there and never imports a transport (docs/architecture.md, "Servers and
+transports").
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .._registry import transport
 from ..endpoints import Endpoint
+
+# Imported for their registration, in the order schemes are listed to users.
+# isort: off
+from . import stream  # noqa: F401  (tcp, unix)
+from . import datagram  # noqa: F401  (udp, unixgram)
+from . import mqueue  # noqa: F401  (mq)
+from . import fifo  # noqa: F401  (fifo)
+
+# isort: on
 
 if TYPE_CHECKING:
     from ..server import Server, Source
@@ -26,41 +42,15 @@ __all__ = ["open_client", "open_source"]
 
 def open_source(ep: Endpoint, server: Server) -> Source:
     """Bind ``ep`` for ``server``: the source its loop will watch."""
-    if ep.scheme in ("tcp", "unix"):
-        from .stream import StreamListener
-
-        return StreamListener(ep, server)
-    if ep.scheme in ("udp", "unixgram"):
-        from .datagram import DatagramSource
-
-        return DatagramSource(ep, server)
-    if ep.scheme == "mq":
-        from .mqueue import QueueSource
-
-        return QueueSource(ep, server)
-    if ep.scheme == "fifo":
-        from .fifo import FifoSource
-
-        return FifoSource(ep, server)
-    raise ValueError(f"endpoint {ep.url!r}: scheme {ep.scheme!r} cannot be served")
+    kind = transport(ep.scheme)
+    if kind is None:
+        raise ValueError(f"endpoint {ep.url!r}: scheme {ep.scheme!r} cannot be served")
+    return kind.open_source(ep, server)
 
 
 def open_client(ep: Endpoint, framing: str, timeout: float | None, max_message: int) -> Client:
     """Connect to ``ep``: the client of its transport."""
-    if ep.scheme in ("tcp", "unix"):
-        from .stream import StreamClient
-
-        return StreamClient(ep, framing, timeout, max_message)
-    if ep.scheme in ("udp", "unixgram"):
-        from .datagram import DatagramClient
-
-        return DatagramClient(ep, timeout, max_message)
-    if ep.scheme == "mq":
-        from .mqueue import QueueClient
-
-        return QueueClient(ep, timeout)
-    if ep.scheme == "fifo":
-        from .fifo import FifoClient
-
-        return FifoClient(ep, timeout, max_message)
-    raise ValueError(f"endpoint {ep.url!r}: scheme {ep.scheme!r} has no client")
+    kind = transport(ep.scheme)
+    if kind is None:
+        raise ValueError(f"endpoint {ep.url!r}: scheme {ep.scheme!r} has no client")
+    return kind.open_client(ep, framing, timeout, max_message)

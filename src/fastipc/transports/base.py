@@ -1,14 +1,13 @@
-"""What every transport's client shares: the public :class:`Client` face and error helpers."""
+"""What every transport's client shares: the public :class:`Client` face and its helpers."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
-import time
-from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from .._checks import timeout_ns
+from .._checks import deadline, time_left, timeout_ns
 from ..endpoints import Endpoint
 
 __all__ = [
@@ -16,8 +15,7 @@ __all__ = [
     "SocketClient",
     "bound_url",
     "check_timeout",
-    "endpoint_error",
-    "time_left",
+    "resolve",
 ]
 
 _T = TypeVar("_T", bound="Client")
@@ -35,13 +33,20 @@ def check_timeout(timeout: float | None) -> float | None:
     return max(tns / 1e9, 1e-6)
 
 
-def time_left(timeout: float | None) -> Callable[[], float | None]:
-    """A function giving the seconds left of ``timeout`` from now (None: forever), at least 0."""
-    tns = timeout_ns(timeout)
-    if tns < 0:
-        return lambda: None
-    deadline = time.monotonic() + tns / 1e9
-    return lambda: max(0.0, deadline - time.monotonic())
+def resolve(ep: Endpoint, kind: int) -> tuple[int, Any]:
+    """(family, address) to make a socket of type ``kind`` for ``ep`` and bind or connect it.
+
+    A unix or unixgram endpoint is AF_UNIX at its path or abstract name; a
+    tcp or udp host is resolved (the first address getaddrinfo gives).
+    Raises OSError(EHOSTUNREACH) naming the URL when the host does not resolve.
+    """
+    if ep.host is None:
+        return socket.AF_UNIX, ep.address
+    try:
+        info = socket.getaddrinfo(ep.host, ep.port, type=kind)[0]
+    except socket.gaierror as exc:
+        raise OSError(errno.EHOSTUNREACH, f"cannot resolve host: {exc.strerror}", ep.url) from None
+    return info[0], info[4]
 
 
 def bound_url(
@@ -57,13 +62,6 @@ def bound_url(
     if ":" in host:
         host = f"[{host}]"
     return f"{ep.scheme}://{host}:{port}{query}"
-
-
-def endpoint_error(exc: OSError, ep: Endpoint) -> OSError:
-    """``exc`` again as the matching OSError subclass, naming the endpoint."""
-    if exc.errno is None:
-        return OSError(f"{ep.display}: {exc}")
-    return OSError(exc.errno, exc.strerror, ep.display)
 
 
 class Client:
@@ -121,9 +119,9 @@ class Client:
 
         ``timeout`` (seconds) bounds the whole exchange.
         """
-        left = time_left(timeout)
-        self.send(data, timeout=left())
-        return self.recv(timeout=left())
+        until = deadline(timeout)
+        self.send(data, timeout=time_left(until))
+        return self.recv(timeout=time_left(until))
 
     def shutdown(self, how: str = "both") -> None:
         """Stop sending (``"write"``: the peer sees end of stream), receiving, or both (streams only)."""

@@ -19,11 +19,12 @@ import selectors
 import socket
 from typing import Any
 
-from ..endpoints import Endpoint
+from .._registry import Transport, register
+from ..endpoints import Endpoint, os_error
 from ..errors import Closed, MessageTooLarge, Timeout
 from ..server import Peer, Server, Source
 from ..socket_file import bind_unix, mode_option, remove_if_ours
-from .base import SocketClient, bound_url, check_timeout, endpoint_error
+from .base import SocketClient, bound_url, check_timeout, resolve
 
 __all__ = ["DatagramClient", "DatagramPeer", "DatagramSource", "max_datagram"]
 
@@ -63,17 +64,6 @@ def max_datagram(sock: socket.socket, max_message: int) -> int:
     return min(want, have)
 
 
-def _resolve(ep: Endpoint) -> tuple[int, Any]:
-    """(family, sockaddr) of a udp or unixgram endpoint."""
-    if ep.scheme == "unixgram":
-        return socket.AF_UNIX, ep.address
-    try:
-        info = socket.getaddrinfo(ep.host, ep.port, type=socket.SOCK_DGRAM)[0]
-    except socket.gaierror as exc:
-        raise OSError(errno.EHOSTUNREACH, f"cannot resolve host: {exc.strerror}", ep.url) from None
-    return info[0], info[4]
-
-
 def _multicast(ep: Endpoint, family: int) -> bool:
     if ep.scheme != "udp" or family != socket.AF_INET:
         return False
@@ -85,13 +75,8 @@ def _multicast(ep: Endpoint, family: int) -> bool:
 
 
 def _iface(ep: Endpoint) -> bytes:
-    text = ep.options.get("iface", "0.0.0.0")
-    try:
-        return socket.inet_aton(str(ipaddress.IPv4Address(text)))
-    except ValueError:
-        raise ValueError(
-            f"endpoint {ep.url!r}: option iface={text!r} is not an IPv4 address"
-        ) from None
+    """The ``?iface=`` address (checked by parse()) packed for the socket options; any by default."""
+    return socket.inet_aton(ep.iface or "0.0.0.0")
 
 
 def _check_size(data: bytes | bytearray | memoryview, limit: int, where: str, family: int) -> None:
@@ -107,7 +92,7 @@ def _url(ep: Endpoint, sock: socket.socket) -> str:
     if not _multicast(ep, sock.family):
         return bound_url(ep, sock)
     # The group's name, and the interface clients must send out of to reach it.
-    iface = ep.options.get("iface")
+    iface = ep.iface
     return bound_url(ep, sock, host=ep.host, query=f"?iface={iface}" if iface else "")
 
 
@@ -118,7 +103,7 @@ class DatagramSource(Source):
         self.endpoint = ep
         self._server = server
         self._ident: tuple[int, int] | None = None
-        family, addr = _resolve(ep)
+        family, addr = resolve(ep, socket.SOCK_DGRAM)
         sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
             if family == socket.AF_UNIX:
@@ -129,7 +114,7 @@ class DatagramSource(Source):
                 try:
                     sock.bind(addr)
                 except OSError as exc:
-                    raise endpoint_error(exc, ep) from None
+                    raise os_error(exc, ep.display) from None
                 if _multicast(ep, family):
                     group = socket.inet_aton(socket.gethostbyname(addr[0]))
                     try:
@@ -216,7 +201,7 @@ class DatagramClient(SocketClient):
 
     def __init__(self, ep: Endpoint, timeout: float | None, max_message: int) -> None:
         super().__init__(ep)
-        family, addr = _resolve(ep)
+        family, addr = resolve(ep, socket.SOCK_DGRAM)
         sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._group = _multicast(ep, family)
         try:
@@ -229,7 +214,7 @@ class DatagramClient(SocketClient):
                 try:
                     sock.connect(addr)
                 except OSError as exc:
-                    raise endpoint_error(exc, ep) from None
+                    raise os_error(exc, ep.display) from None
         except BaseException:
             sock.close()
             raise
@@ -263,7 +248,7 @@ class DatagramClient(SocketClient):
                 raise MessageTooLarge(
                     f"{self.address}: the kernel refused a {memoryview(data).nbytes}-byte datagram"
                 ) from None
-            raise endpoint_error(exc, self.endpoint) from None
+            raise os_error(exc, self.endpoint.display) from None
 
     def recv(self, timeout: float | None = None) -> bytes:
         sock = self._socket()
@@ -273,9 +258,22 @@ class DatagramClient(SocketClient):
         except socket.timeout:
             raise Timeout(f"{self.address}: nothing received within {timeout} s") from None
         except OSError as exc:
-            raise endpoint_error(exc, self.endpoint) from None
+            raise os_error(exc, self.endpoint.display) from None
         if n > self._recv_limit or flags & socket.MSG_TRUNC:
             raise MessageTooLarge(
                 f"{self.address}: received a datagram over {self._recv_limit} bytes"
             )
         return bytes(self._buf[:n])
+
+
+for _scheme in ("udp", "unixgram"):
+    register(
+        Transport(
+            _scheme,
+            open_source=DatagramSource,
+            open_client=lambda ep, framing, timeout, max_message: DatagramClient(
+                ep, timeout, max_message
+            ),
+            receive_by_connecting=False,
+        )
+    )

@@ -30,12 +30,14 @@ import select
 import selectors
 import stat
 
-from ..endpoints import Endpoint
+from .._checks import deadline, time_left
+from .._registry import Transport, register
+from ..endpoints import Endpoint, os_error
 from ..errors import Closed, MessageTooLarge, Timeout
 from ..framing import HEADER, LengthDecoder
 from ..server import Peer, Server, Source
 from ..socket_file import mode_option, remove_if_ours
-from .base import Client, time_left
+from .base import Client
 
 __all__ = ["PIPE_BUF", "FifoClient", "FifoPeer", "FifoSource"]
 
@@ -55,7 +57,7 @@ def _has_reader(path: str) -> bool:
     except OSError as exc:
         if exc.errno == errno.ENXIO:
             return False
-        raise OSError(exc.errno, exc.strerror, path) from None
+        raise os_error(exc, path) from None
     os.close(fd)
     return True
 
@@ -77,7 +79,7 @@ def _make_fifo(path: str, mode: int) -> tuple[int, int]:
     try:
         os.mkfifo(path, mode)
     except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, path) from None
+        raise os_error(exc, path) from None
     os.chmod(path, mode)  # exactly `mode`, whatever the umask took away
     st = os.lstat(path)
     return (st.st_dev, st.st_ino)
@@ -98,7 +100,7 @@ class FifoSource(Source):
         except BaseException:
             self.close()
             raise
-        self._single_writer = ep.options.get("single_writer") == "1"
+        self._single_writer = ep.single_writer
         limit = server.limits.max_message
         if not self._single_writer:
             limit = min(limit, PIPE_BUF - HEADER.size)
@@ -167,13 +169,12 @@ class FifoClient(Client):
                 raise ConnectionRefusedError(
                     errno.ECONNREFUSED, "no process reads this FIFO", ep.path
                 ) from None
-            raise OSError(exc.errno, exc.strerror, ep.path) from None
+            raise os_error(exc, ep.path) from None
         if not stat.S_ISFIFO(os.fstat(fd).st_mode):
             os.close(fd)
             raise ValueError(f"endpoint {ep.url!r}: {ep.path} is not a FIFO")
         self._fd = fd
-        single = ep.options.get("single_writer") == "1"  # parse() checked it is 0 or 1
-        self._limit = max_message if single else PIPE_BUF - HEADER.size
+        self._limit = max_message if ep.single_writer else PIPE_BUF - HEADER.size
 
     def send(
         self,
@@ -198,7 +199,7 @@ class FifoClient(Client):
                 f"{self.address}: at most {self._limit} bytes per message, got {len(view)}{hint}"
             )
         frame = HEADER.pack(len(view), 0) + bytes(view)
-        left = time_left(timeout)
+        until = deadline(timeout)
         done = 0
         try:
             while done < len(frame):
@@ -209,7 +210,7 @@ class FifoClient(Client):
                     pass
                 except BrokenPipeError:
                     raise Closed(f"{self.address}: the reader closed the FIFO") from None
-                wait = left()
+                wait = time_left(until)
                 if wait is not None and wait <= 0:
                     raise Timeout(f"{self.address}: the FIFO stayed full")
                 poller = select.poll()
@@ -239,3 +240,14 @@ class FifoClient(Client):
         if self._fd < 0:
             raise ValueError(f"operation on a closed client ({self.address})")
         return self._fd
+
+
+register(
+    Transport(
+        "fifo",
+        open_source=FifoSource,
+        open_client=lambda ep, framing, timeout, max_message: FifoClient(ep, timeout, max_message),
+        one_way=True,
+        receive_by_connecting=False,
+    )
+)

@@ -28,11 +28,13 @@ from typing import Any
 
 import posix_ipc
 
-from ..endpoints import Endpoint, parse
+from .._checks import deadline, time_left
+from .._registry import Transport, register
+from ..endpoints import Endpoint
 from ..errors import Closed, MessageTooLarge, Timeout
 from ..server import Peer, Server, Source
 from ..socket_file import mode_option
-from .base import Client, time_left
+from .base import Client
 
 __all__ = ["QueueClient", "QueuePeer", "QueueSource", "open_queue", "queue_limits"]
 
@@ -63,13 +65,12 @@ def queue_limits() -> dict[str, int]:
     }
 
 
-def _attr(ep: Endpoint, key: str, default: int, limit: int, limit_name: str) -> int:
-    text = ep.options.get(key)
-    if text is None:
+def _attr(
+    ep: Endpoint, key: str, value: int | None, default: int, limit: int, limit_name: str
+) -> int:
+    """Option ``key``'s ``value`` (an int >= 1 from parse(), or None: ``default``) within the system's ``limit``."""
+    if value is None:
         return min(default, limit)
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"endpoint {ep.url!r}: option {key}={text!r} is not a number >= 1")
-    value = int(text)
     if value > limit:
         raise ValueError(
             f"endpoint {ep.url!r}: option {key}={value} exceeds the system limit "
@@ -96,8 +97,10 @@ def open_queue(ep: Endpoint, name: str | None = None) -> tuple[Any, bool]:
     qname = name or ep.name
     assert qname is not None
     limits = queue_limits()
-    maxmsg = _attr(ep, "maxmsg", limits["msg_default"], limits["msg_max"], "msg_max")
-    msgsize = _attr(ep, "msgsize", limits["msgsize_default"], limits["msgsize_max"], "msgsize_max")
+    maxmsg = _attr(ep, "maxmsg", ep.maxmsg, limits["msg_default"], limits["msg_max"], "msg_max")
+    msgsize = _attr(
+        ep, "msgsize", ep.msgsize, limits["msgsize_default"], limits["msgsize_max"], "msgsize_max"
+    )
     mode = mode_option(ep, None)
     try:
         try:
@@ -123,14 +126,6 @@ def open_queue(ep: Endpoint, name: str | None = None) -> tuple[Any, bool]:
     return q, created
 
 
-def _reply_name(ep: Endpoint) -> str | None:
-    text = ep.options.get("reply")
-    if text is None:
-        return None
-    # Validate it like any queue name.
-    return parse(f"mq://{text}").name
-
-
 def _check_size(q: Any, data: bytes | bytearray | memoryview, name: str) -> bytes:
     payload = bytes(data)
     if len(payload) > q.max_message_size:
@@ -151,7 +146,7 @@ class QueueSource(Source):
         self._queue, self._created = open_queue(ep)
         self._reply: Any = None
         self._reply_created = False
-        name = _reply_name(ep)
+        name = ep.reply
         if name is not None:
             try:
                 self._reply, self._reply_created = open_queue(ep, name)
@@ -226,7 +221,7 @@ class QueueClient(Client):
         super().__init__(ep)
         self._queue, _ = open_queue(ep)
         self._in = self._queue
-        name = _reply_name(ep)
+        name = ep.reply
         if name is not None:
             try:
                 self._in, _ = open_queue(ep, name)
@@ -255,7 +250,7 @@ class QueueClient(Client):
                 f"priority must be between 0 and {posix_ipc.QUEUE_PRIORITY_MAX}, got {priority}"
             )
         payload = _check_size(q, data, q.name)
-        left = time_left(timeout)
+        until = deadline(timeout)
         while True:
             try:
                 q.send(payload, priority=priority)
@@ -264,7 +259,7 @@ class QueueClient(Client):
                 pass
             except posix_ipc.SignalError:
                 continue
-            self._wait(q, select.POLLOUT, left(), "the queue stayed full")
+            self._wait(q, select.POLLOUT, time_left(until), "the queue stayed full")
 
     def recv(self, timeout: float | None = None) -> bytes:
         return self.recv_priority(timeout)[0]
@@ -272,7 +267,7 @@ class QueueClient(Client):
     def recv_priority(self, timeout: float | None = None) -> tuple[bytes, int]:
         """Wait for the next message; return (message, its priority). Highest priority first."""
         q = self._open(self._in)
-        left = time_left(timeout)
+        until = deadline(timeout)
         while True:
             try:
                 message, priority = q.receive()
@@ -281,7 +276,7 @@ class QueueClient(Client):
                 pass
             except posix_ipc.SignalError:
                 continue
-            self._wait(q, select.POLLIN, left(), "nothing received")
+            self._wait(q, select.POLLIN, time_left(until), "nothing received")
 
     def _wait(self, q: Any, events: int, left: float | None, what: str) -> None:
         if left is not None and left <= 0:
@@ -320,3 +315,13 @@ class QueueClient(Client):
         if self._queue is None:
             raise ValueError(f"operation on a closed client ({self.address})")
         return q
+
+
+register(
+    Transport(
+        "mq",
+        open_source=QueueSource,
+        open_client=lambda ep, framing, timeout, max_message: QueueClient(ep, timeout),
+        reply_option="reply",
+    )
+)

@@ -1,8 +1,8 @@
 """Stream transports (tcp, unix): the listening source, one connection per client, and the client.
 
 The server side reads what a client sends, cuts it into messages by the
-server's framing ("raw": one read is one message; "length": DESIGN.md
-frames), and queues replies without ever blocking the loop: a client that
+server's framing ("raw": one read is one message; "length": the frames of
+docs/architecture.md, "Wire format"), and queues replies without ever blocking the loop: a client that
 does not read gets its replies queued up to ``max_output`` bytes, then is
 cut off. What each client holds (its partial frame, its queued replies) is
 reported to the server as it changes, which keeps the total within
@@ -20,14 +20,15 @@ import time
 from collections import deque
 from typing import Any
 
-from .._checks import timeout_ns
+from .._checks import deadline
+from .._registry import Transport, register
 from ..channel import Channel
-from ..endpoints import Endpoint
+from ..endpoints import Endpoint, os_error
 from ..errors import Closed, MessageTooLarge, Timeout
 from ..framing import HEADER, MAX_MESSAGE_LIMIT, LengthDecoder
 from ..server import Peer, Server, Source
 from ..socket_file import bind_unix, connect_unix, mode_option, remove_if_ours
-from .base import SocketClient, bound_url, check_timeout, endpoint_error
+from .base import SocketClient, bound_url, check_timeout, resolve
 
 __all__ = ["Connection", "StreamClient", "StreamListener"]
 
@@ -64,14 +65,7 @@ _WRITE = selectors.EVENT_WRITE
 
 
 def _family(ep: Endpoint) -> int:
-    if ep.scheme == "unix":
-        return socket.AF_UNIX
-    assert ep.host is not None
-    try:
-        infos = socket.getaddrinfo(ep.host, ep.port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise OSError(errno.EHOSTUNREACH, f"cannot resolve host: {exc.strerror}", ep.url) from None
-    return infos[0][0]
+    return resolve(ep, socket.SOCK_STREAM)[0]
 
 
 def _describe(sock: socket.socket, address: Any) -> str:
@@ -105,7 +99,7 @@ class StreamListener(Source):
                 try:
                     sock.bind(ep.address)
                 except OSError as exc:
-                    raise endpoint_error(exc, ep) from None
+                    raise os_error(exc, ep.display) from None
             sock.listen(server.limits.backlog)
             sock.setblocking(False)
         except BaseException:
@@ -446,8 +440,7 @@ class StreamClient(SocketClient):
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             if family == socket.AF_UNIX:
-                tns = timeout_ns(timeout)
-                connect_unix(sock, ep, None if tns < 0 else time.monotonic_ns() + tns)
+                connect_unix(sock, ep, deadline(timeout))
             else:
                 sock.settimeout(check_timeout(timeout))
                 try:
@@ -455,7 +448,7 @@ class StreamClient(SocketClient):
                 except socket.timeout:
                     raise Timeout(f"{ep.url}: not connected within {timeout} s") from None
                 except OSError as exc:
-                    raise endpoint_error(exc, ep) from None
+                    raise os_error(exc, ep.display) from None
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except BaseException:
             sock.close()
@@ -521,7 +514,7 @@ class StreamClient(SocketClient):
             self._socket().shutdown(flags[how])
         except OSError as exc:
             if exc.errno != errno.ENOTCONN:
-                raise endpoint_error(exc, self.endpoint) from None
+                raise os_error(exc, self.endpoint.display) from None
 
     def close(self) -> None:
         if self._sock is None:
@@ -540,3 +533,15 @@ class StreamClient(SocketClient):
             except OSError:
                 pass
         self.close()
+
+
+for _scheme in ("tcp", "unix"):
+    register(
+        Transport(
+            _scheme,
+            open_source=StreamListener,
+            open_client=StreamClient,
+            closes_peer=True,
+            framed=True,
+        )
+    )
