@@ -1,0 +1,85 @@
+"""What the verbs must know about each transport, kept apart so it can move to the transports.
+
+Every scheme-specific rule of ``serve``, ``send`` and ``recv`` is here and
+nowhere else in the command: which endpoints can answer, which take
+``--close``, ``--priority`` or ``--wait-reply``, and whether ``recv``
+connects or binds. The verbs ask these functions and constants instead of
+testing ``ep.scheme`` themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..endpoints import Endpoint
+from ._common import CLIError
+
+__all__ = [
+    "RECV_BY_BINDING",
+    "RECV_BY_CONNECTING",
+    "check_send",
+    "check_serve_answers",
+    "recv_framing",
+    "send_options",
+    "serve_can_close",
+]
+
+
+# ---------------------------------------------------------------------------
+# serve
+# ---------------------------------------------------------------------------
+
+
+def check_serve_answers(ep: Endpoint, answers: bool) -> None:
+    """``serve --echo``/``--reply``: CLIError when the endpoint's senders cannot be answered."""
+    if answers and ep.scheme == "fifo":
+        raise CLIError("a FIFO is one-way: its writers cannot be answered (--echo, --reply)")
+    if answers and ep.scheme == "mq" and "reply" not in ep.options:
+        raise CLIError("answering on a queue needs ?reply=/QUEUE in the URL (the client's too)")
+
+
+def serve_can_close(ep: Endpoint) -> bool:
+    """``serve --close`` applies to stream connections only: tcp and unix."""
+    return ep.scheme in ("tcp", "unix")
+
+
+# ---------------------------------------------------------------------------
+# send
+# ---------------------------------------------------------------------------
+
+
+def check_send(ep: Endpoint, args: argparse.Namespace) -> None:
+    """``send``: CLIError for ``--priority`` off a queue and ``--wait-reply`` where none can come."""
+    if args.priority is not None and ep.scheme != "mq":
+        raise CLIError(f"--priority applies to mq:// queues only, not {ep.scheme}://")
+    if args.wait_reply and ep.scheme in ("shm", "fifo"):
+        raise CLIError(f"--wait-reply: a {ep.scheme}:// endpoint carries no replies")
+    if args.wait_reply and ep.scheme == "mq" and "reply" not in ep.options:
+        raise CLIError(
+            "--wait-reply on a queue needs ?reply=/QUEUE in the URL, naming the queue "
+            "the answer comes back on"
+        )
+
+
+def send_options(ep: Endpoint, args: argparse.Namespace) -> dict[str, Any]:
+    """Keywords for the client's ``send`` besides the timeout: a queue's message priority."""
+    if ep.scheme == "mq":
+        return {"priority": args.priority or 0}
+    return {}
+
+
+# ---------------------------------------------------------------------------
+# recv
+# ---------------------------------------------------------------------------
+
+#: Schemes ``recv`` receives from by connecting a client (to a server, or to the queue).
+RECV_BY_CONNECTING = ("tcp", "unix", "mq")
+#: Schemes ``recv`` receives on by binding a server (the datagrams or writers come to it).
+RECV_BY_BINDING = ("udp", "unixgram", "fifo")
+
+
+def recv_framing(kw: dict[str, Any], scheme: str, framing: str) -> None:
+    """Add ``recv``'s ``--framing`` to the connect keywords ``kw``; a queue takes none."""
+    if scheme != "mq":
+        kw["framing"] = framing

@@ -1,0 +1,242 @@
+"""``fastipc send`` and ``fastipc recv``: one message out to an endpoint, or the messages that arrive."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import sys
+from typing import Any
+
+from ..client import connect
+from ..endpoints import Endpoint, parse
+from ..errors import Closed, Timeout
+from ..ring import Ring
+from ..server import serve
+from . import _transport_rules as rules
+from ._common import (
+    CLIError,
+    add_binary,
+    add_framing,
+    add_max_message,
+    emit,
+    non_negative_int,
+    positive_int,
+    seconds,
+    sigterm_interrupts,
+    timed_out,
+)
+
+__all__ = ["add_recv", "add_send", "cmd_recv", "cmd_send"]
+
+
+# ---------------------------------------------------------------------------
+# send
+# ---------------------------------------------------------------------------
+
+
+def add_send(sub: Any) -> None:
+    """Add the ``send`` subcommand to the subparsers ``sub``."""
+    p = sub.add_parser(
+        "send",
+        help="send one message to an endpoint, optionally print the reply",
+        description="Send MESSAGE (UTF-8) to URL: connect to a tcp or unix server, send a "
+        "datagram (udp, unixgram), put it on a message queue (mq), write it to a FIFO, or "
+        "send it into an existing ring (shm://NAME).",
+        epilog="examples:\n"
+        "  fastipc send tcp://127.0.0.1:8080 'Hello from client' --nul --wait-reply\n"
+        "  fastipc send mq:///jobs 'urgent' --priority 5\n"
+        "  fastipc send shm://myring 'hello'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("url", metavar="URL", help="where to send")
+    p.add_argument("message", metavar="MESSAGE", help="the message (sent as UTF-8)")
+    add_framing(p)
+    p.add_argument(
+        "--nul", action="store_true", help="append a NUL byte, as the C clients of the examples do"
+    )
+    p.add_argument(
+        "--priority",
+        type=non_negative_int,
+        metavar="N",
+        help="message priority (mq only; higher is received first; default 0)",
+    )
+    p.add_argument(
+        "--wait-reply",
+        action="store_true",
+        help="wait for one reply and print it (mq: the URL's ?reply=/QUEUE names the queue "
+        "it comes back on)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=seconds,
+        metavar="S",
+        help="give up (exit status 1) after S seconds connecting, sending or awaiting the reply",
+    )
+    add_binary(p, "the reply")
+    p.set_defaults(run=cmd_send)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Send one message; print the reply with --wait-reply."""
+    data = os.fsencode(args.message) + (b"\0" if args.nul else b"")
+    ep = parse(args.url)
+    rules.check_send(ep, args)
+    try:
+        if ep.scheme == "shm":
+            with _open_ring(ep) as ring:
+                ring.send(data, timeout=args.timeout)
+            return 0
+        with connect(args.url, framing=args.framing, timeout=args.timeout) as client:
+            client.send(data, timeout=args.timeout, **rules.send_options(ep, args))
+            if args.wait_reply:
+                try:
+                    answer = client.recv(timeout=args.timeout)
+                except Timeout:
+                    raise timed_out(args.url, args.timeout, "no reply from") from None
+                emit(answer, args.binary)
+    except Timeout:
+        raise timed_out(args.url, args.timeout, "could not send to") from None
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# recv
+# ---------------------------------------------------------------------------
+
+
+def add_recv(sub: Any) -> None:
+    """Add the ``recv`` subcommand to the subparsers ``sub``."""
+    p = sub.add_parser(
+        "recv",
+        help="print the messages that arrive at an endpoint",
+        description="Receive from URL and print each message: tcp/unix connect and print what "
+        "arrives until the server closes; udp/unixgram bind and print the datagrams; fifo "
+        "creates the FIFO and reads it; mq receives from the queue (creating it if needed); "
+        "shm://NAME receives from the ring (created, and removed at the end, when the URL "
+        "gives ?capacity=BYTES and it does not exist). SIGINT/SIGTERM end it with status 0.",
+        epilog="examples:\n"
+        "  fastipc recv tcp://127.0.0.1:8080\n"
+        "  fastipc recv udp://0.0.0.0:5000 --count 1 --timeout 10\n"
+        "  fastipc recv 'shm://myring?capacity=65536'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("url", metavar="URL", help="where to receive from")
+    p.add_argument(
+        "--count", type=positive_int, metavar="N", help="stop after N messages (exit status 0)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=seconds,
+        metavar="S",
+        help="fail (exit status 1, 'timed out') when no message arrives within S seconds "
+        "(counted afresh for each message)",
+    )
+    add_framing(p)
+    add_max_message(p)
+    add_binary(p, "messages")
+    p.set_defaults(run=cmd_recv)
+
+
+def cmd_recv(args: argparse.Namespace) -> int:
+    """Receive and print messages until EOF, --count, or a signal."""
+    ep = parse(args.url)
+    with sigterm_interrupts():
+        try:
+            if ep.scheme in rules.RECV_BY_CONNECTING:
+                _recv_connected(args, ep.scheme)
+            elif ep.scheme in rules.RECV_BY_BINDING:
+                _recv_bound(args)
+            elif ep.scheme == "shm":
+                _recv_ring(args, ep)
+            else:
+                raise CLIError(f"recv does not support {ep.scheme}:// endpoints")
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _want_more(args: argparse.Namespace, received: int) -> bool:
+    return args.count is None or received < args.count
+
+
+def _recv_connected(args: argparse.Namespace, scheme: str) -> None:
+    kw: dict[str, Any] = {"timeout": args.timeout, "max_message": args.max_message}
+    rules.recv_framing(kw, scheme, args.framing)
+    with connect(args.url, **kw) as client:
+        received = 0
+        while _want_more(args, received):
+            try:
+                data = client.recv(timeout=args.timeout)
+            except Closed:
+                return
+            except Timeout:
+                raise timed_out(args.url, args.timeout, "nothing arrived from") from None
+            emit(data, args.binary)
+            received += 1
+
+
+def _recv_bound(args: argparse.Namespace) -> None:
+    arrived: queue.Queue[bytes] = queue.Queue()
+
+    def handler(message: bytes, peer: Any) -> None:
+        arrived.put(message)
+
+    kw: dict[str, Any] = {"framing": args.framing}
+    if args.max_message is not None:
+        kw["max_message"] = args.max_message
+    with serve(args.url, handler, **kw) as srv:
+        srv.start()
+        print(f"fastipc: receiving on {srv.address}", file=sys.stderr, flush=True)
+        received = 0
+        while _want_more(args, received):
+            try:
+                data = arrived.get(timeout=args.timeout)
+            except queue.Empty:
+                raise timed_out(srv.address, args.timeout, "nothing arrived at") from None
+            emit(data, args.binary)
+            received += 1
+
+
+# ---------------------------------------------------------------------------
+# rings (shm://NAME), for both verbs
+# ---------------------------------------------------------------------------
+
+
+def _open_ring(ep: Endpoint) -> Ring:
+    """``Ring.open`` of an ``shm://NAME`` endpoint; CLIError naming it if there is none."""
+    assert ep.name is not None
+    try:
+        return Ring.open(ep.name)
+    except FileNotFoundError:
+        raise CLIError(f"shm://{ep.name}: no such ring") from None
+
+
+def _recv_ring(args: argparse.Namespace, ep: Endpoint) -> None:
+    assert ep.name is not None
+    name = ep.name
+    created = False
+    capacity = ep.options.get("capacity")
+    try:
+        ring = _open_ring(ep)
+    except CLIError:
+        if capacity is None:
+            raise
+        mode = int(ep.options.get("mode", "0600"), 8)
+        ring = Ring.create(name, int(capacity), mode=mode)
+        created = True
+    try:
+        received = 0
+        while _want_more(args, received):
+            try:
+                data = ring.recv(timeout=args.timeout)
+            except Closed:
+                return
+            except Timeout:
+                raise timed_out(args.url, args.timeout, "nothing arrived in") from None
+            emit(data, args.binary)
+            received += 1
+    finally:
+        if created:
+            ring.unlink()
+        ring.close()
