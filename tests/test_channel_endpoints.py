@@ -31,6 +31,39 @@ def test_query_options_are_parsed_and_unknown_ones_named() -> None:
         parse("unix:///tmp/a.sock?mode")
 
 
+def test_options_come_typed_and_checked_once() -> None:
+    ep = parse("unix:///tmp/a.sock?mode=0660&backlog=5&max_message=1024")
+    assert (ep.mode, ep.backlog, ep.max_message) == (0o660, 5, 1024)
+    ep = parse("mq:///q?maxmsg=3&msgsize=100&reply=/answers")
+    assert (ep.maxmsg, ep.msgsize, ep.reply, ep.mode) == (3, 100, "/answers", None)
+    assert parse("fifo:///tmp/f?single_writer=1").single_writer is True
+    assert parse("fifo:///tmp/f?single_writer=0").single_writer is False
+    assert parse("fifo:///tmp/f").single_writer is False
+    assert parse("udp://239.1.1.1:5000?iface=127.0.0.1").iface == "127.0.0.1"
+    assert parse("shm://ring?capacity=4096").capacity == 4096
+    ep = parse("tcp://127.0.0.1:1")
+    assert (ep.backlog, ep.max_message, ep.options) == (None, None, {})
+
+
+@pytest.mark.parametrize(
+    ("url", "part"),
+    [
+        ("unix:///a?mode=0999", "option mode='0999' is not an octal permission mask"),
+        ("unix:///a?mode=1777", "option mode='1777' is not a permission mask between"),
+        ("unix:///a?backlog=-1", "option backlog='-1' is not a whole number >= 0"),
+        ("unix:///a?max_message=0", "option max_message='0' is not a whole number >= 1"),
+        ("shm://r?capacity=²", "option capacity='²' is not a whole number >= 1"),
+        ("fifo:///f?single_writer=yes", "option single_writer='yes' is not 0 or 1"),
+        ("udp://h:1?iface=eth0", "option iface='eth0' is not an IPv4 address"),
+        ("mq:///q?reply=q", "option reply='q' is not a queue name"),
+        ("unix:///a?mode=0600&mode=0600", "option 'mode' given twice"),
+    ],
+)
+def test_a_malformed_option_is_named(url: str, part: str) -> None:
+    with pytest.raises(ValueError, match=part):
+        parse(url)
+
+
 def test_path_limit_is_107_bytes() -> None:
     ok = "/" + "a" * (SUN_PATH_MAX - 1)
     assert parse("unix://" + ok).path == ok

@@ -1,4 +1,6 @@
-"""The length framing every fastipc stream speaks (DESIGN.md, Framing), and its incremental decoder.
+"""The length framing every fastipc stream speaks, and the one Python framer for it.
+
+The wire format is described in docs/architecture.md, "Wire format".
 
 A frame is an 8-byte header, then the payload::
 
@@ -10,8 +12,23 @@ the Channel's shared-memory hand-off (see csrc/channel.c): the payload is in
 the sender's area and the frame carries a 16-byte descriptor
 ``[u64 LE offset][u64 LE release position]`` instead, and with bit 2 the one
 fd attached is that area. The other bits are reserved and a frame using them
-is refused; streams other than a Channel accept none of bits 1-2. The Channel backends parse frames in their own hot paths; the
-server core and the FIFO transport use :class:`LengthDecoder`.
+is refused; streams other than a Channel accept none of bits 1-2.
+
+The Python framer, used by the python Channel backend, the server's stream
+transport and the FIFO transport (the native Channel frames in C,
+csrc/channel.c, to the same rules):
+
+* :func:`pack_header` / :func:`unpack_header`: the header to and from bytes
+  (``HEADER.pack`` / ``HEADER.unpack_from`` themselves: no extra call);
+* :func:`check_header`: whether a header may be taken (its flags, how they
+  combine, its length against ``max_message``), raising
+  :class:`~fastipc.MessageTooLarge` or :class:`FramingError`; a header
+  whose length is within ``max_message`` and whose flags are within
+  ``allowed & FRAME_FDS`` always passes, so a hot path may test that
+  inline and call it only otherwise;
+* :class:`LengthDecoder`: cuts frames out of a byte stream fed in pieces.
+
+Ground floor: imports only ``errors``.
 """
 
 from __future__ import annotations
@@ -28,10 +45,14 @@ __all__ = [
     "FRAME_BULK",
     "FRAME_FDS",
     "HEADER",
+    "HEADER_SIZE",
     "KNOWN_FLAGS",
     "MAX_MESSAGE_LIMIT",
     "FramingError",
     "LengthDecoder",
+    "check_header",
+    "pack_header",
+    "unpack_header",
     "validate_max_message",
 ]
 
@@ -41,6 +62,12 @@ DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 MAX_MESSAGE_LIMIT = (1 << 32) - 1
 #: The frame header: payload length, flags.
 HEADER = struct.Struct("<II")
+#: Bytes in a frame header.
+HEADER_SIZE = HEADER.size
+#: ``pack_header(length, flags) -> bytes``: the 8-byte header of a frame.
+pack_header = HEADER.pack
+#: ``unpack_header(buffer, offset=0) -> (length, flags)``: the header at ``offset``.
+unpack_header = HEADER.unpack_from
 #: Flag bit: fds (SCM_RIGHTS) come with the frame's first byte.
 FRAME_FDS = 1
 #: Flag bit: the payload is in the sender's hand-off area; the frame carries its descriptor.
@@ -70,12 +97,52 @@ def validate_max_message(value: object) -> int:
     return value
 
 
+def check_header(length: int, flags: int, max_message: int, allowed_flags: int = 0) -> None:
+    """Raise if a frame with this header may not be taken; return None if it may.
+
+    ``allowed_flags``: the flag bits the stream understands (0 for a plain
+    message stream, :data:`CHANNEL_FLAGS` for a Channel). Raises
+    :class:`~fastipc.MessageTooLarge` when ``length`` (bytes) is over
+    ``max_message``, :class:`FramingError` for flag bits not allowed or a
+    hand-off combination the format does not define (``FRAME_AREA`` without
+    both ``FRAME_BULK`` and ``FRAME_FDS``; ``FRAME_BULK`` with ``FRAME_FDS``
+    but without ``FRAME_AREA``). Never raises when ``length <= max_message``
+    and ``flags & ~(allowed_flags & FRAME_FDS) == 0``.
+    """
+    _check_length_and_bits(length, flags, max_message, allowed_flags)
+    handoff = FRAME_BULK | FRAME_FDS
+    if bool(flags & FRAME_AREA) != (flags & handoff == handoff):
+        raise FramingError(f"frame header has flags {flags:#x}, which do not go together")
+
+
+def _check_length_and_bits(length: int, flags: int, max_message: int, allowed_flags: int) -> None:
+    """The checks of :func:`check_header` every framed stream makes (not the hand-off combinations)."""
+    if length > max_message:
+        raise MessageTooLarge(
+            f"frame header announces {length} bytes, over max_message ({max_message} bytes)"
+        )
+    unknown = flags & ~allowed_flags
+    if unknown:
+        if flags == FRAME_FDS:
+            what = "fds attached (flag bit 0), which this stream does not take"
+        elif unknown & (FRAME_BULK | FRAME_AREA):
+            what = (
+                f"flags {flags:#x}: a Channel's shared-memory hand-off, which this "
+                "stream does not take (make that Channel with handoff_min=0)"
+            )
+        else:
+            what = f"unknown flag bits {flags:#x}"
+        raise FramingError(f"frame header has {what}")
+
+
 class LengthDecoder:
     """Cuts length frames out of a byte stream fed in arbitrary pieces.
 
     Never allocates a frame's announced size before its bytes arrive, so a
     hostile header costs nothing. ``allowed_flags`` are the flag bits
-    accepted (default: none, a plain message).
+    accepted (default: none, a plain message); frames are cut by their
+    length field and their flags are not interpreted further (no hand-off:
+    that is the Channel's, which checks headers with :func:`check_header`).
     """
 
     __slots__ = ("_buf", "allowed_flags", "error", "max_message")
@@ -121,26 +188,17 @@ class LengthDecoder:
         end = len(view)
         unpack = HEADER.unpack_from
         limit = self.max_message
+        allowed = self.allowed_flags
+        suspect = ~allowed
         while end - off >= 8:
             length, flags = unpack(view, off)
-            if length > limit:
-                self.error = MessageTooLarge(
-                    f"frame header announces {length} bytes, over max_message ({limit} bytes)"
-                )
-            elif flags & ~self.allowed_flags:
-                if flags == FRAME_FDS:
-                    what = "fds attached (flag bit 0), which this stream does not take"
-                elif flags & ~self.allowed_flags & (FRAME_BULK | FRAME_AREA):
-                    what = (
-                        f"flags {flags:#x}: a Channel's shared-memory hand-off, which this "
-                        "stream does not take (make that Channel with handoff_min=0)"
-                    )
-                else:
-                    what = f"unknown flag bits {flags:#x}"
-                self.error = FramingError(f"frame header has {what}")
-            if self.error is not None:
-                self._buf = bytearray()
-                return out
+            if length > limit or flags & suspect:
+                try:
+                    _check_length_and_bits(length, flags, limit, allowed)
+                except (MessageTooLarge, FramingError) as exc:
+                    self.error = exc
+                    self._buf = bytearray()
+                    return out
             stop = off + 8 + length
             if stop > end:
                 break

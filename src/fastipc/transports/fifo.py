@@ -34,7 +34,7 @@ from .._checks import deadline, time_left
 from .._registry import Transport, register
 from ..endpoints import Endpoint, os_error
 from ..errors import Closed, MessageTooLarge, Timeout
-from ..framing import HEADER, LengthDecoder
+from ..framing import HEADER_SIZE, LengthDecoder, pack_header
 from ..server import Peer, Server, Source
 from ..socket_file import mode_option, remove_if_ours
 from .base import Client
@@ -103,7 +103,7 @@ class FifoSource(Source):
         self._single_writer = ep.single_writer
         limit = server.limits.max_message
         if not self._single_writer:
-            limit = min(limit, PIPE_BUF - HEADER.size)
+            limit = min(limit, PIPE_BUF - HEADER_SIZE)
         self._decoder = LengthDecoder(limit)
         self._skipping = False  # after a bad header: until the pipe is empty
         self.address = ep.url.partition("?")[0]
@@ -174,7 +174,7 @@ class FifoClient(Client):
             os.close(fd)
             raise ValueError(f"endpoint {ep.url!r}: {ep.path} is not a FIFO")
         self._fd = fd
-        self._limit = max_message if ep.single_writer else PIPE_BUF - HEADER.size
+        self._limit = max_message if ep.single_writer else PIPE_BUF - HEADER_SIZE
 
     def send(
         self,
@@ -198,7 +198,7 @@ class FifoClient(Client):
             raise MessageTooLarge(
                 f"{self.address}: at most {self._limit} bytes per message, got {len(view)}{hint}"
             )
-        frame = HEADER.pack(len(view), 0) + bytes(view)
+        frame = pack_header(len(view), 0) + bytes(view)
         until = deadline(timeout)
         done = 0
         try:

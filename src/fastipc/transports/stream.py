@@ -25,7 +25,7 @@ from .._registry import Transport, register
 from ..channel import Channel
 from ..endpoints import Endpoint, os_error
 from ..errors import Closed, MessageTooLarge, Timeout
-from ..framing import HEADER, MAX_MESSAGE_LIMIT, LengthDecoder
+from ..framing import MAX_MESSAGE_LIMIT, LengthDecoder, pack_header
 from ..server import Peer, Server, Source
 from ..socket_file import bind_unix, connect_unix, mode_option, remove_if_ours
 from .base import SocketClient, bound_url, check_timeout, resolve
@@ -45,7 +45,6 @@ JOIN_MAX = 16 * 1024
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _CREDS = struct.Struct("3i")
-_pack = HEADER.pack
 
 
 def _skip(parts: list[bytes], sent: int) -> list[memoryview]:
@@ -218,9 +217,9 @@ class Connection(Peer):
                     f"a length frame holds at most {MAX_MESSAGE_LIMIT} bytes, got {size}"
                 )
             if size <= JOIN_MAX:
-                payload = _pack(size, 0) + payload  # one small copy beats a 2-buffer sendmsg
+                payload = pack_header(size, 0) + payload  # one small copy beats a 2-buffer sendmsg
             else:
-                parts = [_pack(size, 0), payload]
+                parts = [pack_header(size, 0), payload]
             size += 8
         out = self._out
         if not out:
