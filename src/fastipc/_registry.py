@@ -1,4 +1,4 @@
-"""The transport registry: each scheme's server source, its client, and its rules, declared by the transport.
+"""The transport registry: each scheme's server source, client and rules, as its transport declares them.
 
 The server core (:func:`fastipc.serve`) and :func:`fastipc.connect` look a
 scheme up here; they import no transport. Each module of
@@ -9,7 +9,7 @@ records what a transport can do (answer its clients, close one of them,
 take a framing) instead of listing schemes itself.
 
 Sits below both ``server`` and ``client``: it imports nothing of fastipc at
-run time (docs/architecture.md, "Servers and transports").
+run time (docs/architecture.md, "Servers, transports, clients").
 """
 
 from __future__ import annotations
@@ -89,5 +89,5 @@ def transport(scheme: str) -> Transport | None:
 
 
 def schemes() -> tuple[str, ...]:
-    """The schemes :func:`fastipc.serve` and :func:`fastipc.connect` accept, in registration order."""
+    """The schemes :func:`fastipc.serve` and :func:`fastipc.connect` accept, in the order registered."""
     return tuple(_TRANSPORTS)

@@ -24,7 +24,8 @@ def connect(
     ``unixgram://PATH``, ``mq:///name`` (created or opened, options
     ``maxmsg``, ``msgsize``, ``mode``, ``reply``), ``fifo:///path`` (its
     reader must be there). ``framing`` applies to stream transports:
-    ``"length"`` (default; docs/architecture.md, "Wire format") or ``"raw"`` (classic C peers).
+    ``"length"`` (default; docs/architecture.md, "Wire format") or
+    ``"raw"`` (classic C peers).
     ``timeout`` (seconds) bounds connecting. ``max_message`` (bytes,
     default 64 MiB or the URL's ``?max_message=``) is the largest message
     received.

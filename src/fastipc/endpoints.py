@@ -1,6 +1,6 @@
 """Parsing and validating endpoint URLs: one name per transport for the API and the CLI.
 
-Every transport is named by a URL (docs/architecture.md, "Endpoints")::
+Every transport is named by a URL (docs/architecture.md, "The parts")::
 
     unix:///abs/path   unix://rel/path   unix://@abstract     Unix stream socket
     unixgram://PATH                                           Unix datagram socket

@@ -116,7 +116,7 @@ def check_header(length: int, flags: int, max_message: int, allowed_flags: int =
 
 
 def _check_length_and_bits(length: int, flags: int, max_message: int, allowed_flags: int) -> None:
-    """The checks of :func:`check_header` every framed stream makes (not the hand-off combinations)."""
+    """What :func:`check_header` checks but the hand-off combinations: every framed stream's part."""
     if length > max_message:
         raise MessageTooLarge(
             f"frame header announces {length} bytes, over max_message ({max_message} bytes)"

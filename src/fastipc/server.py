@@ -3,12 +3,12 @@
 The course notes' ``select()`` server, grown up: the loop watches the
 endpoint (a listening socket, a datagram socket, a message queue or a FIFO)
 and every connected client at once, so a slow or silent client never stalls
-the others. Transports plug in as *sources*: each module of ``fastipc.transports``
-registers its scheme in ``fastipc._registry`` when imported (this module
-imports no transport); a source registers its fds with
-:attr:`Server.selector` and hands each complete message to
+the others. Transports plug in as *sources*: each module of
+``fastipc.transports`` registers its scheme in ``fastipc._registry`` when
+imported (this module imports no transport); a source registers its fds
+with :attr:`Server.selector` and hands each complete message to
 :meth:`Server.dispatch`, which calls the user's handler and sends back what
-it returns (docs/architecture.md, "Servers and transports").
+it returns (docs/architecture.md, "Servers, transports, clients").
 
 The loop runs in one thread; the handler runs in it too, so handlers must
 not block for long. Limits (:class:`Limits`) keep memory bounded whatever
@@ -540,8 +540,8 @@ def serve(
     value the handler returns is sent back to that peer.
 
     ``framing`` (stream transports): ``"length"`` (default;
-    docs/architecture.md, "Wire format") or ``"raw"`` (what one read returns is one message; what
-    classic C peers and ``nc`` speak). FIFOs are always length-framed;
+    docs/architecture.md, "Wire format") or ``"raw"`` (what one read
+    returns is one message; what classic C peers and ``nc`` speak). FIFOs are always length-framed;
     datagrams and queue messages are messages already. The limits are
     described in :class:`Limits`; ``max_message`` defaults to 64 MiB (the
     URL's ``?max_message=`` when given), ``backlog`` to 128 (``?backlog=``),

@@ -35,7 +35,7 @@ FileId = tuple[int, int]
 
 
 def mode_option(ep: Endpoint, mode: int | None, default: int = 0o600) -> int:
-    """The permission mask for ``ep``: ``mode`` if given, else its ``?mode=`` option, else ``default``.
+    """The permission mask for ``ep``: ``mode`` if given, else ``?mode=``, else ``default``.
 
     Raises ValueError for a ``mode`` that is not a mask between 0 and 0o777
     (the URL's was checked by :func:`~fastipc.endpoints.parse`).

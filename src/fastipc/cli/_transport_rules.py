@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .._registry import schemes, transport
 from ..endpoints import Endpoint
 from ._common import CLIError
 
@@ -33,15 +34,17 @@ __all__ = [
 
 def check_serve_answers(ep: Endpoint, answers: bool) -> None:
     """``serve --echo``/``--reply``: CLIError when the endpoint's senders cannot be answered."""
-    if answers and ep.scheme == "fifo":
+    kind = transport(ep.scheme)
+    if answers and kind is not None and kind.one_way:
         raise CLIError("a FIFO is one-way: its writers cannot be answered (--echo, --reply)")
-    if answers and ep.scheme == "mq" and "reply" not in ep.options:
+    if answers and kind is not None and not kind.can_answer(ep):
         raise CLIError("answering on a queue needs ?reply=/QUEUE in the URL (the client's too)")
 
 
 def serve_can_close(ep: Endpoint) -> bool:
     """``serve --close`` applies to stream connections only: tcp and unix."""
-    return ep.scheme in ("tcp", "unix")
+    kind = transport(ep.scheme)
+    return kind is not None and kind.closes_peer
 
 
 # ---------------------------------------------------------------------------
@@ -53,9 +56,12 @@ def check_send(ep: Endpoint, args: argparse.Namespace) -> None:
     """``send``: CLIError for ``--priority`` off a queue and ``--wait-reply`` where none can come."""
     if args.priority is not None and ep.scheme != "mq":
         raise CLIError(f"--priority applies to mq:// queues only, not {ep.scheme}://")
-    if args.wait_reply and ep.scheme in ("shm", "fifo"):
+    if not args.wait_reply:
+        return
+    kind = transport(ep.scheme)
+    if kind is None or kind.one_way:  # shm://, fifo://
         raise CLIError(f"--wait-reply: a {ep.scheme}:// endpoint carries no replies")
-    if args.wait_reply and ep.scheme == "mq" and "reply" not in ep.options:
+    if not kind.can_answer(ep):
         raise CLIError(
             "--wait-reply on a queue needs ?reply=/QUEUE in the URL, naming the queue "
             "the answer comes back on"
@@ -73,13 +79,21 @@ def send_options(ep: Endpoint, args: argparse.Namespace) -> dict[str, Any]:
 # recv
 # ---------------------------------------------------------------------------
 
+
+def _receive_by_connecting(scheme: str) -> bool:
+    kind = transport(scheme)
+    return kind is not None and kind.receive_by_connecting
+
+
 #: Schemes ``recv`` receives from by connecting a client (to a server, or to the queue).
-RECV_BY_CONNECTING = ("tcp", "unix", "mq")
+#: (As the transports declare it in fastipc._registry; they registered when fastipc was imported.)
+RECV_BY_CONNECTING = tuple(s for s in schemes() if _receive_by_connecting(s))
 #: Schemes ``recv`` receives on by binding a server (the datagrams or writers come to it).
-RECV_BY_BINDING = ("udp", "unixgram", "fifo")
+RECV_BY_BINDING = tuple(s for s in schemes() if not _receive_by_connecting(s))
 
 
 def recv_framing(kw: dict[str, Any], scheme: str, framing: str) -> None:
     """Add ``recv``'s ``--framing`` to the connect keywords ``kw``; a queue takes none."""
-    if scheme != "mq":
+    kind = transport(scheme)
+    if kind is not None and kind.framed:
         kw["framing"] = framing

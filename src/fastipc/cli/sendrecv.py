@@ -216,14 +216,14 @@ def _recv_ring(args: argparse.Namespace, ep: Endpoint) -> None:
     assert ep.name is not None
     name = ep.name
     created = False
-    capacity = ep.options.get("capacity")
+    capacity = ep.capacity
     try:
         ring = _open_ring(ep)
     except CLIError:
         if capacity is None:
             raise
-        mode = int(ep.options.get("mode", "0600"), 8)
-        ring = Ring.create(name, int(capacity), mode=mode)
+        mode = 0o600 if ep.mode is None else ep.mode
+        ring = Ring.create(name, capacity, mode=mode)
         created = True
     try:
         received = 0

@@ -13,8 +13,8 @@ fifo       fifo.FifoSource            fifo.FifoClient
 Each module registers its schemes in ``fastipc._registry`` when imported,
 with what the transport can do (answer, close one peer, take a framing);
 importing this package registers them all. The server core looks them up
-there and never imports a transport (docs/architecture.md, "Servers and
-transports").
+there and never imports a transport (docs/architecture.md,
+"Servers, transports, clients").
 """
 
 from __future__ import annotations

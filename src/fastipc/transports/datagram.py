@@ -75,7 +75,7 @@ def _multicast(ep: Endpoint, family: int) -> bool:
 
 
 def _iface(ep: Endpoint) -> bytes:
-    """The ``?iface=`` address (checked by parse()) packed for the socket options; any by default."""
+    """The ``?iface=`` address (checked by parse()), packed for setsockopt; any by default."""
     return socket.inet_aton(ep.iface or "0.0.0.0")
 
 

@@ -68,7 +68,7 @@ def queue_limits() -> dict[str, int]:
 def _attr(
     ep: Endpoint, key: str, value: int | None, default: int, limit: int, limit_name: str
 ) -> int:
-    """Option ``key``'s ``value`` (an int >= 1 from parse(), or None: ``default``) within the system's ``limit``."""
+    """Option ``key``'s ``value`` (from parse(); None: ``default``), within the system's ``limit``."""
     if value is None:
         return min(default, limit)
     if value > limit:

@@ -2,11 +2,12 @@
 
 The server side reads what a client sends, cuts it into messages by the
 server's framing ("raw": one read is one message; "length": the frames of
-docs/architecture.md, "Wire format"), and queues replies without ever blocking the loop: a client that
-does not read gets its replies queued up to ``max_output`` bytes, then is
-cut off. What each client holds (its partial frame, its queued replies) is
-reported to the server as it changes, which keeps the total within
-``max_buffered`` (see :class:`~fastipc.server.Limits`).
+docs/architecture.md, "Wire format"), and queues replies without ever
+blocking the loop: a client that does not read gets its replies queued up
+to ``max_output`` bytes, then is cut off. What each client holds (its
+partial frame, its queued replies) is reported to the server as it
+changes, which keeps the total within ``max_buffered`` (see
+:class:`~fastipc.server.Limits`).
 """
 
 from __future__ import annotations
