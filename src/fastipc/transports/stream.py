@@ -426,6 +426,18 @@ class Connection(Peer):
             log.info("disconnect %s: %s", self.describe(), reason)
 
 
+def _length_channel(sock: socket.socket, ep: Endpoint, max_message: int) -> Channel:
+    """A Channel on connected ``sock`` (tcp or unix), hand-off off: a server speaks plain frames.
+
+    The client's length framing rides on a Channel for its C framer (native
+    backend), its waits that let Ctrl-C through, and its exact Closed /
+    MessageTooLarge / ProtocolError behaviour. Until ``Channel.from_socket``
+    takes tcp sockets and a name for its messages, this is the one place
+    outside the channel that uses the backend constructor ``_adopt``.
+    """
+    return Channel._adopt(sock, ep.display, max_message)
+
+
 class StreamClient(SocketClient):
     """A tcp or unix client: :meth:`send`/:meth:`recv` whole messages in the chosen framing.
 
@@ -460,7 +472,7 @@ class StreamClient(SocketClient):
         self._channel: Channel | None = None
         self._shut_write = False
         if framing == "length":
-            self._channel = Channel._adopt(sock, ep.display, max_message)
+            self._channel = _length_channel(sock, ep, max_message)
         else:
             sock.setblocking(True)
 
