@@ -1,0 +1,287 @@
+"""One :class:`Entry` per IPC object, by kind: rings, queues, socket files and FIFOs."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import posix_ipc
+
+from .._names import (
+    SEGMENT_PREFIX,
+    SEMAPHORE_PREFIX,
+    SEMAPHORE_SUFFIXES,
+    SHM_DIR,
+    segment_path,
+    semaphore_paths,
+)
+from ._proc import FifoUse, ProcessScan, parse_qsize, read_head, unix_sockets
+
+__all__ = [
+    "BoundPath",
+    "Entry",
+    "bound_paths",
+    "fifo_entry",
+    "file_entry",
+    "iter_rows",
+    "queue_attrs",
+    "queue_entry",
+    "queue_names",
+    "ring_entry",
+    "ring_names",
+    "socket_entry",
+]
+
+
+@dataclass
+class Entry:
+    """One IPC object: what ``fastipc ls`` prints a row for.
+
+    ``name`` is the object's URL (``shm://NAME``, ``mq:///NAME``,
+    ``unix:///PATH``, ``unixgram:///PATH``, ``fifo:///PATH``), which the
+    other verbs (``rm``, ``send``, ``recv``) accept. ``size`` is in bytes
+    (a ring's segment; a queue's ``maxmsg * msgsize``), ``mode`` the
+    permission bits, ``pids`` the live processes holding it.
+    """
+
+    kind: str
+    name: str
+    path: str | None = None
+    size: int | None = None
+    mode: int | None = None
+    pids: list[int] = field(default_factory=list)
+    alive: bool = False
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "path": self.path,
+            "size": self.size,
+            "mode": None if self.mode is None else f"{self.mode:04o}",
+            "pids": self.pids,
+            "alive": self.alive,
+            **self.detail,
+        }
+
+
+def iter_rows(entries: Iterable[Entry]) -> Iterator[tuple[str, ...]]:
+    """Table rows (kind, name, size, mode, pids, alive) for ``entries``."""
+    for e in entries:
+        yield (
+            e.kind,
+            e.name,
+            "-" if e.size is None else str(e.size),
+            "-" if e.mode is None else f"{e.mode:04o}",
+            ",".join(map(str, e.pids)) or "-",
+            "yes" if e.alive else "no",
+        )
+
+
+# ---------------------------------------------------------------------------
+# rings
+# ---------------------------------------------------------------------------
+
+
+def ring_names() -> list[str]:
+    """The names of the rings that have a segment or a semaphore in /dev/shm."""
+    try:
+        files = os.listdir(SHM_DIR)
+    except OSError:
+        return []
+    names: set[str] = set()
+    for f in files:
+        if f.startswith(SEGMENT_PREFIX):
+            names.add(f[len(SEGMENT_PREFIX) :])
+        elif f.startswith(SEMAPHORE_PREFIX):
+            for suffix in SEMAPHORE_SUFFIXES:
+                if f.endswith(suffix):
+                    names.add(f[len(SEMAPHORE_PREFIX) : -len(suffix)])
+    return sorted(n for n in names if n)
+
+
+def ring_entry(name: str, scan: ProcessScan) -> Entry | None:
+    """Ring ``name``'s entry (segment, and semaphores with the python backend), or None."""
+    seg = segment_path(name)
+    sems = semaphore_paths(name)
+    files = []
+    for path in [seg, *sems]:
+        try:
+            files.append((path, os.stat(path)))
+        except OSError:
+            pass
+    if not files:
+        return None
+    first, st = files[0]
+    size = st.st_size if first == seg else None  # None: only semaphores are left
+    mode = stat.S_IMODE(st.st_mode)
+    pids = scan.mapping(p for p, _ in files)
+    return Entry(
+        kind="ring",
+        name=f"shm://{name}",
+        path=seg,
+        size=size,
+        mode=mode,
+        pids=pids,
+        alive=bool(pids),
+        detail={
+            "files": [p for p, _ in files],
+            "backend": "python" if len(files) > 1 else "native",
+        },
+    )
+
+
+# ---------------------------------------------------------------------------
+# queues
+# ---------------------------------------------------------------------------
+
+
+def _open_queue(name: str) -> Any:
+    """A posix_ipc handle on existing queue ``name``, or None if it cannot be opened."""
+    for read, write in ((True, False), (False, True)):
+        try:
+            return posix_ipc.MessageQueue(name, read=read, write=write)
+        except posix_ipc.PermissionsError:
+            continue
+        except (posix_ipc.Error, ValueError, OSError):
+            return None
+    return None
+
+
+def queue_attrs(name: str) -> dict[str, Any]:
+    """max_messages, max_message_size and messages of queue ``name`` ({} if it cannot be opened)."""
+    q = _open_queue(name)
+    if q is None:
+        return {}
+    try:
+        return {
+            "max_messages": int(q.max_messages),
+            "max_message_size": int(q.max_message_size),
+            "messages": int(q.current_messages),
+        }
+    finally:
+        q.close()
+
+
+def queue_entry(name: str, scan: ProcessScan, mount: str | None) -> Entry | None:
+    """Queue ``name``'s entry (``/NAME``), from the mqueue mount or from its holders, or None."""
+    held = scan.queues.get(name)
+    mode = held.mode if held else None
+    qsize = held.qsize if held else None
+    if mount is not None:
+        try:
+            st = os.stat(mount + name)
+        except OSError:
+            return None
+        mode = stat.S_IMODE(st.st_mode)
+        contents = read_head(mount + name)
+        if contents is not None:
+            qsize = parse_qsize(contents)
+    elif held is None:
+        return None
+    attrs = queue_attrs(name)
+    size = None
+    if "max_messages" in attrs:
+        size = attrs["max_messages"] * attrs["max_message_size"]
+    pids = sorted(held.pids) if held else []
+    return Entry(
+        kind="queue",
+        name=f"mq://{name}",
+        path=None if mount is None else mount + name,
+        size=size,
+        mode=mode,
+        pids=pids,
+        alive=bool(pids),
+        detail={**attrs, "queued_bytes": qsize},
+    )
+
+
+def queue_names(scan: ProcessScan, mount: str | None) -> list[str]:
+    """The queues held open by a process, plus every one in the mqueue mount."""
+    names = set(scan.queues)
+    if mount is not None:
+        try:
+            names |= {"/" + f for f in os.listdir(mount)}
+        except OSError:
+            pass
+    return sorted(names)
+
+
+# ---------------------------------------------------------------------------
+# socket files and FIFOs
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class BoundPath:
+    """A bound socket path: the socket type and the pids holding it."""
+
+    kind: str = "stream"
+    pids: set[int] = field(default_factory=set)
+
+
+def bound_paths(scan: ProcessScan) -> dict[str, BoundPath]:
+    """Absolute socket path -> its bound socket's type and holders (live processes only)."""
+    out: dict[str, BoundPath] = {}
+    for s in unix_sockets():
+        if s.connected and not s.listening and s.kind == "stream":
+            continue  # an accepted connection: it shows its server's path
+        holders = scan.sockets.get(s.inode, set())
+        path = s.path
+        if not path.startswith("/"):
+            # Bound to a relative path: resolve against a holder's cwd (a best guess).
+            base = next((scan.cwd[p] for p in sorted(holders) if p in scan.cwd), None)
+            if base is None:
+                continue
+            path = os.path.normpath(os.path.join(base, path))
+        b = out.setdefault(path, BoundPath(kind=s.kind))
+        b.pids |= holders
+    return out
+
+
+def socket_entry(path: str, st: os.stat_result, bound: dict[str, BoundPath]) -> Entry:
+    """The entry of the socket file at ``path``: alive while a process holds it bound."""
+    b = bound.get(os.path.abspath(path))
+    pids = sorted(b.pids) if b else []
+    kind = b.kind if b else None
+    scheme = "unixgram" if kind == "dgram" else "unix"
+    return Entry(
+        kind="socket",
+        name=f"{scheme}://{path}",
+        path=path,
+        size=st.st_size,
+        mode=stat.S_IMODE(st.st_mode),
+        pids=pids,
+        alive=bool(pids),
+        detail={"socket_type": kind, "uid": st.st_uid},
+    )
+
+
+def fifo_entry(path: str, st: os.stat_result, scan: ProcessScan) -> Entry:
+    """The entry of the FIFO at ``path``: alive while a process has it open for reading."""
+    f = scan.fifos.get(os.path.abspath(path), FifoUse())
+    return Entry(
+        kind="fifo",
+        name=f"fifo://{path}",
+        path=path,
+        size=st.st_size,
+        mode=stat.S_IMODE(st.st_mode),
+        pids=sorted(f.readers | f.writers),
+        alive=bool(f.readers),
+        detail={"readers": sorted(f.readers), "writers": sorted(f.writers), "uid": st.st_uid},
+    )
+
+
+def file_entry(
+    path: str, st: os.stat_result, scan: ProcessScan, bound: dict[str, BoundPath]
+) -> Entry | None:
+    """The entry of a socket file or FIFO at ``path``; None for any other kind of file."""
+    if stat.S_ISSOCK(st.st_mode):
+        return socket_entry(path, st, bound)
+    if stat.S_ISFIFO(st.st_mode):
+        return fifo_entry(path, st, scan)
+    return None

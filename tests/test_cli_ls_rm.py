@@ -1,0 +1,301 @@
+"""The ``fastipc`` command's ls and rm, and the inventory they are built on.
+
+Real rings, queues, socket files and FIFOs, held by real processes; every
+command runs as ``python -m fastipc ...`` in a child process.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import posix_ipc
+import pytest
+from _channel_util import sock_dir_fixture  # noqa: F401
+from _cli_util import (  # noqa: F401
+    T,
+    fastipc,
+    ls_json,
+    ok,
+    one_error_line,
+    queue_name_fixture,
+    ring_row,
+)
+from conftest import child_env, new_name
+
+from fastipc import Ring, inventory
+from fastipc._names import segment_path, semaphore_paths
+from fastipc.endpoints import parse
+
+HOLD_RING = """
+import sys
+from fastipc import Ring
+r = Ring.create(sys.argv[1], 4096)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def hold_ring(name: str) -> subprocess.Popen[str]:
+    """A child that creates ring ``name`` and keeps it mapped until killed or its stdin closes."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(HOLD_RING), name],
+        env=child_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], T)
+    assert ready and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+@pytest.fixture
+def ring_holder(ring_name: str) -> Iterator[subprocess.Popen[str]]:
+    proc = hold_ring(ring_name)
+    yield proc
+    proc.kill()
+    proc.wait(T)
+    for f in (proc.stdin, proc.stdout):
+        if f is not None:
+            f.close()
+
+
+def test_ls_ring_live_then_dead(ring_name: str, ring_holder: subprocess.Popen[str]) -> None:
+    row = ring_row(ring_name)
+    assert row is not None
+    assert row["kind"] == "ring" and row["alive"] is True
+    assert row["pids"] == [ring_holder.pid]
+    assert row["mode"] == "0600" and row["size"] > 4096
+    table = ok(fastipc("ls"))
+    assert table.splitlines()[0].split() == ["KIND", "NAME", "SIZE", "MODE", "PIDS", "ALIVE"]
+    line = next(ln for ln in table.splitlines() if f"shm://{ring_name}" in ln)
+    assert line.split()[-2:] == [str(ring_holder.pid), "yes"]
+
+    ring_holder.kill()
+    ring_holder.wait(T)
+    row = ring_row(ring_name)
+    assert row is not None and row["alive"] is False and row["pids"] == []
+    ok(fastipc("rm", ring_name))
+    assert ring_row(ring_name) is None
+
+
+def test_rm_refuses_a_live_ring_unless_forced(
+    ring_name: str, ring_holder: subprocess.Popen[str]
+) -> None:
+    line = one_error_line(fastipc("rm", f"shm://{ring_name}"))
+    assert ring_name in line and str(ring_holder.pid) in line and "--force" in line
+    assert os.path.exists(f"/dev/shm/fastipc.{ring_name}")
+    assert ok(fastipc("rm", "--force", "-v", ring_name)) == f"removed shm://{ring_name}\n"
+    assert not os.path.exists(f"/dev/shm/fastipc.{ring_name}")
+    assert ring_holder.poll() is None  # the holder is unharmed
+
+
+def test_rm_missing_names_it(ring_name: str, sock_dir: str) -> None:
+    assert ring_name in one_error_line(fastipc("rm", ring_name))
+    proc = fastipc("rm", f"mq:///{new_name()}", f"{sock_dir}/nothing.sock")
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2 and all(ln.startswith("fastipc: error: ") for ln in lines)
+    assert f"{sock_dir}/nothing.sock" in lines[1]
+
+
+def test_rm_refuses_regular_files(sock_dir: str) -> None:
+    path = f"{sock_dir}/plain.txt"
+    with open(path, "w") as f:
+        f.write("keep me")
+    assert "not a socket file or FIFO" in one_error_line(fastipc("rm", "--force", path))
+    assert os.path.exists(path)
+
+
+def test_socket_files_live_and_stale(sock_dir: str) -> None:
+    live_path = f"{sock_dir}/live.sock"
+    stale_path = f"{sock_dir}/stale.sock"
+    live = socket.socket(socket.AF_UNIX)
+    live.bind(live_path)
+    live.listen()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(stale_path)  # closed without unlinking: a stale socket file
+    try:
+        # ls with no argument: sockets bound by live processes (this one).
+        rows = {e["path"]: e for e in ls_json() if e["kind"] == "socket"}
+        assert rows[live_path]["alive"] is True and rows[live_path]["pids"] == [os.getpid()]
+        assert rows[live_path]["name"] == f"unix://{live_path}"
+        assert stale_path not in rows
+        # ls DIR: every socket file in it, stale included.
+        rows = {e["path"]: e for e in ls_json(sock_dir)}
+        assert rows[live_path]["alive"] is True
+        assert rows[stale_path]["alive"] is False and rows[stale_path]["pids"] == []
+        # rm: refuses the live one, removes the stale one.
+        assert live_path in one_error_line(fastipc("rm", live_path))
+        assert os.path.exists(live_path)
+        ok(fastipc("rm", f"unix://{stale_path}"))
+        assert not os.path.exists(stale_path)
+        ok(fastipc("rm", "--force", live_path))
+        assert not os.path.exists(live_path)
+    finally:
+        live.close()
+
+
+def test_ls_and_rm_queue(queue_name: str) -> None:
+    q = posix_ipc.MessageQueue(
+        queue_name, posix_ipc.O_CREX, max_messages=4, max_message_size=128, mode=0o640
+    )
+    try:
+        q.send(b"waiting")
+        rows = [e for e in ls_json() if e["name"] == f"mq://{queue_name}"]
+        assert len(rows) == 1, ls_json()
+        row = rows[0]
+        assert row["kind"] == "queue" and row["alive"] is True and row["pids"] == [os.getpid()]
+        assert row["size"] == 4 * 128 and row["mode"] == "0640"
+        assert row["messages"] == 1
+        assert queue_name in one_error_line(fastipc("rm", f"mq://{queue_name}"))
+        ok(fastipc("rm", "--force", f"mq://{queue_name}"))
+        with pytest.raises(posix_ipc.ExistentialError):
+            posix_ipc.MessageQueue(queue_name)
+    finally:
+        q.close()
+
+
+def test_ls_mqueue_note_when_not_mounted() -> None:
+    proc = fastipc("ls")
+    ok(proc)
+    with open("/proc/self/mounts") as f:
+        mounted = any(line.split()[2] == "mqueue" for line in f if len(line.split()) > 2)
+    assert ("mqueue filesystem is not mounted" in proc.stderr) == (not mounted)
+
+
+def test_fifo_with_a_reader_is_live(sock_dir: str) -> None:
+    path = f"{sock_dir}/q.fifo"
+    os.mkfifo(path, 0o600)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        (row,) = ls_json(path)
+        assert row["kind"] == "fifo" and row["alive"] is True and row["pids"] == [os.getpid()]
+        assert row["mode"] == "0600" and row["name"] == f"fifo://{path}"
+        assert path in one_error_line(fastipc("rm", f"fifo://{path}"))
+    finally:
+        os.close(fd)
+    (row,) = ls_json(path)
+    assert row["alive"] is False
+    ok(fastipc("rm", path))
+    assert not os.path.exists(path)
+
+
+def test_ls_paths_errors(sock_dir: str) -> None:
+    one_error_line(fastipc("ls", f"{sock_dir}/missing"))
+    path = f"{sock_dir}/plain"
+    open(path, "w").close()
+    assert "not a socket file or FIFO" in one_error_line(fastipc("ls", path))
+
+
+def test_ls_reads_a_mounted_mqueue_filesystem(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Where the mqueue filesystem is mounted, every queue is listed, held open or not."""
+    name = new_name()
+    (tmp_path / name).write_text("QSIZE:5          NOTIFY:0     SIGNO:0     NOTIFY_PID:0\n")
+    (tmp_path / name).chmod(0o640)
+    monkeypatch.setattr(inventory, "mqueue_mount", lambda: str(tmp_path))
+    entries, notes = inventory.inventory()
+    assert not any("mqueue" in n for n in notes)
+    (row,) = [e for e in entries if e.name == f"mq:///{name}"]
+    assert row.kind == "queue" and row.alive is False and row.pids == []
+    assert row.mode == 0o640 and row.detail["queued_bytes"] == 5
+    assert row.path == f"{tmp_path}/{name}"
+
+
+# ---------------------------------------------------------------------------
+# the inventory in-process: naming one object, finding it, removing it
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arg", "kind", "name"),
+    [
+        ("shm://ring1", "ring", "ring1"),
+        ("SHM://ring1?capacity=4096", "ring", "ring1"),
+        ("mq:///jobs", "queue", "/jobs"),
+        ("unix:///tmp/app.sock", "file", "/tmp/app.sock"),
+        ("unix://rel.sock", "file", "rel.sock"),
+        ("unixgram:///tmp/g.sock", "file", "/tmp/g.sock"),
+        ("fifo:///tmp/p.fifo", "file", "/tmp/p.fifo"),
+        ("unix://@abstract", "abstract", "@abstract"),
+        ("/tmp/app.sock", "file", "/tmp/app.sock"),
+        ("sub/app.sock", "file", "sub/app.sock"),
+        ("not a ring name", "file", "not a ring name"),
+    ],
+)
+def test_rm_argument_names_its_object(arg: str, kind: str, name: str) -> None:
+    target = inventory.parse_target(arg)
+    assert (target.kind, target.name, target.given) == (kind, name, arg)
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "",
+        "nul\0byte",
+        "shm://bad/name",
+        "shm://r?nosuch=1",
+        "mq:///a/b",
+        "unix://",
+        "fifo://",
+        "tcp://127.0.0.1:80",
+        "bogus://x",
+    ],
+)
+def test_rm_argument_malformed_is_a_value_error(arg: str) -> None:
+    with pytest.raises(ValueError):
+        inventory.parse_target(arg)
+
+
+def test_rm_argument_urls_are_read_as_every_verb_reads_them() -> None:
+    """A URL ``rm`` refuses fails with the same words as in ``send``/``recv`` (one parser)."""
+    for url in ("shm://bad/name", "mq:///a/b", "bogus://x"):
+        with pytest.raises(ValueError) as rm_error:
+            inventory.parse_target(url)
+        with pytest.raises(ValueError) as parse_error:
+            parse(url)
+        assert str(rm_error.value) == str(parse_error.value)
+
+
+def test_bare_word_is_a_ring_unless_a_socket_file_of_that_name_is_here(
+    ring_name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert inventory.parse_target(ring_name).kind == "ring"  # no such ring, no such file
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(ring_name)
+    try:
+        assert inventory.parse_target(ring_name).kind == "file"
+        with Ring.create(ring_name, 4096):
+            assert inventory.parse_target(ring_name).kind == "ring"  # an existing ring wins
+    finally:
+        os.unlink(ring_name)
+
+
+def test_ring_found_and_removed_by_its_names_paths(ring_name: str) -> None:
+    with Ring.create(ring_name, 4096) as ring:
+        entry = inventory.lookup(inventory.parse_target(f"shm://{ring_name}"))
+        assert entry.kind == "ring" and entry.name == f"shm://{ring_name}"
+        assert entry.path == segment_path(ring_name)
+        assert entry.pids == [] and entry.alive is False  # this process is left out of the scan
+        made = [
+            p for p in [segment_path(ring_name), *semaphore_paths(ring_name)] if os.path.exists(p)
+        ]
+        assert entry.detail["files"] == made
+        assert ring_name in [e.name[len("shm://") :] for e in inventory.inventory()[0]]
+        inventory.remove(entry)
+        assert not any(os.path.lexists(p) for p in made)
+        ring.send(b"still works")  # handles others hold keep working
+        assert ring.recv(timeout=0) == b"still works"
+    with pytest.raises(FileNotFoundError):
+        inventory.lookup(inventory.parse_target(ring_name))
