@@ -7,7 +7,7 @@ Each round measures, seconds apart, in an order that rotates each round:
                   through four shared 1 MiB slots, copied in and copied out,
                   spinning on counters; no syscall, no Python. The bound of
                   ``mib1``.
-``mib1``          ``fastipc.bench_channel``'s figure: ``Channel.send`` of 1 MiB
+``mib1``          ``fastipc.bench.channel``'s figure: ``Channel.send`` of 1 MiB
                   / ``recv_into``, through the shared-memory hand-off.
 ``ceiling_view``  the same C loop with the receiver reading each message's
                   first and last byte in place. The bound of ``mib1_view``.
@@ -45,7 +45,7 @@ try:
 except ImportError:  # run from a source checkout without installing
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
-from fastipc.bench_channel import run_figure
+from fastipc.bench.channel import run_figure
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

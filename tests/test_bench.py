@@ -15,7 +15,7 @@ import sys
 
 from conftest import child_env
 
-from fastipc.bench_channel import KINDS, MACHINE_KINDS, PLAIN_KINDS
+from fastipc.bench.channel import KINDS, MACHINE_KINDS, PLAIN_KINDS
 
 
 def test_bench_reports_every_figure() -> None:

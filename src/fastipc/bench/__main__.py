@@ -1,0 +1,36 @@
+"""Command line of the benchmark package's processes.
+
+``python -m fastipc.bench channel [SECONDS]``
+    print the Channel figures as a table (``fastipc bench`` prints them
+    after the Ring table).
+``python -m fastipc.bench channel --child KIND SECONDS``
+    one Channel figure, measured in this process (started by the engine).
+``python -m fastipc.bench ROLE SPEC_JSON``
+    one side of a Ring measurement (started by the engine).
+
+The whole benchmark is ``fastipc bench``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def _main(argv: list[str]) -> int:
+    if argv and argv[0] == "channel":
+        from .channel import main
+
+        return main(argv[1:])
+    from .ring_roles import child_main
+
+    return child_main(argv)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(_main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - any failure becomes one line for the parent
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
