@@ -239,3 +239,27 @@ def test_from_socket_adopts_a_stream_socket_and_refuses_others() -> None:
     d1, d2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with d1, d2, pytest.raises(ValueError, match="SOCK_STREAM"):
         Channel.from_socket(d1)
+
+
+def test_from_socket_adopts_a_tcp_socket_with_no_handoff_and_no_fds() -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        c = socket.create_connection(listener.getsockname())
+        s, _ = listener.accept()
+    a = Channel.from_socket(c, name="tcp-client", max_message=1 << 20)
+    b = Channel.from_socket(s, handoff_min=4096)
+    with a, b:
+        assert a.name == "tcp-client" and b.name == "socket"
+        assert a.handoff_min == 0 and b.handoff_min == 0, "hand-off needs SCM_RIGHTS: off on tcp"
+        big = bytes(range(256)) * 2048  # 512 KiB: inline, in pieces
+        b.send(big)
+        assert a.recv(timeout=5) == big
+        a.send_many([b"one", b"two"])
+        assert b.recv_many(2, timeout=5) == [b"one", b"two"]
+        with open("/dev/null") as f, pytest.raises(ValueError, match="tcp-client.*unix socket"):
+            a.send(b"with an fd", fds=[f])
+        a.send(b"still usable")  # the refused send sent nothing
+        assert b.recv(timeout=5) == b"still usable"
+        with pytest.raises(MessageTooLarge):
+            a.send(bytes((1 << 20) + 1))

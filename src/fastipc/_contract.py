@@ -10,16 +10,15 @@ and handoff.
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, NoReturn, TypeVar
 
-from ._checks import FdLike, release_view
+from ._checks import FdLike, release_view, validate_fds
 from ._names import unlink_ring
-from .errors import Closed, MessageTooLarge, ProtocolError, Timeout
+from .errors import Closed, channel_error, channel_keeps_open
 from .handoff import DEFAULT_HANDOFF_AREA
 
 __all__ = ["DIRECT_MIN", "RECV_BUFFER", "ChannelBase", "RingBase"]
@@ -193,6 +192,8 @@ class ChannelBase:
     #: The view recv_view has lent, while its block runs.
     _view: memoryview | None
     _sock: socket.socket | None
+    #: False on a tcp socket: fds travel only over AF_UNIX.
+    _passes_fds: bool
 
     def __init__(self, *_: object) -> None:
         raise TypeError("use Channel.pair(), Channel.connect(), Channel.from_socket() or accept()")
@@ -211,11 +212,21 @@ class ChannelBase:
         sock.setblocking(False)
         self = cls.__new__(cls)
         self._sock = sock
+        self._passes_fds = sock.family == socket.AF_UNIX
         self.name = name
         self.max_message = max_message
         self.handoff_min, self.handoff_area = handoff
         self._setup()
         return self
+
+    def _fd_list(self, fds: Iterable[FdLike]) -> list[int]:
+        """The fd numbers to send with a message (checked); ValueError on a tcp channel."""
+        fdl = validate_fds(fds)
+        if fdl and not self._passes_fds:
+            raise ValueError(
+                f"{self.name}: fds can be passed only over a unix socket, and this channel is tcp"
+            )
+        return fdl
 
     # ---- the interface each backend implements --------------------------
     def _setup(self) -> None:
@@ -415,49 +426,18 @@ class ChannelBase:
 
     def _fail(self, code: int, *, length: int = 0, detail: str = "") -> NoReturn:
         """Raise what errno ``code`` (positive) means here, closing the channel if it is broken."""
-        name = self.name
-        if code in (errno.ETIMEDOUT, errno.EAGAIN):
-            raise Timeout(f"channel {name}: timed out")
-        if code == errno.EPIPE:
-            raise Closed(f"channel {name}: the peer closed the connection")
-        if code == errno.EBADF and self.closed:
-            raise ValueError(f"operation on a closed channel ({name})")
-        if code == errno.ENOBUFS:
-            raise OSError(
-                code,
-                "MSG_CTRUNC: a message carried more fds than fit (the ones that arrived were "
-                "closed; the message was dropped)",
-                name,
-            )
-        if code == errno.EMSGSIZE:
-            raise MessageTooLarge(f"channel {name}: {detail or 'message too large'}")
-        # The rest leave the byte stream unusable.
-        self.close()
-        if code == errno.ENODATA:
-            raise Closed(
-                f"channel {name}: the peer closed the connection in the middle of a message "
-                "(the partial message was dropped); channel closed"
-            )
-        if code == errno.EFBIG:
-            raise MessageTooLarge(
-                f"channel {name}: the peer announced a message of {length} bytes, over "
-                f"max_message={self.max_message}{self._raw_text_hint(length)}; channel closed"
-            )
-        if code == errno.EPROTO:
-            what = detail or (
-                "bad frame flags, fds attached where no message starts or more than one "
-                "message may carry, or a hand-off area that is not a sealed memfd"
-            )
-            hint = self._raw_text_hint(length)
-            raise ProtocolError(f"protocol error: {what}{hint}; channel closed", name)
-        if code == errno.EBADMSG:
-            raise ProtocolError(
-                "protocol error: a hand-off descriptor points outside the shared area; "
-                "channel closed",
-                name,
-                errno.EBADMSG,
-            )
-        raise OSError(code, os.strerror(code), name)
+        closed = self.closed
+        if not channel_keeps_open(code, closed):
+            self.close()
+        raise channel_error(
+            code,
+            self.name,
+            closed=closed,
+            max_message=self.max_message,
+            length=length,
+            detail=detail,
+            hint=self._raw_text_hint(length),
+        )
 
     def _raw_text_hint(self, length: int = 0) -> str:
         """A hint when the bad header's length field reads as text: a raw (unframed) peer."""

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ._contract import ChannelBase as ChannelImpl
 else:
     from ._backend import ChannelImpl
-from ._checks import MAX_FDS, timeout_ns
+from ._checks import MAX_FDS, deadline
 from .endpoints import Endpoint, parse
 from .errors import Timeout
 from .framing import (
@@ -135,11 +135,10 @@ class Channel(ChannelImpl):
         ep = parse(url, schemes=("unix",))
         max_message = _max_message_for(ep, max_message)
         handoff = validate_handoff(handoff_min, handoff_area)
-        tns = timeout_ns(timeout)
-        deadline = None if tns < 0 else time.monotonic_ns() + tns
+        until = deadline(timeout)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            connect_unix(sock, ep, deadline)
+            connect_unix(sock, ep, until)
         except BaseException:
             sock.close()
             raise
@@ -153,35 +152,41 @@ class Channel(ChannelImpl):
         max_message: int = DEFAULT_MAX_MESSAGE,
         handoff_min: int = DEFAULT_HANDOFF_MIN,
         handoff_area: int = DEFAULT_HANDOFF_AREA,
+        name: str = "socket",
     ) -> Channel:
-        """Adopt connected AF_UNIX SOCK_STREAM socket ``sock``; the channel owns it from now on.
+        """Adopt connected stream socket ``sock``; the channel owns it from now on.
 
-        The socket is switched to non-blocking mode (the channel does its own
-        waiting); ``handoff_min``/``handoff_area`` as for :meth:`pair`.
-        Raises TypeError/ValueError for another kind of socket.
+        ``sock`` is AF_UNIX, AF_INET or AF_INET6 with SOCK_STREAM; it is
+        switched to non-blocking mode (the channel does its own waiting).
+        ``handoff_min``/``handoff_area`` as for :meth:`pair`; on a tcp socket
+        hand-off is always off and sending fds raises ValueError (both need
+        SCM_RIGHTS, which only unix sockets carry). ``name`` labels the
+        channel in error messages. Raises TypeError/ValueError for another
+        kind of socket.
         """
         if not isinstance(sock, socket.socket):
             raise TypeError(f"from_socket needs a socket.socket, not {type(sock).__name__}")
-        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        if sock.family not in _STREAM_FAMILIES or sock.type != socket.SOCK_STREAM:
             raise ValueError(
-                f"from_socket needs an AF_UNIX SOCK_STREAM socket, got {sock.family!r} {sock.type!r}"
+                "from_socket needs a connected AF_UNIX, AF_INET or AF_INET6 SOCK_STREAM "
+                f"socket, got {sock.family!r} {sock.type!r}"
             )
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
         max_message = validate_max_message(max_message)
         handoff = validate_handoff(handoff_min, handoff_area)
-        return cls._adopt(sock, "socket", max_message, handoff)
+        if sock.family != socket.AF_UNIX:
+            handoff = (0, handoff[1])
+        return cls._adopt(sock, name, max_message, handoff)
+
+
+_STREAM_FAMILIES = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
 
 
 def _max_message_for(ep: Endpoint, given: int | None) -> int:
-    if given is not None:
-        return validate_max_message(given)
-    text = ep.options.get("max_message")
-    if text is None:
-        return DEFAULT_MAX_MESSAGE
-    if not text.isdigit():
-        raise ValueError(
-            f"endpoint {ep.url!r}: option max_message={text!r} is not a number of bytes"
-        )
-    return validate_max_message(int(text))
+    if given is None:
+        given = DEFAULT_MAX_MESSAGE if ep.max_message is None else ep.max_message
+    return validate_max_message(given)
 
 
 class Listener:
@@ -218,8 +223,7 @@ class Listener:
         Raises :class:`~fastipc.Timeout`, ValueError if closed, OSError.
         """
         sock = self._socket()
-        tns = timeout_ns(timeout)
-        deadline = None if tns < 0 else time.monotonic_ns() + tns
+        until = deadline(timeout)
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN)
         while True:
@@ -230,10 +234,10 @@ class Listener:
                 pass
             except OSError as exc:
                 raise OSError(exc.errno, exc.strerror, self.name) from None
-            if deadline is None:
+            if until is None:
                 poller.poll()
             else:
-                left = deadline - time.monotonic_ns()
+                left = until - time.monotonic_ns()
                 if left <= 0:
                     raise Timeout(f"listener {self.name}: no connection within the timeout")
                 poller.poll(-(-left // 1_000_000))

@@ -9,9 +9,13 @@ __all__ = [
     "MessageTooLarge",
     "ProtocolError",
     "Timeout",
+    "channel_error",
+    "channel_keeps_open",
+    "ring_error",
 ]
 
 import errno as _errno
+import os as _os
 
 
 class FastIPCError(Exception):
@@ -56,3 +60,97 @@ class ProtocolError(FastIPCError, OSError):
 
     def __init__(self, message: str, name: str = "", code: int = _errno.EPROTO) -> None:
         super().__init__(code, message, name) if name else super().__init__(code, message)
+
+
+# ---- the one place errno becomes an exception --------------------------
+# The C core returns -errno; the python backends report the same codes, so
+# both backends raise the same exception with the same message for the same
+# condition. Each object kind has its table: EPIPE on a ring means "shut
+# down", on a channel "the peer closed".
+
+
+def ring_error(code: int, name: str, path: str) -> Exception:
+    """The exception for errno ``code`` (positive) from a call on ring ``name`` (segment ``path``)."""
+    if code in (_errno.ETIMEDOUT, _errno.EAGAIN):
+        return Timeout(f"ring {name!r}: timed out")
+    if code == _errno.EPIPE:
+        return Closed(f"ring {name!r} was shut down")
+    if code == _errno.EBADMSG:
+        return IncompatibleSegment(f"{path}: corrupted (an index or length is out of bounds)")
+    if code == _errno.EMSGSIZE:
+        return MessageTooLarge(f"ring {name!r}: message too large")
+    if code == _errno.EBADF:
+        return ValueError(f"ring {name!r}: operation on a closed handle")
+    if code == _errno.EDEADLK:
+        return RuntimeError(
+            f"ring {name!r}: this thread already holds a reserve() or recv_view() open on it"
+        )
+    return OSError(code, _os.strerror(code), path)
+
+
+_KEEPS_OPEN = frozenset(
+    (_errno.ETIMEDOUT, _errno.EAGAIN, _errno.EPIPE, _errno.ENOBUFS, _errno.EMSGSIZE)
+)
+
+
+def channel_keeps_open(code: int, closed: bool) -> bool:
+    """False if errno ``code`` leaves a channel's byte stream unusable, so it must be closed."""
+    return code in _KEEPS_OPEN or (code == _errno.EBADF and closed)
+
+
+def channel_error(
+    code: int,
+    name: str,
+    *,
+    closed: bool = False,
+    max_message: int = 0,
+    length: int = 0,
+    detail: str = "",
+    hint: str = "",
+) -> Exception:
+    """The exception for errno ``code`` (positive) on channel ``name``.
+
+    ``closed``: the channel was closed before the call failed (EBADF then
+    means "used after close"); ``length``: the announced length of the
+    frame at fault; ``detail``: what exactly was wrong; ``hint``: what to
+    check, appended to protocol errors.
+    """
+    if code in (_errno.ETIMEDOUT, _errno.EAGAIN):
+        return Timeout(f"channel {name}: timed out")
+    if code == _errno.EPIPE:
+        return Closed(f"channel {name}: the peer closed the connection")
+    if code == _errno.EBADF and closed:
+        return ValueError(f"operation on a closed channel ({name})")
+    if code == _errno.ENOBUFS:
+        return OSError(
+            code,
+            "MSG_CTRUNC: a message carried more fds than fit (the ones that arrived were "
+            "closed; the message was dropped)",
+            name,
+        )
+    if code == _errno.EMSGSIZE:
+        return MessageTooLarge(f"channel {name}: {detail or 'message too large'}")
+    # The rest leave the byte stream unusable: the caller has closed the channel.
+    if code == _errno.ENODATA:
+        return Closed(
+            f"channel {name}: the peer closed the connection in the middle of a message "
+            "(the partial message was dropped); channel closed"
+        )
+    if code == _errno.EFBIG:
+        return MessageTooLarge(
+            f"channel {name}: the peer announced a message of {length} bytes, over "
+            f"max_message={max_message}{hint}; channel closed"
+        )
+    if code == _errno.EPROTO:
+        what = detail or (
+            "bad frame flags, fds attached where no message starts or more than one "
+            "message may carry, or a hand-off area that is not a sealed memfd"
+        )
+        return ProtocolError(f"protocol error: {what}{hint}; channel closed", name)
+    if code == _errno.EBADMSG:
+        return ProtocolError(
+            "protocol error: a hand-off descriptor points outside the shared area; channel closed",
+            name,
+            _errno.EBADMSG,
+        )
+    return OSError(code, _os.strerror(code), name)

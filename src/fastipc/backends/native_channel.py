@@ -15,12 +15,12 @@ from .._checks import (
     FdLike,
     check_buffer,
     release_view,
+    time_left,
     timeout_ns,
-    validate_fds,
     validate_max_count,
 )
 from .._contract import RECV_BUFFER, ChannelBase
-from ..errors import Closed, Timeout
+from ..errors import Closed, Timeout, channel_error
 from ._blocking import deadline as _deadline
 from ._blocking import wait as _wait
 from ._native import SPIN_NS, ffi, ffi_fast, lib, lib_fast
@@ -148,7 +148,7 @@ class NativeChannel(ChannelBase):
     def _send_slow(self, data: Any, fds: Iterable[FdLike], timeout: float | None) -> None:
         self._socket()
         mv = check_buffer(data)
-        fdl = validate_fds(fds) if fds else []
+        fdl = self._fd_list(fds) if fds else []
         deadline = _deadline(timeout)
         n = mv.nbytes
         if n > self.max_message:
@@ -230,14 +230,9 @@ class NativeChannel(ChannelBase):
     def _send_error(self, rc: int) -> NoReturn:
         if rc == _EPIPE:
             self._closed_send()
-        if rc in (_EAGAIN, _ETIMEDOUT):
-            raise Timeout(f"channel {self.name}: timed out")
-        if rc == -errno.EBADF and self.closed:
-            raise ValueError(f"operation on a closed channel ({self.name})")
-        if rc == _EMSGSIZE:
-            self._fail(-rc)
-        # Nothing of this frame went out (else _abandon_send closed the channel).
-        raise OSError(-rc, os.strerror(-rc), self.name)
+        # Nothing of this frame went out (else _abandon_send closed the
+        # channel), so the stream is intact whatever the code.
+        raise channel_error(-rc, self.name, closed=self.closed)
 
     def _too_large(self, n: int, what: str = "message", tail: str = "") -> NoReturn:
         self._fail(
@@ -297,8 +292,7 @@ class NativeChannel(ChannelBase):
             pinned = ffi.gc(ffi.cast("char *", ptr[0]), lambda _, a=area: lib.fi_area_unpin(a))
             return memoryview(ffi.buffer(pinned, n)).toreadonly(), self._release_lent
         if n == -errno.ENOMSG:
-            left = None if deadline is None else max(0.0, (deadline - _monotonic_ns()) / 1e9)
-            return memoryview(self.recv(left)), _nothing
+            return memoryview(self.recv(time_left(deadline))), _nothing
         self._recv_error(n)
 
     def _release_lent(self) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from .._checks import check_buffer, release_view, timeout_ns
 from .._contract import RingBase
 from .._names import incompatible, open_segment, segment_path
-from ..errors import Closed, IncompatibleSegment, MessageTooLarge, Timeout
+from ..errors import Closed, MessageTooLarge, Timeout, ring_error
 from ._blocking import SLICE_NS as _SLICE_NS
 from ._blocking import deadline as _deadline
 from ._blocking import wait as _wait
@@ -222,14 +222,13 @@ class NativeRing(RingBase):
                         f"send_many item {i} of {memoryview(item).nbytes} bytes exceeds ring "
                         f"{self.name!r}'s capacity of {self.capacity}; nothing was sent"
                     )
-        tns = timeout_ns(timeout)
-        deadline = None if tns < 0 else _monotonic_ns() + tns
+        deadline = _deadline(timeout)
         while True:
             if rc > 0:
                 sent += rc
                 if sent == total:
                     return total
-            elif rc == _EAGAIN and tns == 0:
+            elif rc == _EAGAIN and timeout == 0:
                 raise Timeout(f"ring {self.name!r} is full", sent=sent)
             elif rc == -errno.EPIPE:
                 raise Closed(f"ring {self.name!r} was shut down", sent=sent)
@@ -406,21 +405,4 @@ def _check(rc: int, name: str) -> int:
     """``rc`` if it is not an error; else raise what the negative errno means."""
     if rc >= 0:
         return rc
-    code = -rc
-    if code in (errno.ETIMEDOUT, errno.EAGAIN):
-        raise Timeout(f"ring {name!r}: timed out")
-    if code == errno.EPIPE:
-        raise Closed(f"ring {name!r} was shut down")
-    if code == errno.EBADMSG:
-        raise IncompatibleSegment(
-            f"{segment_path(name)}: corrupted (an index or length is out of bounds)"
-        )
-    if code == errno.EMSGSIZE:
-        raise MessageTooLarge(f"ring {name!r}: message too large")
-    if code == errno.EBADF:
-        raise ValueError(f"ring {name!r}: operation on a closed handle")
-    if code == errno.EDEADLK:
-        raise RuntimeError(
-            f"ring {name!r}: this thread already holds a reserve() or recv_view() open on it"
-        )
-    raise OSError(code, os.strerror(code), segment_path(name))
+    raise ring_error(-rc, name, segment_path(name))

@@ -82,7 +82,7 @@ from typing import Any
 
 import posix_ipc
 
-from .._checks import MAX_CAPACITY, check_buffer, release_view, timeout_ns
+from .._checks import MAX_CAPACITY, check_buffer, deadline, release_view
 from .._contract import RingBase
 from .._names import incompatible, open_segment, segment_path, semaphore_paths
 from ..errors import Closed, MessageTooLarge, Timeout
@@ -164,8 +164,9 @@ def _data_size(capacity: int) -> int:
 
 
 def _deadline(timeout: float | None) -> float | None:
-    ns = timeout_ns(timeout)
-    return None if ns < 0 else time.monotonic() + ns / 1e9
+    """The deadline of ``timeout`` in ``time.monotonic()`` seconds (the clock this file waits on)."""
+    until = deadline(timeout)
+    return None if until is None else until / 1e9
 
 
 def _sem_names(name: str) -> tuple[str, str]:

@@ -431,11 +431,9 @@ def _length_channel(sock: socket.socket, ep: Endpoint, max_message: int) -> Chan
 
     The client's length framing rides on a Channel for its C framer (native
     backend), its waits that let Ctrl-C through, and its exact Closed /
-    MessageTooLarge / ProtocolError behaviour. Until ``Channel.from_socket``
-    takes tcp sockets and a name for its messages, this is the one place
-    outside the channel that uses the backend constructor ``_adopt``.
+    MessageTooLarge / ProtocolError behaviour.
     """
-    return Channel._adopt(sock, ep.display, max_message)
+    return Channel.from_socket(sock, max_message=max_message, handoff_min=0, name=ep.display)
 
 
 class StreamClient(SocketClient):
