@@ -1,4 +1,4 @@
-"""A peer cannot make a Channel receiver hold more fds than one message may carry (DESIGN.md).
+"""A peer cannot make a Channel receiver hold more fds than one message may carry (docs/architecture.md, "Wire format").
 
 Fds received for a frame not yet complete count against the per-message fd
 limit (253): a raw peer that starts a long frame and then sends one byte at a

@@ -1,7 +1,7 @@
 """A Channel closed while another thread is inside a call, views kept past their block,
 received fds whose close() would block, and a peer that breaks the framing: never a crash.
 
-DESIGN.md, Handles, threads and lifetimes and Errors. The thread tests run in
+docs/architecture.md, "Threads, lifetimes, interrupts" and "Errors". The thread tests run in
 a child interpreter, so a crash (SIGSEGV, heap corruption) fails the test
 instead of killing the run.
 """

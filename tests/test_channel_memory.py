@@ -1,4 +1,4 @@
-"""A peer's announcement costs the receiver nothing it did not send (DESIGN.md, Framing; issue 10, defect 13).
+"""A peer's announcement costs the receiver nothing it did not send (docs/architecture.md, "Wire format"; issue 10, defect 13).
 
 A raw peer announces a frame of ``max_message`` bytes (64 MiB) and sends 9
 of them: the receiver's memory (VmRSS, and VmData, which counts memory

@@ -1,4 +1,4 @@
-"""close() from another thread wakes a call blocked on the same handle (DESIGN.md, Handles, threads and lifetimes).
+"""close() from another thread wakes a call blocked on the same handle (docs/architecture.md, "Handles and threads").
 
 The blocked call must raise ``ValueError(... closed)`` or ``Closed`` soon
 after the close (within its wait slice), never hang, never return a

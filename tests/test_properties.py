@@ -43,10 +43,12 @@ def model_decode(
     off = 0
     while len(stream) - off >= 8:
         length, flags = struct.unpack_from("<II", stream, off)
-        if length > max_message:
-            return out, MessageTooLarge, 0
+        # Flags first, as csrc/channel.c: garbage is a protocol error even when
+        # its length field is also too large.
         if flags & ~allowed:
             return out, framing.FramingError, 0
+        if length > max_message:
+            return out, MessageTooLarge, 0
         if off + 8 + length > len(stream):
             break
         out.append(stream[off + 8 : off + 8 + length])

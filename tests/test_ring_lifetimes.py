@@ -1,6 +1,6 @@
 """A Ring handle closed while other threads wait on it or views into it live: never a crash.
 
-DESIGN.md, Handles, threads and lifetimes: close() may come from any thread
+docs/architecture.md, "Handles and threads": close() may come from any thread
 at any time; calls blocked in other threads wake and raise; a view (and any
 slice or export of it) pins the mapping, so reading it past its block may see
 other data but never faults. Each test runs in a child interpreter, so a

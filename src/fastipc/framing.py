@@ -109,18 +109,29 @@ def check_header(length: int, flags: int, max_message: int, allowed_flags: int =
     but without ``FRAME_AREA``). Never raises when ``length <= max_message``
     and ``flags & ~(allowed_flags & FRAME_FDS) == 0``.
     """
-    _check_length_and_bits(length, flags, max_message, allowed_flags)
+    # Flags before length, as csrc/channel.c does: a garbage header is a
+    # protocol error even when its length field is also out of range.
+    _check_bits(flags, allowed_flags)
     handoff = FRAME_BULK | FRAME_FDS
     if bool(flags & FRAME_AREA) != (flags & handoff == handoff):
         raise FramingError(f"frame header has flags {flags:#x}, which do not go together")
+    _check_length(length, max_message)
 
 
 def _check_length_and_bits(length: int, flags: int, max_message: int, allowed_flags: int) -> None:
     """What :func:`check_header` checks but the hand-off combinations: every framed stream's part."""
+    _check_bits(flags, allowed_flags)
+    _check_length(length, max_message)
+
+
+def _check_length(length: int, max_message: int) -> None:
     if length > max_message:
         raise MessageTooLarge(
             f"frame header announces {length} bytes, over max_message ({max_message} bytes)"
         )
+
+
+def _check_bits(flags: int, allowed_flags: int) -> None:
     unknown = flags & ~allowed_flags
     if unknown:
         if flags == FRAME_FDS:

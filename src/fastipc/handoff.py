@@ -142,9 +142,12 @@ class SendArea:
 
     def announced(self) -> None:
         """The memfd went to the peer with a frame: close ours."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        # Take the number before closing it: the sending thread and a thread
+        # in close() can both get here, and a second close() of a reused fd
+        # number would close someone else's file.
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def close(self) -> None:
         self.announced()

@@ -4,8 +4,8 @@ It follows the C step by step (see the comment at the top of channel.c for
 why fds are matched to frames by stream offsets), so both backends behave
 alike and interoperate on one socket.
 
-Interrupts (Ctrl-C, any raising signal handler, DESIGN.md "Contract
-details"): only the message being returned at the instant of the exception
+Interrupts (Ctrl-C, any raising signal handler; docs/architecture.md,
+"Threads, lifetimes, interrupts"): only the message being returned at the instant of the exception
 can be lost; the stream is never desynchronised. Why it holds in pure
 Python: CPython runs signal handlers only in the main thread, between
 bytecodes, and only where it checks for them: right after a call returns
@@ -61,20 +61,28 @@ from .._checks import (
     MAX_FDS,
     FdLike,
     check_buffer,
+    deadline,
     release_view,
-    timeout_ns,
-    validate_fds,
     validate_max_count,
 )
 from .._contract import DIRECT_MIN, RECV_BUFFER, ChannelBase
-from ..errors import Timeout
-from ..framing import CHANNEL_FLAGS, FRAME_AREA, FRAME_BULK, FRAME_FDS, HEADER
+from ..errors import MessageTooLarge, Timeout
+from ..framing import (
+    CHANNEL_FLAGS,
+    FRAME_AREA,
+    FRAME_BULK,
+    FRAME_FDS,
+    FramingError,
+    check_header,
+    pack_header,
+    unpack_header,
+)
 from ..handoff import WAIT_NS, ReceiveArea, SendArea
 
 __all__ = ["PythonChannel"]
 
-_pack = HEADER.pack
-_unpack_from = HEADER.unpack_from
+_pack = pack_header
+_unpack_from = unpack_header
 _SOL_SOCKET = socket.SOL_SOCKET
 _SCM_RIGHTS = socket.SCM_RIGHTS
 _RECV_FLAGS = socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC
@@ -177,9 +185,21 @@ class PythonChannel(ChannelBase):
             if area is not None:
                 area.close()
         self._tx_area = self._rx_area = None
-        while self._sets:
-            _close_from(self._sets[0][2])
-            self._sets.popleft()
+        sets = self._sets
+        while sets:
+            # A receiving thread may take sets while close() runs in another:
+            # close each set's fds (taken one by one, never twice), then drop
+            # that set only if it is still first.
+            try:
+                first = sets[0]
+            except IndexError:
+                break
+            _close_from(first[2])
+            if sets and sets[0] is first:
+                try:
+                    sets.popleft()
+                except IndexError:
+                    break
         _close_all(self._last)
         self._last = []
         self._big = None
@@ -227,16 +247,13 @@ class PythonChannel(ChannelBase):
                 return
             self._socket()  # ValueError once closed
 
-    @staticmethod
-    def _deadline(timeout: float | None) -> int | None:
-        tns = timeout_ns(timeout)
-        return None if tns < 0 else time.monotonic_ns() + tns
+    _deadline = staticmethod(deadline)
 
     # ---- send -----------------------------------------------------------
     def send(self, data: Any, fds: Iterable[FdLike] = (), timeout: float | None = None) -> None:
         sock = self._socket()
         mv = check_buffer(data)
-        fdl = validate_fds(fds) if fds else []
+        fdl = self._fd_list(fds) if fds else []
         deadline = self._deadline(timeout)
         n = mv.nbytes
         if n > self.max_message:
@@ -409,7 +426,7 @@ class PythonChannel(ChannelBase):
         else:
             new = [[lo, lo + n, fds]]
         # Fds held for frames not yet returned count against the per-message limit,
-        # the current frame's own set aside (DESIGN.md): a peer cannot make this
+        # the current frame's own set aside (docs/architecture.md, "Wire format"): a peer cannot make this
         # end hold more. The set is kept (close() closes it), the channel dies.
         start = self._big_start if self._big is not None else lo - (self._rend - self._rpos)
         held = len(fds)
@@ -484,19 +501,16 @@ class PythonChannel(ChannelBase):
         if self._rend - self._rpos < 8:
             return None
         n, flags = _unpack_from(self._rbuf, self._rpos)
-        if flags & ~CHANNEL_FLAGS:
-            self._kill(errno.EPROTO, n, detail=f"unknown frame flags {flags:#x}")
-            self._raise()
-        if (
-            flags & (FRAME_BULK | FRAME_FDS) != FRAME_BULK | FRAME_FDS
-            if flags & FRAME_AREA
-            else flags & FRAME_BULK and flags & FRAME_FDS
-        ):
-            self._kill(errno.EPROTO, n, detail=f"frame flags {flags:#x} do not go together")
-            self._raise()
-        if n > self.max_message:
-            self._kill(errno.EFBIG, n)
-            self._raise()
+        if n > self.max_message or flags & ~FRAME_FDS:
+            # The rare header (hand-off, or bad): framing.check_header is the one judge.
+            try:
+                check_header(n, flags, self.max_message, CHANNEL_FLAGS)
+            except MessageTooLarge:
+                self._kill(errno.EFBIG, n)
+                self._raise()
+            except FramingError as exc:
+                self._kill(errno.EPROTO, n, detail=str(exc))
+                self._raise()
         return n, flags
 
     def _raise(self) -> NoReturn:
