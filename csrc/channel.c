@@ -42,6 +42,7 @@
 #include "fastipc.h"
 #include "handoff.h"
 #include "marshal.h"
+#include "refs.h"
 #include "sys.h"
 
 #include <fcntl.h>
@@ -810,20 +811,15 @@ static void release_all(fi_chan *c)
 
 static void leave(fi_chan *c)
 {
-    if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_SEQ_CST) == 0)
+    if (ref_put(&c->refs))
         release_all(c);
 }
 
 /* Count this thread in for a call: -EBADF once closed (see struct fi_chan). */
 static int enter(fi_chan *c)
 {
-    if (!c)
+    if (!c || ref_get(&c->refs))
         return -EBADF;
-    uint32_t v = __atomic_load_n(&c->refs, __ATOMIC_SEQ_CST);
-    do {
-        if (v == 0)
-            return -EBADF;
-    } while (!__atomic_compare_exchange_n(&c->refs, &v, v + 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
     if (__atomic_load_n(&c->closed, __ATOMIC_SEQ_CST)) {
         leave(c);
         return -EBADF;
@@ -1128,6 +1124,7 @@ static int64_t recv_body(fi_chan *c, char *out, size_t cap, int keep_fds, int64_
 {
     if (!c)
         return -EBADF;
+    flush_doomed(c); /* fds a try call left to close */
     return recv_waiting(c, recv_one_step, out, cap, (size_t)(keep_fds != 0), timeout_ns);
 }
 
@@ -1135,6 +1132,7 @@ static int64_t recv_view_body(fi_chan *c, const char **ptr, int64_t timeout_ns)
 {
     if (!c)
         return -EBADF;
+    flush_doomed(c); /* fds a try call left to close */
     return recv_waiting(c, recv_view_step, (char *)(void *)ptr, sizeof *ptr, 0, timeout_ns);
 }
 
@@ -1150,160 +1148,94 @@ static int64_t recv_batch_body(fi_chan *c, char *out, size_t cap, size_t max_cou
 {
     if (!c)
         return -EBADF;
+    flush_doomed(c); /* fds a try call left to close */
     if (max_count == 0)
         return -EINVAL;
     return recv_waiting(c, recv_batch_step, out, cap, max_count, timeout_ns);
 }
 
-/* ---- public: every call counts itself in (see struct fi_chan) ---------- */
+/* ---- public: every call counts itself in (see struct fi_chan, refs.h) --- */
 
 int fi_chan_set_handoff(fi_chan *c, size_t min_len, size_t area_size)
 {
-    if (enter(c))
-        return -EBADF;
-    int rc = set_handoff_body(c, min_len, area_size);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -EBADF, set_handoff_body(c, min_len, area_size));
 }
 
 int fi_chan_pending(fi_chan *c)
 {
-    if (enter(c))
-        return 0;
-    int rc = pending_body(c);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, 0, pending_body(c));
 }
 
 int64_t fi_chan_next_len(fi_chan *c)
 {
-    if (enter(c))
-        return -EBADF;
-    int64_t rc = next_len_body(c);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -EBADF, next_len_body(c));
 }
 
 int64_t fi_chan_rx_partial(fi_chan *c)
 {
-    if (enter(c))
-        return -1;
-    int64_t rc = rx_partial_body(c);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -1, rx_partial_body(c));
 }
 
 int64_t fi_chan_buffered(fi_chan *c)
 {
-    if (enter(c))
-        return 0;
-    int64_t rc = buffered_body(c);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, 0, buffered_body(c));
 }
 
 int fi_chan_rx_adopt(fi_chan *c, const char *from, char *to)
 {
-    if (enter(c))
-        return 0;
-    int rc = rx_adopt_body(c, from, to);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, 0, rx_adopt_body(c, from, to));
 }
 
 int64_t fi_chan_tx_partial(fi_chan *c)
 {
-    if (enter(c))
-        return 0;
-    int64_t rc = tx_partial_body(c);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, 0, tx_partial_body(c));
 }
 
 int64_t fi_chan_tx_frames(fi_chan *c)
 {
-    if (enter(c))
-        return 0;
-    int64_t rc = tx_frames_body(c);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, 0, tx_frames_body(c));
 }
 
 int fi_chan_take_fds(fi_chan *c, int *out, size_t cap)
 {
-    if (enter(c))
-        return -EBADF;
-    int rc = take_fds_body(c, out, cap);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -EBADF, take_fds_body(c, out, cap));
 }
 
 int fi_chan_try_send(fi_chan *c, const void *buf, size_t n)
 {
-    if (enter(c))
-        return -EBADF;
-    int rc = try_send_body(c, buf, n);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -EBADF, try_send_body(c, buf, n));
 }
 
 int fi_chan_send(fi_chan *c, const void *buf, size_t n, const int *fds, size_t nfds,
                  int64_t timeout_ns)
 {
-    if (enter(c))
-        return -EBADF;
-    int rc = send_body(c, buf, n, fds, nfds, timeout_ns);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -EBADF, send_body(c, buf, n, fds, nfds, timeout_ns));
 }
 
 int64_t fi_chan_send_batch(fi_chan *c, const char *blob, size_t len, int64_t timeout_ns)
 {
-    if (enter(c))
-        return -EBADF;
-    int64_t rc = send_batch_body(c, blob, len, timeout_ns);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -EBADF, send_batch_body(c, blob, len, timeout_ns));
 }
 
 int64_t fi_chan_recv(fi_chan *c, char *out, size_t cap, int keep_fds, int64_t timeout_ns)
 {
-    if (enter(c))
-        return -EBADF;
-    flush_doomed(c);
-    int64_t rc = recv_body(c, out, cap, keep_fds, timeout_ns);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -EBADF, recv_body(c, out, cap, keep_fds, timeout_ns));
 }
 
 int64_t fi_chan_recv_view(fi_chan *c, const char **ptr, int64_t timeout_ns)
 {
-    if (enter(c))
-        return -EBADF;
-    flush_doomed(c);
-    int64_t rc = recv_view_body(c, ptr, timeout_ns);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -EBADF, recv_view_body(c, ptr, timeout_ns));
 }
 
 int fi_chan_release_view(fi_chan *c)
 {
-    if (enter(c))
-        return -EBADF;
-    int rc = release_view_body(c);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -EBADF, release_view_body(c));
 }
 
 int64_t fi_chan_recv_batch(fi_chan *c, char *out, size_t cap, size_t max_count,
                            int64_t timeout_ns)
 {
-    if (enter(c))
-        return -EBADF;
-    flush_doomed(c);
-    int64_t rc = recv_batch_body(c, out, cap, max_count, timeout_ns);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -EBADF, recv_batch_body(c, out, cap, max_count, timeout_ns));
 }
 
 void fi_chan_tx_reset(fi_chan *c)

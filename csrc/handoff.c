@@ -29,6 +29,7 @@
  */
 #define _GNU_SOURCE
 #include "handoff.h"
+#include "refs.h"
 #include "sys.h"
 
 #include <fcntl.h>
@@ -54,7 +55,7 @@ struct fi_area {
 
 static void area_unref(struct fi_area *a)
 {
-    if (a && __atomic_sub_fetch(&a->refs, 1, __ATOMIC_SEQ_CST) == 0) {
+    if (a && ref_put(&a->refs)) {
         munmap(a->p, a->len);
         free(a);
     }
