@@ -18,10 +18,11 @@
  *
  * fds. The kernel attaches a sendmsg's fds to the first skb it queues, and
  * a stream recvmsg returns after consuming an skb with fds; so the fds of
- * a frame come with the recvmsg that reads its first byte, and that frame is
- * the last one starting in the bytes that recvmsg read. Each received set is
- * recorded with the stream offsets [lo, hi) of its read; a frame flagged
- * FRAME_FDS starting at offset s claims the oldest set with lo <= s < hi.
+ * a frame come with a read whose last byte is in that frame (the skb that
+ * carried them was the frame's first). Each received set is recorded with
+ * the stream offsets [lo, hi) of its read; a frame flagged FRAME_FDS claims
+ * the oldest set only if hi - 1 is inside the frame (set_is_frames), else
+ * the frame is a protocol error.
  * Sets nobody claims (a peer sending fds without the flag) are closed once
  * the stream has moved past them, so they never leak.
  *
