@@ -24,7 +24,9 @@ VERSION = re.search(
     r'__version__ = "([^"]+)"', (HERE / "src" / "fastipc" / "_version.py").read_text()
 ).group(1)
 
-SOURCES = ["csrc/ring.c", "csrc/lock.c", "csrc/channel.c"]
+SOURCES = ["csrc/ring.c", "csrc/lock.c", "csrc/channel.c", "csrc/handoff.c"]
+# A changed header rebuilds every source (setuptools only compares these dates).
+DEPENDS = sorted(str(p.relative_to(HERE)) for p in (HERE / "csrc").glob("*.h"))
 CFLAGS = ["-std=gnu11", "-O2", "-Wall", "-Wextra", f'-DFASTIPC_VERSION="{VERSION}"']
 LDFLAGS = []
 if os.environ.get("FASTIPC_SANITIZE", "") not in ("", "0"):
@@ -52,6 +54,7 @@ def _module(name: str, keep_gil: bool) -> FFI:
         name,
         '#include "fastipc.h"\n' + (KEEP_GIL if keep_gil else ""),
         sources=SOURCES,
+        depends=DEPENDS,
         include_dirs=["csrc"],
         extra_compile_args=CFLAGS,
         extra_link_args=LDFLAGS,

@@ -18,43 +18,32 @@
  *
  * fds. The kernel attaches a sendmsg's fds to the first skb it queues, and
  * a stream recvmsg returns after consuming an skb with fds; so the fds of
- * a frame come with the recvmsg that reads its first byte, and that frame is
- * the last one starting in the bytes that recvmsg read. Each received set is
- * recorded with the stream offsets [lo, hi) of its read; a frame flagged
- * FRAME_FDS starting at offset s claims the oldest set with lo <= s < hi.
+ * a frame come with a read whose last byte is in that frame (the skb that
+ * carried them was the frame's first). Each received set is recorded with
+ * the stream offsets [lo, hi) of its read; a frame flagged FRAME_FDS claims
+ * the oldest set only if hi - 1 is inside the frame (set_is_frames), else
+ * the frame is a protocol error.
  * Sets nobody claims (a peer sending fds without the flag) are closed once
  * the stream has moved past them, so they never leak.
  *
- * Hand-off through shared memory. A message of handoff_min bytes or more
- * (up to half the area) is copied by the sender into a shared area, a memfd
- * it made and passed once (SCM_RIGHTS) with the first such message; the
- * frame on the socket then carries only a 16-byte descriptor [u64 offset]
- * [u64 release position] in place of the payload (FRAME_BULK; the header's
- * length is still the message's). The receiver copies the message out of
- * the area and stores the release position in the area's header, which
- * frees the space: one memcpy on each side and no kernel copy, where the
- * socket path costs two copies through the kernel plus its per-page
- * bookkeeping. The area is a byte ring used in stream order, like the
- * Ring's data area. A sender that finds no room within HANDOFF_WAIT_NS sends
- * the message inline, so a receiver that stops reading only ever holds the
- * sender up the way a full socket does. fi_chan_recv_view lends a
- * message in place instead of copying it; its release (and that of any
- * message received meanwhile: positions are cumulative) waits until
- * fi_chan_release_view. Per-message memfds were measured
- * first and lost to the plain socket (memfd_create, page allocation and
- * mapping per message: ~1.2 GB/s against 4-5 GB/s).
+ * Hand-off through shared memory (handoff.c has the area itself). A large
+ * message can travel in the sender's shared area: its frame is flagged
+ * FRAME_BULK and carries a HANDOFF_DESC-byte descriptor in place of the
+ * payload (the header's length is still the message's); the frame that
+ * first uses an area also carries its fd (FRAME_AREA|FRAME_FDS). This file
+ * cuts those frames and settles their fds like any other; handoff.c maps,
+ * checks and releases.
  *
  * Hostile peers. Every length read from the wire is checked against
  * max_message before anything is allocated or copied, and every fd count
- * against the control message's real length. A received area must be a
- * memfd sealed against shrinking (else the sender could truncate it under
- * our reads: SIGBUS), and every descriptor is checked against the area's
- * size as we mapped it. The sender trusts nothing the receiver writes in
- * the area but the release position, and checks that too.
+ * against the control message's real length; handoff.c checks areas and
+ * descriptors.
  */
 #define _GNU_SOURCE
 #include "fastipc.h"
+#include "handoff.h"
 #include "marshal.h"
+#include "refs.h"
 #include "sys.h"
 
 #include <fcntl.h>
@@ -62,9 +51,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/uio.h>
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -76,15 +63,8 @@
 #define FRAME_BULK 2u /* the payload is in the sender's area; the wire carries a descriptor */
 #define FRAME_AREA 4u /* with FRAME_BULK|FRAME_FDS: the one fd is the sender's (new) area */
 #define KNOWN_FLAGS (FRAME_FDS | FRAME_BULK | FRAME_AREA)
-#define DESC 16u                      /* a FRAME_BULK frame's wire payload */
-#define AREA_HDR 4096u                /* the area's header page; data follows */
-#define AREA_RELEASED 64u             /* offset of the u64 release position (own cache line) */
-#define AREA_MAGIC 0x4145524143504946ull /* "FIPCAREA" */
-#define AREA_MAX (1ull << 30)         /* the largest area (data bytes) a receiver maps */
-#define HANDOFF_WAIT_NS 200000        /* wait this long for room before sending inline */
 #define VIEW_SPIN_RATE 8u             /* bytes/ns (8 GB/s): see spin_end */
 #define VIEW_SPIN_MAX_NS 250000
-#define NO_RELEASE UINT64_MAX         /* rel_pending: nothing to store */
 #define MAX_FDS 253 /* SCM_MAX_FD in the kernel */
 #define MAX_SETS 16 /* fd sets received but not yet claimed */
 #define DIRECT_MAX (64u * 1024)
@@ -95,24 +75,6 @@
 #define STAGE_CAP (256u * 1024) /* send_many's staging buffer */
 #define STAGE_MAX (16u * 1024)  /* payloads this long are sent from where they are */
 
-
-/* A mapping of the peer's hand-off area. Reference-counted: the channel
- * holds one while the area is current (or stale, see fi_chan_recv_view) and
- * every view the caller still holds pins one, so a view, or a slice of it,
- * kept past its block never reads unmapped memory (fi_chan_view_pin). */
-struct fi_area {
-    char *p;
-    size_t len;
-    uint32_t refs;
-};
-
-static void area_unref(struct fi_area *a)
-{
-    if (a && __atomic_sub_fetch(&a->refs, 1, __ATOMIC_SEQ_CST) == 0) {
-        munmap(a->p, a->len);
-        free(a);
-    }
-}
 
 struct fdset {
     uint64_t lo, hi; /* stream offsets of the recvmsg that brought them */
@@ -173,22 +135,8 @@ struct fi_chan {
     struct iovec iov[BATCH_IOV];
     char *stage; /* STAGE_CAP bytes, allocated by the first batch */
 
-    /* hand-off: the peer's area we read from */
-    struct fi_area *rx_area;
-    size_t rx_data;
-    int view_held;        /* a message is lent in place (fi_chan_recv_view) */
-    uint64_t rel_pending; /* release position stored when the view goes */
-    struct fi_area *stale_area; /* an area replaced while a view into it was lent */
-    struct fi_area *view_area;  /* the area of the message lent */
-    /* hand-off: our area */
-    size_t handoff_min, handoff_area; /* 0: off */
-    char *tx_area;
-    size_t tx_area_len, tx_data;
-    int tx_area_fd;       /* >= 0 until the area went out with a frame */
-    uint64_t tx_head;     /* area position after the last message put */
-    uint64_t tx_released; /* the receiver's last release position seen */
-    int tx_bulk;          /* the frame being sent is the descriptor in tx_desc */
-    unsigned char tx_desc[DESC];
+    struct handoff_rx hrx; /* hand-off: the peer's area we read from (handoff.h) */
+    struct handoff_tx htx; /* hand-off: our area */
 };
 
 /* ---- helpers ---------------------------------------------------------- */
@@ -425,64 +373,9 @@ static int would_close(fi_chan *c, uint64_t start, uint32_t flags, int keep)
 }
 
 /* Bytes of a frame's payload on the wire. */
-static size_t wire_len(uint32_t len, uint32_t flags) { return flags & FRAME_BULK ? DESC : len; }
-
-static uint64_t *area_released(char *area) { return (uint64_t *)(void *)(area + AREA_RELEASED); }
-
-/* Map the area the peer passed on fd (a memfd it may keep writing; see the top). */
-static int area_map_rx(fi_chan *c, int fd)
+static size_t wire_len(uint32_t len, uint32_t flags)
 {
-    /* Seals before size: once F_SEAL_SHRINK is seen the size can only stay
-     * (or grow, which maps nothing new); read the other way round, the
-     * sender could shrink and seal in between and we would map pages that
-     * are gone (SIGBUS on the first read). */
-    int seals = fcntl(fd, F_GET_SEALS);
-    if (seals < 0 || !(seals & F_SEAL_SHRINK))
-        return -EPROTO;
-    struct stat st;
-    if (fstat(fd, &st))
-        return -errno;
-    if (!S_ISREG(st.st_mode) || st.st_size <= (off_t)AREA_HDR ||
-        (uint64_t)st.st_size - AREA_HDR > AREA_MAX)
-        return -EPROTO;
-    size_t n = (size_t)st.st_size;
-    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED)
-        return -EPROTO; /* e.g. sealed against writing: not an area */
-    uint64_t magic;
-    memcpy(&magic, p, 8);
-    struct fi_area *a = magic == AREA_MAGIC ? malloc(sizeof *a) : NULL;
-    if (!a) {
-        munmap(p, n);
-        return magic == AREA_MAGIC ? -ENOMEM : -EPROTO;
-    }
-    a->p = p;
-    a->len = n;
-    a->refs = 1;
-    if (c->rx_area && c->view_held) {
-        if (c->stale_area) { /* a third area while the first is still lent: no honest peer */
-            area_unref(a);
-            return -EPROTO;
-        }
-        c->stale_area = c->rx_area; /* let go when the view goes */
-        c->rel_pending = NO_RELEASE; /* nothing of the new area is taken yet */
-    } else {
-        area_unref(c->rx_area);
-    }
-    c->rx_area = a;
-    c->rx_data = n - AREA_HDR;
-    return 0;
-}
-
-/* Give the sender back the room up to release position rel (release
- * positions only grow, so a later one frees everything before it). While a
- * view is lent, the store waits for the view to go. */
-static void bulk_release(fi_chan *c, uint64_t rel)
-{
-    if (c->view_held)
-        c->rel_pending = rel;
-    else
-        __atomic_store_n(area_released(c->rx_area->p), rel, __ATOMIC_RELEASE);
+    return flags & FRAME_BULK ? HANDOFF_DESC : len;
 }
 
 /* Locate the message of the FRAME_BULK frame that started at stream offset
@@ -496,7 +389,7 @@ static int bulk_locate(fi_chan *c, uint64_t start, uint32_t len, uint32_t flags,
     while (c->nsets > 0 && set_at(c, 0)->hi <= start)
         pop_set(c, 0);
     if (flags & FRAME_AREA) {
-        if (!set_is_frames(c, start, start + HDR + DESC))
+        if (!set_is_frames(c, start, start + HDR + HANDOFF_DESC))
             return c->dead = -EPROTO;
         struct fdset *s = set_at(c, 0);
         int fd = -1;
@@ -508,18 +401,13 @@ static int bulk_locate(fi_chan *c, uint64_t start, uint32_t len, uint32_t flags,
         pop_set(c, 0);
         if (fd < 0)
             return c->dead = -EPROTO;
-        int rc = area_map_rx(c, fd);
+        int rc = fi_handoff_map(&c->hrx, fd);
         close_fds(c, &fd, 1);
         if (rc)
             return c->dead = rc;
     }
-    uint64_t off;
-    memcpy(&off, d, 8);
-    memcpy(rel, d + 8, 8);
-    if (!c->rx_area || off > c->rx_data || len > c->rx_data - off)
-        return c->dead = -EBADMSG;
-    *src = c->rx_area->p + AREA_HDR + off;
-    return 0;
+    int rc = fi_handoff_locate(&c->hrx, d, len, src, rel);
+    return rc ? (c->dead = rc) : 0;
 }
 
 /* Deliver a FRAME_BULK frame into out: locate, copy, release. */
@@ -532,7 +420,7 @@ static int bulk_take(fi_chan *c, uint64_t start, uint32_t len, uint32_t flags,
     if (rc)
         return rc;
     memcpy(out, src, len);
-    bulk_release(c, rel);
+    fi_handoff_release(&c->hrx, rel);
     return 0;
 }
 
@@ -647,7 +535,7 @@ static int64_t recv_view_step(fi_chan *c, char *out, size_t cap, size_t unused)
         return c->dead;
     if (c->rx_active)
         return -ENOMSG; /* a long inline frame is being read */
-    if (c->view_held)
+    if (c->hrx.view_held)
         return -EBUSY;
     for (;;) {
         size_t avail = c->rend - c->rpos;
@@ -658,26 +546,24 @@ static int64_t recv_view_step(fi_chan *c, char *out, size_t cap, size_t unused)
                 return rc;
             if (!(flags & FRAME_BULK))
                 return -ENOMSG;
-            if (avail - HDR >= DESC) {
+            if (avail - HDR >= HANDOFF_DESC) {
                 uint64_t start = c->rx_total - avail, rel;
                 const char *d = c->rbuf + c->rpos + HDR, *src;
-                c->rpos += HDR + DESC;
+                c->rpos += HDR + HANDOFF_DESC;
                 rc = bulk_locate(c, start, len, flags, d, &src, &rel);
                 if (rc)
                     return rc;
                 *(const char **)(void *)out = src;
                 (void)cap;
-                c->view_held = 1;
-                c->view_area = c->rx_area;
-                c->rel_pending = rel;
-                c->view_end = start + HDR + DESC;
+                fi_handoff_lend(&c->hrx, rel);
+                c->view_end = start + HDR + HANDOFF_DESC;
                 c->view_len = len;
                 return len;
             }
         }
         if (c->eof)
             return at_eof(c);
-        int64_t got = fill(c, HDR + DESC);
+        int64_t got = fill(c, HDR + HANDOFF_DESC);
         if (got < 0)
             return got;
     }
@@ -801,94 +687,20 @@ static int send_step(fi_chan *c, uint32_t len, uint32_t flags, const void *buf, 
     return 0;
 }
 
-/* Make this handle's area: a memfd sealed so that it can never shrink or
- * grow (the receiver checks), mapped and faulted in once. */
-static int area_create(fi_chan *c)
-{
-    size_t n = AREA_HDR + c->handoff_area;
-    int fd = (int)syscall(SYS_memfd_create, "fastipc-channel", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (fd < 0)
-        return -errno;
-    /* fallocate takes the pages now: where memory is short it fails here
-     * (and the channel keeps to the socket) instead of a later write into
-     * a page shmem cannot supply raising SIGBUS. */
-    if (ftruncate(fd, (off_t)n) || fallocate(fd, 0, 0, (off_t)n) ||
-        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)) {
-        int rc = -errno;
-        close(fd);
-        return rc;
-    }
-    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
-    if (p == MAP_FAILED) {
-        int rc = -errno;
-        close(fd);
-        return rc;
-    }
-    uint64_t magic = AREA_MAGIC;
-    memcpy(p, &magic, 8);
-    c->tx_area = p;
-    c->tx_area_len = n;
-    c->tx_data = c->handoff_area;
-    c->tx_area_fd = fd;
-    c->tx_head = c->tx_released = 0;
-    return 0;
-}
-
-/* Copy an n-byte message into the area and make its descriptor the frame to
- * send (tx_bulk); returns 0, or -EAGAIN when it must go inline: no room by
- * wait_until (a CLOCK_MONOTONIC time), or no area to be had. */
-static int bulk_put(fi_chan *c, const void *buf, size_t n, int64_t wait_until)
-{
-    if (!c->tx_area && area_create(c)) {
-        c->handoff_min = 0; /* e.g. no memfd here: inline from now on */
-        return -EAGAIN;
-    }
-    uint64_t size = c->tx_data, head = c->tx_head, pos = head % size, start = head;
-    if (pos + n > size) { /* never split a message: skip the end of the area */
-        start += size - pos;
-        pos = 0;
-    }
-    uint64_t end = start + n;
-    for (;;) {
-        uint64_t rel = __atomic_load_n(area_released(c->tx_area), __ATOMIC_ACQUIRE);
-        if (rel < c->tx_released || rel > head) {
-            c->handoff_min = 0; /* the receiver wrote nonsense: stop trusting the area */
-            return -EAGAIN;
-        }
-        c->tx_released = rel;
-        if (end - rel <= size)
-            break;
-        if (mono_ns() >= wait_until)
-            return -EAGAIN;
-        cpu_relax();
-    }
-    memcpy(c->tx_area + AREA_HDR + pos, buf, n);
-    c->tx_head = end;
-    memcpy(c->tx_desc, &pos, 8);
-    memcpy(c->tx_desc + 8, &end, 8);
-    c->tx_bulk = 1;
-    return 0;
-}
-
 /* Send (the rest of) one message: through the area when it qualifies, else inline. */
 static int send_msg(fi_chan *c, const void *buf, size_t n, const int *fds, size_t nfds,
                     int64_t wait_until)
 {
-    if (!c->tx_bulk && c->tx_done == 0 && nfds == 0 && c->handoff_min &&
-        n >= c->handoff_min && n <= c->handoff_area / 2)
-        bulk_put(c, buf, n, wait_until);
-    if (!c->tx_bulk)
+    struct handoff_tx *t = &c->htx;
+    if (!t->bulk && c->tx_done == 0 && nfds == 0 && handoff_wants(t, n))
+        fi_handoff_put(t, buf, n, wait_until);
+    if (!t->bulk)
         return send_step(c, (uint32_t)n, nfds ? FRAME_FDS : 0, buf, n, fds, nfds);
-    int afd = c->tx_area_fd;
+    int afd = t->area_fd;
     uint32_t flags = FRAME_BULK | (afd >= 0 ? FRAME_AREA | FRAME_FDS : 0);
-    int rc = send_step(c, (uint32_t)n, flags, c->tx_desc, DESC, &afd, afd >= 0 ? 1 : 0);
-    if (rc == 0) {
-        c->tx_bulk = 0;
-        if (afd >= 0) { /* the peer holds it now */
-            close(afd);
-            c->tx_area_fd = -1;
-        }
-    }
+    int rc = send_step(c, (uint32_t)n, flags, t->desc, HANDOFF_DESC, &afd, afd >= 0 ? 1 : 0);
+    if (rc == 0)
+        fi_handoff_sent(t);
     return rc;
 }
 
@@ -991,15 +803,8 @@ static void release_all(fi_chan *c)
     free(c->doomed);
     c->rbuf = c->cbuf = c->stage = NULL;
     c->pool = c->last = c->doomed = NULL;
-    area_unref(c->rx_area);
-    area_unref(c->stale_area);
-    c->rx_area = c->stale_area = c->view_area = NULL;
-    if (c->tx_area)
-        munmap(c->tx_area, c->tx_area_len);
-    c->tx_area = NULL;
-    if (c->tx_area_fd >= 0)
-        close(c->tx_area_fd);
-    c->tx_area_fd = -1;
+    fi_handoff_rx_free(&c->hrx);
+    fi_handoff_tx_free(&c->htx);
     if (c->fd >= 0)
         close(c->fd);
     c->fd = -1;
@@ -1007,20 +812,15 @@ static void release_all(fi_chan *c)
 
 static void leave(fi_chan *c)
 {
-    if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_SEQ_CST) == 0)
+    if (ref_put(&c->refs))
         release_all(c);
 }
 
 /* Count this thread in for a call: -EBADF once closed (see struct fi_chan). */
 static int enter(fi_chan *c)
 {
-    if (!c)
+    if (!c || ref_get(&c->refs))
         return -EBADF;
-    uint32_t v = __atomic_load_n(&c->refs, __ATOMIC_SEQ_CST);
-    do {
-        if (v == 0)
-            return -EBADF;
-    } while (!__atomic_compare_exchange_n(&c->refs, &v, v + 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
     if (__atomic_load_n(&c->closed, __ATOMIC_SEQ_CST)) {
         leave(c);
         return -EBADF;
@@ -1038,7 +838,7 @@ int fi_chan_new(int fd, size_t rbuf_size, uint32_t max_message, size_t max_fds, 
     if (!c)
         return -ENOMEM;
     c->refs = 1;
-    c->tx_area_fd = -1;
+    handoff_tx_init(&c->htx);
     c->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (c->fd < 0) {
         int rc = -errno;
@@ -1089,14 +889,10 @@ fi_area *fi_chan_view_pin(fi_chan *c)
 {
     if (enter(c))
         return NULL;
-    fi_area *a = c->view_held ? c->view_area : NULL;
-    if (a)
-        __atomic_add_fetch(&a->refs, 1, __ATOMIC_SEQ_CST);
+    fi_area *a = fi_handoff_pin(&c->hrx);
     leave(c);
     return a;
 }
-
-void fi_area_unpin(fi_area *a) { area_unref(a); }
 
 void fi_chan_set_spin(fi_chan *c, int64_t spin_ns) { c->spin_ns = spin_ns < 0 ? 0 : spin_ns; }
 
@@ -1104,13 +900,7 @@ static int set_handoff_body(fi_chan *c, size_t min_len, size_t area_size)
 {
     if (!c)
         return -EBADF;
-    if (min_len && (area_size < 2 * min_len || area_size % 4096 || area_size > AREA_MAX))
-        return -EINVAL;
-    if (c->tx_area && area_size != c->tx_data)
-        return -EBUSY; /* the peer mapped the one we have */
-    c->handoff_min = min_len;
-    c->handoff_area = min_len ? area_size : 0;
-    return 0;
+    return fi_handoff_config(&c->htx, min_len, area_size);
 }
 
 void fi_chan_set_scratch(fi_chan *c, char *buf, size_t cap)
@@ -1153,7 +943,7 @@ static int64_t buffered_body(fi_chan *c)
         return 0;
     /* A mapped area counts: the peer's next descriptors point into it. */
     return (int64_t)(c->rend - c->rpos) + (c->rx_active ? 1 : 0) + c->nsets + c->nlast +
-           (c->rx_area ? 1 : 0);
+           (c->hrx.area ? 1 : 0);
 }
 
 static int rx_adopt_body(fi_chan *c, const char *from, char *to)
@@ -1174,7 +964,7 @@ static void tx_reset_body(fi_chan *c)
     c->tx_done = 0;
     c->tx_frames = 0;
     c->tx_pos = 0;
-    c->tx_bulk = 0; /* its area space is freed with the next message's release */
+    c->htx.bulk = 0; /* its area space is freed with the next message's release */
 }
 
 static int take_fds_body(fi_chan *c, int *out, size_t cap)
@@ -1335,6 +1125,7 @@ static int64_t recv_body(fi_chan *c, char *out, size_t cap, int keep_fds, int64_
 {
     if (!c)
         return -EBADF;
+    flush_doomed(c); /* fds a try call left to close */
     return recv_waiting(c, recv_one_step, out, cap, (size_t)(keep_fds != 0), timeout_ns);
 }
 
@@ -1342,6 +1133,7 @@ static int64_t recv_view_body(fi_chan *c, const char **ptr, int64_t timeout_ns)
 {
     if (!c)
         return -EBADF;
+    flush_doomed(c); /* fds a try call left to close */
     return recv_waiting(c, recv_view_step, (char *)(void *)ptr, sizeof *ptr, 0, timeout_ns);
 }
 
@@ -1349,15 +1141,7 @@ static int release_view_body(fi_chan *c)
 {
     if (!c)
         return -EBADF;
-    if (!c->view_held)
-        return -EINVAL;
-    c->view_held = 0;
-    area_unref(c->stale_area);
-    c->stale_area = NULL;
-    c->view_area = NULL;
-    if (c->rel_pending != NO_RELEASE && c->rx_area)
-        __atomic_store_n(area_released(c->rx_area->p), c->rel_pending, __ATOMIC_RELEASE);
-    return 0;
+    return fi_handoff_unlend(&c->hrx);
 }
 
 static int64_t recv_batch_body(fi_chan *c, char *out, size_t cap, size_t max_count,
@@ -1365,160 +1149,94 @@ static int64_t recv_batch_body(fi_chan *c, char *out, size_t cap, size_t max_cou
 {
     if (!c)
         return -EBADF;
+    flush_doomed(c); /* fds a try call left to close */
     if (max_count == 0)
         return -EINVAL;
     return recv_waiting(c, recv_batch_step, out, cap, max_count, timeout_ns);
 }
 
-/* ---- public: every call counts itself in (see struct fi_chan) ---------- */
+/* ---- public: every call counts itself in (see struct fi_chan, refs.h) --- */
 
 int fi_chan_set_handoff(fi_chan *c, size_t min_len, size_t area_size)
 {
-    if (enter(c))
-        return -EBADF;
-    int rc = set_handoff_body(c, min_len, area_size);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -EBADF, set_handoff_body(c, min_len, area_size));
 }
 
 int fi_chan_pending(fi_chan *c)
 {
-    if (enter(c))
-        return 0;
-    int rc = pending_body(c);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, 0, pending_body(c));
 }
 
 int64_t fi_chan_next_len(fi_chan *c)
 {
-    if (enter(c))
-        return -EBADF;
-    int64_t rc = next_len_body(c);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -EBADF, next_len_body(c));
 }
 
 int64_t fi_chan_rx_partial(fi_chan *c)
 {
-    if (enter(c))
-        return -1;
-    int64_t rc = rx_partial_body(c);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -1, rx_partial_body(c));
 }
 
 int64_t fi_chan_buffered(fi_chan *c)
 {
-    if (enter(c))
-        return 0;
-    int64_t rc = buffered_body(c);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, 0, buffered_body(c));
 }
 
 int fi_chan_rx_adopt(fi_chan *c, const char *from, char *to)
 {
-    if (enter(c))
-        return 0;
-    int rc = rx_adopt_body(c, from, to);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, 0, rx_adopt_body(c, from, to));
 }
 
 int64_t fi_chan_tx_partial(fi_chan *c)
 {
-    if (enter(c))
-        return 0;
-    int64_t rc = tx_partial_body(c);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, 0, tx_partial_body(c));
 }
 
 int64_t fi_chan_tx_frames(fi_chan *c)
 {
-    if (enter(c))
-        return 0;
-    int64_t rc = tx_frames_body(c);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, 0, tx_frames_body(c));
 }
 
 int fi_chan_take_fds(fi_chan *c, int *out, size_t cap)
 {
-    if (enter(c))
-        return -EBADF;
-    int rc = take_fds_body(c, out, cap);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -EBADF, take_fds_body(c, out, cap));
 }
 
 int fi_chan_try_send(fi_chan *c, const void *buf, size_t n)
 {
-    if (enter(c))
-        return -EBADF;
-    int rc = try_send_body(c, buf, n);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -EBADF, try_send_body(c, buf, n));
 }
 
 int fi_chan_send(fi_chan *c, const void *buf, size_t n, const int *fds, size_t nfds,
                  int64_t timeout_ns)
 {
-    if (enter(c))
-        return -EBADF;
-    int rc = send_body(c, buf, n, fds, nfds, timeout_ns);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -EBADF, send_body(c, buf, n, fds, nfds, timeout_ns));
 }
 
 int64_t fi_chan_send_batch(fi_chan *c, const char *blob, size_t len, int64_t timeout_ns)
 {
-    if (enter(c))
-        return -EBADF;
-    int64_t rc = send_batch_body(c, blob, len, timeout_ns);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -EBADF, send_batch_body(c, blob, len, timeout_ns));
 }
 
 int64_t fi_chan_recv(fi_chan *c, char *out, size_t cap, int keep_fds, int64_t timeout_ns)
 {
-    if (enter(c))
-        return -EBADF;
-    flush_doomed(c);
-    int64_t rc = recv_body(c, out, cap, keep_fds, timeout_ns);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -EBADF, recv_body(c, out, cap, keep_fds, timeout_ns));
 }
 
 int64_t fi_chan_recv_view(fi_chan *c, const char **ptr, int64_t timeout_ns)
 {
-    if (enter(c))
-        return -EBADF;
-    flush_doomed(c);
-    int64_t rc = recv_view_body(c, ptr, timeout_ns);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -EBADF, recv_view_body(c, ptr, timeout_ns));
 }
 
 int fi_chan_release_view(fi_chan *c)
 {
-    if (enter(c))
-        return -EBADF;
-    int rc = release_view_body(c);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -EBADF, release_view_body(c));
 }
 
 int64_t fi_chan_recv_batch(fi_chan *c, char *out, size_t cap, size_t max_count,
                            int64_t timeout_ns)
 {
-    if (enter(c))
-        return -EBADF;
-    flush_doomed(c);
-    int64_t rc = recv_batch_body(c, out, cap, max_count, timeout_ns);
-    leave(c);
-    return rc;
+    COUNTED_CALL(c, enter, leave, -EBADF, recv_batch_body(c, out, cap, max_count, timeout_ns));
 }
 
 void fi_chan_tx_reset(fi_chan *c)

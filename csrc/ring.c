@@ -39,6 +39,7 @@
 #include "fastipc.h"
 #include "lock.h"
 #include "marshal.h"
+#include "refs.h"
 #include "sys.h"
 
 #include <stdlib.h>
@@ -462,7 +463,7 @@ static void unmap(fi_ring *r)
 /* Drop one reference (see struct fi_ring); the last one takes the mapping. */
 static void put_ref(fi_ring *r)
 {
-    if (__atomic_sub_fetch(&r->refs, 1, __ATOMIC_SEQ_CST) == 0)
+    if (ref_put(&r->refs))
         unmap(r);
 }
 
@@ -471,13 +472,8 @@ static void put_ref(fi_ring *r)
  * mapping, once gone, never comes back into use. */
 static int enter(fi_ring *r)
 {
-    if (!r)
+    if (!r || ref_get(&r->refs))
         return -EBADF;
-    uint32_t v = __atomic_load_n(&r->refs, __ATOMIC_SEQ_CST);
-    do {
-        if (v == 0)
-            return -EBADF;
-    } while (!__atomic_compare_exchange_n(&r->refs, &v, v + 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
     if (__atomic_load_n(&r->closed, __ATOMIC_SEQ_CST)) {
         put_ref(r);
         return -EBADF;
@@ -629,14 +625,8 @@ void fi_ring_free(fi_ring *r)
 
 int fi_ring_pin(fi_ring *r)
 {
-    if (!r)
-        return -EBADF;
-    uint32_t v = __atomic_load_n(&r->refs, __ATOMIC_SEQ_CST);
-    do {
-        if (v == 0)
-            return -EBADF; /* the mapping is gone: never bring it back into use */
-    } while (!__atomic_compare_exchange_n(&r->refs, &v, v + 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
-    return 0;
+    /* -EBADF once the mapping is gone: never bring it back into use. */
+    return r ? ref_get(&r->refs) : -EBADF;
 }
 
 void fi_ring_unpin(fi_ring *r)
@@ -829,12 +819,8 @@ static int send_wait(fi_ring *r, const void *buf, size_t n, int64_t timeout_ns)
 
 int fi_ring_send(fi_ring *r, const void *buf, size_t n, int64_t timeout_ns)
 {
-    int rc = enter(r);
-    if (rc)
-        return rc;
-    rc = n > r->cap ? -EMSGSIZE : send_wait(r, buf, n, timeout_ns);
-    put_ref(r);
-    return rc;
+    COUNTED_CALL(r, enter, put_ref, -EBADF,
+                 n > r->cap ? -EMSGSIZE : send_wait(r, buf, n, timeout_ns));
 }
 
 static int64_t recv_wait(fi_ring *r, char *out, size_t cap, int64_t timeout_ns)
@@ -844,12 +830,7 @@ static int64_t recv_wait(fi_ring *r, char *out, size_t cap, int64_t timeout_ns)
 
 int64_t fi_ring_recv(fi_ring *r, char *out, size_t cap, int64_t timeout_ns)
 {
-    int64_t rc = enter(r);
-    if (rc)
-        return rc;
-    rc = recv_wait(r, out, cap, timeout_ns);
-    put_ref(r);
-    return rc;
+    COUNTED_CALL(r, enter, put_ref, -EBADF, recv_wait(r, out, cap, timeout_ns));
 }
 
 static int64_t send_batch_wait(fi_ring *r, const char *buf, size_t len, size_t skip, int64_t timeout_ns)
@@ -868,12 +849,7 @@ static int64_t send_batch_wait(fi_ring *r, const char *buf, size_t len, size_t s
 
 int64_t fi_ring_send_batch(fi_ring *r, const char *buf, size_t len, size_t skip, int64_t timeout_ns)
 {
-    int64_t rc = enter(r);
-    if (rc)
-        return rc;
-    rc = send_batch_wait(r, buf, len, skip, timeout_ns);
-    put_ref(r);
-    return rc;
+    COUNTED_CALL(r, enter, put_ref, -EBADF, send_batch_wait(r, buf, len, skip, timeout_ns));
 }
 
 static int64_t recv_batch_wait(fi_ring *r, char *out, size_t cap, size_t max_count, int64_t timeout_ns)
@@ -885,12 +861,7 @@ int64_t fi_ring_recv_batch(fi_ring *r, char *out, size_t cap, size_t max_count, 
 {
     if (max_count == 0)
         return -EINVAL;
-    int64_t rc = enter(r);
-    if (rc)
-        return rc;
-    rc = recv_batch_wait(r, out, cap, max_count, timeout_ns);
-    put_ref(r);
-    return rc;
+    COUNTED_CALL(r, enter, put_ref, -EBADF, recv_batch_wait(r, out, cap, max_count, timeout_ns));
 }
 
 /* Hold `side` for an open reserve/peek: the side's lock stays taken, and
@@ -935,6 +906,10 @@ static int64_t reserve_locked(fi_ring *r, size_t n, char **ptr)
 
 static int reserve_wait(fi_ring *r, size_t n, int64_t timeout_ns, char **ptr)
 {
+    if (n > r->cap)
+        return -EMSGSIZE;
+    if (__atomic_load_n(&r->holding, __ATOMIC_SEQ_CST) != SIDE_NONE)
+        return -EDEADLK;
     fi_lock *m = &r->hdr->prod.lock;
     int64_t deadline = deadline_of(timeout_ns);
     for (;;) {
@@ -955,17 +930,7 @@ static int reserve_wait(fi_ring *r, size_t n, int64_t timeout_ns, char **ptr)
 
 int fi_ring_reserve(fi_ring *r, size_t n, int64_t timeout_ns, char **ptr)
 {
-    int rc = enter(r);
-    if (rc)
-        return rc;
-    if (n > r->cap)
-        rc = -EMSGSIZE;
-    else if (__atomic_load_n(&r->holding, __ATOMIC_SEQ_CST) != SIDE_NONE)
-        rc = -EDEADLK;
-    else
-        rc = reserve_wait(r, n, timeout_ns, ptr);
-    put_ref(r);
-    return rc;
+    COUNTED_CALL(r, enter, put_ref, -EBADF, reserve_wait(r, n, timeout_ns, ptr));
 }
 
 int fi_ring_commit(fi_ring *r)
@@ -1015,6 +980,8 @@ static int64_t peek_locked(fi_ring *r, char **ptr)
 
 static int64_t peek_wait(fi_ring *r, int64_t timeout_ns, char **ptr)
 {
+    if (__atomic_load_n(&r->holding, __ATOMIC_SEQ_CST) != SIDE_NONE)
+        return -EDEADLK;
     fi_lock *m = &r->hdr->cons.lock;
     int64_t deadline = deadline_of(timeout_ns);
     for (;;) {
@@ -1035,15 +1002,7 @@ static int64_t peek_wait(fi_ring *r, int64_t timeout_ns, char **ptr)
 
 int64_t fi_ring_peek(fi_ring *r, int64_t timeout_ns, char **ptr)
 {
-    int64_t rc = enter(r);
-    if (rc)
-        return rc;
-    if (__atomic_load_n(&r->holding, __ATOMIC_SEQ_CST) != SIDE_NONE)
-        rc = -EDEADLK;
-    else
-        rc = peek_wait(r, timeout_ns, ptr);
-    put_ref(r);
-    return rc;
+    COUNTED_CALL(r, enter, put_ref, -EBADF, peek_wait(r, timeout_ns, ptr));
 }
 
 int fi_ring_release(fi_ring *r)

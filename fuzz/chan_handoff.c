@@ -1,7 +1,8 @@
-/* libFuzzer harness: the Channel's hand-off descriptors (csrc/channel.c,
- * bulk_locate / area_map_rx / recv_view), with real and hostile areas.
+/* libFuzzer harness: the Channel's hand-off descriptors (csrc/channel.c
+ * bulk_locate / recv_view, csrc/handoff.c fi_handoff_map / fi_handoff_locate),
+ * with real and hostile areas.
  *
- * Areas are memfds made once: good ones as channel.c's area_create makes
+ * Areas are memfds made once: good ones as handoff.c's area_create makes
  * them (magic "FIPCAREA" at 0, a 4096-byte header, data after it, sealed
  * F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_SEAL; their data a known pattern), one
  * sealed against shrinking only (also acceptable), and hostile ones:

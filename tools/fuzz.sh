@@ -73,7 +73,7 @@ CFLAGS+=(${FUZZ_CFLAGS:-})
 mkdir -p "$BIN"
 for h in "${HARNESSES[@]}"; do
     echo "== build $h"
-    clang "${CFLAGS[@]}" -o "$BIN/$h" "fuzz/$h.c" "$SRC/ring.c" "$SRC/lock.c" "$SRC/channel.c"
+    clang "${CFLAGS[@]}" -o "$BIN/$h" "fuzz/$h.c" "$SRC/ring.c" "$SRC/lock.c" "$SRC/channel.c" "$SRC/handoff.c"
 done
 [ -z "${FUZZ_BUILD_ONLY:-}" ] || exit 0
 

@@ -8,7 +8,7 @@ A frame is an 8-byte header, then the payload::
 
 Flag bit 0 (``FRAME_FDS``) marks a frame whose SCM_RIGHTS fds ride on its
 first byte (Channel only). Bits 1 and 2 (``FRAME_BULK``, ``FRAME_AREA``) are
-the Channel's shared-memory hand-off (see csrc/channel.c): the payload is in
+the Channel's shared-memory hand-off (see csrc/handoff.c): the payload is in
 the sender's area and the frame carries a 16-byte descriptor
 ``[u64 LE offset][u64 LE release position]`` instead, and with bit 2 the one
 fd attached is that area. The other bits are reserved and a frame using them

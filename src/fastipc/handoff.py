@@ -8,7 +8,7 @@ into the area's data (a byte ring used in stream order; a message never
 wraps) and the frame carries ``[u64 offset][u64 release position]`` in place
 of the payload. The receiver copies the message out and stores the release
 position at byte 64 of the area, which frees everything before it. The
-C backend (csrc/channel.c) and :class:`SendArea`/:class:`ReceiveArea` below
+C backend (csrc/handoff.c) and :class:`SendArea`/:class:`ReceiveArea` below
 are the same protocol, so either backend is the other's peer.
 
 Trust: the receiver accepts only a memfd sealed against shrinking (else the
