@@ -6,7 +6,7 @@ is the cdef, so Python's view cannot drift from the C):
 * ``fastipc._native``: every call releases the GIL; used for calls that block.
 * ``fastipc._native_fast``: calls keep the GIL. Only the never-blocking
   ``fi_*_try_*`` calls go through it, which saves the ~30-40 ns release and
-  re-take per call that stock cffi pays (see DESIGN.md, Performance model).
+  re-take per call that stock cffi pays (docs/architecture.md, "The C core").
 
 ``FASTIPC_SANITIZE=1`` builds them with AddressSanitizer and UBSan.
 """

@@ -1,6 +1,6 @@
 /* The Channel's hot path: length-framed messages over a Unix stream socket.
  *
- * Wire format (DESIGN.md, Framing): [u32 LE length][u32 LE flags][payload].
+ * Wire format (docs/architecture.md, "Wire format"): [u32 LE length][u32 LE flags][payload].
  * Flag FRAME_FDS marks a frame whose SCM_RIGHTS fds ride on its first byte.
  *
  * Sending. One frame is one sendmsg of an iovec [header, caller's buffer],
@@ -82,7 +82,7 @@ struct fdset {
     int *fds;        /* max_fds slots in the pool */
 };
 
-/* Lifetime (DESIGN.md, Handles, threads and lifetimes): fi_chan_close may
+/* Lifetime (docs/architecture.md, "Handles and threads"): fi_chan_close may
  * come from any thread while another is inside a call, so every call counts
  * itself in `refs` (enter/leave; the open handle is 1 more) and the
  * buffers, fds and the handle's own dup of the socket go when it drops to
@@ -1059,7 +1059,7 @@ static int64_t send_batch_body(fi_chan *c, const char *blob, size_t len, int64_t
 
 /* Before the first sleep of a receive, retry for spin_ns: a peer that keeps
  * sending is met without a sleep, and its sendmsg need not wake us (a
- * wake-up costs 20-35 us on these VMs, DESIGN.md).
+ * wake-up costs 20-35 us on these VMs; benchmarks/RESULTS.md).
  *
  * Right after a message lent as a view, the wait is stretched to the time
  * the sender needs to copy the next such message into its area (len bytes

@@ -1,7 +1,7 @@
 /* Reference counts that any thread may drop, and the shape of a call that counts itself in.
  *
  * A handle that any thread may close while others are inside calls on it
- * (DESIGN.md, Handles, threads and lifetimes) keeps a count: 1 for the open
+ * (docs/architecture.md, "Handles and threads") keeps a count: 1 for the open
  * handle, 1 for each call inside (and, in ring.c, each pin and held side).
  * What the count keeps goes when it drops to 0, and a count at 0 stays
  * there: ref_get never brings freed state back into use. Everything is

@@ -100,7 +100,7 @@ struct fi_header {
 
 enum fi_side { SIDE_NONE = 0, SIDE_PROD = 1, SIDE_CONS = 2 };
 
-/* Lifetime of a handle (DESIGN.md, Handles, threads and lifetimes):
+/* Lifetime of a handle (docs/architecture.md, "Handles and threads"):
  * fi_ring_close may come from any thread while others are inside calls or
  * hold views, so the mapping is reference-counted. `refs` is 1 for the open
  * handle, plus 1 for each thread inside a call that waits (enter/leave),
