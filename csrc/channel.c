@@ -1,4 +1,6 @@
 /* The Channel's hot path: length-framed messages over a Unix stream socket.
+ * One algorithm, in one file: framing and fd matching share the receive
+ * state (stream offsets); the hand-off area is handoff.c.
  *
  * Wire format (docs/architecture.md, "Wire format"): [u32 LE length][u32 LE flags][payload].
  * Flag FRAME_FDS marks a frame whose SCM_RIGHTS fds ride on its first byte.

@@ -1,4 +1,6 @@
 /* The shared-memory ring: variable-length messages between processes.
+ * One algorithm, in one file: the layout, the lock, the publish and the
+ * waits all work on the same header words.
  *
  * Layout of the segment (/dev/shm/fastipc.NAME):
  *   [header: one page][data: D bytes]

@@ -73,21 +73,11 @@ class Channel(ChannelImpl):
     descriptor crosses the socket: one copy on each side instead of two
     through the kernel. The receiving API does not change. ``handoff_min=0``
     turns it off; :meth:`send_many` always sends through the socket.
-    """
 
-    #: The largest message, in bytes, this end sends or accepts.
-    max_message: int
-    #: The endpoint (path, @name or description) used in error messages.
-    name: str
-    #: Messages sent of at least this many bytes go through shared memory (0:
-    #: never), as set; a channel that cannot make its area (no memfd, no
-    #: memory) or whose peer writes nonsense into it sends inline regardless.
-    handoff_min: int
-    #: Size in bytes of this end's hand-off area.
-    handoff_area: int
-    #: The view recv_view has lent, while its block runs.
-    _view: memoryview | None
-    _sock: socket.socket | None
+    Attributes (declared with their meaning in ``_contract.ChannelBase``):
+    ``name`` (the endpoint, for messages), ``max_message`` (bytes),
+    ``handoff_min`` and ``handoff_area`` (bytes), ``closed``.
+    """
 
     # ---- construction -------------------------------------------------
     @classmethod

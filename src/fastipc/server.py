@@ -1,5 +1,7 @@
 """The multiplexed server core: one selector loop (epoll on Linux) serving every client of an endpoint.
 
+One loop and what it owns (peers, limits, the shared budget), in one file.
+
 The course notes' ``select()`` server, grown up: the loop watches the
 endpoint (a listening socket, a datagram socket, a message queue or a FIFO)
 and every connected client at once, so a slow or silent client never stalls

@@ -1,5 +1,8 @@
 """The pure-Python channel backend: the framing of csrc/channel.c with socket.sendmsg/recvmsg_into.
 
+One algorithm, kept in one file: framing, fd matching and the hand-off
+share one receive state (stream offsets), as in the C.
+
 It follows the C step by step (see the comment at the top of channel.c for
 why fds are matched to frames by stream offsets), so both backends behave
 alike and interoperate on one socket.

@@ -1,5 +1,8 @@
 """The pure-Python ring backend: a shared-memory ring ordered by file locks and named semaphores.
 
+One algorithm, kept in one file: the layout, the locks, the waits and the
+batches all read and write the same few words of the segment.
+
 Layout of ``/dev/shm/fastipc.NAME`` (all integers little-endian, native on
 the x86_64/aarch64 Linux this targets)::
 

@@ -48,23 +48,21 @@ class CLIError(Exception):
 
 def positive_int(text: str) -> int:
     """An argparse type: a whole number >= 1 (``0x`` and ``0o`` prefixes allowed)."""
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+    return _whole_number(text, 1, "at least 1")
 
 
 def non_negative_int(text: str) -> int:
     """An argparse type: a whole number >= 0."""
+    return _whole_number(text, 0, "0 or more")
+
+
+def _whole_number(text: str, low: int, wanted: str) -> int:
     try:
         value = int(text, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got {value}")
     return value
 
 

@@ -6,6 +6,7 @@ import argparse
 import os
 import queue
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..client import connect
@@ -160,20 +161,27 @@ def _want_more(args: argparse.Namespace, received: int) -> bool:
     return args.count is None or received < args.count
 
 
+def _print_until_closed(
+    args: argparse.Namespace, recv: Callable[..., bytes], what_timed_out: str
+) -> None:
+    """Print what ``recv`` returns until Closed or ``--count``; CLIError on ``--timeout``."""
+    received = 0
+    while _want_more(args, received):
+        try:
+            data = recv(timeout=args.timeout)
+        except Closed:
+            return
+        except Timeout:
+            raise timed_out(args.url, args.timeout, what_timed_out) from None
+        emit(data, args.binary)
+        received += 1
+
+
 def _recv_connected(args: argparse.Namespace, scheme: str) -> None:
     kw: dict[str, Any] = {"timeout": args.timeout, "max_message": args.max_message}
     rules.recv_framing(kw, scheme, args.framing)
     with connect(args.url, **kw) as client:
-        received = 0
-        while _want_more(args, received):
-            try:
-                data = client.recv(timeout=args.timeout)
-            except Closed:
-                return
-            except Timeout:
-                raise timed_out(args.url, args.timeout, "nothing arrived from") from None
-            emit(data, args.binary)
-            received += 1
+        _print_until_closed(args, client.recv, "nothing arrived from")
 
 
 def _recv_bound(args: argparse.Namespace) -> None:
@@ -226,16 +234,7 @@ def _recv_ring(args: argparse.Namespace, ep: Endpoint) -> None:
         ring = Ring.create(name, capacity, mode=mode)
         created = True
     try:
-        received = 0
-        while _want_more(args, received):
-            try:
-                data = ring.recv(timeout=args.timeout)
-            except Closed:
-                return
-            except Timeout:
-                raise timed_out(args.url, args.timeout, "nothing arrived in") from None
-            emit(data, args.binary)
-            received += 1
+        _print_until_closed(args, ring.recv, "nothing arrived in")
     finally:
         if created:
             ring.unlink()
