@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 import fastipc
@@ -29,7 +32,7 @@ def test_each_transport_declares_its_rules(
     scheme: str, one_way: bool, connects: bool, closes_peer: bool, framed: bool
 ) -> None:
     kind = _registry.transport(scheme)
-    assert kind is not None
+    assert kind is not None and kind.scheme == scheme
     assert kind.one_way is one_way
     assert kind.receive_by_connecting is connects
     assert kind.closes_peer is closes_peer
@@ -60,3 +63,19 @@ def test_a_second_transport_for_a_scheme_is_refused() -> None:
 
 def test_framings_are_the_servers() -> None:
     assert fastipc.server.FRAMINGS == _registry.FRAMINGS == ("raw", "length")
+
+
+def test_importing_fastipc_loads_no_transport_until_a_scheme_is_looked_up() -> None:
+    code = (
+        "import sys, fastipc\n"
+        "loaded = lambda: sorted(m for m in sys.modules if m.startswith('fastipc.transports.'))\n"
+        "print(loaded(), 'posix_ipc' in sys.modules)\n"
+        "fastipc._registry.transport('mq')\n"
+        "print(loaded(), 'posix_ipc' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    # base holds fastipc.Client, the public class every client is; no transport.
+    assert out[0] == "['fastipc.transports.base'] False", "import fastipc loaded a transport"
+    assert out[1] == "['fastipc.transports.base', 'fastipc.transports.mqueue'] True"

@@ -1,6 +1,5 @@
 """fastipc: fast inter-process communication on one Linux machine."""
 
-from . import transports  # noqa: F401  (each transport registers its scheme)
 from ._backend import BACKEND
 from ._version import __version__
 from .channel import Channel, Listener, listen

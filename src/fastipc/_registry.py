@@ -2,18 +2,22 @@
 
 The server core (:func:`fastipc.serve`) and :func:`fastipc.connect` look a
 scheme up here; they import no transport. Each module of
-``fastipc.transports`` calls :func:`register` when it is imported, and
-``fastipc/__init__.py`` imports ``fastipc.transports``, so every transport
-is registered before any user code runs. The command line asks the same
+``fastipc.transports`` calls :func:`register` when it is imported; this
+module knows only which module serves which scheme (``_HOMES``) and imports
+it the first time the scheme is looked up, so ``import fastipc`` loads no
+transport (nor posix_ipc): about 85 M instructions, a fifth of the import,
+saved for users of Ring and Channel alone. The command line asks the same
 records what a transport can do (answer its clients, close one of them,
 take a framing) instead of listing schemes itself.
 
 Sits below both ``server`` and ``client``: it imports nothing of fastipc at
-run time (docs/architecture.md, "Servers, transports, clients").
+module level, and a transport module only by name, on first lookup
+(docs/architecture.md, "Servers, transports, clients").
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -70,6 +74,17 @@ class Transport:
 
 _TRANSPORTS: dict[str, Transport] = {}
 
+#: The module of ``fastipc.transports`` that registers each scheme, in the
+#: order schemes are listed to users.
+_HOMES = {
+    "tcp": "stream",
+    "unix": "stream",
+    "udp": "datagram",
+    "unixgram": "datagram",
+    "mq": "mqueue",
+    "fifo": "fifo",
+}
+
 
 def register(transport: Transport) -> Transport:
     """Make ``transport`` the one serving its scheme; return it. Called by each transport at import.
@@ -84,10 +99,17 @@ def register(transport: Transport) -> Transport:
 
 
 def transport(scheme: str) -> Transport | None:
-    """The transport registered for ``scheme``, or None (e.g. ``shm``: a Ring, not a transport)."""
-    return _TRANSPORTS.get(scheme)
+    """The transport registered for ``scheme``, or None (e.g. ``shm``: a Ring, not a transport).
+
+    Imports the scheme's module the first time (it registers itself).
+    """
+    found = _TRANSPORTS.get(scheme)
+    if found is None and scheme in _HOMES:
+        importlib.import_module(f"fastipc.transports.{_HOMES[scheme]}")
+        found = _TRANSPORTS.get(scheme)
+    return found
 
 
 def schemes() -> tuple[str, ...]:
-    """The schemes :func:`fastipc.serve` and :func:`fastipc.connect` accept, in the order registered."""
-    return tuple(_TRANSPORTS)
+    """The schemes :func:`fastipc.serve` and :func:`fastipc.connect` accept, in the order listed to users."""
+    return tuple(_HOMES) + tuple(s for s in _TRANSPORTS if s not in _HOMES)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from . import transports  # noqa: F401  (each transport registers its scheme at import)
 from ._registry import FRAMINGS, schemes, transport
 from .endpoints import parse
 from .framing import DEFAULT_MAX_MESSAGE, validate_max_message

@@ -12,7 +12,7 @@ fifo       fifo.FifoSource            fifo.FifoClient
 
 Each module registers its schemes in ``fastipc._registry`` when imported,
 with what the transport can do (answer, close one peer, take a framing);
-importing this package registers them all. The server core looks them up
+the registry imports a module the first time its scheme is looked up. The server core looks them up
 there and never imports a transport (docs/architecture.md,
 "Servers, transports, clients").
 """
@@ -23,15 +23,6 @@ from typing import TYPE_CHECKING
 
 from .._registry import transport
 from ..endpoints import Endpoint
-
-# Imported for their registration, in the order schemes are listed to users.
-# isort: off
-from . import stream  # noqa: F401  (tcp, unix)
-from . import datagram  # noqa: F401  (udp, unixgram)
-from . import mqueue  # noqa: F401  (mq)
-from . import fifo  # noqa: F401  (fifo)
-
-# isort: on
 
 if TYPE_CHECKING:
     from ..server import Server, Source
