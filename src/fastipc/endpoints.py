@@ -36,7 +36,7 @@ from typing import Any, Union
 
 from ._names import validate_name
 
-__all__ = ["MQ_NAME_MAX", "SUN_PATH_MAX", "Endpoint", "os_error", "parse"]
+__all__ = ["MQ_NAME_MAX", "SUN_PATH_MAX", "Endpoint", "parse"]
 
 #: The longest Unix socket path in bytes: ``sun_path`` is 108 bytes with the
 #: terminating NUL (an abstract name gets the same 107 bytes after its NUL).
@@ -137,19 +137,6 @@ def parse(url: str, *, schemes: tuple[str, ...] | None = None) -> Endpoint:
     options, typed = _parse_query(query, allowed, url)
     ep = parser(rest, url)
     return replace(ep, url=url, scheme=scheme, options=options, **typed)
-
-
-def os_error(exc: OSError, where: str) -> OSError:
-    """``exc`` again, naming ``where`` (a path, ``@name`` or URL) instead of what the kernel saw.
-
-    The one place fastipc's endpoint code turns an errno into an exception:
-    ``OSError(errno, strerror, where)``, which CPython makes the matching
-    subclass (FileNotFoundError, ConnectionRefusedError, ...). An OSError
-    without an errno keeps its text, prefixed with ``where``.
-    """
-    if exc.errno is None:
-        return OSError(f"{where}: {exc}")
-    return OSError(exc.errno, exc.strerror, where)
 
 
 def _parse_query(

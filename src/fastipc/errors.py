@@ -69,6 +69,20 @@ class ProtocolError(FastIPCError, OSError):
 # down", on a channel "the peer closed".
 
 
+def os_error(exc: OSError, where: str) -> OSError:
+    """``exc`` again, naming ``where`` (a path, ``@name`` or URL) instead of what the kernel saw.
+
+    How fastipc's endpoint code (sockets, socket files, FIFOs) turns an errno
+    into an exception:
+    ``OSError(errno, strerror, where)``, which CPython makes the matching
+    subclass (FileNotFoundError, ConnectionRefusedError, ...). An OSError
+    without an errno keeps its text, prefixed with ``where``.
+    """
+    if exc.errno is None:
+        return OSError(f"{where}: {exc}")
+    return OSError(exc.errno, exc.strerror, where)
+
+
 def ring_error(code: int, name: str, path: str) -> Exception:
     """The exception for errno ``code`` (positive) from a call on ring ``name`` (segment ``path``)."""
     if code in (_errno.ETIMEDOUT, _errno.EAGAIN):

@@ -16,8 +16,8 @@ import time
 from collections.abc import Iterator
 
 from ._checks import deadline, time_left, validate_mode
-from .endpoints import Endpoint, os_error
-from .errors import Timeout
+from .endpoints import Endpoint
+from .errors import Timeout, os_error
 
 __all__ = [
     "DEFAULT_BACKLOG",

@@ -20,8 +20,8 @@ import socket
 from typing import Any
 
 from .._registry import Transport, register
-from ..endpoints import Endpoint, os_error
-from ..errors import Closed, MessageTooLarge, Timeout
+from ..endpoints import Endpoint
+from ..errors import Closed, MessageTooLarge, Timeout, os_error
 from ..server import Peer, Server, Source
 from ..socket_file import bind_unix, mode_option, remove_if_ours
 from .base import SocketClient, bound_url, check_timeout, resolve

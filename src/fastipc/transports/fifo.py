@@ -32,8 +32,8 @@ import stat
 
 from .._checks import deadline, time_left
 from .._registry import Transport, register
-from ..endpoints import Endpoint, os_error
-from ..errors import Closed, MessageTooLarge, Timeout
+from ..endpoints import Endpoint
+from ..errors import Closed, MessageTooLarge, Timeout, os_error
 from ..framing import HEADER_SIZE, LengthDecoder, pack_header
 from ..server import Peer, Server, Source
 from ..socket_file import mode_option, remove_if_ours

@@ -24,8 +24,8 @@ from typing import Any
 from .._checks import deadline
 from .._registry import Transport, register
 from ..channel import Channel
-from ..endpoints import Endpoint, os_error
-from ..errors import Closed, MessageTooLarge, Timeout
+from ..endpoints import Endpoint
+from ..errors import Closed, MessageTooLarge, Timeout, os_error
 from ..framing import MAX_MESSAGE_LIMIT, LengthDecoder, pack_header
 from ..server import Peer, Server, Source
 from ..socket_file import bind_unix, connect_unix, mode_option, remove_if_ours
