@@ -81,8 +81,10 @@ def main() -> None:
             assert cli.request(b"tcp round trip", timeout=5) == b"pirt dnuor pct"
     finally:
         server.close()
-    print(f"smoke ok: fastipc {fastipc.__version__} backend={fastipc.BACKEND} "
-          f"python {sys.version.split()[0]}")
+    print(
+        f"smoke ok: fastipc {fastipc.__version__} backend={fastipc.BACKEND} "
+        f"python {sys.version.split()[0]}"
+    )
 
 
 if __name__ == "__main__":
