@@ -59,6 +59,10 @@ def _module(name: str, keep_gil: bool) -> FFI:
         extra_compile_args=CFLAGS,
         extra_link_args=LDFLAGS,
         libraries=["rt", "pthread"],
+        # A source install where the C cannot compile (no compiler, no
+        # Python.h) still installs; fastipc then imports on the python
+        # backend with a warning that says why (src/fastipc/_backend.py).
+        optional=True,
     )
     return ffi
 

@@ -1,4 +1,4 @@
-"""Backend selection: FASTIPC_BACKEND is obeyed without silent fallback, and both backends expose one interface."""
+"""Backend selection: FASTIPC_BACKEND is obeyed, fallback is never silent, and both backends expose one interface."""
 
 from __future__ import annotations
 
@@ -157,13 +157,75 @@ sys.meta_path.insert(0, HideNative())
 """
 
 
-def test_auto_falls_back_to_python_only_when_the_compiled_module_is_missing() -> None:
+_FALLBACK_WARNING = "fastipc: the compiled C core cannot load"
+
+
+def test_auto_falls_back_to_python_with_one_warning_when_the_compiled_module_is_missing() -> None:
     proc = run_python(
         _HIDE_NATIVE + "import fastipc; print(fastipc.BACKEND)",
         env=child_env(FASTIPC_BACKEND="auto"),
         timeout=30,
     )
     assert proc.stdout.strip() == "python"
+    assert proc.stderr.count(_FALLBACK_WARNING) == 1, proc.stderr
+    assert "RuntimeWarning" in proc.stderr and "fastipc._native" in proc.stderr, proc.stderr
+
+
+def _copy_with(tmp_path: object, change: str) -> str:
+    """A copy of the installed package with its compiled module broken one way; its parent dir."""
+    import pathlib
+    import shutil
+
+    pkg = pathlib.Path(fastipc.__file__).parent
+    if not list(pkg.glob("_native*.so")):
+        pytest.skip("the compiled module is not built in this installation")
+    copy = pathlib.Path(str(tmp_path)) / "fastipc"
+    shutil.copytree(pkg, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    if change == "garbage":  # e.g. a wheel for another platform: dlopen fails
+        for so in copy.glob("_native.*so"):
+            so.write_bytes(b"not an ELF file" * 100)
+    else:
+        (copy / "_version.py").write_text('__version__ = "0.0.0+other"\n')
+    return str(copy.parent)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"), [("garbage", "invalid ELF header"), ("version", "two copies")]
+)
+def test_auto_falls_back_with_one_warning_naming_why_the_compiled_module_cannot_load(
+    tmp_path: object, change: str, reason: str
+) -> None:
+    path = _copy_with(tmp_path, change)
+    proc = run_python(
+        "import fastipc; print(fastipc.BACKEND)",
+        env=child_env(FASTIPC_BACKEND="auto", PYTHONPATH=path),
+        timeout=30,
+    )
+    assert proc.stdout.strip() == "python"
+    assert proc.stderr.count(_FALLBACK_WARNING) == 1, proc.stderr
+    assert reason in proc.stderr, proc.stderr
+    loud = run_python(
+        "import fastipc",
+        env=child_env(FASTIPC_BACKEND="native", PYTHONPATH=path),
+        check=False,
+        timeout=30,
+    )
+    assert loud.returncode == 1
+    assert "ImportError" in loud.stderr and reason in loud.stderr, loud.stderr
+
+
+def test_auto_with_the_compiled_module_present_loads_native_without_warning() -> None:
+    import pathlib
+
+    if not list(pathlib.Path(fastipc.__file__).parent.glob("_native*.so")):
+        pytest.skip("the compiled module is not built in this installation")
+    proc = run_python(
+        "import fastipc; print(fastipc.BACKEND)",
+        env=child_env(FASTIPC_BACKEND="auto"),
+        timeout=30,
+    )
+    assert proc.stdout.strip() == "native"
+    assert _FALLBACK_WARNING not in proc.stderr, proc.stderr
 
 
 def test_native_named_but_missing_is_an_import_error_with_the_reason() -> None:

@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import os
 
-from .._native import ffi, lib
-from .._native_fast import ffi as ffi_fast
-from .._native_fast import lib as lib_fast
 from .._version import __version__
+
+try:
+    from .._native import ffi, lib
+    from .._native_fast import ffi as ffi_fast
+    from .._native_fast import lib as lib_fast
+except ImportError as exc:
+    # A module that dlopen refuses (another platform, a too-old glibc) raises
+    # an ImportError named "_native" or nothing; _backend.py falls back on the
+    # full name. (A missing cffi is named "_cffi_backend": no fallback.)
+    if exc.name in (None, "_native", "_native_fast"):
+        exc.name = "fastipc." + (exc.name or "_native")
+    raise
 
 __all__ = ["SPIN_NS", "ffi", "ffi_fast", "lib", "lib_fast"]
 
@@ -22,7 +31,8 @@ _compiled = ffi.string(lib.fi_version()).decode()
 if _compiled != __version__ or ffi_fast.string(lib_fast.fi_version()).decode() != __version__:
     raise ImportError(
         f"fastipc._native is version {_compiled} but the Python files are {__version__}: "
-        "two copies of fastipc are installed; reinstall it"
+        "two copies of fastipc are installed; reinstall it",
+        name="fastipc._native",  # the compiled module is what cannot be used
     )
 
 #: Busy-wait before sleeping (ns), for rings and channels; FASTIPC_SPIN_US
