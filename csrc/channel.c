@@ -896,6 +896,20 @@ fi_area *fi_chan_view_pin(fi_chan *c)
     return a;
 }
 
+int fi_chan_view_pin_into(fi_chan *c, fi_pin *pin)
+{
+    if (!pin || pin->ring || pin->area)
+        return -EINVAL;
+    if (enter(c))
+        return -EBADF;
+    fi_area *a = fi_handoff_pin(&c->hrx);
+    leave(c);
+    if (!a)
+        return -ENOENT;
+    pin->area = a;
+    return 0;
+}
+
 void fi_chan_set_spin(fi_chan *c, int64_t spin_ns) { c->spin_ns = spin_ns < 0 ? 0 : spin_ns; }
 
 static int set_handoff_body(fi_chan *c, size_t min_len, size_t area_size)

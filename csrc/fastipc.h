@@ -18,6 +18,7 @@
 
 /* CDEF BEGIN */
 typedef struct fi_ring fi_ring;
+typedef struct fi_area fi_area;
 
 /* The version string compiled in; must equal fastipc.__version__. */
 const char *fi_version(void);
@@ -43,7 +44,8 @@ int fi_ring_open(int fd, fi_ring **out);
 void fi_ring_close(fi_ring *r);
 
 /* Close (if open) and free the handle: call when no other thread can still
- * use the pointer. NULL is allowed. */
+ * use the pointer (a pin may: the struct then goes with the last pin).
+ * NULL is allowed. */
 void fi_ring_free(fi_ring *r);
 
 /* Keep the mapping while a view into it lives (a view past its block must
@@ -51,6 +53,26 @@ void fi_ring_free(fi_ring *r);
  * come after fi_ring_close. -EBADF if the mapping is already gone. */
 int fi_ring_pin(fi_ring *r);
 void fi_ring_unpin(fi_ring *r);
+
+/* A pin a view owns, in memory the caller allocates zeroed (Python: ffi.new)
+ * before taking anything, so that an exception (a raising signal handler)
+ * at any instant finds out from it whether there is a pin to drop. */
+typedef struct fi_pin {
+    fi_ring *ring; /* the ring whose mapping is pinned, or NULL */
+    fi_area *area; /* the hand-off area pinned, or NULL (fi_chan_view_pin_into) */
+} fi_pin;
+
+/* fi_ring_pin recorded in *pin (which must hold nothing): 0, or -EBADF if
+ * the mapping is already gone. Serial; never blocks. */
+int fi_ring_pin_into(fi_ring *r, fi_pin *pin);
+
+/* Drop what *pin holds, if anything, and clear it: idempotent. Shaped as a
+ * view's destructor (ffi.gc(view_ptr, functools.partial(fi_pin_drop, pin)):
+ * C only, so a raising signal handler cannot cut it short and leak the
+ * pin); `view` is unused. The last pin of a closed ring unmaps it (and frees
+ * the handle if fi_ring_free came first); of an area, unmaps and frees it.
+ * Never blocks. */
+void fi_pin_drop(fi_pin *pin, const char *view);
 
 /* The payload capacity (bytes) and data-area size (bytes) of the handle. */
 uint64_t fi_ring_capacity(const fi_ring *r);
@@ -168,7 +190,6 @@ int fi_ring_unhold(fi_ring *r);
  *   or the errno of sendmsg/recvmsg (-ECONNRESET is reported as -EPIPE/-ENODATA).
  * A sticky error is returned by every later receive. */
 typedef struct fi_chan fi_chan;
-typedef struct fi_area fi_area;
 
 /* A handle for connected AF_UNIX SOCK_STREAM socket `fd` (the handle works on
  * its own dup of it, so the caller may close `fd` any time) with a receive buffer of rbuf_size bytes (>= 64), frames of at
@@ -193,6 +214,10 @@ void fi_chan_free(fi_chan *c);
  * the matching fi_area_unpin. */
 fi_area *fi_chan_view_pin(fi_chan *c);
 void fi_area_unpin(fi_area *a);
+
+/* fi_chan_view_pin recorded in *pin (which must hold nothing; drop it with
+ * fi_pin_drop): 0, -ENOENT if no view is lent, -EBADF closed handle. */
+int fi_chan_view_pin_into(fi_chan *c, fi_pin *pin);
 
 /* Receives that must wait first retry for spin_ns (default 0) before sleeping. */
 void fi_chan_set_spin(fi_chan *c, int64_t spin_ns);

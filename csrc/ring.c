@@ -108,15 +108,18 @@ enum fi_side { SIDE_NONE = 0, SIDE_PROD = 1, SIDE_CONS = 2 };
  * handle, plus 1 for each thread inside a call that waits (enter/leave),
  * each pin (a view the caller still holds), and the side an open
  * reserve/peek holds; the mapping goes when it drops to 0. The struct
- * itself goes only in fi_ring_free, when its owner (Python's handle object)
- * is gone, so a stale pointer to a closed handle meets `closed`, never
- * freed memory. Calls that never wait (marked "serial" in fastipc.h) do not
+ * itself goes when both that happened and fi_ring_free was called (its
+ * owner, Python's handle object, is gone): `life` counts the two. So a
+ * stale pointer to a closed handle meets `closed`, never freed memory, and
+ * a pin may outlive the handle's owner (a view's destructor holds only the
+ * pin, see fi_pin_drop). Calls that never wait (marked "serial" in fastipc.h) do not
  * count themselves: the caller runs them and fi_ring_close one at a time
  * (Python: holding the GIL). */
 struct fi_ring {
     struct fi_header *hdr;
     int closed;        /* fi_ring_close was called */
     uint32_t refs;     /* see above */
+    uint32_t life;     /* 2: the mapping's and fi_ring_free's; the last frees the struct */
     char *data;        /* first of the two mappings of the data area */
     void *map_base;    /* the whole reservation: header + 2 * data */
     size_t map_len;
@@ -465,8 +468,11 @@ static void unmap(fi_ring *r)
 /* Drop one reference (see struct fi_ring); the last one takes the mapping. */
 static void put_ref(fi_ring *r)
 {
-    if (ref_put(&r->refs))
+    if (ref_put(&r->refs)) {
         unmap(r);
+        if (ref_put(&r->life))
+            free(r);
+    }
 }
 
 /* Count this thread in for a call that may wait: -EBADF once closed. A
@@ -532,6 +538,7 @@ static int map_segment(int fd, uint64_t hsize, uint64_t size, fi_ring **out)
     r->size = size;
     r->spin_ns = 20000;
     r->refs = 1;
+    r->life = 2;
     *out = r;
     return 0;
 fail:
@@ -619,9 +626,9 @@ void fi_ring_free(fi_ring *r)
     if (!r)
         return;
     fi_ring_close(r);
-    /* Anything still counted (a side held by a block its thread never left)
-     * would use the struct later: keep it (a leak) rather than free it. */
-    if (__atomic_load_n(&r->refs, __ATOMIC_SEQ_CST) == 0)
+    /* Anything still counted (a pin, or a side held by a block its thread
+     * never left) uses the struct later: the last of them frees it. */
+    if (ref_put(&r->life))
         free(r);
 }
 
@@ -635,6 +642,25 @@ void fi_ring_unpin(fi_ring *r)
 {
     if (r)
         put_ref(r);
+}
+
+int fi_ring_pin_into(fi_ring *r, fi_pin *pin)
+{
+    if (!pin || pin->ring || pin->area)
+        return -EINVAL;
+    int rc = fi_ring_pin(r);
+    if (rc == 0)
+        pin->ring = r;
+    return rc;
+}
+
+void fi_pin_drop(fi_pin *pin, const char *view)
+{
+    (void)view;
+    if (!pin)
+        return;
+    fi_ring_unpin(__atomic_exchange_n(&pin->ring, NULL, __ATOMIC_SEQ_CST));
+    fi_area_unpin(__atomic_exchange_n(&pin->area, NULL, __ATOMIC_SEQ_CST));
 }
 
 uint64_t fi_ring_capacity(const fi_ring *r) { return r->cap; }

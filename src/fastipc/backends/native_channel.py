@@ -8,6 +8,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, NoReturn
 
 from .._checks import (
@@ -34,6 +35,7 @@ _try_recv = lib_fast.fi_chan_try_recv
 _try_send_batch = lib_fast.fi_chan_send_batch
 _try_recv_batch = lib_fast.fi_chan_try_recv_batch
 _from_buffer = ffi_fast.from_buffer
+_pin_drop = lib_fast.fi_pin_drop
 _dumps = marshal.dumps
 _loads = marshal.loads
 _monotonic_ns = time.monotonic_ns
@@ -285,12 +287,19 @@ class NativeChannel(ChannelBase):
         deadline = _deadline(timeout)
         n = _wait(lambda t: lib.fi_chan_recv_view(h, ptr, t), deadline)
         if n >= 0:
-            area = lib.fi_chan_view_pin(h)
-            if area == ffi.NULL:  # pragma: no cover - C lent a view, so it has an area
-                raise RuntimeError("fi_chan_view_pin found no view")
-            # The pin goes when the last view, slice or export of it does.
-            pinned = ffi.gc(ffi.cast("char *", ptr[0]), lambda _, a=area: lib.fi_area_unpin(a))
-            return memoryview(ffi.buffer(pinned, n)).toreadonly(), self._release_lent
+            # The pin goes when the last view, slice or export of it does, in
+            # C (see NativeRing._lend: no Python code runs in the destructor,
+            # so a raising signal handler cannot cut it short).
+            pin = ffi_fast.new("fi_pin *")
+            rc = lib_fast.fi_chan_view_pin_into(self._hf, pin)
+            if rc:  # pragma: no cover - C lent a view, so it has an area
+                raise RuntimeError(f"fi_chan_view_pin_into: {os.strerror(-rc)}")
+            return (
+                memoryview(
+                    ffi.buffer(ffi.gc(ffi.cast("char *", ptr[0]), partial(_pin_drop, pin)), n)
+                ).toreadonly(),
+                self._release_lent,
+            )
         if n == -errno.ENOMSG:
             return memoryview(self.recv(time_left(deadline))), _nothing
         self._recv_error(n)
