@@ -263,3 +263,8 @@ def test_from_socket_adopts_a_tcp_socket_with_no_handoff_and_no_fds() -> None:
         assert b.recv(timeout=5) == b"still usable"
         with pytest.raises(MessageTooLarge):
             a.send(bytes((1 << 20) + 1))
+        with pytest.raises(ValueError, match="unix socket"):
+            a.peer_credentials()  # no peer process on tcp: never made-up numbers
+        b.handoff_min = 1  # set after adoption: still inline, a tcp peer gets plain frames
+        b.send(bytes(200_000))
+        assert a.recv(timeout=5) == bytes(200_000)

@@ -267,6 +267,12 @@ def test_rm_argument_urls_are_read_as_every_verb_reads_them() -> None:
         assert str(rm_error.value) == str(parse_error.value)
 
 
+def test_rm_targets_keep_the_forms_they_took_before_the_one_parser() -> None:
+    """mq://NAME still names queue /NAME, as the old rm/ls docs promised."""
+    assert inventory.parse_target("mq://q") == inventory.Target("queue", "/q", "mq://q")
+    assert inventory.parse_target("mq:///q").name == "/q"
+
+
 def test_bare_word_is_a_ring_unless_a_socket_file_of_that_name_is_here(
     ring_name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:

@@ -346,7 +346,12 @@ class ChannelBase:
 
     # ---- shared behaviour ---------------------------------------------
     def peer_credentials(self) -> tuple[int, int, int]:
-        """``(pid, uid, gid)`` of the peer process as the kernel recorded them at connect (SO_PEERCRED)."""
+        """``(pid, uid, gid)`` of the peer process as the kernel recorded them at connect (SO_PEERCRED).
+
+        Raises ValueError on a tcp channel: the kernel knows no peer process there.
+        """
+        if not self._passes_fds:
+            raise ValueError(f"{self.name}: peer credentials exist only on a unix socket")
         creds = self._socket().getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
         pid, uid, gid = struct.unpack("3i", creds)
         return pid, uid, gid

@@ -5,7 +5,7 @@ scheme up here; they import no transport. Each module of
 ``fastipc.transports`` calls :func:`register` when it is imported; this
 module knows only which module serves which scheme (``_HOMES``) and imports
 it the first time the scheme is looked up, so ``import fastipc`` loads no
-transport (nor posix_ipc): about 85 M instructions, a fifth of the import,
+transport (nor posix_ipc): about 70 M instructions, a sixth of the import,
 saved for users of Ring and Channel alone. The command line asks the same
 records what a transport can do (answer its clients, close one of them,
 take a framing) instead of listing schemes itself.

@@ -121,13 +121,15 @@ def channel_error(
     length: int = 0,
     detail: str = "",
     hint: str = "",
+    sending: bool = False,
 ) -> Exception:
     """The exception for errno ``code`` (positive) on channel ``name``.
 
     ``closed``: the channel was closed before the call failed (EBADF then
     means "used after close"); ``length``: the announced length of the
     frame at fault; ``detail``: what exactly was wrong; ``hint``: what to
-    check, appended to protocol errors.
+    check, appended to protocol errors; ``sending``: a send failed (ENOBUFS
+    is then the kernel's "no buffer space", not a truncated receive).
     """
     if code in (_errno.ETIMEDOUT, _errno.EAGAIN):
         return Timeout(f"channel {name}: timed out")
@@ -135,7 +137,7 @@ def channel_error(
         return Closed(f"channel {name}: the peer closed the connection")
     if code == _errno.EBADF and closed:
         return ValueError(f"operation on a closed channel ({name})")
-    if code == _errno.ENOBUFS:
+    if code == _errno.ENOBUFS and not sending:
         return OSError(
             code,
             "MSG_CTRUNC: a message carried more fds than fit (the ones that arrived were "

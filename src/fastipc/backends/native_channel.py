@@ -234,7 +234,7 @@ class NativeChannel(ChannelBase):
             self._closed_send()
         # Nothing of this frame went out (else _abandon_send closed the
         # channel), so the stream is intact whatever the code.
-        raise channel_error(-rc, self.name, closed=self.closed)
+        raise channel_error(-rc, self.name, closed=self.closed, sending=True)
 
     def _too_large(self, n: int, what: str = "message", tail: str = "") -> NoReturn:
         self._fail(

@@ -311,6 +311,8 @@ class PythonChannel(ChannelBase):
         """The area a message of ``n`` bytes goes through, or None: inline."""
         if not self.handoff_min or not self.handoff_min <= n <= self.handoff_area // 2:
             return None
+        if not self._passes_fds:  # handoff_min set after from_socket on tcp: no memfd can pass
+            return None
         area = self._tx_area
         if area is None:
             if self._no_area:

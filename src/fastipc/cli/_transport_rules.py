@@ -86,7 +86,7 @@ def _receive_by_connecting(scheme: str) -> bool:
 
 
 #: Schemes ``recv`` receives from by connecting a client (to a server, or to the queue).
-#: (As the transports declare it in fastipc._registry; they registered when fastipc was imported.)
+#: (As the transports declare it in fastipc._registry; each is imported on its scheme's first lookup.)
 RECV_BY_CONNECTING = tuple(s for s in schemes() if _receive_by_connecting(s))
 #: Schemes ``recv`` receives on by binding a server (the datagrams or writers come to it).
 RECV_BY_BINDING = tuple(s for s in schemes() if not _receive_by_connecting(s))

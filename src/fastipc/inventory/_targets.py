@@ -34,7 +34,7 @@ _SCHEMES = ("shm", "mq", "unix", "unixgram", "fifo")
 def parse_target(arg: str) -> Target:
     """Resolve an ``rm``/``ls`` argument to the object it names.
 
-    Accepted: a URL (``shm://NAME``, ``mq:///NAME``, ``unix://PATH``,
+    Accepted: a URL (``shm://NAME``, ``mq:///NAME`` or ``mq://NAME``, ``unix://PATH``,
     ``unixgram://PATH``, ``fifo://PATH``, read by :func:`fastipc.endpoints.parse`),
     a path containing a slash, or a bare ring name. A bare word that is
     not an existing ring but is a socket file or FIFO in the current
@@ -43,7 +43,11 @@ def parse_target(arg: str) -> Target:
     if "\0" in arg or not arg:
         raise ValueError(f"{arg!r}: not a ring name, URL or path")
     if "://" in arg:
-        ep = parse(arg, schemes=_SCHEMES)
+        # mq://NAME is taken as mq:///NAME, as before issue 11.
+        url = arg
+        if url.startswith("mq://") and not url.startswith("mq:///"):
+            url = "mq:///" + url[len("mq://") :]
+        ep = parse(url, schemes=_SCHEMES)
         if ep.scheme == "shm":
             assert ep.name is not None
             return Target("ring", ep.name, arg)
