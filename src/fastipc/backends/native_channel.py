@@ -292,8 +292,9 @@ class NativeChannel(ChannelBase):
             # so a raising signal handler cannot cut it short).
             pin = ffi_fast.new("fi_pin *")
             rc = lib_fast.fi_chan_view_pin_into(self._hf, pin)
-            if rc:  # pragma: no cover - C lent a view, so it has an area
-                raise RuntimeError(f"fi_chan_view_pin_into: {os.strerror(-rc)}")
+            if rc:  # -EBADF: another thread closed the channel since C lent the view
+                lib.fi_chan_release_view(h)
+                self._recv_error(rc)
             return (
                 memoryview(
                     ffi.buffer(ffi.gc(ffi.cast("char *", ptr[0]), partial(_pin_drop, pin)), n)
