@@ -70,6 +70,13 @@
 #define MAX_FDS 253 /* SCM_MAX_FD in the kernel */
 #define MAX_SETS 16 /* fd sets received but not yet claimed */
 #define DIRECT_MAX (64u * 1024)
+/* A receive given no buffer (out NULL) reads a frame longer than this into
+ * a buffer of the handle's own of 1/RX_OWN_PART of its length first, and
+ * asks for the whole frame's buffer only once that much has come: what a
+ * header announcing max_message costs in memory (address space included)
+ * follows what the peer actually sends. */
+#define RX_OWN_FROM (1u << 20)
+#define RX_OWN_PART 16u
 #ifndef IOV_MAX
 #define IOV_MAX 1024
 #endif
@@ -115,6 +122,8 @@ struct fi_chan {
     uint64_t rx_start;
     size_t rx_done;
     char *rx_out;
+    size_t rx_cap; /* bytes rx_out holds: rx_len, or less for rx_own */
+    char *rx_own;  /* our own buffer for a frame's first part (see RX_OWN_FROM) */
 
     /* fds */
     size_t max_fds;
@@ -452,16 +461,18 @@ static int64_t at_eof(fi_chan *c)
 /* Continue the frame being read straight into out. */
 static int64_t recv_direct(fi_chan *c, int keep)
 {
-    while (c->rx_done < c->rx_len) {
+    while (c->rx_done < c->rx_cap) {
         if (c->eof)
             return at_eof(c);
-        int64_t got = rx_read(c, c->rx_out + c->rx_done, c->rx_len - c->rx_done);
+        int64_t got = rx_read(c, c->rx_out + c->rx_done, c->rx_cap - c->rx_done);
         if (got < 0)
             return got; /* -EAGAIN etc.: the progress stays for the next call */
         c->rx_done += (size_t)got;
         if (c->ndoomed && c->defer_close)
             return -EXDEV;
     }
+    if (c->rx_done < c->rx_len)
+        return -ENOBUFS; /* rx_own is full: the caller adopts it into a whole buffer */
     if (would_close(c, c->rx_start, c->rx_flags, keep))
         return -EXDEV;
     c->rx_active = 0;
@@ -475,7 +486,7 @@ static int64_t recv_step(fi_chan *c, char *out, size_t cap, int keep)
     if (c->dead)
         return c->dead;
     if (c->rx_active) {
-        if (out != c->rx_out)
+        if (out != c->rx_out && !(out == NULL && c->rx_out == c->rx_own))
             return -EINPROGRESS;
         return recv_direct(c, keep);
     }
@@ -487,9 +498,10 @@ static int64_t recv_step(fi_chan *c, char *out, size_t cap, int keep)
             int rc = parse_hdr(c, &len, &flags);
             if (rc)
                 return rc;
-            if (len > cap)
-                return -EMSGSIZE;
             size_t wire = wire_len(len, flags);
+            /* out NULL: only a frame long enough to start in rx_own (below) */
+            if (len > cap && (out || len <= RX_OWN_FROM || avail - HDR >= wire))
+                return -EMSGSIZE;
             if (avail - HDR >= wire) {
                 uint64_t start = c->rx_total - avail;
                 if (would_close(c, start, flags, keep))
@@ -506,13 +518,21 @@ static int64_t recv_step(fi_chan *c, char *out, size_t cap, int keep)
                 return rc ? rc : (int64_t)len;
             }
             if (wire > c->direct_min) {
+                size_t have = avail - HDR, room = len;
+                if (!out) {
+                    /* wire == len here: a frame over RX_OWN_FROM is no descriptor */
+                    room = len / RX_OWN_PART > have ? len / RX_OWN_PART : have;
+                    if (!(out = c->rx_own = malloc(room)))
+                        return -ENOMEM;
+                }
                 c->rx_active = 1;
                 c->rx_len = len;
                 c->rx_flags = flags;
                 c->rx_start = c->rx_total - avail;
                 c->rx_out = out;
-                c->rx_done = avail - HDR;
-                memcpy(out, c->rbuf + c->rpos + HDR, c->rx_done);
+                c->rx_cap = room;
+                c->rx_done = have;
+                memcpy(out, c->rbuf + c->rpos + HDR, have);
                 c->rpos = c->rend = 0;
                 return recv_direct(c, keep);
             }
@@ -803,7 +823,8 @@ static void release_all(fi_chan *c)
     free(c->last);
     free(c->stage);
     free(c->doomed);
-    c->rbuf = c->cbuf = c->stage = NULL;
+    free(c->rx_own);
+    c->rbuf = c->cbuf = c->stage = c->rx_own = NULL;
     c->pool = c->last = c->doomed = NULL;
     fi_handoff_rx_free(&c->hrx);
     fi_handoff_tx_free(&c->htx);
@@ -964,12 +985,17 @@ static int64_t buffered_body(fi_chan *c)
 
 static int rx_adopt_body(fi_chan *c, const char *from, char *to)
 {
-    if (!c || !c->rx_active || c->rx_out != from)
+    if (!c || !c->rx_active || c->rx_out != (from ? from : c->rx_own) || !c->rx_out)
         return 0;
-    memcpy(to, from, c->rx_done);
+    memcpy(to, c->rx_out, c->rx_done);
     c->rx_out = to;
+    c->rx_cap = c->rx_len;
+    free(c->rx_own);
+    c->rx_own = NULL;
     return 1;
 }
+
+static int rx_owned_body(fi_chan *c) { return c && c->rx_active && c->rx_out == c->rx_own; }
 
 static int64_t tx_partial_body(fi_chan *c) { return c ? (int64_t)c->tx_done : 0; }
 
@@ -1201,6 +1227,11 @@ int64_t fi_chan_buffered(fi_chan *c)
 int fi_chan_rx_adopt(fi_chan *c, const char *from, char *to)
 {
     COUNTED_CALL(c, enter, leave, 0, rx_adopt_body(c, from, to));
+}
+
+int fi_chan_rx_owned(fi_chan *c)
+{
+    COUNTED_CALL(c, enter, leave, 0, rx_owned_body(c));
 }
 
 int64_t fi_chan_tx_partial(fi_chan *c)

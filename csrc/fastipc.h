@@ -250,10 +250,14 @@ int64_t fi_chan_rx_partial(fi_chan *c);
  * lives in this handle (so the channel cannot move to another process). */
 int64_t fi_chan_buffered(fi_chan *c);
 
-/* If the partial frame is being read into `from`, copy what came so far to
- * `to` (room for the whole frame: fi_chan_next_len bytes) and continue it
- * there; return 1. Return 0 (and change nothing) if it is not. */
+/* If the partial frame is being read into `from` (NULL: into the handle's
+ * own first-part buffer, see fi_chan_recv), copy what came so far to `to`
+ * (room for the whole frame: fi_chan_next_len bytes) and continue it there;
+ * return 1. Return 0 (and change nothing) if it is not. */
 int fi_chan_rx_adopt(fi_chan *c, const char *from, char *to);
+
+/* 1 if the partial frame is in the handle's own first-part buffer, else 0. */
+int fi_chan_rx_owned(fi_chan *c);
 
 /* Bytes of the frame being sent that already went out, and frames of the
  * current batch completely sent; fi_chan_tx_reset forgets both (call it
@@ -309,7 +313,13 @@ int64_t fi_chan_send_batch(fi_chan *c, const char *blob, size_t len, int64_t tim
  * than 64 KiB (or half the receive buffer) is read straight into out. keep_fds: keep
  * the frame's fds for fi_chan_take_fds (else they are closed). -EMSGSIZE
  * longer than cap (it stays), -EINPROGRESS a frame is partly read into
- * another buffer (see fi_chan_rx_adopt). */
+ * another buffer (see fi_chan_rx_adopt).
+ * out NULL, cap 0: the caller has no buffer yet for a long frame. One over
+ * 1 MiB is read into a buffer the handle allocates, of 1/16 of its length,
+ * and -ENOBUFS comes once that is full: adopt it (fi_chan_rx_adopt with
+ * from NULL) into a buffer for the whole frame and go on there. So a header
+ * announcing a huge frame costs memory only as its bytes arrive. Any other
+ * frame gives -EMSGSIZE (a frame of 0 bytes: 0). */
 int64_t fi_chan_recv(fi_chan *c, char *out, size_t cap, int keep_fds, int64_t timeout_ns);
 
 /* Lend the next message in place if it came through the hand-off area: *ptr

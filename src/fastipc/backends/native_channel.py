@@ -48,10 +48,14 @@ _EINTR = -errno.EINTR
 _EPIPE = -errno.EPIPE
 #: A try call found received fds waiting to be closed: take the path that may block.
 _EXDEV = -errno.EXDEV
+_ENOBUFS = -errno.ENOBUFS
 
 #: Received messages up to this size go through a per-channel buffer (bytes);
 #: longer ones are read straight into a new bytes object.
 SCRATCH_BYTES = 64 * 1024
+# Frames longer than this start in C's own buffer (see _recv_slow); as
+# RX_OWN_FROM in csrc/channel.c.
+_OWN_FROM = 1 << 20
 #: Room for one recv_many batch in marshal format (bytes).
 BATCH_BYTES = 256 * 1024
 #: Sends up to this size (bytes) are tried holding the GIL; longer ones copy
@@ -264,13 +268,28 @@ class NativeChannel(ChannelBase):
         self._drop_stale_big()
         if self._big is None:
             n = lib.fi_chan_next_len(h)
+            if n > _OWN_FROM:
+                # No buffer for the whole of a frame over 1 MiB until 1/16
+                # of it came (C holds that part): a header alone, from a
+                # slow or hostile peer, must not take its announced size.
+                rc = _wait(lambda t: lib.fi_chan_recv(h, ffi.NULL, 0, keep, t), deadline)
+                if rc >= 0:  # another thread took the frame; this is the next, empty one
+                    return b""
+                if rc != _ENOBUFS and rc != _EMSGSIZE:
+                    self._recv_error(rc)  # Timeout/EINTR keep the progress for the next call
+                n = lib.fi_chan_next_len(h)
             if n < 0:
                 self._recv_error(n)
             # A fresh bytes object that nothing else references yet: C reads
-            # the message straight into it, so it is never copied again.
+            # the message straight into it, so it is never copied again
+            # (but for the 1/16 C may have read into its own buffer).
             self._big = bytes(n)
             self._bigp = _from_buffer(self._big)
         big, bigp, n = self._big, self._bigp, len(self._big)
+        # Held by self before C is told to write there (a signal handler
+        # raising in between leaves it for the next call to adopt).
+        if lib.fi_chan_rx_owned(h) and lib.fi_chan_next_len(h) == n:
+            lib.fi_chan_rx_adopt(h, ffi.NULL, bigp)
         rc = _wait(lambda t: lib.fi_chan_recv(h, bigp, n, keep, t), deadline)
         if rc < 0:
             self._recv_error(rc)  # Timeout/EINTR keep the progress for the next call
@@ -348,6 +367,13 @@ class NativeChannel(ChannelBase):
                 return rc  # type: ignore[no-any-return]
             if rc == _EMSGSIZE:
                 self._dst_too_small(lib.fi_chan_next_len(h), size)
+            if rc == _EINPROGRESS and lib.fi_chan_rx_owned(h):
+                # An earlier receive began a long message in C's buffer.
+                if lib.fi_chan_next_len(h) > size:
+                    self._dst_too_small(lib.fi_chan_next_len(h), size)
+                data = self._recv_slow(rc, timeout, 0)
+                ffi.memmove(buf, data, len(data))
+                return len(data)
             self._recv_error(rc)
         except BaseException:
             self._adopt_partial(buf)
@@ -367,7 +393,12 @@ class NativeChannel(ChannelBase):
         """A receive into the caller's ``buf`` ends early while a long message is partly
         read into it: continue that message in a buffer of our own, for the next receive."""
         h = self._h
-        if self.closed or self._big is not None or lib.fi_chan_rx_partial(h) < 0:
+        if (
+            self.closed
+            or self._big is not None
+            or lib.fi_chan_rx_partial(h) < 0
+            or lib.fi_chan_rx_owned(h)
+        ):
             return
         # Held by self before C is told to write there, so that nothing can
         # leave C pointing into a freed object.
