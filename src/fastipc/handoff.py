@@ -159,15 +159,18 @@ class ReceiveArea:
 
     def __init__(self, fd: int) -> None:
         """Map the area on ``fd`` (not closed here); ValueError if it is not a sealed fastipc area."""
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or not AREA_HEADER < st.st_size <= AREA_HEADER + AREA_MAX:
-            raise ValueError("the hand-off area is not a memfd of a valid size")
+        # Seals before size (as csrc/handoff.c): a size read first may be
+        # gone when the seals are, the sender having shrunk and sealed in
+        # between (mmap's own size check stops that here, but not in C).
         try:
             seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
         except OSError:
             seals = 0
         if not seals & fcntl.F_SEAL_SHRINK:
             raise ValueError("the hand-off area is not sealed against shrinking")
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not AREA_HEADER < st.st_size <= AREA_HEADER + AREA_MAX:
+            raise ValueError("the hand-off area is not a memfd of a valid size")
         try:
             self._map = _map(fd, st.st_size)
         except OSError:
