@@ -74,6 +74,10 @@ int fi_ring_pin_into(fi_ring *r, fi_pin *pin);
  * Never blocks. */
 void fi_pin_drop(fi_pin *pin, const char *view);
 
+/* fi_pin_drop shaped as the record's own destructor (ffi.gc(pin,
+ * fi_pin_release)): drops the pin should the view never come to own it. */
+void fi_pin_release(fi_pin *pin);
+
 /* The payload capacity (bytes) and data-area size (bytes) of the handle. */
 uint64_t fi_ring_capacity(const fi_ring *r);
 uint64_t fi_ring_data_size(const fi_ring *r);
@@ -151,17 +155,36 @@ int64_t fi_ring_send_batch(fi_ring *r, const char *buf, size_t len, size_t skip,
 int64_t fi_ring_recv_batch(fi_ring *r, char *out, size_t cap, size_t max_count,
                            int64_t timeout_ns);
 
+/* A record of one hold (reserve/peek), in memory the caller allocates
+ * zeroed before the call that takes the side: that call fills it in (and
+ * pins the handle's struct) in the same step as it takes the lock, so no
+ * instant exists where the side is held and nothing owns its release. */
+typedef struct fi_hold {
+    fi_ring *ring; /* the ring whose side is held, or NULL */
+    uint64_t gen;  /* which hold of it */
+} fi_hold;
+
+/* If the hold *hold records is still held (by this thread), let go of it,
+ * publishing and consuming nothing, as fi_ring_unhold; then drop the pin
+ * and clear the record: idempotent, and a no-op once the block finished the
+ * hold itself. Shaped as the record's destructor (Python: ffi.gc(record,
+ * fi_hold_drop)), so a block whose Python clean-up a raising signal handler
+ * cut short still lets go, in C, when its frame goes. */
+void fi_hold_drop(fi_hold *hold);
+
 /* Wait for room for an n-byte message and hold the producer side: *ptr gets
  * the n writable bytes in the ring. Finish with fi_ring_commit (publish) or
- * fi_ring_abort (discard), from the same thread. */
-int fi_ring_reserve(fi_ring *r, size_t n, int64_t timeout_ns, char **ptr);
+ * fi_ring_abort (discard), from the same thread. hold (or NULL) must be
+ * empty (-EINVAL) and gets the record of the hold. */
+int fi_ring_reserve(fi_ring *r, size_t n, int64_t timeout_ns, char **ptr, fi_hold *hold);
 int fi_ring_commit(fi_ring *r);
 int fi_ring_abort(fi_ring *r);
 
 /* Wait for the oldest message and hold the consumer side: *ptr gets its
  * bytes in place; returns its length. Finish with fi_ring_release (which
- * consumes it), from the same thread (-EPERM from another). */
-int64_t fi_ring_peek(fi_ring *r, int64_t timeout_ns, char **ptr);
+ * consumes it), from the same thread (-EPERM from another). hold as for
+ * fi_ring_reserve. */
+int64_t fi_ring_peek(fi_ring *r, int64_t timeout_ns, char **ptr, fi_hold *hold);
 int fi_ring_release(fi_ring *r);
 
 /* Let go of whatever side an open reserve/peek holds, publishing and

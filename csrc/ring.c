@@ -131,6 +131,7 @@ struct fi_ring {
     char *scratch;     /* lent by fi_ring_set_scratch */
     size_t scratch_cap;
     enum fi_side holding; /* side held by an open reserve/peek */
+    uint64_t hold_gen;    /* counts the holds taken, for fi_hold_drop */
     uint64_t held_len;    /* the reserved length / the peeked record size */
     uint64_t held_pos;    /* where the reserved record starts */
 };
@@ -663,6 +664,8 @@ void fi_pin_drop(fi_pin *pin, const char *view)
     fi_area_unpin(__atomic_exchange_n(&pin->area, NULL, __ATOMIC_SEQ_CST));
 }
 
+void fi_pin_release(fi_pin *pin) { fi_pin_drop(pin, NULL); }
+
 uint64_t fi_ring_capacity(const fi_ring *r) { return r->cap; }
 uint64_t fi_ring_data_size(const fi_ring *r) { return r->size; }
 void fi_ring_set_scratch(fi_ring *r, char *buf, size_t cap)
@@ -894,10 +897,17 @@ int64_t fi_ring_recv_batch(fi_ring *r, char *out, size_t cap, size_t max_count, 
 
 /* Hold `side` for an open reserve/peek: the side's lock stays taken, and
  * the mapping stays (one reference) until the side is let go. */
-static void hold(fi_ring *r, enum fi_side side)
+static void hold(fi_ring *r, enum fi_side side, fi_hold *rec)
 {
     __atomic_add_fetch(&r->refs, 1, __ATOMIC_SEQ_CST);
+    uint64_t gen = __atomic_add_fetch(&r->hold_gen, 1, __ATOMIC_SEQ_CST);
     __atomic_store_n(&r->holding, side, __ATOMIC_SEQ_CST);
+    if (rec) {
+        /* The record keeps the struct (a pin) until fi_hold_drop. */
+        __atomic_add_fetch(&r->refs, 1, __ATOMIC_SEQ_CST);
+        rec->gen = gen;
+        __atomic_store_n(&rec->ring, r, __ATOMIC_SEQ_CST);
+    }
 }
 
 /* Let go of the held side; -EPERM (and nothing changes) if this thread is
@@ -914,7 +924,7 @@ static int let_go(fi_ring *r, fi_lock *l)
     return 0;
 }
 
-static int64_t reserve_locked(fi_ring *r, size_t n, char **ptr)
+static int64_t reserve_locked(fi_ring *r, size_t n, char **ptr, fi_hold *rec)
 {
     struct fi_header *h = r->hdr;
     if (is_closed(h)) {
@@ -925,14 +935,14 @@ static int64_t reserve_locked(fi_ring *r, size_t n, char **ptr)
     int rc = room_for(r, tail, align_line(tail + rec_size(n)) - tail);
     if (rc)
         return rc;
-    hold(r, SIDE_PROD);
+    hold(r, SIDE_PROD, rec);
     r->held_len = n;
     r->held_pos = tail;
     *ptr = at(r, tail) + FI_REC_HDR;
     return 1; /* not 0: keeps the lock (see fi_ring_reserve) */
 }
 
-static int reserve_wait(fi_ring *r, size_t n, int64_t timeout_ns, char **ptr)
+static int reserve_wait(fi_ring *r, size_t n, int64_t timeout_ns, char **ptr, fi_hold *rec)
 {
     if (n > r->cap)
         return -EMSGSIZE;
@@ -944,7 +954,7 @@ static int reserve_wait(fi_ring *r, size_t n, int64_t timeout_ns, char **ptr)
         int rc = lock_wait(r, m, deadline);
         if (rc)
             return rc;
-        rc = (int)reserve_locked(r, n, ptr);
+        rc = (int)reserve_locked(r, n, ptr, rec);
         if (rc == 1)
             return 0; /* the producer lock stays held until commit/abort */
         unlock(m);
@@ -956,9 +966,11 @@ static int reserve_wait(fi_ring *r, size_t n, int64_t timeout_ns, char **ptr)
     }
 }
 
-int fi_ring_reserve(fi_ring *r, size_t n, int64_t timeout_ns, char **ptr)
+int fi_ring_reserve(fi_ring *r, size_t n, int64_t timeout_ns, char **ptr, fi_hold *hold)
 {
-    COUNTED_CALL(r, enter, put_ref, -EBADF, reserve_wait(r, n, timeout_ns, ptr));
+    if (hold && hold->ring)
+        return -EINVAL;
+    COUNTED_CALL(r, enter, put_ref, -EBADF, reserve_wait(r, n, timeout_ns, ptr, hold));
 }
 
 int fi_ring_commit(fi_ring *r)
@@ -992,21 +1004,21 @@ int fi_ring_abort(fi_ring *r)
     return let_go(r, &r->hdr->prod.lock);
 }
 
-static int64_t peek_locked(fi_ring *r, char **ptr)
+static int64_t peek_locked(fi_ring *r, char **ptr, fi_hold *rec)
 {
     uint64_t head, stride;
     uint32_t len;
     int rc = next_record(r, &head, &len, &stride);
     if (rc)
         return rc;
-    hold(r, SIDE_CONS);
+    hold(r, SIDE_CONS, rec);
     r->held_pos = head;
     r->held_len = stride;
     *ptr = at(r, head) + FI_REC_HDR;
     return len;
 }
 
-static int64_t peek_wait(fi_ring *r, int64_t timeout_ns, char **ptr)
+static int64_t peek_wait(fi_ring *r, int64_t timeout_ns, char **ptr, fi_hold *rec)
 {
     if (__atomic_load_n(&r->holding, __ATOMIC_SEQ_CST) != SIDE_NONE)
         return -EDEADLK;
@@ -1016,7 +1028,7 @@ static int64_t peek_wait(fi_ring *r, int64_t timeout_ns, char **ptr)
         int64_t rc = lock_wait(r, m, deadline);
         if (rc)
             return rc;
-        rc = peek_locked(r, ptr);
+        rc = peek_locked(r, ptr, rec);
         if (rc >= 0)
             return rc; /* the consumer lock stays held until release */
         unlock(m);
@@ -1028,9 +1040,11 @@ static int64_t peek_wait(fi_ring *r, int64_t timeout_ns, char **ptr)
     }
 }
 
-int64_t fi_ring_peek(fi_ring *r, int64_t timeout_ns, char **ptr)
+int64_t fi_ring_peek(fi_ring *r, int64_t timeout_ns, char **ptr, fi_hold *hold)
 {
-    COUNTED_CALL(r, enter, put_ref, -EBADF, peek_wait(r, timeout_ns, ptr));
+    if (hold && hold->ring)
+        return -EINVAL;
+    COUNTED_CALL(r, enter, put_ref, -EBADF, peek_wait(r, timeout_ns, ptr, hold));
 }
 
 int fi_ring_release(fi_ring *r)
@@ -1053,4 +1067,16 @@ int fi_ring_unhold(fi_ring *r)
     if (side == SIDE_NONE)
         return 0;
     return let_go(r, side == SIDE_PROD ? &r->hdr->prod.lock : &r->hdr->cons.lock);
+}
+
+void fi_hold_drop(fi_hold *hold)
+{
+    fi_ring *r = hold ? __atomic_exchange_n(&hold->ring, NULL, __ATOMIC_SEQ_CST) : NULL;
+    if (!r)
+        return;
+    /* Still the hold this record was made for (no block since let it go):
+     * let go of it. The mapping is there: the record's pin keeps it. */
+    if (__atomic_load_n(&r->hold_gen, __ATOMIC_SEQ_CST) == hold->gen)
+        fi_ring_unhold(r);
+    put_ref(r);
 }

@@ -147,7 +147,7 @@ static void op_batch(fi_ring *r, uint64_t cap, input *in)
 static void op_peek(fi_ring *r, uint64_t cap, uint8_t op)
 {
     char *p = NULL;
-    int64_t got = fi_ring_peek(r, 0, &p);
+    int64_t got = fi_ring_peek(r, 0, &p, NULL);
     if (got >= 0) {
         CHECK((uint64_t)got <= cap, "view of %lld bytes, capacity %llu", (long long)got,
               (unsigned long long)cap);

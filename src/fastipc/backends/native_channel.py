@@ -309,7 +309,7 @@ class NativeChannel(ChannelBase):
             # The pin goes when the last view, slice or export of it does, in
             # C (see NativeRing._lend: no Python code runs in the destructor,
             # so a raising signal handler cannot cut it short).
-            pin = ffi_fast.new("fi_pin *")
+            pin = ffi_fast.gc(ffi_fast.new("fi_pin *"), lib_fast.fi_pin_release)
             rc = lib_fast.fi_chan_view_pin_into(self._hf, pin)
             if rc:  # -EBADF: another thread closed the channel since C lent the view
                 lib.fi_chan_release_view(h)

@@ -34,6 +34,8 @@ _unhold = lib_fast.fi_ring_unhold
 _close = lib_fast.fi_ring_close
 _pin_into = lib_fast.fi_ring_pin_into
 _pin_drop = lib_fast.fi_pin_drop
+_pin_release = lib_fast.fi_pin_release
+_hold_drop = lib_fast.fi_hold_drop
 _from_buffer = ffi_fast.from_buffer
 _dumps = marshal.dumps
 _loads = marshal.loads
@@ -63,7 +65,6 @@ class NativeRing(RingBase):
     _sbuf: Any
     _batch: Any
     _bview: memoryview | None
-    _holding: bool
     _closed: bool
 
     # ---- lifetime -----------------------------------------------------
@@ -130,19 +131,17 @@ class NativeRing(RingBase):
         lib_fast.fi_ring_set_scratch(self._hf, self._scratch, SCRATCH_BYTES)
         self._batch = None
         self._bview = None
-        self._holding = False
         return self
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._holding:
-            # A reserve/view of this thread is open: let the other producers
-            # or consumers go now (nothing is published or consumed). If it
-            # is another thread's block, C refuses (not the holder) and that
-            # block lets go as it exits.
-            _unhold(self._hf)
+        # A reserve/view of this thread is open: let the other producers or
+        # consumers go now (nothing is published or consumed; 0 if none is).
+        # If it is another thread's block, C refuses (not the holder) and
+        # that block lets go as it exits.
+        _unhold(self._hf)
         # Threads waiting in calls on this handle wake and raise; the mapping
         # stays while any of them is inside C or any view still pins it.
         _close(self._hf)
@@ -160,14 +159,12 @@ class NativeRing(RingBase):
     def _lend(self, ptr: Any, n: int) -> memoryview:
         """A view of ``n`` bytes at ``ptr`` in the mapping that pins it: the mapping
         outlives close() while the view, or any slice or export of it, lives."""
-        # The pin is recorded in memory allocated before it is taken, and
-        # dropped when the last view, slice or export is gone, by C
-        # (fi_pin_drop through functools.partial, also C): no Python code
-        # runs in the destructor, so a raising signal handler cannot cut it
-        # short (cffi would only print "Exception ignored") and leak the pin.
-        # (Known gap, issue 10: an exception raised right after _pin_into
-        # returns, before ffi.gc, still leaks the pin; see _reserve.)
-        pin = ffi_fast.new("fi_pin *")
+        # The pin is dropped by C, never by Python code a raising signal
+        # handler could cut short (cffi would only print "Exception
+        # ignored"): by fi_pin_drop when the last view, slice or export is
+        # gone (through functools.partial, also C), or, should an exception
+        # land before the view exists, by the record's own destructor.
+        pin = ffi_fast.gc(ffi_fast.new("fi_pin *"), _pin_release)
         _check(_pin_into(self._hf, pin), self.name)
         return memoryview(ffi.buffer(ffi.gc(ffi.cast("char *", ptr), partial(_pin_drop, pin)), n))
 
@@ -325,17 +322,18 @@ class NativeRing(RingBase):
 
     @contextmanager
     def _reserve(self, nbytes: int, timeout: float | None) -> Iterator[memoryview]:
-        if self._holding:
-            _check(-errno.EDEADLK, self.name)
         h, hf, ptr = self._h, self._hf, ffi.new("char **")
+        # C records the hold in `held` as it takes the producer lock, and
+        # lets it go in the record's destructor if nothing else did: should
+        # a raising signal handler cut short the clean-up below, or land in
+        # contextlib's __enter__/__exit__ so that it never runs, the lock
+        # goes when this generator's frame does, without Python code.
+        held = ffi_fast.gc(ffi_fast.new("fi_hold *"), _hold_drop)
         view: memoryview | None = None
         publish = False
-        # Everything from the C call that takes the producer lock runs inside
-        # this try: an exception at any point (a signal handler that raises
-        # between two bytecodes included) lets the lock go in the finally.
         try:
-            self._holding = True
-            rc = _wait(lambda t: lib.fi_ring_reserve(h, nbytes, t, ptr), _deadline(timeout))
+            rec = ffi.cast("fi_hold *", held)
+            rc = _wait(lambda t: lib.fi_ring_reserve(h, nbytes, t, ptr, rec), _deadline(timeout))
             _check(rc, self.name)
             view = self._lend(ptr[0], nbytes)
             yield view
@@ -345,10 +343,9 @@ class NativeRing(RingBase):
                 rc = lib_fast.fi_ring_commit(hf) if publish and not self._closed else 0
                 # Whatever the commit said, the producer side is let go here:
                 # no error may leave the lock taken (0 if nothing is held).
-                _unhold(hf)
+                _hold_drop(held)
                 _check(rc, self.name)
             finally:
-                self._holding = False
                 if view is not None:
                     release_view(view)
         if self._closed:
@@ -359,13 +356,12 @@ class NativeRing(RingBase):
 
     @contextmanager
     def _recv_view(self, timeout: float | None) -> Iterator[memoryview]:
-        if self._holding:
-            _check(-errno.EDEADLK, self.name)
         h, hf, ptr = self._h, self._hf, ffi.new("char **")
+        held = ffi_fast.gc(ffi_fast.new("fi_hold *"), _hold_drop)  # as in _reserve
         view: memoryview | None = None
-        try:  # as in _reserve: no exception may leave the consumer lock taken
-            self._holding = True
-            n = _check(_wait(lambda t: lib.fi_ring_peek(h, t, ptr), _deadline(timeout)), self.name)
+        try:
+            rec = ffi.cast("fi_hold *", held)
+            n = _check(_wait(lambda t: lib.fi_ring_peek(h, t, ptr, rec), _deadline(timeout)), self.name)
             view = self._lend(ptr[0], n).toreadonly()
             yield view
         finally:
@@ -377,10 +373,9 @@ class NativeRing(RingBase):
                 # Never lent (the message stays), closed inside the block (the
                 # message stays for the next consumer), or a failed release:
                 # the consumer side is let go whatever happened.
-                _unhold(hf)
+                _hold_drop(held)
                 _check(rc, self.name)
             finally:
-                self._holding = False
                 if view is not None:
                     release_view(view)
 
