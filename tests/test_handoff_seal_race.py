@@ -69,7 +69,8 @@ def test_shrinking_and_sealing_the_area_mid_check_never_faults_the_receiver(shim
     to_recv_r, to_recv_w = os.pipe()
     env = dict(
         os.environ,
-        LD_PRELOAD=shim,
+        # After what is preloaded already (the sanitizer run's ASan must stay first).
+        LD_PRELOAD=f"{os.environ.get('LD_PRELOAD', '')} {shim}".strip(),
         PAUSE_MEMFD=f"/memfd:{RACE_AREA}",
         PAUSE_W=str(to_test_w),
         PAUSE_R=str(to_recv_r),
