@@ -92,6 +92,10 @@ void fi_ring_set_spin(fi_ring *r, int64_t spin_ns);
 /* Messages waiting (a snapshot), or -EBADMSG. Never blocks. */
 int64_t fi_ring_len(fi_ring *r);
 
+/* The longest message (bytes) a send could append now without waiting (a
+ * snapshot), -ENOSPC if not even an empty one fits, -EBADMSG. Never blocks. */
+int64_t fi_ring_room(fi_ring *r);
+
 /* Length in bytes of the oldest message, -EAGAIN if empty. Never blocks; a hint. */
 int64_t fi_ring_next_len(fi_ring *r);
 

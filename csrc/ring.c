@@ -693,6 +693,23 @@ int64_t fi_ring_len(fi_ring *r)
     return (int64_t)n;
 }
 
+int64_t fi_ring_room(fi_ring *r)
+{
+    if (!usable(r))
+        return -EBADF;
+    uint64_t head = ld_acq(&r->hdr->cons.head), tail = ld_tail(r->hdr, __ATOMIC_ACQUIRE);
+    uint64_t used = tail - head;
+    if (used > r->size)
+        return -EBADMSG;
+    /* A message published on its own takes its record rounded up to a line
+     * (see slot_size), and tail sits on a line: count whole lines. */
+    uint64_t room = (r->size - used) & ~(uint64_t)63u;
+    if (room < FI_REC_HDR)
+        return -ENOSPC;
+    room -= FI_REC_HDR;
+    return (int64_t)(room < r->cap ? room : r->cap);
+}
+
 int64_t fi_ring_next_len(fi_ring *r)
 {
     if (!usable(r))

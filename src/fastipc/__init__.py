@@ -6,7 +6,9 @@ from .channel import Channel, Listener, listen
 from .client import Client, connect
 from .errors import (
     Closed,
+    Empty,
     FastIPCError,
+    Full,
     IncompatibleSegment,
     MessageTooLarge,
     ProtocolError,
@@ -20,7 +22,9 @@ __all__ = [
     "Channel",
     "Client",
     "Closed",
+    "Empty",
     "FastIPCError",
+    "Full",
     "IncompatibleSegment",
     "Listener",
     "MessageTooLarge",

@@ -106,7 +106,10 @@ def check_buffer(data: object, what: str = "message") -> memoryview:
     except TypeError:
         raise TypeError(f"{what} must be a bytes-like object, not {type(data).__name__}") from None
     if not mv.c_contiguous:
-        raise TypeError(f"{what} must be a C-contiguous buffer")
+        raise TypeError(
+            f"{what} must be a C-contiguous buffer, and this {type(data).__name__} is not "
+            "(a sliced or transposed array: pass numpy.ascontiguousarray(a), or send_obj(a))"
+        )
     if mv.format != "B" or mv.ndim != 1:
         # Also for one-byte formats ('b', 'c'): slice assignment between
         # views of different formats raises, so every view is made 'B'.

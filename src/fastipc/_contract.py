@@ -32,6 +32,19 @@ RECV_BUFFER = 256 * 1024
 DIRECT_MIN = 64 * 1024
 
 
+#: fastipc._objects once an object was sent or received: pickle is imported
+#: then, not with fastipc (and a module global is cheaper than an import).
+_objects: Any = None
+
+
+def _load_objects() -> Any:
+    global _objects
+    from . import _objects as loaded
+
+    _objects = loaded
+    return loaded
+
+
 class RingBase:
     """What every ring backend provides; see :class:`fastipc.Ring` for the contract."""
 
@@ -41,7 +54,11 @@ class RingBase:
     capacity: int
 
     def __init__(self, *_: object) -> None:
-        raise TypeError("use Ring.create() or Ring.open()")
+        raise TypeError(
+            "Ring(...) is not how a ring is made: use Ring.create(name, capacity) for a new "
+            "ring (exist_ok=True to reuse one left by an earlier run) or Ring.open(name) "
+            "for an existing one"
+        )
 
     # ---- the interface each backend implements --------------------------
     @classmethod
@@ -139,12 +156,93 @@ class RingBase:
         """Number of messages waiting (a snapshot)."""
         raise NotImplementedError
 
+    def _room(self) -> int:
+        """The longest message (bytes) a send could append now, -1 if not even an empty one fits."""
+        raise NotImplementedError
+
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called on this handle."""
         raise NotImplementedError
 
     # ---- shared behaviour ---------------------------------------------
+    #: Set by ``Ring.create(..., unlink_on_exit=True)``: ``with`` removes the ring.
+    _unlink_on_exit = False
+
+    #: Objects this size (bytes) or smaller are joined into one message and
+    #: sent; larger ones are written piece by piece into a reserved block.
+    _OBJ_JOIN_MAX = 64 * 1024
+
+    def send_obj(self, obj: Any, timeout: float | None = None) -> None:
+        """Send any picklable object as one message (pickle protocol 5).
+
+        Buffers the object hands to pickle out of band (numpy arrays,
+        ``bytearray``, anything following PEP 574) are not copied into a
+        pickle stream: a large object is written piece by piece straight
+        into a reserved block of the ring, one copy in all. Receive it with
+        :meth:`recv_obj`. Raises what :meth:`send` (small objects) or
+        :meth:`reserve` (large ones) raises, and pickle's errors for an
+        object that cannot be pickled; MessageTooLarge if the encoded object
+        exceeds ``capacity``.
+        """
+        pieces, total = (_objects or _load_objects()).encode(obj)
+        if total <= self._OBJ_JOIN_MAX:
+            self.send(b"".join(pieces), timeout)
+            return
+        with self.reserve(total, timeout) as block:
+            at = 0
+            for piece in pieces:
+                n = len(piece) if isinstance(piece, bytes) else piece.nbytes
+                block[at : at + n] = piece
+                at += n
+
+    def recv_obj(self, timeout: float | None = None) -> Any:
+        """Receive an object sent with :meth:`send_obj`.
+
+        The message is copied once out of the ring (as :meth:`recv` does)
+        and the object rebuilt on it: out-of-band buffers are read-only
+        views into that copy (a numpy array comes back read-only, without a
+        further copy; ``.copy()`` it to write), as on a Channel.
+
+        Unpickling runs code the sender chose: only receive objects from
+        processes you trust. A ring is owner-only by default (``mode``), so
+        only your own uid can send to it.
+
+        Raises what :meth:`recv` raises; ValueError if the message was not
+        made by ``send_obj`` (it is consumed all the same); pickle's errors.
+        """
+        o = _objects or _load_objects()
+        data, buffers = o.unpack(self.recv(timeout), copy_buffers=False)
+        return o.load(data, buffers)
+
+    def empty(self) -> bool:
+        """True if no message is waiting (a snapshot: another process may send the next instant).
+
+        Raises ValueError on a closed handle.
+        """
+        return len(self) == 0
+
+    def full(self) -> bool:
+        """True if not even an empty message fits now (a snapshot). See :meth:`free_bytes`.
+
+        Raises ValueError on a closed handle.
+        """
+        return self._room() < 0
+
+    def free_bytes(self) -> int:
+        """The longest message, in bytes, a ``send`` could append now without waiting (a snapshot).
+
+        At most ``capacity``. Each message also takes a small header and
+        padding in the ring, so two messages of half this size may not both
+        fit. Raises ValueError on a closed handle.
+        """
+        return max(self._room(), 0)
+
+    def __bool__(self) -> bool:
+        # Always true, like any handle: without this, ``len()`` would make an
+        # empty ring falsy and ``ring or fallback`` pick the fallback.
+        return True
+
     def unlink(self) -> None:
         """Remove this ring's name and OS objects; this handle stays usable until closed."""
         try:
@@ -156,7 +254,11 @@ class RingBase:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        try:
+            if self._unlink_on_exit:
+                self.unlink()
+        finally:
+            self.close()
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         # A handle is process-local; another process re-opens the ring by name
@@ -286,6 +388,34 @@ class ChannelBase:
         Fds that came with them are closed.
         """
         raise NotImplementedError
+
+    def send_obj(self, obj: Any, timeout: float | None = None) -> None:
+        """Send any picklable object as one message (pickle protocol 5).
+
+        Out-of-band buffers (numpy arrays, ``bytearray``, PEP 574 objects)
+        skip the pickle stream; header, stream and buffers are joined once
+        into the message (large ones then go through the hand-off area as
+        any message). Receive with :meth:`recv_obj`. Raises what
+        :meth:`send` raises, and pickle's errors.
+        """
+        pieces, _ = (_objects or _load_objects()).encode(obj)
+        self.send(b"".join(pieces), timeout=timeout)
+
+    def recv_obj(self, timeout: float | None = None) -> Any:
+        """Receive an object sent with :meth:`send_obj`.
+
+        Out-of-band buffers are not copied: the object is rebuilt on
+        read-only views into the received message (a numpy array comes back
+        read-only; ``.copy()`` it to write).
+
+        Unpickling runs code the sender chose: only receive objects from
+        peers you trust (``peer_credentials()`` says who is connected on a
+        Unix socket). Raises what :meth:`recv` raises; ValueError if the
+        message was not made by ``send_obj``; pickle's errors.
+        """
+        o = _objects or _load_objects()
+        data, buffers = o.unpack(self.recv(timeout), copy_buffers=False)
+        return o.load(data, buffers)
 
     def recv_with_fds(self, timeout: float | None = None) -> tuple[bytes, list[int]]:
         """Return the next message and the fds that came with it.

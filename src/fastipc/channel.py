@@ -73,6 +73,11 @@ class Channel(ChannelImpl):
     descriptor crosses the socket: one copy on each side instead of two
     through the kernel. The receiving API does not change. ``handoff_min=0``
     turns it off; :meth:`send_many` always sends through the socket.
+    Cost: the first large message touches the whole area (about 89 ms for
+    128 MiB, 2 s for 1 GiB, measured on a 2-vCPU VM), once per sending end,
+    and the area stays mapped for the channel's life. Sizing: a message
+    must fit in half the area; for a stream of large messages give it four
+    times the largest, so the sender fills one half while the peer reads.
 
     Attributes (declared with their meaning in ``_contract.ChannelBase``):
     ``name`` (the endpoint, for messages), ``max_message`` (bytes),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 __all__ = [
     "Closed",
+    "Empty",
     "FastIPCError",
+    "Full",
     "IncompatibleSegment",
     "MessageTooLarge",
     "ProtocolError",
@@ -16,6 +18,7 @@ __all__ = [
 
 import errno as _errno
 import os as _os
+import queue as _queue
 
 
 class FastIPCError(Exception):
@@ -32,6 +35,22 @@ class Timeout(FastIPCError, TimeoutError):
     def __init__(self, message: str = "timed out", *, sent: int = 0) -> None:
         super().__init__(message)
         self.sent = sent
+
+
+class Empty(Timeout, _queue.Empty):
+    """A receive timed out: no message came within ``timeout`` (seconds).
+
+    Also a :class:`queue.Empty`, so code written for ``queue.Queue`` or
+    ``multiprocessing.Queue`` (``except queue.Empty``) works unchanged.
+    """
+
+
+class Full(Timeout, _queue.Full):
+    """A send timed out: no room (ring) or socket buffer space came within ``timeout`` (seconds).
+
+    Also a :class:`queue.Full`. ``sent`` counts the messages of a batch that
+    went out before the deadline.
+    """
 
 
 class MessageTooLarge(FastIPCError, ValueError):
@@ -83,10 +102,25 @@ def os_error(exc: OSError, where: str) -> OSError:
     return OSError(exc.errno, exc.strerror, where)
 
 
-def ring_error(code: int, name: str, path: str) -> Exception:
-    """The exception for errno ``code`` (positive) from a call on ring ``name`` (segment ``path``)."""
+def timed_out(what: str, sending: bool | None, sent: int = 0) -> Timeout:
+    """The Timeout of a call on ``what`` (e.g. ``ring 'jobs'``): :class:`Full` for a send
+    (``sending`` True), :class:`Empty` for a receive (False), plain otherwise."""
+    if sending is None:
+        return Timeout(f"{what}: timed out", sent=sent)
+    if sending:
+        tail = f" ({sent} of the batch sent)" if sent else ""
+        return Full(f"{what}: no room for the message within the timeout{tail}", sent=sent)
+    return Empty(f"{what}: no message within the timeout")
+
+
+def ring_error(code: int, name: str, path: str, sending: bool | None = None) -> Exception:
+    """The exception for errno ``code`` (positive) from a call on ring ``name`` (segment ``path``).
+
+    ``sending``: the call was a send (a timeout is then :class:`Full`), a
+    receive (False: :class:`Empty`) or neither (None).
+    """
     if code in (_errno.ETIMEDOUT, _errno.EAGAIN):
-        return Timeout(f"ring {name!r}: timed out")
+        return timed_out(f"ring {name!r}", sending)
     if code == _errno.EPIPE:
         return Closed(f"ring {name!r} was shut down")
     if code == _errno.EBADMSG:
@@ -132,7 +166,7 @@ def channel_error(
     is then the kernel's "no buffer space", not a truncated receive).
     """
     if code in (_errno.ETIMEDOUT, _errno.EAGAIN):
-        return Timeout(f"channel {name}: timed out")
+        return timed_out(f"channel {name}", sending)
     if code == _errno.EPIPE:
         return Closed(f"channel {name}: the peer closed the connection")
     if code == _errno.EBADF and closed:

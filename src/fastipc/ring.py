@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ._checks import validate_capacity, validate_mode, validate_owners
 from ._names import unlink_ring, validate_name
+from .errors import IncompatibleSegment
 
 if TYPE_CHECKING:
     from ._contract import RingBase as RingImpl
@@ -45,17 +46,58 @@ class Ring(RingImpl):
 
     # ---- construction -------------------------------------------------
     @classmethod
-    def create(cls, name: str, capacity: int, *, mode: int = 0o600) -> Ring:
+    def create(
+        cls,
+        name: str,
+        capacity: int,
+        *,
+        mode: int = 0o600,
+        exist_ok: bool = False,
+        unlink_on_exit: bool = False,
+    ) -> Ring:
         """Create ring ``name`` holding ``capacity`` payload bytes; return a handle.
 
         ``mode`` sets the permissions of every OS object made (owner-only by
         default, umask not applied). A message of up to ``capacity`` bytes
         always fits in an empty ring.
 
+        ``exist_ok=True`` opens the ring instead if one of that name exists
+        (left by a crashed run, say) and holds messages of ``capacity``
+        bytes; its messages are kept. A ring stays in /dev/shm after its
+        last handle closes, ``with Ring.create(...)`` included; pass
+        ``unlink_on_exit=True`` to have the ``with`` block remove it when it
+        exits (handles other processes hold keep working). (A Channel
+        ``listen()`` differs: its socket file goes with the listener.)
+
         Raises ValueError/TypeError for a bad name, capacity or mode,
-        FileExistsError if the name is taken, OSError if the OS refuses.
+        FileExistsError if the name is taken (without ``exist_ok``),
+        :class:`~fastipc.IncompatibleSegment` if ``exist_ok`` found a ring
+        too small or of the other backend, OSError if the OS refuses.
         """
-        return cls._create(validate_name(name), validate_capacity(capacity), validate_mode(mode))
+        name, capacity, mode = validate_name(name), validate_capacity(capacity), validate_mode(mode)
+        for _ in range(10):
+            try:
+                ring = cls._create(name, capacity, mode)
+                break
+            except FileExistsError:
+                if not exist_ok:
+                    raise
+            try:
+                ring = cls._open(name, None)
+                break
+            except FileNotFoundError:
+                continue  # removed in between: create it after all
+        else:
+            raise FileExistsError(f"ring {name!r} kept appearing and disappearing")
+        if exist_ok and ring.capacity < capacity:
+            found = ring.capacity
+            ring.close()
+            raise IncompatibleSegment(
+                f"ring {name!r} exists with capacity {found}, less than the {capacity} "
+                "asked for: remove it (Ring.unlink_name or `fastipc rm`) or ask for less"
+            )
+        ring._unlink_on_exit = unlink_on_exit
+        return ring
 
     @classmethod
     def open(cls, name: str, *, owners: Iterable[int] | None = None) -> Ring:

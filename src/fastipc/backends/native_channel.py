@@ -21,7 +21,7 @@ from .._checks import (
     validate_max_count,
 )
 from .._contract import RECV_BUFFER, ChannelBase
-from ..errors import Closed, Timeout, channel_error
+from ..errors import Closed, channel_error, timed_out
 from ._blocking import deadline as _deadline
 from ._blocking import wait as _wait
 from ._native import SPIN_NS, ffi, ffi_fast, lib, lib_fast
@@ -218,7 +218,7 @@ class NativeChannel(ChannelBase):
         sent = int(lib.fi_chan_tx_frames(h))
         self._abandon_send()
         if rc in (_EAGAIN, _ETIMEDOUT):
-            raise Timeout(f"channel {self.name}: timed out with {sent} messages sent", sent=sent)
+            raise timed_out(f"channel {self.name}", True, sent)
         if rc == _EPIPE:
             raise Closed(f"channel {self.name}: the peer closed the connection", sent=sent)
         self._send_error(rc)

@@ -14,7 +14,7 @@ from typing import Any
 from .._checks import check_buffer, release_view, timeout_ns
 from .._contract import RingBase
 from .._names import incompatible, open_segment, segment_path
-from ..errors import Closed, MessageTooLarge, Timeout, ring_error
+from ..errors import Closed, MessageTooLarge, ring_error, timed_out
 from ._blocking import SLICE_NS as _SLICE_NS
 from ._blocking import deadline as _deadline
 from ._blocking import wait as _wait
@@ -98,12 +98,13 @@ class NativeRing(RingBase):
             if rc == -errno.EPROTO:
                 with open(path, "rb") as f:
                     magic = f.read(8)
-                why = (
-                    "made by the python backend"
-                    if magic.startswith(b"FIPCPY")
-                    else "not a fastipc ring"
-                )
-                raise incompatible(name, why + " (this process uses the native backend)")
+                if magic.startswith(b"FIPCPY"):
+                    raise incompatible(
+                        name,
+                        "a ring of the python backend: open it with FASTIPC_BACKEND=python "
+                        "(this process uses the native backend)",
+                    )
+                raise incompatible(name, "not a fastipc ring")
             if rc == -errno.EPROTONOSUPPORT:
                 raise incompatible(name, "a fastipc ring of another layout version")
             _check(rc, name)
@@ -153,6 +154,10 @@ class NativeRing(RingBase):
     def __len__(self) -> int:
         return int(_check(lib_fast.fi_ring_len(self._hf), self.name))
 
+    def _room(self) -> int:
+        rc = lib_fast.fi_ring_room(self._hf)
+        return -1 if rc == -errno.ENOSPC else int(_check(rc, self.name))
+
     def shutdown(self) -> None:
         _check(lib_fast.fi_ring_shutdown(self._hf), self.name)
 
@@ -190,7 +195,7 @@ class NativeRing(RingBase):
             raise MessageTooLarge(
                 f"message of {len(data)} bytes exceeds ring {self.name!r}'s capacity of {self.capacity}"
             )
-        _check(rc, self.name)
+        _check(rc, self.name, True)
 
     def send_many(self, messages: Iterable[Any], timeout: float | None = None) -> int:
         if timeout is not None:
@@ -230,14 +235,14 @@ class NativeRing(RingBase):
                 if sent == total:
                     return total
             elif rc == _EAGAIN and timeout == 0:
-                raise Timeout(f"ring {self.name!r} is full", sent=sent)
+                raise timed_out(f"ring {self.name!r}", True, sent)
             elif rc == -errno.EPIPE:
                 raise Closed(f"ring {self.name!r} was shut down", sent=sent)
             elif rc not in (_EAGAIN, _ETIMEDOUT, _EINTR):
                 _check(rc, self.name)
             remaining = _SLICE_NS if deadline is None else deadline - _monotonic_ns()
             if remaining <= 0:
-                raise Timeout(f"ring {self.name!r} stayed full", sent=sent)
+                raise timed_out(f"ring {self.name!r}", True, sent)
             rc = lib.fi_ring_send_batch(h, blob, len(blob), sent, min(remaining, _SLICE_NS))
 
     # ---- receive ------------------------------------------------------
@@ -263,7 +268,7 @@ class NativeRing(RingBase):
             # Larger than the scratch buffer: copy it once, straight from the ring.
             with self._recv_view(timeout) as view:
                 return view.tobytes()
-        _check(rc, self.name)
+        _check(rc, self.name, False)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
@@ -281,7 +286,7 @@ class NativeRing(RingBase):
                 f"the next message in ring {self.name!r} ({need} bytes) does not fit "
                 f"in a buffer of {size} bytes; it stays in the ring"
             )
-        return int(_check(rc, self.name))
+        return int(_check(rc, self.name, False))
 
     def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
         if type(max_count) is not int or max_count < 1:
@@ -305,7 +310,7 @@ class NativeRing(RingBase):
         if n == _EMSGSIZE:
             with self._recv_view(timeout) as view:
                 return [view.tobytes()]
-        _check(n, self.name)
+        _check(n, self.name, False)
         raise AssertionError("unreachable")  # pragma: no cover
 
     # ---- zero-copy ----------------------------------------------------
@@ -334,7 +339,7 @@ class NativeRing(RingBase):
         try:
             rec = ffi.cast("fi_hold *", held)
             rc = _wait(lambda t: lib.fi_ring_reserve(h, nbytes, t, ptr, rec), _deadline(timeout))
-            _check(rc, self.name)
+            _check(rc, self.name, True)
             view = self._lend(ptr[0], nbytes)
             yield view
             publish = True
@@ -361,7 +366,7 @@ class NativeRing(RingBase):
         view: memoryview | None = None
         try:
             rec = ffi.cast("fi_hold *", held)
-            n = _check(_wait(lambda t: lib.fi_ring_peek(h, t, ptr, rec), _deadline(timeout)), self.name)
+            n = _check(_wait(lambda t: lib.fi_ring_peek(h, t, ptr, rec), _deadline(timeout)), self.name, False)
             view = self._lend(ptr[0], n).toreadonly()
             yield view
         finally:
@@ -396,12 +401,16 @@ def _cbuffer(data: Any, writable: bool = False) -> Any:
                 ) from None
         check_buffer(data)
         raise
-    except BufferError:
-        raise TypeError(f"{type(data).__name__} is not a C-contiguous buffer") from None
+    except (BufferError, ValueError):  # cffi: ValueError for a non-contiguous ndarray
+        check_buffer(data, "buffer" if writable else "message")
+        if writable and memoryview(data).readonly:
+            raise TypeError(f"recv_into needs a writable buffer, not {type(data).__name__}") from None
+        raise
 
 
-def _check(rc: int, name: str) -> int:
-    """``rc`` if it is not an error; else raise what the negative errno means."""
+def _check(rc: int, name: str, sending: bool | None = None) -> int:
+    """``rc`` if it is not an error; else raise what the negative errno means
+    (a timeout of a send is Full, of a receive Empty: see ring_error)."""
     if rc >= 0:
         return rc
-    raise ring_error(-rc, name, segment_path(name))
+    raise ring_error(-rc, name, segment_path(name), sending)

@@ -69,7 +69,7 @@ from .._checks import (
     validate_max_count,
 )
 from .._contract import DIRECT_MIN, RECV_BUFFER, ChannelBase
-from ..errors import MessageTooLarge, Timeout
+from ..errors import MessageTooLarge, Timeout, timed_out
 from ..framing import (
     CHANNEL_FLAGS,
     FRAME_AREA,
@@ -244,7 +244,7 @@ class PythonChannel(ChannelBase):
             else:
                 left = deadline - time.monotonic_ns()
                 if left <= 0:
-                    raise Timeout(f"channel {self.name}: timed out")
+                    raise timed_out(f"channel {self.name}", events != select.POLLIN)
                 ms = min(-(-left // 1_000_000), _WAIT_SLICE_MS)
             if poller.poll(ms) and self._sock is not None:
                 return
@@ -373,7 +373,7 @@ class PythonChannel(ChannelBase):
             if done or unsure:
                 self.close()  # part of a frame may have gone out: the stream cannot be resynchronised
             if isinstance(exc, Timeout):
-                raise Timeout(str(exc), sent=sent) from None
+                raise timed_out(f"channel {self.name}", True, sent) from None
             raise
         return total
 

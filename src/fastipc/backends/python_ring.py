@@ -88,7 +88,7 @@ import posix_ipc
 from .._checks import MAX_CAPACITY, check_buffer, deadline, release_view
 from .._contract import RingBase
 from .._names import incompatible, open_segment, segment_path, semaphore_names, semaphore_paths
-from ..errors import Closed, MessageTooLarge, Timeout
+from ..errors import Closed, MessageTooLarge, Timeout, timed_out
 
 __all__ = ["PythonRing"]
 
@@ -191,7 +191,7 @@ class PythonRing(RingBase):
     name: str
     capacity: int
 
-    def __init__(
+    def _setup(
         self,
         name: str,
         fd: int,
@@ -258,7 +258,8 @@ class PythonRing(RingBase):
                 q.release()
             mm[0:8] = MAGIC  # last: an opener that sees the magic sees a whole ring
             fcntl.fcntl(fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
-            ring = cls(name, fd, mm, capacity, dsize, sems[0], sems[1])
+            ring = cls.__new__(cls)
+            ring._setup(name, fd, mm, capacity, dsize, sems[0], sems[1])
         except BaseException:
             for sem in sems:
                 sem.close()
@@ -291,7 +292,8 @@ class PythonRing(RingBase):
                     ) from None
                 except posix_ipc.PermissionsError:
                     raise PermissionError(errno.EACCES, "permission denied", sem_path) from None
-            ring = cls(name, fd, mm, capacity, dsize, sems[0], sems[1])
+            ring = cls.__new__(cls)
+            ring._setup(name, fd, mm, capacity, dsize, sems[0], sems[1])
         except BaseException:
             for sem in sems:
                 sem.close()
@@ -398,7 +400,10 @@ class PythonRing(RingBase):
             else:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise Timeout("timed out waiting for a ring lock")
+                    # Another producer (consumer) kept the side: for this
+                    # call, the ring was as good as full (empty).
+                    side = None if byte == _LOCK_STATE else byte == _LOCK_PRODUCER
+                    raise timed_out(f"ring {self.name!r}", side)
                 time.sleep(min(pause, remaining))
             pause = min(pause * 2, _POLL_MAX)
             try:
@@ -578,7 +583,7 @@ class PythonRing(RingBase):
             raise ValueError("ring is closed")
         now = time.monotonic()
         if deadline is not None and now >= deadline:
-            raise Timeout("timed out")
+            raise timed_out(f"ring {self.name!r}", sem is self._space)
         # Spin first on the semaphore's value (sem_getvalue reads it without a syscall
         # and without touching the state lock): a busy peer posts within microseconds,
         # and catching that saves the ~25 us sleep and wake-up.
@@ -944,6 +949,21 @@ class PythonRing(RingBase):
             finally:
                 fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
         return pushed - popped
+
+    def _room(self) -> int:
+        if self._closed:
+            raise ValueError("ring is closed")
+        with self._slock:
+            if self._torn_down:
+                raise ValueError("ring is closed")
+            try:
+                self._lock(_LOCK_STATE, None)
+                head, _, tail, _, _ = self._state()
+            finally:
+                fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
+        # A record is an 8-byte header and the payload padded to 8 bytes.
+        room = (self._D - (tail - head) - 8) & ~7
+        return -1 if room < 0 else min(room, self.capacity)
 
     @property
     def closed(self) -> bool:

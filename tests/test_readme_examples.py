@@ -1,0 +1,43 @@
+"""README's examples run as written (issue 15): each block marked ``<!-- example: NAME -->``.
+
+Each runs as a script in a fresh interpreter (``__name__ == "__main__"``, so
+multiprocessing's spawn works), on the backend this test run uses, and must
+exit 0; the rings it makes must be gone afterwards (they use
+``unlink_on_exit``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import child_env
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+_BLOCK = re.compile(r"<!-- example: ([\w-]+) -->\n```python\n(.*?)```", re.DOTALL)
+
+
+def _examples() -> dict[str, str]:
+    with open(README) as f:
+        return dict(_BLOCK.findall(f.read()))
+
+
+def test_the_readme_marks_its_examples() -> None:
+    assert {"numpy", "worker-pool"} <= _examples().keys()
+
+
+@pytest.mark.parametrize("name", sorted(_examples()))
+def test_a_readme_example_runs_as_written(name: str, tmp_path: os.PathLike[str]) -> None:
+    script = os.path.join(tmp_path, f"readme_{name.replace('-', '_')}.py")  # not numpy.py
+    with open(script, "w") as f:
+        f.write(_examples()[name])
+    before = set(os.listdir("/dev/shm"))
+    done = subprocess.run(
+        [sys.executable, script], check=False, env=child_env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    made = {e for e in set(os.listdir("/dev/shm")) - before if "pool." in e or "frames" in e}
+    assert not made, f"the example left {made} in /dev/shm"
