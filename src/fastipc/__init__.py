@@ -14,6 +14,7 @@ from .errors import (
 )
 from .ring import Ring
 from .server import Peer, Server, serve
+from .waiting import wait
 
 __all__ = [
     "BACKEND",
@@ -33,4 +34,5 @@ __all__ = [
     "connect",
     "listen",
     "serve",
+    "wait",
 ]
