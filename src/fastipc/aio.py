@@ -248,9 +248,9 @@ class Ring:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if loop is None or loop is running or loop.is_closed():
+        if loop is None or loop is running or not loop.is_running():
             self._release()
-        else:
+        else:  # the loop runs in another thread: unregister there, before the fds close
             loop.call_soon_threadsafe(self._release)
 
     def _release(self) -> None:
@@ -613,10 +613,9 @@ class Channel:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if loop is None or loop is running or loop.is_closed():
+        if loop is None or loop is running or not loop.is_running():
             self._release()
-        else:
-            # Unregister on the loop's thread, before the fd is closed.
+        else:  # the loop runs in another thread: unregister there, before the fd closes
             loop.call_soon_threadsafe(self._release)
 
     def _release(self) -> None:

@@ -56,24 +56,22 @@ def wait(objects: Iterable[_O], timeout: float | None = None) -> list[_O]:
             if fd not in fds:
                 poller.register(fd, select.POLLIN)
             fds.setdefault(fd, []).append(i)
+        fired: list[tuple[int, int]] = []
         while True:
-            ready = [objs[i] for i, h in enumerate(handles) if _ready_now(h)]
-            if ready:
-                return ready
-            fired = _poll(poller, until)
-            if fired is None:
-                return []
             ready_idx: set[int] = set()
-            for fd, _ in fired:
+            for fd, _ in fired + poller.poll(0):
                 for i in fds[fd]:
-                    h = handles[i]
-                    if isinstance(h, RingBase):
-                        drain(fd)  # looked at again at the top of the loop
+                    if isinstance(handles[i], RingBase):
+                        drain(fd)  # its bytes only say "look again": readable() decides
                     else:
                         ready_idx.add(i)
             ready = [objs[i] for i, h in enumerate(handles) if i in ready_idx or _ready_now(h)]
             if ready:
                 return ready
+            polled = _poll(poller, until)
+            if polled is None:
+                return []
+            fired = polled
     finally:
         for ring in registered:
             if ring.closed:
