@@ -496,6 +496,7 @@ def test_serve_answers_aio_and_sync_clients(run: Any, scheme: str) -> None:
                 await c.send(b"%d" % i)
             for i, c in enumerate(clients):
                 assert await c.recv(timeout=10) == b"re:%d" % i
+
             # A sync client in a thread (the server must not block the loop meanwhile).
             def sync_client() -> bytes:
                 with fastipc.connect(srv.url) as cl:
@@ -535,8 +536,9 @@ def test_serve_refuses_other_schemes_with_a_clear_message(run: Any) -> None:
 
 
 def test_readme_asyncio_example_runs() -> None:
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
-    m = re.search(r"<!-- aio-example -->\s*```python\n(.*?)```", readme, re.S)
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.md")) as f:
+        readme = f.read()
+    m = re.search(r"<!-- aio-example -->\s*```python\n(.*?)```", readme, re.DOTALL)
     assert m, "README lost its asyncio example"
     name = new_name("readme")
     code = m.group(1).replace('"jobs"', repr(name))

@@ -49,6 +49,9 @@ from .ring import Ring as _SyncRing
 __all__ = ["Channel", "Listener", "Ring", "Server", "listen", "serve"]
 
 _T = TypeVar("_T")
+_RingT = TypeVar("_RingT", bound="Ring")
+_ChanT = TypeVar("_ChanT", bound="Channel")
+_ServerT = TypeVar("_ServerT", bound="Server")
 
 #: Longest wait (seconds) before a waiter re-checks on its own, bell or not.
 BACKSTOP = 0.2
@@ -253,6 +256,15 @@ class Ring:
         else:  # the loop runs in another thread: unregister there, before the fds close
             loop.call_soon_threadsafe(self._release)
 
+    def __del__(self) -> None:
+        # Dropped without close(): our own bell fds must not leak (the sync
+        # handle closes itself when collected). Nobody can be waiting: a
+        # waiting coroutine would keep this object alive.
+        for w in getattr(self, "_waiters", ()):
+            if w is not None and w.fd >= 0 and not w.futs:
+                os.close(w.fd)
+                w.fd = -1
+
     def _release(self) -> None:
         waiters, self._waiters = self._waiters, [None, None]
         for w in waiters:
@@ -261,7 +273,7 @@ class Ring:
                 os.close(w.fd)
                 w.fd = -1
 
-    async def __aenter__(self) -> Ring:
+    async def __aenter__(self: _RingT) -> _RingT:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -315,7 +327,12 @@ class Ring:
             registered += map(ring._watch_add, (side,), (1,))
             if ring._poll(side, nbytes):  # the re-check after registering
                 return 0
-            await _sleep_on(w, deadline, lambda woken: woken and self._ring_bell(side))
+
+            def leave(woken: bool) -> None:
+                if woken:  # woken, but leaving without a message: pass the wake-up on
+                    self._ring_bell(side)
+
+            await _sleep_on(w, deadline, leave)
         finally:
             if registered and not ring.closed:
                 left = ring._watch_add(side, -1)
@@ -465,10 +482,7 @@ class Ring:
             if deadline is not None and _monotonic() >= deadline:
                 raise Timeout(f"ring {self.name!r}: timed out", sent=sent)
             nbytes = memoryview(items[sent]).nbytes
-            try:
-                left = await self._wait(_SEND, nbytes, deadline, 0.0)
-            except ValueError:
-                raise
+            left = await self._wait(_SEND, nbytes, deadline, 0.0)
             if self._ring._poll(_SEND, nbytes) and left == 0:
                 await asyncio.sleep(_BUSY_PAUSE_MAX)  # room, but another producer holds the lock
 
@@ -623,7 +637,7 @@ class Channel:
         self._wr.close()
         self._ch.close()
 
-    async def __aenter__(self) -> Channel:
+    async def __aenter__(self: _ChanT) -> _ChanT:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -690,9 +704,7 @@ class Channel:
     def _remaining(self, deadline: float | None) -> float | None:
         return None if deadline is None else max(0.0, deadline - _monotonic())
 
-    async def send(
-        self, data: Any, fds: Iterable[Any] = (), timeout: float | None = None
-    ) -> None:
+    async def send(self, data: Any, fds: Iterable[Any] = (), timeout: float | None = None) -> None:
         """Send one message (bytes-like) with ``fds`` attached, once the socket is writable.
 
         Raises as the sync ``send``: Closed (peer gone), Timeout,
@@ -830,7 +842,7 @@ class Server:
                 await self._handler(message, peer)
         except (ValueError, OSError, Closed):
             pass  # closed by us, or a broken stream: that peer is done
-        except Exception as exc:  # the handler's: reported, and that connection ends
+        except Exception as exc:  # noqa: BLE001 - the handler's: reported, that connection ends
             asyncio.get_running_loop().call_exception_handler(
                 {"message": f"fastipc.aio.serve handler failed ({self.url})", "exception": exc}
             )
@@ -851,7 +863,7 @@ class Server:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def __aenter__(self) -> Server:
+    async def __aenter__(self: _ServerT) -> _ServerT:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
