@@ -551,3 +551,14 @@ def test_readme_asyncio_example_runs() -> None:
             pass
     assert "done" in out.stdout
     assert shm_entries(name) == []
+
+
+def test_the_asyncio_benchmark_runs() -> None:
+    out = run_python(
+        "from fastipc.bench.aio_engine import main; "
+        "main(['--repeat', '1', '--duration', '0.2', '--rounds', '300'])",
+        timeout=120,
+    ).stdout
+    for label in ("async for", "recv_many(256)", "readexactly", "ping-pong", "idle"):
+        assert label in out, out
+    # Whatever it made in /dev/shm is gone: the session's leak check would say so.
