@@ -10,7 +10,17 @@ from typing import Any, TypeVar
 
 from ..errors import Closed, Timeout
 from ..ring import Ring as _SyncRing
-from ._waiting import BUSY_PAUSE_MAX, RECV, SEND, Held, Waiters, deadline_of, monotonic, sleep_on
+from ._waiting import (
+    BUSY_PAUSE_MAX,
+    RECV,
+    SEND,
+    SPIN,
+    Held,
+    Waiters,
+    deadline_of,
+    monotonic,
+    sleep_on,
+)
 
 __all__ = ["Ring"]
 
@@ -95,20 +105,27 @@ class Ring:
 
     def __del__(self) -> None:
         # Dropped without close(): our own bell fds must not leak (the sync
-        # handle closes itself when collected). Nobody can be waiting: a
-        # waiting coroutine would keep this object alive.
+        # handle closes itself when collected). Nobody is waiting (a waiting
+        # coroutine keeps this object alive), but the loop may still poll an
+        # fd: unregister it on the loop's thread before closing it.
         for w in getattr(self, "_waiters", ()):
-            if w is not None and w.fd >= 0 and not w.futs:
-                os.close(w.fd)
-                w.fd = -1
+            if w is None or w.fd < 0:
+                continue
+            loop = w.loop
+            if w.registered and loop is not None and not loop.is_closed():
+                try:
+                    loop.call_soon_threadsafe(w.close_fd)
+                    continue
+                except RuntimeError:  # closed meanwhile
+                    pass
+            w.registered = False
+            w.close_fd()
 
     def _release(self) -> None:
         waiters, self._waiters = self._waiters, [None, None]
         for w in waiters:
             if w is not None:
-                w.close()
-                os.close(w.fd)
-                w.fd = -1
+                w.close_fd()
 
     async def __aenter__(self: _RingT) -> _RingT:
         return self
@@ -133,7 +150,7 @@ class Ring:
                 raise ValueError(f"ring {self.name!r} is closed")
             # Our own fd, not sync.fileno()'s: closing the sync handle from
             # another thread must never close an fd the loop still polls.
-            w = self._waiters[side] = Waiters(self._ring._open_bell(side), False, True)
+            w = self._waiters[side] = Waiters(self._ring._open_bell(side), False, True, lazy=True)
         return w
 
     def _ring_bell(self, side: int) -> None:
@@ -175,15 +192,36 @@ class Ring:
                 left = ring._watch_add(side, -1)
         return left
 
+    def _spin(self, side: int, nbytes: int, deadline: float | None) -> None:
+        """Poll the ring for up to SPIN seconds (holding the loop that long at most)."""
+        poll = self._ring._poll
+        until = monotonic() + SPIN
+        if deadline is not None:
+            until = min(until, deadline)
+        while not poll(side, nbytes) and monotonic() < until:
+            pass
+
     async def _retry(
-        self, side: int, nbytes: int, attempt: Callable[[], _T], timeout: float | None
+        self,
+        side: int,
+        nbytes: int,
+        attempt: Callable[[], _T],
+        timeout: float | None,
+        tried: bool = False,
     ) -> _T:
-        """Call non-blocking ``attempt`` until it does not raise Timeout, waiting between tries."""
+        """Call non-blocking ``attempt`` until it does not raise Timeout, waiting between tries.
+
+        ``tried``: the caller's own attempt just failed (the first look is a spin then).
+        """
         deadline = deadline_of(timeout)
         left = 0
         pause = 0.0
+        spun = False
         while True:
             await self._held.wait_free()
+            if tried and not spun and self._held.fut is None:
+                spun = True
+                self._spin(side, nbytes, deadline)
             try:
                 result = attempt()
             except Timeout:
@@ -198,6 +236,10 @@ class Ring:
                 raise ValueError(f"ring {self.name!r} is closed")
             if deadline is not None and monotonic() >= deadline:
                 raise Timeout(f"ring {self.name!r}: timed out")
+            if not spun and self._held.fut is None:
+                spun = True
+                self._spin(side, nbytes, deadline)
+                continue
             left = await self._wait(side, nbytes, deadline, pause)
             # If the ring looks ready but the take keeps failing, another
             # handle holds the side's lock (or a block of ours is open):
@@ -220,7 +262,7 @@ class Ring:
                 return self._ring.recv(timeout=0)
             except Timeout:
                 pass
-        return await self._retry(RECV, 0, self._recv_now, timeout)
+        return await self._retry(RECV, 0, self._recv_now, timeout, True)
 
     def _recv_now(self) -> bytes:
         return self._ring.recv(timeout=0)
@@ -236,7 +278,7 @@ class Ring:
                 return recv_many(max_count, timeout=0)
             except Timeout:
                 pass
-        return await self._retry(RECV, 0, lambda: recv_many(max_count, timeout=0), timeout)
+        return await self._retry(RECV, 0, lambda: recv_many(max_count, timeout=0), timeout, True)
 
     async def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
         """Copy the oldest message into writable ``buffer``; return its length in bytes.
@@ -258,7 +300,7 @@ class Ring:
                     return self._ring.recv(timeout=0)
                 except Timeout:
                     pass
-            return await self._retry(RECV, 0, self._recv_now, None)
+            return await self._retry(RECV, 0, self._recv_now, None, True)
         except Closed:
             raise StopAsyncIteration from None
 
@@ -291,7 +333,7 @@ class Ring:
             except Timeout:
                 pass
         nbytes = memoryview(data).nbytes
-        await self._retry(SEND, nbytes, lambda: send(data, timeout=0), timeout)
+        await self._retry(SEND, nbytes, lambda: send(data, timeout=0), timeout, True)
 
     async def send_many(self, messages: Iterable[Any], timeout: float | None = None) -> int:
         """Append every message in order, waiting for room as needed; return how many.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 
@@ -14,6 +15,7 @@ __all__ = [
     "BUSY_PAUSE_MAX",
     "RECV",
     "SEND",
+    "SPIN",
     "Held",
     "Waiters",
     "deadline_of",
@@ -27,6 +29,10 @@ BACKSTOP = 0.2
 #: Longest pause (seconds) while the other side looks ready but its lock is busy.
 BUSY_PAUSE_MAX = 0.001
 RECV, SEND = 0, 1
+#: How long (seconds) a ring waiter polls the ring on the loop thread before it
+#: registers at the doorbell and sleeps: a peer that keeps up is met without the
+#: wake-up's cost (tens of µs on a VM), and the loop is held at most this long.
+SPIN = 20e-6
 #: The clock of every deadline here (seconds).
 monotonic = time.monotonic
 
@@ -42,43 +48,60 @@ def deadline_of(timeout: float | None) -> float | None:
 class Waiters:
     """The coroutines of one loop waiting for one fd to poll ready.
 
-    One add_reader/add_writer per fd while anyone waits (removed when the
-    last leaves, so nothing drains a bell while nobody here needs it); each
-    waiter has its own future, set when the fd fires (result True) or by its
-    backstop timer (False). ``drain``: the fd is a doorbell whose bytes must
-    be read away (a level-triggered FIFO would fire forever).
+    One add_reader/add_writer per fd; each waiter has its own future, set
+    when the fd fires (result True) or by its backstop timer (False).
+    ``drain``: the fd is a doorbell whose bytes must be read away (a
+    level-triggered FIFO would fire forever). ``lazy`` (for fds we own,
+    the bells): the registration outlives the last waiter until the fd next
+    fires with nobody waiting; then it is removed and the fd left as it is (a
+    bell's bytes are then for other processes' watchers, not ours to drain).
+    That saves two epoll_ctl calls per wait when waits follow each other
+    closely. Not for a socket the sync channel owns: it may be closed when
+    collected, and the loop must never keep polling a closed fd number.
     """
 
-    def __init__(self, fd: int, write: bool, drain_it: bool) -> None:
+    def __init__(self, fd: int, write: bool, drain_it: bool, lazy: bool = False) -> None:
         self.fd = fd
         self.write = write
         self.drain_it = drain_it
+        self.lazy = lazy
         self.loop: asyncio.AbstractEventLoop | None = None
         self.futs: set[asyncio.Future[bool]] = set()
+        self.registered = False
 
     def add(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[bool]:
         if self.loop is not loop:
             if self.futs:
                 raise RuntimeError("a fastipc handle is awaited from two event loops at once")
+            self._unregister()
             self.loop = loop
         fut: asyncio.Future[bool] = loop.create_future()
-        if not self.futs:
+        if not self.registered:
             if self.write:
                 loop.add_writer(self.fd, self._fire)
             else:
                 loop.add_reader(self.fd, self._fire)
+            self.registered = True
         self.futs.add(fut)
         return fut
 
     def discard(self, fut: asyncio.Future[bool]) -> None:
         self.futs.discard(fut)
-        if not self.futs and self.loop is not None and self.fd >= 0:
+        if not self.futs and not self.lazy:
+            self._unregister()
+
+    def _unregister(self) -> None:
+        if self.registered and self.loop is not None and not self.loop.is_closed():
             if self.write:
                 self.loop.remove_writer(self.fd)
             else:
                 self.loop.remove_reader(self.fd)
+        self.registered = False
 
     def _fire(self) -> None:
+        if not self.futs:
+            self._unregister()  # nobody here waits: leave the bell's bytes to others
+            return
         if self.drain_it:
             drain(self.fd)
         self.wake_all(True)
@@ -89,14 +112,19 @@ class Waiters:
                 fut.set_result(result)
 
     def close(self) -> None:
-        """Wake everyone (they re-check and meet the closed handle) and stop watching the fd."""
+        """Wake everyone (they re-check and meet the closed handle) and stop watching the fd.
+
+        Call on the loop's thread, before the fd is closed."""
         self.wake_all(False)
-        if self.futs and self.loop is not None:
-            if self.write:
-                self.loop.remove_writer(self.fd)
-            else:
-                self.loop.remove_reader(self.fd)
+        self._unregister()
         self.futs.clear()
+
+    def close_fd(self) -> None:
+        """close(), then close the fd (ours). On the loop's thread, or once the loop is closed."""
+        self.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 async def sleep_on(
