@@ -29,15 +29,18 @@ def run(kind: str, coro: object) -> object:
         loop.close()
 
 
-def numbered_producer(name: str, producer: int, count: int, seed: int) -> None:
-    """Send ``count`` messages (producer, seq) with random pauses, so consumers often wait."""
+def numbered_producer(
+    name: str, producer: int, count: int, seed: int, pause_p: float = 0.02, pause_max: float = 0.001
+) -> None:
+    """Send ``count`` messages (producer, seq), pausing up to ``pause_max`` seconds before
+    a fraction ``pause_p`` of them, so consumers often wait."""
     rnd = random.Random(seed)
     ring = Ring.open(name)
     try:
         for seq in range(count):
             ring.send(producer.to_bytes(4, "little") + seq.to_bytes(4, "little"))
-            if rnd.random() < 0.02:
-                time.sleep(rnd.random() * 0.001)
+            if rnd.random() < pause_p:
+                time.sleep(rnd.random() * pause_max)
     finally:
         ring.close()
 

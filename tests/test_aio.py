@@ -171,7 +171,8 @@ def test_cancelled_awaits_never_lose_a_message(
     run: Any, aring: aio.Ring, ring_name: str, spawn: Any
 ) -> None:
     count = 20_000
-    p = spawn.Process(target=numbered_producer, args=(ring_name, 0, count, 7))
+    # Pauses before half of the messages, so the consumer often waits and cancels mid-wait.
+    p = spawn.Process(target=numbered_producer, args=(ring_name, 0, count, 7, 0.5, 0.0004))
     rnd = random.Random(12)
     got: list[int] = []
     cancelled = 0
