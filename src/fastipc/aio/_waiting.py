@@ -16,6 +16,7 @@ __all__ = [
     "RECV",
     "SEND",
     "SPIN",
+    "SPIN_BUSY",
     "Held",
     "Waiters",
     "deadline_of",
@@ -33,6 +34,8 @@ RECV, SEND = 0, 1
 #: registers at the doorbell and sleeps: a peer that keeps up is met without the
 #: wake-up's cost (tens of µs on a VM), and the loop is held at most this long.
 SPIN = 20e-6
+#: The first part of SPIN that polls without yielding the CPU (see Ring._spin).
+SPIN_BUSY = 5e-6
 #: The clock of every deadline here (seconds).
 monotonic = time.monotonic
 
