@@ -190,6 +190,8 @@ class RingBase:
     _bell_fd: int = -1
     #: Watches this handle holds per side (recv, send), undone by close().
     _watching: list[int] | None = None
+    #: The process that made the registrations in ``_watching``.
+    _watch_pid: int = 0
     #: Uids trusted as owners of the ring's objects (Ring.open's ``owners``).
     _owners: frozenset[int] | None = None
 
@@ -222,15 +224,18 @@ class RingBase:
         count = self._watch(side, delta)
         # Counted after the call returned: close() undoes only what is registered.
         w = self._watching
-        if w is None:
+        if w is None or self._watch_pid != os.getpid():
+            # A handle inherited through fork(): the parent's registrations
+            # are the parent's to undo.
             w = self._watching = [0, 0]
+            self._watch_pid = os.getpid()
         w[side] += delta
         return count
 
     def _unwatch_all(self) -> None:
         """Undo this handle's registrations (close() calls it before closing)."""
         w, self._watching = self._watching, None
-        if w:
+        if w and self._watch_pid == os.getpid():
             for side in (0, 1):
                 if w[side] > 0:
                     try:

@@ -1077,7 +1077,6 @@ class PythonRing(RingBase):
         self._tlock = threading.Lock()  # another parent thread may have held these
         self._slock = threading.Lock()
         self._owner = 0
-        self._watching = None  # the parent's watcher registrations are the parent's to undo
         if self._torn_down:
             return
         old_fd, old_mm = self._fd, self._mm
