@@ -102,8 +102,32 @@ int64_t fi_ring_next_len(fi_ring *r);
 /* 1 once fi_ring_shutdown was called on the ring by anyone, else 0. */
 int fi_ring_is_shutdown(fi_ring *r);
 
-/* Mark the ring shut down and wake every waiter. Never blocks. */
+/* Mark the ring shut down and wake every waiter (and ring both bells). Never blocks. */
 int fi_ring_shutdown(fi_ring *r);
+
+/* ---- Readiness doorbells (asyncio, selectors): one FIFO per side. ----
+ * Python names, makes and opens the FIFOs; C only rings them: after a
+ * publish (recv bell) or a consume (send bell), one byte, and only while the
+ * side's watcher count in the segment is non-zero. Side 0: receivers (the
+ * recv bell), side 1: senders (the send bell). */
+
+/* Hand the handle the recv and send bell fds (open O_RDWR|O_NONBLOCK; -1:
+ * none). The handle owns them from here: they are closed when its mapping
+ * goes (never while a call of another thread may still write to them). Serial. */
+void fi_ring_set_bells(fi_ring *r, int recv_fd, int send_fd);
+
+/* Add delta (+1 start watching, -1 stop) to side's watcher count, clamped to
+ * 0..UINT32_MAX, followed by a full fence so the caller's re-check of the ring
+ * is ordered after it; return the new count. -EBADF closed handle, -EINVAL
+ * bad side. Serial; never blocks. */
+int64_t fi_ring_watch(fi_ring *r, int side, int delta);
+
+/* 1 if side would not have to wait now: a message waits or the ring is shut
+ * down (side 0), room for a message of need bytes or shut down (side 1), or
+ * the indexes are inconsistent (the call reports it); else 0. -EBADF closed
+ * handle, -EINVAL bad side. A snapshot (another consumer may take it first).
+ * Serial; never blocks. */
+int fi_ring_poll(fi_ring *r, int side, uint64_t need);
 
 /* ---- Non-blocking calls: never wait, safe to call with the GIL held. ----
  * These and fi_ring_len/next_len/shutdown/commit/release/close are "serial":

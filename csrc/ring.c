@@ -58,8 +58,9 @@
 #endif
 
 #define FI_MAGIC 0x31304e5249435046ULL /* "FPCIRN01" read as little-endian */
-/* 2: the tail word's top bit is the shutdown mark (TAIL_CLOSED). */
-#define FI_LAYOUT_VERSION 2u
+/* 2: the tail word's top bit is the shutdown mark (TAIL_CLOSED).
+ * 3: watcher counts in the wake line (the readiness doorbells, see ring_bell). */
+#define FI_LAYOUT_VERSION 3u
 #define FI_HEADER_MIN 4096u
 #define FI_LINE 128 /* two x86 cache lines: the adjacent-line prefetcher pairs them */
 #define FI_REC_HDR 8u
@@ -97,6 +98,8 @@ struct fi_header {
         uint32_t prod_futex;
         uint32_t prod_sleeping;
         uint32_t closed;        /* set once by shutdown */
+        uint32_t cons_watchers; /* receivers watching the recv bell (fi_ring_watch) */
+        uint32_t prod_watchers; /* senders watching the send bell */
     } ALIGNED_LINE wake;
 };
 
@@ -134,6 +137,7 @@ struct fi_ring {
     uint64_t hold_gen;    /* counts the holds taken, for fi_hold_drop */
     uint64_t held_len;    /* the reserved length / the peeked record size */
     uint64_t held_pos;    /* where the reserved record starts */
+    int bell[2];          /* the recv and send doorbell FIFOs (fi_ring_set_bells), or -1 */
 };
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -163,8 +167,39 @@ static inline void wake(uint32_t *futex_word, uint32_t *sleeping)
     }
 }
 
-static inline void wake_consumers(struct fi_header *h) { wake(&h->wake.cons_futex, &h->wake.cons_sleeping); }
-static inline void wake_producers(struct fi_header *h) { wake(&h->wake.prod_futex, &h->wake.prod_sleeping); }
+/* The doorbells: a FIFO per side that readiness waiters (asyncio, selectors)
+ * poll, rung with one byte only while the side's watcher count is non-zero,
+ * so the hot path gains one load of a line it reads anyway and no syscall
+ * when nobody watches. The count is read sequentially consistently after the
+ * publishing store (the Dekker pair of fi_ring_watch's increment and the
+ * watcher's re-check): either the watcher sees the new index or we see the
+ * count. A full FIFO (EAGAIN) already holds a wake-up, and the fd is open
+ * read-write, so a write never meets EPIPE. A count left high by a killed
+ * watcher only costs these writes, never correctness. */
+static inline void ring_bell(fi_ring *r, int i)
+{
+    if (r->bell[i] >= 0) {
+        char b = 0;
+        ssize_t w = write(r->bell[i], &b, 1);
+        (void)w;
+    }
+}
+
+static inline void wake_consumers(fi_ring *r)
+{
+    struct fi_header *h = r->hdr;
+    wake(&h->wake.cons_futex, &h->wake.cons_sleeping);
+    if (ld32(&h->wake.cons_watchers))
+        ring_bell(r, 0);
+}
+
+static inline void wake_producers(fi_ring *r)
+{
+    struct fi_header *h = r->hdr;
+    wake(&h->wake.prod_futex, &h->wake.prod_sleeping);
+    if (ld32(&h->wake.prod_watchers))
+        ring_bell(r, 1);
+}
 
 /* ---- locks ------------------------------------------------------------ */
 
@@ -288,10 +323,10 @@ static int publish(fi_ring *r, uint64_t old_tail, uint64_t tail, uint64_t count)
     if (!__atomic_compare_exchange_n(&h->prod.tail, &seen, tail, 0, __ATOMIC_SEQ_CST,
                                      __ATOMIC_SEQ_CST)) {
         __atomic_store_n(&h->prod.produced, produced, __ATOMIC_RELEASE);
-        wake_consumers(h);
+        wake_consumers(r);
         return seen & TAIL_CLOSED ? -EPIPE : -EBADMSG;
     }
-    wake_consumers(h);
+    wake_consumers(r);
     return 0;
 }
 
@@ -299,7 +334,7 @@ static int send_locked(fi_ring *r, const void *buf, size_t n)
 {
     struct fi_header *h = r->hdr;
     if (is_closed(h)) {
-        wake_consumers(h);
+        wake_consumers(r);
         return -EPIPE;
     }
     uint64_t tail = ld_tail(h, __ATOMIC_RELAXED);
@@ -336,7 +371,7 @@ static int64_t send_batch_locked(fi_ring *r, const char *buf, size_t len, size_t
     if (too_large)
         return -EMSGSIZE;
     if (is_closed(h)) {
-        wake_consumers(h);
+        wake_consumers(r);
         return -EPIPE;
     }
     uint64_t tail = ld_tail(h, __ATOMIC_RELAXED), pos = tail, last = tail;
@@ -411,7 +446,7 @@ static void consume(fi_ring *r, uint64_t head, uint64_t count)
     struct fi_header *h = r->hdr;
     __atomic_store_n(&h->cons.consumed, h->cons.consumed + count, __ATOMIC_RELEASE);
     __atomic_exchange_n(&h->cons.head, head, __ATOMIC_SEQ_CST);
-    wake_producers(h);
+    wake_producers(r);
 }
 
 static int64_t recv_locked(fi_ring *r, char *out, size_t cap)
@@ -461,6 +496,11 @@ static int64_t recv_batch_locked(fi_ring *r, char *out, size_t cap, size_t max_c
 
 static void unmap(fi_ring *r)
 {
+    for (int i = 0; i < 2; i++) {
+        if (r->bell[i] >= 0)
+            close(r->bell[i]);
+        r->bell[i] = -1;
+    }
     munmap(r->map_base, r->map_len);
     r->hdr = NULL;
     r->data = NULL;
@@ -540,6 +580,7 @@ static int map_segment(int fd, uint64_t hsize, uint64_t size, fi_ring **out)
     r->spin_ns = 20000;
     r->refs = 1;
     r->life = 2;
+    r->bell[0] = r->bell[1] = -1;
     *out = r;
     return 0;
 fail:
@@ -740,7 +781,51 @@ int fi_ring_shutdown(fi_ring *r)
     __atomic_add_fetch(&h->wake.prod_futex, 1, __ATOMIC_SEQ_CST);
     futex_wake_all(&h->wake.cons_futex);
     futex_wake_all(&h->wake.prod_futex);
+    ring_bell(r, 0);
+    ring_bell(r, 1);
     return 0;
+}
+
+void fi_ring_set_bells(fi_ring *r, int recv_fd, int send_fd)
+{
+    int fds[2] = {recv_fd, send_fd};
+    for (int i = 0; i < 2; i++) {
+        if (r->bell[i] >= 0)
+            close(r->bell[i]);
+        r->bell[i] = fds[i];
+    }
+}
+
+int64_t fi_ring_watch(fi_ring *r, int side, int delta)
+{
+    if (!usable(r))
+        return -EBADF;
+    if (side != 0 && side != 1)
+        return -EINVAL;
+    uint32_t *w = side == 0 ? &r->hdr->wake.cons_watchers : &r->hdr->wake.prod_watchers;
+    uint32_t old = __atomic_load_n(w, __ATOMIC_SEQ_CST), next;
+    do {
+        /* Never below 0 nor past the top: the count is shared with other,
+         * possibly dead or hostile, processes. */
+        if (delta < 0)
+            next = old < (uint32_t)-delta ? 0 : old + (uint32_t)delta;
+        else
+            next = old > UINT32_MAX - (uint32_t)delta ? UINT32_MAX : old + (uint32_t)delta;
+    } while (!__atomic_compare_exchange_n(w, &old, next, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
+    /* The watcher's re-check of the ring comes after this: order its loads
+     * after the store above (a store-load pair needs a full fence). */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return next;
+}
+
+int fi_ring_poll(fi_ring *r, int side, uint64_t need)
+{
+    if (!usable(r))
+        return -EBADF;
+    if (side != 0 && side != 1)
+        return -EINVAL;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return ready(r, side == 0 ? SIDE_CONS : SIDE_PROD, side == 0 ? 0 : slot_size(need));
 }
 
 /* ---- public: non-blocking --------------------------------------------- */
@@ -945,7 +1030,7 @@ static int64_t reserve_locked(fi_ring *r, size_t n, char **ptr, fi_hold *rec)
 {
     struct fi_header *h = r->hdr;
     if (is_closed(h)) {
-        wake_consumers(h);
+        wake_consumers(r);
         return -EPIPE;
     }
     uint64_t tail = ld_tail(h, __ATOMIC_RELAXED);
@@ -1002,7 +1087,7 @@ int fi_ring_commit(fi_ring *r)
     int rc = 0;
     if (is_closed(h)) {
         rc = -EPIPE;
-        wake_consumers(h);
+        wake_consumers(r);
     } else {
         uint64_t end = align_line(r->held_pos + rec_size(r->held_len));
         put_record_header(at(r, r->held_pos), (uint32_t)r->held_len, end - r->held_pos);

@@ -16,6 +16,7 @@ from .errors import (
 )
 from .ring import Ring
 from .server import Peer, Server, serve
+from .waiting import wait
 
 __all__ = [
     "BACKEND",
@@ -37,4 +38,5 @@ __all__ = [
     "connect",
     "listen",
     "serve",
+    "wait",
 ]

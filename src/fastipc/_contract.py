@@ -10,6 +10,7 @@ and handoff.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -17,11 +18,11 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any, NoReturn, TypeVar
 
 from ._checks import FdLike, release_view, validate_fds
-from ._names import unlink_ring
-from .errors import Closed, channel_error, channel_keeps_open
+from ._names import open_bell, unlink_ring
+from .errors import Closed, FastIPCError, channel_error, channel_keeps_open
 from .handoff import DEFAULT_HANDOFF_AREA
 
-__all__ = ["DIRECT_MIN", "RECV_BUFFER", "ChannelBase", "RingBase"]
+__all__ = ["DIRECT_MIN", "RECV_BUFFER", "ChannelBase", "RingBase", "drain"]
 
 _R = TypeVar("_R", bound="RingBase")
 _C = TypeVar("_C", bound="ChannelBase")
@@ -276,6 +277,127 @@ class RingBase:
                 yield self.recv()
             except Closed:
                 return
+
+    # ---- readiness: the doorbells (issue 12) ------------------------------
+    # Each ring has two FIFOs in /dev/shm (``_names.bell_paths``): the recv
+    # bell, rung after a publish, and the send bell, rung after a consume,
+    # each only while its side's watcher count in the segment is non-zero
+    # (so the hot path makes no syscall while nobody watches). A watcher
+    # increments the count, then re-checks the ring, then polls the FIFO; the
+    # backends order the increment before the re-check and the publish before
+    # the producer's look at the count, so no wake-up is lost. Spurious ones
+    # are: a byte may be stale, or another watcher's.
+
+    #: The fd ``fileno()`` opened (the recv bell), or -1.
+    _bell_fd: int = -1
+    #: Watches this handle holds per side (recv, send), undone by close().
+    _watching: list[int] | None = None
+    #: The process that made the registrations in ``_watching``.
+    _watch_pid: int = 0
+    #: Uids trusted as owners of the ring's objects (Ring.open's ``owners``).
+    _owners: frozenset[int] | None = None
+
+    def _watch(self, side: int, delta: int) -> int:
+        """Add ``delta`` to ``side``'s watcher count in the segment; return the new count."""
+        raise NotImplementedError
+
+    def _poll(self, side: int, nbytes: int) -> bool:
+        """Whether ``side`` (0 recv, 1 send) would not have to wait now (see readable())."""
+        raise NotImplementedError
+
+    def readable(self) -> bool:
+        """True if a receive would not wait now: a message is waiting, or the ring is shut down.
+
+        A snapshot: another consumer may take the message first. Never
+        blocks. Raises ValueError on a closed handle.
+        """
+        return self._poll(0, 0)
+
+    def writable(self, nbytes: int = 0) -> bool:
+        """True if a send of ``nbytes`` bytes would not wait now (room, or shut down). A snapshot."""
+        return self._poll(1, nbytes)
+
+    def _open_bell(self, side: int) -> int:
+        """A new fd (O_RDWR | O_NONBLOCK, owned by the caller) on ``side``'s doorbell FIFO."""
+        return open_bell(self.name, side, owners=self._owners)
+
+    def _watch_add(self, side: int, delta: int) -> int:
+        """Register (+1) or unregister (-1) this handle as a watcher of ``side``; new count."""
+        count = self._watch(side, delta)
+        # Counted after the call returned: close() undoes only what is registered.
+        w = self._watching
+        if w is None or self._watch_pid != os.getpid():
+            # A handle inherited through fork(): the parent's registrations
+            # are the parent's to undo.
+            w = self._watching = [0, 0]
+            self._watch_pid = os.getpid()
+        w[side] += delta
+        return count
+
+    def _unwatch_all(self) -> None:
+        """Undo this handle's registrations (close() calls it before closing)."""
+        w, self._watching = self._watching, None
+        if w and self._watch_pid == os.getpid():
+            for side in (0, 1):
+                if w[side] > 0:
+                    try:
+                        self._watch(side, -w[side])
+                    except (ValueError, OSError, FastIPCError):
+                        pass  # a count left high costs only spurious wake-ups
+        fd, self._bell_fd = self._bell_fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def fileno(self) -> int:
+        """An fd that becomes readable when a message may be waiting: the ring's recv doorbell.
+
+        For ``selectors``, ``select.epoll`` and event loops. The fd is owned
+        by this handle (opened on first call, closed by :meth:`close`). It is
+        rung only while someone is registered as a watcher: wrap the wait in
+        ``with ring.watch():``, then, after the fd polls readable, drain it
+        (``os.read(fd, 4096)``, non-blocking) and receive with ``timeout=0``.
+        A readable fd is a hint (the message may already be taken), and a
+        watcher must re-check the ring after registering: ``watch()`` returns
+        :meth:`readable` for that. Raises ValueError on a closed handle, OSError
+        if the FIFO cannot be opened.
+        """
+        if self.closed:
+            raise ValueError(f"ring {self.name!r} is closed")
+        if self._bell_fd < 0:
+            self._bell_fd = self._open_bell(0)
+        return self._bell_fd
+
+    @contextmanager
+    def watch(self) -> Iterator[bool]:
+        """Context manager: register as a watcher of :meth:`fileno` for the block.
+
+        Yields :meth:`readable` as re-checked *after* registering: if it is
+        False, a message published from then on rings the fd, so waiting on
+        the fd cannot miss it. The registration is in the segment (a count
+        that producers read after each publish); it is undone at the block's
+        exit and by :meth:`close`. A process killed inside the block leaves
+        the count high, which only makes producers ring the bell needlessly.
+        """
+        fd = self.fileno()
+        drain(fd)
+        registered: list[int] = []
+        try:
+            # list += map(...): the count is recorded as soon as the call
+            # returns, even if a signal handler raises right after it.
+            registered += map(self._watch_add, (0,), (1,))
+            yield self.readable()
+        finally:
+            if registered and not self.closed:
+                self._watch_add(0, -1)
+
+
+def drain(fd: int) -> None:
+    """Empty a non-blocking doorbell fd (its bytes carry no data: each means "look again")."""
+    try:
+        while len(os.read(fd, 4096)) == 4096:
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
 
 
 class ChannelBase:

@@ -15,11 +15,15 @@ import stat
 from .errors import IncompatibleSegment
 
 __all__ = [
+    "BELL_PREFIX",
+    "BELL_SUFFIXES",
     "SEGMENT_PREFIX",
     "SEMAPHORE_PREFIX",
     "SEMAPHORE_SUFFIXES",
     "SHM_DIR",
+    "bell_paths",
     "incompatible",
+    "open_bell",
     "open_segment",
     "segment_path",
     "semaphore_names",
@@ -35,6 +39,11 @@ SEGMENT_PREFIX = "fastipc."
 #: The python ring's semaphores are ``SHM_DIR/SEMAPHORE_PREFIX + name + suffix``.
 SEMAPHORE_PREFIX = "sem.fastipc."
 SEMAPHORE_SUFFIXES = (".items", ".space")
+#: A ring's readiness doorbells (FIFOs, both backends) are
+#: ``SHM_DIR/BELL_PREFIX + name + suffix``: ``.recv`` is rung when a message
+#: is published, ``.send`` when room is freed (see ``open_bell``).
+BELL_PREFIX = "bell.fastipc."
+BELL_SUFFIXES = (".recv", ".send")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
@@ -67,8 +76,60 @@ def semaphore_paths(name: str) -> list[str]:
     return [f"{SHM_DIR}/{SEMAPHORE_PREFIX}{name}{s}" for s in SEMAPHORE_SUFFIXES]
 
 
+def bell_paths(name: str) -> list[str]:
+    """The /dev/shm paths of ring ``name``'s two doorbell FIFOs: recv side, send side."""
+    return [f"{SHM_DIR}/{BELL_PREFIX}{name}{s}" for s in BELL_SUFFIXES]
+
+
+def open_bell(
+    name: str, side: int, mode: int | None = None, owners: frozenset[int] | None = None
+) -> int:
+    """Open ring ``name``'s doorbell FIFO of ``side`` (0 recv, 1 send), making it if missing.
+
+    Returns an fd opened ``O_RDWR | O_NONBLOCK | O_CLOEXEC``: read-write so
+    it never reads EOF nor writes EPIPE whoever else has it open, and
+    non-blocking so ringing a full bell or draining an empty one never waits.
+    A missing FIFO is made with ``mode`` (default 0600; the ring's own mode
+    when the backend knows it), never following a symlink; an existing one
+    must be a FIFO owned by a uid in ``owners`` (default: this user or root,
+    as for ``open_segment``; else PermissionError, or
+    ``IncompatibleSegment`` for something that is not a FIFO), as a bell
+    another user made could be rung or drained by them.
+    """
+    path = bell_paths(name)[side]
+    made = False
+    try:
+        os.mkfifo(path, 0o600 if mode is None else mode)
+        made = True
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(
+                errno.ELOOP, "is a symbolic link, not a ring doorbell; not following it", path
+            ) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISFIFO(st.st_mode):
+            raise IncompatibleSegment(f"{path}: not a FIFO, so not a fastipc ring doorbell")
+        allowed = owners if owners is not None else frozenset((os.geteuid(), 0))
+        if st.st_uid not in allowed and st.st_uid != os.geteuid():
+            raise PermissionError(
+                errno.EPERM, f"owned by uid {st.st_uid}, not by this user: refusing it", path
+            )
+        if made and mode is not None:
+            os.fchmod(fd, mode)  # exactly `mode`: mkfifo applied the umask
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def unlink_ring(name: str) -> None:
-    """Remove ring ``name``'s segment and semaphores; open handles keep working.
+    """Remove ring ``name``'s segment, semaphores and doorbells; open handles keep working.
 
     Raises ValueError/TypeError for a bad name, FileNotFoundError if nothing
     of that name exists. ``os.unlink`` never follows a symlink at the name.
@@ -79,6 +140,11 @@ def unlink_ring(name: str) -> None:
         try:
             os.unlink(path)
             found = True
+        except FileNotFoundError:
+            pass
+    for path in bell_paths(name):  # not evidence of a ring by themselves
+        try:
+            os.unlink(path)
         except FileNotFoundError:
             pass
     if not found:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import marshal
 import os
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -13,7 +14,7 @@ from typing import Any
 
 from .._checks import check_buffer, release_view, timeout_ns
 from .._contract import RingBase
-from .._names import incompatible, open_segment, segment_path
+from .._names import incompatible, open_bell, open_segment, segment_path, unlink_ring
 from ..errors import Closed, MessageTooLarge, ring_error, timed_out
 from ._blocking import SLICE_NS as _SLICE_NS
 from ._blocking import deadline as _deadline
@@ -36,6 +37,8 @@ _pin_into = lib_fast.fi_ring_pin_into
 _pin_drop = lib_fast.fi_pin_drop
 _pin_release = lib_fast.fi_pin_release
 _hold_drop = lib_fast.fi_hold_drop
+_watch = lib_fast.fi_ring_watch
+_poll = lib_fast.fi_ring_poll
 _from_buffer = ffi_fast.from_buffer
 _dumps = marshal.dumps
 _loads = marshal.loads
@@ -77,12 +80,14 @@ class NativeRing(RingBase):
             os.ftruncate(fd, lib.fi_ring_segment_size(capacity))
             out = ffi.new("fi_ring **")
             _check(lib.fi_ring_create(fd, capacity, out), name)
+            handle = ffi.gc(out[0], lib.fi_ring_free)
+            _set_bells(handle, name, mode, None)
         except BaseException:
-            os.unlink(path)
+            unlink_ring(name)
             raise
         finally:
             os.close(fd)
-        return cls._wrap(name, out[0])
+        return cls._wrap(name, handle)
 
     @classmethod
     def _open(cls, name: str, owners: frozenset[int] | None = None) -> NativeRing:
@@ -108,20 +113,24 @@ class NativeRing(RingBase):
             if rc == -errno.EPROTONOSUPPORT:
                 raise incompatible(name, "a fastipc ring of another layout version")
             _check(rc, name)
+            handle = ffi.gc(out[0], lib.fi_ring_free)
+            _set_bells(handle, name, stat.S_IMODE(os.fstat(fd).st_mode), owners)
         finally:
             os.close(fd)
-        return cls._wrap(name, out[0])
+        ring = cls._wrap(name, handle)
+        ring._owners = owners
+        return ring
 
     @classmethod
     def _wrap(cls, name: str, handle: Any) -> NativeRing:
         self = cls.__new__(cls)
         self.name = name
         self._closed = False
-        # The owner of the C handle: freed (fi_ring_free) only when nothing
-        # refers to it any more, so a thread still inside a call, or a view
-        # pinning the mapping, never meets freed memory (close() only marks
-        # it closed; C counts who is inside).
-        self._h = ffi.gc(handle, lib.fi_ring_free)
+        # The owner of the C handle (ffi.gc'd by the caller: fi_ring_free):
+        # freed only when nothing refers to it any more, so a thread still
+        # inside a call, or a view pinning the mapping, never meets freed
+        # memory (close() only marks it closed; C counts who is inside).
+        self._h = handle
         # The same pointer typed for the GIL-keeping module (each cffi module
         # has its own struct types).
         self._hf = ffi_fast.cast("fi_ring *", handle)
@@ -137,6 +146,7 @@ class NativeRing(RingBase):
     def close(self) -> None:
         if self._closed:
             return
+        self._unwatch_all()
         self._closed = True
         # A reserve/view of this thread is open: let the other producers or
         # consumers go now (nothing is published or consumed; 0 if none is).
@@ -383,6 +393,29 @@ class NativeRing(RingBase):
             finally:
                 if view is not None:
                     release_view(view)
+
+
+    # ---- readiness (see RingBase, "readiness") --------------------------
+    def _watch(self, side: int, delta: int) -> int:
+        return int(_check(_watch(self._hf, side, delta), self.name))
+
+    def _poll(self, side: int, nbytes: int) -> bool:
+        return _check(_poll(self._hf, side, nbytes), self.name) == 1
+
+
+def _set_bells(handle: Any, name: str, mode: int, owners: frozenset[int] | None) -> None:
+    """Open ring ``name``'s two doorbells (made with ``mode`` if missing) and give them to C,
+    which rings them after publishing/consuming while someone watches and closes them
+    with the mapping."""
+    fds: list[int] = []
+    try:
+        for side in (0, 1):
+            fds.append(open_bell(name, side, mode, owners))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    lib.fi_ring_set_bells(handle, fds[0], fds[1])
 
 
 def _cbuffer(data: Any, writable: bool = False) -> Any:

@@ -18,6 +18,8 @@ the x86_64/aarch64 Linux this targets)::
         80     8  head selector
         88    16  head slot 0: (head position, messages popped)
        104    16  head slot 1
+       120     8  recv watchers: handles waiting on the recv doorbell (issue 12)
+       128     8  send watchers: handles waiting on the send doorbell
        256     3  bytes locked (never read or written): producer, state, consumer
       4096     D  data area: records of [u64 payload length][payload, padded to 8]
 
@@ -87,7 +89,15 @@ import posix_ipc
 
 from .._checks import MAX_CAPACITY, check_buffer, deadline, release_view
 from .._contract import RingBase
-from .._names import incompatible, open_segment, segment_path, semaphore_names, semaphore_paths
+from .._names import (
+    bell_paths,
+    incompatible,
+    open_bell,
+    open_segment,
+    segment_path,
+    semaphore_names,
+    semaphore_paths,
+)
 from ..errors import Closed, MessageTooLarge, Timeout, timed_out
 
 __all__ = ["PythonRing"]
@@ -96,7 +106,8 @@ if sys.byteorder != "little":  # pragma: no cover - the layout uses native u64 w
     raise ImportError("the python ring backend supports little-endian machines only")
 
 MAGIC = b"FIPCPY01"
-LAYOUT_VERSION = 1
+#: 2: the watcher counts at offsets 120 and 128 (the readiness doorbells).
+LAYOUT_VERSION = 2
 _NATIVE_MAGIC = b"FPCIRN01"  # csrc/ring.c's FI_MAGIC, named for a clearer error
 
 _HEADER = 4096  # bytes before the data area; one page so the data area is page-aligned
@@ -112,6 +123,7 @@ _W_TSEL = 5
 _W_TSLOT = 6  # slots 6,7 and 8,9
 _W_HSEL = 10
 _W_HSLOT = 11  # slots 11,12 and 13,14
+_W_WATCH = 15  # recv watchers; 16: send watchers
 
 # File offsets of the lock bytes (advisory; the bytes themselves are never touched).
 # The state byte sits between the side bytes so a commit can release the state lock and
@@ -221,6 +233,8 @@ class PythonRing(RingBase):
         # understates what is committed.
         self._head_seen = 0
         self._tail_seen = 0
+        # The doorbell fds (recv, send), opened when first rung; -1 until then.
+        self._bells = [-1, -1]
         _LIVE.add(self)
 
     # ---- construction -----------------------------------------------------
@@ -256,6 +270,9 @@ class PythonRing(RingBase):
                 q[_W_DSIZE] = dsize
             finally:
                 q.release()
+            for side, bell in enumerate(bell_paths(name)):
+                made.append(bell)
+                os.close(open_bell(name, side, mode))  # with the ring's mode, before the magic
             mm[0:8] = MAGIC  # last: an opener that sees the magic sees a whole ring
             fcntl.fcntl(fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
             ring = cls.__new__(cls)
@@ -294,6 +311,7 @@ class PythonRing(RingBase):
                     raise PermissionError(errno.EACCES, "permission denied", sem_path) from None
             ring = cls.__new__(cls)
             ring._setup(name, fd, mm, capacity, dsize, sems[0], sems[1])
+            ring._owners = owners
         except BaseException:
             for sem in sems:
                 sem.close()
@@ -533,6 +551,9 @@ class PythonRing(RingBase):
                 q[i] = new_tail
                 q[i + 1] = new_pushed
                 q[_W_TSEL] = sel ^ 1  # the commit: one aligned 8-byte store
+                # Read under the state lock that watchers register under: either
+                # a watcher's re-check sees this commit, or we see its count.
+                watchers = q[_W_WATCH]
             except BaseException:
                 fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
                 raise
@@ -546,6 +567,8 @@ class PythonRing(RingBase):
         self._head_seen = head
         if self._items.value == 0:
             self._items.release()
+        if watchers:
+            self._ring_bell(0)
 
     def _commit_head(
         self, old_head: int, new_head: int, new_popped: int, deadline: float | None
@@ -569,6 +592,7 @@ class PythonRing(RingBase):
                 q[i] = new_head
                 q[i + 1] = new_popped
                 q[_W_HSEL] = sel ^ 1  # the commit: one aligned 8-byte store
+                watchers = q[_W_WATCH + 1]  # as in _commit_tail
             except BaseException:
                 fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
                 raise
@@ -576,6 +600,8 @@ class PythonRing(RingBase):
         self._tail_seen = tail
         if self._space.value == 0:
             self._space.release()
+        if watchers:
+            self._ring_bell(1)
 
     def _sleep(self, sem: posix_ipc.Semaphore, deadline: float | None) -> None:
         """Wait for a hint on ``sem`` (at most _SLEEP_CAP); raise Timeout past the deadline."""
@@ -936,6 +962,50 @@ class PythonRing(RingBase):
         for sem in (self._items, self._space):
             for _ in range(4):
                 sem.release()
+        self._ring_bell(0)
+        self._ring_bell(1)
+
+    # ---- readiness (see RingBase, "readiness") --------------------------------------
+    def _ring_bell(self, side: int) -> None:
+        """Write one byte to ``side``'s doorbell (opened on first use); errors are ignored:
+        a full FIFO already holds a wake-up, and watchers re-check every 0.2 s anyway."""
+        with self._slock:  # teardown closes the fds under it: never write to a reused fd
+            if self._torn_down:
+                return
+            fd = self._bells[side]
+            try:
+                if fd < 0:
+                    fd = self._bells[side] = open_bell(self.name, side, owners=self._owners)
+                os.write(fd, b"\0")
+            except OSError:
+                pass
+
+    def _watch(self, side: int, delta: int) -> int:
+        if self._closed:
+            raise ValueError("ring is closed")
+        with self._slock:
+            if self._torn_down:
+                raise ValueError("ring is closed")
+            try:
+                self._lock(_LOCK_STATE, None)
+                q = self._q
+                count = min(max(q[_W_WATCH + side] + delta, 0), (1 << 32) - 1)
+                q[_W_WATCH + side] = count
+            finally:
+                # The lock syscalls are full barriers: the re-check after this
+                # (under the same lock) is ordered after the store.
+                fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
+        return count
+
+    def _poll(self, side: int, nbytes: int) -> bool:
+        if self._closed:
+            raise ValueError("ring is closed")
+        head, _, tail, _, closed = self._read_state(None)
+        if closed:
+            return True
+        if side == 0:
+            return tail != head
+        return self._D - (tail - head) >= 8 + _align8(nbytes)
 
     def __len__(self) -> int:
         if self._closed:
@@ -972,6 +1042,7 @@ class PythonRing(RingBase):
     def close(self) -> None:
         if self._closed:
             return
+        self._unwatch_all()
         self._closed = True
         if self._owner == threading.get_ident():
             # Called inside this thread's reserve()/recv_view() block: release the
@@ -1005,6 +1076,10 @@ class PythonRing(RingBase):
             os.close(self._fd)
             self._items.close()
             self._space.close()
+            bells, self._bells = self._bells, [-1, -1]
+            for fd in bells:
+                if fd >= 0:
+                    os.close(fd)
 
     def _close_mapping(self) -> None:
         try:

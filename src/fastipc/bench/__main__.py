@@ -5,6 +5,9 @@
     after the Ring table).
 ``python -m fastipc.bench channel --child KIND SECONDS``
     one Channel figure, measured in this process (started by the engine).
+``python -m fastipc.bench aio [--repeat N] [--duration S] [--rounds N] [--loop L]``
+    the asyncio figures (``fastipc bench --aio``); ``aio --role ...`` is one
+    of its child processes.
 ``python -m fastipc.bench ROLE SPEC_JSON``
     one side of a Ring measurement (started by the engine).
 
@@ -21,6 +24,10 @@ def _main(argv: list[str]) -> int:
         from .channel import main
 
         return main(argv[1:])
+    if argv and argv[0] == "aio":
+        from .aio_engine import main as aio_main
+
+        return aio_main(argv[1:])
     from .ring_roles import child_main
 
     return child_main(argv)

@@ -35,6 +35,12 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.add_argument(
+        "--aio",
+        action="store_true",
+        help="also measure fastipc.aio against asyncio streams (a table after the others; "
+        "not in --json)",
+    )
+    p.add_argument(
         "--repeat",
         type=int,
         metavar="N",
@@ -96,4 +102,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "\nChannel (Unix stream socket, two processes; plain = a pure-Python loop)\n"
         )
         sys.stdout.write(format_rows(channel) + "\n")
+    if args.aio:
+        from ..bench.aio_engine import main as aio_main
+
+        sys.stdout.write("\nasyncio (fastipc.aio vs asyncio streams over a Unix socket)\n")
+        sys.stdout.flush()
+        argv = ["--repeat", str(cfg.repeat), "--duration", str(cfg.duration)]
+        aio_main(argv + (["--rounds", "2000"] if args.quick else []))
     return 0

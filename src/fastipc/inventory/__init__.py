@@ -46,6 +46,7 @@ import os
 import stat
 from collections.abc import Iterable
 
+from .._names import BELL_PREFIX, SHM_DIR
 from ._entries import (
     Entry,
     bound_paths,
@@ -105,6 +106,8 @@ def inventory(scan: ProcessScan | None = None) -> tuple[list[Entry], list[str]]:
         if stat.S_ISSOCK(st.st_mode) and st.st_uid == uid:
             entries.append(socket_entry(path, st, bound))
     for path in sorted(scan.fifos):
+        if os.path.basename(path).startswith(BELL_PREFIX) and os.path.dirname(path) == SHM_DIR:
+            continue  # a ring's doorbell: part of the ring's entry, not an endpoint
         try:
             st = os.stat(path)
         except OSError:

@@ -1,0 +1,354 @@
+"""aio.Channel, aio.listen and aio.serve: sockets awaited with add_reader/add_writer."""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+from ..channel import Channel as _SyncChannel
+from ..channel import Listener as _SyncListener
+from ..channel import listen as _sync_listen
+from ..endpoints import parse
+from ..errors import Closed, Timeout
+from ._waiting import Waiters, deadline_of, monotonic, sleep_on
+
+__all__ = ["Channel", "Handler", "Listener", "Server", "listen", "serve"]
+
+_T = TypeVar("_T")
+_ChanT = TypeVar("_ChanT", bound="Channel")
+_ServerT = TypeVar("_ServerT", bound="Server")
+
+
+class Channel:
+    """An awaitable face of :class:`fastipc.Channel`; the sync channel is :attr:`sync`.
+
+    Receives use what is already buffered first and then wait on the socket
+    with ``loop.add_reader``; a receive cancelled while waiting loses
+    nothing. A dead peer makes an awaiting receive raise
+    :class:`~fastipc.Closed`; :meth:`close` (any thread) makes it raise
+    ValueError. Known limit: a send waits for the socket to poll writable,
+    then sends with the sync call; a message larger than the free socket
+    buffer then waits in that call (holding the loop) until the peer has
+    read enough, at most ``timeout``.
+    """
+
+    def __init__(self, channel: _SyncChannel) -> None:
+        """Wrap sync ``channel`` (owned from now on: :meth:`close` closes it)."""
+        if not isinstance(channel, _SyncChannel):
+            raise TypeError(f"aio.Channel wraps a fastipc.Channel, not {type(channel).__name__}")
+        self._ch = channel
+        fd = channel.fileno()
+        self._rd = Waiters(fd, False, False)
+        self._wr = Waiters(fd, True, False)
+
+    @classmethod
+    async def connect(cls, url: str, timeout: float | None = None, **kwargs: Any) -> Channel:
+        """Connect to a listener at ``unix://...`` or a server at ``tcp://HOST:PORT``.
+
+        ``kwargs`` as for :meth:`fastipc.Channel.connect` (``max_message``...).
+        Raises what the sync connect raises (FileNotFoundError,
+        ConnectionRefusedError, ValueError for another scheme), Timeout.
+        """
+        ep = parse(url, schemes=("unix", "tcp"))
+        if ep.scheme == "unix":
+            # A unix connect does not wait unless the listener's backlog is
+            # full; then the sync call waits up to `timeout` (default 5 s).
+            return cls(_SyncChannel.connect(url, 5.0 if timeout is None else timeout, **kwargs))
+        assert ep.host is not None and ep.port is not None
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            ep.host, ep.port, type=socket.SOCK_STREAM
+        )
+        family, type_, proto, _, addr = infos[0]
+        sock = socket.socket(family, type_ | socket.SOCK_CLOEXEC, proto)
+        try:
+            sock.setblocking(False)
+            coro = asyncio.get_running_loop().sock_connect(sock, addr)
+            if timeout is None:
+                await coro
+            else:
+                try:
+                    await asyncio.wait_for(coro, timeout)
+                except asyncio.TimeoutError:
+                    raise Timeout(f"connect to {url}: timed out") from None
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return cls(_SyncChannel.from_socket(sock, name=url, **kwargs))
+        except BaseException:
+            sock.close()
+            raise
+
+    @property
+    def sync(self) -> _SyncChannel:
+        """The sync :class:`fastipc.Channel` this wraps."""
+        return self._ch
+
+    @property
+    def name(self) -> str:
+        return self._ch.name
+
+    @property
+    def closed(self) -> bool:
+        return self._ch.closed
+
+    def __repr__(self) -> str:
+        return f"<aio.Channel {self.name}{' closed' if self.closed else ''}>"
+
+    def close(self) -> None:
+        """Close the channel (idempotent, any thread): awaiting calls raise ValueError (closed)."""
+        loop = self._rd.loop or self._wr.loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or loop is running or not loop.is_running():
+            self._release()
+        else:  # the loop runs in another thread: unregister there, before the fd closes
+            loop.call_soon_threadsafe(self._release)
+
+    def _release(self) -> None:
+        self._rd.close()
+        self._wr.close()
+        self._ch.close()
+
+    async def __aenter__(self: _ChanT) -> _ChanT:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._ch.closed:
+            raise ValueError(f"operation on a closed channel ({self.name})")
+
+    async def _recv_with(self, attempt: Callable[[], _T], timeout: float | None) -> _T:
+        deadline = deadline_of(timeout)
+        while True:
+            try:
+                return attempt()
+            except Timeout:
+                pass
+            self._check_open()
+            if deadline is not None and monotonic() >= deadline:
+                raise Timeout(f"channel {self.name}: timed out")
+            await sleep_on(self._rd, deadline)
+
+    async def recv(self, timeout: float | None = None) -> bytes:
+        """Return the next message (fds that came with it are closed).
+
+        Raises :class:`~fastipc.Timeout`, :class:`~fastipc.Closed` when the
+        peer closed (or died) and everything was received, ValueError
+        (closed), and what the sync ``recv`` raises for a broken stream.
+        """
+        recv = self._ch.recv
+        try:
+            return recv(timeout=0)
+        except Timeout:
+            pass
+        return await self._recv_with(lambda: recv(timeout=0), timeout)
+
+    async def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
+        """Return 1 to ``max_count`` messages: waits for the first, takes what else arrived."""
+        recv_many = self._ch.recv_many
+        return await self._recv_with(lambda: recv_many(max_count, timeout=0), timeout)
+
+    async def recv_with_fds(self, timeout: float | None = None) -> tuple[bytes, list[int]]:
+        """Return the next message and the fds that came with it (the caller closes them)."""
+        rw = self._ch.recv_with_fds
+        return await self._recv_with(lambda: rw(timeout=0), timeout)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        """``async for msg in channel``: ends when the peer closes."""
+        try:
+            return await self.recv()
+        except Closed:
+            raise StopAsyncIteration from None
+
+    async def _writable(self, deadline: float | None) -> None:
+        while True:
+            self._check_open()
+            if deadline is not None and monotonic() >= deadline:
+                raise Timeout(f"channel {self.name}: timed out waiting to send")
+            if await sleep_on(self._wr, deadline):
+                return
+
+    def _remaining(self, deadline: float | None) -> float | None:
+        return None if deadline is None else max(0.0, deadline - monotonic())
+
+    async def send(self, data: Any, fds: Iterable[Any] = (), timeout: float | None = None) -> None:
+        """Send one message (bytes-like) with ``fds`` attached, once the socket is writable.
+
+        Raises as the sync ``send``: Closed (peer gone), Timeout,
+        MessageTooLarge, TypeError, ValueError (closed).
+        """
+        deadline = deadline_of(timeout)
+        if not _poll_out(self._ch.fileno()):
+            await self._writable(deadline)
+        self._ch.send(data, fds, timeout=self._remaining(deadline))
+
+    async def send_many(self, buffers: Iterable[Any], timeout: float | None = None) -> int:
+        """Send each buffer as one message, with few syscalls; return how many."""
+        deadline = deadline_of(timeout)
+        if not _poll_out(self._ch.fileno()):
+            await self._writable(deadline)
+        return self._ch.send_many(buffers, timeout=self._remaining(deadline))
+
+    def shutdown(self, how: str = "both") -> None:
+        """:meth:`fastipc.Channel.shutdown` (``"write"``: the peer gets Closed after what was sent)."""
+        self._ch.shutdown(how)
+
+
+def _poll_out(fd: int) -> bool:
+
+    p = select.poll()
+    p.register(fd, select.POLLOUT)
+    return bool(p.poll(0))
+
+
+class Listener:
+    """Accepts connections awaitably: unix (a :class:`fastipc.Listener`) or tcp."""
+
+    def __init__(self, sock: socket.socket | None, sync: _SyncListener | None, url: str) -> None:
+        self._sock = sock
+        self._sync = sync
+        self.url = url
+        fd = sync.fileno() if sync is not None else sock.fileno()  # type: ignore[union-attr]
+        self._w = Waiters(fd, False, False)
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None and self._sync is None
+
+    def _accept_now(self) -> _SyncChannel:
+        if self._sync is not None:
+            return self._sync.accept(timeout=0)
+        if self._sock is None:
+            raise ValueError(f"operation on a closed listener ({self.url})")
+        try:
+            conn, _ = self._sock.accept()
+        except (BlockingIOError, InterruptedError):
+            raise Timeout("no connection waiting") from None
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _SyncChannel.from_socket(conn, name=self.url)
+
+    async def accept(self) -> Channel:
+        """Wait for the next connection; return its :class:`Channel`. ValueError once closed."""
+        while True:
+            try:
+                return Channel(self._accept_now())
+            except Timeout:
+                pass
+            if self.closed:
+                raise ValueError(f"operation on a closed listener ({self.url})")
+            await sleep_on(self._w, None)
+
+    def close(self) -> None:
+        """Stop listening (a unix listener removes its socket file); wakes accept() (ValueError)."""
+        self._w.close()
+        sock, self._sock = self._sock, None
+        sync, self._sync = self._sync, None
+        if sock is not None:
+            sock.close()
+        if sync is not None:
+            sync.close()
+
+
+async def listen(url: str, **kwargs: Any) -> Listener:
+    """Listen at ``unix://...`` (as :func:`fastipc.listen`, same keywords) or ``tcp://HOST:PORT``.
+
+    For tcp, port 0 picks a free port; :attr:`Listener.url` names the real
+    one. Raises ValueError for another scheme, OSError (address in use...).
+    """
+    ep = parse(url, schemes=("unix", "tcp"))
+    if ep.scheme == "unix":
+        return Listener(None, _sync_listen(url, **kwargs), url)
+    assert ep.host is not None and ep.port is not None
+    sock = socket.create_server((ep.host, ep.port), backlog=kwargs.get("backlog", 128))
+    sock.setblocking(False)
+    host, port = sock.getsockname()[:2]
+    return Listener(sock, None, f"tcp://{host}:{port}")
+
+
+Handler = Callable[[bytes, Channel], Awaitable[None]]
+
+
+class Server:
+    """What :func:`serve` returns: accepts connections and runs the handler per message."""
+
+    def __init__(self, listener: Listener, handler: Handler) -> None:
+        self._listener = listener
+        self._handler = handler
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._peers: set[Channel] = set()
+
+    @property
+    def url(self) -> str:
+        """The endpoint served (for ``tcp://HOST:0``, with the port chosen)."""
+        return self._listener.url
+
+    async def serve_forever(self) -> None:
+        """Accept and serve until :meth:`close` (or cancellation, which closes the server)."""
+        try:
+            while True:
+                try:
+                    peer = await self._listener.accept()
+                except ValueError:
+                    return  # closed
+                self._peers.add(peer)
+                task = asyncio.ensure_future(self._serve_peer(peer))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        finally:
+            self.close()
+
+    async def _serve_peer(self, peer: Channel) -> None:
+        try:
+            async for message in peer:
+                await self._handler(message, peer)
+        except (ValueError, OSError, Closed):
+            pass  # closed by us, or a broken stream: that peer is done
+        except Exception as exc:  # noqa: BLE001 - the handler's: reported, that connection ends
+            asyncio.get_running_loop().call_exception_handler(
+                {"message": f"fastipc.aio.serve handler failed ({self.url})", "exception": exc}
+            )
+        finally:
+            self._peers.discard(peer)
+            peer.close()
+
+    def close(self) -> None:
+        """Stop accepting, close every connection, cancel running handlers. Idempotent."""
+        self._listener.close()
+        for peer in list(self._peers):
+            peer.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        """Wait for the per-connection tasks to end after :meth:`close`."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def __aenter__(self: _ServerT) -> _ServerT:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def serve(url: str, handler: Handler, **kwargs: Any) -> Server:
+    """Serve length-framed messages at ``url``: ``unix://...`` or ``tcp://HOST:PORT``.
+
+    ``await handler(message, peer)`` runs for each message, in order per
+    connection (connections run concurrently); ``peer`` is the connection's
+    :class:`Channel` (``await peer.send(reply)``). A handler that raises
+    ends its connection. Peers are :class:`fastipc.Channel` s or any client
+    speaking length framing (``fastipc.connect``). Other schemes (udp, mq,
+    fifo...) are served by the sync :func:`fastipc.serve`; ValueError names
+    them. ``kwargs`` go to :func:`listen`. Call ``await server.serve_forever()``.
+    """
+    return Server(await listen(url, **kwargs), handler)

@@ -1,0 +1,177 @@
+"""What every awaitable of fastipc.aio shares: deadlines, waiting on an fd with a backstop, open blocks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+
+from .._checks import timeout_ns
+from .._contract import drain
+
+__all__ = [
+    "BACKSTOP",
+    "BUSY_PAUSE_MAX",
+    "RECV",
+    "SEND",
+    "SPIN",
+    "SPIN_BUSY",
+    "Held",
+    "Waiters",
+    "deadline_of",
+    "monotonic",
+    "sleep_on",
+]
+
+
+#: Longest wait (seconds) before a waiter re-checks on its own, bell or not.
+BACKSTOP = 0.2
+#: Longest pause (seconds) while the other side looks ready but its lock is busy.
+BUSY_PAUSE_MAX = 0.001
+RECV, SEND = 0, 1
+#: How long (seconds) a ring waiter polls the ring on the loop thread before it
+#: registers at the doorbell and sleeps: a peer that keeps up is met without the
+#: wake-up's cost (tens of µs on a VM), and the loop is held at most this long.
+SPIN = 20e-6
+#: The first part of SPIN that polls without yielding the CPU (see Ring._spin).
+SPIN_BUSY = 5e-6
+#: The clock of every deadline here (seconds).
+monotonic = time.monotonic
+
+
+def deadline_of(timeout: float | None) -> float | None:
+    """``timeout`` (seconds, None: forever) as a time.monotonic() deadline; checks it."""
+    if timeout is None:
+        return None
+    timeout_ns(timeout)  # TypeError/ValueError for a bad one, as in the sync calls
+    return monotonic() + timeout
+
+
+class Waiters:
+    """The coroutines of one loop waiting for one fd to poll ready.
+
+    One add_reader/add_writer per fd; each waiter has its own future, set
+    when the fd fires (result True) or by its backstop timer (False).
+    ``drain``: the fd is a doorbell whose bytes must be read away (a
+    level-triggered FIFO would fire forever). ``lazy`` (for fds we own,
+    the bells): the registration outlives the last waiter until the fd next
+    fires with nobody waiting; then it is removed and the fd left as it is (a
+    bell's bytes are then for other processes' watchers, not ours to drain).
+    That saves two epoll_ctl calls per wait when waits follow each other
+    closely. Not for a socket the sync channel owns: it may be closed when
+    collected, and the loop must never keep polling a closed fd number.
+    """
+
+    def __init__(self, fd: int, write: bool, drain_it: bool, lazy: bool = False) -> None:
+        self.fd = fd
+        self.write = write
+        self.drain_it = drain_it
+        self.lazy = lazy
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.futs: set[asyncio.Future[bool]] = set()
+        self.registered = False
+
+    def add(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[bool]:
+        if self.loop is not loop:
+            if self.futs:
+                raise RuntimeError("a fastipc handle is awaited from two event loops at once")
+            self._unregister()
+            self.loop = loop
+        fut: asyncio.Future[bool] = loop.create_future()
+        if not self.registered:
+            if self.write:
+                loop.add_writer(self.fd, self._fire)
+            else:
+                loop.add_reader(self.fd, self._fire)
+            self.registered = True
+        self.futs.add(fut)
+        return fut
+
+    def discard(self, fut: asyncio.Future[bool]) -> None:
+        self.futs.discard(fut)
+        if not self.futs and not self.lazy:
+            self._unregister()
+
+    def _unregister(self) -> None:
+        if self.registered and self.loop is not None and not self.loop.is_closed():
+            if self.write:
+                self.loop.remove_writer(self.fd)
+            else:
+                self.loop.remove_reader(self.fd)
+        self.registered = False
+
+    def _fire(self) -> None:
+        if not self.futs:
+            self._unregister()  # nobody here waits: leave the bell's bytes to others
+            return
+        if self.drain_it:
+            drain(self.fd)
+        self.wake_all(True)
+
+    def wake_all(self, result: bool) -> None:
+        for fut in self.futs:
+            if not fut.done():
+                fut.set_result(result)
+
+    def close(self) -> None:
+        """Wake everyone (they re-check and meet the closed handle) and stop watching the fd.
+
+        Call on the loop's thread, before the fd is closed."""
+        self.wake_all(False)
+        self._unregister()
+        self.futs.clear()
+
+    def close_fd(self) -> None:
+        """close(), then close the fd (ours). On the loop's thread, or once the loop is closed."""
+        self.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+async def sleep_on(
+    w: Waiters, deadline: float | None, on_leave: Callable[[bool], None] | None = None
+) -> bool:
+    """Wait for ``w``'s fd, the backstop or ``deadline``; return whether the fd fired.
+
+    ``on_leave(woken)`` runs if the wait is cancelled (woken: the fd had fired).
+    """
+    loop = asyncio.get_running_loop()
+    fut = w.add(loop)
+    delay = BACKSTOP if deadline is None else min(BACKSTOP, max(0.0, deadline - monotonic()))
+    timer = loop.call_later(delay, set_false, fut)
+    try:
+        return await fut
+    except asyncio.CancelledError:
+        if on_leave is not None:
+            on_leave(fut.done() and not fut.cancelled() and fut.result())
+        raise
+    finally:
+        timer.cancel()
+        w.discard(fut)
+
+
+def set_false(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
+
+class Held:
+    """One open recv_view/reserve block per handle: other calls on it wait until it ends
+    (the sync handle refuses, or would wait on its own lock, inside such a block)."""
+
+    def __init__(self) -> None:
+        self.fut: asyncio.Future[None] | None = None
+
+    async def wait_free(self) -> None:
+        while self.fut is not None:
+            await asyncio.shield(self.fut)
+
+    def take(self) -> None:
+        self.fut = asyncio.get_running_loop().create_future()
+
+    def give_back(self) -> None:
+        fut, self.fut = self.fut, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)

@@ -1,0 +1,565 @@
+"""fastipc.aio, the ring doorbells and fastipc.wait (issue 12): real processes, real shared memory."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import selectors
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from _aio_workers import (
+    aio_consumer,
+    channel_peer_sleeps,
+    new_loop,
+    numbered_producer,
+    shutdown_later,
+)
+from conftest import join_all, new_name, run_python, shm_entries
+
+import fastipc
+from fastipc import Channel, Closed, Ring, Timeout, aio
+
+try:
+    import uvloop
+
+    LOOPS = ["asyncio", "uvloop"]
+    # libuv makes a process-wide pipe with its first loop and keeps it for the life of
+    # the process: make it now, at collection, before the session's fd-leak baseline.
+    uvloop.new_event_loop().close()
+except ImportError:  # pragma: no cover - uvloop is optional
+    LOOPS = ["asyncio"]
+
+
+@pytest.fixture(params=LOOPS)
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def run(loop_kind: str) -> Iterator[Any]:
+    """``run(coro)`` runs it to completion on a fresh loop of the parametrised kind."""
+    loop = new_loop(loop_kind)
+    try:
+        yield loop.run_until_complete
+    finally:
+        loop.close()
+
+
+@pytest.fixture
+def aring(ring_name: str) -> Iterator[aio.Ring]:
+    r = aio.Ring.create(ring_name, 1 << 16)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def _num(m: bytes) -> tuple[int, int]:
+    return int.from_bytes(m[:4], "little"), int.from_bytes(m[4:8], "little")
+
+
+# ---- basics and timeouts ----------------------------------------------------------
+
+
+def test_recv_send_and_iteration_end_at_shutdown(run: Any, aring: aio.Ring) -> None:
+    async def main() -> list[bytes]:
+        await aring.send(b"a")
+        await aring.send_many([b"b", b"c"])
+        assert await aring.recv() == b"a"
+        assert await aring.recv_many(10) == [b"b", b"c"]
+        await aring.send(b"d")
+        aring.shutdown()
+        return [m async for m in aring]
+
+    assert run(main()) == [b"d"]
+
+
+def test_timeout_argument_and_asyncio_timeouts_both_work(run: Any, aring: aio.Ring) -> None:
+    async def main() -> None:
+        with pytest.raises(Timeout):
+            await aring.recv(timeout=0.05)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(aring.recv(), 0.05)
+        if sys.version_info >= (3, 11):
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await aring.recv()
+        # Full ring: send times out too.
+        n = 0
+        while True:
+            try:
+                await aring.send(b"x" * 1000, timeout=0)
+            except Timeout:
+                break
+            n += 1
+        with pytest.raises(Timeout):
+            await aring.send(b"x" * 1000, timeout=0.05)
+        with pytest.raises(Timeout) as info:
+            await aring.send_many([b"y" * 1000] * 3, timeout=0.05)
+        assert info.value.sent == 0
+        assert len(await aring.recv_many(n + 10)) == n
+
+    run(main())
+    assert aring.sync._watching in (None, [0, 0])  # every watch was undone
+
+
+def test_views_and_reservations_are_awaitable(run: Any, aring: aio.Ring) -> None:
+    async def main() -> None:
+        async with aring.reserve(5) as w:
+            w[:] = b"hello"
+        with pytest.raises(RuntimeError):
+            async with aring.reserve(3) as w:
+                raise RuntimeError("discarded")
+        async with aring.recv_view() as v:
+            assert bytes(v) == b"hello"
+            # Another coroutine on this handle waits for the block to end.
+            other = asyncio.ensure_future(aring.send(b"later"))
+            await asyncio.sleep(0.01)
+        await other
+        assert await aring.recv() == b"later"
+
+    run(main())
+
+
+def test_a_waiting_sender_is_woken_when_another_process_frees_room(
+    run: Any, ring_name: str, spawn: Any
+) -> None:
+    ring = aio.Ring.create(ring_name, 4096)
+    try:
+
+        async def main() -> None:
+            n = 0
+            while True:
+                try:
+                    await ring.send(b"s" * 500, timeout=0)
+                    n += 1
+                except Timeout:
+                    break
+            p = spawn.Process(target=_drain_some, args=(ring_name, n))
+            p.start()
+            await ring.send(b"s" * 500, timeout=30)  # woken by the consumer's send bell
+            p.join(30)
+            assert p.exitcode == 0
+
+        run(main())
+    finally:
+        ring.close()
+
+
+def _drain_some(name: str, n: int) -> None:
+    time.sleep(0.2)
+    r = Ring.open(name)
+    try:
+        for _ in range(n):
+            r.recv(timeout=10)
+    finally:
+        r.close()
+
+
+# ---- cancellation never loses a message -----------------------------------------------
+
+
+def test_cancelled_awaits_never_lose_a_message(
+    run: Any, aring: aio.Ring, ring_name: str, spawn: Any
+) -> None:
+    count = 20_000
+    # Pauses before half of the messages, so the consumer often waits and cancels mid-wait.
+    p = spawn.Process(target=numbered_producer, args=(ring_name, 0, count, 7, 0.5, 0.0004))
+    rnd = random.Random(12)
+    got: list[int] = []
+    cancelled = 0
+
+    async def main() -> None:
+        nonlocal cancelled
+        while len(got) < count:
+            how = rnd.random()
+            try:
+                if how < 0.4:
+                    m = await asyncio.wait_for(aring.recv(), rnd.random() * 0.0005)
+                    got.append(_num(m)[1])
+                elif how < 0.8:
+                    task = asyncio.ensure_future(aring.recv())
+                    await asyncio.sleep(rnd.random() * 0.0003)
+                    if not task.done():
+                        task.cancel()
+                    try:
+                        got.append(_num(await task)[1])
+                    except asyncio.CancelledError:
+                        cancelled += 1
+                elif how < 0.9:
+                    ms = await asyncio.wait_for(aring.recv_many(50), rnd.random() * 0.001)
+                    got.extend(_num(m)[1] for m in ms)
+                else:
+                    async with aring.recv_view(timeout=rnd.random() * 0.001) as v:
+                        got.append(_num(bytes(v))[1])
+            except (asyncio.TimeoutError, Timeout):
+                cancelled += 1
+
+    p.start()
+    try:
+        run(asyncio.wait_for(main(), 120))
+    finally:
+        join_all([p], 30)
+    assert got == list(range(count)), "a message was lost, duplicated or reordered"
+    assert cancelled > 50, "the test cancelled too few awaits to mean anything"
+    assert len(aring.sync) == 0
+
+
+# ---- many waiters: coroutines, processes --------------------------------------------------
+
+
+def test_several_coroutines_await_one_handle(
+    run: Any, aring: aio.Ring, ring_name: str, spawn: Any
+) -> None:
+    count = 5000
+    p = spawn.Process(target=numbered_producer, args=(ring_name, 0, count, 3))
+
+    async def consumer() -> list[int]:
+        return [_num(m)[1] async for m in aring]
+
+    async def main() -> list[list[int]]:
+        tasks = [asyncio.ensure_future(consumer()) for _ in range(4)]
+        await asyncio.sleep(0.05)
+        p.start()
+        await asyncio.get_running_loop().run_in_executor(None, p.join, 60)
+        aring.shutdown()
+        return await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+    parts = run(main())
+    join_all([p], 5)
+    for part in parts:
+        assert part == sorted(part)
+    assert sorted(x for part in parts for x in part) == list(range(count))
+
+
+def test_several_processes_await_one_ring_and_shutdown_wakes_all(
+    loop_kind: str, run: Any, aring: aio.Ring, ring_name: str, spawn: Any
+) -> None:
+    count = 6000
+    results = spawn.Queue()
+    consumers = [
+        spawn.Process(target=aio_consumer, args=(ring_name, loop_kind, results)) for _ in range(3)
+    ]
+    producers = [
+        spawn.Process(target=numbered_producer, args=(ring_name, i, count, i)) for i in range(2)
+    ]
+
+    async def local() -> list[bytes]:
+        return [m async for m in aring]
+
+    async def main() -> list[bytes]:
+        mine = asyncio.ensure_future(local())
+        for c in consumers:
+            c.start()
+        for pr in producers:
+            pr.start()
+        loop = asyncio.get_running_loop()
+        for pr in producers:
+            await loop.run_in_executor(None, pr.join, 60)
+        # shutdown() from yet another process wakes the awaiting consumers everywhere.
+        s = spawn.Process(target=shutdown_later, args=(ring_name, 0.2))
+        s.start()
+        got = await asyncio.wait_for(mine, 30)
+        await loop.run_in_executor(None, s.join, 30)
+        return got
+
+    try:
+        mine = run(main())
+        got = [results.get(timeout=30)[1] for _ in consumers]
+    finally:
+        join_all(consumers + producers, 30)
+        results.close()
+        results.join_thread()
+    every = [_num(m) for part in [mine, *got] for m in part]
+    assert sorted(every) == sorted((i, s) for i in range(2) for s in range(count))
+    for part in [mine, *got]:
+        for producer in range(2):
+            seqs = [s for i, s in map(_num, part) if i == producer]
+            assert seqs == sorted(seqs), "out of order within one producer"
+
+
+def test_close_from_another_thread_wakes_the_awaiter(run: Any, ring_name: str) -> None:
+    ring = aio.Ring.create(ring_name, 4096)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(ring.recv())
+        await asyncio.sleep(0.05)
+        threading.Thread(target=ring.close).start()
+        with pytest.raises(ValueError, match="closed"):
+            await asyncio.wait_for(task, 10)
+
+    try:
+        run(main())
+    finally:
+        ring.close()
+
+
+def test_an_idle_awaiting_consumer_uses_almost_no_cpu(ring_name: str, loop_kind: str) -> None:
+    Ring.create(ring_name, 4096).close()
+    out = run_python(
+        f"""
+        import time
+        from fastipc import Timeout, aio
+        from _aio_workers import run
+        async def main():
+            r = aio.Ring.open({ring_name!r})
+            t0, c0 = time.monotonic(), time.process_time()
+            try:
+                await r.recv(timeout=1.0)
+            except Timeout:
+                pass
+            print(time.process_time() - c0, time.monotonic() - t0)
+            r.close()
+        run({loop_kind!r}, main())
+        """
+    ).stdout.split()
+    cpu, wall = float(out[0]), float(out[1])
+    assert wall >= 0.9
+    assert cpu < 0.1 * wall, f"idle awaiting consumer used {cpu:.3f} s CPU in {wall:.2f} s"
+
+
+# ---- the doorbell as an fd, fastipc.wait --------------------------------------------------
+
+
+def test_selectors_wait_on_ring_fileno(ring_name: str, spawn: Any) -> None:
+    ring = Ring.create(ring_name, 4096)
+    sel = selectors.DefaultSelector()
+    try:
+        sel.register(ring.fileno(), selectors.EVENT_READ)
+        with ring.watch() as ready:
+            assert not ready
+            assert sel.select(0) == []
+            p = spawn.Process(target=numbered_producer, args=(ring_name, 0, 1, 0))
+            p.start()
+            assert sel.select(30), "the producer's publish did not ring the bell"
+        join_all([p], 30)
+        assert _num(ring.recv(timeout=0)) == (0, 0)
+        assert not ring.readable()
+    finally:
+        sel.close()
+        ring.close()
+
+
+def test_wait_returns_the_ready_rings_and_channels(ring_name: str) -> None:
+    r1 = Ring.create(ring_name, 4096)
+    r2 = Ring.create(ring_name + "b", 4096)
+    a, b = Channel.pair()
+    try:
+        assert fastipc.wait([r1, r2, a], timeout=0) == []
+        assert fastipc.wait([r1, r2, a], timeout=0.05) == []
+        r2.send(b"x")
+        assert fastipc.wait([r1, r2, a], timeout=5) == [r2]
+        b.send(b"y")
+        assert fastipc.wait([r1, r2, a], timeout=5) == [r2, a]
+        r2.recv()
+        assert a.recv() == b"y"
+        # A wait that blocks is woken by a send from another thread.
+        threading.Timer(0.1, r1.send, (b"z",)).start()
+        assert fastipc.wait([r1, r2, a]) == [r1]
+        b.close()
+        assert fastipc.wait([r1, a], timeout=5) == [r1, a]  # peer closed: readable
+        r2.shutdown()
+        assert fastipc.wait([r2], timeout=5) == [r2]  # shut down: a receive will not wait
+    finally:
+        for h in (r1, r2, a, b):
+            h.close()
+        Ring.unlink_name(ring_name + "b")
+
+
+def test_doorbells_are_removed_with_the_ring_and_not_listed_as_rings(ring_name: str) -> None:
+    r = Ring.create(ring_name, 4096, mode=0o640)
+    try:
+        bells = [e for e in shm_entries(ring_name) if "bell." in e]
+        assert len(bells) == 2
+        for b in bells:
+            assert os.stat(b).st_mode & 0o777 == 0o640
+        out = run_python("from fastipc.cli import main; main(['ls'])", check=False).stdout
+        assert f"bell.fastipc.{ring_name}" not in out
+        r.unlink()
+        assert shm_entries(ring_name) == []
+    finally:
+        r.close()
+
+
+def test_importing_fastipc_loads_neither_asyncio_nor_aio() -> None:
+    out = run_python(
+        "import sys, fastipc; print('asyncio' in sys.modules, 'fastipc.aio' in sys.modules)"
+    ).stdout.split()
+    assert out == ["False", "False"]
+
+
+# ---- channels and servers -------------------------------------------------------------------
+
+
+def test_channel_awaits_and_uses_buffered_messages_first(run: Any) -> None:
+    a, b = Channel.pair()
+    ca, cb = aio.Channel(a), aio.Channel(b)
+
+    async def main() -> None:
+        # Two frames arrive in one read: the second must not wait for the fd.
+        b.send_many([b"1", b"2"])
+        assert await ca.recv(timeout=5) == b"1"
+        assert await ca.recv(timeout=0) == b"2"
+        with pytest.raises(Timeout):
+            await ca.recv(timeout=0.05)
+        task = asyncio.ensure_future(ca.recv())
+        await asyncio.sleep(0.02)
+        await cb.send(b"3")
+        assert await asyncio.wait_for(task, 5) == b"3"
+        # Cancelled receives lose nothing.
+        for i in range(200):
+            t = asyncio.ensure_future(ca.recv())
+            await asyncio.sleep(0)
+            t.cancel()
+            await cb.send(b"%d" % i)
+            try:
+                got = await t
+            except asyncio.CancelledError:
+                got = await ca.recv(timeout=5)
+            assert got == b"%d" % i
+
+    try:
+        run(main())
+    finally:
+        ca.close()
+        cb.close()
+
+
+def test_channel_recv_gets_closed_when_the_peer_process_is_killed(run: Any, spawn: Any) -> None:
+    path = os.path.join(tempfile.mkdtemp(), "s")
+    p = None
+
+    async def main() -> None:
+        nonlocal p
+        lst = await aio.listen(f"unix://{path}")
+        try:
+            p = spawn.Process(target=channel_peer_sleeps, args=(path,))
+            p.start()
+            ch = await asyncio.wait_for(lst.accept(), 30)
+            task = asyncio.ensure_future(ch.recv())
+            await asyncio.sleep(0.1)
+            p.kill()
+            with pytest.raises(Closed):
+                await asyncio.wait_for(task, 30)
+            ch.close()
+        finally:
+            lst.close()
+
+    try:
+        run(main())
+    finally:
+        if p is not None:
+            p.kill()
+            p.join(10)
+        os.rmdir(os.path.dirname(path))
+
+
+def test_channel_close_from_another_thread_or_task_wakes_the_awaiter(run: Any) -> None:
+    a, b = Channel.pair()
+    ca = aio.Channel(a)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(ca.recv())
+        await asyncio.sleep(0.05)
+        threading.Thread(target=ca.close).start()
+        with pytest.raises(ValueError, match="closed"):
+            await asyncio.wait_for(task, 10)
+
+    try:
+        run(main())
+    finally:
+        ca.close()
+        b.close()
+
+
+@pytest.mark.parametrize("scheme", ["unix", "tcp"])
+def test_serve_answers_aio_and_sync_clients(run: Any, scheme: str) -> None:
+    tmp = tempfile.mkdtemp()
+    url = f"unix://{tmp}/srv" if scheme == "unix" else "tcp://127.0.0.1:0"
+
+    async def handler(message: bytes, peer: aio.Channel) -> None:
+        await peer.send(b"re:" + message)
+
+    async def main() -> None:
+        srv = await aio.serve(url, handler)
+        task = asyncio.ensure_future(srv.serve_forever())
+        try:
+            clients = [await aio.Channel.connect(srv.url) for _ in range(3)]
+            for i, c in enumerate(clients):
+                await c.send(b"%d" % i)
+            for i, c in enumerate(clients):
+                assert await c.recv(timeout=10) == b"re:%d" % i
+
+            # A sync client in a thread (the server must not block the loop meanwhile).
+            def sync_client() -> bytes:
+                with fastipc.connect(srv.url) as cl:
+                    cl.send(b"sync")
+                    return cl.recv(timeout=10)
+
+            got = await asyncio.get_running_loop().run_in_executor(None, sync_client)
+            assert got == b"re:sync"
+            for c in clients:
+                c.close()
+        finally:
+            srv.close()
+            await srv.wait_closed()
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    try:
+        run(main())
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp)
+
+
+def test_serve_refuses_other_schemes_with_a_clear_message(run: Any) -> None:
+    async def main() -> None:
+        with pytest.raises(ValueError, match="not accepted here"):
+            await aio.serve("udp://127.0.0.1:0", lambda m, p: asyncio.sleep(0))
+
+    run(main())
+
+
+# ---- README ---------------------------------------------------------------------------------
+
+
+def test_readme_asyncio_example_runs() -> None:
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.md")) as f:
+        readme = f.read()
+    m = re.search(r"<!-- aio-example -->\s*```python\n(.*?)```", readme, re.DOTALL)
+    assert m, "README lost its asyncio example"
+    name = new_name("readme")
+    code = m.group(1).replace('"jobs"', repr(name))
+    try:
+        out = run_python(code, timeout=60)
+    finally:
+        try:
+            Ring.unlink_name(name)
+        except FileNotFoundError:
+            pass
+    assert "done" in out.stdout
+    assert shm_entries(name) == []
+
+
+def test_the_asyncio_benchmark_runs() -> None:
+    out = run_python(
+        "from fastipc.bench.aio_engine import main; "
+        "main(['--repeat', '1', '--duration', '0.2', '--rounds', '300'])",
+        timeout=120,
+    ).stdout
+    for label in ("async for", "recv_many(256)", "readexactly", "ping-pong", "idle"):
+        assert label in out, out
+    # Whatever it made in /dev/shm is gone: the session's leak check would say so.
