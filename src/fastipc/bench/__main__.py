@@ -5,6 +5,9 @@
     after the Ring table).
 ``python -m fastipc.bench channel --child KIND SECONDS``
     one Channel figure, measured in this process (started by the engine).
+``python -m fastipc.bench peer SPEC_JSON``
+    one figure of one transport of the peers comparison (started by
+    :mod:`fastipc.bench.peers`).
 ``python -m fastipc.bench ROLE SPEC_JSON``
     one side of a Ring measurement (started by the engine).
 
@@ -21,6 +24,10 @@ def _main(argv: list[str]) -> int:
         from .channel import main
 
         return main(argv[1:])
+    if argv and argv[0] == "peer":
+        from .peers_roles import child_main as peer_main
+
+        return peer_main(argv[1:])
     from .ring_roles import child_main
 
     return child_main(argv)
