@@ -164,6 +164,8 @@ class PeersReport:
     loadavg_end: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     packages: dict[str, str | None] = field(default_factory=dict)
+    #: row label -> what differs for it (e.g. a capacity the kernel capped).
+    notes: dict[str, str] = field(default_factory=dict)
 
     def rows(self) -> list[str]:
         """Row labels in report order (transports, then machine rows)."""
@@ -239,6 +241,7 @@ class PeersReport:
                 "probe_rtt_us_range": [min(self.probes), max(self.probes)] if self.probes else None,
                 "cpus_used": sorted({tuple(c) for c in self.cpus if c}, key=str),
             },
+            "notes": self.notes,
             "figures": figures,
         }
 
@@ -376,6 +379,8 @@ def run_peers(
                         elif res.get(f.value) is not None:
                             v = float(res[f.value]) * _SCALE.get(f.value, 1.0)
                             report.samples.setdefault(row.label, {}).setdefault(f.key, []).append(v)
+                    if res.get("note"):
+                        report.notes[row.label] = res["note"]
                     if res.get("probe_us") is not None:
                         report.probes.append(float(res["probe_us"]))
                     if res.get("cpus"):

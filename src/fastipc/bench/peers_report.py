@@ -112,6 +112,8 @@ def _notes(report: PeersReport) -> list[str]:
             f"probe (plain shared-memory ping-pong) median {_num(sorted(probes)[len(probes) // 2])} µs, "
             f"range {_num(min(probes))}-{_num(max(probes))} µs"
         )
+    for label, note in report.notes.items():
+        notes.append(f"{label}: {note}")
     notes.append("ratios: this row's median / the reference's median")
     return notes
 

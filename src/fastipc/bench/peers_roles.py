@@ -68,6 +68,8 @@ class Transport:
     view = False
     #: Several producers and consumers may share one instance.
     fanin = False
+    #: Said in the report when set (e.g. a capacity the kernel capped).
+    note: str | None = None
 
     def __init__(self, spec: dict[str, Any], token: str) -> None:
         self.spec = spec
@@ -450,7 +452,12 @@ class PosixMQ(Transport):
                     f"{self.size} B messages exceed /proc/sys/fs/mqueue/msgsize_max "
                     f"({limits['msgsize_max']} B)"
                 )
-            depth = min(depth, limits.get("msg_max", depth))
+            if depth > limits.get("msg_max", depth):
+                depth = limits["msg_max"]
+                self.note = (
+                    f"queue depth {depth} messages (/proc/sys/fs/mqueue/msg_max; "
+                    "raising it needs CAP_SYS_RESOURCE), not the capacity the others get"
+                )
         self.depth = depth
         need = depth * (self.size + 64)
         try:
@@ -1109,6 +1116,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
                 if k in o:
                     result[k] = o[k]
         result["cpus"] = [cpu_p, cpu_c]
+        if t.note:
+            result["note"] = t.note
         return result
     finally:
         ctrl[_HALT] = 1
