@@ -351,6 +351,7 @@ def run_peers(
     allowed = sorted(os.sched_getaffinity(0))
     cpus = (allowed[0], allowed[1]) if len(allowed) >= 2 else (None, None)
     base = Baseline()
+    failures: dict[tuple[str, str], list[str]] = {}
     try:
         for rep in range(cfg.repeat):
             # The machine's limits, once per repetition, among the transports' runs.
@@ -373,12 +374,17 @@ def run_peers(
                         report.load_samples.append(max(0, running - 1))
                     res = run_spec(_spec(cfg, row, figs[0], f"{token}.{seq}"), row.backend)
                     for f in figs:
-                        if "skipped" in res or "error" in res:
-                            why = res.get("skipped") or f"failed: {res['error']}"
-                            report.skipped.setdefault(row.label, {})[f.key] = why
+                        if "skipped" in res:
+                            report.skipped.setdefault(row.label, {})[f.key] = res["skipped"]
+                        elif "error" in res:
+                            # A failed repetition does not stop the next ones.
+                            failures.setdefault((row.label, f.key), []).append(str(res["error"]))
                         elif res.get(f.value) is not None:
                             v = float(res[f.value]) * _SCALE.get(f.value, 1.0)
                             report.samples.setdefault(row.label, {}).setdefault(f.key, []).append(v)
+                        else:  # never dropped silently
+                            why = f"no {f.value} in the answer {res}"
+                            failures.setdefault((row.label, f.key), []).append(why)
                     if res.get("note"):
                         report.notes[row.label] = res["note"]
                     if res.get("probe_us") is not None:
@@ -387,6 +393,12 @@ def run_peers(
                         report.cpus.append(list(res["cpus"]))
     finally:
         base.close()
+    for (label, key), errors in failures.items():
+        if report.values(label, key):
+            note = f"{key}: {len(errors)} repetition(s) failed ({errors[0]})"
+            report.notes[label] = "; ".join(filter(None, [report.notes.get(label), note]))
+        else:
+            report.skipped.setdefault(label, {})[key] = f"failed: {errors[0]}"
     report.loadavg_end = loadavg()
     report.elapsed_s = time.monotonic() - t_start
     return report

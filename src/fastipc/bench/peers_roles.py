@@ -946,9 +946,7 @@ def _reqrep(spec: dict[str, Any], token: str, side: str) -> dict[str, Any]:
         ctx.term()
 
 
-def _child(
-    fn: Callable[[], dict[str, Any]], cpu: int | None, ctrl: mmap.mmap, ready: int, wfd: int
-) -> None:
+def _child(fn: Callable[[], dict[str, Any]], cpu: int | None, role: str, wfd: int) -> None:
     """Body of a forked child: pin, run ``fn``, write its JSON line to ``wfd``, _exit."""
     code = 0
     try:
@@ -959,7 +957,7 @@ def _child(
         out = {"error": f"{type(exc).__name__}: {exc}"}
         code = 1
     try:
-        os.write(wfd, (json.dumps(out) + "\n").encode())
+        os.write(wfd, (json.dumps({**out, "role": role}) + "\n").encode())
     finally:
         os._exit(code)
 
@@ -1092,11 +1090,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
             roles = [(f"consumer{i}", consumer(i), cpu_c) for i in range(consumers)]
             roles += [(f"producer{i}", producer(i), cpu_p) for i in range(producers)]
-        for _name, fn, cpu in roles:
+        for name, fn, cpu in roles:
             pid = os.fork()
             if pid == 0:
                 os.close(rfd)
-                _child(fn, cpu, ctrl, 0, wfd)
+                _child(fn, cpu, name, wfd)
             pids.append(pid)
         os.close(wfd)
         wfd = -1
@@ -1105,7 +1103,15 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = {}
         if kind not in ("rtt", "idle"):
             result.update(_window(ctrl, float(spec["duration"]), consumers, t.size, pids))
-        outs = _read_results(rfd, len(roles), timeout=30 + 4 * float(spec["duration"]))
+        # With several producers, those still sending their stop messages after
+        # the last consumer left block on a full queue: once every consumer has
+        # reported, they get a moment, then _reap ends them (the figure is made).
+        outs = _read_results(
+            rfd,
+            len(roles),
+            timeout=30 + 4 * float(spec["duration"]),
+            enough=None if pinned else consumers,
+        )
         errors = [o["error"] for o in outs if "error" in o]
         if errors:
             raise RuntimeError("; ".join(errors))
@@ -1154,7 +1160,7 @@ def _run_reqrep(
             def fn(side: str = side) -> dict[str, Any]:
                 return _reqrep(spec, token, side)
 
-            _child(fn, cpu, ctrl, 0, wfd)
+            _child(fn, cpu, side, wfd)
         pids.append(pid)
     try:
         outs = _read_results(rfd, 2, timeout=30 + 4 * float(spec["duration"]))
@@ -1186,6 +1192,14 @@ def _window(
     c0, t0 = sum(counts[:consumers]), time.perf_counter()
     time.sleep(duration)
     c1, t1 = sum(counts[:consumers]), time.perf_counter()
+    # A slow transport in a short window (--quick) may not have moved the count
+    # (consumers publish it every 64 small messages): widen the window, once per
+    # duration, for up to 20 s.
+    while c1 == c0 and t1 - t0 < 20:
+        time.sleep(duration)
+        c1, t1 = sum(counts[:consumers]), time.perf_counter()
+    if c1 == c0:
+        raise RuntimeError("no message counted in 20 s")
     ctrl[_HALT] = 1
     counts.release()
     rate = (c1 - c0) / (t1 - t0)
@@ -1204,19 +1218,28 @@ def _any_exited(pids: list[int]) -> bool:
     return False
 
 
-def _read_results(rfd: int, n: int, timeout: float) -> list[dict[str, Any]]:
+def _read_results(
+    rfd: int, n: int, timeout: float, enough: int | None = None
+) -> list[dict[str, Any]]:
+    """The JSON lines of ``n`` children; with ``enough``, stop 1 s after that many consumers answered."""
     import select
 
     outs: list[dict[str, Any]] = []
     data = b""
     deadline = time.monotonic() + timeout
     while len(outs) < n:
+        if enough is not None:
+            answered = sum(o.get("role", "").startswith("consumer") for o in outs)
+            if answered >= enough:
+                deadline = min(deadline, time.monotonic() + 1.0)
+                if time.monotonic() >= deadline:
+                    break
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError(
                 f"{n - len(outs)} of {n} processes did not finish in {timeout:.0f} s"
             )
-        ready, _, _ = select.select([rfd], [], [], left)
+        ready, _, _ = select.select([rfd], [], [], min(left, 0.1))
         if not ready:
             continue
         chunk = os.read(rfd, 65536)
