@@ -317,7 +317,11 @@ class UnixStream(Transport):
         self.t.close()
 
     def send(self, msg: bytes | bytearray) -> None:
-        self.sock.sendall(_HDR.pack(len(msg)) + msg)
+        if len(msg) <= 65536:  # one syscall; the copy of a small message costs less
+            self.sock.sendall(_HDR.pack(len(msg)) + msg)
+        else:  # no 1 MiB concatenation: the header, then the message itself
+            self.sock.sendall(_HDR.pack(len(msg)))
+            self.sock.sendall(msg)
 
     def send_many(self, msgs: list[bytes]) -> None:
         pack = _HDR.pack
