@@ -456,6 +456,8 @@ class ScalingReport:
     duration: float = 0.0
     load_samples: list[int] = field(default_factory=list)
     elapsed_s: float = 0.0
+    #: Repetitions that failed where others succeeded.
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         med = statistics.median
@@ -476,6 +478,7 @@ class ScalingReport:
                 for r, d in self.sizes.items()
             },
             "skipped": self.skipped,
+            "notes": self.notes,
         }
 
 
@@ -517,6 +520,7 @@ def run_scaling(
     gone = _unavailable(list({r.label: r for r in [*size_rows, *shape_rows]}.values()))
     token = f"fbs.{os.getpid()}{secrets.token_hex(2)}"
     seq = 0
+    failures: dict[tuple[str, str], list[str]] = {}
     jobs: list[tuple[str, Any]] = [("shape", s) for s in shapes] + [("size", s) for s in sizes]
     total = repeat * (len(shapes) * len(shape_rows) + len(sizes) * len(size_rows))
     done = 0
@@ -559,8 +563,11 @@ def run_scaling(
                 if running is not None:
                     rep_out.load_samples.append(max(0, running - 1))
                 res = run_spec(spec, row.backend)
-                if "skipped" in res or "error" in res:
-                    skips[f"{what} {key}"] = res.get("skipped") or f"failed: {res['error']}"
+                if "skipped" in res:
+                    skips[f"{what} {key}"] = res["skipped"]
+                    continue
+                if "error" in res:  # a failed repetition does not stop the next ones
+                    failures.setdefault((row.label, f"{what} {key}"), []).append(str(res["error"]))
                     continue
                 if what == "shape":
                     rep_out.shapes.setdefault(row.label, {}).setdefault(key, []).append(
@@ -568,6 +575,15 @@ def run_scaling(
                     )
                 else:
                     rep_out.sizes.setdefault(row.label, {}).setdefault(key, []).append(res["gb_s"])
+    for (label, what_key), errors in failures.items():
+        what, key = what_key.split(" ", 1)
+        data = rep_out.shapes if what == "shape" else rep_out.sizes
+        if data.get(label, {}).get(key):
+            rep_out.notes.append(
+                f"{label}, {what_key}: {len(errors)} of {repeat} repetitions failed ({errors[0]})"
+            )
+        else:
+            rep_out.skipped.setdefault(label, {})[what_key] = f"failed: {errors[0]}"
     rep_out.skipped = {r: s for r, s in rep_out.skipped.items() if s}
     rep_out.elapsed_s = time.monotonic() - t_start
     return rep_out

@@ -213,6 +213,7 @@ def format_scaling(s: ScalingReport, markdown: bool = False) -> str:
             out.append(
                 f"skipped: {label}: {', '.join(what[:4])}{' ...' if len(what) > 4 else ''}: {why}"
             )
+    out += [f"note: {n}" for n in s.notes]
     return "\n".join(out) + "\n"
 
 
@@ -294,6 +295,8 @@ def plot_scaling(s: ScalingReport, path: str) -> None:
     import statistics
 
     plt = _pyplot()
+    from matplotlib.ticker import ScalarFormatter
+
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5))
     shapes: list[str] = []
     for d in s.shapes.values():
@@ -314,6 +317,8 @@ def plot_scaling(s: ScalingReport, path: str) -> None:
     a.set_xlabel("producers x consumers (64 B messages)")
     a.set_ylabel("M msgs/s (median)")
     a.set_yscale("log")
+    a.yaxis.set_major_formatter(ScalarFormatter())
+    a.yaxis.set_minor_formatter(ScalarFormatter())
     a.grid(alpha=0.3)
     a.legend(fontsize=8)
     b.set_xscale("log", base=2)

@@ -602,8 +602,10 @@ class ZmqPushPull(Transport):
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.SNDHWM, self.depth)
-        # Close waits (up to 2 s) until the stop messages are delivered.
-        self.linger = 2000
+        # Close waits until the stop messages are delivered: for good with one
+        # consumer (it reads until its stop), up to 2 s with several (those
+        # that left early leave stop messages undeliverable).
+        self.linger = -1 if self.consumers == 1 else 2000
         for i in range(self.consumers):
             self.sock.connect(self._endpoint(i))
         self.send = self.sock.send  # type: ignore[method-assign,assignment]
