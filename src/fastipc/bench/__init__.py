@@ -7,6 +7,10 @@
 - :mod:`.format`: the reports as text tables and markdown.
 - :mod:`.harness`: the process harness shared with the scripts in ``benchmarks/``.
 - :mod:`.machine`: what /proc says about the machine and the children.
+- :mod:`.peers` / :mod:`.peers_roles` / :mod:`.peers_report`: ``fastipc bench --peers``
+  and ``--scaling``, fastipc against other IPC transports (engine, measuring
+  process, tables and plots); :mod:`.baseline`: the machine's own limits
+  (one-core memcpy, a bare C SPSC ring) measured in the same run.
 
 Only the command line (``fastipc bench``) imports this package; the library never does.
 """

@@ -8,6 +8,9 @@
 ``python -m fastipc.bench aio [--repeat N] [--duration S] [--rounds N] [--loop L]``
     the asyncio figures (``fastipc bench --aio``); ``aio --role ...`` is one
     of its child processes.
+``python -m fastipc.bench peer SPEC_JSON``
+    one figure of one transport of the peers comparison (started by
+    :mod:`fastipc.bench.peers`).
 ``python -m fastipc.bench ROLE SPEC_JSON``
     one side of a Ring measurement (started by the engine).
 
@@ -28,6 +31,10 @@ def _main(argv: list[str]) -> int:
         from .aio_engine import main as aio_main
 
         return aio_main(argv[1:])
+    if argv and argv[0] == "peer":
+        from .peers_roles import child_main as peer_main
+
+        return peer_main(argv[1:])
     from .ring_roles import child_main
 
     return child_main(argv)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .model import FIGURES, BenchReport, Figure, target_met
+from .model import FIGURES, BenchReport, Figure
 
 __all__ = ["format_channel_rows", "format_markdown", "format_table"]
 
@@ -36,11 +36,6 @@ def _fmt_ratio(ratio: float | None) -> str:
     return f"{ratio:.3f}x" if ratio < 0.1 else f"{ratio:.2f}x"
 
 
-def _status(report: BenchReport, fig: Figure) -> str:
-    met = target_met(fig, report.median(fig.key, "native"), report.ratio(fig.key))
-    return "" if met is None else ("ok" if met else "MISSED")
-
-
 def _cell(report: BenchReport, fig: Figure, backend: str, spread: bool) -> str:
     text = _fmt_value(fig, report.median(fig.key, backend))
     values = report.samples(fig.key, backend)
@@ -55,26 +50,22 @@ def _rows(report: BenchReport, spread: bool = False) -> tuple[list[str], list[li
     both = len(backends) == 2
     if both:
         header.append("native/python")
-    header += ["target (native)", ""]
     rows = []
     for fig in FIGURES:
         row = [fig.title, fig.unit + ("" if fig.higher_is_better else ", lower=better")]
         row += [_cell(report, fig, b, spread) for b in backends]
         if both:
             row.append(_fmt_ratio(report.ratio(fig.key)))
-        row += [fig.target_text, _status(report, fig) if "native" in backends else ""]
         rows.append(row)
-    probe = ["placement probe: shm round trip", "us"]
+    probe = ["placement probe: shm round trip (no fastipc code)", "us"]
     probe += [_fmt_value(FIGURES[3], report.probe_median(b)) for b in backends]
     if both:
         probe.append("")
-    probe += ["(no fastipc code)", ""]
     rows.append(probe)
-    split = ["pairs sampled on different CPUs", "%"]
+    split = ["pairs sampled on different CPUs (else they share one)", "%"]
     split += [_fmt_pct(report.split_fraction(b)) for b in backends]
     if both:
         split.append("")
-    split += ["(else they share one vCPU)", ""]
     rows.append(split)
     return header, rows
 
@@ -121,8 +112,7 @@ def format_table(report: BenchReport) -> str:
 
     def line(cells: list[str]) -> str:
         out = [cells[0].ljust(widths[0]), cells[1].ljust(widths[1])]
-        out += [c.rjust(w) for c, w in zip(cells[2:-2], widths[2:-2])]
-        out += [cells[-2].ljust(widths[-2]), cells[-1]]
+        out += [c.rjust(w) for c, w in zip(cells[2:], widths[2:])]
         return "  ".join(out).rstrip()
 
     text = _notes(report) + ["", line(header), line(["-" * w for w in widths])]
@@ -143,12 +133,11 @@ def format_markdown(report: BenchReport, spread: bool = True) -> str:
     out = [f"- {n}" for n in _notes(report)] + [""]
     if spread:
         out += ["Cells: median (smallest-largest repetition).", ""]
-    out.append("| " + " | ".join(header[:-1]) + " |")
-    out.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(header) - 2)) + "|---|")
+    out.append("| " + " | ".join(header) + " |")
+    out.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|")
     for r in rows:
         unit = "µs" + r[1][2:] if r[1].startswith("us") else r[1]
-        target = micro((r[-2] + (f" ({r[-1]})" if r[-1] else "")).strip())
-        out.append("| " + " | ".join([r[0], unit, *r[2:-2], target]) + " |")
+        out.append("| " + " | ".join([micro(r[0]), unit, *r[2:]]) + " |")
     return "\n".join(out) + "\n"
 
 

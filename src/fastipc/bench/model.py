@@ -18,7 +18,6 @@ __all__ = [
     "BenchReport",
     "Figure",
     "Measurement",
-    "target_met",
 ]
 
 #: The backends the benchmark knows, in the order columns are printed.
@@ -37,24 +36,16 @@ class Figure:
     unit: str
     #: True when a larger value is better (throughput), False for latency and CPU.
     higher_is_better: bool
-    #: The native backend's target in ``unit`` (None: no target).
-    target: float | None
-    #: The target as text, including any ratio target.
-    target_text: str
-    #: The minimum native/python ratio asked for (None: no ratio target).
-    ratio_target: float | None = None
 
 
 #: Every figure, in table order.
 FIGURES: tuple[Figure, ...] = (
-    Figure(
-        "msg64", "64 B messages, send/recv", "M msgs/s", True, 5.0, ">= 5 M/s and >= 3x python", 3.0
-    ),
-    Figure("batch64", "64 B messages, send_many/recv_many", "M msgs/s", True, 15.0, ">= 15 M/s"),
-    Figure("mib1", "1 MiB messages, send/recv_into", "GB/s", True, 40.0, ">= 40 GB/s"),
-    Figure("rtt_median", "ping-pong 64 B round trip, median", "us", False, 1.0, "<= 1 us"),
-    Figure("rtt_p99", "ping-pong 64 B round trip, p99", "us", False, 3.0, "<= 3 us"),
-    Figure("idle_cpu", "idle waiter CPU (blocked recv)", "% CPU", False, 5.0, "sleeps (<= 5 %)"),
+    Figure("msg64", "64 B messages, send/recv", "M msgs/s", True),
+    Figure("batch64", "64 B messages, send_many/recv_many", "M msgs/s", True),
+    Figure("mib1", "1 MiB messages, send/recv_into", "GB/s", True),
+    Figure("rtt_median", "ping-pong 64 B round trip, median", "us", False),
+    Figure("rtt_p99", "ping-pong 64 B round trip, p99", "us", False),
+    Figure("idle_cpu", "idle waiter CPU (blocked recv)", "% CPU", False),
 )
 
 #: Measurement kinds, each run by its own processes (pingpong yields both rtt figures).
@@ -206,13 +197,11 @@ class BenchReport:
                     "median": self.median(fig.key, b),
                     "samples": self.samples(fig.key, b),
                 }
-            met = target_met(fig, self.median(fig.key, "native"), self.ratio(fig.key))
             figures.append(
                 {
                     **asdict(fig),
                     "results": per_backend,
                     "ratio_native_over_python": self.ratio(fig.key),
-                    "native_target_met": met,
                 }
             )
         return {
@@ -233,13 +222,3 @@ class BenchReport:
             },
             "measurements": [asdict(m) for m in self.measurements],
         }
-
-
-def target_met(fig: Figure, native: float | None, ratio: float | None) -> bool | None:
-    """Whether the native figure meets ``fig``'s target (and ratio target); None: no target or no value."""
-    if fig.target is None or native is None:
-        return None
-    ok = native >= fig.target if fig.higher_is_better else native <= fig.target
-    if fig.ratio_target is not None and ratio is not None:
-        ok = ok and ratio >= fig.ratio_target
-    return ok

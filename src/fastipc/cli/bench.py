@@ -1,9 +1,10 @@
-"""``fastipc bench``: run the Ring and Channel benchmarks and print the tables (or JSON)."""
+"""``fastipc bench``: run the Ring and Channel benchmarks, or fastipc against its peers, and print the tables."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -18,11 +19,32 @@ def add_parser(sub: Any) -> None:
     """Add the ``bench`` subcommand to the subparsers ``sub``."""
     p = sub.add_parser(
         "bench",
-        help="measure the shared-memory Ring on both backends",
+        help="measure the Ring and Channel on both backends, or against other IPC libraries",
         description="Measure the Ring: 64-byte msgs/s (single and batched), 1 MiB GB/s, "
         "ping-pong round trip and an idle waiter's CPU, for the native and python "
         "backends in one run, each in two fresh processes, and print one table with "
-        "the native/python ratio.",
+        "the native/python ratio. With --peers, measure fastipc's Ring and Channel on "
+        "both backends against multiprocessing, plain sockets, faster-fifo, pyzmq, "
+        "posix_ipc and iceoryx2 (those installed; pip install 'fastipc[bench]') "
+        "with the machine's own limits in the same run.",
+    )
+    p.add_argument(
+        "--peers",
+        action="store_true",
+        help="compare with other IPC transports (one table per figure, ratios to fastipc "
+        "native and to the best peer)",
+    )
+    p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="throughput against 1/2/4/8 producers and 4x4, and against message size "
+        "16 B-4 MiB, for Ring, Channel and the best two peers",
+    )
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="with --peers or --scaling: draw the figures (needs pip install 'fastipc[plot]'); "
+        "the scaling plot goes to FILE-scaling.png when both are asked",
     )
     p.add_argument(
         "--quick", action="store_true", help="3 short repetitions per figure (under 20 s in all)"
@@ -33,7 +55,13 @@ def add_parser(sub: Any) -> None:
         default="both",
         help="which backend(s) to measure (default: both)",
     )
-    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="write the full report as JSON to FILE (or print it, without FILE)",
+    )
     p.add_argument(
         "--aio",
         action="store_true",
@@ -44,19 +72,28 @@ def add_parser(sub: Any) -> None:
         "--repeat",
         type=int,
         metavar="N",
-        help="repetitions per figure and backend (default 5, --quick 3)",
+        help="repetitions per figure and backend (default 5; --quick: 3, with --peers 1)",
     )
     p.add_argument(
         "--duration",
         type=float,
         metavar="SECONDS",
-        help="seconds per measurement (default 1.0, --quick 0.3)",
+        help="seconds per measurement (default 1.0, with --peers 0.5; --quick 0.25, "
+        "with --peers 0.05)",
     )
     p.set_defaults(run=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Run the Ring and Channel benchmarks and print the tables (or JSON)."""
+    """Run the Ring and Channel benchmarks, or the peers comparison, and print the tables (or JSON)."""
+    if args.plot and not (args.peers or args.scaling):
+        raise CLIError("--plot draws the --peers and --scaling figures: add one of them")
+    if args.repeat is not None and args.repeat < 1:
+        raise CLIError("--repeat must be at least 1")
+    if args.duration is not None and not 0 < args.duration <= 600:
+        raise CLIError("--duration must be between 0 and 600 seconds")
+    if args.peers or args.scaling:
+        return _cmd_peers(args)
     # Imported here, not at the top: only this verb needs the benchmark package,
     # so every other command starts without loading it.
     from ..bench import BACKENDS, BenchConfig, channel_rows, format_table, run_benchmark
@@ -65,20 +102,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = BenchConfig.quick() if args.quick else BenchConfig()
     cfg.backends = BACKENDS if args.backend == "both" else (args.backend,)
     if args.repeat is not None:
-        if args.repeat < 1:
-            raise CLIError("--repeat must be at least 1")
         cfg.repeat = args.repeat
     if args.duration is not None:
-        if not 0 < args.duration <= 600:
-            raise CLIError("--duration must be between 0 and 600 seconds")
         cfg.duration = args.duration
 
     show = sys.stderr.isatty()
-
-    def progress(text: str) -> None:
-        if show:
-            sys.stderr.write(f"\r\033[K{text}")
-            sys.stderr.flush()
+    progress = _progress(show)
 
     # SIGTERM ends the run like Ctrl-C, so the finally clauses remove every ring.
     previous = None
@@ -95,8 +124,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
     if args.json:
-        print(json.dumps({**report.to_json(), "channel": channel}, indent=2))
-    else:
+        _write_json({**report.to_json(), "channel": channel}, args.json)
+    if args.json != "-":
         sys.stdout.write(format_table(report))
         sys.stdout.write(
             "\nChannel (Unix stream socket, two processes; plain = a pure-Python loop)\n"
@@ -109,4 +138,99 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         argv = ["--repeat", str(cfg.repeat), "--duration", str(cfg.duration)]
         aio_main(argv + (["--rounds", "2000"] if args.quick else []))
+    return 0
+
+
+def _progress(show: bool) -> Any:
+    """A callable writing one self-overwriting progress line on stderr (a terminal only)."""
+
+    def progress(text: str) -> None:
+        if show:
+            sys.stderr.write(f"\r\033[K{text}")
+            sys.stderr.flush()
+
+    return progress
+
+
+def _write_json(data: dict[str, Any], where: str) -> None:
+    text = json.dumps(data, indent=2)
+    if where == "-":
+        print(text)
+        return
+    try:
+        with open(where, "w") as f:
+            f.write(text + "\n")
+    except OSError as exc:
+        raise CLIError(f"cannot write {where}: {exc.strerror}") from None
+
+
+def _cmd_peers(args: argparse.Namespace) -> int:
+    """``fastipc bench --peers`` / ``--scaling``: the comparison with other transports."""
+    from ..bench.peers import PeersConfig, pick_scaling_rows, run_peers, run_scaling
+    from ..bench.peers_report import format_peers, format_scaling, plot_peers, plot_scaling
+
+    cfg = PeersConfig.quick() if args.quick else PeersConfig()
+    if args.repeat is not None:
+        cfg.repeat = args.repeat
+    if args.duration is not None:
+        cfg.duration = args.duration
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401 - fail before a long run, not after it
+        except ImportError:
+            raise CLIError("--plot needs matplotlib: pip install 'fastipc[plot]'") from None
+    show = sys.stderr.isatty()
+    progress = _progress(show)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    out: dict[str, Any] = {}
+    report = scaling = None
+    try:
+        if args.peers:
+            report = run_peers(cfg, progress)
+            out["peers"] = report.to_json()
+        if args.scaling:
+            size_rows, shape_rows = pick_scaling_rows(report)
+            if args.quick:
+                scaling = run_scaling(
+                    size_rows,
+                    shape_rows,
+                    repeat=cfg.repeat,
+                    duration=cfg.duration,
+                    sizes=(16, 4096, 1 << 20),
+                    shapes=((1, 1), (2, 1), (4, 4)),
+                    progress=progress,
+                )
+            else:
+                scaling = run_scaling(
+                    size_rows,
+                    shape_rows,
+                    repeat=cfg.repeat,
+                    duration=cfg.duration,
+                    progress=progress,
+                )
+            out["scaling"] = scaling.to_json()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if show:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+    if args.json:
+        _write_json(out, args.json)
+    if args.json != "-":
+        if report is not None:
+            sys.stdout.write(format_peers(report) + "\n")
+        if scaling is not None:
+            sys.stdout.write(format_scaling(scaling))
+    if args.plot:
+        if report is not None:
+            plot_peers(report, args.plot)
+        if scaling is not None:
+            path = args.plot
+            if report is not None:
+                root, ext = os.path.splitext(args.plot)
+                path = f"{root}-scaling{ext or '.png'}"
+            plot_scaling(scaling, path)
     return 0
