@@ -14,8 +14,6 @@ Reading a signalfd needs no C: each read returns whole 128-byte
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import struct
 from typing import Any, Callable, NamedTuple
@@ -71,6 +69,9 @@ def _native() -> tuple[Callable[[int, int, int], int], Callable[[list[int]], int
 
 
 def _ctypes() -> tuple[Callable[[int, int, int], int], Callable[[list[int]], int]]:
+    import ctypes
+    import ctypes.util
+
     libc: Any = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     libc.sigqueue.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     libc.sigqueue.restype = ctypes.c_int
