@@ -542,7 +542,11 @@ def serve(
     :attr:`Server.address`), ``unix://PATH``, ``udp://HOST:PORT`` (a
     multicast group joins it: ``?iface=ADDR``), ``unixgram://PATH``,
     ``mq:///name`` (created or opened; ``?reply=/name`` names the queue
-    replies go to), ``fifo:///path`` (created owner-only). A bytes-like
+    replies go to), ``fifo:///path`` (created owner-only), ``fd://N`` (an
+    inherited fd, read only; taken over and released on close),
+    ``signal://self?sig=USR1,RTMIN+1`` (a signalfd: the handler gets the
+    int payload as decimal text, the signal and its sender on the peer;
+    see :mod:`fastipc.transports.signals` for the signal masks). A bytes-like
     value the handler returns is sent back to that peer.
 
     ``framing`` (stream transports): ``"length"`` (default;
