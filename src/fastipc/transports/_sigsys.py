@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 from typing import Any, Callable, NamedTuple
 
 from .._backend import BACKEND
@@ -80,11 +81,14 @@ def _ctypes() -> tuple[Callable[[int, int, int], int], Callable[[list[int]], int
     libc.sigemptyset.argtypes = [ctypes.c_void_p]
     libc.sigaddset.argtypes = [ctypes.c_void_p, ctypes.c_int]
     sfd_flags = os.O_NONBLOCK | os.O_CLOEXEC  # SFD_NONBLOCK, SFD_CLOEXEC
+    _BIG64 = sys.byteorder == "big" and ctypes.sizeof(ctypes.c_void_p) == 8
 
     def queue(pid: int, signo: int, value: int) -> int:
-        # union sigval passed by value: on the Linux ABIs fastipc supports it
-        # travels like a pointer; the int sits in its low 32 bits.
-        word = ctypes.c_void_p(value & 0xFFFFFFFF)
+        # union sigval passed by value: on the 64-bit Linux ABIs it travels like
+        # a pointer (ctypes cannot pass a union by value); sival_int is the
+        # union's first 4 bytes, so the low half of the word on little-endian
+        # machines and the high half on big-endian ones.
+        word = ctypes.c_void_p((value & 0xFFFFFFFF) << (32 if _BIG64 else 0))
         if libc.sigqueue(pid, signo, word) < 0:
             return -ctypes.get_errno()
         return 0
