@@ -391,6 +391,19 @@ int fi_chan_release_view(fi_chan *c);
  * alone (too long for out or for the receive buffer), -EINPROGRESS as above. */
 int64_t fi_chan_recv_batch(fi_chan *c, char *out, size_t cap, size_t max_count,
                            int64_t timeout_ns);
+/* ---- Signals as messages (signals.c; the signal:// transport) ----
+ * Kept apart from the ring and channel: Python has neither sigqueue(2) nor
+ * signalfd(2). Both calls are quick and never block. */
+
+/* sigqueue(2): send signal `signo` carrying the int `value` to process `pid`.
+ * 0, or -ESRCH no such process, -EPERM not allowed to signal it, -EAGAIN its
+ * queue of pending signals is full (RLIMIT_SIGPENDING), -EINVAL a bad signal. */
+int fi_sigqueue(int pid, int signo, int value);
+
+/* signalfd(2) for the n signals in signos[] (non-blocking, close-on-exec):
+ * the new fd (the caller owns it), or -EINVAL a bad signal number, -EMFILE,
+ * -ENFILE, -ENOMEM. Does not block the signals: the caller does that. */
+int fi_signalfd(const int *signos, size_t n);
 /* CDEF END */
 
 #endif /* FASTIPC_H */

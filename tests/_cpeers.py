@@ -28,6 +28,7 @@ PEERS = {
     "unix_client": [],
     "udp_peer": [],
     "mq_peer": ["-lrt"],
+    "sig_peer": [],
 }
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
 

@@ -13,7 +13,16 @@ from fastipc.endpoints import parse
 
 
 def test_every_served_scheme_is_registered_in_the_order_users_see() -> None:
-    assert _registry.schemes() == ("tcp", "unix", "udp", "unixgram", "mq", "fifo")
+    assert _registry.schemes() == (
+        "tcp",
+        "unix",
+        "udp",
+        "unixgram",
+        "mq",
+        "fifo",
+        "fd",
+        "signal",
+    )
     assert _registry.transport("shm") is None  # a Ring, not a transport
 
 
@@ -26,6 +35,8 @@ def test_every_served_scheme_is_registered_in_the_order_users_see() -> None:
         ("unixgram", False, False, False, False),
         ("mq", False, True, False, False),
         ("fifo", True, False, False, False),
+        ("fd", True, True, False, True),
+        ("signal", True, False, False, False),
     ],
 )
 def test_each_transport_declares_its_rules(

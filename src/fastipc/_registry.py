@@ -83,6 +83,8 @@ _HOMES = {
     "unixgram": "datagram",
     "mq": "mqueue",
     "fifo": "fifo",
+    "fd": "pipe",
+    "signal": "signals",
 }
 
 

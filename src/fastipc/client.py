@@ -22,7 +22,8 @@ def connect(
     ``url``: ``tcp://HOST:PORT``, ``unix://PATH``, ``udp://HOST:PORT``,
     ``unixgram://PATH``, ``mq:///name`` (created or opened, options
     ``maxmsg``, ``msgsize``, ``mode``, ``reply``), ``fifo:///path`` (its
-    reader must be there). ``framing`` applies to stream transports:
+    reader must be there), ``fd://N`` (an inherited fd, taken over),
+    ``signal://PID?sig=USR1`` (``send(42)`` queues the signal with that int). ``framing`` applies to stream transports:
     ``"length"`` (default; docs/architecture.md, "Wire format") or
     ``"raw"`` (classic C peers).
     ``timeout`` (seconds) bounds connecting. ``max_message`` (bytes,

@@ -8,6 +8,8 @@ Every transport is named by a URL (docs/architecture.md, "The parts")::
     mq:///name                                                POSIX message queue
     fifo:///abs/path   fifo://rel/path                        named pipe (FIFO)
     shm://NAME                                                shared-memory Ring
+    fd://N                                                    an inherited fd (pipe, socket, tty)
+    signal://PID?sig=USR1   signal://self?sig=USR1,RTMIN+1    signals with an int payload
 
 Options ride in the query string (``unix:///run/app.sock?mode=0660``); each
 scheme says which options it knows. Each option is checked and converted
@@ -30,13 +32,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Union
 
 from ._names import validate_name
 
-__all__ = ["MQ_NAME_MAX", "SUN_PATH_MAX", "Endpoint", "parse"]
+__all__ = ["MQ_NAME_MAX", "SUN_PATH_MAX", "Endpoint", "parse", "signal_name", "signal_number"]
 
 #: The longest Unix socket path in bytes: ``sun_path`` is 108 bytes with the
 #: terminating NUL (an abstract name gets the same 107 bytes after its NUL).
@@ -63,7 +66,13 @@ class Endpoint:
     bytes; its upper bound, 2**32 - 1, is checked where it is used, as for
     the keyword), ``maxmsg``, ``msgsize`` and ``capacity`` (ints >= 1),
     ``single_writer`` (bool, ``0`` or ``1``), ``iface`` (an IPv4 address as
-    text), ``reply`` (a queue name with its leading slash).
+    text), ``reply`` (a queue name with its leading slash), ``sig`` (signal
+    numbers, a tuple of ints: ``?sig=USR1,RTMIN+1``; names with or without
+    ``SIG``, numbers, ``RTMIN+n`` and ``RTMAX-n``).
+
+    ``fd`` is the descriptor number of ``fd://N``; ``pid`` the process of
+    ``signal://PID`` (None for ``signal://self``: the calling process,
+    whatever its pid is when the endpoint is used).
     """
 
     url: str
@@ -83,6 +92,9 @@ class Endpoint:
     single_writer: bool = False
     iface: str | None = None
     reply: str | None = None
+    sig: tuple[int, ...] = ()
+    fd: int | None = None
+    pid: int | None = None
 
     @property
     def address(self) -> Address:
@@ -212,6 +224,65 @@ def _queue(value: str) -> str:
     return name
 
 
+def _signals(value: str) -> tuple[int, ...]:
+    out: list[int] = []
+    for part in value.split(","):
+        signo = signal_number(part)
+        if signo in out:
+            raise _BadOption(f"names {signal_name(signo)} twice")
+        out.append(signo)
+    return tuple(out)
+
+
+def signal_number(text: str) -> int:
+    """The number of signal ``text``: ``USR1``, ``SIGUSR1``, ``10``, ``RTMIN+2``, ``SIGRTMAX-1``.
+
+    Raises ValueError (a ``_BadOption``) naming what is wrong; 0 is refused
+    (it is no signal).
+    """
+    name = text.strip().upper()
+    if name.isdecimal():
+        signo = int(name)
+    else:
+        name = name.removeprefix("SIG")
+        base, sign, offset = name, "", "0"
+        for op in "+-":
+            if op in name:
+                base, sign, offset = name.partition(op)
+                break
+        rtmin, rtmax = int(signal.SIGRTMIN), int(signal.SIGRTMAX)
+        if base in ("RTMIN", "RTMAX"):
+            if not offset.isdecimal():
+                raise _BadOption(f"has {text!r}: expected RTMIN+N or RTMAX-N")
+            n = int(offset) if sign != "-" else -int(offset)
+            signo = (rtmin if base == "RTMIN" else rtmax) + n
+        elif sign:
+            raise _BadOption(f"has {text!r}: only RTMIN+N and RTMAX-N take an offset")
+        else:
+            found = getattr(signal.Signals, "SIG" + base, None) if base.isidentifier() else None
+            if found is None:
+                raise _BadOption(f"has {text!r}, which is no signal name (e.g. USR1, RTMIN+1)")
+            return int(found)
+        if base in ("RTMIN", "RTMAX") and not rtmin <= signo <= rtmax:
+            raise _BadOption(
+                f"has {text!r}: real-time signals run from RTMIN ({rtmin}) to RTMAX ({rtmax})"
+            )
+    if not 1 <= signo <= int(signal.SIGRTMAX):
+        raise _BadOption(f"has {text!r}: signal numbers run from 1 to {int(signal.SIGRTMAX)}")
+    return signo
+
+
+def signal_name(signo: int) -> str:
+    """``SIGUSR1``, ``SIGRTMIN+3``: how messages name signal ``signo``."""
+    rtmin, rtmax = int(signal.SIGRTMIN), int(signal.SIGRTMAX)
+    if rtmin <= signo <= rtmax:
+        return "SIGRTMIN" if signo == rtmin else f"SIGRTMIN+{signo - rtmin}"
+    try:
+        return signal.Signals(signo).name
+    except ValueError:
+        return f"signal {signo}"
+
+
 #: option -> converter from its text to its typed value (the Endpoint
 #: attribute of the same name); raises _BadOption saying what is wrong.
 _OPTIONS: dict[str, Callable[[str], Any]] = {
@@ -224,6 +295,7 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
     "single_writer": _flag,
     "iface": _ipv4,
     "reply": _queue,
+    "sig": _signals,
 }
 
 
@@ -317,6 +389,24 @@ def _parse_shm(rest: str, url: str) -> Endpoint:
     return Endpoint(url=url, scheme="", name=name)
 
 
+def _parse_fd(rest: str, url: str) -> Endpoint:
+    """``N``: a file descriptor number this process inherited or opened."""
+    if not rest.isdecimal() or len(rest) > 9:
+        raise ValueError(f"endpoint {url!r}: fd {rest!r} is not a descriptor number (fd://0)")
+    return Endpoint(url=url, scheme="", fd=int(rest))
+
+
+def _parse_signal(rest: str, url: str) -> Endpoint:
+    """``PID`` (a process id) or ``self``; the signals come in ``?sig=``."""
+    if rest == "self":
+        return Endpoint(url=url, scheme="")
+    if not rest.isdecimal() or not 0 < int(rest) < 2**31:
+        raise ValueError(
+            f"endpoint {url!r}: process {rest!r} is not a pid (signal://1234) or 'self'"
+        )
+    return Endpoint(url=url, scheme="", pid=int(rest))
+
+
 #: The longest POSIX message queue name in bytes, after its leading slash.
 MQ_NAME_MAX = 254
 
@@ -332,4 +422,6 @@ _PARSERS: dict[str, tuple[_Parser, frozenset[str]]] = {
     "mq": (_parse_mq, frozenset({"maxmsg", "msgsize", "mode", "reply"})),
     "fifo": (_parse_fifo, frozenset({"mode", "single_writer", "max_message"})),
     "shm": (_parse_shm, frozenset({"capacity", "mode"})),
+    "fd": (_parse_fd, frozenset({"max_message"})),
+    "signal": (_parse_signal, frozenset({"sig"})),
 }

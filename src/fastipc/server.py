@@ -226,6 +226,9 @@ class Server:
         self._soon: deque[Callable[[], None]] = deque()
         self._timer_seq = 0
         self._stop = False
+        #: The thread that called close(): it tears down (sources that set a
+        #: thread's signal mask, signal://, can restore it only there).
+        self._closer: threading.Thread | None = None
         self._signalled = False
         self._closed = False
         self._serving = threading.Lock()
@@ -292,9 +295,10 @@ class Server:
         """
         if self._closed:
             return
+        me = threading.current_thread()
+        self._closer = me
         self._stop = True
         self._wake()
-        me = threading.current_thread()
         if self._loop_thread is me:
             return  # inside the handler: the loop tears down when it returns
         thread = self._thread
@@ -420,7 +424,7 @@ class Server:
             for signum, old in restore:
                 signal.signal(signum, old)
             self._loop_thread = None
-            if self._stop:
+            if self._stop and self._closer in (None, threading.current_thread()):
                 self._teardown()
             self._serving.release()
 
@@ -538,7 +542,11 @@ def serve(
     :attr:`Server.address`), ``unix://PATH``, ``udp://HOST:PORT`` (a
     multicast group joins it: ``?iface=ADDR``), ``unixgram://PATH``,
     ``mq:///name`` (created or opened; ``?reply=/name`` names the queue
-    replies go to), ``fifo:///path`` (created owner-only). A bytes-like
+    replies go to), ``fifo:///path`` (created owner-only), ``fd://N`` (an
+    inherited fd, read only; taken over and released on close),
+    ``signal://self?sig=USR1,RTMIN+1`` (a signalfd: the handler gets the
+    int payload as decimal text, the signal and its sender on the peer;
+    see :mod:`fastipc.transports.signals` for the signal masks). A bytes-like
     value the handler returns is sent back to that peer.
 
     ``framing`` (stream transports): ``"length"`` (default;

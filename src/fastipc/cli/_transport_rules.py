@@ -22,6 +22,7 @@ __all__ = [
     "check_send",
     "check_serve_answers",
     "recv_framing",
+    "recv_text",
     "send_options",
     "serve_can_close",
 ]
@@ -97,3 +98,15 @@ def recv_framing(kw: dict[str, Any], scheme: str, framing: str) -> None:
     kind = transport(scheme)
     if kind is not None and kind.framed:
         kw["framing"] = framing
+
+
+def recv_text(message: bytes, peer: Any, binary: bool) -> bytes:
+    """What ``recv`` prints for ``message``: a signal as ``SIGUSR1 42 pid=P uid=U``, else itself.
+
+    A signal's message is only its payload; the signal and its sender are on
+    its peer. ``--binary`` prints the payload alone.
+    """
+    name = getattr(peer, "name", None)
+    if binary or not isinstance(name, str) or not hasattr(peer, "uid"):
+        return message
+    return f"{name} {message.decode()} pid={peer.pid} uid={peer.uid}".encode()

@@ -42,16 +42,22 @@ def add_send(sub: Any) -> None:
         "send",
         help="send one message to an endpoint, optionally print the reply",
         description="Send MESSAGE (UTF-8) to URL: connect to a tcp or unix server, send a "
-        "datagram (udp, unixgram), put it on a message queue (mq), write it to a FIFO, or "
-        "send it into an existing ring (shm://NAME).",
+        "datagram (udp, unixgram), put it on a message queue (mq), write it to a FIFO or an "
+        "inherited fd (fd://N), send it into an existing ring (shm://NAME), or queue a "
+        "signal carrying it as an int (signal://PID?sig=USR1). MESSAGE '-' reads the "
+        "message from stdin, to its end (bytes as they are).",
         epilog="examples:\n"
         "  fastipc send tcp://127.0.0.1:8080 'Hello from client' --nul --wait-reply\n"
         "  fastipc send mq:///jobs 'urgent' --priority 5\n"
-        "  fastipc send shm://myring 'hello'",
+        "  fastipc send shm://myring 'hello'\n"
+        "  fastipc send 'signal://1234?sig=RTMIN+1' 42\n"
+        "  fastipc send fd://1 - --framing length < msg",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("url", metavar="URL", help="where to send")
-    p.add_argument("message", metavar="MESSAGE", help="the message (sent as UTF-8)")
+    p.add_argument(
+        "message", metavar="MESSAGE", help="the message (sent as UTF-8); '-': read it from stdin"
+    )
     add_framing(p)
     p.add_argument(
         "--nul", action="store_true", help="append a NUL byte, as the C clients of the examples do"
@@ -80,7 +86,8 @@ def add_send(sub: Any) -> None:
 
 def cmd_send(args: argparse.Namespace) -> int:
     """Send one message; print the reply with --wait-reply."""
-    data = os.fsencode(args.message) + (b"\0" if args.nul else b"")
+    body = sys.stdin.buffer.read() if args.message == "-" else os.fsencode(args.message)
+    data = body + (b"\0" if args.nul else b"")
     ep = parse(args.url)
     rules.check_send(ep, args)
     try:
@@ -114,11 +121,15 @@ def add_recv(sub: Any) -> None:
         description="Receive from URL and print each message: tcp/unix connect and print what "
         "arrives until the server closes; udp/unixgram bind and print the datagrams; fifo "
         "creates the FIFO and reads it; mq receives from the queue (creating it if needed); "
+        "fd://N reads an inherited fd (e.g. fd://0 in a pipeline) until end of file; "
+        "signal://self?sig=USR1,RTMIN+1 prints each signal as 'SIGNAL VALUE pid=P uid=U'; "
         "shm://NAME receives from the ring (created, and removed at the end, when the URL "
         "gives ?capacity=BYTES and it does not exist). SIGINT/SIGTERM end it with status 0.",
         epilog="examples:\n"
         "  fastipc recv tcp://127.0.0.1:8080\n"
         "  fastipc recv udp://0.0.0.0:5000 --count 1 --timeout 10\n"
+        "  producer | fastipc recv fd://0 --framing length\n"
+        "  fastipc recv 'signal://self?sig=USR1,RTMIN+1'\n"
         "  fastipc recv 'shm://myring?capacity=65536'",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -188,7 +199,7 @@ def _recv_bound(args: argparse.Namespace) -> None:
     arrived: queue.Queue[bytes] = queue.Queue()
 
     def handler(message: bytes, peer: Any) -> None:
-        arrived.put(message)
+        arrived.put(rules.recv_text(message, peer, args.binary))
 
     kw: dict[str, Any] = {"framing": args.framing}
     if args.max_message is not None:

@@ -32,14 +32,16 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "serve",
         help="serve an endpoint until SIGINT/SIGTERM: log, echo or answer each message",
-        description="Bind URL (tcp, udp, unix, unixgram, mq or fifo) and serve every client at "
+        description="Bind URL (tcp, udp, unix, unixgram, mq, fifo, fd://N or "
+        "signal://self?sig=...) and serve every client at "
         "once until SIGINT or SIGTERM, which end it with exit status 0. Connects, disconnects "
         "and each message are logged on stderr; 'fastipc: serving URL' tells where once bound "
         "(with the real port when port 0 was asked).",
         epilog="examples:\n"
         "  fastipc serve tcp://127.0.0.1:8080 --echo\n"
         "  fastipc serve unix:///tmp/app.sock --reply 'Hello from server'\n"
-        "  fastipc serve udp://0.0.0.0:5000",
+        "  fastipc serve udp://0.0.0.0:5000\n"
+        "  fastipc serve 'signal://self?sig=USR1,RTMIN+1'",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("url", metavar="URL", help="the endpoint to bind")

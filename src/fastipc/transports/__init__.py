@@ -8,6 +8,8 @@ udp,       datagram.DatagramSource    datagram.DatagramClient
 unixgram
 mq         mqueue.QueueSource         mqueue.QueueClient
 fifo       fifo.FifoSource            fifo.FifoClient
+fd         pipe.FdSource              pipe.FdClient
+signal     signals.SignalSource       signals.SignalClient
 =========  =========================  ================================
 
 Each module registers its schemes in ``fastipc._registry`` when imported,
