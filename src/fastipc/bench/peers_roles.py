@@ -608,7 +608,7 @@ class ZmqPushPull(Transport):
         self.linger = -1 if self.consumers == 1 else 2000
         for i in range(self.consumers):
             self.sock.connect(self._endpoint(i))
-        self.send = self.sock.send  # type: ignore[method-assign,assignment]
+        self.send = self.sock.send  # type: ignore[method-assign,assignment,unused-ignore]  # pyzmq typed or not
 
     def recv_into(self, buf: bytearray) -> int:
         # pyzmq has no recv_into: recv(copy=False) lends the frame's buffer,
