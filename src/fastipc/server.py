@@ -210,9 +210,20 @@ class Server:
     client and removes what it created. A context manager (closes on exit).
     """
 
-    def __init__(self, endpoint: Endpoint, handler: Handler, framing: str, limits: Limits) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        handler: Handler,
+        framing: str,
+        limits: Limits,
+        on_connect: Callable[[Peer], None] | None = None,
+        on_disconnect: Callable[[Peer], None] | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.handler = handler
+        #: Called with the :class:`Peer` of each stream client that connects / goes (see :func:`serve`).
+        self.on_connect = on_connect
+        self.on_disconnect = on_disconnect
         self.framing = framing
         self.limits = limits
         self.selector = _selector()
@@ -249,8 +260,18 @@ class Server:
 
     @property
     def clients(self) -> int:
-        """Stream clients connected now."""
+        """The number of stream clients connected now (an int; :attr:`peers` lists them)."""
         return len(self._clients)
+
+    @property
+    def peers(self) -> tuple[Peer, ...]:
+        """The stream clients connected now, as :class:`Peer` objects (a snapshot).
+
+        To publish to every client, ``for p in srv.peers: p.send(msg)`` from
+        the server's thread: in the handler, in ``on_connect``/``on_disconnect``,
+        or in a callback given to :meth:`call_soon_threadsafe`.
+        """
+        return tuple(self._clients)
 
     @property
     def buffered(self) -> int:
@@ -341,11 +362,28 @@ class Server:
             # A reply that cannot go (bad type, too large, peer gone) must not stop the loop.
             log.warning("reply to %s not sent: %s", peer.describe(), exc)
 
-    def add_client(self, client: Any) -> None:
+    def _client_joined(self, client: Any) -> None:
+        """A stream source's new connection (registered, ready to send): count it, run on_connect."""
         self._clients.add(client)
+        self._run_hook(self.on_connect, client, "on_connect")
 
-    def remove_client(self, client: Any) -> None:
-        self._clients.discard(client)
+    def _client_left(self, client: Any) -> None:
+        """A connection is gone (closed, cut off or lost): forget it, run on_disconnect once."""
+        if client in self._clients:
+            self._clients.discard(client)
+            self._run_hook(self.on_disconnect, client, "on_disconnect")
+
+    def _run_hook(self, hook: Callable[[Peer], None] | None, peer: Any, what: str) -> None:
+        if hook is None:
+            return
+        try:
+            hook(peer)
+        except Exception:
+            # A failing hook must not stop the loop; on_connect's client is
+            # dropped (it was not set up as the hook meant).
+            log.exception("%s failed for %s", what, peer.describe())
+            if what == "on_connect" and not peer.closed:
+                peer.abort()
 
     def account(self, delta: int) -> None:
         """Add ``delta`` bytes (negative: released) to what clients hold; enforce ``max_buffered``.
@@ -535,6 +573,8 @@ def serve(
     idle_timeout: float | None = 300.0,
     backlog: int | None = None,
     max_buffered: int | None = None,
+    on_connect: Callable[[Peer], None] | None = None,
+    on_disconnect: Callable[[Peer], None] | None = None,
 ) -> Server:
     """Bind ``url`` and return a :class:`Server` that calls ``handler(message, peer)`` per message.
 
@@ -557,6 +597,12 @@ def serve(
     URL's ``?max_message=`` when given), ``backlog`` to 128 (``?backlog=``),
     ``max_buffered`` (bytes held for all clients together) to 256 MiB or
     twice ``max_message``, whichever is larger.
+
+    ``on_connect(peer)`` / ``on_disconnect(peer)`` (stream transports) run
+    in the server's thread when a client connects (it may already send to
+    it) and when it is gone, however it went; with :attr:`Server.peers`
+    they make publish-to-all patterns plain. An exception in ``on_connect``
+    is logged and drops that client; in ``on_disconnect`` it is logged.
 
     Serving starts with :meth:`Server.start` or :meth:`Server.serve_forever`.
     Raises ValueError for a bad URL, framing or limit, OSError (naming the
@@ -581,7 +627,7 @@ def serve(
     )
     kind = transport(ep.scheme)
     assert kind is not None  # parse() accepted only registered schemes
-    server = Server(ep, handler, framing, limits)
+    server = Server(ep, handler, framing, limits, on_connect, on_disconnect)
     try:
         server._attach(kind.open_source(ep, server))
     except BaseException:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import signal
 import sys
@@ -99,12 +100,25 @@ def add_max_message(p: argparse.ArgumentParser) -> None:
 
 
 def add_binary(p: argparse.ArgumentParser, what: str) -> None:
-    """``--binary``: write ``what`` to stdout as bytes instead of lines of text."""
-    p.add_argument(
+    """``--binary``, ``--json``, ``--null``: how ``what`` is written to stdout."""
+    out = p.add_mutually_exclusive_group()
+    out.add_argument(
         "--binary",
         action="store_true",
         help=f"write {what} to stdout as they are (default: one per line as UTF-8 text, "
-        "invalid bytes replaced, trailing NULs dropped)",
+        "bytes that are not UTF-8 and control characters escaped, trailing NULs and newline dropped)",
+    )
+    out.add_argument(
+        "--json",
+        action="store_true",
+        help=f"write {what} as one JSON string per line (newlines inside a message stay "
+        "inside its string; bytes that are not UTF-8 come out as \\udcXX escapes, "
+        "surrogateescape)",
+    )
+    out.add_argument(
+        "--null",
+        action="store_true",
+        help=f"write {what} as they are, each followed by a NUL byte (for xargs -0)",
     )
 
 
@@ -113,14 +127,38 @@ def add_binary(p: argparse.ArgumentParser, what: str) -> None:
 # ---------------------------------------------------------------------------
 
 
+#: Control characters (C0, DEL, C1) as the CLI shows them: a peer's
+#: ``\x1b[2J`` must not clear the operator's terminal.
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+_CONTROLS.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x5C: "\\\\"})
+# Bytes that are not UTF-8, decoded with surrogateescape, as \xNN.
+_CONTROLS.update({0xDC00 + b: f"\\x{b:02x}" for b in range(0x80, 0x100)})
+
+
 def as_text(data: bytes) -> str:
-    """A message as the CLI prints it: UTF-8, invalid bytes replaced, trailing NULs dropped."""
-    return bytes(data).rstrip(b"\0").decode("utf-8", "replace")
+    """A message as the CLI prints it: one line of UTF-8 text.
+
+    Trailing NULs and one trailing newline are dropped (the line ends the
+    message), bytes that are not UTF-8 are shown as ``\\xNN``, control
+    characters (newlines inside the message included) as escapes, and a
+    backslash as ``\\\\``, so what is printed says exactly what came.
+    """
+    raw = bytes(data).rstrip(b"\0")
+    if raw.endswith(b"\n"):
+        raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+    return raw.decode("utf-8", "surrogateescape").translate(_CONTROLS)
 
 
-def emit(data: bytes, binary: bool) -> None:
-    """Print one received message on stdout (a line of text, or the bytes as they are)."""
-    if binary:
+def emit(data: bytes, binary: bool, args: argparse.Namespace | None = None) -> None:
+    """Print one received message on stdout: a line of text, the bytes as they are,
+    or as ``args`` asks (``--json``: a JSON string per line; ``--null``: bytes then NUL)."""
+    if args is not None and getattr(args, "json", False):
+        sys.stdout.write(json.dumps(data.decode("utf-8", "surrogateescape")) + "\n")
+        sys.stdout.flush()
+    elif args is not None and getattr(args, "null", False):
+        sys.stdout.buffer.write(data + b"\0")
+        sys.stdout.buffer.flush()
+    elif binary:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
     else:

@@ -56,7 +56,15 @@ def add_send(sub: Any) -> None:
     )
     p.add_argument("url", metavar="URL", help="where to send")
     p.add_argument(
-        "message", metavar="MESSAGE", help="the message (sent as UTF-8); '-': read it from stdin"
+        "message",
+        metavar="MESSAGE",
+        nargs="?",
+        help="the message (sent as UTF-8); '-': read it from stdin (binary-safe)",
+    )
+    p.add_argument(
+        "--file",
+        metavar="PATH",
+        help="send the contents of PATH as the message (binary-safe), instead of MESSAGE",
     )
     add_framing(p)
     p.add_argument(
@@ -72,7 +80,25 @@ def add_send(sub: Any) -> None:
         "--wait-reply",
         action="store_true",
         help="wait for one reply and print it (mq: the URL's ?reply=/QUEUE names the queue "
-        "it comes back on)",
+        "it comes back on; the server's own ?reply= decides where it answers)",
+    )
+    until = p.add_mutually_exclusive_group()
+    until.add_argument(
+        "--until-eof",
+        action="store_true",
+        help="with --wait-reply on tcp/unix: print every reply until the server closes",
+    )
+    until.add_argument(
+        "--idle",
+        type=seconds,
+        metavar="S",
+        help="with --wait-reply: print every reply until none comes for S seconds",
+    )
+    p.add_argument(
+        "--keep-open",
+        action="store_true",
+        help="tcp/unix: do not half-close after sending (by default the server sees end of "
+        "stream after the message, so one that reads until EOF answers)",
     )
     p.add_argument(
         "--timeout",
@@ -86,7 +112,18 @@ def add_send(sub: Any) -> None:
 
 def cmd_send(args: argparse.Namespace) -> int:
     """Send one message; print the reply with --wait-reply."""
-    body = sys.stdin.buffer.read() if args.message == "-" else os.fsencode(args.message)
+    if (args.message is None) == (args.file is None):
+        raise CLIError("give the message as MESSAGE ('-' for stdin) or --file PATH, one of them")
+    if (args.until_eof or args.idle is not None) and not args.wait_reply:
+        raise CLIError("--until-eof and --idle go with --wait-reply")
+    if args.file is not None:
+        try:
+            with open(args.file, "rb") as f:
+                body = f.read()
+        except OSError as exc:
+            raise CLIError(f"--file {args.file}: {exc.strerror}") from None
+    else:
+        body = sys.stdin.buffer.read() if args.message == "-" else os.fsencode(args.message)
     data = body + (b"\0" if args.nul else b"")
     ep = parse(args.url)
     rules.check_send(ep, args)
@@ -97,15 +134,35 @@ def cmd_send(args: argparse.Namespace) -> int:
             return 0
         with connect(args.url, framing=args.framing, timeout=args.timeout) as client:
             client.send(data, timeout=args.timeout, **rules.send_options(ep, args))
+            if ep.scheme in ("tcp", "unix") and not args.keep_open:
+                client.shutdown("write")  # the peer sees the end: one reading to EOF answers
             if args.wait_reply:
-                try:
-                    answer = client.recv(timeout=args.timeout)
-                except Timeout:
-                    raise timed_out(args.url, args.timeout, "no reply from") from None
-                emit(answer, args.binary)
+                _print_replies(args, client)
     except Timeout:
         raise timed_out(args.url, args.timeout, "could not send to") from None
     return 0
+
+
+def _print_replies(args: argparse.Namespace, client: Any) -> None:
+    """The first reply; with --until-eof every one until Closed, with --idle S until quiet."""
+    many = args.until_eof or args.idle is not None
+    wait = args.idle if args.idle is not None else args.timeout
+    got = 0
+    while True:
+        try:
+            answer = client.recv(timeout=wait if got else args.timeout)
+        except Closed:
+            if got or many:
+                return
+            raise CLIError(f"{args.url}: the server closed the connection without a reply") from None
+        except Timeout:
+            if got and args.idle is not None:
+                return  # quiet for --idle seconds: done
+            raise timed_out(args.url, args.timeout, "no reply from") from None
+        emit(answer, args.binary, args)
+        got += 1
+        if not many:
+            return
 
 
 # ---------------------------------------------------------------------------
@@ -184,7 +241,7 @@ def _print_until_closed(
             return
         except Timeout:
             raise timed_out(args.url, args.timeout, what_timed_out) from None
-        emit(data, args.binary)
+        emit(data, args.binary, args)
         received += 1
 
 
@@ -213,7 +270,7 @@ def _recv_bound(args: argparse.Namespace) -> None:
                 data = arrived.get(timeout=args.timeout)
             except queue.Empty:
                 raise timed_out(srv.address, args.timeout, "nothing arrived at") from None
-            emit(data, args.binary)
+            emit(data, args.binary, args)
             received += 1
 
 

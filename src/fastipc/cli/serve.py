@@ -150,4 +150,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _peer_text(peer: Any, url: list[str]) -> str:
     """A peer for a log line, as the server core names it; the served URL when it has no address."""
     text = str(peer.describe())
-    return url[0] if text == "-" else text  # mq, fifo, unnamed unixgram senders
+    text = url[0] if text == "-" else text  # mq, fifo, unnamed unixgram senders
+    priority = getattr(peer, "priority", None)
+    return text if priority is None else f"{text} (priority {priority})"

@@ -181,9 +181,9 @@ class Connection(Peer):
         self._desc: str | None = None
         #: Bytes held for this client (partial input + queued output), as the server counts them.
         self.buffered = 0
-        server.add_client(self)
         server.selector.register(sock, _READ, self._on_ready)
         log.info("connect %s", self.describe())
+        server._client_joined(self)
 
     @property
     def credentials(self) -> tuple[int, int, int] | None:
@@ -421,9 +421,9 @@ class Connection(Peer):
         except (KeyError, ValueError):
             pass
         sock.close()
-        server.remove_client(self)
         if not quiet:
             log.info("disconnect %s: %s", self.describe(), reason)
+        server._client_left(self)
 
 
 def _length_channel(sock: socket.socket, ep: Endpoint, max_message: int) -> Channel:

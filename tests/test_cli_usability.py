@@ -1,0 +1,112 @@
+"""The command line for files, binary data and what peers send (issue 15).
+
+Real ``python -m fastipc`` children against real sockets: ``send --file`` and
+``send -`` are binary-safe; ``send`` half-closes a stream so a peer reading to
+EOF answers; ``--wait-reply --until-eof``/``--idle`` print every reply;
+``recv --json``/``--null`` tell one message with newlines from several; the
+server's log escapes control characters and names an mq message's priority.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+from _cli_util import T, fastipc, fastipc_bytes, ok, one_error_line, running_fixture  # noqa: F401
+from conftest import child_env
+
+BINARY = bytes(range(256)) * 4 + b"\n\x00end"
+
+
+class EOFReader:
+    """A plain TCP server that reads until EOF, then answers with what it got in three pieces."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.url = f"tcp://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.got = b""
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.settimeout(T)
+            while chunk := conn.recv(65536):
+                self.got += chunk
+            for part in (b"one", b"two", b"three"):
+                conn.sendall(part)
+                threading.Event().wait(0.05)  # separate reads for a raw client
+
+    def close(self) -> None:
+        self.thread.join(T)
+        self.sock.close()
+
+
+def test_send_file_and_stdin_are_binary_safe_and_half_close_gets_the_answer(tmp_path: os.PathLike[str]) -> None:
+    path = os.path.join(tmp_path, "blob")
+    with open(path, "wb") as f:
+        f.write(BINARY)
+    for how in ("file", "stdin"):
+        peer = EOFReader()
+        try:
+            args = [sys.executable, "-m", "fastipc", "send", peer.url]
+            args += ["--file", path] if how == "file" else ["-"]
+            done = subprocess.run(
+                [*args, "--framing", "raw", "--wait-reply", "--until-eof", "--binary"],
+                input=BINARY if how == "stdin" else b"", capture_output=True, env=child_env(), timeout=T,
+                check=False,
+            )
+        finally:
+            peer.close()
+        assert done.returncode == 0, done.stderr
+        assert peer.got == BINARY  # every byte, NULs and newlines included
+        assert done.stdout == b"onetwothree"  # read until the server closed, not just the first read
+
+
+def test_wait_reply_idle_stops_when_the_server_goes_quiet() -> None:
+    peer = EOFReader()
+    try:
+        out = ok(fastipc("send", peer.url, "hi", "--framing", "raw", "--wait-reply", "--idle", "2", "--json"))
+    finally:
+        peer.close()
+    assert "".join(json.loads(line) for line in out.splitlines()) == "onetwothree"
+
+
+def test_message_and_file_together_or_neither_is_an_error() -> None:
+    assert "one of them" in one_error_line(fastipc("send", "tcp://127.0.0.1:9"))
+    assert "one of them" in one_error_line(fastipc("send", "tcp://127.0.0.1:9", "x", "--file", "/etc/hostname"))
+    assert "--wait-reply" in one_error_line(fastipc("send", "tcp://127.0.0.1:9", "x", "--until-eof"))
+
+
+@pytest.mark.parametrize("mode", ["--json", "--null"])
+def test_recv_output_tells_one_message_with_newlines_from_several(running: object, mode: str) -> None:
+    r = running("recv", "udp://127.0.0.1:0", "--count", "3", mode)  # type: ignore[operator]
+    url = r.address()
+    for m in ("a\nb", "c", "d\x1b[2J"):
+        ok(fastipc("send", url, m))
+    assert r.finish() == 0
+    if mode == "--json":
+        assert [json.loads(line) for line in r.stdout.splitlines()] == ["a\nb", "c", "d\x1b[2J"]
+    else:
+        assert r.out.split(b"\0") == [b"a\nb", b"c", b"d\x1b[2J", b""]
+
+
+def test_default_output_and_the_serve_log_escape_control_characters(running: object) -> None:
+    srv = running("serve", "udp://127.0.0.1:0")  # type: ignore[operator]
+    url = srv.address()
+    ok(fastipc("send", url, "clear\x1b[2Jnow\nsecond line\n"))
+    line = srv.wait_for("clear")
+    assert "\x1b" not in line and "clear\\x1b[2Jnow\\nsecond line" in line
+    assert not line.endswith("\\n")  # the trailing newline is not doubled or shown
+    rcv = running("recv", "udp://127.0.0.1:0", "--count", "1")  # type: ignore[operator]
+    ok(fastipc_bytes("send", rcv.address(), "bin\udcff\x07"))  # type: ignore[arg-type]
+    assert rcv.finish() == 0
+    assert rcv.stdout == "bin\\xff\\x07\n"
