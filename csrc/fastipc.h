@@ -188,12 +188,14 @@ int64_t fi_ring_recv_batch(fi_ring *r, char *out, size_t cap, size_t max_count,
  * pins the handle's struct) in the same step as it takes the lock, so no
  * instant exists where the side is held and nothing owns its release. */
 typedef struct fi_hold {
-    fi_ring *ring; /* the ring whose side is held, or NULL */
-    uint64_t gen;  /* which hold of it */
+    fi_ring *ring;  /* the ring whose side is held, or NULL */
+    uint64_t gen;   /* which hold of it */
+    uint64_t owner; /* the holding thread's lock word */
 } fi_hold;
 
-/* If the hold *hold records is still held (by this thread), let go of it,
- * publishing and consuming nothing, as fi_ring_unhold; then drop the pin
+/* If the hold *hold records is still held, let go of it, publishing and
+ * consuming nothing, as fi_ring_unhold (from any thread: the record's
+ * death means its block is gone, so its holder will never); then drop the pin
  * and clear the record: idempotent, and a no-op once the block finished the
  * hold itself. Shaped as the record's destructor (Python: ffi.gc(record,
  * fi_hold_drop)), so a block whose Python clean-up a raising signal handler

@@ -159,15 +159,21 @@ int fi_lock_wait(fi_lock *l, int64_t deadline, int64_t spin_ns)
     }
 }
 
-int fi_lock_held(const fi_lock *l)
+int fi_lock_held(const fi_lock *l) { return fi_lock_held_by(l, self_word()); }
+
+int fi_lock_held_by(const fi_lock *l, uint64_t owner)
 {
     uint64_t v = __atomic_load_n(&l->word, __ATOMIC_RELAXED);
-    return (v & ~(uint64_t)WAITERS) == (self_word() & ~(uint64_t)WAITERS) ? 0 : -EPERM;
+    return (v & ~(uint64_t)WAITERS) == (owner & ~(uint64_t)WAITERS) ? 0 : -EPERM;
 }
 
-int fi_lock_release(fi_lock *l)
+uint64_t fi_lock_self(void) { return self_word() & ~(uint64_t)WAITERS; }
+
+int fi_lock_release(fi_lock *l) { return fi_lock_release_from(l, self_word()); }
+
+int fi_lock_release_from(fi_lock *l, uint64_t owner)
 {
-    uint64_t self = self_word() & ~(uint64_t)WAITERS;
+    uint64_t self = owner & ~(uint64_t)WAITERS;
     uint64_t v = __atomic_load_n(&l->word, __ATOMIC_RELAXED);
     do {
         if ((v & ~(uint64_t)WAITERS) != self)

@@ -42,4 +42,16 @@ int fi_lock_release(fi_lock *l);
 /* 0 if this thread holds the lock, else -EPERM. */
 int fi_lock_held(const fi_lock *l);
 
+/* 0 if the thread whose word is `owner` (fi_lock_self) holds the lock, else -EPERM. */
+int fi_lock_held_by(const fi_lock *l, uint64_t owner);
+
+/* This thread's lock word (what fi_lock_try stores), to release later from
+ * another thread with fi_lock_release_from. */
+uint64_t fi_lock_self(void);
+
+/* Release the lock if `owner` (an fi_lock_self value) holds it, from any
+ * thread: for a hold whose holder can no longer release it itself (its
+ * record died in another thread). 0, or -EPERM if someone else holds it. */
+int fi_lock_release_from(fi_lock *l, uint64_t owner);
+
 #endif /* FASTIPC_LOCK_H */

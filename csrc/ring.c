@@ -1008,6 +1008,7 @@ static void hold(fi_ring *r, enum fi_side side, fi_hold *rec)
         /* The record keeps the struct (a pin) until fi_hold_drop. */
         __atomic_add_fetch(&r->refs, 1, __ATOMIC_SEQ_CST);
         rec->gen = gen;
+        rec->owner = fi_lock_self();
         __atomic_store_n(&rec->ring, r, __ATOMIC_SEQ_CST);
     }
 }
@@ -1044,12 +1045,37 @@ static int64_t reserve_locked(fi_ring *r, size_t n, char **ptr, fi_hold *rec)
     return 1; /* not 0: keeps the lock (see fi_ring_reserve) */
 }
 
+/* Claim the handle's one hold for `side` before waiting for its lock: a
+ * second block on the handle (this thread's, nested, or another thread's,
+ * even on the other side) gets -EDEADLK instead of sharing held_pos/len.
+ * Every failure after a claim gives it back (unclaim). */
+static int claim(fi_ring *r, enum fi_side side)
+{
+    enum fi_side none = SIDE_NONE;
+    return __atomic_compare_exchange_n(&r->holding, &none, side, 0, __ATOMIC_SEQ_CST,
+                                       __ATOMIC_SEQ_CST)
+               ? 0
+               : -EDEADLK;
+}
+
+static void unclaim(fi_ring *r) { __atomic_store_n(&r->holding, SIDE_NONE, __ATOMIC_SEQ_CST); }
+
+static int reserve_loop(fi_ring *r, size_t n, int64_t timeout_ns, char **ptr, fi_hold *rec);
+
 static int reserve_wait(fi_ring *r, size_t n, int64_t timeout_ns, char **ptr, fi_hold *rec)
 {
     if (n > r->cap)
         return -EMSGSIZE;
-    if (__atomic_load_n(&r->holding, __ATOMIC_SEQ_CST) != SIDE_NONE)
+    if (claim(r, SIDE_PROD))
         return -EDEADLK;
+    int rc = reserve_loop(r, n, timeout_ns, ptr, rec);
+    if (rc)
+        unclaim(r);
+    return rc;
+}
+
+static int reserve_loop(fi_ring *r, size_t n, int64_t timeout_ns, char **ptr, fi_hold *rec)
+{
     fi_lock *m = &r->hdr->prod.lock;
     int64_t deadline = deadline_of(timeout_ns);
     for (;;) {
@@ -1120,10 +1146,20 @@ static int64_t peek_locked(fi_ring *r, char **ptr, fi_hold *rec)
     return len;
 }
 
+static int64_t peek_loop(fi_ring *r, int64_t timeout_ns, char **ptr, fi_hold *rec);
+
 static int64_t peek_wait(fi_ring *r, int64_t timeout_ns, char **ptr, fi_hold *rec)
 {
-    if (__atomic_load_n(&r->holding, __ATOMIC_SEQ_CST) != SIDE_NONE)
+    if (claim(r, SIDE_CONS))
         return -EDEADLK;
+    int64_t rc = peek_loop(r, timeout_ns, ptr, rec);
+    if (rc < 0)
+        unclaim(r);
+    return rc;
+}
+
+static int64_t peek_loop(fi_ring *r, int64_t timeout_ns, char **ptr, fi_hold *rec)
+{
     fi_lock *m = &r->hdr->cons.lock;
     int64_t deadline = deadline_of(timeout_ns);
     for (;;) {
@@ -1178,7 +1214,19 @@ void fi_hold_drop(fi_hold *hold)
         return;
     /* Still the hold this record was made for (no block since let it go):
      * let go of it. The mapping is there: the record's pin keeps it. */
-    if (__atomic_load_n(&r->hold_gen, __ATOMIC_SEQ_CST) == hold->gen)
-        fi_ring_unhold(r);
+    enum fi_side side = __atomic_load_n(&r->holding, __ATOMIC_SEQ_CST);
+    if (side != SIDE_NONE && __atomic_load_n(&r->hold_gen, __ATOMIC_SEQ_CST) == hold->gen) {
+        fi_lock *l = side == SIDE_PROD ? &r->hdr->prod.lock : &r->hdr->cons.lock;
+        if (fi_lock_held(l) == 0) {
+            let_go(r, l);
+        } else if (fi_lock_held_by(l, hold->owner) == 0) {
+            /* The record died in another thread (a generator finalised
+             * there): its block is gone, so its holder will never release;
+             * release for it. */
+            __atomic_store_n(&r->holding, SIDE_NONE, __ATOMIC_SEQ_CST);
+            if (fi_lock_release_from(l, hold->owner) == 0)
+                put_ref(r);
+        }
+    }
     put_ref(r);
 }

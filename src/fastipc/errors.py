@@ -131,7 +131,8 @@ def ring_error(code: int, name: str, path: str, sending: bool | None = None) -> 
         return ValueError(f"ring {name!r}: operation on a closed handle")
     if code == _errno.EDEADLK:
         return RuntimeError(
-            f"ring {name!r}: this thread already holds a reserve() or recv_view() open on it"
+            f"ring {name!r}: a reserve() or recv_view() block is already open on this handle "
+            "(in this thread, or in another: give each thread its own Ring.open())"
         )
     return OSError(code, _os.strerror(code), path)
 
