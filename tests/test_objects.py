@@ -135,3 +135,16 @@ def test_a_non_contiguous_array_is_refused_with_what_to_do(ring: Ring) -> None:
         a.close()
         b.close()
     assert len(ring) == 0
+
+
+def test_a_message_claiming_too_many_buffers_is_refused_before_any_is_built(make_ring: object) -> None:
+    from fastipc._objects import MAX_BUFFERS
+
+    ring: Ring = make_ring(4 << 20)  # type: ignore[operator]
+    count = MAX_BUFFERS + 1
+    ring.send(MAGIC + struct.pack("<II", 0, count) + bytes(8 * count))
+    with pytest.raises(ValueError, match="buffers, over"):
+        ring.recv_obj()
+    many = [bytearray(1) for _ in range(MAX_BUFFERS + 5)]  # sent in-band instead
+    ring.send_obj(many)
+    assert ring.recv_obj() == many

@@ -26,6 +26,10 @@ MAGIC = b"FIP5"
 _HEAD = struct.Struct("<4sII")
 
 
+#: At most this many out-of-band buffers in a message: a hostile one of
+#: many empty buffers must not make the receiver build millions of views.
+#: An object with more is pickled with its buffers in-band.
+MAX_BUFFERS = 1 << 16
 _U32 = struct.Struct("<I")
 _NO_BUFFERS = _U32.pack(0)
 
@@ -35,6 +39,9 @@ def encode(obj: Any) -> tuple[list[Any], int]:
     found: list[pickle.PickleBuffer] = []
     data = pickle.dumps(obj, protocol=5, buffer_callback=found.append)
     if not found:  # the common small case: one header, no table
+        return [MAGIC + _U32.pack(len(data)) + _NO_BUFFERS, data], 12 + len(data)
+    if len(found) > MAX_BUFFERS:
+        data = pickle.dumps(obj, protocol=5)  # all in-band
         return [MAGIC + _U32.pack(len(data)) + _NO_BUFFERS, data], 12 + len(data)
     try:
         raws = [b.raw() for b in found]
@@ -71,6 +78,8 @@ def unpack(message: Any, copy_buffers: bool) -> tuple[Any, list[Any]]:
         raise ValueError("not an object message (sent with send(), not send_obj()?)")
     if count == 0 and _HEAD.size + nbytes == len(view):
         return view[_HEAD.size :].tobytes() if copy_buffers else view[_HEAD.size :], []
+    if count > MAX_BUFFERS:
+        raise ValueError(f"corrupt object message: {count} buffers, over {MAX_BUFFERS}")
     at = _HEAD.size + 8 * count
     if at > len(view):
         raise ValueError("truncated object message: its buffer table runs past the end")

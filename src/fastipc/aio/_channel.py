@@ -12,7 +12,7 @@ from ..channel import Channel as _SyncChannel
 from ..channel import Listener as _SyncListener
 from ..channel import listen as _sync_listen
 from ..endpoints import parse
-from ..errors import Closed, Timeout
+from ..errors import Closed, Timeout, timed_out
 from ._waiting import Waiters, deadline_of, monotonic, sleep_on
 
 __all__ = ["Channel", "Handler", "Listener", "Server", "listen", "serve"]
@@ -131,7 +131,7 @@ class Channel:
                 pass
             self._check_open()
             if deadline is not None and monotonic() >= deadline:
-                raise Timeout(f"channel {self.name}: timed out")
+                raise timed_out(f"channel {self.name}", False)
             await sleep_on(self._rd, deadline)
 
     async def recv(self, timeout: float | None = None) -> bytes:
@@ -172,7 +172,7 @@ class Channel:
         while True:
             self._check_open()
             if deadline is not None and monotonic() >= deadline:
-                raise Timeout(f"channel {self.name}: timed out waiting to send")
+                raise timed_out(f"channel {self.name}", True)
             if await sleep_on(self._wr, deadline):
                 return
 

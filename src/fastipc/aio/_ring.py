@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ..errors import Closed, Timeout
+from ..errors import Closed, Timeout, timed_out
 from ..ring import Ring as _SyncRing
 from ._waiting import (
     BUSY_PAUSE_MAX,
@@ -254,7 +254,7 @@ class Ring:
             if self.closed:
                 raise ValueError(f"ring {self.name!r} is closed")
             if deadline is not None and monotonic() >= deadline:
-                raise Timeout(f"ring {self.name!r}: timed out")
+                raise timed_out(f"ring {self.name!r}", side == SEND)
             if not spun and self._held.fut is None:
                 spun = True
                 self._spin(side, nbytes, deadline)
@@ -378,7 +378,7 @@ class Ring:
             except Closed as exc:
                 raise Closed(str(exc), sent=sent + exc.sent) from None
             if deadline is not None and monotonic() >= deadline:
-                raise Timeout(f"ring {self.name!r}: timed out", sent=sent)
+                raise timed_out(f"ring {self.name!r}", True, sent)
             nbytes = memoryview(items[sent]).nbytes
             left = await self._wait(SEND, nbytes, deadline, 0.0)
             if self._ring._poll(SEND, nbytes) and left == 0:

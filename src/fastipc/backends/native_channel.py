@@ -283,8 +283,11 @@ class NativeChannel(ChannelBase):
             # A fresh bytes object that nothing else references yet: C reads
             # the message straight into it, so it is never copied again
             # (but for the 1/16 C may have read into its own buffer).
-            self._big = bytes(n)
-            self._bigp = _from_buffer(self._big)
+            # Both set in one statement: no signal handler runs between two
+            # attribute stores, so _big never exists without its pointer.
+            big = bytes(n)
+            bigp = _from_buffer(big)
+            self._big, self._bigp = big, bigp
         big, bigp, n = self._big, self._bigp, len(self._big)
         # Held by self before C is told to write there (a signal handler
         # raising in between leaves it for the next call to adopt).
@@ -402,9 +405,10 @@ class NativeChannel(ChannelBase):
             return
         # Held by self before C is told to write there, so that nothing can
         # leave C pointing into a freed object.
-        self._big = bytes(lib.fi_chan_next_len(h))
-        self._bigp = _from_buffer(self._big)
-        if not lib.fi_chan_rx_adopt(h, buf, self._bigp):
+        big = bytes(lib.fi_chan_next_len(h))
+        bigp = _from_buffer(big)
+        self._big, self._bigp = big, bigp  # as in _recv_slow: one statement
+        if not lib.fi_chan_rx_adopt(h, buf, bigp):
             # C is partway into a buffer this call was not given: one an
             # earlier receive, itself interrupted twice, failed to take over.
             # Its bytes cannot be vouched for, so the stream is lost.

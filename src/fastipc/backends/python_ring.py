@@ -450,7 +450,7 @@ class PythonRing(RingBase):
         """A peer holds the state lock for microseconds: even ``timeout=0`` waits ``grace``."""
         return None if deadline is None else max(deadline, time.monotonic() + grace)
 
-    def _check_enter(self, deadline: float | None) -> int:
+    def _check_enter(self, deadline: float | None, sending: bool | None = None) -> int:
         """Before a call takes this handle: refuse re-entry from a view block and a closed
         handle; with a deadline, wait for another thread's call to end (Timeout).
         Returns this thread's id, for ``_owner``."""
@@ -465,7 +465,8 @@ class PythonRing(RingBase):
             # `with` cannot wait with a timeout: poll (only threads sharing a handle wait).
             while self._tlock.locked():
                 if time.monotonic() >= deadline:
-                    raise Timeout("timed out waiting for another thread using this ring handle")
+                    # For this call the ring was as good as full (empty).
+                    raise timed_out(f"ring {self.name!r} (another thread is using this handle)", sending)
                 time.sleep(0.0005)
         return me
 
@@ -674,7 +675,7 @@ class PythonRing(RingBase):
     def send(self, data: Any, timeout: float | None = None) -> None:
         mv = self._message(data)
         deadline = _deadline(timeout)
-        me = self._check_enter(deadline)
+        me = self._check_enter(deadline, True)
         with self._tlock:
             try:
                 self._owner = me
@@ -700,7 +701,7 @@ class PythonRing(RingBase):
             return 0
         D = self._D
         sent = 0
-        me = self._check_enter(deadline)
+        me = self._check_enter(deadline, True)
         with self._tlock:
             try:
                 self._owner = me
@@ -748,7 +749,7 @@ class PythonRing(RingBase):
 
     @contextmanager
     def _reserve(self, n: int, deadline: float | None) -> Iterator[memoryview]:
-        me = self._check_enter(deadline)
+        me = self._check_enter(deadline, True)
         with self._tlock:
             try:
                 self._owner = me
@@ -820,7 +821,7 @@ class PythonRing(RingBase):
 
     def recv(self, timeout: float | None = None) -> bytes:
         deadline = _deadline(timeout)
-        me = self._check_enter(deadline)
+        me = self._check_enter(deadline, False)
         with self._tlock:
             try:
                 self._owner = me
@@ -843,7 +844,7 @@ class PythonRing(RingBase):
         if dst.readonly:
             raise TypeError("buffer must be writable")
         deadline = _deadline(timeout)
-        me = self._check_enter(deadline)
+        me = self._check_enter(deadline, False)
         with self._tlock:
             try:
                 self._owner = me
@@ -879,7 +880,7 @@ class PythonRing(RingBase):
             raise ValueError(f"max_count must be >= 1, got {count}")
         deadline = _deadline(timeout)
         out: list[bytes] = []
-        me = self._check_enter(deadline)
+        me = self._check_enter(deadline, False)
         with self._tlock:
             try:
                 self._owner = me
@@ -911,7 +912,7 @@ class PythonRing(RingBase):
 
     @contextmanager
     def _recv_view(self, deadline: float | None) -> Iterator[memoryview]:
-        me = self._check_enter(deadline)
+        me = self._check_enter(deadline, False)
         with self._tlock:
             try:
                 self._owner = me
