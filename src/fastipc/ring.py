@@ -63,7 +63,8 @@ class Ring(RingImpl):
 
         ``exist_ok=True`` opens the ring instead if one of that name exists
         (left by a crashed run, say) and holds messages of ``capacity``
-        bytes; its messages are kept. A ring stays in /dev/shm after its
+        bytes; its messages and permissions are kept (``mode`` applies only
+        to a ring this call makes). A ring stays in /dev/shm after its
         last handle closes, ``with Ring.create(...)`` included; pass
         ``unlink_on_exit=True`` to have the ``with`` block remove it when it
         exits (handles other processes hold keep working). (A Channel
