@@ -1002,7 +1002,7 @@ int64_t fi_ring_recv_batch(fi_ring *r, char *out, size_t cap, size_t max_count, 
 static void hold(fi_ring *r, enum fi_side side, fi_hold *rec)
 {
     __atomic_add_fetch(&r->refs, 1, __ATOMIC_SEQ_CST);
-    uint64_t gen = __atomic_add_fetch(&r->hold_gen, 1, __ATOMIC_SEQ_CST);
+    uint64_t gen = __atomic_load_n(&r->hold_gen, __ATOMIC_SEQ_CST); /* set by claim */
     __atomic_store_n(&r->holding, side, __ATOMIC_SEQ_CST);
     if (rec) {
         /* The record keeps the struct (a pin) until fi_hold_drop. */
@@ -1052,10 +1052,14 @@ static int64_t reserve_locked(fi_ring *r, size_t n, char **ptr, fi_hold *rec)
 static int claim(fi_ring *r, enum fi_side side)
 {
     enum fi_side none = SIDE_NONE;
-    return __atomic_compare_exchange_n(&r->holding, &none, side, 0, __ATOMIC_SEQ_CST,
-                                       __ATOMIC_SEQ_CST)
-               ? 0
-               : -EDEADLK;
+    if (!__atomic_compare_exchange_n(&r->holding, &none, side, 0, __ATOMIC_SEQ_CST,
+                                     __ATOMIC_SEQ_CST))
+        return -EDEADLK;
+    /* A new generation from the claim on, before the lock is taken: a record
+     * of an earlier hold whose destructor runs late (in another thread)
+     * never mistakes this one, or its lock, for its own. */
+    __atomic_add_fetch(&r->hold_gen, 1, __ATOMIC_SEQ_CST);
+    return 0;
 }
 
 static void unclaim(fi_ring *r) { __atomic_store_n(&r->holding, SIDE_NONE, __ATOMIC_SEQ_CST); }
