@@ -372,8 +372,9 @@ class NativeChannel(ChannelBase):
                 self._dst_too_small(lib.fi_chan_next_len(h), size)
             if rc == _EINPROGRESS and lib.fi_chan_rx_owned(h):
                 # An earlier receive began a long message in C's buffer.
-                if lib.fi_chan_next_len(h) > size:
-                    self._dst_too_small(lib.fi_chan_next_len(h), size)
+                need = lib.fi_chan_next_len(h)
+                if need > size:
+                    self._dst_too_small(need, size)
                 data = self._recv_slow(rc, timeout, 0)
                 ffi.memmove(buf, data, len(data))
                 return len(data)

@@ -1008,7 +1008,8 @@ class PythonRing(RingBase):
             return tail != head
         return self._D - (tail - head) >= 8 + _align8(nbytes)
 
-    def __len__(self) -> int:
+    def _snapshot(self) -> tuple[int, int, int, int, bool]:
+        """:meth:`_state` read under the state lock, for the snapshots (len, room)."""
         if self._closed:
             raise ValueError("ring is closed")
         with self._slock:
@@ -1016,22 +1017,16 @@ class PythonRing(RingBase):
                 raise ValueError("ring is closed")
             try:
                 self._lock(_LOCK_STATE, None)
-                _, popped, _, pushed, _ = self._state()
+                return self._state()
             finally:
                 fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
+
+    def __len__(self) -> int:
+        _, popped, _, pushed, _ = self._snapshot()
         return pushed - popped
 
     def _room(self) -> int:
-        if self._closed:
-            raise ValueError("ring is closed")
-        with self._slock:
-            if self._torn_down:
-                raise ValueError("ring is closed")
-            try:
-                self._lock(_LOCK_STATE, None)
-                head, _, tail, _, _ = self._state()
-            finally:
-                fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
+        head, _, tail, _, _ = self._snapshot()
         # A record is an 8-byte header and the payload padded to 8 bytes.
         room = (self._D - (tail - head) - 8) & ~7
         return -1 if room < 0 else min(room, self.capacity)
