@@ -264,6 +264,28 @@ def test_serve_message_queue_reply(running: Any, queue_name: str) -> None:
             posix_ipc.unlink_message_queue(name)
 
 
+def test_send_wait_reply_on_a_queue_removes_its_own_reply_queue_on_giving_up(
+    queue_name: str,
+) -> None:
+    reply = f"{queue_name}_r"
+    url = f"mq://{queue_name}?reply={reply}"
+    try:
+        assert "timed out" in one_error_line(
+            fastipc("send", url, "anyone?", "--wait-reply", "--timeout", "0.3")
+        )
+        with pytest.raises(posix_ipc.ExistentialError):
+            posix_ipc.unlink_message_queue(reply)  # gone with the client that made it
+        assert (
+            ok(fastipc("recv", url.split("?")[0], "--count", "1", "--timeout", "5")) == "anyone?\n"
+        )
+    finally:
+        for name in (queue_name, reply):
+            try:
+                posix_ipc.unlink_message_queue(name)
+            except posix_ipc.ExistentialError:
+                pass
+
+
 def test_send_recv_ring(ring_name: str) -> None:
     with Ring.create(ring_name, 4096) as ring:
         ok(fastipc("send", f"shm://{ring_name}", "into the ring", "--nul"))

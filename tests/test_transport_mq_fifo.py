@@ -199,6 +199,35 @@ def test_mq_server_leaves_a_queue_it_did_not_create(procs: Procs, qname: Callabl
         mine.close()
 
 
+def test_mq_client_removes_the_reply_queue_it_made_when_it_gives_up(
+    qname: Callable[[], str],
+) -> None:
+    """No server: the client made both queues; closing removes only the reply queue."""
+    req, rep = qname(), qname()
+    with fastipc.connect(f"mq://{req}?reply={rep}") as cli:
+        assert queue_exists(req) and queue_exists(rep)
+        cli.send(b"for a server to come", timeout=5)
+        with pytest.raises(Timeout):
+            cli.recv(timeout=0.1)  # nobody answers: give up
+    assert not queue_exists(rep)  # nobody would ever read it
+    assert queue_depth(req) == 1  # the request waits for a server
+
+
+def test_mq_client_keeps_a_reply_queue_it_did_not_make(
+    procs: Procs, qname: Callable[[], str]
+) -> None:
+    req, rep = qname(), qname()
+    url = f"mq://{req}?reply={rep}"
+    srv = procs.server(url)
+    with fastipc.connect(url) as cli:
+        assert cli.request(b"x", timeout=5) == b"re:x"
+    assert queue_exists(rep)  # the server's, still answering the next client
+    with fastipc.connect(url) as cli:
+        assert cli.request(b"y", timeout=5) == b"re:y"
+    srv.stop()
+    assert not queue_exists(rep)
+
+
 def test_mq_server_without_reply_queue_cannot_answer(
     procs: Procs, qname: Callable[[], str]
 ) -> None:

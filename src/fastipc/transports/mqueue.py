@@ -214,17 +214,24 @@ class QueueClient(Client):
     """A message-queue client: :meth:`send` with a priority, :meth:`recv` highest priority first.
 
     Receives from the ``?reply=`` queue when one is named, else from the
-    queue itself.
+    queue itself. Where replies go is the server's choice (its own URL's
+    ``?reply=``): the client's ``?reply=`` only says where it listens, so
+    both URLs must name the same queue. A reply queue this client had to
+    create (no server had opened it: nobody would answer there) is removed
+    when the client closes, so a client that gives up leaves nothing
+    behind; the request queue stays, holding what was sent for a server
+    to come.
     """
 
     def __init__(self, ep: Endpoint, timeout: float | None) -> None:
         super().__init__(ep)
         self._queue, _ = open_queue(ep)
         self._in = self._queue
+        self._in_created = False
         name = ep.reply
         if name is not None:
             try:
-                self._in, _ = open_queue(ep, name)
+                self._in, self._in_created = open_queue(ep, name)
             except BaseException:
                 self._queue.close()
                 raise
@@ -303,7 +310,13 @@ class QueueClient(Client):
         if q is None:
             return
         if self._in is not q:
-            self._in.close()
+            try:
+                if self._in_created:
+                    self._in.unlink()
+            except posix_ipc.ExistentialError:
+                pass  # removed already (unlink(), or `fastipc rm`)
+            finally:
+                self._in.close()
         q.close()
         self._in = None
 
