@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
+import posix_ipc
 import pytest
 from conftest import child_env, shm_entries
 
@@ -26,8 +29,11 @@ def test_a_receive_timeout_is_queue_empty_and_a_send_timeout_queue_full(ring: Ri
         ring.recv(timeout=0)
     assert isinstance(got.value, Timeout) and isinstance(got.value, Empty)
     assert "no message" in str(got.value)
-    for call in (lambda: ring.recv(timeout=0.01), lambda: ring.recv_many(5, timeout=0),
-                 lambda: ring.recv_into(bytearray(10), timeout=0)):
+    for call in (
+        lambda: ring.recv(timeout=0.01),
+        lambda: ring.recv_many(5, timeout=0),
+        lambda: ring.recv_into(bytearray(10), timeout=0),
+    ):
         with pytest.raises(queue.Empty):
             call()
     with pytest.raises(queue.Empty), ring.recv_view(timeout=0):
@@ -139,3 +145,57 @@ def test_a_ring_of_the_other_backend_names_the_setting_to_use(ring_name: str) ->
     with pytest.raises(IncompatibleSegment, match=f"FASTIPC_BACKEND={other}"):
         Ring.open(ring_name)
     assert os.environ.get("FASTIPC_BACKEND", fastipc.BACKEND) in ("auto", fastipc.BACKEND)
+
+
+# ---- the clients of the other transports ----------------------------------------------
+def test_transport_clients_time_out_as_queue_empty_and_queue_full(tmp_path: Path) -> None:
+    """tcp, udp, unixgram, mq, fifo and fd:// clients: the same two habits as Ring and Channel."""
+    with socket.create_server(("127.0.0.1", 0)) as lsock:  # accepts (backlog), never reads
+        port = lsock.getsockname()[1]
+        with fastipc.connect(f"tcp://127.0.0.1:{port}") as cli:
+            with pytest.raises(queue.Empty):
+                cli.recv(timeout=0.05)
+            with pytest.raises(queue.Full):
+                for _ in range(10_000):  # the socket buffers fill: nobody reads
+                    cli.send(b"x" * 65536, timeout=0.05)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as usock:
+        usock.bind(("127.0.0.1", 0))
+        udp = f"udp://127.0.0.1:{usock.getsockname()[1]}"
+        with fastipc.connect(udp) as cli, pytest.raises(queue.Empty):
+            cli.recv(timeout=0.05)
+    path = str(tmp_path / "dgram.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as gsock:
+        gsock.bind(path)
+        with fastipc.connect(f"unixgram://{path}") as cli:
+            with pytest.raises(queue.Empty):
+                cli.recv(timeout=0.05)
+            with pytest.raises(queue.Full):
+                for _ in range(10_000):  # the receive queue fills: nobody reads
+                    cli.send(b"y" * 1024, timeout=0.05)
+    os.unlink(path)
+    qname = f"/fastipc.t{os.getpid()}_habits"
+    try:
+        with fastipc.connect(f"mq://{qname}?maxmsg=2&msgsize=16") as cli:
+            with pytest.raises(queue.Empty):
+                cli.recv(timeout=0.05)
+            cli.send(b"1", timeout=0)
+            cli.send(b"2", timeout=0)
+            with pytest.raises(queue.Full):
+                cli.send(b"3", timeout=0.05)
+    finally:
+        posix_ipc.unlink_message_queue(qname)
+    fifo = str(tmp_path / "f.fifo")
+    os.mkfifo(fifo, 0o600)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # there, never reading
+    try:
+        with fastipc.connect(f"fifo://{fifo}") as cli, pytest.raises(queue.Full):
+            for _ in range(10_000):
+                cli.send(b"z" * 1000, timeout=0.05)
+    finally:
+        os.close(reader)
+    r, w = os.pipe()
+    try:
+        with fastipc.connect(f"fd://{r}") as cli, pytest.raises(queue.Empty):
+            cli.recv(timeout=0.05)
+    finally:
+        os.close(w)

@@ -75,7 +75,9 @@ class Client:
 
     Every ``timeout`` is in seconds, None blocks until the call can
     complete; blocking calls return to Python often enough for Ctrl-C.
-    Errors: :class:`~fastipc.Timeout`, :class:`~fastipc.Closed` when the
+    Errors: :class:`~fastipc.Timeout` (a send's is also :class:`~fastipc.Full`
+    and ``queue.Full``, a receive's :class:`~fastipc.Empty` and
+    ``queue.Empty``), :class:`~fastipc.Closed` when the
     peer closed the connection, :class:`~fastipc.MessageTooLarge`, OSError
     subclasses naming the endpoint; ValueError on a closed client.
     A context manager (closes on exit).
@@ -101,7 +103,7 @@ class Client:
     ) -> None:
         """Send ``data`` as one message. ``priority`` is for message queues (0 elsewhere).
 
-        Raises :class:`~fastipc.Timeout` if it cannot be sent in time,
+        Raises :class:`~fastipc.Full` (a Timeout) if it cannot be sent in time,
         :class:`~fastipc.Closed` if the peer is gone,
         :class:`~fastipc.MessageTooLarge` if it cannot be carried whole.
         """
@@ -110,7 +112,8 @@ class Client:
     def recv(self, timeout: float | None = None) -> bytes:
         """Wait for the next message and return it.
 
-        Raises :class:`~fastipc.Timeout`, :class:`~fastipc.Closed` at the end of a stream.
+        Raises :class:`~fastipc.Empty` (a Timeout) if none comes in time,
+        :class:`~fastipc.Closed` at the end of a stream.
         """
         raise NotImplementedError
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from .._registry import Transport, register
 from ..endpoints import Endpoint
-from ..errors import Closed, MessageTooLarge, Timeout, os_error
+from ..errors import Closed, Empty, Full, MessageTooLarge, os_error
 from ..server import Peer, Server, Source
 from ..socket_file import bind_unix, mode_option, remove_if_ours
 from .base import SocketClient, bound_url, check_timeout, resolve
@@ -242,7 +242,7 @@ class DatagramClient(SocketClient):
             else:
                 sock.send(data)
         except socket.timeout:
-            raise Timeout(f"{self.address}: send timed out") from None
+            raise Full(f"{self.address}: send timed out") from None
         except OSError as exc:
             if exc.errno == errno.EMSGSIZE:
                 raise MessageTooLarge(
@@ -256,7 +256,7 @@ class DatagramClient(SocketClient):
         try:
             n, _, flags, _ = sock.recvmsg_into([self._buf])
         except socket.timeout:
-            raise Timeout(f"{self.address}: nothing received within {timeout} s") from None
+            raise Empty(f"{self.address}: nothing received within {timeout} s") from None
         except OSError as exc:
             raise os_error(exc, self.endpoint.display) from None
         if n > self._recv_limit or flags & socket.MSG_TRUNC:

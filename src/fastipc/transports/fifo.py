@@ -33,7 +33,7 @@ import stat
 from .._checks import deadline, time_left
 from .._registry import Transport, register
 from ..endpoints import Endpoint
-from ..errors import Closed, MessageTooLarge, Timeout, os_error
+from ..errors import Closed, Full, MessageTooLarge, os_error
 from ..framing import HEADER_SIZE, LengthDecoder, pack_header
 from ..server import Peer, Server, Source
 from ..socket_file import mode_option, remove_if_ours
@@ -212,7 +212,7 @@ class FifoClient(Client):
                     raise Closed(f"{self.address}: the reader closed the FIFO") from None
                 wait = time_left(until)
                 if wait is not None and wait <= 0:
-                    raise Timeout(f"{self.address}: the FIFO stayed full")
+                    raise Full(f"{self.address}: the FIFO stayed full")
                 poller = select.poll()
                 poller.register(fd, select.POLLOUT)
                 poller.poll(max(1, int(min(_SLICE, wait if wait is not None else _SLICE) * 1000)))

@@ -31,7 +31,7 @@ import posix_ipc
 from .._checks import deadline, time_left
 from .._registry import Transport, register
 from ..endpoints import Endpoint
-from ..errors import Closed, MessageTooLarge, Timeout
+from ..errors import Closed, Empty, Full, MessageTooLarge
 from ..server import Peer, Server, Source
 from ..socket_file import mode_option
 from .base import Client
@@ -287,7 +287,8 @@ class QueueClient(Client):
 
     def _wait(self, q: Any, events: int, left: float | None, what: str) -> None:
         if left is not None and left <= 0:
-            raise Timeout(f"mq://{q.name}: {what} within the timeout")
+            failed = Full if events == select.POLLOUT else Empty
+            raise failed(f"mq://{q.name}: {what} within the timeout")
         poller = select.poll()
         poller.register(q.mqd, events)
         wait = _SLICE if left is None else min(left, _SLICE)

@@ -42,7 +42,7 @@ import threading
 from .._checks import deadline, time_left
 from .._registry import Transport, register
 from ..endpoints import Endpoint
-from ..errors import Closed, MessageTooLarge, ProtocolError, Timeout
+from ..errors import Closed, Empty, Full, MessageTooLarge, ProtocolError
 from ..framing import MAX_MESSAGE_LIMIT, LengthDecoder, pack_header
 from ..server import Peer, Server, Source
 from .base import Client
@@ -116,13 +116,13 @@ def write_no_sigpipe(fd: int, data: memoryview) -> int:
 
 
 def _wait(fd: int, events: int, until: int | None, what: str, url: str) -> None:
-    """poll() ``fd`` for ``events`` in slices until ready; Timeout past ``until``."""
+    """poll() ``fd`` for ``events`` in slices until ready; Full (waiting to write) or Empty past ``until``."""
     poller = select.poll()
     poller.register(fd, events)
     while True:
         wait = time_left(until)
         if wait is not None and wait <= 0:
-            raise Timeout(f"{url}: {what}")
+            raise (Full if events == select.POLLOUT else Empty)(f"{url}: {what}")
         slice_s = _SLICE if wait is None else min(_SLICE, wait)
         if poller.poll(max(1, int(slice_s * 1000))):
             return

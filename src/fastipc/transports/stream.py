@@ -25,7 +25,7 @@ from .._checks import deadline
 from .._registry import Transport, register
 from ..channel import Channel
 from ..endpoints import Endpoint
-from ..errors import Closed, MessageTooLarge, Timeout, os_error
+from ..errors import Closed, Empty, Full, MessageTooLarge, Timeout, os_error
 from ..framing import MAX_MESSAGE_LIMIT, LengthDecoder, pack_header
 from ..server import Peer, Server, Source
 from ..socket_file import bind_unix, connect_unix, mode_option, remove_if_ours
@@ -492,7 +492,7 @@ class StreamClient(SocketClient):
         try:
             sock.sendall(data)
         except socket.timeout:
-            raise Timeout(f"{self.address}: send timed out") from None
+            raise Full(f"{self.address}: send timed out") from None
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise Closed(f"{self.address}: peer closed the connection ({exc.strerror})") from None
 
@@ -504,7 +504,7 @@ class StreamClient(SocketClient):
         try:
             data = sock.recv(min(READ_SIZE, self._max_message))
         except socket.timeout:
-            raise Timeout(f"{self.address}: nothing received within {timeout} s") from None
+            raise Empty(f"{self.address}: nothing received within {timeout} s") from None
         except ConnectionResetError:
             raise Closed(f"{self.address}: connection reset by the peer") from None
         if not data:
