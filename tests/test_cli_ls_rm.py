@@ -29,7 +29,7 @@ from _cli_util import (  # noqa: F401
 )
 from conftest import child_env, new_name
 
-from fastipc import Ring, inventory
+from fastipc import BACKEND, Ring, inventory
 from fastipc._names import segment_path, semaphore_paths
 from fastipc.endpoints import parse
 
@@ -75,7 +75,9 @@ def test_ls_ring_live_then_dead(ring_name: str, ring_holder: subprocess.Popen[st
     assert row["pids"] == [ring_holder.pid]
     assert row["mode"] == "0600" and row["size"] > 4096
     table = ok(fastipc("ls"))
-    assert table.splitlines()[0].split() == ["KIND", "NAME", "SIZE", "MODE", "PIDS", "ALIVE"]
+    assert table.splitlines()[0].split() == [
+        "KIND", "NAME", "BACKEND", "SIZE", "MODE", "WAITING", "PIDS", "ALIVE"
+    ]  # fmt: skip
     line = next(ln for ln in table.splitlines() if f"shm://{ring_name}" in ln)
     assert line.split()[-2:] == [str(ring_holder.pid), "yes"]
 
@@ -85,6 +87,38 @@ def test_ls_ring_live_then_dead(ring_name: str, ring_holder: subprocess.Popen[st
     assert row is not None and row["alive"] is False and row["pids"] == []
     ok(fastipc("rm", ring_name))
     assert ring_row(ring_name) is None
+
+
+def test_ls_shows_the_backend_and_the_messages_waiting(ring_name: str) -> None:
+    """Read from the segment of either backend's layout (checks ls's table of offsets)."""
+    with Ring.create(ring_name, 4096, unlink_on_exit=True) as ring:
+        row = ring_row(ring_name)
+        assert row is not None and row["backend"] == BACKEND and row["waiting"] == 0
+        for i in range(5):
+            ring.send(b"m%d" % i)
+        ring.recv()
+        row = ring_row(ring_name)
+        assert row is not None and row["waiting"] == 4
+        ring.send_many([b"x"] * 10)
+        line = next(ln for ln in ok(fastipc("ls")).splitlines() if f"shm://{ring_name}" in ln)
+        assert line.split()[2] == BACKEND and line.split()[5] == "14"
+        assert len(ring.recv_many(100)) == 14
+        row = ring_row(ring_name)
+        assert row is not None and row["waiting"] == 0
+
+
+def test_ls_note_on_uninspectable_processes_names_them_when_it_matters(ring_name: str) -> None:
+    """The note appears only with a not-alive row (the one it could be wrong about)."""
+    Ring.create(ring_name, 4096).close()  # nobody maps it: not alive
+    try:
+        scan = inventory.ProcessScan()
+        scan.unreadable, scan.unreadable_pids = 1, [424242]  # as if one could not be read
+        entries, notes = inventory.inventory(scan)
+        assert any(e.name == f"shm://{ring_name}" and not e.alive for e in entries)
+        (note,) = [n for n in notes if "could not be inspected" in n]
+        assert "424242" in note and "before removing" in note
+    finally:
+        Ring.unlink_name(ring_name)
 
 
 def test_rm_refuses_a_live_ring_unless_forced(
@@ -155,7 +189,7 @@ def test_ls_and_rm_queue(queue_name: str) -> None:
         row = rows[0]
         assert row["kind"] == "queue" and row["alive"] is True and row["pids"] == [os.getpid()]
         assert row["size"] == 4 * 128 and row["mode"] == "0640"
-        assert row["messages"] == 1
+        assert row["messages"] == 1 and row["waiting"] == 1
         assert queue_name in one_error_line(fastipc("rm", f"mq://{queue_name}"))
         ok(fastipc("rm", "--force", f"mq://{queue_name}"))
         with pytest.raises(posix_ipc.ExistentialError):

@@ -24,9 +24,9 @@ def add_ls(sub: Any) -> None:
         "ls",
         help="list rings, message queues, socket files and FIFOs, with owner pid and liveness",
         description="List the fastipc rings in /dev/shm, the POSIX message queues and the Unix "
-        "socket files and FIFOs that live processes of yours hold, each with its size, mode, "
-        "the pids holding it and whether it is alive (a ring: mapped by a live process; a "
-        "queue: open; a socket: bound by a live process; a FIFO: open for reading). With "
+        "socket files and FIFOs that live processes of yours hold, each with the backend "
+        "that made it (rings), its size, mode, the messages waiting in it (rings, queues), the "
+        "pids holding it and whether it is alive (a ring: mapped by a live process; a queue: open; a socket: bound by a live process; a FIFO: open for reading). With "
         "PATHs, list the socket files and FIFOs in those files and directories instead, "
         "stale ones included; a URL (shm://NAME, mq:///NAME, ...) shows that object.",
         epilog="examples:\n  fastipc ls\n  fastipc ls /tmp --json",
@@ -53,7 +53,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"entries": [e.to_json() for e in entries], "notes": notes}, indent=2))
         return 0
-    rows = [("KIND", "NAME", "SIZE", "MODE", "PIDS", "ALIVE"), *inv.iter_rows(entries)]
+    rows = [inv.COLUMNS, *inv.iter_rows(entries)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())

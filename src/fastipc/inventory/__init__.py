@@ -48,6 +48,7 @@ from collections.abc import Iterable
 
 from .._names import BELL_PREFIX, SHM_DIR
 from ._entries import (
+    COLUMNS,
     Entry,
     bound_paths,
     fifo_entry,
@@ -63,6 +64,7 @@ from ._proc import ProcessScan, mqueue_mount
 from ._targets import Target, is_listening, lookup, parse_target, remove
 
 __all__ = [
+    "COLUMNS",
     "Entry",
     "ProcessScan",
     "Target",
@@ -114,10 +116,19 @@ def inventory(scan: ProcessScan | None = None) -> tuple[list[Entry], list[str]]:
             continue
         if stat.S_ISFIFO(st.st_mode) and st.st_uid == uid:
             entries.append(fifo_entry(path, st, scan))
-    if scan.unreadable:
+    if scan.unreadable and any(not e.alive for e in entries):
+        # Only then can it change a verdict the user acts on (rm refuses live
+        # objects): with every listed object alive it would be noise.
+        pids = ",".join(map(str, scan.unreadable_pids[:5]))
+        more = "" if scan.unreadable <= 5 else ", ..."
+        why = (
+            "not readable even as root: non-dumpable, or in another pid namespace"
+            if os.geteuid() == 0
+            else "permission denied"
+        )
         notes.append(
-            f"{scan.unreadable} of your processes could not be inspected (permission "
-            "denied): what they hold shows as not alive, or not at all"
+            f"{scan.unreadable} of your processes (pid {pids}{more}) could not be inspected "
+            f"({why}): an object only they hold shows as not alive; check before removing it"
         )
     return entries, notes
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from .._names import (
 from ._proc import FifoUse, ProcessScan, parse_qsize, read_head, unix_sockets
 
 __all__ = [
+    "COLUMNS",
     "BoundPath",
     "Entry",
     "bound_paths",
@@ -55,6 +57,8 @@ class Entry:
     pids: list[int] = field(default_factory=list)
     alive: bool = False
     detail: dict[str, Any] = field(default_factory=dict)
+    #: Messages waiting to be received (rings, queues); None where unknown.
+    waiting: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,21 +69,28 @@ class Entry:
             "mode": None if self.mode is None else f"{self.mode:04o}",
             "pids": self.pids,
             "alive": self.alive,
+            "waiting": self.waiting,
             **self.detail,
         }
 
 
 def iter_rows(entries: Iterable[Entry]) -> Iterator[tuple[str, ...]]:
-    """Table rows (kind, name, size, mode, pids, alive) for ``entries``."""
+    """Table rows (kind, name, backend, size, mode, waiting, pids, alive) for ``entries``."""
     for e in entries:
         yield (
             e.kind,
             e.name,
+            str(e.detail.get("backend", "-")),
             "-" if e.size is None else str(e.size),
             "-" if e.mode is None else f"{e.mode:04o}",
+            "-" if e.waiting is None else str(e.waiting),
             ",".join(map(str, e.pids)) or "-",
             "yes" if e.alive else "no",
         )
+
+
+#: The header of the table :func:`iter_rows` fills.
+COLUMNS = ("KIND", "NAME", "BACKEND", "SIZE", "MODE", "WAITING", "PIDS", "ALIVE")
 
 
 # ---------------------------------------------------------------------------
@@ -104,6 +115,55 @@ def ring_names() -> list[str]:
     return sorted(n for n in names if n)
 
 
+# What each ring layout keeps where (u64 words, little-endian), for ``ls``'s
+# WAITING column: messages published minus messages consumed. Only layouts
+# known here are read (a newer one shows "?"); tests/test_cli_ls_rm.py
+# checks these against real rings of both backends, so a layout change that
+# forgets this table fails there.
+#   native, csrc/ring.c struct fi_header v3: prod.produced at 144, cons.consumed
+#   at 272 (each line 128 bytes from offset 128; the lock word first, then
+#   tail/head, then the count)
+#   python, backends/python_ring.py v2: two (position, count) slots per side,
+#   a selector word picking the live one (tail: words 5, 6-9; head: 10, 11-14)
+_NATIVE_MAGIC = b"FPCIRN01"
+_PYTHON_MAGIC = b"FIPCPY01"
+
+
+def _ring_header(path: str) -> tuple[str | None, int | None]:
+    """(backend, messages waiting) read from the segment at ``path``; None where unknown.
+
+    A snapshot taken without the ring's lock, so it may be a message off
+    while producers and consumers run; never trusted beyond display.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None, None
+    try:
+        head = os.pread(fd, 512, 0)
+    except OSError:
+        return None, None
+    finally:
+        os.close(fd)
+    if len(head) < 512:
+        return None, None
+    words = struct.unpack_from("<64Q", head)
+    magic = head[:8]
+    if magic == _NATIVE_MAGIC:
+        backend, known = "native", words[1] == 3
+        waiting = words[144 // 8] - words[272 // 8]
+    elif magic == _PYTHON_MAGIC:
+        backend, known = "python", struct.unpack_from("<I", head, 8)[0] == 2
+        tail = 6 + 2 * (words[5] & 1)
+        head_slot = 11 + 2 * (words[10] & 1)
+        waiting = words[tail + 1] - words[head_slot + 1]
+    else:
+        return None, None
+    if not known or not 0 <= waiting < 1 << 40:
+        return backend, None
+    return backend, waiting
+
+
 def ring_entry(name: str, scan: ProcessScan) -> Entry | None:
     """Ring ``name``'s entry (segment, and semaphores with the python backend), or None."""
     seg = segment_path(name)
@@ -120,6 +180,9 @@ def ring_entry(name: str, scan: ProcessScan) -> Entry | None:
     size = st.st_size if first == seg else None  # None: only semaphores are left
     mode = stat.S_IMODE(st.st_mode)
     pids = scan.mapping(p for p, _ in files)
+    backend, waiting = _ring_header(seg) if size is not None else (None, None)
+    if backend is None:  # unreadable or half-made: guess from its files
+        backend = "python" if len(files) > 1 else "native"
     return Entry(
         kind="ring",
         name=f"shm://{name}",
@@ -128,10 +191,8 @@ def ring_entry(name: str, scan: ProcessScan) -> Entry | None:
         mode=mode,
         pids=pids,
         alive=bool(pids),
-        detail={
-            "files": [p for p, _ in files],
-            "backend": "python" if len(files) > 1 else "native",
-        },
+        detail={"files": [p for p, _ in files], "backend": backend},
+        waiting=waiting,
     )
 
 
@@ -197,6 +258,7 @@ def queue_entry(name: str, scan: ProcessScan, mount: str | None) -> Entry | None
         pids=pids,
         alive=bool(pids),
         detail={**attrs, "queued_bytes": qsize},
+        waiting=attrs.get("messages"),
     )
 
 

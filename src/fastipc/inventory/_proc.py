@@ -131,6 +131,8 @@ class ProcessScan:
         #: processes of this user whose maps or fds could not be read (other
         #: users' are not counted: what they hold is not ours to remove either)
         self.unreadable = 0
+        #: their pids
+        self.unreadable_pids: list[int] = []
         for pid in _pids():
             if pid == me:
                 continue  # this command's own descriptors are not the world's
@@ -141,6 +143,7 @@ class ProcessScan:
                 ok = self._scan_fds(pid) and ok
             if not ok and _owner(pid) == uid:
                 self.unreadable += 1
+                self.unreadable_pids.append(pid)
 
     def _scan_maps(self, pid: int) -> bool:
         try:
