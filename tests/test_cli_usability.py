@@ -11,16 +11,29 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
+import signal
 import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from _cli_util import T, fastipc, fastipc_bytes, ok, one_error_line, running_fixture  # noqa: F401
 from conftest import child_env
 
+from fastipc import Ring
+
 BINARY = bytes(range(256)) * 4 + b"\n\x00end"
+
+
+@contextmanager
+def fastipc_ring(name: str) -> Iterator[Ring]:
+    with Ring.create(name, 65536, unlink_on_exit=True) as ring:
+        yield ring
 
 
 class EOFReader:
@@ -50,7 +63,9 @@ class EOFReader:
         self.sock.close()
 
 
-def test_send_file_and_stdin_are_binary_safe_and_half_close_gets_the_answer(tmp_path: os.PathLike[str]) -> None:
+def test_send_file_and_stdin_are_binary_safe_and_half_close_gets_the_answer(
+    tmp_path: os.PathLike[str],
+) -> None:
     path = os.path.join(tmp_path, "blob")
     with open(path, "wb") as f:
         f.write(BINARY)
@@ -61,20 +76,29 @@ def test_send_file_and_stdin_are_binary_safe_and_half_close_gets_the_answer(tmp_
             args += ["--file", path] if how == "file" else ["-"]
             done = subprocess.run(
                 [*args, "--framing", "raw", "--wait-reply", "--until-eof", "--binary"],
-                input=BINARY if how == "stdin" else b"", capture_output=True, env=child_env(), timeout=T,
+                input=BINARY if how == "stdin" else b"",
+                capture_output=True,
+                env=child_env(),
+                timeout=T,
                 check=False,
             )
         finally:
             peer.close()
         assert done.returncode == 0, done.stderr
         assert peer.got == BINARY  # every byte, NULs and newlines included
-        assert done.stdout == b"onetwothree"  # read until the server closed, not just the first read
+        assert (
+            done.stdout == b"onetwothree"
+        )  # read until the server closed, not just the first read
 
 
 def test_wait_reply_idle_stops_when_the_server_goes_quiet() -> None:
     peer = EOFReader()
     try:
-        out = ok(fastipc("send", peer.url, "hi", "--framing", "raw", "--wait-reply", "--idle", "2", "--json"))
+        out = ok(
+            fastipc(
+                "send", peer.url, "hi", "--framing", "raw", "--wait-reply", "--idle", "2", "--json"
+            )
+        )
     finally:
         peer.close()
     assert "".join(json.loads(line) for line in out.splitlines()) == "onetwothree"
@@ -82,12 +106,18 @@ def test_wait_reply_idle_stops_when_the_server_goes_quiet() -> None:
 
 def test_message_and_file_together_or_neither_is_an_error() -> None:
     assert "one of them" in one_error_line(fastipc("send", "tcp://127.0.0.1:9"))
-    assert "one of them" in one_error_line(fastipc("send", "tcp://127.0.0.1:9", "x", "--file", "/etc/hostname"))
-    assert "--wait-reply" in one_error_line(fastipc("send", "tcp://127.0.0.1:9", "x", "--until-eof"))
+    assert "one of them" in one_error_line(
+        fastipc("send", "tcp://127.0.0.1:9", "x", "--file", "/etc/hostname")
+    )
+    assert "--wait-reply" in one_error_line(
+        fastipc("send", "tcp://127.0.0.1:9", "x", "--until-eof")
+    )
 
 
 @pytest.mark.parametrize("mode", ["--json", "--null"])
-def test_recv_output_tells_one_message_with_newlines_from_several(running: object, mode: str) -> None:
+def test_recv_output_tells_one_message_with_newlines_from_several(
+    running: object, mode: str
+) -> None:
     r = running("recv", "udp://127.0.0.1:0", "--count", "3", mode)  # type: ignore[operator]
     url = r.address()
     for m in ("a\nb", "c", "d\x1b[2J"):
@@ -110,3 +140,58 @@ def test_default_output_and_the_serve_log_escape_control_characters(running: obj
     ok(fastipc_bytes("send", rcv.address(), "bin\udcff\x07"))  # type: ignore[arg-type]
     assert rcv.finish() == 0
     assert rcv.stdout == "bin\\xff\\x07\n"
+
+
+def test_recv_progress_counts_messages_and_bytes(ring_name: str) -> None:
+    """Piped stderr: one summary line at the end; a terminal: a line redrawn in place too."""
+    url = f"shm://{ring_name}"
+    with fastipc_ring(ring_name) as ring:
+        for i in range(5):
+            ring.send(b"x" * (10 + i))
+        proc = fastipc("recv", url, "--count", "5", "--progress", "--timeout", "10")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.count("\n") == 5
+        (summary,) = proc.stderr.splitlines()
+        assert summary.startswith("fastipc: received 5 messages, 60 bytes in ")
+        assert "\r" not in proc.stderr  # not a terminal: nothing redrawn
+
+        ring.send_many([b"y" * 100] * 3)
+        main, sub = pty.openpty()  # stderr on a terminal
+        try:
+            child = subprocess.run(
+                [sys.executable, "-m", "fastipc", "recv", url, "--count", "3", "--progress"],
+                check=False, env=child_env(), stdout=subprocess.PIPE, stderr=sub, timeout=T,
+            )  # fmt: skip
+            os.close(sub)
+            sub = -1
+            err = b""
+            while select.select([main], [], [], 1)[0]:
+                try:
+                    chunk = os.read(main, 4096)
+                except OSError:  # EIO: the child's side is closed
+                    break
+                if not chunk:
+                    break
+                err += chunk
+        finally:
+            if sub >= 0:
+                os.close(sub)
+            os.close(main)
+        assert child.returncode == 0
+        assert b"\r\x1b[K" in err  # drawn in place, then cleared for the summary
+        assert b"fastipc: received 3 messages, 300 bytes" in err
+
+
+def test_recv_progress_summary_after_ctrl_c(ring_name: str) -> None:
+    with fastipc_ring(ring_name) as ring:
+        ring.send(b"only one")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fastipc", "recv", f"shm://{ring_name}", "--progress"],
+            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "only one\n"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=T)
+        assert proc.returncode == 0
+        assert "fastipc: received 1 message, 8 bytes" in err

@@ -6,6 +6,7 @@ import argparse
 import os
 import queue
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -154,7 +155,9 @@ def _print_replies(args: argparse.Namespace, client: Any) -> None:
         except Closed:
             if got or many:
                 return
-            raise CLIError(f"{args.url}: the server closed the connection without a reply") from None
+            raise CLIError(
+                f"{args.url}: the server closed the connection without a reply"
+            ) from None
         except Timeout:
             if got and args.idle is not None:
                 return  # quiet for --idle seconds: done
@@ -201,15 +204,62 @@ def add_recv(sub: Any) -> None:
         help="fail (exit status 1, 'timed out') when no message arrives within S seconds "
         "(counted afresh for each message)",
     )
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        help="count messages and bytes on stderr: a line updating in place on a terminal, "
+        "and a summary when recv ends (Ctrl-C included)",
+    )
     add_framing(p)
     add_max_message(p)
     add_binary(p, "messages")
     p.set_defaults(run=cmd_recv)
 
 
+class _Tally:
+    """``recv --progress``: messages and bytes so far, on stderr."""
+
+    #: Seconds between updates of the line on a terminal (redrawing it per
+    #: message would cost more than a fast sender's messages).
+    EVERY = 0.2
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+        self.tty = on and sys.stderr.isatty()
+        self.count = 0
+        self.nbytes = 0
+        self.start = time.monotonic()
+        self._shown = 0.0
+
+    def add(self, nbytes: int) -> None:
+        self.count += 1
+        self.nbytes += nbytes
+        if self.tty:
+            now = time.monotonic()
+            if now - self._shown >= self.EVERY:
+                self._shown = now
+                sys.stderr.write(f"\r\033[K{self._line(now)}")
+                sys.stderr.flush()
+
+    def _line(self, now: float) -> str:
+        spent = max(now - self.start, 1e-9)
+        return (
+            f"{self.count} message{'' if self.count == 1 else 's'}, {self.nbytes} bytes "
+            f"in {spent:.1f} s "
+            f"({self.count / spent:.0f} msg/s)"
+        )
+
+    def done(self) -> None:
+        if self.on:
+            clear = "\r\033[K" if self.tty else ""
+            sys.stderr.write(f"{clear}fastipc: received {self._line(time.monotonic())}\n")
+            sys.stderr.flush()
+
+
 def cmd_recv(args: argparse.Namespace) -> int:
     """Receive and print messages until EOF, --count, or a signal."""
     ep = parse(args.url)
+    args.tally = _Tally(args.progress)
     with sigterm_interrupts():
         try:
             if ep.scheme in rules.RECV_BY_CONNECTING:
@@ -222,6 +272,8 @@ def cmd_recv(args: argparse.Namespace) -> int:
                 raise CLIError(f"recv does not support {ep.scheme}:// endpoints")
         except KeyboardInterrupt:
             pass
+        finally:
+            args.tally.done()
     return 0
 
 
@@ -242,6 +294,7 @@ def _print_until_closed(
         except Timeout:
             raise timed_out(args.url, args.timeout, what_timed_out) from None
         emit(data, args.binary, args)
+        args.tally.add(len(data))
         received += 1
 
 
@@ -253,10 +306,10 @@ def _recv_connected(args: argparse.Namespace, scheme: str) -> None:
 
 
 def _recv_bound(args: argparse.Namespace) -> None:
-    arrived: queue.Queue[bytes] = queue.Queue()
+    arrived: queue.Queue[tuple[bytes, int]] = queue.Queue()
 
     def handler(message: bytes, peer: Any) -> None:
-        arrived.put(rules.recv_text(message, peer, args.binary))
+        arrived.put((rules.recv_text(message, peer, args.binary), len(message)))
 
     kw: dict[str, Any] = {"framing": args.framing}
     if args.max_message is not None:
@@ -267,10 +320,11 @@ def _recv_bound(args: argparse.Namespace) -> None:
         received = 0
         while _want_more(args, received):
             try:
-                data = arrived.get(timeout=args.timeout)
+                data, size = arrived.get(timeout=args.timeout)
             except queue.Empty:
                 raise timed_out(srv.address, args.timeout, "nothing arrived at") from None
             emit(data, args.binary, args)
+            args.tally.add(size)
             received += 1
 
 
