@@ -7,6 +7,8 @@ import os
 import random
 import re
 import selectors
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -22,7 +24,7 @@ from _aio_workers import (
     numbered_producer,
     shutdown_later,
 )
-from conftest import join_all, new_name, run_python, shm_entries
+from conftest import child_env, join_all, new_name, run_python, shm_entries
 
 import fastipc
 from fastipc import Channel, Closed, Ring, Timeout, aio
@@ -433,6 +435,45 @@ def test_channel_awaits_and_uses_buffered_messages_first(run: Any) -> None:
         cb.close()
 
 
+@pytest.mark.parametrize("kind", ["socketpair", "tcp"])
+def test_channel_large_send_leaves_the_loop_running(run: Any, kind: str) -> None:
+    """A message far over the socket buffer: the receiver on the same loop must get to run.
+
+    With the send made on the loop thread, the loop would be held until the
+    peer read, which here only this loop can do: the send times out instead.
+    """
+    big = bytes(range(256)) * (12 * 4096)  # 12 MiB: beyond the socket buffer and hand-off area
+
+    async def main() -> None:
+        if kind == "socketpair":
+            a, b = Channel.pair()
+            ca, cb = aio.Channel(a), aio.Channel(b)
+            lst = None
+        else:
+            lst = await aio.listen("tcp://127.0.0.1:0")
+            ca = await aio.Channel.connect(lst.url)
+            cb = await lst.accept()
+        try:
+            got, _ = await asyncio.gather(cb.recv(timeout=30), ca.send(big, timeout=30))
+            assert got == big
+            # A cancelled large send still goes out whole, and the next comes after it.
+            task = asyncio.ensure_future(ca.send(big, timeout=30))
+            await asyncio.sleep(0.01)
+            task.cancel()
+            sent_small = asyncio.ensure_future(ca.send(b"after", timeout=30))
+            assert await cb.recv(timeout=30) == big
+            assert await cb.recv(timeout=30) == b"after"
+            await sent_small
+            assert task.cancelled() or task.exception() is None
+        finally:
+            ca.close()
+            cb.close()
+            if lst is not None:
+                lst.close()
+
+    run(main())
+
+
 def test_channel_recv_gets_closed_when_the_peer_process_is_killed(run: Any, spawn: Any) -> None:
     path = os.path.join(tempfile.mkdtemp(), "s")
     p = None
@@ -563,3 +604,48 @@ def test_the_asyncio_benchmark_runs() -> None:
     for label in ("async for", "recv_many(256)", "readexactly", "ping-pong", "idle"):
         assert label in out, out
     # Whatever it made in /dev/shm is gone: the session's leak check would say so.
+
+
+CTRL_C_CHILD = """
+import asyncio, sys
+import fastipc
+from fastipc import aio
+
+async def main():
+    ring = aio.Ring.open(sys.argv[1])
+    a, b = fastipc.Channel.pair()
+    ch = aio.Channel(a)
+    print("waiting", flush=True)
+    await asyncio.gather(ring.recv(), ch.recv())
+
+if sys.argv[2] == "uvloop":
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
+"""
+
+
+def test_ctrl_c_ends_asyncio_run_awaiting_a_ring_and_a_channel(
+    ring_name: str, loop_kind: str
+) -> None:
+    """SIGINT ends asyncio.run as usual (KeyboardInterrupt); the ring keeps no watcher of it."""
+    with Ring.create(ring_name, 4096) as ring:
+        child = subprocess.Popen(
+            [sys.executable, "-c", CTRL_C_CHILD, ring_name, loop_kind],
+            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert child.stdout is not None
+        assert child.stdout.readline() == "waiting\n"
+        deadline = time.monotonic() + 10
+        while ring._watch(0, 0) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the child registers at the recv doorbell, then sleeps
+        assert ring._watch(0, 0) == 1
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=30)
+        assert child.returncode in (1, -signal.SIGINT), err
+        assert "KeyboardInterrupt" in err
+        assert ring._watch(0, 0) == 0  # unregistered on the way out
+        ring.send(b"still fine")
+        assert ring.recv(timeout=0) == b"still fine"
+        ring.unlink()
