@@ -21,7 +21,7 @@ from fastipc.bench.channel import KINDS, MACHINE_KINDS, PLAIN_KINDS
 def test_bench_reports_every_figure() -> None:
     before = set(os.listdir("/dev/shm"))
     cmd = [sys.executable, "-m", "fastipc", "bench", "--quick", "--repeat", "1"]
-    cmd += ["--duration", "0.05", "--json"]
+    cmd += ["--duration", "0.05", "--json", "--aio"]
     with subprocess.Popen(
         cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as bench:
@@ -55,3 +55,10 @@ def test_bench_reports_every_figure() -> None:
         assert "error" not in row, f"channel figure {key}: {row['error']}"
         value = row.get("gb_s", row.get("msgs_s", row.get("median_us")))
         assert value is not None and value > 0, f"channel figure {key}: {row}"
+
+    aio = report["aio"]["figures"]
+    expected_aio = {"pp_ring", "pp_streams", "pps_ring", "pps_streams", "idle"}
+    assert expected_aio <= set(aio) and {"aio_for", "aio_many", "streams_each"} <= set(aio)
+    for key, fig in aio.items():
+        assert fig["unit"] and fig["label"], key
+        assert fig["median"] >= 0 if key == "idle" else fig["median"] > 0, f"aio {key}: {fig}"

@@ -35,13 +35,14 @@ import sys
 import tempfile
 import time
 import uuid
+from typing import Any
 
 from .. import aio
 from ..errors import Closed, Timeout
 from ..ring import Ring
 from .harness import child_env
 
-__all__ = ["main"]
+__all__ = ["format_table", "main", "measure", "to_json"]
 
 MSG = b"m" * 64
 FRAME = struct.pack("<I", 64) + MSG
@@ -415,18 +416,60 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=1.0, help="seconds per throughput figure")
     ap.add_argument("--rounds", type=int, default=20000, help="ping-pong round trips")
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    ap.add_argument("--json", action="store_true", help="print the measurements as JSON")
     args = ap.parse_args(argv)
+    res = measure(args.repeat, args.duration, args.rounds, args.loop)
+    if args.json:
+        print(json.dumps(to_json(res, args.loop), indent=2))
+    else:
+        print(format_table(res, args.loop, args.repeat), end="")
+    return 0
+
+
+def measure(repeat: int, duration: float, rounds: int, loop: str) -> dict[str, list[float]]:
+    """Every figure ``repeat`` times, interleaved: {figure: [value per repetition]}.
+
+    Throughputs in msgs/s, round trips in µs, the idle consumer in % of one CPU.
+    """
     res: dict[str, list[float]] = {}
-    for rep in range(args.repeat):
+    for rep in range(repeat):
         for fig in THROUGHPUT:
-            res.setdefault(fig, []).append(throughput(fig, args.duration, args.loop))
+            res.setdefault(fig, []).append(throughput(fig, duration, loop))
         for kind in ("ring", "streams"):
-            res.setdefault(f"pp_{kind}", []).append(pingpong(kind, args.rounds, 0.0, args.loop))
+            res.setdefault(f"pp_{kind}", []).append(pingpong(kind, rounds, 0.0, loop))
             res.setdefault(f"pps_{kind}", []).append(
-                pingpong(kind, max(200, args.rounds // 50), 0.001, args.loop)
+                pingpong(kind, max(200, rounds // 50), 0.001, loop)
             )
-        res.setdefault("idle", []).append(idle(args.loop))
-        print(f"repetition {rep + 1}/{args.repeat} done", file=sys.stderr, flush=True)
+        res.setdefault("idle", []).append(idle(loop))
+        print(f"repetition {rep + 1}/{repeat} done", file=sys.stderr, flush=True)
+    return res
+
+
+def to_json(res: dict[str, list[float]], loop: str) -> dict[str, Any]:
+    """``measure``'s result as JSON: per figure its label, unit, median, min, max and runs."""
+    out: dict[str, Any] = {"loop": loop, "figures": {}}
+    for key, runs in res.items():
+        if key in THROUGHPUT:
+            label, unit = LABELS[key], "msgs/s"
+        elif key == "idle":
+            label, unit = "idle awaiting consumer", "% CPU"
+        else:
+            kind = "aio.Ring" if key.endswith("_ring") else "asyncio streams"
+            pause = "back to back" if key.startswith("pp_") else "1 ms pause each"
+            label, unit = f"ping-pong, {pause}: {kind}", "µs"
+        out["figures"][key] = {
+            "label": label,
+            "unit": unit,
+            "median": statistics.median(runs),
+            "min": min(runs),
+            "max": max(runs),
+            "runs": runs,
+        }
+    return out
+
+
+def format_table(res: dict[str, list[float]], loop: str, repeat: int) -> str:
+    """The markdown table of ``measure``'s result, with each figure's ratio to asyncio streams."""
 
     def med(k: str) -> float:
         return statistics.median(res[k])
@@ -434,9 +477,12 @@ def main(argv: list[str] | None = None) -> int:
     def cell(k: str, fmt: str) -> str:
         return f"{fmt.format(med(k))} ({fmt.format(min(res[k]))}-{fmt.format(max(res[k]))})"
 
-    print(f"loop: {args.loop}; {args.repeat} interleaved repetitions; median (min-max)\n")
-    print("| figure | value | vs streams (median ratio) |")
-    print("|---|---|---|")
+    lines = [
+        f"loop: {loop}; {repeat} interleaved repetitions; median (min-max)",
+        "",
+        "| figure | value | vs streams (median ratio) |",
+        "|---|---|---|",
+    ]
     base_each, base_chunk = med("streams_each"), med("streams_chunk")
     for fig in THROUGHPUT:
         v = med(fig)
@@ -445,10 +491,12 @@ def main(argv: list[str] | None = None) -> int:
             ratio = f"{v / base_each:.1f}x readexactly"
         elif fig in ("aio_many", "sync_many"):
             ratio = f"{v / base_chunk:.1f}x read+split"
-        print(f"| {LABELS[fig]} | {cell(fig, '{:,.0f}')} msgs/s | {ratio} |")
+        lines.append(f"| {LABELS[fig]} | {cell(fig, '{:,.0f}')} msgs/s | {ratio} |")
     for k, label in (("pp", "ping-pong, back to back"), ("pps", "ping-pong, 1 ms pause each")):
         r, s = med(f"{k}_ring"), med(f"{k}_streams")
-        print(f"| {label}: aio.Ring | {cell(k + '_ring', '{:.1f}')} µs | {r / s:.2f}x streams |")
-        print(f"| {label}: asyncio streams | {cell(k + '_streams', '{:.1f}')} µs | |")
-    print(f"| idle awaiting consumer | {cell('idle', '{:.2f}')} % CPU | |")
-    return 0
+        lines.append(
+            f"| {label}: aio.Ring | {cell(k + '_ring', '{:.1f}')} µs | {r / s:.2f}x streams |"
+        )
+        lines.append(f"| {label}: asyncio streams | {cell(k + '_streams', '{:.1f}')} µs | |")
+    lines.append(f"| idle awaiting consumer | {cell('idle', '{:.2f}')} % CPU | |")
+    return "\n".join(lines) + "\n"
