@@ -38,17 +38,35 @@ FdLike = Union[int, Any]
 _monotonic_ns = time.monotonic_ns
 
 
+_INF = float("inf")
+#: Whole seconds above this take the checked path below (int * 1e9 stays exact here).
+_INT_FAST_MAX = 1 << 32
+
+
 def timeout_ns(timeout: float | None) -> int:
     """Turn a timeout in seconds (None: forever) into nanoseconds (-1: forever)."""
     if timeout is None:
         return -1
+    # Every non-blocking call (timeout=0, the asyncio layer's every take)
+    # passes here: exact float and int first, a few comparisons each (NaN
+    # fails the float test); anything else, and every error, below.
+    kind = type(timeout)
+    if kind is float:
+        if 0.0 <= timeout < _INF:
+            return int(timeout * 1e9)
+    elif kind is int and 0 <= timeout <= _INT_FAST_MAX:
+        return timeout * 1_000_000_000  # type: ignore[return-value]
+    return _timeout_ns_checked(timeout)
+
+
+def _timeout_ns_checked(timeout: object) -> int:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(
             f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
         )
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
-    if timeout == float("inf"):
+    if timeout == _INF:
         return -1
     return int(timeout * 1e9)
 

@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 
 from ._checks import FdLike, release_view, validate_fds
 from ._names import open_bell, unlink_ring
-from .errors import Closed, FastIPCError, channel_error, channel_keeps_open
+from .errors import Closed, FastIPCError, Timeout, channel_error, channel_keeps_open
 from .handoff import DEFAULT_HANDOFF_AREA
 
 __all__ = ["DIRECT_MIN", "RECV_BUFFER", "ChannelBase", "RingBase", "drain"]
@@ -100,6 +100,18 @@ class RingBase:
         :class:`~fastipc.Closed` once the ring is shut down and drained.
         """
         raise NotImplementedError
+
+    def _try_recv(self) -> bytes | None:
+        """``recv(timeout=0)``, but None instead of raising when the ring is empty.
+
+        The asyncio layer's take for every message: no timeout to check, no
+        exception raised and caught per empty look. Raises as ``recv``
+        otherwise (Closed once shut down and drained).
+        """
+        try:
+            return self.recv(timeout=0)
+        except Timeout:
+            return None
 
     def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
         """Copy the oldest message into writable ``buffer``; return its length in bytes.

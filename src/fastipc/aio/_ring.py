@@ -277,10 +277,9 @@ class Ring:
         ValueError if the handle is closed (also while awaiting).
         """
         if self._held.fut is None:
-            try:
-                return self._ring.recv(timeout=0)
-            except Timeout:
-                pass
+            msg = self._ring._try_recv()
+            if msg is not None:
+                return msg
         return await self._retry(RECV, 0, self._recv_now, timeout, True)
 
     def _recv_now(self) -> bytes:
@@ -315,10 +314,9 @@ class Ring:
         """``async for msg in ring``: one message per step; ends once shut down and drained."""
         try:
             if self._held.fut is None:
-                try:
-                    return self._ring.recv(timeout=0)
-                except Timeout:
-                    pass
+                msg = self._ring._try_recv()
+                if msg is not None:
+                    return msg
             return await self._retry(RECV, 0, self._recv_now, None, True)
         except Closed:
             raise StopAsyncIteration from None

@@ -264,6 +264,14 @@ class NativeRing(RingBase):
             return self._sbuf[:n]  # type: ignore[no-any-return]
         return self._recv_slow(n, timeout)
 
+    def _try_recv(self) -> bytes | None:
+        n = _try_recv1(self._hf)
+        if n >= 0:
+            return self._sbuf[:n]  # type: ignore[no-any-return]
+        if n == _EAGAIN:
+            return None
+        return self._recv_slow(n, 0)  # Closed, a long message, a closed handle...
+
     def _recv_slow(self, rc: int, timeout: float | None) -> bytes:
         if rc == _EAGAIN and timeout != 0:
             rc = _spin_recv1(self._hf, _GIL_SPIN_NS)
