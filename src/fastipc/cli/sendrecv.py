@@ -293,8 +293,8 @@ def _print_until_closed(
             return
         except Timeout:
             raise timed_out(args.url, args.timeout, what_timed_out) from None
+        args.tally.add(len(data))  # before printing: it was received, whatever comes next
         emit(data, args.binary, args)
-        args.tally.add(len(data))
         received += 1
 
 
@@ -323,8 +323,8 @@ def _recv_bound(args: argparse.Namespace) -> None:
                 data, size = arrived.get(timeout=args.timeout)
             except queue.Empty:
                 raise timed_out(srv.address, args.timeout, "nothing arrived at") from None
-            emit(data, args.binary, args)
             args.tally.add(size)
+            emit(data, args.binary, args)
             received += 1
 
 
