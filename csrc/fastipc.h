@@ -83,7 +83,8 @@ uint64_t fi_ring_capacity(const fi_ring *r);
 uint64_t fi_ring_data_size(const fi_ring *r);
 
 /* Lend the handle a buffer for fi_ring_try_recv1; the caller keeps it alive
- * (and unchanged) for as long as the handle uses it. */
+ * (and unchanged) for as long as the handle uses it. The calling thread
+ * becomes the only one whose fi_ring_try_recv1/spin_recv1 use it. */
 void fi_ring_set_scratch(fi_ring *r, char *buf, size_t cap);
 
 /* Busy-wait this long (ns) before sleeping in a blocking call. */
@@ -146,7 +147,9 @@ int fi_ring_try_send(fi_ring *r, const void *buf, size_t n);
 int64_t fi_ring_try_recv(fi_ring *r, char *out, size_t cap);
 
 /* fi_ring_try_recv into the buffer lent by fi_ring_set_scratch: one
- * argument, because each argument of a cffi call costs ~40 ns. */
+ * argument, because each argument of a cffi call costs ~40 ns. -ECHILD,
+ * touching nothing, from any thread but the one that lent it (which then
+ * receives into a buffer of its own with fi_ring_try_recv). */
 int64_t fi_ring_try_recv1(fi_ring *r);
 
 /* fi_ring_try_send / fi_ring_try_recv1 that busy-wait up to spin_ns for

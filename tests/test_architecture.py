@@ -301,6 +301,7 @@ GROUND_FLOOR = (
     "fastipc.framing",
     "fastipc.handoff",
     "fastipc._objects",
+    "fastipc._turns",
 )
 PUBLIC_CLASSES = ("fastipc.ring", "fastipc.channel", "fastipc.broadcast")
 #: The command and the benchmark, as packages or modules (bench_channel.py included).
@@ -346,7 +347,7 @@ RULES = [
     ),
     Rule(
         "ground-floor-imports-only-ground-floor",
-        "errors, _checks, _names, _contract, framing, handoff and _objects sit under everything else",
+        "errors, _checks, _names, _contract, _turns, framing, handoff and _objects sit under everything else",
         GROUND_FLOOR,
         lambda t: _within(t, PACKAGE) and t not in GROUND_FLOOR and t != "fastipc._version",
     ),

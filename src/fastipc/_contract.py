@@ -19,6 +19,7 @@ from typing import Any, NoReturn, TypeVar
 
 from ._checks import FdLike, release_view, validate_fds
 from ._names import open_bell, unlink_ring
+from ._turns import new_turns
 from .errors import Closed, FastIPCError, Timeout, channel_error, channel_keeps_open
 from .handoff import DEFAULT_HANDOFF_AREA
 
@@ -430,6 +431,9 @@ class ChannelBase:
     _sock: socket.socket | None
     #: False on a tcp socket: fds travel only over AF_UNIX.
     _passes_fds: bool
+    #: One receive and one send at a time (fastipc._turns).
+    _rx_turn: Any
+    _tx_turn: Any
 
     def __init__(self, *_: object) -> None:
         raise TypeError("use Channel.pair(), Channel.connect(), Channel.from_socket() or accept()")
@@ -452,6 +456,7 @@ class ChannelBase:
         self.name = name
         self.max_message = max_message
         self.handoff_min, self.handoff_area = handoff
+        new_turns(self)
         self._setup()
         return self
 

@@ -63,8 +63,10 @@ class Channel(ChannelImpl):
     byte stream cannot be resynchronised. A closed channel raises
     ValueError.
 
-    Threads: one thread may send while another receives; two threads
-    sending (or two receiving) on one channel at once need a lock.
+    Threads may share a channel: one thread may send while another
+    receives, and two sending (or two receiving) take turns, each call
+    waiting for the other thread's call on the same side within its own
+    ``timeout`` (so every message goes and arrives whole, once).
 
     Large messages: a message of ``handoff_min`` bytes or more (up to half
     of ``handoff_area``) sent by :meth:`send` without fds is copied into a

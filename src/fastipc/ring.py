@@ -32,7 +32,10 @@ class Ring(RingImpl):
     the ring usable by the others.
 
     Make one with :meth:`create` or :meth:`open`, never by calling the class.
-    A handle is not thread-safe: give each thread its own (``Ring.open``).
+    Threads may share a handle: every message is still received whole and
+    once. A ``recv_view``/``reserve`` block is one per handle at a time (in
+    another thread it raises RuntimeError), so threads that each use views
+    want a handle each (``Ring.open``), which is also the fastest.
 
     Every ``timeout`` is in seconds on the monotonic clock: ``None`` blocks
     until the call can complete, ``0`` never blocks. Blocking calls release

@@ -21,6 +21,7 @@ from .._checks import (
     validate_max_count,
 )
 from .._contract import RECV_BUFFER, ChannelBase
+from .._turns import RX, in_turn, one_at_a_time
 from ..errors import Closed, channel_error, timed_out
 from ._blocking import deadline as _deadline
 from ._blocking import wait as _wait
@@ -132,24 +133,30 @@ class NativeChannel(ChannelBase):
 
     # ---- send -----------------------------------------------------------
     def send(self, data: Any, fds: Iterable[FdLike] = (), timeout: float | None = None) -> None:
-        # Everything that may leave half a frame in the handle runs inside
-        # this try: a signal handler that raises (Ctrl-C) runs between any two
-        # bytecodes, also right after a C call that wrote part of the frame,
-        # and a later send must then not continue that frame with its own
-        # bytes (tests/test_channel_interrupt.py caught exactly that).
+        turn = self._tx_turn
+        if not turn.acquire(False):
+            return in_turn(self, turn, True, self.send, timeout, data, fds)  # type: ignore[no-any-return]
         try:
-            if (
-                type(data) is bytes
-                and not fds
-                and timeout is None
-                and len(data) <= _GIL_SEND_MAX
-                and _try_send(self._hf, data, len(data)) == 0
-            ):
-                return
-            self._send_slow(data, fds, timeout)
-        except BaseException:
-            self._abandon_send()
-            raise
+            # Everything that may leave half a frame in the handle runs inside
+            # this try: a signal handler that raises (Ctrl-C) runs between any two
+            # bytecodes, also right after a C call that wrote part of the frame,
+            # and a later send must then not continue that frame with its own
+            # bytes (tests/test_channel_interrupt.py caught exactly that).
+            try:
+                if (
+                    type(data) is bytes
+                    and not fds
+                    and timeout is None
+                    and len(data) <= _GIL_SEND_MAX
+                    and _try_send(self._hf, data, len(data)) == 0
+                ):
+                    return
+                self._send_slow(data, fds, timeout)
+            except BaseException:
+                self._abandon_send()
+                raise
+        finally:
+            turn.release()
 
     def _send_slow(self, data: Any, fds: Iterable[FdLike], timeout: float | None) -> None:
         self._socket()
@@ -173,29 +180,35 @@ class NativeChannel(ChannelBase):
             self._send_error(rc)
 
     def send_many(self, buffers: Iterable[Any], timeout: float | None = None) -> int:
-        items = buffers if type(buffers) is list else list(buffers)
-        hf = self._hf
-        if not items:
-            self._socket()
-            return 0
+        turn = self._tx_turn
+        if not turn.acquire(False):
+            return in_turn(self, turn, True, self.send_many, timeout, buffers)  # type: ignore[no-any-return]
         try:
-            # marshal writes a list of bytes-like objects in C into one
-            # buffer that csrc/channel.c turns into iovecs: no Python loop.
-            blob = _dumps(items, 2)
-        except ValueError:
-            blob = b""
-        total = len(items)
-        try:  # as in send: no half frame may outlive an exception
-            if blob and timeout is None:
-                rc = _try_send_batch(hf, blob, len(blob), 0)
-                if rc == total:
-                    return total
-            else:
-                rc = -errno.EINVAL
-            return self._send_many_slow(rc, items, blob, timeout)
-        except BaseException:
-            self._abandon_send()
-            raise
+            items = buffers if type(buffers) is list else list(buffers)
+            hf = self._hf
+            if not items:
+                self._socket()
+                return 0
+            try:
+                # marshal writes a list of bytes-like objects in C into one
+                # buffer that csrc/channel.c turns into iovecs: no Python loop.
+                blob = _dumps(items, 2)
+            except ValueError:
+                blob = b""
+            total = len(items)
+            try:  # as in send: no half frame may outlive an exception
+                if blob and timeout is None:
+                    rc = _try_send_batch(hf, blob, len(blob), 0)
+                    if rc == total:
+                        return total
+                else:
+                    rc = -errno.EINVAL
+                return self._send_many_slow(rc, items, blob, timeout)
+            except BaseException:
+                self._abandon_send()
+                raise
+        finally:
+            turn.release()
 
     def _send_many_slow(self, rc: int, items: list[Any], blob: bytes, timeout: float | None) -> int:
         self._socket()
@@ -248,12 +261,18 @@ class NativeChannel(ChannelBase):
 
     # ---- receive --------------------------------------------------------
     def recv(self, timeout: float | None = None) -> bytes:
-        if timeout is not None:
-            timeout_ns(timeout)
-        n = _try_recv1(self._hf)
-        if n >= 0:
-            return self._sbuf[:n]  # type: ignore[no-any-return]
-        return self._recv_slow(n, timeout, 0)
+        turn = self._rx_turn
+        if not turn.acquire(False):
+            return in_turn(self, turn, False, self.recv, timeout)  # type: ignore[no-any-return]
+        try:
+            if timeout is not None:
+                timeout_ns(timeout)
+            n = _try_recv1(self._hf)
+            if n >= 0:
+                return self._sbuf[:n]  # type: ignore[no-any-return]
+            return self._recv_slow(n, timeout, 0)
+        finally:
+            turn.release()
 
     def _recv_slow(self, rc: int, timeout: float | None, keep: int) -> bytes:
         h = self._h
@@ -299,6 +318,7 @@ class NativeChannel(ChannelBase):
         self._big = self._bigp = None
         return big
 
+    @one_at_a_time(RX)
     def _take_view(self, timeout: float | None) -> tuple[memoryview, Callable[[], None]]:
         h, ptr = self._h, ffi.new("char **")
         # No view is out (recv_view checked), yet C may still hold one: an
@@ -331,57 +351,69 @@ class NativeChannel(ChannelBase):
         lib.fi_chan_release_view(self._h)  # -EBADF, harmless, after close()
 
     def recv_with_fds(self, timeout: float | None = None) -> tuple[bytes, list[int]]:
-        if timeout is not None:
-            timeout_ns(timeout)
-        h = self._h
-        rc = _try_recv(self._hf, self._scratch, SCRATCH_BYTES, 1)
-        data = self._sbuf[:rc] if rc >= 0 else self._recv_slow(rc, timeout, 1)
-        arr = ffi.new("int[]", MAX_FDS)
-        k = lib.fi_chan_take_fds(h, arr, MAX_FDS)
-        return data, list(arr[0:k])
+        turn = self._rx_turn
+        if not turn.acquire(False):
+            return in_turn(self, turn, False, self.recv_with_fds, timeout)  # type: ignore[no-any-return]
+        try:
+            if timeout is not None:
+                timeout_ns(timeout)
+            h = self._h
+            rc = _try_recv(self._hf, self._scratch, SCRATCH_BYTES, 1)
+            data = self._sbuf[:rc] if rc >= 0 else self._recv_slow(rc, timeout, 1)
+            arr = ffi.new("int[]", MAX_FDS)
+            k = lib.fi_chan_take_fds(h, arr, MAX_FDS)
+            return data, list(arr[0:k])
+        finally:
+            turn.release()
 
     def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
-        if timeout is not None:
-            timeout_ns(timeout)
-        buf = _cbuffer(buffer, writable=True)
-        size = len(buf)
-        h = self._h
-        if self._big is not None:
-            self._drop_stale_big()
-        if self._big is not None:
-            # A message was left half-read into our own buffer: finish it there.
-            if len(self._big) > size:
-                self._dst_too_small(len(self._big), size)
-            data = self._recv_slow(_EINPROGRESS, timeout, 0)
-            ffi.memmove(buf, data, len(data))
-            return len(data)
-        # From the first C call on, C may be reading a long message straight
-        # into the caller's buffer; whatever ends this call early (a timeout,
-        # an error, a signal handler raising between any two bytecodes)
-        # moves that progress into a buffer of our own, since the caller's
-        # may be gone by the next receive.
+        turn = self._rx_turn
+        if not turn.acquire(False):
+            return in_turn(self, turn, False, self.recv_into, timeout, buffer)  # type: ignore[no-any-return]
         try:
-            rc = _try_recv(self._hf, buf, size, 0)
-            if rc >= 0:
-                return rc  # type: ignore[no-any-return]
-            if (rc == _EAGAIN and timeout != 0) or rc == _EXDEV:
-                rc = _wait(lambda t: lib.fi_chan_recv(h, buf, size, 0, t), _deadline(timeout))
-            if rc >= 0:
-                return rc  # type: ignore[no-any-return]
-            if rc == _EMSGSIZE:
-                self._dst_too_small(lib.fi_chan_next_len(h), size)
-            if rc == _EINPROGRESS and lib.fi_chan_rx_owned(h):
-                # An earlier receive began a long message in C's buffer.
-                need = lib.fi_chan_next_len(h)
-                if need > size:
-                    self._dst_too_small(need, size)
-                data = self._recv_slow(rc, timeout, 0)
+            if timeout is not None:
+                timeout_ns(timeout)
+            buf = _cbuffer(buffer, writable=True)
+            size = len(buf)
+            h = self._h
+            if self._big is not None:
+                self._drop_stale_big()
+            if self._big is not None:
+                # A message was left half-read into our own buffer: finish it there.
+                if len(self._big) > size:
+                    self._dst_too_small(len(self._big), size)
+                data = self._recv_slow(_EINPROGRESS, timeout, 0)
                 ffi.memmove(buf, data, len(data))
                 return len(data)
-            self._recv_error(rc)
-        except BaseException:
-            self._adopt_partial(buf)
-            raise
+            # From the first C call on, C may be reading a long message straight
+            # into the caller's buffer; whatever ends this call early (a timeout,
+            # an error, a signal handler raising between any two bytecodes)
+            # moves that progress into a buffer of our own, since the caller's
+            # may be gone by the next receive.
+            try:
+                rc = _try_recv(self._hf, buf, size, 0)
+                if rc >= 0:
+                    return rc  # type: ignore[no-any-return]
+                if (rc == _EAGAIN and timeout != 0) or rc == _EXDEV:
+                    rc = _wait(lambda t: lib.fi_chan_recv(h, buf, size, 0, t), _deadline(timeout))
+                if rc >= 0:
+                    return rc  # type: ignore[no-any-return]
+                if rc == _EMSGSIZE:
+                    self._dst_too_small(lib.fi_chan_next_len(h), size)
+                if rc == _EINPROGRESS and lib.fi_chan_rx_owned(h):
+                    # An earlier receive began a long message in C's buffer.
+                    need = lib.fi_chan_next_len(h)
+                    if need > size:
+                        self._dst_too_small(need, size)
+                    data = self._recv_slow(rc, timeout, 0)
+                    ffi.memmove(buf, data, len(data))
+                    return len(data)
+                self._recv_error(rc)
+            except BaseException:
+                self._adopt_partial(buf)
+                raise
+        finally:
+            turn.release()
 
     def _drop_stale_big(self) -> None:
         """Forget our long-message buffer if C is not reading into it.
@@ -424,29 +456,35 @@ class NativeChannel(ChannelBase):
         )
 
     def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
-        if type(max_count) is not int or max_count < 1:
-            validate_max_count(max_count)
-        if timeout is not None:
-            timeout_ns(timeout)
-        if self._bview is None:
-            self._socket()
-            self._batch = ffi_fast.new("char[]", BATCH_BYTES)
-            self._bview = memoryview(ffi_fast.buffer(self._batch))
-        n = _try_recv_batch(self._hf, self._batch, BATCH_BYTES, max_count)
-        if n > 0:
-            return _loads(self._bview[:n])  # type: ignore[no-any-return]
-        if (n == _EAGAIN and timeout != 0) or n == _EXDEV:
-            h, batch = self._h, self._batch
-            n = _wait(
-                lambda t: lib.fi_chan_recv_batch(h, batch, BATCH_BYTES, max_count, t),
-                _deadline(timeout),
-            )
+        turn = self._rx_turn
+        if not turn.acquire(False):
+            return in_turn(self, turn, False, self.recv_many, timeout, max_count)  # type: ignore[no-any-return]
+        try:
+            if type(max_count) is not int or max_count < 1:
+                validate_max_count(max_count)
+            if timeout is not None:
+                timeout_ns(timeout)
+            if self._bview is None:
+                self._socket()
+                self._batch = ffi_fast.new("char[]", BATCH_BYTES)
+                self._bview = memoryview(ffi_fast.buffer(self._batch))
+            n = _try_recv_batch(self._hf, self._batch, BATCH_BYTES, max_count)
             if n > 0:
                 return _loads(self._bview[:n])  # type: ignore[no-any-return]
-        if n == _EMSGSIZE or n == _EINPROGRESS:
-            return [self._recv_slow(_EMSGSIZE, timeout, 0)]
-        self._recv_error(n)
-        raise AssertionError("unreachable")  # pragma: no cover
+            if (n == _EAGAIN and timeout != 0) or n == _EXDEV:
+                h, batch = self._h, self._batch
+                n = _wait(
+                    lambda t: lib.fi_chan_recv_batch(h, batch, BATCH_BYTES, max_count, t),
+                    _deadline(timeout),
+                )
+                if n > 0:
+                    return _loads(self._bview[:n])  # type: ignore[no-any-return]
+            if n == _EMSGSIZE or n == _EINPROGRESS:
+                return [self._recv_slow(_EMSGSIZE, timeout, 0)]
+            self._recv_error(n)
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            turn.release()
 
     def _recv_error(self, rc: int) -> NoReturn:
         if rc == _EAGAIN:

@@ -69,6 +69,7 @@ from .._checks import (
     validate_max_count,
 )
 from .._contract import DIRECT_MIN, RECV_BUFFER, ChannelBase
+from .._turns import RX, TX, one_at_a_time
 from ..errors import MessageTooLarge, Timeout, timed_out
 from ..framing import (
     CHANNEL_FLAGS,
@@ -253,6 +254,7 @@ class PythonChannel(ChannelBase):
     _deadline = staticmethod(deadline)
 
     # ---- send -----------------------------------------------------------
+    @one_at_a_time(TX)
     def send(self, data: Any, fds: Iterable[FdLike] = (), timeout: float | None = None) -> None:
         sock = self._socket()
         mv = check_buffer(data)
@@ -324,6 +326,7 @@ class PythonChannel(ChannelBase):
                 return None
         return area if area.usable else None
 
+    @one_at_a_time(TX)
     def send_many(self, buffers: Iterable[Any], timeout: float | None = None) -> int:
         sock = self._socket()
         items = [check_buffer(b, f"send_many item {i}") for i, b in enumerate(buffers)]
@@ -661,12 +664,14 @@ class PythonChannel(ChannelBase):
         )
 
     # ---- receive: the API -------------------------------------------------
+    @one_at_a_time(RX)
     def recv(self, timeout: float | None = None) -> bytes:
         data, _ = self._frame(self.max_message, False, self._deadline(timeout))
         out = bytes(data)
         self._copied()
         return out
 
+    @one_at_a_time(RX)
     def _take_view(self, timeout: float | None) -> tuple[memoryview, Callable[[], None]]:
         data, _ = self._frame(self.max_message, False, self._deadline(timeout))
         area = self._rx_area
@@ -685,12 +690,14 @@ class PythonChannel(ChannelBase):
 
         return view, give_back
 
+    @one_at_a_time(RX)
     def recv_with_fds(self, timeout: float | None = None) -> tuple[bytes, list[int]]:
         data, fds = self._frame(self.max_message, True, self._deadline(timeout))
         out = bytes(data)
         self._copied()
         return out, fds
 
+    @one_at_a_time(RX)
     def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
         dst = _writable(buffer)
         deadline = self._deadline(timeout)
@@ -707,6 +714,7 @@ class PythonChannel(ChannelBase):
         self._copied()
         return n
 
+    @one_at_a_time(RX)
     def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
         validate_max_count(max_count)
         data, _ = self._frame(self.max_message, False, self._deadline(timeout))

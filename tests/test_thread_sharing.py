@@ -1,0 +1,183 @@
+"""Threads sharing one handle never see a fabricated, duplicated or lost message.
+
+A native Ring slices each message out of a buffer of the handle after the C
+call; a Channel's send may write a frame in several pieces. Before the fix,
+two threads receiving on one Ring handle got duplicated and garbled
+messages (28 and 52 in 400,000 here), and two threads sending on one
+Channel interleaved their frames (a garbled message, then a protocol
+error). Real threads, real shared memory and sockets, both backends.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from fastipc import Channel, Empty, Ring, Timeout
+
+#: Sizes that take every receive path: the handle's buffer, a view past it (64 KiB).
+SIZES = (0, 1, 63, 500, 5000, 70_000)
+
+
+def _message(sender: int, k: int) -> bytes:
+    head = b"%d:%07d:" % (sender, k)
+    return head + bytes([k % 251]) * (SIZES[k % len(SIZES)])
+
+
+def _check(got: list[bytes], senders: int, count: int) -> None:
+    seen: dict[int, list[int]] = {s: [] for s in range(senders)}
+    for m in got:
+        sender, k = int(m[:1]), int(m[2:9])
+        assert m == _message(sender, k), f"garbled message {m[:20]!r}... ({len(m)} bytes)"
+        seen[sender].append(k)
+    for s in range(senders):
+        assert sorted(seen[s]) == list(range(count)), f"sender {s}: lost or duplicated"
+
+
+def _run(threads: list[Callable[[], None]]) -> None:
+    errors: list[BaseException] = []
+
+    def guard(fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        return run
+
+    ts = [threading.Thread(target=guard(fn)) for fn in threads]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+        assert not t.is_alive(), "a thread hung"
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_ring_threads_receiving_on_one_handle(ring_name: str, batched: bool) -> None:
+    """The handle's maker and two other threads receive from one handle: each message once."""
+    count = 6000
+    with Ring.create(ring_name, 1 << 18, unlink_on_exit=True) as ring, Ring.open(ring_name) as tx:
+        got: list[list[bytes]] = [[], [], []]
+
+        def consumer(i: int) -> Callable[[], None]:
+            def run() -> None:
+                try:
+                    while True:
+                        if batched:
+                            got[i].extend(ring.recv_many(7, timeout=10))
+                        else:
+                            got[i].append(ring.recv(timeout=10))
+                except Timeout:
+                    raise AssertionError("the producer stalled") from None
+                except EOFError:  # Closed: shut down and drained
+                    pass
+
+            return run
+
+        def producer() -> None:
+            for k in range(count):
+                tx.send(_message(0, k), timeout=10)
+            tx.shutdown()
+
+        main = consumer(0)  # this thread made the handle: it uses the handle's own buffers
+        others = [producer, consumer(1), consumer(2)]
+        ts = threading.Thread(target=_run, args=(others,))
+        ts.start()
+        main()
+        ts.join(120)
+        assert not ts.is_alive()
+        _check(got[0] + got[1] + got[2], 1, count)
+
+
+def test_channel_threads_sending_on_one_channel() -> None:
+    """Two threads send on one channel: every frame whole, each sender's order kept."""
+    count = 3000
+    a, b = Channel.pair()
+    got: list[bytes] = []
+    try:
+
+        def sender(s: int) -> Callable[[], None]:
+            def run() -> None:
+                for k in range(count):
+                    a.send(_message(s, k), timeout=10)
+
+            return run
+
+        def receiver() -> None:
+            for _ in range(2 * count):
+                got.append(b.recv(timeout=10))
+
+        _run([sender(0), sender(1), receiver])
+    finally:
+        a.close()
+        b.close()
+    _check(got, 2, count)
+    for s in range(2):
+        ks = [int(m[2:9]) for m in got if int(m[:1]) == s]
+        assert ks == sorted(ks), f"sender {s}'s order was not kept"
+
+
+def test_channel_threads_receiving_on_one_channel() -> None:
+    """Two threads receive from one channel (long messages too): each message once, whole."""
+    count = 2000
+    a, b = Channel.pair()
+    got: list[list[bytes]] = [[], []]
+    big = bytes(range(256)) * 8192  # 2 MiB: read in pieces, across several calls
+
+    def receiver(i: int) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                while True:
+                    m = b.recv(timeout=10)
+                    if m == b"end":
+                        return
+                    got[i].append(m)
+            except EOFError:
+                pass
+
+        return run
+
+    def sender() -> None:
+        for k in range(count):
+            a.send(big if k % 500 == 0 else _message(0, k), timeout=10)
+        a.send(b"end", timeout=10)
+        a.send(b"end", timeout=10)
+
+    try:
+        _run([sender, receiver(0), receiver(1)])
+    finally:
+        a.close()
+        b.close()
+    all_got = got[0] + got[1]
+    assert sum(m == big for m in all_got) == count // 500
+    small = [m for m in all_got if m != big]
+    for m in small:
+        assert m == _message(0, int(m[2:9])), f"garbled message {m[:20]!r}..."
+    ks = sorted(int(m[2:9]) for m in small)
+    assert ks == [k for k in range(count) if k % 500], "lost or duplicated"
+
+
+def test_a_waiting_receiver_does_not_make_others_wait_past_their_timeout() -> None:
+    a, b = Channel.pair()
+    got: list[bytes] = []
+    try:
+        blocked = threading.Thread(target=lambda: got.append(b.recv(timeout=30)))
+        blocked.start()
+        threading.Event().wait(0.1)  # it is inside recv, waiting
+        with pytest.raises(Empty):
+            b.recv(timeout=0)  # the receive turn is taken: it would have to wait
+        with pytest.raises(Empty):
+            b.recv(timeout=0.2)
+        a.send(b"one")
+        blocked.join(10)
+        assert not blocked.is_alive() and got == [b"one"]
+        a.send(b"two")
+        assert b.recv(timeout=5) == b"two"  # the turn came back
+    finally:
+        a.close()
+        b.close()
