@@ -131,7 +131,7 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         "python_full": sys.version,
         "executable": sys.executable,
         "argv": sys.argv[1:],
-        "servers": kinds,
+        "servers": list(kinds),  # every server asked for, skipped ones included
         "counts": args.clients,
         "load_procs": args.load_procs,
         "duration": args.duration,
