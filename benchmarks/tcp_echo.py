@@ -16,10 +16,13 @@ Servers, each in its own process on 127.0.0.1 (port 0; the child reports the por
 ``c-epoll``           the machine's own limit: a C epoll loop (``recv`` then ``send``),
                       compiled at run time with ``cc``; skipped when there is none
 
-Throughput: a load generator in its own process (``--load-procs 2`` splits the
-clients over two) drives N connections in a closed loop with ``select.epoll``
-and non-blocking sockets (no asyncio, so the client costs the same for every
-server): each connection sends one 64-byte request and waits for the whole
+Throughput: a load generator in its own process drives N connections in a
+closed loop with epoll, the same for every server: by default a small C
+program compiled at run time (``--client python``: the same loop in Python
+with ``select.epoll``, where ``--load-procs 2`` splits the clients over two
+processes; the Python one costs about as much CPU per request as the server
+it drives, so it, not the server, limits requests/s). Each connection sends
+one 64-byte request and waits for the whole
 echo (64 bytes raw; 8 + 64 bytes length-framed) before it sends the next;
 every echo is compared with what was sent. Requests completed during
 ``--duration`` seconds after ``--warmup`` are counted; per-request latency is
@@ -51,7 +54,8 @@ socket buffers are not in anyone's RSS).
 
     python benchmarks/tcp_echo.py [--quick] [--clients 1,100,1000] [--servers K,K,...]
                                   [--repeat N] [--duration S] [--warmup S] [--prime S]
-                                  [--hold 1000] [--hold-repeat N] [--load-procs 1|2]
+                                  [--hold 1000] [--hold-repeat N] [--client c|python]
+                                  [--load-procs 1|2]
                                   [--no-pin] [--settle S] [--markdown] [--json FILE]
                                   [--profile DIR]
 
