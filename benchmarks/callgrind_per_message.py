@@ -34,10 +34,22 @@ from concurrent.futures import ThreadPoolExecutor
 WORKLOADS = ["ring64", "ringbatch", "ring1m", "ch64", "chbatch", "ch1m"]
 #: (small, large) message counts per backend; the difference is what is counted.
 COUNTS = {
-    "native": {"ring64": (5000, 50000), "ringbatch": (5120, 51200), "ring1m": (50, 300),
-               "ch64": (5000, 30000), "chbatch": (5120, 30720), "ch1m": (50, 300)},
-    "python": {"ring64": (2000, 12000), "ringbatch": (2560, 12800), "ring1m": (50, 200),
-               "ch64": (2000, 12000), "chbatch": (2560, 12800), "ch1m": (50, 200)},
+    "native": {
+        "ring64": (5000, 50000),
+        "ringbatch": (5120, 51200),
+        "ring1m": (50, 300),
+        "ch64": (5000, 30000),
+        "chbatch": (5120, 30720),
+        "ch1m": (50, 300),
+    },
+    "python": {
+        "ring64": (2000, 12000),
+        "ringbatch": (2560, 12800),
+        "ring1m": (50, 200),
+        "ch64": (2000, 12000),
+        "chbatch": (2560, 12800),
+        "ch1m": (50, 200),
+    },
 }
 
 
@@ -100,9 +112,20 @@ def count(python: str, backend: str, work: str, n: int, keep: str) -> int:
     out = os.path.join(keep, f"callgrind.{tag}.{backend}.{work}.{n}")
     env = {**os.environ, "FASTIPC_BACKEND": backend}
     proc = subprocess.run(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-         python, os.path.abspath(__file__), "--child", work, str(n)],
-        env=env, capture_output=True, text=True, check=False,
+        [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            python,
+            os.path.abspath(__file__),
+            "--child",
+            work,
+            str(n),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     m = re.search(r"Collected : (\d+)", proc.stderr)
     if proc.returncode or not m:
@@ -124,8 +147,13 @@ def main() -> int:
     keep = args.keep or tempfile.mkdtemp(prefix="fastipc-callgrind-")
     os.makedirs(keep, exist_ok=True)
     backends = ["native", "python"] if args.backend == "both" else [args.backend]
-    tasks = [(p, be, w, n) for be in backends for w in args.workload
-             for n in COUNTS[be][w] for p in args.pythons]
+    tasks = [
+        (p, be, w, n)
+        for be in backends
+        for w in args.workload
+        for n in COUNTS[be][w]
+        for p in args.pythons
+    ]
     with ThreadPoolExecutor(args.jobs) as pool:
         totals = dict(zip(tasks, pool.map(lambda t: count(*t, keep), tasks)))
     cols = " | ".join(f"instr/msg {i}" for i in range(len(args.pythons)))
@@ -137,8 +165,7 @@ def main() -> int:
         for w in args.workload:
             n1, n2 = COUNTS[be][w]
             per = [
-                (totals[(p, be, w, n2)] - totals[(p, be, w, n1)]) / (n2 - n1)
-                for p in args.pythons
+                (totals[(p, be, w, n2)] - totals[(p, be, w, n1)]) / (n2 - n1) for p in args.pythons
             ]
             cells = " | ".join(f"{x:,.0f}" for x in per)
             change = " | ".join(f"{100 * (x / per[0] - 1):+.2f} %" for x in per[1:])

@@ -76,9 +76,19 @@ def instructions(size: int, count: int, staged: bool) -> int:
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "cg.out")
         subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-             __file__, "--receiver", str(size), str(count), "1" if staged else "0"],
-            check=True, capture_output=True,
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                __file__,
+                "--receiver",
+                str(size),
+                str(count),
+                "1" if staged else "0",
+            ],
+            check=True,
+            capture_output=True,
         )
         with open(out) as f:
             for line in f:
@@ -93,7 +103,9 @@ def callgrind() -> None:
         lo, hi = 4, 12
         per = {}
         for staged in (True, False):
-            per[staged] = (instructions(size, hi, staged) - instructions(size, lo, staged)) / (hi - lo)
+            per[staged] = (instructions(size, hi, staged) - instructions(size, lo, staged)) / (
+                hi - lo
+            )
         print(f"{size >> 20:>6}Mi {per[True]:>17,.0f} {per[False]:>17,.0f}")
 
 

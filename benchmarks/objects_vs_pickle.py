@@ -28,6 +28,7 @@ def main() -> None:
     }
     name = f"objbench.{os.getpid()}"
     with Ring.create(name, 64 << 20, unlink_on_exit=True) as r:
+
         def via_obj(obj: object, count: int) -> float:
             t = time.perf_counter()
             for _ in range(count):

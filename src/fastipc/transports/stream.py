@@ -174,7 +174,10 @@ class Connection(Peer):
         self._decoder = LengthDecoder(limits.max_message) if server.framing == "length" else None
         self._read_size = min(READ_SIZE, limits.max_message)
         self._max_output = limits.max_output
-        self._out: deque[memoryview] = deque()
+        # Replies the kernel did not take yet. None while nothing waits, which
+        # is nearly always: an empty deque is 760 bytes, most of what an idle
+        # connection would otherwise cost.
+        self._out: deque[memoryview] | None = None
         self._outbytes = 0
         self._closing = False  # close once the output is sent
         self._reading = True
@@ -238,12 +241,13 @@ class Connection(Peer):
             if sent == size:
                 return
             rest = [memoryview(payload)[sent:]] if parts is None else _skip(parts, sent)
-            out.extend(rest)
+            self._out = deque(rest)
             self._outbytes += size - sent
             self._set_events(_WRITE | (_READ if self._reading else 0))
             self._account()  # may cut this client (or a larger one) off: max_buffered
             return
         # One reply is always queued whole; what piles up behind it is capped.
+        assert out is not None  # not empty: queued above
         if self._outbytes > self._max_output:
             self._drop(
                 f"{self._outbytes} bytes still queued when another reply came, "
@@ -377,7 +381,9 @@ class Connection(Peer):
                     sent = 0
         if out:
             self._set_events(_WRITE | (_READ if self._reading and not self._closing else 0))
-        elif self._closing:
+            return
+        self._out = None  # all sent: give the queue's memory back
+        if self._closing:
             self._finish("closed after the last reply")
         else:
             self._set_events(_READ if self._reading else 0)
@@ -408,7 +414,9 @@ class Connection(Peer):
         if sock is None:
             return
         self._closing = False
-        self._out.clear()
+        if self._out:
+            self._out.clear()  # also ends a _flush loop that holds this deque
+        self._out = None
         self._outbytes = 0
         if self._decoder is not None:
             self._decoder.reset()  # free a partial frame now, not when this object goes
