@@ -59,6 +59,8 @@
 #include "refs.h"
 #include "sys.h"
 
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -106,7 +108,7 @@ struct bc_header {
         uint32_t pub_sleeping;
         uint32_t closed;   /* set once by shutdown */
         uint32_t pins;     /* open views (slots whose pinned != 0), maybe high */
-        uint32_t watchers; /* subscribers watching the doorbell */
+        uint32_t watchers; /* all slots' watchers (maybe high: a dead watcher's) */
     } ALIGNED_LINE wake;
 };
 
@@ -115,7 +117,8 @@ struct bc_slot {
     uint64_t pos;    /* cursor: next record to read */
     uint64_t seq;    /* sequence number expected there */
     uint64_t pinned; /* position + 1 of the record an open view lends; 0 none */
-    char pad[BC_SLOT_SIZE - 32];
+    uint32_t watchers; /* readiness watchers of this slot's doorbell */
+    char pad[BC_SLOT_SIZE - 36];
 };
 
 enum bc_hold { HOLD_NONE = 0, HOLD_PUB = 1, HOLD_SUB = 2 };
@@ -152,7 +155,11 @@ struct fi_bcast {
     enum bc_hold holding;
     uint64_t hold_gen;
     uint64_t held_len, held_pos, held_stride;
-    int bell;
+    /* Subscriber doorbells (fi_bc_set_bells): the FIFO of slot i is
+     * bell_prefix + i, opened by the first publish that must ring it. */
+    char *bell_prefix;
+    int *bells;
+    uint32_t bell_uid;
 };
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -181,16 +188,61 @@ static inline void wake(uint32_t *futex_word, uint32_t *sleeping)
     }
 }
 
+/* Write one byte to slot i's doorbell FIFO, opening it the first time
+ * (never following a symlink; only a FIFO owned by us, root or the
+ * segment's owner). A missing or unusable one is skipped: a bell is a hint,
+ * and a full FIFO (EAGAIN) already holds a wake-up. */
+static void ring_slot_bell(fi_bcast *b, uint32_t i)
+{
+    if (!b->bell_prefix)
+        return;
+    if (!b->bells) {
+        b->bells = malloc(sizeof(int) * b->nslots);
+        if (!b->bells)
+            return;
+        for (uint32_t k = 0; k < b->nslots; k++)
+            b->bells[k] = -1;
+    }
+    if (b->bells[i] < 0) {
+        char path[512];
+        struct stat st;
+        if (snprintf(path, sizeof path, "%s%u", b->bell_prefix, i) >= (int)sizeof path)
+            return;
+        int fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+            return;
+        if (fstat(fd, &st) || !S_ISFIFO(st.st_mode) ||
+            (st.st_uid != geteuid() && st.st_uid != 0 && st.st_uid != b->bell_uid)) {
+            close(fd);
+            return;
+        }
+        b->bells[i] = fd;
+    }
+    char c = 0;
+    ssize_t w = write(b->bells[i], &c, 1);
+    (void)w;
+}
+
+/* Ring the doorbells of the slots being watched (readiness: asyncio,
+ * selectors). The global count is read after the publishing store
+ * (sequentially consistent, the Dekker pair of fi_bc_watch and the
+ * watcher's re-check), so the hot path pays one load and no syscall while
+ * nobody watches. */
+static void ring_bells(fi_bcast *b)
+{
+    if (!ld32(&b->hdr->wake.watchers))
+        return;
+    for (uint32_t i = 0; i < b->nslots; i++) {
+        struct bc_slot *s = &b->slots[i];
+        if (ld32(&s->watchers) && __atomic_load_n(&s->owner, __ATOMIC_RELAXED))
+            ring_slot_bell(b, i);
+    }
+}
+
 static inline void wake_subscribers(fi_bcast *b)
 {
-    struct bc_header *h = b->hdr;
-    wake(&h->wake.sub_futex, &h->wake.sub_sleeping);
-    /* The doorbell as ring.c's ring_bell: one byte, only while watched. */
-    if (ld32(&h->wake.watchers) && b->bell >= 0) {
-        char c = 0;
-        ssize_t w = write(b->bell, &c, 1);
-        (void)w;
-    }
+    wake(&b->hdr->wake.sub_futex, &b->hdr->wake.sub_sleeping);
+    ring_bells(b);
 }
 
 static inline void wake_publishers(fi_bcast *b) { wake(&b->hdr->wake.pub_futex, &b->hdr->wake.pub_sleeping); }
@@ -748,9 +800,15 @@ static void unmap(fi_bcast *b)
     /* The slot goes with the mapping: no call is inside and no view is
      * open any more, so nothing of this handle uses it after this. */
     leave_slot(b);
-    if (b->bell >= 0)
-        close(b->bell);
-    b->bell = -1;
+    if (b->bells) {
+        for (uint32_t i = 0; i < b->nslots; i++)
+            if (b->bells[i] >= 0)
+                close(b->bells[i]);
+        free(b->bells);
+        b->bells = NULL;
+    }
+    free(b->bell_prefix);
+    b->bell_prefix = NULL;
     munmap(b->map_base, b->map_len);
     b->hdr = NULL;
     b->data = NULL;
@@ -827,7 +885,6 @@ static int map_segment(int fd, uint64_t hsize, uint64_t size, fi_bcast **out)
     b->spin_ns = 20000;
     b->refs = 1;
     b->life = 2;
-    b->bell = -1;
     b->slot = -1;
     *out = b;
     return 0;
@@ -968,11 +1025,19 @@ void fi_bc_set_scratch(fi_bcast *b, char *buf, size_t cap)
     b->scratch_cap = buf ? cap : 0;
 }
 
-void fi_bc_set_bell(fi_bcast *b, int fd)
+int fi_bc_set_bells(fi_bcast *b, const char *prefix, uint32_t uid)
 {
-    if (b->bell >= 0)
-        close(b->bell);
-    b->bell = fd;
+    if (!usable(b))
+        return -EBADF;
+    if (!prefix || strlen(prefix) > 400)
+        return -EINVAL;
+    char *copy = strdup(prefix);
+    if (!copy)
+        return -ENOMEM;
+    free(b->bell_prefix);
+    b->bell_prefix = copy;
+    b->bell_uid = uid;
+    return 0;
 }
 
 int64_t fi_bc_subscribers(fi_bcast *b)
@@ -1044,19 +1109,17 @@ int fi_bc_shutdown(fi_bcast *b)
     __atomic_add_fetch(&h->wake.pub_futex, 1, __ATOMIC_SEQ_CST);
     futex_wake_all(&h->wake.sub_futex);
     futex_wake_all(&h->wake.pub_futex);
-    if (b->bell >= 0) {
-        char c = 0;
-        ssize_t w = write(b->bell, &c, 1);
-        (void)w;
-    }
+    /* Every taken slot's bell: a watcher must see the shutdown. */
+    for (uint32_t i = 0; i < b->nslots; i++)
+        if (__atomic_load_n(&b->slots[i].owner, __ATOMIC_RELAXED))
+            ring_slot_bell(b, i);
     return 0;
 }
 
-int64_t fi_bc_watch(fi_bcast *b, int delta)
+/* Add delta to *w, clamped to 0..UINT32_MAX (shared with other, possibly
+ * dead or hostile, processes); return the new value. */
+static uint32_t add_clamped(uint32_t *w, int delta)
 {
-    if (!usable(b))
-        return -EBADF;
-    uint32_t *w = &b->hdr->wake.watchers;
     uint32_t old = __atomic_load_n(w, __ATOMIC_SEQ_CST), next;
     do {
         if (delta < 0)
@@ -1064,8 +1127,25 @@ int64_t fi_bc_watch(fi_bcast *b, int delta)
         else
             next = old > UINT32_MAX - (uint32_t)delta ? UINT32_MAX : old + (uint32_t)delta;
     } while (!__atomic_compare_exchange_n(w, &old, next, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
     return next;
+}
+
+int64_t fi_bc_watch(fi_bcast *b, int delta)
+{
+    if (!usable(b))
+        return -EBADF;
+    if (b->slot < 0)
+        return -EINVAL;
+    /* The global count first when adding, last when removing, so it is
+     * never below what the slots need. */
+    if (delta > 0)
+        add_clamped(&b->hdr->wake.watchers, delta);
+    uint32_t n = add_clamped(&b->slots[b->slot].watchers, delta);
+    if (delta < 0)
+        add_clamped(&b->hdr->wake.watchers, delta);
+    /* The watcher's re-check of the ring comes after: a store-load pair. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return n;
 }
 
 int fi_bc_poll(fi_bcast *b)
@@ -1108,6 +1188,7 @@ static int subscribe_locked(fi_bcast *b)
     uint64_t tail = ld_tail(h, __ATOMIC_ACQUIRE), seq = h->prod.seq;
     struct bc_slot *s = &b->slots[found];
     __atomic_store_n(&s->pinned, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&s->watchers, 0, __ATOMIC_SEQ_CST);
     __atomic_store_n(&s->seq, seq, __ATOMIC_SEQ_CST);
     __atomic_store_n(&s->pos, tail, __ATOMIC_SEQ_CST);
     b->slot = found;

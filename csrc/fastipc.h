@@ -295,13 +295,17 @@ void fi_bc_set_spin(fi_bcast *b, int64_t spin_ns);
 /* Lend the handle a buffer for fi_bc_try_recv1 (the caller keeps it alive). */
 void fi_bc_set_scratch(fi_bcast *b, char *buf, size_t cap);
 
-/* Hand the handle the doorbell FIFO fd (O_RDWR|O_NONBLOCK; -1 none), which
- * it owns from here: after a publish or shutdown C writes one byte to it
- * while the watcher count is non-zero; closed with the mapping. Serial. */
-void fi_bc_set_bell(fi_bcast *b, int fd);
+/* Subscriber doorbells: slot i's FIFO is the path prefix + i (Python makes
+ * them). After a publish, and at shutdown, a handle writes one byte to the
+ * FIFO of each slot whose watcher count is non-zero, opening it the first
+ * time (O_NOFOLLOW; only a FIFO owned by this user, root or `uid`) and
+ * keeping the fd until the mapping goes. -EINVAL prefix over 400 bytes,
+ * -ENOMEM. Serial. */
+int fi_bc_set_bells(fi_bcast *b, const char *prefix, uint32_t uid);
 
-/* Add delta to the doorbell watcher count (clamped to 0..UINT32_MAX),
- * then a full fence; return the new count. Serial; never blocks. */
+/* Add delta to this subscriber's slot watcher count (clamped to
+ * 0..UINT32_MAX), then a full fence; return the new count. -EINVAL not
+ * subscribed. Serial; never blocks. */
 int64_t fi_bc_watch(fi_bcast *b, int delta);
 
 /* 1 if a receive on this subscriber would not wait now (a message past its
