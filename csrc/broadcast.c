@@ -496,8 +496,12 @@ static inline int intact(fi_bcast *b, uint64_t pos)
 static int jump_to_head(fi_bcast *b)
 {
     struct bc_header *h = b->hdr;
+    /* reserved before tail: then reserved <= tail + D whatever publishers
+     * did in between, and more means a corrupted segment (which would
+     * otherwise make every record look overrun, for ever). */
+    uint64_t reserved = ld_acq(&h->prod.reserved);
     uint64_t head = ld_acq(&h->prod.head), tail = ld_tail(h, __ATOMIC_ACQUIRE);
-    if (head > tail || tail - head > b->size || head < b->pos)
+    if (head > tail || tail - head > b->size || head < b->pos || reserved > tail + b->size)
         return -EBADMSG;
     b->pos = head;
     b->resync = 1;
@@ -1337,6 +1341,10 @@ static int side_wait(fi_bcast *b, int pub, uint64_t n, int64_t deadline)
 {
     if (__atomic_load_n(&b->closed, __ATOMIC_RELAXED))
         return -EBADF;
+    /* Also here, not only when asleep: a side that looks ready but whose
+     * locked step keeps saying "not yet" must still see its deadline. */
+    if (deadline >= 0 && mono_ns() >= deadline)
+        return -ETIMEDOUT;
     int rc;
     if (!pub && is_shut(b->hdr)) {
         if (deadline >= 0 && mono_ns() >= deadline)

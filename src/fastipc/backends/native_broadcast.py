@@ -129,7 +129,9 @@ def _cbuffer(data: Any, writable: bool = False) -> Any:
     except (BufferError, ValueError):
         check_buffer(data, "buffer" if writable else "message")
         if writable and memoryview(data).readonly:
-            raise TypeError(f"recv_into needs a writable buffer, not {type(data).__name__}") from None
+            raise TypeError(
+                f"recv_into needs a writable buffer, not {type(data).__name__}"
+            ) from None
         raise
 
 
@@ -204,7 +206,9 @@ class NativeBroadcast(_Handle, BroadcastBase):
             _check(lib.fi_bc_create(fd, capacity, subscribers, POLICIES.index(policy), out), name)
             handle = ffi.gc(out[0], lib.fi_bc_free)
             _check(
-                lib.fi_bc_set_bells(handle, subscriber_bell_path(name, 0)[:-1].encode(), os.getuid()),
+                lib.fi_bc_set_bells(
+                    handle, subscriber_bell_path(name, 0)[:-1].encode(), os.getuid()
+                ),
                 name,
             )
         except BaseException:
