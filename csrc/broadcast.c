@@ -534,7 +534,8 @@ static int check_seq(fi_bcast *b, uint64_t seq)
         b->resync = 0;
         return 0;
     }
-    if (!b->resync || seq < b->seq)
+    /* Past what was ever published: not a sequence number a publisher wrote. */
+    if (!b->resync || seq < b->seq || seq > ld_acq(&b->hdr->prod.seq))
         return -EBADMSG;
     b->lagged = seq - b->seq;
     b->missed += b->lagged;
