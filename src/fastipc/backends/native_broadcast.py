@@ -454,7 +454,7 @@ class NativeSubscriber(_Handle, SubscriberBase):
                 f"fit in a buffer of {size} bytes; it stays"
             )
         if rc >= 0:
-            return rc
+            return int(rc)
         return self._fail(rc)  # type: ignore[no-any-return]
 
     def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
