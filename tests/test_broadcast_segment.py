@@ -151,3 +151,43 @@ def test_scribbled_header_and_slots_raise_incompatible_never_crash(ring_name: st
         """,
         timeout=300,
     )
+
+
+def test_fastipc_ls_shows_a_broadcast_ring_with_its_subscribers_and_rm_removes_it(
+    ring_name: str,
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    with (
+        Broadcast.create(ring_name, 1024, policy="block") as pub,
+        Broadcast.subscribe(ring_name) as sub,
+    ):
+        sub.fileno()
+        pub.publish_many([b"a", b"b"])
+        done = subprocess.run(
+            [sys.executable, "-m", "fastipc", "ls", "--json"],
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        entries = json.loads(done.stdout)["entries"]
+        (e,) = [e for e in entries if e["name"] == f"shm://{ring_name}"]
+        assert e["kind"] == "broadcast"
+        if e["backend"] == "python":  # the native layout is described by its own backend
+            assert e["policy"] == "block" and e["max_subscribers"] == 64
+            (s,) = e["subscribers"]
+            assert s["pid"] == os.getpid() and s["alive"] and s["waiting"] == 2
+        subprocess.run(
+            [sys.executable, "-m", "fastipc", "rm", "--force", f"shm://{ring_name}"],
+            env=child_env(),
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+        assert shm_entries(ring_name) == []
