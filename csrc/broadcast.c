@@ -118,7 +118,9 @@ struct bc_slot {
     uint64_t seq;    /* sequence number expected there */
     uint64_t pinned; /* position + 1 of the record an open view lends; 0 none */
     uint32_t watchers; /* readiness watchers of this slot's doorbell */
-    char pad[BC_SLOT_SIZE - 36];
+    uint32_t pad0;
+    uint64_t missed; /* messages this subscriber lost to overwrite (for inspection) */
+    char pad[BC_SLOT_SIZE - 48];
 };
 
 enum bc_hold { HOLD_NONE = 0, HOLD_PUB = 1, HOLD_SUB = 2 };
@@ -539,6 +541,7 @@ static int check_seq(fi_bcast *b, uint64_t seq)
         return -EBADMSG;
     b->lagged = seq - b->seq;
     b->missed += b->lagged;
+    __atomic_store_n(&b->slots[b->slot].missed, b->missed, __ATOMIC_RELAXED);
     b->seq = seq;
     b->resync = 0;
     advance(b, b->pos, seq);
@@ -1194,6 +1197,7 @@ static int subscribe_locked(fi_bcast *b)
     struct bc_slot *s = &b->slots[found];
     __atomic_store_n(&s->pinned, 0, __ATOMIC_SEQ_CST);
     __atomic_store_n(&s->watchers, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&s->missed, 0, __ATOMIC_SEQ_CST);
     __atomic_store_n(&s->seq, seq, __ATOMIC_SEQ_CST);
     __atomic_store_n(&s->pos, tail, __ATOMIC_SEQ_CST);
     b->slot = found;

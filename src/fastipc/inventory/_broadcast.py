@@ -59,6 +59,54 @@ def _python_detail(head: bytes, fd: int) -> dict[str, Any]:
     return detail
 
 
+def _native_detail(fd: int) -> dict[str, Any]:
+    """The native layout (csrc/broadcast.c: struct bc_header, struct bc_slot)."""
+    head = os.pread(fd, 512, 0)
+    capacity, _ = struct.unpack_from("<QQ", head, 24)
+    nslots, policy = struct.unpack_from("<II", head, 40)
+    tail, published = struct.unpack_from("<QQ", head, 136)
+    closed = struct.unpack_from("<I", head, 272)[0]
+    detail: dict[str, Any] = {
+        "capacity": capacity,
+        "policy": {0: "overwrite", 1: "block"}.get(policy, f"unknown ({policy})"),
+        "shut_down": bool(closed or tail >> 63),
+        "max_subscribers": nslots,
+    }
+    if not 1 <= nslots <= _MAX_SLOTS:
+        return detail
+    tail &= (1 << 63) - 1
+    slots = os.pread(fd, 128 * nslots, os.sysconf("SC_PAGESIZE"))
+    subs = []
+    for s in range(len(slots) // 128):
+        owner, pos, seq = struct.unpack_from("<QQQ", slots, 128 * s)
+        missed = struct.unpack_from("<Q", slots, 128 * s + 40)[0]
+        if owner:
+            # The owner word: start time (low 32 bits, clock ticks) << 32 | pid.
+            pid, start = owner & 0x3FFFFFFF, owner >> 32
+            subs.append(
+                {
+                    "slot": s,
+                    "pid": pid,
+                    "alive": pid > 0 and _alive_low32(pid, start),
+                    "waiting": max(published - seq, 0),
+                    "behind_bytes": max(tail - pos, 0),
+                    "missed": missed,
+                }
+            )
+    detail["subscribers"] = subs
+    return detail
+
+
+def _alive_low32(pid: int, start: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return fields[0] not in (b"Z", b"X") and int(fields[19]) & 0xFFFFFFFF == start
+
+
 def as_broadcast(entry: Entry) -> Entry:
     """``entry`` (a ring) as a broadcast entry if its segment is a broadcast ring; else unchanged.
 
@@ -76,7 +124,7 @@ def as_broadcast(entry: Entry) -> Entry:
         if head[:8] == _PYTHON_MAGIC and len(head) == 128:
             detail = {"backend": "python", **_python_detail(head, fd)}
         elif head[:8] == _NATIVE_MAGIC:
-            detail = {"backend": "native"}
+            detail = {"backend": "native", **_native_detail(fd)}
         else:
             return entry
     except (OSError, ValueError, struct.error):
