@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import select
 import signal
 import struct
 import subprocess
@@ -438,3 +439,42 @@ pub.shutdown()
         finally:
             child.wait(120)
         assert child.returncode == 0
+
+
+# ---- readiness doorbells -----------------------------------------------------
+
+
+def test_publisher_in_another_process_rings_only_watching_subscribers_bells(
+    ring_name: str,
+) -> None:
+    with (
+        Broadcast.create(ring_name, 4096, subscribers=4) as pub,
+        Broadcast.subscribe(ring_name) as watching,
+        Broadcast.subscribe(ring_name) as idle,
+    ):
+        idle.fileno()  # has a bell, but does not watch it
+        with watching.watch() as ready:
+            assert not ready
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    f"from fastipc import Broadcast; Broadcast.open({ring_name!r}).publish(b'ding')",
+                ],
+                env=child_env(),
+                timeout=60,
+                check=True,
+            )
+            assert proc.returncode == 0
+            r, _, _ = select.select([watching.fileno()], [], [], 30)
+            assert r == [watching.fileno()]
+            assert watching.readable()
+        assert watching.recv(timeout=0) == b"ding"
+        r, _, _ = select.select([idle.fileno()], [], [], 0)
+        assert r == []  # not watched: no byte written, no syscall paid
+        assert idle.recv(timeout=0) == b"ding"
+        with idle.watch() as ready:
+            assert not ready
+            pub.shutdown()  # rings every taken slot's bell
+            r, _, _ = select.select([idle.fileno()], [], [], 30)
+            assert r == [idle.fileno()]
