@@ -24,7 +24,14 @@ VERSION = re.search(
     r'__version__ = "([^"]+)"', (HERE / "src" / "fastipc" / "_version.py").read_text()
 ).group(1)
 
-SOURCES = ["csrc/ring.c", "csrc/lock.c", "csrc/channel.c", "csrc/handoff.c", "csrc/signals.c"]
+SOURCES = [
+    "csrc/ring.c",
+    "csrc/broadcast.c",
+    "csrc/lock.c",
+    "csrc/channel.c",
+    "csrc/handoff.c",
+    "csrc/signals.c",
+]
 # A changed header rebuilds every source (setuptools only compares these dates).
 DEPENDS = sorted(str(p.relative_to(HERE)) for p in (HERE / "csrc").glob("*.h"))
 CFLAGS = ["-std=gnu11", "-O2", "-Wall", "-Wextra", f'-DFASTIPC_VERSION="{VERSION}"']

@@ -226,6 +226,202 @@ int fi_ring_release(fi_ring *r);
  * -EPERM if another thread holds it. */
 int fi_ring_unhold(fi_ring *r);
 
+/* ---- Broadcast ring: every subscriber gets every message (broadcast.c) ----
+ * One handle type for both roles: a publisher handle (fi_bc_create/open), or
+ * a subscriber once fi_bc_subscribe gave it a slot. Errors every call may
+ * return besides those named: -EBADF NULL or closed handle (and subscriber
+ * calls on a handle without a slot), -EBADMSG the segment is corrupted (a
+ * position, length, sequence number or slot value out of bounds), -EPIPE
+ * shut down (publishing always; receiving once this subscriber drained what
+ * is kept). Receives return -EOVERFLOW when the subscriber was overrun
+ * (policy overwrite): fi_bc_lagged says how many messages it lost, and the
+ * next receive gets the oldest message still kept. */
+typedef struct fi_bcast fi_bcast;
+
+/* A pin a broadcast view owns (as fi_pin): memory the caller allocates
+ * zeroed; NULL once dropped. */
+typedef struct fi_bpin {
+    fi_bcast *bc;
+} fi_bpin;
+
+/* A record of one hold (reserve, recv view), as fi_hold. */
+typedef struct fi_bhold {
+    fi_bcast *bc;
+    uint64_t gen;
+    uint64_t owner;
+} fi_bhold;
+
+/* Size in bytes of the segment file of a broadcast ring of `capacity`
+ * payload bytes and `subscribers` slots. */
+uint64_t fi_bc_segment_size(uint64_t capacity, uint32_t subscribers);
+
+/* Map the already sized, empty segment on `fd` and lay out a broadcast ring
+ * (policy 0 overwrite, 1 block). *out owns the mapping (fi_bc_free); fd may
+ * be closed after. -EINVAL bad capacity, subscribers (1..4096), policy or
+ * file size, -ENOMEM, or mmap's errno. */
+int fi_bc_create(int fd, uint64_t capacity, uint32_t subscribers, int policy, fi_bcast **out);
+
+/* Map the existing broadcast ring on `fd` after checking its header and
+ * size. -EPROTO not a native broadcast ring (magic), -EPROTONOSUPPORT other
+ * layout version, -EAGAIN creator still initialising, -EBADMSG inconsistent
+ * header. */
+int fi_bc_open(int fd, fi_bcast **out);
+
+/* Close the handle (any thread; idempotent; NULL allowed): later calls
+ * return -EBADF, waiting calls wake and return -EBADF. The mapping and the
+ * subscriber slot go once no call is inside and no view or hold is left. */
+void fi_bc_close(fi_bcast *b);
+
+/* Close (if open) and free the handle, when no thread can use the pointer. */
+void fi_bc_free(fi_bcast *b);
+
+/* Keep the mapping while a view lives: records the pin in *pin (which must
+ * hold nothing: -EINVAL). -EBADF once the mapping is gone. Never blocks. */
+int fi_bc_pin_into(fi_bcast *b, fi_bpin *pin);
+
+/* Drop what *pin holds, if anything (idempotent), shaped as a view's
+ * destructor (ffi.gc(view, partial(fi_bpin_drop, pin))); `view` unused. */
+void fi_bpin_drop(fi_bpin *pin, const char *view);
+
+/* fi_bpin_drop shaped as the record's own destructor. */
+void fi_bpin_release(fi_bpin *pin);
+
+/* Geometry, read at open (never blocks): payload capacity (bytes), slots,
+ * policy (0 overwrite, 1 block). */
+uint64_t fi_bc_capacity(const fi_bcast *b);
+uint32_t fi_bc_max_subscribers(const fi_bcast *b);
+int fi_bc_policy(const fi_bcast *b);
+
+/* Busy-wait this long (ns) before sleeping in a blocking call. */
+void fi_bc_set_spin(fi_bcast *b, int64_t spin_ns);
+
+/* Lend the handle a buffer for fi_bc_try_recv1 (the caller keeps it alive). */
+void fi_bc_set_scratch(fi_bcast *b, char *buf, size_t cap);
+
+/* Subscriber doorbells: slot i's FIFO is the path prefix + i (Python makes
+ * them). After a publish, and at shutdown, a handle writes one byte to the
+ * FIFO of each slot whose watcher count is non-zero, opening it the first
+ * time (O_NOFOLLOW; only a FIFO owned by this user, root or `uid`) and
+ * keeping the fd until the mapping goes. -EINVAL prefix over 400 bytes,
+ * -ENOMEM. Serial. */
+int fi_bc_set_bells(fi_bcast *b, const char *prefix, uint32_t uid);
+
+/* Add delta to this subscriber's slot watcher count (clamped to
+ * 0..UINT32_MAX), then a full fence; return the new count. -EINVAL not
+ * subscribed. Serial; never blocks. */
+int64_t fi_bc_watch(fi_bcast *b, int delta);
+
+/* 1 if a receive on this subscriber would not wait now (a message past its
+ * cursor, shut down, or inconsistent positions), else 0. -EINVAL not
+ * subscribed. Serial; never blocks. */
+int fi_bc_poll(fi_bcast *b);
+
+/* Live subscribers: taken slots whose process /proc shows running (reads
+ * a file per taken slot). Never blocks. */
+int64_t fi_bc_subscribers(fi_bcast *b);
+
+/* Slot i's owner word, cursor position and sequence number (a snapshot, for
+ * inspection): 1 taken by a live process, 0 free or dead, -EINVAL i out of
+ * range. Never blocks. */
+int64_t fi_bc_slot_info(fi_bcast *b, uint32_t i, uint64_t *owner, uint64_t *pos, uint64_t *seq);
+
+/* Messages published ever (a snapshot). Never blocks. */
+int64_t fi_bc_published(fi_bcast *b);
+
+/* The longest message (bytes) a publish could append now without waiting
+ * (a snapshot): under overwrite always the capacity; under block what lies
+ * before the slowest live subscriber. -ENOSPC not even an empty one. */
+int64_t fi_bc_room(fi_bcast *b);
+
+/* 1 once fi_bc_shutdown was called by anyone, else 0. */
+int fi_bc_is_shutdown(fi_bcast *b);
+
+/* Mark the ring shut down and wake every waiter. Never blocks. */
+int fi_bc_shutdown(fi_bcast *b);
+
+/* Take a subscriber slot for this handle, with its cursor at the newest end
+ * (it gets what is published after this call). Waits up to timeout_ns for
+ * the publisher lock only (the slot list is changed under it). -EUSERS all
+ * slots are taken by live processes (a dead process's slot is reclaimed),
+ * -EALREADY subscribed already, -ETIMEDOUT, -EINTR. Call without the GIL. */
+int fi_bc_subscribe(fi_bcast *b, int64_t timeout_ns);
+
+/* This handle's slot index, or -1. */
+int fi_bc_slot(fi_bcast *b);
+
+/* Messages waiting for this subscriber (a snapshot; after an overrun, the
+ * ones still kept). -EINVAL not subscribed. Never blocks. */
+int64_t fi_bc_len(fi_bcast *b);
+
+/* Messages lost in the overrun the last -EOVERFLOW reported; all lost so far. */
+uint64_t fi_bc_lagged(const fi_bcast *b);
+uint64_t fi_bc_missed(const fi_bcast *b);
+
+/* Length in bytes of the next message, -EAGAIN none. A hint; never blocks. */
+int64_t fi_bc_next_len(fi_bcast *b);
+
+/* ---- Broadcast, non-blocking: safe with the GIL held (serial, as the ring's). ---- */
+
+/* Publish one message of n bytes. -EAGAIN another publisher is active or
+ * (block) no room, -EMSGSIZE n > capacity. */
+int fi_bc_try_publish(fi_bcast *b, const void *buf, size_t n);
+
+/* Publish from a marshal list/tuple of bytes, skipping the first `skip`;
+ * return how many went out (> 0). -EAGAIN none fits now, -EINVAL not such a
+ * list, -EMSGSIZE an item over the capacity (nothing published). */
+int64_t fi_bc_try_publish_batch(fi_bcast *b, const char *buf, size_t len, size_t skip);
+
+/* Copy the next message into out[0:cap]; return its length. -EAGAIN none
+ * yet (or another thread is receiving on this handle), -EMSGSIZE longer than
+ * cap (it stays), -EOVERFLOW overrun (see above), -EDEADLK a view of this
+ * thread is open. */
+int64_t fi_bc_try_recv(fi_bcast *b, char *out, size_t cap);
+
+/* fi_bc_try_recv into the scratch buffer (one argument: cheaper in cffi). */
+int64_t fi_bc_try_recv1(fi_bcast *b);
+
+/* fi_bc_try_recv1 that busy-waits up to spin_ns for a message (bounded:
+ * fine with the GIL held). */
+int64_t fi_bc_spin_recv1(fi_bcast *b, int64_t spin_ns);
+
+/* Move up to max_count messages into out[0:cap] as a marshal list of bytes;
+ * return the bytes written. -EMSGSIZE the next alone does not fit. */
+int64_t fi_bc_try_recv_batch(fi_bcast *b, char *out, size_t cap, size_t max_count);
+
+/* ---- Broadcast, blocking: spin, then sleep on a futex; call without the GIL. ----
+ * Besides the above: -ETIMEDOUT at the deadline, -EINTR a signal arrived
+ * while asleep, -EDEADLK this thread holds the side already (an open view
+ * or reserve). Publishers under `block` wait for the slowest live
+ * subscriber (a dead one's slot is freed after ~2 ms of no progress);
+ * under `overwrite`, only for an open view on the bytes they would reuse. */
+int fi_bc_publish(fi_bcast *b, const void *buf, size_t n, int64_t timeout_ns);
+int64_t fi_bc_publish_batch(fi_bcast *b, const char *buf, size_t len, size_t skip,
+                            int64_t timeout_ns);
+int64_t fi_bc_recv(fi_bcast *b, char *out, size_t cap, int64_t timeout_ns);
+int64_t fi_bc_recv_batch(fi_bcast *b, char *out, size_t cap, size_t max_count,
+                         int64_t timeout_ns);
+
+/* Wait for room and hold the publisher lock: *ptr gets n writable bytes.
+ * Finish with fi_bc_commit (publish) or fi_bc_abort, same thread. hold (or
+ * NULL) must be empty (-EINVAL). Under overwrite, the room is made at once:
+ * an abort still costs subscribers the messages it displaced. */
+int fi_bc_reserve(fi_bcast *b, size_t n, int64_t timeout_ns, char **ptr, fi_bhold *hold);
+int fi_bc_commit(fi_bcast *b);
+int fi_bc_abort(fi_bcast *b);
+
+/* Wait for the next message and lend it in place, pinned (publishers never
+ * write over it while lent); *ptr gets its bytes, the length is returned.
+ * Finish with fi_bc_release (consumes it), same thread (-EPERM). */
+int64_t fi_bc_peek(fi_bcast *b, int64_t timeout_ns, char **ptr, fi_bhold *hold);
+int fi_bc_release(fi_bcast *b);
+
+/* Let go of an open reserve/view, publishing and consuming nothing. 0 also
+ * when nothing is held; -EPERM another thread holds it. Never blocks. */
+int fi_bc_unhold(fi_bcast *b);
+
+/* Destructor of a hold record (ffi.gc(record, fi_bhold_drop)), as fi_hold_drop. */
+void fi_bhold_drop(fi_bhold *hold);
+
 /* ---- Channel: length-framed messages over a Unix stream socket (channel.c) ----
  * A frame is an 8-byte header (u32 LE payload length, u32 LE flags) and the
  * payload. Flag bit 0 (fds attached) says SCM_RIGHTS fds ride on the frame's

@@ -88,6 +88,25 @@ static int holder_alive(uint64_t v)
     return (uint32_t)start == (uint32_t)(v >> 32);
 }
 
+static __thread uint64_t tls_proc;
+static __thread long tls_proc_pid;
+
+uint64_t fi_proc_self(void)
+{
+    /* Keyed by pid: a forked child must not pass for its parent. */
+    long pid = (long)getpid();
+    if (tls_proc && tls_proc_pid == pid)
+        return tls_proc;
+    char state;
+    uint64_t start = 0;
+    thread_stat(pid, &state, &start);
+    tls_proc = (uint64_t)(uint32_t)start << 32 | ((uint64_t)pid & TID_MASK);
+    tls_proc_pid = pid;
+    return tls_proc;
+}
+
+int fi_owner_alive(uint64_t owner) { return holder_alive(owner & ~(uint64_t)WAITERS); }
+
 static inline int try_as(fi_lock *l, uint64_t self)
 {
     uint64_t v = 0;

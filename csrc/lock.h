@@ -54,4 +54,14 @@ uint64_t fi_lock_self(void);
  * record died in another thread). 0, or -EPERM if someone else holds it. */
 int fi_lock_release_from(fi_lock *l, uint64_t owner);
 
+/* This process's identity word (pid | start time << 32, the shape of a lock
+ * word), for owners that are processes rather than threads (a broadcast
+ * ring's subscriber slots): any thread of the process may act for it. */
+uint64_t fi_proc_self(void);
+
+/* 0 if /proc says the thread or process whose word is `owner` is gone (no
+ * such id, a zombie, or a later one under a reused id), else 1: errs
+ * towards alive (no /proc, no permission). Reads a file: not for hot paths. */
+int fi_owner_alive(uint64_t owner);
+
 #endif /* FASTIPC_LOCK_H */

@@ -50,8 +50,14 @@ def chan_frames() -> dict[str, bytes]:
         "fds": params + raw(frame(b"x", 1), fds=3) + recv_keep + take,
         "fds-unflagged": params + raw(frame(b"y"), fds=2) + recv + recv,
         "synth-frame": params + bytes([0x12]) + u16(3) + bytes([1, 2]) + recv_keep + take,
-        "direct-partial": params + raw(long_frame[:100]) + recv + bytes([0x13]) + u16(0) + b"\2"
-        + raw(long_frame[100:]) + recv,
+        "direct-partial": params
+        + raw(long_frame[:100])
+        + recv
+        + bytes([0x13])
+        + u16(0)
+        + b"\2"
+        + raw(long_frame[100:])
+        + recv,
         "eof-mid-frame": params + raw(frame(b"abcdef")[:5]) + eof + recv,
         "too-long": params + raw(struct.pack("<II", 1 << 20, 0)) + recv,
         "bad-flags": params + raw(frame(b"z", 0x80)) + recv,
@@ -72,13 +78,30 @@ def chan_handoff() -> dict[str, bytes]:
     view_keep = bytes([0x05])
     release = bytes([0x07])
     seeds = {
-        "area-then-bulk": params + area_frame(0, 100, 0) + recv + bulk(50, 100) + recv
-        + bulk(16000, 200) + recv,
-        "view": params + area_frame(1, 1000, 8) + view_release + bulk(10, 4000) + view_keep
+        "area-then-bulk": params
+        + area_frame(0, 100, 0)
+        + recv
+        + bulk(50, 100)
+        + recv
+        + bulk(16000, 200)
+        + recv,
+        "view": params
+        + area_frame(1, 1000, 8)
+        + view_release
+        + bulk(10, 4000)
+        + view_keep
         + release,
-        "view-held-new-area": params + area_frame(0, 10, 0) + view_keep + area_frame(1, 10, 0)
-        + recv + release + recv,
-        "inline-batch": params + bytes([0x02, 3, 0x02, 0, 0x02, 200]) + bytes([0x06]) + u16(4096)
+        "view-held-new-area": params
+        + area_frame(0, 10, 0)
+        + view_keep
+        + area_frame(1, 10, 0)
+        + recv
+        + release
+        + recv,
+        "inline-batch": params
+        + bytes([0x02, 3, 0x02, 0, 0x02, 200])
+        + bytes([0x06])
+        + u16(4096)
         + bytes([8]),
         "out-of-bounds": params + area_frame(1, 100, 4050) + recv,
     }
@@ -123,12 +146,41 @@ def marshal_batch() -> dict[str, bytes]:
     }
 
 
+def bcast_subscriber() -> dict[str, bytes]:
+    def record(payload: bytes, stride: int, seq: int) -> bytes:
+        pad = (-len(payload)) % 8
+        return struct.pack("<IIQ", len(payload), stride, seq) + payload + b"\0" * pad
+
+    two = record(b"hello", 24, 5) + record(b"world!", 40, 6)
+
+    def seg(sel: int, data: bytes, tail: int, count: int, reserved: int = 0) -> bytes:
+        # selector, flags, base (u32, in 64-byte units), first sequence number,
+        # tail offset, reserved delta, head back, messages published, data
+        out = bytes([sel, 0]) + u32(0) + u16(5) + u16(tail) + u16(reserved) + bytes([0, count])
+        return out + u16(len(data)) + data
+
+    return {
+        "recv-two": seg(2, two, 64, 2) + bytes([0x00, 0x02, 0x05, 0x00]),
+        "batch": seg(2, two, 64, 2) + bytes([0x03]) + u16(512) + bytes([8, 0x05]),
+        "view": seg(0, two, 64, 2) + bytes([0x04, 0x01, 0x04, 0x00, 0x06, 0x07]),
+        "overrun": seg(2, two, 64, 2, reserved=8192 + 8) + bytes([0x00, 0x03]) + u16(64) + b"\x04",
+        "block-publish": seg(1, b"", 0, 0)
+        + bytes([0x09])
+        + u16(100)
+        + bytes([0x09])
+        + u16(600)
+        + bytes([0x08, 0x00, 0x0A, 3, 4, 0, 0x02]),
+        "reserve-shutdown": seg(3, b"", 0, 0) + bytes([0x0D, 1, 1, 0x00, 0x0C, 0x5A, 0x00, 0x0B]),
+    }
+
+
 def main() -> None:
     for name, seeds in [
         ("chan_frames", chan_frames()),
         ("chan_handoff", chan_handoff()),
         ("ring_consumer", ring_consumer()),
         ("marshal_batch", marshal_batch()),
+        ("bcast_subscriber", bcast_subscriber()),
     ]:
         d = os.path.join(HERE, "corpus", name)
         os.makedirs(d, exist_ok=True)

@@ -39,5 +39,5 @@ def test_a_readme_example_runs_as_written(name: str, tmp_path: os.PathLike[str])
         [sys.executable, script], check=False, env=child_env(), capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    made = {e for e in set(os.listdir("/dev/shm")) - before if "pool." in e or "frames" in e}
+    made = {e for e in set(os.listdir("/dev/shm")) - before if "pool." in e or "frames" in e or "ticks." in e}
     assert not made, f"the example left {made} in /dev/shm"

@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-HARNESSES=(chan_frames chan_handoff ring_consumer marshal_batch)
+HARNESSES=(chan_frames chan_handoff ring_consumer marshal_batch bcast_subscriber)
 if [ $# -gt 0 ]; then
     HARNESSES=("$@")
 fi
@@ -73,7 +73,8 @@ CFLAGS+=(${FUZZ_CFLAGS:-})
 mkdir -p "$BIN"
 for h in "${HARNESSES[@]}"; do
     echo "== build $h"
-    clang "${CFLAGS[@]}" -o "$BIN/$h" "fuzz/$h.c" "$SRC/ring.c" "$SRC/lock.c" "$SRC/channel.c" "$SRC/handoff.c"
+    clang "${CFLAGS[@]}" -o "$BIN/$h" "fuzz/$h.c" "$SRC/ring.c" "$SRC/broadcast.c" "$SRC/lock.c" \
+        "$SRC/channel.c" "$SRC/handoff.c"
 done
 [ -z "${FUZZ_BUILD_ONLY:-}" ] || exit 0
 

@@ -2,6 +2,7 @@
 
 from ._backend import BACKEND
 from ._version import __version__
+from .broadcast import Broadcast, Subscriber
 from .channel import Channel, Listener, listen
 from .client import Client, connect
 from .errors import (
@@ -10,6 +11,7 @@ from .errors import (
     FastIPCError,
     Full,
     IncompatibleSegment,
+    Lagged,
     MessageTooLarge,
     ProtocolError,
     Timeout,
@@ -20,6 +22,7 @@ from .waiting import wait
 
 __all__ = [
     "BACKEND",
+    "Broadcast",
     "Channel",
     "Client",
     "Closed",
@@ -27,12 +30,14 @@ __all__ = [
     "FastIPCError",
     "Full",
     "IncompatibleSegment",
+    "Lagged",
     "Listener",
     "MessageTooLarge",
     "Peer",
     "ProtocolError",
     "Ring",
     "Server",
+    "Subscriber",
     "Timeout",
     "__version__",
     "connect",

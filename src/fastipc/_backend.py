@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import warnings
 
-__all__ = ["BACKEND", "ChannelImpl", "RingImpl"]
+__all__ = ["BACKEND", "BroadcastImpl", "ChannelImpl", "RingImpl", "SubscriberImpl"]
 
 _choice = os.environ.get("FASTIPC_BACKEND", "auto").strip().lower() or "auto"
 if _choice not in ("auto", "native", "python"):
@@ -22,12 +22,20 @@ if _choice not in ("auto", "native", "python"):
 
 BACKEND: str
 if _choice == "python":
+    from .backends.python_broadcast import PythonBroadcast as BroadcastImpl
+    from .backends.python_broadcast import PythonSubscriber as SubscriberImpl
     from .backends.python_channel import PythonChannel as ChannelImpl
     from .backends.python_ring import PythonRing as RingImpl
 
     BACKEND = "python"
 else:
     try:
+        from .backends.native_broadcast import (  # type: ignore[assignment]
+            NativeBroadcast as BroadcastImpl,
+        )
+        from .backends.native_broadcast import (  # type: ignore[assignment]
+            NativeSubscriber as SubscriberImpl,
+        )
         from .backends.native_channel import NativeChannel as ChannelImpl  # type: ignore[assignment]
         from .backends.native_ring import NativeRing as RingImpl  # type: ignore[assignment]
     except ImportError as exc:
@@ -45,6 +53,8 @@ else:
             RuntimeWarning,
             stacklevel=1,
         )
+        from .backends.python_broadcast import PythonBroadcast as BroadcastImpl
+        from .backends.python_broadcast import PythonSubscriber as SubscriberImpl
         from .backends.python_channel import PythonChannel as ChannelImpl
         from .backends.python_ring import PythonRing as RingImpl
 

@@ -28,6 +28,8 @@ __all__ = [
     "segment_path",
     "semaphore_names",
     "semaphore_paths",
+    "subscriber_bell_path",
+    "subscriber_bells",
     "unlink_ring",
     "validate_name",
 ]
@@ -44,6 +46,9 @@ SEMAPHORE_SUFFIXES = (".items", ".space")
 #: is published, ``.send`` when room is freed (see ``open_bell``).
 BELL_PREFIX = "bell.fastipc."
 BELL_SUFFIXES = (".recv", ".send")
+#: A broadcast ring's subscriber slot N has its own doorbell FIFO,
+#: ``SHM_DIR/BELL_PREFIX + name + SUB_BELL_INFIX + N`` (both backends).
+SUB_BELL_INFIX = ".sub"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
@@ -81,8 +86,27 @@ def bell_paths(name: str) -> list[str]:
     return [f"{SHM_DIR}/{BELL_PREFIX}{name}{s}" for s in BELL_SUFFIXES]
 
 
+def subscriber_bell_path(name: str, slot: int) -> str:
+    """The /dev/shm path of broadcast ring ``name``'s doorbell FIFO for subscriber slot ``slot``."""
+    return f"{SHM_DIR}/{BELL_PREFIX}{name}{SUB_BELL_INFIX}{slot}"
+
+
+def subscriber_bells(name: str) -> list[str]:
+    """The subscriber doorbell FIFOs of broadcast ring ``name`` that exist now."""
+    pattern = re.compile(re.escape(f"{BELL_PREFIX}{name}{SUB_BELL_INFIX}") + r"[0-9]{1,4}")
+    try:
+        entries = os.listdir(SHM_DIR)
+    except OSError:
+        return []
+    return sorted(f"{SHM_DIR}/{e}" for e in entries if pattern.fullmatch(e))
+
+
 def open_bell(
-    name: str, side: int, mode: int | None = None, owners: frozenset[int] | None = None
+    name: str,
+    side: int,
+    mode: int | None = None,
+    owners: frozenset[int] | None = None,
+    path: str | None = None,
 ) -> int:
     """Open ring ``name``'s doorbell FIFO of ``side`` (0 recv, 1 send), making it if missing.
 
@@ -94,9 +118,11 @@ def open_bell(
     must be a FIFO owned by a uid in ``owners`` (default: this user or root,
     as for ``open_segment``; else PermissionError, or
     ``IncompatibleSegment`` for something that is not a FIFO), as a bell
-    another user made could be rung or drained by them.
+    another user made could be rung or drained by them. ``path`` (e.g. a
+    ``subscriber_bell_path``) replaces the ring's ``side`` bell.
     """
-    path = bell_paths(name)[side]
+    if path is None:
+        path = bell_paths(name)[side]
     made = False
     try:
         os.mkfifo(path, 0o600 if mode is None else mode)
@@ -129,7 +155,8 @@ def open_bell(
 
 
 def unlink_ring(name: str) -> None:
-    """Remove ring ``name``'s segment, semaphores and doorbells; open handles keep working.
+    """Remove ring ``name``'s segment, semaphores and doorbells (a broadcast ring's
+    subscriber bells included); open handles keep working.
 
     Raises ValueError/TypeError for a bad name, FileNotFoundError if nothing
     of that name exists. ``os.unlink`` never follows a symlink at the name.
@@ -142,7 +169,7 @@ def unlink_ring(name: str) -> None:
             found = True
         except FileNotFoundError:
             pass
-    for path in bell_paths(name):  # not evidence of a ring by themselves
+    for path in [*bell_paths(name), *subscriber_bells(name)]:  # not evidence of a ring
         try:
             os.unlink(path)
         except FileNotFoundError:

@@ -8,9 +8,11 @@ __all__ = [
     "FastIPCError",
     "Full",
     "IncompatibleSegment",
+    "Lagged",
     "MessageTooLarge",
     "ProtocolError",
     "Timeout",
+    "broadcast_error",
     "channel_error",
     "channel_keeps_open",
     "ring_error",
@@ -67,6 +69,19 @@ class Closed(FastIPCError, EOFError):
 
 class IncompatibleSegment(FastIPCError):
     """A shared-memory segment is not a fastipc ring of this layout, or is corrupted."""
+
+
+class Lagged(FastIPCError):
+    """A broadcast subscriber fell a full ring behind and lost messages to ``policy="overwrite"``.
+
+    ``missed`` is how many messages it lost since its previous receive. Raised
+    once, by the receive that notices; the next receive returns the oldest
+    message the ring still keeps. No message is ever torn or repeated.
+    """
+
+    def __init__(self, message: str = "lagged", *, missed: int = 0) -> None:
+        super().__init__(message)
+        self.missed = missed
 
 
 class ProtocolError(FastIPCError, OSError):
@@ -135,6 +150,33 @@ def ring_error(code: int, name: str, path: str, sending: bool | None = None) -> 
             "(in this thread, or in another: give each thread its own Ring.open())"
         )
     return OSError(code, _os.strerror(code), path)
+
+
+def broadcast_error(
+    code: int, name: str, path: str, sending: bool | None = None, slots: int = 0
+) -> Exception:
+    """The exception for errno ``code`` (positive) from a call on broadcast ring ``name``.
+
+    As :func:`ring_error` (``sending``: a publish times out with :class:`Full`,
+    a receive with :class:`Empty`), plus EUSERS: every one of the ``slots``
+    subscriber slots is taken by a live subscriber.
+    """
+    if code == _errno.EUSERS:
+        return OSError(
+            code,
+            f"broadcast ring {name!r}: all {slots} subscriber slots are taken by live "
+            "subscribers; create it with subscribers=... set higher, or close a subscriber",
+            path,
+        )
+    if code in (_errno.ETIMEDOUT, _errno.EAGAIN):
+        return timed_out(f"broadcast ring {name!r}", sending)
+    if code == _errno.EPIPE:
+        return Closed(f"broadcast ring {name!r} was shut down")
+    if code == _errno.EBADF:
+        return ValueError(f"broadcast ring {name!r} is closed")
+    if code == _errno.EMSGSIZE:
+        return MessageTooLarge(f"broadcast ring {name!r}: message too large")
+    return ring_error(code, name, path, sending)
 
 
 _KEEPS_OPEN = frozenset(

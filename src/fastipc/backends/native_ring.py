@@ -114,6 +114,13 @@ class NativeRing(RingBase):
                         "a ring of the python backend: open it with FASTIPC_BACKEND=python "
                         "(this process uses the native backend)",
                     )
+                if magic in (b"FPCIBC01", b"FIPCPB01"):
+                    backend = "native" if magic == b"FPCIBC01" else "python"
+                    raise incompatible(
+                        name,
+                        f"a broadcast ring ({backend} backend), not a Ring: open it with "
+                        "Broadcast.open or Broadcast.subscribe",
+                    )
                 raise incompatible(name, "not a fastipc ring")
             if rc == -errno.EPROTONOSUPPORT:
                 raise incompatible(name, "a fastipc ring of another layout version")

@@ -11,6 +11,8 @@
   and ``--scaling``, fastipc against other IPC transports (engine, measuring
   process, tables and plots); :mod:`.baseline`: the machine's own limits
   (one-core memcpy, a bare C SPSC ring) measured in the same run.
+- :mod:`.broadcast`: ``fastipc bench --broadcast``, the broadcast ring (one
+  publisher, 1-8 subscriber processes) against pyzmq PUB/SUB and iceoryx2.
 
 Only the command line (``fastipc bench``) imports this package; the library never does.
 """

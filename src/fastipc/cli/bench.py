@@ -35,6 +35,13 @@ def add_parser(sub: Any) -> None:
         "native and to the best peer)",
     )
     p.add_argument(
+        "--broadcast",
+        action="store_true",
+        help="measure the broadcast ring: one publisher and 1/2/4/8 subscriber processes, "
+        "64 B one call per message and batched, 1 MiB read in place; per-subscriber msgs/s "
+        "against pyzmq PUB/SUB over ipc:// and iceoryx2 publish/subscribe (those installed)",
+    )
+    p.add_argument(
         "--scaling",
         action="store_true",
         help="throughput against 1/2/4/8 producers and 4x4, and against message size "
@@ -92,6 +99,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CLIError("--repeat must be at least 1")
     if args.duration is not None and not 0 < args.duration <= 600:
         raise CLIError("--duration must be between 0 and 600 seconds")
+    if args.broadcast:
+        return _cmd_broadcast(args)
     if args.peers or args.scaling:
         return _cmd_peers(args)
     # Imported here, not at the top: only this verb needs the benchmark package,
@@ -166,6 +175,41 @@ def _write_json(data: dict[str, Any], where: str) -> None:
             f.write(text + "\n")
     except OSError as exc:
         raise CLIError(f"cannot write {where}: {exc.strerror}") from None
+
+
+def _cmd_broadcast(args: argparse.Namespace) -> int:
+    """``fastipc bench --broadcast``: the broadcast ring against pyzmq PUB/SUB and iceoryx2."""
+    from ..bench.broadcast import TRANSPORTS, format_broadcast, run_broadcast
+
+    if args.plot:
+        raise CLIError("--plot draws the --peers and --scaling figures, not --broadcast")
+    transports = TRANSPORTS
+    if args.backend != "both":
+        other = "python" if args.backend == "native" else "native"
+        transports = tuple(t for t in TRANSPORTS if t != other)
+    counts = (1, 2) if args.quick else (1, 2, 4, 8)
+    repeat = args.repeat or (1 if args.quick else 3)
+    duration = args.duration or (0.2 if args.quick else 1.0)
+    show = sys.stderr.isatty()
+    progress = _progress(show)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        report = run_broadcast(
+            transports, counts=counts, duration=duration, repeat=repeat, progress=progress
+        )
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if show:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+    if args.json:
+        _write_json(report, args.json)
+    if args.json != "-":
+        sys.stdout.write(format_broadcast(report))
+    return 0
 
 
 def _cmd_peers(args: argparse.Namespace) -> int:

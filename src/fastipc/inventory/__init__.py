@@ -47,6 +47,7 @@ import stat
 from collections.abc import Iterable
 
 from .._names import BELL_PREFIX, SHM_DIR
+from ._broadcast import as_broadcast
 from ._entries import (
     COLUMNS,
     Entry,
@@ -87,7 +88,7 @@ def inventory(scan: ProcessScan | None = None) -> tuple[list[Entry], list[str]]:
     for name in ring_names():
         e = ring_entry(name, scan)
         if e is not None:
-            entries.append(e)
+            entries.append(as_broadcast(e))
     mount = mqueue_mount()
     if mount is None:
         notes.append(

@@ -12,6 +12,7 @@ import posix_ipc
 
 from .._names import segment_path, semaphore_paths, unlink_ring, validate_name
 from ..endpoints import parse
+from ._broadcast import as_broadcast
 from ._entries import Entry, bound_paths, file_entry, queue_attrs, queue_entry, ring_entry
 from ._proc import ProcessScan, mqueue_mount
 
@@ -93,7 +94,7 @@ def lookup(target: Target, scan: ProcessScan | None = None) -> Entry:
         e = ring_entry(target.name, scan)
         if e is None:
             raise FileNotFoundError(errno.ENOENT, "no such ring", target.given)
-        return e
+        return as_broadcast(e)
     if target.kind == "queue":
         scan = scan or ProcessScan(maps=False)
         mount = mqueue_mount()
@@ -152,7 +153,7 @@ def is_listening(path: str) -> bool:
 
 def remove(entry: Entry) -> None:
     """Remove the object of ``entry`` (its name: handles others hold keep working)."""
-    if entry.kind == "ring":
+    if entry.kind in ("ring", "broadcast"):
         unlink_ring(entry.name[len("shm://") :])
     elif entry.kind == "queue":
         name = entry.name[len("mq://") :]

@@ -1,0 +1,1383 @@
+"""The pure-Python broadcast backend: one shared-memory ring, a cursor slot per subscriber.
+
+Built like ``python_ring.py`` (whose lock helpers it imports): OFD file locks
+for mutual exclusion and crash safety, a double-slot commit for the shared
+positions, every word read from the segment bounds-checked.
+
+Layout of ``/dev/shm/fastipc.NAME`` (u64 words, little-endian)::
+
+    offset  size  field
+         0     8  magic b"FIPCPB01" (written last at creation)
+         8     4  layout version                       12  4  reserved
+        16     8  capacity: the largest payload, bytes
+        24     8  D: size of the data area, bytes (multiple of 8, >= align8(capacity) + 8)
+        32     8  closed flag (non-zero after shutdown)
+        40     8  policy: 0 overwrite, 1 block
+        48     8  N: subscriber slots
+        56     8  state selector: bit 0 picks the live state slot
+        64    32  state slot 0: (tail, published, floor, floor seq)
+        96    32  state slot 1
+       128     8  sleepers: sum of the subscriber slots' watcher counts
+       136     8  publisher waiting for room (0/1; rung through the ".send" bell)
+       144     8  slots high-water mark: slots at or above it were never used
+       256     2  bytes locked (never read or written): producer, state
+       512  64*N  subscriber slots, 8 words each:
+                  (owner pid, owner start time, cursor, cursor seq, missed,
+                   watchers, pinned position + 1, generation)
+         H     D  data area (H: the slots' end rounded up to a page):
+                  records of [u64 payload length][payload, padded to 8]
+
+Positions are monotonic byte counts (a record starts at ``position % D``,
+8-aligned; a payload may wrap). ``floor`` is the oldest record still kept;
+``floor seq`` its sequence number, ``published`` the next one. A subscriber
+at cursor ``c < floor`` was overrun: it lost ``floor seq - cursor seq``
+messages (Lagged) and continues at the floor.
+
+Locks and ordering (the crash-safety argument is python_ring.py's):
+
+* The producer lock serialises publishers for a whole publish; only its
+  holder changes the state slot or writes the data area, so it reads the
+  slot without the state lock.
+* The state lock: publishers take it exclusively (F_WRLCK) to commit;
+  subscribers take it shared (F_RDLCK) to read the state, copy their
+  message and store their own cursor, so subscribers do not exclude each
+  other, while a publisher's commit waits until no copy is under way.
+  Claiming, freeing and watcher counts take it exclusively.
+* Overwrite never tears a message: a publisher that needs space first
+  commits a new floor past the oldest records, and only then writes over
+  them. A subscriber reads the floor and copies under the shared lock, so
+  the floor cannot pass it meanwhile. A recv_view pins its message (word 6
+  of its slot): a publisher whose new floor would pass a pin waits.
+* Under block the floor is the slowest live subscriber's cursor, found by a
+  publisher that runs out of room; a slot whose owner is dead (pid gone, or
+  reused: the start time from /proc differs) is reclaimed then, and by
+  subscribe when every slot is taken.
+
+Wake-ups: each subscriber slot has a doorbell FIFO (``_names.subscriber_bell_path``).
+A subscriber about to sleep registers as a watcher of its slot (and in the
+sleepers total) under the exclusive lock, re-checks, then polls its FIFO; a
+publisher reads the sleepers total in its commit's critical section and,
+only if non-zero, writes a byte to the bell of each watching slot. So an
+idle subscriber costs nothing but a wake-up every ``_SLEEP_CAP`` seconds,
+and a publish with nobody asleep costs no syscall beyond the locks. Why
+FIFOs rather than a semaphore per slot: the same fd is the readiness fd
+asyncio and selectors wait on, and a byte waits in the FIFO for a
+subscriber that had not yet gone to sleep. A publisher short of room waits
+on the ring's ``.send`` bell, which subscribers ring after they advance
+while the waiting flag is set.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import select
+import struct
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
+from typing import Any, Callable
+
+from .._checks import MAX_CAPACITY, check_buffer, release_view
+from .._contract_broadcast import MAX_SUBSCRIBERS, POLICIES, BroadcastBase, SubscriberBase
+from .._names import (
+    bell_paths,
+    incompatible,
+    open_bell,
+    open_segment,
+    segment_path,
+    subscriber_bell_path,
+)
+from ..errors import Closed, Lagged, MessageTooLarge, Timeout, broadcast_error, timed_out
+from .python_ring import _BUSY, _F_SETLK, _F_SETLKW, _align8, _check_count, _deadline, _flock
+
+__all__ = ["PythonBroadcast", "PythonSubscriber", "describe_segment"]
+
+if sys.byteorder != "little":  # pragma: no cover - the layout uses native u64 words
+    raise ImportError("the python broadcast backend supports little-endian machines only")
+
+MAGIC = b"FIPCPB01"
+LAYOUT_VERSION = 1
+#: Other fastipc segments, named in the error when one is opened as a broadcast ring.
+_OTHER_MAGICS = {
+    b"FPCIBC01": "a broadcast ring of the native backend: open it with FASTIPC_BACKEND=native",
+    b"FIPCPY01": "a Ring (python backend), not a broadcast ring: open it with Ring.open",
+    b"FPCIRN01": "a Ring (native backend), not a broadcast ring: open it with Ring.open",
+}
+
+_W_MAGIC = 0
+_W_VERSION = 1
+_W_CAPACITY = 2
+_W_DSIZE = 3
+_W_CLOSED = 4
+_W_POLICY = 5
+_W_NSLOTS = 6
+_W_SEL = 7
+_W_STATE = 8  # slots 8..11 and 12..15: (tail, published, floor, floor seq)
+_W_SLEEPERS = 16
+_W_PUBWAIT = 17
+_W_HIGH = 18
+_SLOTS_AT = 512  # byte offset of the subscriber slots
+_SLOT_WORDS = 8
+# Words of a subscriber slot.
+_S_PID, _S_START, _S_POS, _S_SEQ, _S_MISSED, _S_WATCH, _S_PIN, _S_GEN = range(8)
+
+_LOCK_PRODUCER = 256
+_LOCK_STATE = 257
+_WR = {b: _flock(fcntl.F_WRLCK, b) for b in (_LOCK_PRODUCER, _LOCK_STATE)}
+_RD_STATE = _flock(fcntl.F_RDLCK, _LOCK_STATE)
+_UN = {b: _flock(fcntl.F_UNLCK, b) for b in (_LOCK_PRODUCER, _LOCK_STATE)}
+_UN_BOTH = _flock(fcntl.F_UNLCK, _LOCK_PRODUCER, 2)
+
+_MAX_POS = 1 << 62
+#: Longest sleep before re-checking the shared state (seconds): a peer killed
+#: between its commit and its bell cannot strand a waiter for longer.
+_SLEEP_CAP = 0.2
+#: How long a waiter watches the live tail before registering and sleeping (seconds).
+_SPIN = 100e-6
+_LOCK_SPIN = 50e-6
+_POLL_MAX = 0.001
+#: Even timeout=0 waits this long for a peer's microsecond-long hold of the state lock.
+_STATE_GRACE = 0.05
+_COMMIT_GRACE = 1.0
+_OPEN_WAIT = 1.0
+
+
+def _header_size(nslots: int) -> int:
+    page = mmap.PAGESIZE
+    return (_SLOTS_AT + 64 * nslots + page - 1) // page * page
+
+
+def _data_size(capacity: int) -> int:
+    page = mmap.PAGESIZE
+    return (_align8(capacity) + 8 + page - 1) // page * page
+
+
+def _proc_start(pid: int) -> int | None:
+    """Start time (clock ticks since boot) of live process ``pid``; None if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError:
+        return -1  # unreadable: treat as alive (never reclaim what we cannot judge)
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+_me: tuple[int, int] = (0, 0)
+
+
+def _self_id() -> tuple[int, int]:
+    """(pid, start time) of this process, recomputed after fork."""
+    global _me
+    pid = os.getpid()
+    if _me[0] != pid:
+        _me = (pid, _proc_start(pid) or 0)
+    return _me
+
+
+def describe_segment(head: bytes) -> dict[str, int] | None:
+    """Capacity, data size, policy code and slot count from a segment's first 64 bytes, or None."""
+    if len(head) < 56 or head[:8] != MAGIC:
+        return None
+    _, capacity, dsize, closed, policy, nslots = struct.unpack_from("<I4xQQQQQ", head, 8)
+    return {
+        "capacity": capacity,
+        "dsize": dsize,
+        "closed": closed,
+        "policy": policy,
+        "nslots": nslots,
+    }
+
+
+class _Handle:
+    """The segment, its locks and the state words, shared by publisher and subscriber handles."""
+
+    name: str
+    capacity: int
+    policy: str
+    max_subscribers: int
+    _owners: frozenset[int] | None
+    _what = "broadcast ring"
+
+    def _setup(self, name: str, fd: int, geometry: tuple[int, int, int, int]) -> None:
+        capacity, dsize, policy, nslots = geometry
+        hsize = _header_size(nslots)
+        mm = mmap.mmap(fd, hsize + dsize, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.name = name
+        self.capacity = capacity
+        self.policy = POLICIES[policy]
+        self._block = policy == 1
+        self.max_subscribers = nslots
+        self._fd = fd
+        self._mm = mm
+        self._buf = memoryview(mm)
+        self._q = self._buf.cast("Q")
+        self._D = dsize
+        self._H = hsize
+        self._tlock = threading.Lock()
+        self._slock = threading.Lock()
+        self._owner = 0
+        self._closed = False
+        self._torn_down = False
+        self._bells: dict[int, int] = {}  # slot (or -1: the send bell) -> fd
+        _LIVE.add(self)
+
+    @staticmethod
+    def _geometry(name: str, fd: int) -> tuple[int, int, int, int]:
+        """Wait (up to ~1 s) for a creator; return (capacity, D, policy, N), all checked."""
+        give_up = time.monotonic() + _OPEN_WAIT
+        while True:
+            try:
+                fcntl.fcntl(fd, _F_SETLK, _WR[_LOCK_STATE])
+            except OSError as exc:
+                if exc.errno not in _BUSY:
+                    raise
+                locked = False
+            else:
+                locked = True
+            try:
+                size = os.fstat(fd).st_size
+                head = os.pread(fd, 56, 0) if size >= 56 else b""
+            finally:
+                if locked:
+                    fcntl.fcntl(fd, _F_SETLK, _UN[_LOCK_STATE])
+            if locked and len(head) == 56 and head[:8] != bytes(8):
+                break
+            if time.monotonic() >= give_up:
+                if len(head) < 56:
+                    raise incompatible(name, f"segment is {size} bytes, too small for a header")
+                if not locked:
+                    raise incompatible(name, "segment is still locked by its creator after 1 s")
+                raise incompatible(name, "segment was never initialised (magic is zero)")
+            time.sleep(0.001)
+        magic = head[:8]
+        if magic != MAGIC:
+            raise incompatible(
+                name,
+                _OTHER_MAGICS.get(magic, f"magic {magic!r} is not a broadcast ring's {MAGIC!r}"),
+            )
+        version = struct.unpack_from("<I", head, 8)[0]
+        if version != LAYOUT_VERSION:
+            raise incompatible(
+                name, f"layout version {version}, this fastipc reads {LAYOUT_VERSION}"
+            )
+        d = describe_segment(head)
+        assert d is not None
+        capacity, dsize, policy, nslots = d["capacity"], d["dsize"], d["policy"], d["nslots"]
+        if not 1 <= capacity <= MAX_CAPACITY:
+            raise incompatible(name, f"capacity {capacity} is out of range")
+        if dsize != _data_size(capacity):
+            raise incompatible(name, f"data size {dsize} does not fit capacity {capacity}")
+        if policy not in (0, 1):
+            raise incompatible(name, f"policy code {policy} is unknown")
+        if not 1 <= nslots <= MAX_SUBSCRIBERS:
+            raise incompatible(name, f"subscriber slot count {nslots} is out of range")
+        if size < _header_size(nslots) + dsize:
+            raise incompatible(
+                name,
+                f"segment is {size} bytes, smaller than its layout "
+                f"({_header_size(nslots) + dsize})",
+            )
+        return capacity, dsize, policy, nslots
+
+    # ---- locks ----------------------------------------------------------------
+    def _lock(self, byte: int, deadline: float | None, op: bytes | None = None) -> None:
+        """Take OFD lock ``byte`` (``op``: a prepared flock, default exclusive); poll until
+        ``deadline``, waking for close() from another thread (python_ring.py's _lock)."""
+        op = _WR[byte] if op is None else op
+        fd = self._fd
+        try:
+            fcntl.fcntl(fd, _F_SETLK, op)
+            return
+        except OSError as exc:
+            if exc.errno not in _BUSY:
+                raise
+        spin_end = time.monotonic() + _LOCK_SPIN
+        pause = 10e-6
+        while True:
+            if time.monotonic() >= spin_end:
+                if self._closed:
+                    raise ValueError(f"{self._what} {self.name!r} is closed")
+                if deadline is None:
+                    time.sleep(pause)
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise timed_out(
+                            f"broadcast ring {self.name!r}",
+                            None if byte == _LOCK_STATE else True,
+                        )
+                    time.sleep(min(pause, remaining))
+                pause = min(pause * 2, _POLL_MAX)
+            else:
+                os.sched_yield()
+            try:
+                fcntl.fcntl(fd, _F_SETLK, op)
+                return
+            except OSError as exc:
+                if exc.errno not in _BUSY:
+                    raise
+
+    @staticmethod
+    def _grace(deadline: float | None, grace: float = _STATE_GRACE) -> float | None:
+        return None if deadline is None else max(deadline, time.monotonic() + grace)
+
+    def _check_enter(self, deadline: float | None, sending: bool | None) -> int:
+        me = threading.get_ident()
+        if self._owner == me:
+            raise RuntimeError(
+                f"{self._what} {self.name!r}: the handle is busy in a reserve()/recv_view() "
+                "block of this thread"
+            )
+        if self._closed:
+            raise ValueError(f"{self._what} {self.name!r} is closed")
+        if deadline is not None:
+            while self._tlock.locked():
+                if time.monotonic() >= deadline:
+                    raise timed_out(
+                        f"broadcast ring {self.name!r} (another thread is using this handle)",
+                        sending,
+                    )
+                time.sleep(0.0005)
+        return me
+
+    def _left(self) -> None:
+        if self._closed and not self._torn_down:
+            self._teardown()
+
+    # ---- shared state -------------------------------------------------------
+    def _state(self) -> tuple[int, int, int, int]:
+        """(tail, published, floor, floor seq), validated. Read under the state lock,
+        or holding the producer lock (only its holder changes them)."""
+        q = self._q
+        i = _W_STATE + 4 * (q[_W_SEL] & 1)
+        tail, pub, floor, fseq = q[i], q[i + 1], q[i + 2], q[i + 3]
+        if not (
+            0 <= tail - floor <= self._D
+            and tail < _MAX_POS
+            and tail % 8 == 0
+            and floor % 8 == 0
+            and 0 <= pub - fseq
+            and pub < _MAX_POS
+            and 8 * (pub - fseq) <= tail - floor
+        ):
+            raise incompatible(
+                self.name,
+                f"corrupt broadcast state: tail={tail} floor={floor} published={pub} "
+                f"floor_seq={fseq}",
+            )
+        return tail, pub, floor, fseq
+
+    def _flip(self, tail: int, pub: int, floor: int, fseq: int) -> None:
+        """Commit a new state: fill the idle slot, then flip the selector (one 8-byte store).
+        Exclusive state lock held (and the producer lock)."""
+        q = self._q
+        sel = q[_W_SEL] & 1
+        i = _W_STATE + 4 * (sel ^ 1)
+        q[i] = tail
+        q[i + 1] = pub
+        q[i + 2] = floor
+        q[i + 3] = fseq
+        q[_W_SEL] = sel ^ 1
+
+    def _slot_word(self, slot: int, word: int) -> int:
+        return _SLOTS_AT // 8 + _SLOT_WORDS * slot + word
+
+    def _high(self) -> int:
+        """The slot high-water mark, clamped to the slot count (a hostile value cannot overrun)."""
+        return min(self._q[_W_HIGH], self.max_subscribers)
+
+    def _length(self, pos: int, tail: int) -> int:
+        n: int = self._q[(self._H + pos % self._D) >> 3]
+        if n > self.capacity or 8 + _align8(n) > tail - pos:
+            raise incompatible(self.name, f"corrupt record: length {n} at position {pos}")
+        return n
+
+    def _read(self, pos: int, n: int) -> bytes:
+        D = self._D
+        off = (pos + 8) % D
+        base = self._H + off
+        if off + n <= D:
+            return self._mm[base : base + n]
+        first = D - off
+        return self._mm[base : base + first] + self._mm[self._H : self._H + n - first]
+
+    def _free_slot(self, slot: int) -> None:
+        """Empty subscriber slot ``slot``; the exclusive state lock is held."""
+        q = self._q
+        w = self._slot_word(slot, 0)
+        watch = q[w + _S_WATCH]
+        q[_W_SLEEPERS] = max(q[_W_SLEEPERS] - watch, 0) if watch < 1 << 32 else 0
+        for k in range(_S_GEN):
+            q[w + k] = 0
+        q[w + _S_GEN] = (q[w + _S_GEN] + 1) & ((1 << 63) - 1)
+
+    def _reclaim_dead(self, slots: Iterable[int]) -> int:
+        """Free those of ``slots`` whose owner process is dead; how many. Exclusive lock held."""
+        q = self._q
+        freed = 0
+        for s in slots:
+            w = self._slot_word(s, 0)
+            pid = q[w + _S_PID]
+            if pid == 0:
+                continue
+            if pid >= 1 << 31 or _proc_start(pid) not in (q[w + _S_START], -1):
+                self._free_slot(s)
+                freed += 1
+        return freed
+
+    # ---- bells ------------------------------------------------------------------
+    def _ring(self, slot: int) -> None:
+        """Write a byte to subscriber ``slot``'s bell (-1: the publishers' send bell).
+        Errors are ignored: a full FIFO already holds a wake-up, and sleepers
+        re-check every _SLEEP_CAP anyway."""
+        with self._slock:  # teardown closes the fds under it: never write to a reused fd
+            if self._torn_down:
+                return
+            fd = self._bells.get(slot, -1)
+            try:
+                if fd < 0:
+                    if slot < 0:
+                        fd = open_bell(self.name, 1, owners=self._owners)
+                    else:
+                        fd = open_bell(
+                            self.name,
+                            0,
+                            owners=self._owners,
+                            path=subscriber_bell_path(self.name, slot),
+                            mode=self._mode(),
+                        )
+                    self._bells[slot] = fd
+                os.write(fd, b"\0")
+            except OSError:
+                pass
+
+    def _mode(self) -> int:
+        return os.fstat(self._fd).st_mode & 0o777
+
+    # ---- teardown and fork ---------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _release(self) -> None:
+        """What a handle gives back before its fd closes (a subscriber: its slot)."""
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._owner and self._owner != threading.get_ident():
+            self._wake_self()  # a call blocked in another thread: wake it now
+        if self._owner == threading.get_ident():
+            self._teardown()
+        else:
+            got: list[bool] = []
+            try:
+                got += map(self._tlock.acquire, (False,))
+                if got[0]:
+                    self._teardown()
+            finally:
+                if got and got[0]:
+                    self._tlock.release()
+
+    def _wake_self(self) -> None:
+        """Wake a call of this handle blocked in another thread (close() calls it)."""
+
+    def _teardown(self) -> None:
+        if self._torn_down:
+            return
+        with suppress(Exception):
+            self._release()
+        self._torn_down = True
+        with self._slock:
+            fcntl.fcntl(self._fd, _F_SETLK, _flock(fcntl.F_UNLCK, _LOCK_PRODUCER, 2))
+            self._q.release()
+            self._buf.release()
+            self._close_mapping()
+            os.close(self._fd)
+            bells, self._bells = self._bells, {}
+            for fd in bells.values():
+                os.close(fd)
+
+    def _close_mapping(self) -> None:
+        try:
+            self._mm.close()
+        except BufferError:
+            pass  # a view is still out (retried when its block releases it, else at GC)
+
+    def _after_fork_in_child(self) -> None:
+        """A handle inherited through fork() gets its own open file description
+        (python_ring.py's reason: shared OFD locks would not exclude parent and child)."""
+        self._tlock = threading.Lock()
+        self._slock = threading.Lock()
+        self._owner = 0
+        if self._torn_down:
+            return
+        old_fd, old_mm = self._fd, self._mm
+        try:
+            fd = os.open(f"/proc/self/fd/{old_fd}", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                mm = mmap.mmap(fd, len(old_mm), mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            except BaseException:
+                os.close(fd)
+                raise
+        except OSError:
+            self._closed = self._torn_down = True
+            return
+        self._q.release()
+        self._buf.release()
+        self._fd, self._mm = fd, mm
+        self._buf = memoryview(mm)
+        self._q = self._buf.cast("Q")
+        with suppress(BufferError):
+            old_mm.close()
+        os.close(old_fd)
+        self._bells = {}  # the parent's fds stay the parent's (closing them here is fine too)
+
+    def __del__(self) -> None:
+        with suppress(Exception):
+            if not self._closed:
+                self.close()
+            elif not self._torn_down:
+                self._teardown()
+
+
+class PythonBroadcast(_Handle, BroadcastBase):
+    """:class:`~fastipc.Broadcast` (the publisher) in Python over mmap and OFD locks."""
+
+    _what = "broadcast ring"
+
+    @classmethod
+    def _create(
+        cls, name: str, capacity: int, subscribers: int, policy: str, mode: int
+    ) -> PythonBroadcast:
+        path = segment_path(name)
+        dsize = _data_size(capacity)
+        hsize = _header_size(subscribers)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        made = [path]
+        try:
+            os.fchmod(fd, mode)  # the umask must not apply
+            fcntl.fcntl(fd, _F_SETLKW, _WR[_LOCK_STATE])  # an opener waits for the magic
+            os.ftruncate(fd, hsize + dsize)
+            head = struct.pack(
+                "<8sI4xQQQQQ",
+                bytes(8),
+                LAYOUT_VERSION,
+                capacity,
+                dsize,
+                0,
+                POLICIES.index(policy),
+                subscribers,
+            )
+            os.pwrite(fd, head, 0)
+            for side, bell in enumerate(bell_paths(name)):
+                made.append(bell)
+                os.close(open_bell(name, side, mode))
+            os.pwrite(fd, MAGIC, 0)  # last: an opener that sees the magic sees a whole ring
+            fcntl.fcntl(fd, _F_SETLK, _UN[_LOCK_STATE])
+            pub = cls.__new__(cls)
+            pub._owners = None
+            pub._setup(name, fd, (capacity, dsize, POLICIES.index(policy), subscribers))
+        except BaseException:
+            os.close(fd)
+            for p in made:
+                with suppress(OSError):
+                    os.unlink(p)
+            raise
+        return pub
+
+    @classmethod
+    def _open(cls, name: str, owners: frozenset[int] | None = None) -> PythonBroadcast:
+        fd = open_segment(name, owners)
+        try:
+            geometry = cls._geometry(name, fd)
+            pub = cls.__new__(cls)
+            pub._owners = owners
+            pub._setup(name, fd, geometry)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            pub._snapshot()
+        except BaseException:
+            pub.close()
+            raise
+        return pub
+
+    def _message(self, data: Any) -> memoryview:
+        mv = check_buffer(data)
+        if mv.nbytes > self.capacity:
+            raise MessageTooLarge(
+                f"message of {mv.nbytes} bytes exceeds broadcast ring capacity {self.capacity}"
+            )
+        return mv
+
+    # ---- making room ---------------------------------------------------------------
+    def _make_room(self, need: int, deadline: float | None) -> tuple[int, int]:
+        """Make ``need`` bytes free after the tail; return (tail, published). Producer lock held.
+
+        The fast path reads the state without the state lock (only producers
+        change it). Short of room, ``overwrite`` commits a new floor past the
+        oldest records (waiting only for a pinned view), ``block`` moves the
+        floor up to the slowest live subscriber (waiting for it if needed).
+        """
+        D = self._D
+        check_dead = True
+        waiting = False
+        try:
+            while True:
+                if self._q[_W_CLOSED]:
+                    raise Closed(f"broadcast ring {self.name!r} is shut down")
+                tail, pub, floor, fseq = self._state()
+                if tail + need - floor <= D:
+                    return tail, pub
+                if self._block:
+                    target = tail + need - D
+                    new_floor, new_fseq = floor, fseq
+                else:
+                    target = tail + need - D
+                    new_floor, new_fseq = self._skip(floor, fseq, target, tail)
+                ok = False
+                with self._slock:
+                    if self._torn_down:
+                        raise ValueError(f"broadcast ring {self.name!r} is closed")
+                    try:
+                        self._lock(_LOCK_STATE, self._grace(deadline))
+                        self._state()
+                        if self._block:
+                            new_floor, new_fseq, blockers = self._slowest(tail, pub)
+                            if new_floor < target and check_dead and self._reclaim_dead(blockers):
+                                new_floor, new_fseq, blockers = self._slowest(tail, pub)
+                            ok = new_floor >= target
+                        else:
+                            pins = self._pins_below(new_floor)
+                            if pins and check_dead and self._reclaim_dead(pins):
+                                pins = self._pins_below(new_floor)
+                            ok = not pins
+                        # Under block, moving the floor up to the slowest is progress
+                        # even when not enough; under overwrite it must not pass a pin.
+                        if ok or (self._block and new_floor > floor):
+                            self._flip(tail, pub, max(new_floor, floor), max(new_fseq, fseq))
+                        # Set under the lock subscribers read it under: either the
+                        # subscriber that frees room sees the flag, or we see its move.
+                        self._q[_W_PUBWAIT] = 0 if ok else 1
+                        waiting = not ok
+                    finally:
+                        fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
+                if ok:
+                    continue  # re-read the committed state and return it
+                check_dead = self._sleep_send(deadline)
+        finally:
+            if waiting:
+                self._clear_wait()
+
+    def _clear_wait(self) -> None:
+        with suppress(Exception), self._slock:
+            if not self._torn_down:
+                try:
+                    self._lock(_LOCK_STATE, time.monotonic() + _STATE_GRACE)
+                    self._q[_W_PUBWAIT] = 0
+                finally:
+                    fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
+
+    def _skip(self, floor: int, fseq: int, target: int, tail: int) -> tuple[int, int]:
+        """The first record boundary at or past ``target``, walking from the floor; its seq."""
+        while floor < target:
+            floor += 8 + _align8(self._length(floor, tail))
+            fseq += 1
+        return floor, fseq
+
+    def _slowest(self, tail: int, pub: int) -> tuple[int, int, list[int]]:
+        """(cursor, seq) of the slowest subscriber, (tail, pub) if none, and the slots at
+        it. Exclusive state lock held; a cursor outside [floor, tail] is corrupt."""
+        q = self._q
+        low, low_seq, at = tail, pub, []
+        _, _, floor, _ = self._state()
+        for s in range(self._high()):
+            w = self._slot_word(s, 0)
+            if q[w + _S_PID] == 0:
+                continue
+            pos = q[w + _S_POS]
+            if not floor <= pos <= tail:
+                raise incompatible(self.name, f"subscriber slot {s} has cursor {pos} out of range")
+            if pos < low:
+                low, low_seq, at = pos, q[w + _S_SEQ], [s]
+            elif pos == low:
+                at.append(s)
+        return low, low_seq, at
+
+    def _pins_below(self, new_floor: int) -> list[int]:
+        """Slots whose open view pins a record the new floor would drop. Exclusive lock held."""
+        q = self._q
+        out = []
+        for s in range(self._high()):
+            pin = q[self._slot_word(s, _S_PIN)]
+            if pin and pin - 1 < new_floor and q[self._slot_word(s, _S_PID)]:
+                out.append(s)
+        return out
+
+    def _sleep_send(self, deadline: float | None) -> bool:
+        """Sleep on the send bell until rung, the deadline (Full) or _SLEEP_CAP.
+        Returns True if nothing rang (then the caller looks for dead subscribers)."""
+        if self._closed:
+            raise ValueError(f"broadcast ring {self.name!r} is closed")
+        wait = _SLEEP_CAP
+        if deadline is not None:
+            wait = min(deadline - time.monotonic(), wait)
+            if wait <= 0:
+                raise timed_out(f"broadcast ring {self.name!r}", True)
+        fd = self._send_bell()
+        ready = select.poll()
+        ready.register(fd, select.POLLIN)
+        if not ready.poll(wait * 1000):
+            return True
+        with suppress(BlockingIOError, InterruptedError):
+            os.read(fd, 4096)
+        return False
+
+    def _send_bell(self) -> int:
+        fd = self._bells.get(-1, -1)
+        if fd < 0:
+            fd = self._bells[-1] = open_bell(self.name, 1, owners=self._owners)
+        return fd
+
+    def _wake_self(self) -> None:
+        self._ring(-1)
+
+    # ---- publishing ----------------------------------------------------------------------
+    def _put(self, pos: int, data: memoryview) -> int:
+        D, H = self._D, self._H
+        n = len(data)
+        self._q[(H + pos % D) >> 3] = n
+        if n:
+            off = (pos + 8) % D
+            first = D - off
+            if n <= first:
+                self._mm[H + off : H + off + n] = data
+            else:
+                self._mm[H + off : H + D] = data[:first]
+                self._mm[H : H + n - first] = data[first:]
+        return pos + 8 + _align8(n)
+
+    def _commit(
+        self, old_tail: int, new_tail: int, new_pub: int, deadline: float | None, release: bool
+    ) -> None:
+        """Publish records in [old_tail, new_tail); with ``release`` also drop the producer
+        lock (held by the caller, still held if this raises)."""
+        with self._slock:
+            if self._torn_down:
+                raise ValueError(f"broadcast ring {self.name!r} is closed")
+            try:
+                self._lock(_LOCK_STATE, self._grace(deadline, _COMMIT_GRACE))
+                tail, _, floor, fseq = self._state()
+                if tail != old_tail or new_tail - floor > self._D:
+                    raise incompatible(self.name, "the tail moved under the producer lock")
+                if self._q[_W_CLOSED]:
+                    raise Closed(f"broadcast ring {self.name!r} is shut down")
+                self._flip(new_tail, new_pub, floor, fseq)
+                wake: list[int] = []
+                if self._q[_W_SLEEPERS]:
+                    q = self._q
+                    base = _SLOTS_AT // 8 + _S_WATCH
+                    wake = [s for s in range(self._high()) if q[base + _SLOT_WORDS * s]]
+            except BaseException:
+                fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
+                raise
+            fcntl.fcntl(self._fd, _F_SETLK, _UN_BOTH if release else _UN[_LOCK_STATE])
+        for s in wake:
+            self._ring(s)
+
+    def publish(self, data: Any, timeout: float | None = None) -> None:
+        mv = self._message(data)
+        deadline = _deadline(timeout)
+        me = self._check_enter(deadline, True)
+        with self._tlock:
+            try:
+                self._owner = me
+                if self._closed:
+                    raise ValueError(f"broadcast ring {self.name!r} is closed")
+                self._lock(_LOCK_PRODUCER, deadline)
+                tail, pub = self._make_room(8 + _align8(mv.nbytes), deadline)
+                end = self._put(tail, mv)
+                self._commit(tail, end, pub + 1, deadline, True)
+            except BaseException:
+                if not self._torn_down:
+                    fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_PRODUCER])
+                raise
+            finally:
+                self._owner = 0
+                self._left()
+
+    def publish_many(self, messages: Iterable[Any], timeout: float | None = None) -> int:
+        views = [self._message(m) for m in messages]
+        deadline = _deadline(timeout)
+        if not views:
+            return 0
+        D = self._D
+        sent = 0
+        me = self._check_enter(deadline, True)
+        with self._tlock:
+            try:
+                self._owner = me
+                if self._closed:
+                    raise ValueError(f"broadcast ring {self.name!r} is closed")
+                self._lock(_LOCK_PRODUCER, deadline)
+                while sent < len(views):
+                    try:
+                        tail, pub = self._make_room(8 + _align8(views[sent].nbytes), deadline)
+                        floor = self._state()[2]
+                        pos, k = tail, sent
+                        while k < len(views):
+                            need = 8 + _align8(views[k].nbytes)
+                            if pos + need - floor > D:
+                                break
+                            pos = self._put(pos, views[k])
+                            k += 1
+                        self._commit(tail, pos, pub + (k - sent), deadline, k == len(views))
+                    except (Timeout, Closed) as exc:
+                        raise type(exc)(str(exc), sent=sent) from None
+                    sent = k
+            except BaseException:
+                if not self._torn_down:
+                    fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_PRODUCER])
+                raise
+            finally:
+                self._owner = 0
+                self._left()
+        return sent
+
+    def reserve(
+        self, nbytes: int, timeout: float | None = None
+    ) -> AbstractContextManager[memoryview]:
+        n = _check_count(nbytes, "nbytes")
+        if n < 0:
+            raise ValueError(f"nbytes must be >= 0, got {n}")
+        if n > self.capacity:
+            raise MessageTooLarge(
+                f"reservation of {n} bytes exceeds broadcast ring capacity {self.capacity}"
+            )
+        return self._reserve(n, _deadline(timeout))
+
+    @contextmanager
+    def _reserve(self, n: int, deadline: float | None) -> Iterator[memoryview]:
+        me = self._check_enter(deadline, True)
+        with self._tlock:
+            try:
+                self._owner = me
+                if self._closed:
+                    raise ValueError(f"broadcast ring {self.name!r} is closed")
+                self._lock(_LOCK_PRODUCER, deadline)
+                tail, pub = self._make_room(8 + _align8(n), deadline)
+                off = (tail + 8) % self._D
+                temp: bytearray | None = None
+                if off + n <= self._D:
+                    view = self._buf[self._H + off : self._H + off + n]
+                else:
+                    temp = bytearray(n)  # the record wraps: fill a copy, move it in at exit
+                    view = memoryview(temp)
+                try:
+                    yield view
+                finally:
+                    release_view(view)
+                    if self._closed:
+                        self._close_mapping()
+                if self._closed:
+                    raise ValueError(
+                        f"broadcast ring {self.name!r} is closed: the reservation was discarded"
+                    )
+                if temp is not None:
+                    end = self._put(tail, memoryview(temp))
+                else:
+                    self._q[(self._H + tail % self._D) >> 3] = n
+                    end = tail + 8 + _align8(n)
+                self._commit(tail, end, pub + 1, deadline, True)
+            except BaseException:
+                if not self._torn_down:
+                    fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_PRODUCER])
+                raise
+            finally:
+                self._owner = 0
+                self._left()
+
+    # ---- control -------------------------------------------------------------------
+    def shutdown(self) -> None:
+        if self._closed:
+            raise ValueError(f"broadcast ring {self.name!r} is closed")
+        with self._slock:
+            if self._torn_down:
+                raise ValueError(f"broadcast ring {self.name!r} is closed")
+            try:
+                self._lock(_LOCK_STATE, None)
+                self._state()
+                self._q[_W_CLOSED] = 1
+                q = self._q
+                used = [s for s in range(self._high()) if q[self._slot_word(s, _S_PID)]]
+            finally:
+                fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
+        for s in used:
+            self._ring(s)
+        self._ring(-1)
+
+    def _snapshot(self) -> tuple[tuple[int, int, int, int], list[tuple[int, int, int, int]]]:
+        """The state and each held slot's (slot, pid, start, cursor), under the state lock."""
+        if self._closed:
+            raise ValueError(f"broadcast ring {self.name!r} is closed")
+        with self._slock:
+            if self._torn_down:
+                raise ValueError(f"broadcast ring {self.name!r} is closed")
+            try:
+                self._lock(_LOCK_STATE, None, _RD_STATE)
+                st = self._state()
+                q = self._q
+                held = []
+                for s in range(self._high()):
+                    w = self._slot_word(s, 0)
+                    if q[w + _S_PID]:
+                        held.append((s, q[w + _S_PID], q[w + _S_START], q[w + _S_POS]))
+            finally:
+                fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
+        return st, held
+
+    @property
+    def subscribers(self) -> int:
+        _, held = self._snapshot()
+        return sum(1 for _, pid, start, _ in held if _proc_start(pid) in (start, -1))
+
+    def _room(self) -> int:
+        (tail, _, floor, _), held = self._snapshot()
+        if self._block:
+            live = [pos for _, pid, start, pos in held if _proc_start(pid) in (start, -1)]
+            floor = min(live, default=tail)
+        else:
+            floor = tail  # overwrite: room is made by dropping the oldest (never waits)
+        room = (self._D - (tail - floor) - 8) & ~7
+        return -1 if room < 0 else min(room, self.capacity)
+
+
+class PythonSubscriber(_Handle, SubscriberBase):
+    """:class:`~fastipc.Subscriber` in Python: a cursor slot in the segment, a doorbell FIFO."""
+
+    _what = "broadcast subscriber"
+    _poller: Any = None
+    _missed = 0
+    #: The subscribing process, this handle's claim (generation), its slot's first word
+    #: index, and the cursor (position, sequence number): only this handle writes them.
+    _pid = 0
+    _gen = 0
+    _w = 0
+    _pos = 0
+    _seq = 0
+
+    @classmethod
+    def _subscribe(cls, name: str, owners: frozenset[int] | None = None) -> PythonSubscriber:
+        fd = open_segment(name, owners)
+        try:
+            geometry = cls._geometry(name, fd)
+            sub = cls.__new__(cls)
+            sub._owners = owners
+            sub._setup(name, fd, geometry)
+        except BaseException:
+            os.close(fd)
+            raise
+        sub._slot = -1
+        sub._missed = 0
+        sub._pid = os.getpid()
+        sub._poller = None
+        try:
+            sub._claim()
+        except BaseException:
+            sub.close()
+            raise
+        return sub
+
+    def _claim(self) -> None:
+        """Take a free slot (or a dead owner's), positioned at the tail. Exclusive lock."""
+        pid, start = _self_id()
+        q = self._q
+        with self._slock:
+            try:
+                self._lock(_LOCK_STATE, None)
+                tail, pub, _, _ = self._state()
+                n = self.max_subscribers
+                slot = next((s for s in range(n) if q[self._slot_word(s, _S_PID)] == 0), -1)
+                if slot < 0 and self._reclaim_dead(range(n)):
+                    slot = next((s for s in range(n) if q[self._slot_word(s, _S_PID)] == 0), -1)
+                if slot < 0:
+                    raise broadcast_error(errno.EUSERS, self.name, segment_path(self.name), slots=n)
+                w = self._slot_word(slot, 0)
+                gen = (q[w + _S_GEN] + 1) & ((1 << 63) - 1)
+                q[w + _S_START] = start
+                q[w + _S_POS] = tail
+                q[w + _S_SEQ] = pub
+                q[w + _S_MISSED] = 0
+                q[w + _S_WATCH] = 0
+                q[w + _S_PIN] = 0
+                q[w + _S_GEN] = gen
+                q[w + _S_PID] = pid
+                if q[_W_HIGH] < slot + 1 or q[_W_HIGH] > n:
+                    q[_W_HIGH] = slot + 1
+            finally:
+                fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
+        self._slot, self._gen, self._w = slot, gen, w
+        self._pos, self._seq = tail, pub
+
+    def _mine(self) -> None:
+        """Raise if this handle's slot was taken from it (judged dead, or scribbled on)."""
+        q, w = self._q, self._w
+        if q[w + _S_GEN] != self._gen or q[w + _S_PID] != self._pid:
+            raise incompatible(
+                self.name,
+                f"subscriber slot {self._slot} no longer belongs to this subscriber "
+                "(reclaimed or overwritten)",
+            )
+
+    def _release(self) -> None:
+        """Give the slot back (from teardown); ring a publisher waiting for this subscriber."""
+        if self._slot < 0 or self._pid != os.getpid():
+            return
+        pubwait = 0
+        with self._slock:
+            try:
+                self._lock(_LOCK_STATE, time.monotonic() + _COMMIT_GRACE)
+                q, w = self._q, self._w
+                if q[w + _S_GEN] == self._gen and q[w + _S_PID] == self._pid:
+                    self._free_slot(self._slot)
+                pubwait = q[_W_PUBWAIT]
+            finally:
+                fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
+        self._slot = -1
+        if pubwait:
+            self._ring(-1)
+
+    def _usable(self) -> None:
+        if self._pid != os.getpid():
+            raise ValueError(
+                f"broadcast subscriber {self.name!r} belongs to the process that subscribed "
+                "(a forked child must call Broadcast.subscribe itself)"
+            )
+
+    # ---- taking messages ----------------------------------------------------------------
+    def _take(
+        self, take: Callable[[int, int], tuple[Any, int, int]], deadline: float | None
+    ) -> Any:
+        """Under the shared state lock: ``take(cursor, tail)`` returns (result, new cursor,
+        messages taken) for at least one message. Returns the result, or ``_EMPTY``;
+        raises Lagged (the cursor moved to the floor) or Closed."""
+        lagged = 0
+        pubwait = 0
+        result: Any = _EMPTY
+        with self._slock:
+            if self._torn_down:
+                raise ValueError(f"broadcast subscriber {self.name!r} is closed")
+            try:
+                self._lock(_LOCK_STATE, self._grace(deadline), _RD_STATE)
+                tail, _, floor, fseq = self._state()
+                self._mine()
+                pos, seq = self._pos, self._seq
+                q, w = self._q, self._w
+                q[w + _S_PIN] = 0  # a view's pin a Ctrl-C left behind (the pin take sets it again)
+                if pos < floor:
+                    lagged = fseq - seq
+                    pos, seq = floor, fseq
+                    self._missed += lagged
+                    q[w + _S_MISSED] = self._missed
+                    q[w + _S_POS] = pos
+                    q[w + _S_SEQ] = seq
+                    self._pos, self._seq = pos, seq
+                elif pos == tail:
+                    if self._q[_W_CLOSED]:
+                        raise Closed(f"broadcast ring {self.name!r} is shut down and drained")
+                elif pos > tail:
+                    raise incompatible(self.name, f"cursor {pos} is past the tail {tail}")
+                else:
+                    result, pos, k = take(pos, tail)
+                    if k:
+                        self._pos, self._seq = pos, seq + k
+                        q[w + _S_POS] = pos
+                        q[w + _S_SEQ] = seq + k
+                        pubwait = q[_W_PUBWAIT]
+            finally:
+                fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
+        if pubwait:
+            self._ring(-1)
+        if lagged:
+            raise Lagged(
+                f"broadcast ring {self.name!r}: this subscriber fell behind and lost "
+                f"{lagged} messages to overwrite",
+                missed=lagged,
+            )
+        return result
+
+    def _hint(self) -> bool:
+        """A lock-free peek (a hint, may be torn): has the tail moved past this cursor?"""
+        q = self._q
+        return bool(q[_W_STATE + 4 * (q[_W_SEL] & 1)] != self._pos or q[_W_CLOSED])
+
+    def _wait(self, deadline: float | None, registered: list[int]) -> None:
+        """Sleep until this slot's bell rings, the deadline passes (Empty) or _SLEEP_CAP.
+
+        The first sleep of a call registers this slot as a watcher (exclusive
+        lock); the caller's next _take is the re-check that makes a publish
+        between the two impossible to miss; the caller unregisters at its end.
+        """
+        if self._closed:
+            raise ValueError(f"broadcast subscriber {self.name!r} is closed")
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            raise timed_out(f"broadcast ring {self.name!r}", False)
+        if not registered:
+            spin_end = now + _SPIN
+            while time.monotonic() < spin_end:
+                if self._hint():
+                    return
+                os.sched_yield()
+            registered += map(self._watch, (1,))
+            return  # re-check before sleeping
+        fd = self.fileno()
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = select.poll()
+            poller.register(fd, select.POLLIN)
+        wait = _SLEEP_CAP if deadline is None else min(deadline - now, _SLEEP_CAP)
+        if poller.poll(max(wait, 0) * 1000):
+            with suppress(BlockingIOError, InterruptedError):
+                os.read(fd, 4096)
+
+    def _unwait(self, registered: list[int]) -> None:
+        if registered and not self._torn_down:
+            with suppress(ValueError):
+                self._watch(-1)
+
+    def _receive(
+        self, take: Callable[[int, int], tuple[Any, int, int]], timeout: float | None
+    ) -> Any:
+        deadline = _deadline(timeout)
+        me = self._check_enter(deadline, False)
+        self._usable()
+        with self._tlock:
+            registered: list[int] = []
+            try:
+                self._owner = me
+                while True:
+                    if self._closed:
+                        raise ValueError(f"broadcast subscriber {self.name!r} is closed")
+                    got = self._take(take, deadline)
+                    if got is not _EMPTY:
+                        return got
+                    self._wait(deadline, registered)
+            finally:
+                self._owner = 0
+                self._unwait(registered)
+                self._left()
+
+    def _take_bytes(self, count: int) -> Callable[[int, int], tuple[Any, int, int]]:
+        def take(pos: int, tail: int) -> tuple[Any, int, int]:
+            out: list[bytes] = []
+            while pos < tail and len(out) < count:
+                n = self._length(pos, tail)
+                out.append(self._read(pos, n))
+                pos += 8 + _align8(n)
+            return out, pos, len(out)
+
+        return take
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        got: list[bytes] = self._receive(self._take_bytes(1), timeout)
+        return got[0]
+
+    def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
+        count = _check_count(max_count, "max_count")
+        if count < 1:
+            raise ValueError(f"max_count must be >= 1, got {count}")
+        got: list[bytes] = self._receive(self._take_bytes(count), timeout)
+        return got
+
+    def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
+        dst = check_buffer(buffer, "buffer")
+        if dst.readonly:
+            raise TypeError("buffer must be writable")
+
+        def take(pos: int, tail: int) -> tuple[Any, int, int]:
+            n = self._length(pos, tail)
+            if n > dst.nbytes:
+                raise MessageTooLarge(
+                    f"message of {n} bytes does not fit a {dst.nbytes}-byte buffer"
+                )
+            D, H = self._D, self._H
+            off = (pos + 8) % D
+            if off + n <= D:
+                dst[:n] = self._buf[H + off : H + off + n]
+            else:
+                first = D - off
+                dst[:first] = self._buf[H + off : H + D]
+                dst[first:n] = self._buf[H : H + n - first]
+            return n, pos + 8 + _align8(n), 1
+
+        n: int = self._receive(take, timeout)
+        return n
+
+    def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
+        return self._recv_view(timeout)
+
+    @contextmanager
+    def _recv_view(self, timeout: float | None) -> Iterator[memoryview]:
+        w = self._w
+
+        def pin(pos: int, tail: int) -> tuple[Any, int, int]:
+            # Under the shared lock: the pin is seen by any publisher's floor move after it.
+            n = self._length(pos, tail)
+            self._q[w + _S_PIN] = pos + 1
+            return (pos, n), pos, 0  # nothing consumed yet
+
+        pos, n = self._receive(pin, timeout)
+        me = self._check_enter(None, False)
+        with self._tlock:
+            try:
+                self._owner = me
+                D, H = self._D, self._H
+                off = (pos + 8) % D
+                if off + n <= D:
+                    raw = self._buf[H + off : H + off + n]
+                else:
+                    raw = memoryview(self._read(pos, n))  # the record wraps: a joined copy
+                view = raw.toreadonly()
+                try:
+                    yield view
+                finally:
+                    release_view(view)
+                    release_view(raw)
+                    if self._closed:
+                        self._close_mapping()
+                    else:
+                        self._consume_pinned(pos, n)
+            finally:
+                self._owner = 0
+                self._left()
+
+    def _consume_pinned(self, pos: int, n: int) -> None:
+        """Consume the viewed message at ``pos`` and drop the pin (shared lock)."""
+        pubwait = 0
+        with self._slock:
+            if self._torn_down:
+                return
+            try:
+                self._lock(_LOCK_STATE, time.monotonic() + _COMMIT_GRACE, _RD_STATE)
+                q, w = self._q, self._w
+                q[w + _S_PIN] = 0
+                if self._pos == pos and q[w + _S_GEN] == self._gen:
+                    self._pos = pos + 8 + _align8(n)
+                    self._seq += 1
+                    q[w + _S_POS] = self._pos
+                    q[w + _S_SEQ] = self._seq
+                pubwait = q[_W_PUBWAIT]
+            finally:
+                fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
+        if pubwait:
+            self._ring(-1)
+
+    # ---- readiness and snapshots ---------------------------------------------------------
+    def _watch(self, delta: int) -> int:
+        if self._closed:
+            raise ValueError(f"broadcast subscriber {self.name!r} is closed")
+        with self._slock:
+            if self._torn_down:
+                raise ValueError(f"broadcast subscriber {self.name!r} is closed")
+            try:
+                self._lock(_LOCK_STATE, None)
+                q, w = self._q, self._w
+                self._mine()
+                count = min(max(q[w + _S_WATCH] + delta, 0), (1 << 32) - 1)
+                q[_W_SLEEPERS] = max(q[_W_SLEEPERS] + count - q[w + _S_WATCH], 0)
+                q[w + _S_WATCH] = count
+            finally:
+                fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
+        return count
+
+    def _open_bell(self) -> int:
+        return open_bell(
+            self.name,
+            0,
+            owners=self._owners,
+            path=subscriber_bell_path(self.name, self._slot),
+            mode=self._mode(),
+        )
+
+    def _wake_self(self) -> None:
+        fd = self._bell_fd
+        if fd >= 0:
+            with suppress(OSError):
+                os.write(fd, b"\0")
+
+    def _snap(self) -> tuple[int, int, int, int, int]:
+        """(tail, published, floor, floor seq, closed) under the shared lock."""
+        if self._closed:
+            raise ValueError(f"broadcast subscriber {self.name!r} is closed")
+        with self._slock:
+            if self._torn_down:
+                raise ValueError(f"broadcast subscriber {self.name!r} is closed")
+            try:
+                self._lock(_LOCK_STATE, None, _RD_STATE)
+                st = self._state()
+                closed = self._q[_W_CLOSED]
+            finally:
+                fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
+        return (*st, closed)
+
+    def _poll(self) -> bool:
+        tail, _, floor, _, closed = self._snap()
+        return bool(closed) or self._pos != tail or self._pos < floor
+
+    def __len__(self) -> int:
+        _, pub, floor, fseq, _ = self._snap()
+        return pub - (self._seq if self._pos >= floor else fseq)
+
+    @property
+    def missed(self) -> int:
+        return self._missed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        with suppress(Exception):
+            self._unwatch_all_keep_fd()
+        super().close()
+        fd, self._bell_fd = self._bell_fd, -1
+        if fd >= 0 and self._owner == 0:
+            os.close(fd)
+        elif fd >= 0:
+            self._bells[-2] = fd  # a blocked call still polls it: closed at teardown
+
+    def _unwatch_all_keep_fd(self) -> None:
+        w, self._watching = self._watching, 0
+        if w > 0 and self._watch_pid == os.getpid():
+            with suppress(Exception):
+                self._watch(-w)
+
+
+class _Empty:
+    pass
+
+
+_EMPTY: Any = _Empty()
+
+_LIVE: weakref.WeakSet[_Handle] = weakref.WeakSet()
+
+
+def _reopen_after_fork() -> None:
+    for h in list(_LIVE):
+        h._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reopen_after_fork)

@@ -1,0 +1,337 @@
+"""Broadcast ring basics on the selected backend: fan-out, order, joins, batches, views, timeouts,
+lag under overwrite, shutdown, close from another thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from fastipc import Broadcast, Closed, Empty, Full, Lagged, MessageTooLarge, Subscriber, Timeout
+
+
+@pytest.fixture
+def made(ring_name: str) -> Iterator[list[object]]:
+    """Handles to close at teardown (the ring itself is unlinked by ring_name)."""
+    handles: list[object] = []
+    yield handles
+    for h in reversed(handles):
+        h.close()  # type: ignore[attr-defined]
+
+
+def _pub(made: list[object], name: str, capacity: int = 4096, **kw: object) -> Broadcast:
+    pub = Broadcast.create(name, capacity, **kw)  # type: ignore[arg-type]
+    made.append(pub)
+    return pub
+
+
+def _sub(made: list[object], name: str) -> Subscriber:
+    sub = Broadcast.subscribe(name)
+    made.append(sub)
+    return sub
+
+
+def test_every_subscriber_sees_every_message_in_order(ring_name: str, made: list[object]) -> None:
+    pub = _pub(made, ring_name, 1 << 16)
+    subs = [_sub(made, ring_name) for _ in range(3)]
+    msgs = [b"m%d" % i * (i % 7 + 1) for i in range(200)]
+    for m in msgs[:100]:
+        pub.publish(m)
+    assert pub.publish_many(msgs[100:]) == 100
+    for s in subs:
+        assert len(s) == 200
+        assert [s.recv(timeout=5) for _ in range(200)] == msgs
+        assert len(s) == 0
+    assert pub.subscribers == 3
+
+
+def test_a_subscriber_joins_at_the_newest_message(ring_name: str, made: list[object]) -> None:
+    pub = _pub(made, ring_name)
+    pub.publish(b"before")
+    sub = _sub(made, ring_name)
+    with pytest.raises(Empty):
+        sub.recv(timeout=0)
+    pub.publish(b"after")
+    assert sub.recv(timeout=5) == b"after"
+
+
+def test_recv_many_recv_into_recv_view_and_reserve(ring_name: str, made: list[object]) -> None:
+    pub = _pub(made, ring_name)
+    sub = _sub(made, ring_name)
+    pub.publish_many([b"a", b"bb", b"ccc", b"", b"dddd"])
+    assert sub.recv_many(2) == [b"a", b"bb"]
+    assert sub.recv_many(10, timeout=0) == [b"ccc", b"", b"dddd"]
+    with pub.reserve(5) as v:
+        v[:] = b"hello"
+    with pytest.raises(KeyError), pub.reserve(3) as v:
+        v[:] = b"bye"
+        raise KeyError  # discarded
+    buf = bytearray(3)
+    with pytest.raises(MessageTooLarge):
+        sub.recv_into(buf, timeout=5)  # not consumed
+    big = bytearray(16)
+    assert sub.recv_into(big, timeout=5) == 5 and big[:5] == b"hello"
+    pub.publish(b"viewed")
+    with sub.recv_view(timeout=5) as v:
+        assert v.readonly and bytes(v) == b"viewed"
+    with pytest.raises(Empty):
+        sub.recv(timeout=0)
+    assert bool(sub) and len(sub) == 0
+
+
+def test_messages_wrapping_the_ring_end_arrive_whole(ring_name: str, made: list[object]) -> None:
+    pub = _pub(made, ring_name, 1000, policy="block")
+    sub = _sub(made, ring_name)
+    for i in range(300):
+        m = bytes([i % 256]) * (37 + i % 300)
+        if i % 3 == 0:
+            pub.publish(m)
+        else:
+            with pub.reserve(len(m)) as v:
+                v[:] = m
+        if i % 2:
+            with sub.recv_view(timeout=5) as v:
+                assert bytes(v) == m
+        else:
+            assert sub.recv(timeout=5) == m
+
+
+def test_timeouts_raise_empty_and_full(ring_name: str, made: list[object]) -> None:
+    pub = _pub(made, ring_name, 100, policy="block")
+    sub = _sub(made, ring_name)
+    with pytest.raises(Empty):
+        sub.recv(timeout=0.05)
+    with pytest.raises(Empty):
+        sub.recv_many(4, timeout=0)
+    n = 0
+    with pytest.raises(Full):
+        while True:
+            pub.publish(b"x" * 40, timeout=0)
+            n += 1
+            assert n < 100
+    assert n >= 1
+    with pytest.raises(Full) as info:
+        pub.publish_many([b"y"] * 50, timeout=0.05)
+    assert isinstance(info.value, Timeout) and info.value.sent < 50
+    assert sub.recv(timeout=5) == b"x" * 40
+    pub.publish(b"z", timeout=0)  # room again
+
+
+def test_publish_checks_its_arguments(ring_name: str, made: list[object]) -> None:
+    pub = _pub(made, ring_name, 64)
+    with pytest.raises(MessageTooLarge):
+        pub.publish(b"x" * 65)
+    with pytest.raises(TypeError):
+        pub.publish("text")  # type: ignore[arg-type]
+    with pytest.raises(MessageTooLarge):
+        pub.publish_many([b"ok", b"x" * 65])
+    with pytest.raises(ValueError):
+        pub.reserve(-1)
+    pub.publish(b"x" * 64)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"subscribers": 0},
+        {"subscribers": 4097},
+        {"policy": "drop"},
+        {"mode": 0o1000},
+    ],
+)
+def test_create_refuses_bad_arguments(ring_name: str, kw: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        Broadcast.create(ring_name, 64, **kw)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Broadcast.create(ring_name, 64, subscribers="4")  # type: ignore[arg-type]
+
+
+def test_lagged_once_with_the_count_then_the_oldest_kept(
+    ring_name: str, made: list[object]
+) -> None:
+    pub = _pub(made, ring_name, 1024)  # overwrite
+    slow = _sub(made, ring_name)
+    fast = _sub(made, ring_name)
+    sent = [b"%04d" % i + b"." * 60 for i in range(200)]  # 72-byte records
+    for m in sent:
+        pub.publish(m, timeout=0)  # never waits under overwrite
+        assert fast.recv(timeout=5) == m
+    with pytest.raises(Lagged) as info:
+        slow.recv(timeout=5)
+    missed = info.value.missed
+    assert 0 < missed < 200 and slow.missed == missed
+    rest = [slow.recv(timeout=0) for _ in range(200 - missed)]
+    assert rest == sent[missed:]  # the oldest kept onwards, none torn or repeated
+    with pytest.raises(Empty):
+        slow.recv(timeout=0)
+    assert fast.missed == 0
+
+
+def test_block_policy_waits_for_the_slowest_and_resumes(ring_name: str, made: list[object]) -> None:
+    pub = _pub(made, ring_name, 256, policy="block")
+    slow = _sub(made, ring_name)
+    n = 0
+    while True:
+        try:
+            pub.publish(b"%03d" % n + b"-" * 29, timeout=0)
+        except Full:
+            break
+        n += 1
+    done = threading.Event()
+
+    def publish_one() -> None:
+        pub.publish(b"last" + b"-" * 28, timeout=30)
+        done.set()
+
+    t = threading.Thread(target=publish_one)
+    t.start()
+    assert not done.wait(0.3)  # still waiting for the subscriber
+    assert slow.recv(timeout=5) == b"000" + b"-" * 29
+    t.join(30)
+    assert done.is_set()
+    got = [slow.recv(timeout=5) for _ in range(n)]
+    assert got[-1] == b"last" + b"-" * 28 and got[0] == b"001" + b"-" * 29
+
+
+def test_shutdown_drains_then_closed(ring_name: str, made: list[object]) -> None:
+    pub = _pub(made, ring_name)
+    sub = _sub(made, ring_name)
+    pub.publish_many([b"1", b"2"])
+    pub.shutdown()
+    with pytest.raises(Closed):
+        pub.publish(b"3")
+    assert list(sub) == [b"1", b"2"]
+    with pytest.raises(Closed):
+        sub.recv(timeout=5)
+    late = _sub(made, ring_name)
+    with pytest.raises(Closed):
+        late.recv()
+
+
+def test_shutdown_wakes_a_blocked_subscriber(ring_name: str, made: list[object]) -> None:
+    pub = _pub(made, ring_name)
+    sub = _sub(made, ring_name)
+    out: list[Exception] = []
+
+    def waiter() -> None:
+        try:
+            sub.recv(timeout=30)
+        except Exception as exc:  # noqa: BLE001 - handed to the test thread
+            out.append(exc)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.1)
+    pub.shutdown()
+    t.join(10)
+    assert not t.is_alive() and isinstance(out[0], Closed)
+
+
+@pytest.mark.parametrize("side", ["subscriber", "publisher"])
+def test_close_from_another_thread_wakes_the_blocked_call(
+    ring_name: str, made: list[object], side: str
+) -> None:
+    pub = _pub(made, ring_name, 64, policy="block")
+    sub = _sub(made, ring_name)
+    if side == "publisher":
+        with pytest.raises(Full):
+            for _ in range(1000):
+                pub.publish(b"x" * 56, timeout=0)
+        call, handle = (lambda: pub.publish(b"y" * 56, timeout=30)), pub
+    else:
+        call, handle = (lambda: sub.recv(timeout=30)), sub
+    out: list[Exception] = []
+
+    def waiter() -> None:
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - handed to the test thread
+            out.append(exc)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.2)
+    handle.close()
+    t.join(10)
+    assert not t.is_alive()
+    assert isinstance(out[0], ValueError) and "closed" in str(out[0])
+    with pytest.raises(ValueError):
+        call()
+
+
+def test_slots_exhausted_is_a_clear_error_and_a_closed_slot_is_reused(
+    ring_name: str, made: list[object]
+) -> None:
+    _pub(made, ring_name, subscribers=2)
+    a = _sub(made, ring_name)
+    _sub(made, ring_name)
+    with pytest.raises(OSError) as info:
+        Broadcast.subscribe(ring_name)
+    assert "2 subscriber slots" in str(info.value) and "subscribers=" in str(info.value)
+    a.close()
+    _sub(made, ring_name)
+
+
+def test_several_publishers_keep_their_own_order(ring_name: str, made: list[object]) -> None:
+    _pub(made, ring_name, 1 << 15, policy="block")
+    sub = _sub(made, ring_name)
+    pubs = [Broadcast.open(ring_name) for _ in range(3)]
+    made.extend(pubs)
+
+    def run(k: int) -> None:
+        for i in range(300):
+            pubs[k].publish(b"%d:%d" % (k, i), timeout=30)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    last = {0: -1, 1: -1, 2: -1}
+    for _ in range(900):
+        k, i = map(int, sub.recv(timeout=30).split(b":"))
+        assert i == last[k] + 1
+        last[k] = i
+    for t in threads:
+        t.join(30)
+    assert last == {0: 299, 1: 299, 2: 299}
+
+
+def test_handles_and_factories_behave(ring_name: str, made: list[object]) -> None:
+    with pytest.raises(TypeError):
+        Broadcast()  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        Subscriber()  # type: ignore[call-arg]
+    pub = _pub(made, ring_name, 100, subscribers=3, policy="block")
+    assert (pub.name, pub.capacity, pub.policy, pub.max_subscribers) == (
+        ring_name,
+        100,
+        "block",
+        3,
+    )
+    again = Broadcast.create(ring_name, 100, subscribers=3, policy="block", exist_ok=True)
+    made.append(again)
+    assert again.capacity == 100
+    with pytest.raises(FileExistsError):
+        Broadcast.create(ring_name, 100)
+    sub = _sub(made, ring_name)
+    assert "slot=" in repr(sub) and ring_name in repr(pub)
+    assert pub.free_bytes() > 0
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(sub)
+    sub.close()
+    sub.close()
+    assert sub.closed
+    with pytest.raises(ValueError):
+        sub.recv(timeout=0)
+    with pytest.raises(FileNotFoundError):
+        Broadcast.subscribe(ring_name + "x")
+
+
+def test_with_block_honours_unlink_on_exit(ring_name: str) -> None:
+    with Broadcast.create(ring_name, 64, unlink_on_exit=True) as pub:
+        pub.publish(b"x")
+    with pytest.raises(FileNotFoundError):
+        Broadcast.open(ring_name)

@@ -1,0 +1,129 @@
+"""Broadcast rings across real processes: fan-out to child subscribers, several publishers,
+and SIGKILLed subscribers and publishers (slots reclaimed, nothing torn, nothing stalled)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from _workers import make_msg, parse_msg
+from conftest import TESTS_DIR, Children, child_env
+
+from fastipc import Broadcast, Full
+
+
+def start(children: Children, *args: object, wait_for: str = "ready") -> subprocess.Popen[str]:
+    """A ``python -m _bcast_workers ARGS`` child, killed at teardown; waits for its first line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "_bcast_workers", *map(str, args)],
+        env=child_env(),
+        cwd=TESTS_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    children.procs.append(proc)
+    line = children.readline(proc, 30)
+    assert line.startswith(wait_for), f"child said {line!r}; stderr: {children.stderr(proc)}"
+    return proc
+
+
+def finish(children: Children, proc: subprocess.Popen[str], timeout: float = 120) -> str:
+    """The child's last line once it exited 0."""
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"child failed ({proc.returncode}): {err}"
+    return out.strip().splitlines()[-1]
+
+
+def fill(pub: Broadcast, size: int) -> int:
+    n = 0
+    with pytest.raises(Full):
+        while True:
+            pub.publish(b"f" * size, timeout=0)
+            n += 1
+            assert n < 1_000_000
+    return n
+
+
+def test_child_subscribers_each_get_every_message_of_several_publishers(
+    ring_name: str, children: Children
+) -> None:
+    with Broadcast.create(ring_name, 8192, policy="block") as pub:
+        subs = [start(children, "sub_count", ring_name, 2 * 500) for _ in range(3)]
+        pubs = [start(children, "pub_seq", ring_name, k, 500, 100) for k in range(2)]
+        for p in pubs:
+            assert finish(children, p) == "done"
+        for s in subs:
+            assert finish(children, s) == "done 0:499 1:499"
+        assert pub.subscribers == 0
+
+
+def test_a_killed_subscriber_never_stalls_a_blocked_publisher(
+    ring_name: str, children: Children
+) -> None:
+    with Broadcast.create(ring_name, 256, policy="block", subscribers=2) as pub:
+        victim = start(children, "sub_hold", ring_name)
+        assert pub.subscribers == 1
+        fill(pub, 40)
+        with pytest.raises(Full):
+            pub.publish(b"x" * 40, timeout=0.1)  # the live subscriber holds it
+        victim.kill()
+        victim.wait(10)
+        pub.publish(b"x" * 40, timeout=30)  # its slot is reclaimed: room again
+        assert pub.subscribers == 0
+        subs = [Broadcast.subscribe(ring_name) for _ in range(2)]  # both slots usable
+        for s in subs:
+            s.close()
+
+
+def test_a_killed_subscriber_holding_a_view_releases_its_pin(
+    ring_name: str, children: Children
+) -> None:
+    with Broadcast.create(ring_name, 256, subscribers=2) as pub:  # overwrite
+        holder = start(children, "sub_view_hold", ring_name)
+        pub.publish(b"pinned" * 6)
+        line = children.readline(holder, 30)
+        assert line == "viewing 36"
+        with pytest.raises(Full):
+            for _ in range(1000):  # overwrite waits for a pinned view only
+                pub.publish(b"p" * 40, timeout=0)
+        holder.kill()
+        holder.wait(10)
+        for _ in range(1000):
+            pub.publish(b"p" * 40, timeout=30)
+
+
+def test_a_slot_of_a_dead_subscriber_is_reclaimed_when_slots_run_out(
+    ring_name: str, children: Children
+) -> None:
+    with Broadcast.create(ring_name, 256, subscribers=1):
+        victim = start(children, "sub_hold", ring_name)
+        with pytest.raises(OSError):
+            Broadcast.subscribe(ring_name)
+        victim.kill()
+        victim.wait(10)
+        Broadcast.subscribe(ring_name).close()
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_a_publisher_killed_mid_publish_leaves_the_ring_usable_and_nothing_torn(
+    ring_name: str, children: Children, round_: int
+) -> None:
+    with Broadcast.create(ring_name, 4096) as pub:  # overwrite: the reader may lag
+        reader = start(children, "sub_check_all", ring_name)
+        writer = start(children, "pub_forever", ring_name, 700 + 300 * round_)
+        time.sleep(0.2 + 0.1 * round_)
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(10)
+        sub = Broadcast.subscribe(ring_name)
+        for seq in range(5):
+            pub.publish(make_msg(1, seq, 100), timeout=30)
+        assert [parse_msg(sub.recv(timeout=30)) for _ in range(5)] == [(1, s) for s in range(5)]
+        sub.close()
+        pub.shutdown()
+        done, got, _lagged = finish(children, reader).split()
+        assert done == "done" and int(got) >= 5

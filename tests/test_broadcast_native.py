@@ -1,0 +1,480 @@
+"""The native broadcast ring's C-specific behaviour: hostile segment values, futex wake-ups
+across processes, takeover of a lock a SIGKILLed publisher held, reclaim of a dead
+subscriber's slot, pinned views, and no torn or repeated message under overwrite."""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+
+import pytest
+from conftest import Children, child_env
+
+import fastipc
+from fastipc import Broadcast, Full, IncompatibleSegment, Lagged, Ring
+
+pytestmark = pytest.mark.skipif(
+    fastipc.BACKEND != "native", reason="C-specific: run with FASTIPC_BACKEND=native"
+)
+
+# Offsets of csrc/broadcast.c's header (struct bc_header) and slots.
+TAIL, SEQ, HEAD, HEAD_SEQ, RESERVED = 136, 144, 152, 160, 168
+PINS = 276
+SLOTS = 4096  # one page (x86-64 / aarch64 4 KiB)
+SLOT_SIZE = 128
+
+
+def header_size(subscribers: int) -> int:
+    return 4096 + -(-subscribers * SLOT_SIZE // 4096) * 4096
+
+
+def start(
+    children: Children, code: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """A ``python -c code`` child, killed at teardown; waits for it to print ``ready``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env or child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    children.procs.append(proc)
+    line = children.readline(proc, 30)
+    assert line == "ready", f"child said {line!r}; stderr: {children.stderr(proc)}"
+    return proc
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+class Segment:
+    """The segment mapped raw, to play a hostile or broken process."""
+
+    def __init__(self, name: str) -> None:
+        fd = os.open(f"/dev/shm/fastipc.{name}", os.O_RDWR)
+        try:
+            self.map = mmap.mmap(fd, 0)
+        finally:
+            os.close(fd)
+
+    def u64(self, off: int, value: int | None = None) -> int:
+        if value is not None:
+            struct.pack_into("<Q", self.map, off, value)
+        return int(struct.unpack_from("<Q", self.map, off)[0])
+
+    def u32(self, off: int, value: int | None = None) -> int:
+        if value is not None:
+            struct.pack_into("<I", self.map, off, value)
+        return int(struct.unpack_from("<I", self.map, off)[0])
+
+    def close(self) -> None:
+        self.map.close()
+
+
+# ---- hostile values --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        (TAIL, 1 << 40),  # far past every cursor
+        (HEAD, 1 << 40),  # past the tail
+        (RESERVED, 1 << 50),  # "everything is being overwritten", for ever
+    ],
+)
+def test_hostile_positions_raise_incompatible_never_hang(
+    ring_name: str, field: int, value: int
+) -> None:
+    with (
+        Broadcast.create(ring_name, 1024, subscribers=2) as pub,
+        Broadcast.subscribe(ring_name) as sub,
+    ):
+        for i in range(40):  # wraps the data area: head moves, records get overwritten
+            pub.publish(bytes([i]) * 100)
+        seg = Segment(ring_name)
+        try:
+            seg.u64(field, value)
+            with pytest.raises(IncompatibleSegment, match="corrupted"):
+                for _ in range(100):  # a few may still be read before the bad value is met
+                    try:
+                        sub.recv(timeout=0.5)
+                    except Lagged:
+                        pass
+                    pub.publish(b"x" * 100, timeout=0.5)
+        finally:
+            seg.close()
+    # close and unlink still work on the corrupted ring
+    Broadcast.unlink_name(ring_name)
+
+
+def test_scribbled_record_header_is_incompatible_and_not_a_message(ring_name: str) -> None:
+    with Broadcast.create(ring_name, 1024) as pub, Broadcast.subscribe(ring_name) as sub:
+        pub.publish(b"a" * 10)
+        seg = Segment(ring_name)
+        try:
+            data = header_size(64)
+            seg.u32(data, 5000)  # a length over the capacity
+            with pytest.raises(IncompatibleSegment):
+                sub.recv(timeout=0)
+            seg.u32(data, 10)
+            seg.u64(data + 8, 77)  # a sequence number out of order
+            with pytest.raises(IncompatibleSegment):
+                sub.recv(timeout=0)
+            seg.u64(data + 8, 0)
+            assert sub.recv(timeout=0) == b"a" * 10  # repaired: read as published
+        finally:
+            seg.close()
+
+
+def test_garbage_geometry_is_refused_at_open(ring_name: str) -> None:
+    Broadcast.create(ring_name, 1024).close()
+    seg = Segment(ring_name)
+    try:
+        for off, value in ((24, 0), (24, 1 << 40), (40, 0), (40, 99999), (44, 7)):
+            old = seg.u64(off & ~7)
+            if off % 8:
+                seg.u32(off, value)
+            else:
+                seg.u64(off, value)
+            for call in (Broadcast.open, Broadcast.subscribe):
+                with pytest.raises(IncompatibleSegment):
+                    call(ring_name)
+            seg.u64(off & ~7, old)
+        Broadcast.subscribe(ring_name).close()
+    finally:
+        seg.close()
+
+
+def test_hostile_pins_and_slot_owners_do_not_stall_publishers(ring_name: str) -> None:
+    with Broadcast.create(ring_name, 1024, subscribers=4) as pub:
+        seg = Segment(ring_name)
+        try:
+            seg.u32(PINS, 0xFFFFFFFF)  # "views are open": publishers scan the slots
+            for i in range(4):
+                slot = SLOTS + i * SLOT_SIZE
+                seg.u64(slot, 0x7FFF_FFF0_3FFF_FFF0)  # an owner no process is
+                seg.u64(slot + 24, 1 + 64)  # a pin on an early record
+            for i in range(100):
+                pub.publish(bytes([i]) * 200, timeout=10)
+            with Broadcast.subscribe(ring_name) as sub:  # a dead owner's slot is reclaimed
+                pub.publish(b"after")
+                assert sub.recv(timeout=5) == b"after"
+        finally:
+            seg.close()
+
+
+def test_ring_and_broadcast_refuse_each_other(ring_name: str) -> None:
+    with Broadcast.create(ring_name, 1024), pytest.raises(IncompatibleSegment, match="Broadcast"):
+        Ring.open(ring_name)
+    Broadcast.unlink_name(ring_name)
+    with Ring.create(ring_name, 1024):
+        with pytest.raises(IncompatibleSegment, match="Ring.open"):
+            Broadcast.subscribe(ring_name)
+        with pytest.raises(IncompatibleSegment, match="Ring.open"):
+            Broadcast.open(ring_name)
+
+
+# ---- crashes ---------------------------------------------------------------
+
+
+def test_killed_publisher_holding_the_lock_is_taken_over(
+    ring_name: str, children: Children
+) -> None:
+    with Broadcast.create(ring_name, 4096) as pub, Broadcast.subscribe(ring_name) as sub:
+        child = start(
+            children,
+            f"""
+import time
+from fastipc import Broadcast
+pub = Broadcast.open({ring_name!r})
+with pub.reserve(100) as v:
+    v[:] = b"h" * 100
+    print("ready", flush=True)
+    time.sleep(600)
+""",
+        )
+        with pytest.raises(Full):
+            pub.publish(b"blocked", timeout=0)  # the child holds the publisher lock
+        kill(child)
+        pub.publish(b"after", timeout=30)  # taken over: its holder is dead
+        assert sub.recv(timeout=5) == b"after"  # the dead reserve was never published
+        assert len(sub) == 0
+
+
+def test_dead_subscriber_slot_is_reclaimed_and_stalls_no_block_publisher(
+    ring_name: str, children: Children
+) -> None:
+    with Broadcast.create(ring_name, 4096, subscribers=2, policy="block") as pub:
+        child = start(
+            children,
+            f"""
+import time
+from fastipc import Broadcast
+sub = Broadcast.subscribe({ring_name!r})
+print("ready", flush=True)
+time.sleep(600)
+""",
+        )
+        assert pub.subscribers == 1
+        with Broadcast.subscribe(ring_name) as mine:
+            n = 0
+            with pytest.raises(Full):
+                while True:
+                    pub.publish(b"f" * 100, timeout=0)
+                    n += 1
+            assert len(mine.recv_many(n + 1)) == n  # we keep up; the child does not
+            with pytest.raises(Full):
+                pub.publish(b"f" * 100, timeout=0.05)  # the live, stalled child holds it
+            kill(child)
+            pub.publish(b"freed", timeout=30)  # its slot is reclaimed (~2 ms of no progress)
+            assert mine.recv(timeout=5) == b"freed"
+            assert pub.subscribers == 1
+
+
+def test_all_slots_taken_reclaims_a_dead_ones_slot(ring_name: str, children: Children) -> None:
+    with Broadcast.create(ring_name, 1024, subscribers=2):
+        child = start(
+            children,
+            f"""
+import time
+from fastipc import Broadcast
+sub = Broadcast.subscribe({ring_name!r})
+print("ready", flush=True)
+time.sleep(600)
+""",
+        )
+        with Broadcast.subscribe(ring_name):
+            with pytest.raises(OSError) as info:
+                Broadcast.subscribe(ring_name)
+            assert info.value.errno == errno.EUSERS
+            assert "subscribers=" in str(info.value)
+            kill(child)
+            Broadcast.subscribe(ring_name).close()
+
+
+# ---- futex wake paths ------------------------------------------------------
+
+
+def test_sleeping_subscriber_in_another_process_is_woken(
+    ring_name: str, children: Children
+) -> None:
+    with Broadcast.create(ring_name, 4096) as pub:
+        child = start(
+            children,
+            f"""
+from fastipc import Broadcast
+sub = Broadcast.subscribe({ring_name!r})
+print("ready", flush=True)
+print(sub.recv(timeout=60).decode(), flush=True)
+print(sub.recv_many(10, timeout=60), flush=True)
+""",
+            env=child_env(FASTIPC_SPIN_US="0"),  # straight to the futex
+        )
+        threading.Event().wait(0.3)  # the child is asleep by now (not required for the test)
+        pub.publish(b"wake")
+        assert children.readline(child, 30) == "wake"
+        pub.publish_many([b"a", b"b"])
+        out, _ = child.communicate(timeout=30)
+        assert out.strip() in ("[b'a', b'b']", "[b'a']")
+        assert child.returncode == 0
+
+
+def test_block_publisher_sleeps_until_a_subscriber_reads(
+    ring_name: str, children: Children
+) -> None:
+    with Broadcast.create(ring_name, 1024, policy="block") as pub:
+        child = start(
+            children,
+            f"""
+import time
+from fastipc import Broadcast
+sub = Broadcast.subscribe({ring_name!r})
+print("ready", flush=True)
+time.sleep(0.3)  # the publisher fills the ring and goes to sleep meanwhile
+got = []
+while len(got) < 200:
+    got += sub.recv_many(1000, timeout=60)
+assert got == [bytes([i]) * 100 for i in range(200)], "lost or reordered"
+print(len(got), flush=True)
+""",
+            env=child_env(FASTIPC_SPIN_US="0"),  # both sides straight to the futex
+        )
+        # 200 messages of 100 B do not fit in 1 KiB: each wait ends when the child reads.
+        for i in range(200):
+            pub.publish(bytes([i]) * 100, timeout=60)
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+        assert out.strip() == "200"
+
+
+def test_close_from_another_thread_wakes_a_blocked_publisher(ring_name: str) -> None:
+    with Broadcast.create(ring_name, 1024, policy="block") as pub, Broadcast.subscribe(ring_name):
+        with pytest.raises(Full):
+            while True:
+                pub.publish(b"x" * 100, timeout=0)
+        errors: list[BaseException] = []
+
+        def blocked() -> None:
+            try:
+                pub.publish(b"x" * 100)
+            except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+                errors.append(exc)
+
+        t = threading.Thread(target=blocked)
+        t.start()
+        threading.Event().wait(0.1)
+        pub.close()
+        t.join(30)
+        assert not t.is_alive()
+        assert len(errors) == 1 and isinstance(errors[0], ValueError)
+
+
+# ---- views under overwrite -------------------------------------------------
+
+
+def test_open_view_pins_its_message_and_publishers_wait_for_it(ring_name: str) -> None:
+    with Broadcast.create(ring_name, 1024) as pub, Broadcast.subscribe(ring_name) as sub:
+        pub.publish(b"p" * 500)
+        with sub.recv_view() as view:
+            for i in range(20):  # the data area (4 KiB) holds fewer: one needs the pinned bytes
+                try:
+                    pub.publish(bytes([i]) * 500, timeout=0.05)
+                except Full:
+                    break
+            else:
+                pytest.fail("a publisher overwrote a pinned view")
+            assert bytes(view) == b"p" * 500
+        pub.publish(b"q" * 500, timeout=5)  # the pin is gone
+        got = []
+        while True:
+            try:
+                got.append(sub.recv(timeout=0))
+            except Lagged as exc:
+                got.append(exc)
+            except fastipc.Empty:
+                break
+        assert got[-1] == b"q" * 500
+
+
+def test_view_read_after_its_block_and_close_never_faults(ring_name: str) -> None:
+    with Broadcast.create(ring_name, 1024) as pub:
+        sub = Broadcast.subscribe(ring_name)
+        pub.publish(b"v" * 100)
+        with sub.recv_view() as view:
+            kept = view
+        sub.close()
+        Broadcast.unlink_name(ring_name)
+        # Released views refuse access; the mapping itself stays while pinned.
+        with pytest.raises(ValueError):
+            bytes(kept)
+        pub.publish(b"still works")
+
+
+# ---- no torn or repeated message under overwrite -----------------------------
+
+
+@pytest.mark.parametrize("how", ["recv", "recv_many", "recv_view", "recv_into"])
+def test_overrun_subscriber_never_sees_a_torn_or_repeated_message(ring_name: str, how: str) -> None:
+    total = 20000
+    with (
+        Broadcast.create(ring_name, 2048, subscribers=2),
+        Broadcast.subscribe(ring_name) as sub,
+    ):
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                f"""
+import struct
+from fastipc import Broadcast
+pub = Broadcast.open({ring_name!r})
+for i in range({total}):
+    n = 8 + (i * 37) % 300
+    pub.publish(struct.pack("<Q", i) + bytes([i % 251]) * (n - 8))
+pub.shutdown()
+""",
+            ],
+            env=child_env(),
+        )
+        try:
+            expect = 0
+            lost = 0
+            buf = bytearray(2048)
+            while True:
+                try:
+                    if how == "recv":
+                        msgs = [sub.recv(timeout=60)]
+                    elif how == "recv_many":
+                        msgs = sub.recv_many(64, timeout=60)
+                    elif how == "recv_into":
+                        msgs = [bytes(buf[: sub.recv_into(buf, timeout=60)])]
+                    else:
+                        with sub.recv_view(timeout=60) as v:
+                            msgs = [bytes(v)]
+                except Lagged as exc:
+                    assert exc.missed > 0
+                    lost += exc.missed
+                    expect += exc.missed
+                    continue
+                except fastipc.Closed:
+                    break
+                for m in msgs:
+                    (i,) = struct.unpack_from("<Q", m)
+                    assert i == expect, f"got message {i}, expected {expect}"
+                    assert len(m) == 8 + (i * 37) % 300
+                    assert m[8:] == bytes([i % 251]) * (len(m) - 8), f"message {i} is torn"
+                    expect += 1
+            assert expect == total
+            assert sub.missed == lost
+        finally:
+            child.wait(120)
+        assert child.returncode == 0
+
+
+# ---- readiness doorbells -----------------------------------------------------
+
+
+def test_publisher_in_another_process_rings_only_watching_subscribers_bells(
+    ring_name: str,
+) -> None:
+    with (
+        Broadcast.create(ring_name, 4096, subscribers=4) as pub,
+        Broadcast.subscribe(ring_name) as watching,
+        Broadcast.subscribe(ring_name) as idle,
+    ):
+        idle.fileno()  # has a bell, but does not watch it
+        with watching.watch() as ready:
+            assert not ready
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    f"from fastipc import Broadcast; Broadcast.open({ring_name!r}).publish(b'ding')",
+                ],
+                env=child_env(),
+                timeout=60,
+                check=True,
+            )
+            assert proc.returncode == 0
+            r, _, _ = select.select([watching.fileno()], [], [], 30)
+            assert r == [watching.fileno()]
+            assert watching.readable()
+        assert watching.recv(timeout=0) == b"ding"
+        r, _, _ = select.select([idle.fileno()], [], [], 0)
+        assert r == []  # not watched: no byte written, no syscall paid
+        assert idle.recv(timeout=0) == b"ding"
+        with idle.watch() as ready:
+            assert not ready
+            pub.shutdown()  # rings every taken slot's bell
+            r, _, _ = select.select([idle.fileno()], [], [], 30)
+            assert r == [idle.fileno()]
