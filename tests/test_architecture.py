@@ -298,6 +298,7 @@ GROUND_FLOOR = (
     "fastipc._checks",
     "fastipc._names",
     "fastipc._contract",
+    "fastipc._contract_broadcast",
     "fastipc.framing",
     "fastipc.handoff",
     "fastipc._objects",

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from ._checks import timeout_ns
 from ._contract import ChannelBase, RingBase, drain
+from ._contract_broadcast import SubscriberBase
 
 __all__ = ["wait"]
 
@@ -23,8 +24,9 @@ BACKSTOP = 0.2
 def wait(objects: Iterable[_O], timeout: float | None = None) -> list[_O]:
     """Wait until at least one of ``objects`` is ready to receive; return the ready ones, in order.
 
-    Ready means: a :class:`~fastipc.Ring` has a message (or is shut down,
-    so a receive raises Closed at once); a :class:`~fastipc.Channel` has a
+    Ready means: a :class:`~fastipc.Ring` or :class:`~fastipc.Subscriber`
+    has a message (or is shut down, so a receive raises Closed at once; a
+    subscriber also when it has a lag to report); a :class:`~fastipc.Channel` has a
     whole message buffered or its socket is readable (data, or the peer
     closed); anything else with ``fileno()`` (a Listener, a socket, an fd
     as int) polls readable. ``timeout`` in seconds (None: forever, 0: just
@@ -32,16 +34,17 @@ def wait(objects: Iterable[_O], timeout: float | None = None) -> list[_O]:
     take from the same object: receive with ``timeout=0``. An ``aio`` object
     counts by its ``.sync`` handle.
 
-    Rings are watched through their doorbells (``Ring.watch()``), so the
-    wait costs their producers a syscall per message only while it lasts.
+    Rings and subscribers are watched through their doorbells
+    (``watch()``), so the wait costs their producers a syscall per message
+    only while it lasts.
     Raises ValueError for a closed object, TypeError for an object that
     cannot be waited on, OSError.
     """
     objs = list(objects)
     until = None if timeout is None else time.monotonic() + timeout_ns(timeout) / 1e9
     handles: list[Any] = [getattr(o, "sync", o) for o in objs]
-    rings = [h for h in handles if isinstance(h, RingBase)]
-    registered: list[RingBase] = []
+    rings = [h for h in handles if isinstance(h, _BELLED)]
+    registered: list[Any] = []
     try:
         for ring in rings:
             fd = ring.fileno()
@@ -61,7 +64,7 @@ def wait(objects: Iterable[_O], timeout: float | None = None) -> list[_O]:
             ready_idx: set[int] = set()
             for fd, _ in fired + poller.poll(0):
                 for i in fds[fd]:
-                    if isinstance(handles[i], RingBase):
+                    if isinstance(handles[i], _BELLED):
                         drain(fd)  # its bytes only say "look again": readable() decides
                     else:
                         ready_idx.add(i)
@@ -76,7 +79,7 @@ def wait(objects: Iterable[_O], timeout: float | None = None) -> list[_O]:
         for ring in registered:
             if ring.closed:
                 continue
-            left = ring._watch_add(0, -1)
+            left = _unregister(ring)
             # We took nothing, but may have drained a bell another watcher
             # needed: if a message waits and others watch, ring it again.
             if left > 0 and ring.readable():
@@ -86,13 +89,27 @@ def wait(objects: Iterable[_O], timeout: float | None = None) -> list[_O]:
                     pass
 
 
-def _register(ring: RingBase) -> RingBase:
-    ring._watch_add(0, 1)
-    return ring
+#: What is waited on through a doorbell: a ring's receive side, a subscriber's slot.
+_BELLED = (RingBase, SubscriberBase)
+
+
+def _register(handle: Any) -> Any:
+    if isinstance(handle, RingBase):
+        handle._watch_add(0, 1)
+    else:
+        handle._watch_add(1)
+    return handle
+
+
+def _unregister(handle: Any) -> int:
+    """Undo _register; the watchers left."""
+    if isinstance(handle, RingBase):
+        return handle._watch_add(0, -1)
+    return handle._watch_add(-1)  # type: ignore[no-any-return]
 
 
 def _ready_now(h: Any) -> bool:
-    if isinstance(h, RingBase):
+    if isinstance(h, _BELLED):
         return h.readable()
     if isinstance(h, ChannelBase):
         return h.pending()

@@ -12,7 +12,7 @@ How waiting works (docs/architecture.md, "asyncio"):
 * The take is always a non-blocking sync call (``timeout=0``) made on the
   loop thread, never in an executor: a cancelled await either returned its
   message or left it where it was. No thread waits on anyone's behalf.
-* A Ring waits on its doorbell (``Ring.fileno()``'s FIFO) with
+* A Ring (and a broadcast Subscriber, on its slot's bell) waits on its doorbell (``Ring.fileno()``'s FIFO) with
   ``loop.add_reader``: register as a watcher in the segment, re-check the
   ring, then wait; producers ring the bell only while someone watches. A
   0.2 s timer re-checks anyway (a watcher or producer killed at the wrong
@@ -29,5 +29,6 @@ How waiting works (docs/architecture.md, "asyncio"):
 
 from ._channel import Channel, Handler, Listener, Server, listen, serve
 from ._ring import Ring
+from ._subscriber import Subscriber
 
-__all__ = ["Channel", "Handler", "Listener", "Ring", "Server", "listen", "serve"]
+__all__ = ["Channel", "Handler", "Listener", "Ring", "Server", "Subscriber", "listen", "serve"]

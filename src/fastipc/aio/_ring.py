@@ -28,55 +28,29 @@ __all__ = ["Ring"]
 _yield = os.sched_yield
 
 _T = TypeVar("_T")
-_RingT = TypeVar("_RingT", bound="Ring")
+_RingT = TypeVar("_RingT", bound="_Awaiting")
 
 
-class Ring:
-    """An awaitable face of :class:`fastipc.Ring`; the sync handle is :attr:`sync`.
+class _Awaiting:
+    """What aio.Ring and aio.Subscriber share: awaiting a sync handle's receive side on its doorbell.
 
-    Every method is the sync method of the same name made awaitable: it
-    never blocks the loop, and cancelling it (``task.cancel()``,
-    ``asyncio.wait_for``, ``asyncio.timeout``) never loses a message: the
-    message is taken by a non-blocking call on the loop thread, so a
-    cancelled receive either returned it or left it in the ring. Several
-    coroutines may await one handle, and several processes one ring.
-    Use a handle from one event loop (and its thread) at a time; ``close()``
-    may come from any thread.
+    ``self._ring`` is the sync handle seen through the ring's calls
+    (``_open_bell(side)``, ``_watch_add(side, delta)``, ``_poll(side,
+    nbytes)``, ``_try_recv()``, ``recv(timeout=0)``...).
     """
 
+    _ring: _SyncRing  # or what reads as one (aio.Subscriber's adapter)
+
     def __init__(self, ring: _SyncRing) -> None:
-        """Wrap sync ``ring`` (this object owns it from now on: :meth:`close` closes it)."""
-        if not isinstance(ring, _SyncRing):
-            raise TypeError(f"aio.Ring wraps a fastipc.Ring, not {type(ring).__name__}")
         self._ring = ring
         self._waiters: list[Waiters | None] = [None, None]
         self._held = Held()
         self._closed = False
 
-    @classmethod
-    def create(cls, name: str, capacity: int, **kwargs: Any) -> Ring:
-        """:meth:`fastipc.Ring.create` (same arguments and errors), wrapped. Never waits."""
-        return cls(_SyncRing.create(name, capacity, **kwargs))
-
-    @classmethod
-    def open(cls, name: str, **kwargs: Any) -> Ring:
-        """:meth:`fastipc.Ring.open` (same arguments and errors), wrapped."""
-        return cls(_SyncRing.open(name, **kwargs))
-
-    @property
-    def sync(self) -> _SyncRing:
-        """The sync :class:`fastipc.Ring` this wraps (for ``len()``, ``shutdown()``, ``unlink()``...)."""
-        return self._ring
-
     @property
     def name(self) -> str:
         """The ring's name."""
         return self._ring.name
-
-    @property
-    def capacity(self) -> int:
-        """The largest message in bytes."""
-        return self._ring.capacity
 
     @property
     def closed(self) -> bool:
@@ -85,9 +59,6 @@ class Ring:
 
     def __len__(self) -> int:
         return len(self._ring)
-
-    def __repr__(self) -> str:
-        return f"<aio.Ring {self.name!r}{' closed' if self.closed else ''}>"
 
     # ---- lifetime -----------------------------------------------------
     def close(self) -> None:
@@ -135,15 +106,6 @@ class Ring:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
-
-    def shutdown(self) -> None:
-        """:meth:`fastipc.Ring.shutdown`: senders get Closed, every awaiting receiver in
-        every process wakes, drains what is left, then gets Closed. Never waits."""
-        self._ring.shutdown()
-
-    def unlink(self) -> None:
-        """:meth:`fastipc.Ring.unlink`: remove the ring's name and /dev/shm objects."""
-        self._ring.unlink()
 
     # ---- waiting --------------------------------------------------------
     def _bell(self, side: int) -> Waiters:
@@ -335,6 +297,60 @@ class Ring:
         ring = self._ring
         return _Block(self, RECV, 0, lambda: ring.recv_view(timeout=0), timeout)
 
+
+class Ring(_Awaiting):
+    """An awaitable face of :class:`fastipc.Ring`; the sync handle is :attr:`sync`.
+
+    Every method is the sync method of the same name made awaitable: it
+    never blocks the loop, and cancelling it (``task.cancel()``,
+    ``asyncio.wait_for``, ``asyncio.timeout``) never loses a message: the
+    message is taken by a non-blocking call on the loop thread, so a
+    cancelled receive either returned it or left it in the ring. Several
+    coroutines may await one handle, and several processes one ring.
+    Use a handle from one event loop (and its thread) at a time; ``close()``
+    may come from any thread.
+    """
+
+    _ring: _SyncRing
+
+    def __init__(self, ring: _SyncRing) -> None:
+        """Wrap sync ``ring`` (this object owns it from now on: :meth:`close` closes it)."""
+        if not isinstance(ring, _SyncRing):
+            raise TypeError(f"aio.Ring wraps a fastipc.Ring, not {type(ring).__name__}")
+        super().__init__(ring)
+
+    @classmethod
+    def create(cls, name: str, capacity: int, **kwargs: Any) -> Ring:
+        """:meth:`fastipc.Ring.create` (same arguments and errors), wrapped. Never waits."""
+        return cls(_SyncRing.create(name, capacity, **kwargs))
+
+    @classmethod
+    def open(cls, name: str, **kwargs: Any) -> Ring:
+        """:meth:`fastipc.Ring.open` (same arguments and errors), wrapped."""
+        return cls(_SyncRing.open(name, **kwargs))
+
+    @property
+    def sync(self) -> _SyncRing:
+        """The sync :class:`fastipc.Ring` this wraps (for ``len()``, ``shutdown()``, ``unlink()``...)."""
+        return self._ring
+
+    @property
+    def capacity(self) -> int:
+        """The largest message in bytes."""
+        return self._ring.capacity
+
+    def __repr__(self) -> str:
+        return f"<aio.Ring {self.name!r}{' closed' if self.closed else ''}>"
+
+    def shutdown(self) -> None:
+        """:meth:`fastipc.Ring.shutdown`: senders get Closed, every awaiting receiver in
+        every process wakes, drains what is left, then gets Closed. Never waits."""
+        self._ring.shutdown()
+
+    def unlink(self) -> None:
+        """:meth:`fastipc.Ring.unlink`: remove the ring's name and /dev/shm objects."""
+        self._ring.unlink()
+
     # ---- send ---------------------------------------------------------
     async def send(self, data: Any, timeout: float | None = None) -> None:
         """Append one message (bytes-like), waiting for room without blocking the loop.
@@ -398,7 +414,7 @@ class _Block:
 
     def __init__(
         self,
-        ring: Ring,
+        ring: _Awaiting,
         side: int,
         nbytes: int,
         make: Callable[[], Any],
