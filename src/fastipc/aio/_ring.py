@@ -46,6 +46,8 @@ class _Awaiting:
         self._waiters: list[Waiters | None] = [None, None]
         self._held = Held()
         self._closed = False
+        # Bound once: the take of every `async for` step (~40 ns a lookup).
+        self._take = ring._try_recv
 
     @property
     def name(self) -> str:
@@ -239,7 +241,7 @@ class _Awaiting:
         ValueError if the handle is closed (also while awaiting).
         """
         if self._held.fut is None:
-            msg = self._ring._try_recv()
+            msg = self._take()
             if msg is not None:
                 return msg
         return await self._retry(RECV, 0, self._recv_now, timeout, True)
@@ -276,7 +278,7 @@ class _Awaiting:
         """``async for msg in ring``: one message per step; ends once shut down and drained."""
         try:
             if self._held.fut is None:
-                msg = self._ring._try_recv()
+                msg = self._take()
                 if msg is not None:
                     return msg
             return await self._retry(RECV, 0, self._recv_now, None, True)
