@@ -2,6 +2,7 @@
 
 from ._backend import BACKEND
 from ._version import __version__
+from .bridges import Bridge, BridgeStats, bridge
 from .channel import Channel, Listener, listen
 from .client import Client, connect
 from .errors import (
@@ -20,6 +21,8 @@ from .waiting import wait
 
 __all__ = [
     "BACKEND",
+    "Bridge",
+    "BridgeStats",
     "Channel",
     "Client",
     "Closed",
@@ -35,6 +38,7 @@ __all__ = [
     "Server",
     "Timeout",
     "__version__",
+    "bridge",
     "connect",
     "listen",
     "serve",
