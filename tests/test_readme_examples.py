@@ -12,9 +12,11 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 from conftest import child_env
+from test_bridge_nats import nats_server  # noqa: F401 - the fixture, for the NATS example
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 _BLOCK = re.compile(r"<!-- example: ([\w-]+) -->\n```python\n(.*?)```", re.DOTALL)
@@ -26,18 +28,41 @@ def _examples() -> dict[str, str]:
 
 
 def test_the_readme_marks_its_examples() -> None:
-    assert {"numpy", "worker-pool"} <= _examples().keys()
+    assert {"numpy", "worker-pool", "nats-bridge"} <= _examples().keys()
+
+
+@pytest.fixture
+def example_env(
+    request: pytest.FixtureRequest, tmp_path: os.PathLike[str]
+) -> Iterator[dict[str, str]]:
+    """The example's environment; the NATS example also gets a nats-server (NATS_URL)."""
+    if request.node.callspec.params["name"] != "nats-bridge":
+        yield child_env()
+        return
+    server = request.getfixturevalue("nats_server")
+    yield child_env(NATS_URL=f"nats://127.0.0.1:{server.port}")
 
 
 @pytest.mark.parametrize("name", sorted(_examples()))
-def test_a_readme_example_runs_as_written(name: str, tmp_path: os.PathLike[str]) -> None:
+def test_a_readme_example_runs_as_written(
+    name: str, tmp_path: os.PathLike[str], example_env: dict[str, str]
+) -> None:
     script = os.path.join(tmp_path, f"readme_{name.replace('-', '_')}.py")  # not numpy.py
     with open(script, "w") as f:
         f.write(_examples()[name])
     before = set(os.listdir("/dev/shm"))
     done = subprocess.run(
-        [sys.executable, script], check=False, env=child_env(), capture_output=True, text=True, timeout=300
+        [sys.executable, script],
+        check=False,
+        env=example_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    made = {e for e in set(os.listdir("/dev/shm")) - before if "pool." in e or "frames" in e or "ticks." in e}
+    made = {
+        e
+        for e in set(os.listdir("/dev/shm")) - before
+        if any(k in e for k in ("pool.", "frames", "ticks.", "orders.", "arrived."))
+    }
     assert not made, f"the example left {made} in /dev/shm"

@@ -21,8 +21,8 @@ if ! nm -D "$venv"/lib/python3*/site-packages/fastipc/_native.*so | grep __asan 
     echo "the C core was not built with AddressSanitizer" >&2
     exit 1
 fi
-# The test extra (pytest, hypothesis), without reinstalling fastipc unsanitized.
-"$venv/bin/pip" install -q pytest hypothesis numpy uvloop
+# The test extra (pytest, hypothesis, nats-py...), without reinstalling fastipc unsanitized.
+"$venv/bin/pip" install -q pytest hypothesis numpy uvloop nats-py
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
 # ASan keeps freed memory in a quarantine (256 MiB by default) to catch
 # use-after-free; the server tests that bound a process's peak RSS would

@@ -2,6 +2,7 @@
 
 from ._backend import BACKEND
 from ._version import __version__
+from .bridges import Bridge, BridgeStats, bridge
 from .broadcast import Broadcast, Subscriber
 from .channel import Channel, Listener, listen
 from .client import Client, connect
@@ -22,6 +23,8 @@ from .waiting import wait
 
 __all__ = [
     "BACKEND",
+    "Bridge",
+    "BridgeStats",
     "Broadcast",
     "Channel",
     "Client",
@@ -40,6 +43,7 @@ __all__ = [
     "Subscriber",
     "Timeout",
     "__version__",
+    "bridge",
     "connect",
     "listen",
     "serve",

@@ -10,6 +10,7 @@ Every transport is named by a URL (docs/architecture.md, "The parts")::
     shm://NAME                                                shared-memory Ring
     fd://N                                                    an inherited fd (pipe, socket, tty)
     signal://PID?sig=USR1   signal://self?sig=USR1,RTMIN+1    signals with an int payload
+    nats://HOST:PORT/subject   nats://HOST/subject?queue=Q    a NATS subject (fastipc.bridge)
 
 Options ride in the query string (``unix:///run/app.sock?mode=0660``); each
 scheme says which options it knows. Each option is checked and converted
@@ -39,7 +40,15 @@ from typing import Any, Union
 
 from ._names import validate_name
 
-__all__ = ["MQ_NAME_MAX", "SUN_PATH_MAX", "Endpoint", "parse", "signal_name", "signal_number"]
+__all__ = [
+    "MQ_NAME_MAX",
+    "NATS_PORT",
+    "SUN_PATH_MAX",
+    "Endpoint",
+    "parse",
+    "signal_name",
+    "signal_number",
+]
 
 #: The longest Unix socket path in bytes: ``sun_path`` is 108 bytes with the
 #: terminating NUL (an abstract name gets the same 107 bytes after its NUL).
@@ -73,6 +82,11 @@ class Endpoint:
     ``fd`` is the descriptor number of ``fd://N``; ``pid`` the process of
     ``signal://PID`` (None for ``signal://self``: the calling process,
     whatever its pid is when the endpoint is used).
+
+    ``nats://HOST:PORT/subject`` (port 4222 when left out) sets ``host``,
+    ``port`` and ``subject`` (dot-separated tokens; ``*`` and ``>`` are
+    wildcards, which only a subscription may use: :attr:`wildcard`) and the
+    option ``queue`` (a queue group name, ``?queue=workers``).
     """
 
     url: str
@@ -95,6 +109,13 @@ class Endpoint:
     sig: tuple[int, ...] = ()
     fd: int | None = None
     pid: int | None = None
+    subject: str | None = None
+    queue: str | None = None
+
+    @property
+    def wildcard(self) -> bool:
+        """True for a NATS subject with a ``*`` or ``>`` token (it can be subscribed, not published)."""
+        return self.subject is not None and any(t in ("*", ">") for t in self.subject.split("."))
 
     @property
     def address(self) -> Address:
@@ -141,8 +162,10 @@ def parse(url: str, *, schemes: tuple[str, ...] | None = None) -> Endpoint:
         known = ", ".join(sorted(_PARSERS))
         raise ValueError(f"endpoint {url!r}: unknown scheme {scheme!r} (known: {known})")
     if schemes is not None and scheme not in schemes:
+        elsewhere = _SERVED_ELSEWHERE.get(scheme, "")
         raise ValueError(
             f"endpoint {url!r}: scheme {scheme!r} is not accepted here (use {', '.join(schemes)})"
+            + elsewhere
         )
     parser, allowed = entry
     rest, _, query = rest.partition("?")
@@ -224,6 +247,13 @@ def _queue(value: str) -> str:
     return name
 
 
+def _nats_token(value: str) -> str:
+    # NATS protocol tokens end at whitespace; '*' and '>' are wildcards.
+    if not value or any(c.isspace() or c in "*>" for c in value) or not value.isprintable():
+        raise _BadOption("is not a queue group name (printable, no spaces, '*' or '>')")
+    return value
+
+
 def _signals(value: str) -> tuple[int, ...]:
     out: list[int] = []
     for part in value.split(","):
@@ -296,6 +326,7 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
     "iface": _ipv4,
     "reply": _queue,
     "sig": _signals,
+    "queue": _nats_token,
 }
 
 
@@ -407,6 +438,39 @@ def _parse_signal(rest: str, url: str) -> Endpoint:
     return Endpoint(url=url, scheme="", pid=int(rest))
 
 
+#: The port of ``nats://HOST/subject``: the NATS server's default client port.
+NATS_PORT = 4222
+
+
+def _parse_nats(rest: str, url: str) -> Endpoint:
+    """``HOST:PORT/subject`` or ``HOST/subject`` (port 4222): a NATS server and a subject."""
+    hostport, slash, subject = rest.partition("/")
+    if not slash or not subject:
+        raise ValueError(
+            f"endpoint {url!r}: subject: missing '/subject' after the server "
+            "(nats://HOST:PORT/subject)"
+        )
+    tokens = subject.split(".")
+    if any(not t for t in tokens):
+        raise ValueError(f"endpoint {url!r}: subject {subject!r} has an empty token")
+    if any(c.isspace() for c in subject) or not subject.isprintable():
+        raise ValueError(
+            f"endpoint {url!r}: subject {subject!r} has a space or a control character"
+        )
+    for i, t in enumerate(tokens):
+        if t not in ("*", ">") and ("*" in t or ">" in t):
+            raise ValueError(
+                f"endpoint {url!r}: subject token {t!r}: a wildcard ('*', '>') is a whole token"
+            )
+        if t == ">" and i != len(tokens) - 1:
+            raise ValueError(f"endpoint {url!r}: subject {subject!r}: '>' must be the last token")
+    bracketed = hostport.startswith("[")
+    if (bracketed and hostport.endswith("]")) or (not bracketed and ":" not in hostport):
+        hostport += f":{NATS_PORT}"
+    ep = _parse_host_port(hostport, url)
+    return replace(ep, subject=subject)
+
+
 #: The longest POSIX message queue name in bytes, after its leading slash.
 MQ_NAME_MAX = 254
 
@@ -424,4 +488,11 @@ _PARSERS: dict[str, tuple[_Parser, frozenset[str]]] = {
     "shm": (_parse_shm, frozenset({"capacity", "mode"})),
     "fd": (_parse_fd, frozenset({"max_message"})),
     "signal": (_parse_signal, frozenset({"sig"})),
+    "nats": (_parse_nats, frozenset({"queue"})),
+}
+
+#: What a refused scheme's error adds: the API that does serve it.
+_SERVED_ELSEWHERE = {
+    "nats": "; a NATS subject is reached through fastipc.bridge(LOCAL_URL, NATS_URL) "
+    "or `fastipc bridge`",
 }

@@ -1,7 +1,8 @@
 """The ``fastipc`` command: the parser and entry point; each group of verbs is a module here.
 
 - :mod:`.serve`: ``serve``; :mod:`.sendrecv`: ``send`` and ``recv``;
-  :mod:`.objects`: ``ls`` and ``rm``; :mod:`.info`: ``info``; :mod:`.bench`: ``bench``.
+  :mod:`.objects`: ``ls`` and ``rm``; :mod:`.info`: ``info``; :mod:`.bench`: ``bench``;
+  :mod:`.bridge`: ``bridge`` (to NATS).
 - :mod:`._common`: what the verbs share (their error, argument types, output, logging, signals).
 - :mod:`._transport_rules`: every scheme-specific rule the verbs apply.
 
@@ -19,7 +20,7 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import FastIPCError
-from . import bench, info, objects, sendrecv, serve
+from . import bench, bridge, info, objects, sendrecv, serve
 from ._common import CLIError, Runner, describe
 
 __all__ = ["build_parser", "main"]
@@ -33,6 +34,7 @@ _VERBS: list[Callable[[Any], None]] = [
     objects.add_rm,
     info.add_parser,
     bench.add_parser,
+    bridge.add_parser,
 ]
 
 

@@ -1,0 +1,343 @@
+"""The local side of a bridge: each local endpoint kind as an awaitable source or sink.
+
+A *source* hands the bridge ordered *streams* of messages: a ring or a
+message queue is one stream; a Channel listener (``unix://``, ``tcp://``)
+yields one stream per connected client, which can also take replies
+(request/reply). A *sink* takes the messages the bridge delivers: into a
+ring, onto a queue, or to a Channel server it connects to (which may answer
+each message: a round trip).
+
+The direction decides who waits for whom: a local endpoint the bridge reads
+from is one it owns or listens at (local processes come to it); one it
+writes to is one it opens or connects to (it goes to them).
+
+To bridge another kind of local endpoint (e.g. a broadcast ring), write its
+source and/or sink here and add them to ``_SOURCES``/``_SINKS`` under the
+endpoint's scheme (which ``endpoints.parse`` must know).
+
+Everything here runs on the bridge's event loop thread; no call blocks it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Callable
+
+import posix_ipc
+
+from ..aio import Channel, Listener, Ring, listen
+from ..endpoints import Endpoint
+from ..errors import Closed, MessageTooLarge, Timeout
+from ..transports.mqueue import open_queue
+
+__all__ = ["Sink", "Source", "Stream", "open_sink", "open_source"]
+
+#: How long a queue waiter sleeps before looking again anyway (seconds): a
+#: closed bridge or a missed edge never leaves it waiting for good.
+_RECHECK = 0.2
+
+
+class Stream:
+    """One ordered run of local messages the bridge forwards (a ring, a queue, one client)."""
+
+    name: str = ""
+
+    async def take(self, max_count: int) -> list[bytes]:
+        """Wait for 1 to ``max_count`` messages. Raises Closed when the stream has ended."""
+        raise NotImplementedError
+
+    async def reply(self, data: bytes) -> None:
+        """Send ``data`` back to this stream's peer (only Channel clients have one)."""
+        raise ValueError(f"{self.name}: this local endpoint takes no replies")
+
+    def end(self) -> None:
+        """Stop this stream (a client's connection is closed: it sees Closed; a ring stays)."""
+
+
+class Source:
+    """A local endpoint the bridge reads: yields its streams."""
+
+    url: str = ""
+    #: True for one stream (a ring, a queue): its end is the source's end.
+    single = True
+
+    def streams(self) -> AsyncIterator[Stream]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class Sink:
+    """A local endpoint the bridge writes to."""
+
+    url: str = ""
+    #: True when :meth:`round_trip` works (a Channel server answers).
+    answers = False
+
+    async def put(self, data: bytes) -> None:
+        """Deliver ``data``. Raises Closed when the endpoint is gone for good
+        (the bridge then stops), MessageTooLarge over its limit, OSError or
+        Timeout when this one message could not be delivered."""
+        raise NotImplementedError
+
+    async def round_trip(self, data: bytes, timeout: float) -> bytes:
+        """Deliver ``data`` and return the endpoint's reply (Channel servers only)."""
+        raise ValueError(f"{self.url}: request/reply needs a unix:// or tcp:// Channel server")
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------
+# shm://NAME: a Ring (opened, or created when ?capacity= is given and it is missing)
+# ---------------------------------------------------------------------------
+
+
+def _open_ring(ep: Endpoint) -> tuple[Ring, bool]:
+    assert ep.name is not None
+    try:
+        return Ring.open(ep.name), False
+    except FileNotFoundError:
+        if ep.capacity is None:
+            raise FileNotFoundError(
+                2, "no such ring (give ?capacity=BYTES to create it)", ep.url
+            ) from None
+    mode = 0o600 if ep.mode is None else ep.mode
+    return Ring.create(ep.name, ep.capacity, mode=mode), True
+
+
+class _RingEnd(Stream, Source, Sink):
+    """A ring as a source (one stream) or a sink; removed at close if the bridge made it."""
+
+    def __init__(self, ep: Endpoint) -> None:
+        self.url = self.name = ep.url
+        self._ring, self._created = _open_ring(ep)
+
+    async def streams(self) -> AsyncIterator[Stream]:
+        yield self
+
+    async def take(self, max_count: int) -> list[bytes]:
+        return await self._ring.recv_many(max_count)
+
+    async def put(self, data: bytes) -> None:
+        await self._ring.send(data)
+
+    def close(self) -> None:
+        if self._created:
+            self._ring.sync.unlink()
+        self._ring.close()
+
+
+# ---------------------------------------------------------------------------
+# mq:///name: a POSIX message queue (created if missing, removed at close if so)
+# ---------------------------------------------------------------------------
+
+
+class _QueueEnd(Stream, Source, Sink):
+    """A message queue as a source (one stream, priorities dropped) or a sink (priority 0)."""
+
+    def __init__(self, ep: Endpoint) -> None:
+        self.url = self.name = ep.url
+        self._q, self._created = open_queue(ep)  # non-blocking descriptor
+
+    async def streams(self) -> AsyncIterator[Stream]:
+        yield self
+
+    async def _ready(self, write: bool) -> None:
+        """Until the queue polls readable (writable), or a re-check slice passes."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        fd = self._q.mqd
+        (loop.add_writer if write else loop.add_reader)(fd, wake)
+        try:
+            await asyncio.wait_for(fut, _RECHECK)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            (loop.remove_writer if write else loop.remove_reader)(fd)
+
+    async def take(self, max_count: int) -> list[bytes]:
+        out: list[bytes] = []
+        while True:
+            while len(out) < max_count:
+                try:
+                    out.append(self._q.receive()[0])
+                except posix_ipc.BusyError:
+                    break
+                except posix_ipc.SignalError:
+                    continue
+            if out:
+                return out
+            await self._ready(False)
+
+    async def put(self, data: bytes) -> None:
+        if len(data) > self._q.max_message_size:
+            raise MessageTooLarge(
+                f"{self.url}: the queue holds messages of at most {self._q.max_message_size} "
+                f"bytes (msgsize), got {len(data)}"
+            )
+        while True:
+            try:
+                self._q.send(data)
+                return
+            except posix_ipc.BusyError:
+                await self._ready(True)
+            except posix_ipc.SignalError:
+                continue
+
+    def close(self) -> None:
+        if self._created:
+            try:
+                self._q.unlink()
+            except posix_ipc.ExistentialError:
+                pass
+        self._q.close()
+
+
+# ---------------------------------------------------------------------------
+# unix:// and tcp://: Channels (length framing)
+# ---------------------------------------------------------------------------
+
+
+class _ClientStream(Stream):
+    """One client connected to the bridge's listener."""
+
+    def __init__(self, channel: Channel, url: str) -> None:
+        self._ch = channel
+        self.name = url
+
+    async def take(self, max_count: int) -> list[bytes]:
+        return await self._ch.recv_many(max_count)
+
+    async def reply(self, data: bytes) -> None:
+        await self._ch.send(data)
+
+    def end(self) -> None:
+        self._ch.close()
+
+
+class _ListenerSource(Source):
+    """The bridge listens (a unix socket file of its own, or a tcp port); each client is a stream."""
+
+    def __init__(self, listener: Listener) -> None:
+        self._listener = listener
+        self.url = listener.url
+        self.single = False
+        self._clients: set[_ClientStream] = set()
+
+    async def streams(self) -> AsyncIterator[Stream]:
+        while True:
+            try:
+                channel = await self._listener.accept()
+            except ValueError:
+                return  # closed
+            stream = _ClientStream(channel, f"{self.url} (client {len(self._clients) + 1})")
+            self._clients.add(stream)
+            yield stream
+
+    def close(self) -> None:
+        self._listener.close()
+        for client in self._clients:
+            client.end()
+        self._clients.clear()
+
+
+class _ChannelSink(Sink):
+    """The bridge connects to a Channel server; it reconnects on the next message after a failure."""
+
+    answers = True
+
+    def __init__(self, url: str, channel: Channel) -> None:
+        self.url = url
+        self._ch: Channel | None = channel
+
+    async def _channel(self) -> Channel:
+        if self._ch is None:
+            self._ch = await Channel.connect(self.url, timeout=5.0)
+        return self._ch
+
+    def _drop(self) -> None:
+        if self._ch is not None:
+            self._ch.close()
+            self._ch = None
+
+    async def put(self, data: bytes) -> None:
+        ch = await self._channel()
+        try:
+            await ch.send(data)
+        except (OSError, Closed, ValueError) as exc:
+            self._drop()
+            raise ConnectionError(f"{self.url}: could not send: {exc}") from None
+
+    async def round_trip(self, data: bytes, timeout: float) -> bytes:
+        ch = await self._channel()
+        try:
+            await ch.send(data)
+            return await ch.recv(timeout=timeout)
+        except Timeout:
+            # A late reply would be taken as the next request's: start afresh.
+            self._drop()
+            raise Timeout(f"{self.url}: no reply within {timeout:g} s") from None
+        except (OSError, Closed, ValueError) as exc:
+            self._drop()
+            raise ConnectionError(f"{self.url}: round trip failed: {exc}") from None
+
+    def close(self) -> None:
+        self._drop()
+
+
+# ---------------------------------------------------------------------------
+# the tables
+# ---------------------------------------------------------------------------
+
+
+async def _ring(ep: Endpoint) -> _RingEnd:
+    return _RingEnd(ep)
+
+
+async def _queue(ep: Endpoint) -> _QueueEnd:
+    return _QueueEnd(ep)
+
+
+async def _listener(ep: Endpoint) -> Source:
+    return _ListenerSource(await listen(ep.url))
+
+
+async def _connect(ep: Endpoint) -> Sink:
+    return _ChannelSink(ep.url, await Channel.connect(ep.url, timeout=5.0))
+
+
+_Open = Callable[[Endpoint], Awaitable[Any]]
+
+#: scheme -> how the bridge opens that local endpoint to read from it.
+_SOURCES: dict[str, _Open] = {"shm": _ring, "mq": _queue, "unix": _listener, "tcp": _listener}
+#: scheme -> how the bridge opens that local endpoint to write to it.
+_SINKS: dict[str, _Open] = {"shm": _ring, "mq": _queue, "unix": _connect, "tcp": _connect}
+#: The local schemes whose endpoint can carry request/reply (a Channel).
+ANSWERING = frozenset({"unix", "tcp"})
+LOCAL_SCHEMES = frozenset(_SOURCES) | frozenset(_SINKS)
+
+
+async def open_source(ep: Endpoint) -> Source:
+    """Open local endpoint ``ep`` for the bridge to read (ValueError for an unbridgeable scheme)."""
+    opener = _SOURCES.get(ep.scheme)
+    if opener is None:
+        raise ValueError(f"{ep.url}: a bridge cannot read {ep.scheme}:// endpoints")
+    source: Source = await opener(ep)
+    return source
+
+
+async def open_sink(ep: Endpoint) -> Sink:
+    """Open local endpoint ``ep`` for the bridge to write to."""
+    opener = _SINKS.get(ep.scheme)
+    if opener is None:
+        raise ValueError(f"{ep.url}: a bridge cannot write to {ep.scheme}:// endpoints")
+    sink: Sink = await opener(ep)
+    return sink
