@@ -286,29 +286,39 @@ class PythonChannel(ChannelBase):
 
     # ---- send -----------------------------------------------------------
     def send(self, data: Any, fds: Iterable[FdLike] = (), timeout: float | None = None) -> None:
+        sock = self._sock
+        n = len(data) if type(data) is bytes else _JOIN_MAX
+        if (
+            n < _JOIN_MAX
+            and not fds
+            and sock is not None
+            and n <= self.max_message
+            and (n < self.handoff_min or not self.handoff_min)
+        ):
+            # A small message: header and payload in one buffer, one send(). A
+            # partial or refused write goes on through the general path.
+            frame = _pack(n, 0) + data
+            done = -1
+            try:
+                done = sock.send(frame, _SEND_FLAGS)
+            except OSError:
+                done = 0  # refused (full, or worse): the general path says what it is
+            except BaseException:
+                if done < 0:
+                    # A signal handler raised right after send() returned: bytes
+                    # may have gone out uncounted, as in the general path.
+                    self.close()
+                raise
+            if done == n + 8:
+                return
+            if done:
+                self._send_rest(sock, frame, done, self._deadline(timeout))
+                return
+        self._send(data, fds, timeout)
+
+    def _send(self, data: Any, fds: Iterable[FdLike], timeout: float | None) -> None:
+        """send(), the general path: any buffer, fds, the hand-off area, partial writes."""
         sock = self._socket()
-        if type(data) is bytes and not fds:
-            n = len(data)
-            if n < _JOIN_MAX and n < (self.handoff_min or _JOIN_MAX) and n <= self.max_message:
-                # A small message: header and payload in one buffer, one send(). A
-                # partial or refused write goes on through the general path below.
-                frame = _pack(n, 0) + data
-                done = -1
-                try:
-                    done = sock.send(frame, _SEND_FLAGS)
-                except OSError:
-                    done = 0  # refused (full, or worse): the general path below says what it is
-                except BaseException:
-                    if done < 0:
-                        # A signal handler raised right after send() returned: bytes
-                        # may have gone out uncounted, as in the general path.
-                        self.close()
-                    raise
-                if done == n + 8:
-                    return
-                if done:
-                    self._send_rest(sock, frame, done, self._deadline(timeout))
-                    return
         mv = check_buffer(data)
         fdl = self._fd_list(fds) if fds else []
         deadline = self._deadline(timeout)
@@ -801,7 +811,12 @@ class PythonChannel(ChannelBase):
 
     def recv(self, timeout: float | None = None) -> bytes:
         pos = self._rpos
-        if self._rend - pos >= 8 and self._plain_ready():
+        if (
+            self._rend - pos >= 8
+            and not (self._sets or self._inbox or self._last or self._dead)
+            and self._big is None
+            and self._sock is not None
+        ):  # as _plain_ready(), inline: this is the hot path
             # A whole plain frame already buffered: cut it here (consumed by the
             # one store of _rpos, after the copy).
             n, flags = _unpack_from(self._rbuf, pos)
