@@ -737,9 +737,12 @@ class PythonRing(RingBase):
         if gen_w >= 0:
             q = self._q
             g = q[gen_w]
+            # A plain spin: sched_yield() would hand the CPU to any other runnable
+            # task for a whole time slice, far longer than the peer takes.
             spin_end = now + _SPIN
-            while q[gen_w] == g and time.monotonic() < spin_end:
-                os.sched_yield()
+            clock = time.monotonic
+            while q[gen_w] == g and clock() < spin_end:
+                pass
             if q[gen_w] != g:
                 return
         if deadline is None:
