@@ -131,6 +131,29 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{med:.3g} ({min(v):.3g}–{max(v):.3g})")
         if any(c != "–" for c in cells):
             out.append(f"| {label} | " + " | ".join(cells) + " |")
+    # Paired ratios: each repetition's figure over the plain loop's (memcpy's for
+    # read) in the same repetition, then the median: load that moves a whole
+    # repetition cancels out.
+    out += [
+        "",
+        "Paired ratios (median of per-repetition ratios; rtt: plain / row, higher is better)",
+        "",
+    ]
+    out.append("| row | " + " | ".join(kinds) + " |")
+    out.append("|---|" + "---:|" * len(kinds))
+    for label in [r[0] for r in rows[:-1]]:
+        cells = []
+        for kind in kinds:
+            ref = "one-core memcpy" if kind == "read" else "AF_UNIX plain loop"
+            a = samples.get(label, {}).get(kind, [])
+            b = samples.get(ref, {}).get(kind, [])
+            pairs = list(zip(a, b)) if len(a) == len(b) else []
+            if not pairs:
+                cells.append("–")
+                continue
+            ratios = [(y / x if kind == "rtt" else x / y) for x, y in pairs if x and y]
+            cells.append(f"{statistics.median(ratios):.2f}x" if ratios else "–")
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
     print("\n".join(out))
     for e in errors:
         print("error:", e)

@@ -93,6 +93,7 @@ import errno
 import fcntl
 import mmap
 import os
+import platform
 import random
 import struct
 import sys
@@ -131,7 +132,9 @@ MAGIC = b"FIPCPY01"
 LAYOUT_VERSION = 3
 _NATIVE_MAGIC = b"FPCIRN01"  # csrc/ring.c's FI_MAGIC, named for a clearer error
 
-_HEADER = 16384  # bytes before the data area (whole pages, so the data area is page-aligned)
+_DATA = 16384  # bytes before the data area (whole pages, so the data area is page-aligned)
+#: Layout 2's header size, kept (with _data_size) for modules that import them.
+_HEADER = 4096
 _MAX_POS = 1 << 62  # positions beyond this are corrupt (exabytes of traffic)
 _M64 = (1 << 64) - 1
 
@@ -190,6 +193,31 @@ _PADS = tuple(bytes(-k & 7) for k in range(8))
 _BusyError = posix_ipc.BusyError
 
 
+class _Fence:
+    """A full memory barrier for weakly ordered CPUs, from pure Python: a post then a
+    take of a private semaphore (glibc: a release then an acquire atomic instruction).
+
+    x86-64 keeps stores in program order and loads in program order, which is
+    all the lock-free reads need, so there the fence is not used (_FENCE is None).
+    """
+
+    def __init__(self) -> None:
+        self._make()
+        os.register_at_fork(after_in_child=self._make)  # the parent's is shared: own one
+
+    def _make(self) -> None:
+        sem = posix_ipc.Semaphore(None, posix_ipc.O_CREX, 0o600, 0)
+        sem.unlink()  # private: nothing left in /dev/shm
+        self._post, self._take = sem.release, sem.acquire
+
+    def __call__(self) -> None:
+        self._post()
+        self._take(0)
+
+
+_FENCE: _Fence | None = None if platform.machine() in ("x86_64", "AMD64") else _Fence()
+
+
 def _flock(ltype: int, start: int, length: int = 1) -> bytes:
     # struct flock on x86_64/aarch64: short l_type, short l_whence, off_t l_start,
     # off_t l_len, pid_t l_pid (+4 bytes padding); OFD locks require l_pid == 0.
@@ -216,10 +244,19 @@ def _align8(n: int) -> int:
 
 
 def _data_size(capacity: int) -> int:
-    """Data-area bytes for ``capacity``: room for one largest record, rounded to whole pages."""
+    """Layout 2's data-area bytes for ``capacity`` (behind a ``_HEADER``-byte header); kept
+    for modules that import it. This ring uses :func:`_ring_data_size`."""
     page = mmap.PAGESIZE
     total = _HEADER + _align8(capacity) + 8
     return (total + page - 1) // page * page - _HEADER
+
+
+def _ring_data_size(capacity: int) -> int:
+    """Data-area bytes of a layout-3 ring for ``capacity``: room for one largest record,
+    rounded so the whole segment is whole pages."""
+    page = mmap.PAGESIZE
+    total = _DATA + _align8(capacity) + 8
+    return (total + page - 1) // page * page - _DATA
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -357,7 +394,7 @@ class PythonRing(RingBase):
     def _create(cls, name: str, capacity: int, mode: int) -> PythonRing:
         """Create the segment and semaphores of ring ``name`` (arguments already validated)."""
         path = segment_path(name)
-        dsize = _data_size(capacity)
+        dsize = _ring_data_size(capacity)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         made: list[str] = [path]
         sems: list[posix_ipc.Semaphore] = []
@@ -366,7 +403,7 @@ class PythonRing(RingBase):
             os.fchmod(fd, mode)  # the umask must not apply
             # Held while initialising so an opener that races us waits for the magic.
             fcntl.fcntl(fd, _F_SETLKW, _LOCKS[_LOCK_STATE])
-            os.ftruncate(fd, _HEADER + dsize)
+            os.ftruncate(fd, _DATA + dsize)
             # items and space start empty (hints); the two mutexes start free.
             for k, (sem_name, sem_path) in enumerate(
                 zip(semaphore_names(name), semaphore_paths(name))
@@ -380,7 +417,7 @@ class PythonRing(RingBase):
                 sems.append(sem)
                 made.append(sem_path)
                 os.chmod(sem_path, mode)
-            mm = mmap.mmap(fd, _HEADER + dsize, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            mm = mmap.mmap(fd, _DATA + dsize, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             q = memoryview(mm).cast("Q")
             try:
                 q[_W_VERSION] = LAYOUT_VERSION
@@ -417,7 +454,7 @@ class PythonRing(RingBase):
         sems: list[posix_ipc.Semaphore] = []
         try:
             capacity, dsize = cls._read_geometry(name, fd)
-            mm = mmap.mmap(fd, _HEADER + dsize, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            mm = mmap.mmap(fd, _DATA + dsize, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             for sem_name, sem_path in zip(semaphore_names(name), semaphore_paths(name)):
                 try:
                     sems.append(posix_ipc.Semaphore(sem_name))
@@ -493,11 +530,15 @@ class PythonRing(RingBase):
             )
         if not 1 <= capacity <= MAX_CAPACITY:
             raise incompatible(name, f"capacity {capacity} is out of range")
-        if dsize % 8 or dsize < _align8(capacity) + 8 or dsize > _data_size(capacity) + (1 << 30):
+        if (
+            dsize % 8
+            or dsize < _align8(capacity) + 8
+            or dsize > _ring_data_size(capacity) + (1 << 30)
+        ):
             raise incompatible(name, f"data size {dsize} does not fit capacity {capacity}")
-        if size < _HEADER + dsize:
+        if size < _DATA + dsize:
             raise incompatible(
-                name, f"segment is {size} bytes, smaller than its layout ({_HEADER + dsize})"
+                name, f"segment is {size} bytes, smaller than its layout ({_DATA + dsize})"
             )
         return capacity, dsize
 
@@ -644,11 +685,16 @@ class PythonRing(RingBase):
     def _pair(self, gen_w: int) -> tuple[int, int]:
         """(position, count) of the side whose generation is word ``gen_w``, read without a lock."""
         q = self._q
+        fence = _FENCE
         for _ in range(1000):
             g = q[gen_w]
+            if fence:
+                fence()  # the slot and the data after the generation
             i = gen_w + 1 + 2 * (g & 1)
             pos = q[i]
             count = q[i + 1]
+            if fence:
+                fence()
             if q[gen_w] == g:
                 return pos, count
         raise incompatible(self.name, "a generation word never settles")
@@ -702,6 +748,8 @@ class PythonRing(RingBase):
         i = gen_w + 1 + 2 * (g & 1)
         q[i] = pos & _M64
         q[i + 1] = count & _M64  # a corrupt count wraps; _state() reports it
+        if _FENCE:
+            _FENCE()  # the data and the slot before the generation
         q[gen_w] = g  # the commit: one aligned 8-byte store
 
     def _release(self, side: int, held: list[None], committed: bool) -> None:
@@ -803,21 +851,21 @@ class PythonRing(RingBase):
         off = pos % D
         n = len(data)
         first = D - off
-        base = _HEADER + off
+        base = _DATA + off
         if n <= first:
             self._mm[base : base + n] = data
         else:
             mv = memoryview(data).cast("B")
             self._mm[base : base + first] = mv[:first]
-            self._mm[_HEADER : _HEADER + n - first] = mv[first:]
+            self._mm[_DATA : _DATA + n - first] = mv[first:]
 
     def _put(self, pos: int, data: Any, n: int) -> int:
         """Write one record of ``n`` bytes at ``pos``; return the position after it."""
         off = pos % self._D
-        self._q[(_HEADER + off) >> 3] = n
+        self._q[(_DATA + off) >> 3] = n
         if n:
             if off + 8 + n <= self._D:
-                base = _HEADER + off + 8
+                base = _DATA + off + 8
                 self._mm[base : base + n] = data
             else:
                 self._write(pos + 8, data)
@@ -869,7 +917,7 @@ class PythonRing(RingBase):
                 if not 0 <= tail - self._head_seen <= D - need or q[_W_CLOSING]:
                     tail, pushed = self._wait_space(need, deadline)
                 off = tail % D
-                base = _HEADER + off
+                base = _DATA + off
                 q[base >> 3] = n
                 if off + 8 + n <= D:
                     self._mm[base + 8 : base + 8 + n] = data
@@ -881,6 +929,8 @@ class PythonRing(RingBase):
                 i = _W_TSLOT + 2 * (g & 1)
                 q[i] = tail + need
                 q[i + 1] = (pushed + 1) & _M64  # a corrupt count wraps; len() reports it
+                if _FENCE:
+                    _FENCE()  # the data and the slot before the generation (see _Fence)
                 q[_W_TSEL] = g  # the commit: one aligned 8-byte store
                 done = True
             finally:
@@ -996,7 +1046,7 @@ class PythonRing(RingBase):
                 off = (tail + 8) % self._D
                 temp: bytearray | None = None
                 if off + n <= self._D:
-                    view = self._buf[_HEADER + off : _HEADER + off + n]
+                    view = self._buf[_DATA + off : _DATA + off + n]
                 else:
                     temp = bytearray(n)  # the record wraps: fill a copy, move it in at exit
                     view = memoryview(temp)
@@ -1014,7 +1064,7 @@ class PythonRing(RingBase):
                 if temp is not None:
                     end = self._put(tail, temp, n)
                 else:
-                    self._q[(_HEADER + tail % self._D) >> 3] = n
+                    self._q[(_DATA + tail % self._D) >> 3] = n
                     end = tail + 8 + _align8(n)
                 self._commit(_W_TSEL, end, pushed + 1)
                 done = True
@@ -1048,7 +1098,7 @@ class PythonRing(RingBase):
 
     def _length(self, head: int, tail: int) -> int:
         """Payload length of the record at ``head``, checked against the committed bytes."""
-        n: int = self._q[(_HEADER + head % self._D) >> 3]
+        n: int = self._q[(_DATA + head % self._D) >> 3]
         if n > self.capacity or 8 + _align8(n) > tail - head:
             raise incompatible(self.name, f"corrupt record: length {n} at position {head}")
         return n
@@ -1057,11 +1107,11 @@ class PythonRing(RingBase):
         """The ``n`` payload bytes of the record at ``pos``, joined if they wrap."""
         D = self._D
         off = (pos + 8) % D
-        base = _HEADER + off
+        base = _DATA + off
         if off + n <= D:
             return self._mm[base : base + n]
         first = D - off
-        return self._mm[base : base + first] + self._mm[_HEADER : _HEADER + n - first]
+        return self._mm[base : base + first] + self._mm[_DATA : _DATA + n - first]
 
     def _next(self, q: Any, deadline: float | None) -> tuple[int, int, int, int]:
         """(generation, head, popped, payload length) of the next message. Consumer mutex held."""
@@ -1073,7 +1123,7 @@ class PythonRing(RingBase):
         if not 8 <= tail - head <= self._D:
             head, popped, tail = self._wait_message(deadline)
             g = q[_W_HSEL]
-        n: int = q[(_HEADER + head % self._D) >> 3]
+        n: int = q[(_DATA + head % self._D) >> 3]
         if n > self.capacity or n + 8 > tail - head:
             raise incompatible(self.name, f"corrupt record: length {n} at position {head}")
         return g, head, popped, n
@@ -1104,7 +1154,7 @@ class PythonRing(RingBase):
                 D = self._D
                 off = head % D
                 if off + 8 + n <= D:
-                    base = _HEADER + off + 8
+                    base = _DATA + off + 8
                     data = self._mm[base : base + n]
                 else:
                     data = self._read(head, n)
@@ -1112,6 +1162,8 @@ class PythonRing(RingBase):
                 i = _W_HSLOT + 2 * (g & 1)
                 q[i] = head + ((n + 15) & ~7)
                 q[i + 1] = (popped + 1) & _M64
+                if _FENCE:
+                    _FENCE()  # the data and the slot before the generation (see _Fence)
                 q[_W_HSEL] = g  # the commit: one aligned 8-byte store
                 done = True
             finally:
@@ -1164,13 +1216,13 @@ class PythonRing(RingBase):
                     )
                 D = self._D
                 off = (head + 8) % D
-                base = _HEADER + off
+                base = _DATA + off
                 if off + n <= D:
                     dst[:n] = self._buf[base : base + n]
                 else:
                     first = D - off
                     dst[:first] = self._buf[base : base + first]
-                    dst[first:n] = self._buf[_HEADER : _HEADER + n - first]
+                    dst[first:n] = self._buf[_DATA : _DATA + n - first]
                 self._commit(_W_HSEL, head + ((n + 15) & ~7), popped + 1)
                 done = True
             finally:
@@ -1245,24 +1297,24 @@ class PythonRing(RingBase):
             # once (a strided view of the words), payloads sliced out in C.
             run = min(count - len(out), (tail - pos) // r, (D - off) // r)
             if run > 1:
-                w0 = (_HEADER + off) >> 3
+                w0 = (_DATA + off) >> 3
                 same = q[w0 : w0 + run * (r >> 3) : r >> 3].tolist()
                 if same.count(n) == run:
-                    out += _run_struct(n, run).unpack_from(mm, _HEADER + off)
+                    out += _run_struct(n, run).unpack_from(mm, _DATA + off)
                     pos += run * r
                     if len(out) >= count or pos >= tail:
                         return out, pos
                     n = self._length(pos, tail)
                     continue
             if off + 8 + n <= D:
-                base = _HEADER + off + 8
+                base = _DATA + off + 8
                 out.append(mm[base : base + n])
             else:
                 out.append(self._read(pos, n))
             pos += r
             if len(out) >= count or pos >= tail:
                 return out, pos
-            n = q[(_HEADER + pos % D) >> 3]
+            n = q[(_DATA + pos % D) >> 3]
             if n > cap or n + 8 > tail - pos:
                 raise incompatible(self.name, f"corrupt record: length {n} at position {pos}")
 
@@ -1289,7 +1341,7 @@ class PythonRing(RingBase):
                 _, head, popped, n = self._next(q, deadline)
                 off = (head + 8) % self._D
                 if off + n <= self._D:
-                    raw = self._buf[_HEADER + off : _HEADER + off + n]
+                    raw = self._buf[_DATA + off : _DATA + off + n]
                 else:
                     raw = memoryview(self._read(head, n))  # the record wraps: a joined copy
                 view = raw.toreadonly()
