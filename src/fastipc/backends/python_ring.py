@@ -12,16 +12,17 @@ the x86_64/aarch64 Linux this targets)::
         16     8  capacity: the largest payload, bytes
         24     8  D: size of the data area, bytes (multiple of 8, >= align8(capacity) + 8)
         32     8  closed flag (non-zero after shutdown)
-        40     8  tail generation: bit 0 picks the live tail slot
-        48    16  tail slot 0: (tail position, messages pushed)
-        64    16  tail slot 1
-        80     8  head generation
-        88    16  head slot 0: (head position, messages popped)
-       104    16  head slot 1
-       120     8  recv watchers: handles waiting on the recv doorbell (issue 12)
-       128     8  send watchers: handles waiting on the send doorbell
-       136     8  producer releases without a commit    144  8  the same, consumer
-       152     8  closing flag: set by shutdown before the closed flag; producers refuse
+        40     8  closing flag: set by shutdown before the closed flag; producers refuse
+        48     8  recv watchers: handles waiting on the recv doorbell (issue 12)
+        56     8  send watchers: handles waiting on the send doorbell
+        64     8  tail generation: bit 0 picks the live tail slot
+        72    16  tail slot 0: (tail position, messages pushed)
+        88    16  tail slot 1
+       104     8  producer releases without a commit
+       128     8  head generation
+       136    16  head slot 0: (head position, messages popped)
+       152    16  head slot 1
+       168     8  consumer releases without a commit
        256     3  bytes locked (never read or written): producer recovery, state, consumer recovery
       1024  1024  bytes locked: one per handle slot, held by the slot's handle while it lives
       8192  8192  handle slots: u64 each, the side (1 producer, 2 consumer) the handle
@@ -143,15 +144,18 @@ _W_MAGIC = 0
 _W_VERSION = 1
 _W_CAPACITY = 2
 _W_DSIZE = 3
+# Line 0 (bytes 0-63) is read-mostly; the producers' words have line 1 to
+# themselves and the consumers' line 2, so a commit on one side does not take
+# the other side's line away from its core (false sharing).
 _W_CLOSED = 4
-_W_TSEL = 5  # the tail generation
-_W_TSLOT = 6  # slots 6,7 and 8,9
-_W_HSEL = 10  # the head generation
-_W_HSLOT = 11  # slots 11,12 and 13,14
-_W_WATCH = 15  # recv watchers; 16: send watchers
-_W_PREL = 17  # producer releases without a commit
-_W_CREL = 18  # consumer releases without a commit
-_W_CLOSING = 19  # set by shutdown() before _W_CLOSED: producers commit nothing after it
+_W_CLOSING = 5  # set by shutdown() before _W_CLOSED: producers commit nothing after it
+_W_WATCH = 6  # recv watchers; 7: send watchers
+_W_TSEL = 8  # the tail generation
+_W_TSLOT = 9  # slots 9,10 and 11,12
+_W_PREL = 13  # producer releases without a commit
+_W_HSEL = 16  # the head generation
+_W_HSLOT = 17  # slots 17,18 and 19,20
+_W_CREL = 21  # consumer releases without a commit
 
 # File offsets of the lock bytes (advisory; the bytes themselves are never touched).
 _LOCK_PRODUCER = 256  # serialises recoveries of the producer mutex
