@@ -919,7 +919,18 @@ class PythonRing(RingBase):
                 pushed = q[i + 1]
                 D = self._D
                 if not 0 <= tail - self._head_seen <= D - need or q[_W_CLOSING]:
-                    tail, pushed = self._wait_space(need, deadline)
+                    # One fresh look at the head (as _next does the tail), then the wait.
+                    hg = q[_W_HSEL]
+                    head = q[_W_HSLOT + 2 * (hg & 1)]
+                    if (
+                        _FENCE
+                        or q[_W_HSEL] != hg
+                        or q[_W_CLOSING]
+                        or not 0 <= tail - head <= D - need
+                    ):
+                        tail, pushed = self._wait_space(need, deadline)
+                    else:
+                        self._head_seen = head
                 off = tail % D
                 base = _DATA + off
                 q[base >> 3] = n
@@ -1124,10 +1135,18 @@ class PythonRing(RingBase):
         head = q[i]
         popped = q[i + 1]
         tail = self._tail_seen
-        if not 8 <= tail - head <= self._D:
-            head, popped, tail = self._wait_message(deadline)
-            g = q[_W_HSEL]
-        n: int = q[(_DATA + head % self._D) >> 3]
+        D = self._D
+        if not 8 <= tail - head <= D:
+            # What this handle saw is consumed: one fresh look at the tail (its
+            # generation, the slot, the generation again), the full wait if empty.
+            tg = q[_W_TSEL]
+            tail = q[_W_TSLOT + 2 * (tg & 1)]
+            if _FENCE or q[_W_TSEL] != tg or not 8 <= tail - head <= D or tail >= _MAX_POS:
+                head, popped, tail = self._wait_message(deadline)
+                g = q[_W_HSEL]
+            else:
+                self._tail_seen = tail
+        n: int = q[(_DATA + head % D) >> 3]
         if n > self.capacity or n + 8 > tail - head:
             raise incompatible(self.name, f"corrupt record: length {n} at position {head}")
         return g, head, popped, n
