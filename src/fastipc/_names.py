@@ -40,7 +40,9 @@ SHM_DIR = "/dev/shm"
 SEGMENT_PREFIX = "fastipc."
 #: The python ring's semaphores are ``SHM_DIR/SEMAPHORE_PREFIX + name + suffix``.
 SEMAPHORE_PREFIX = "sem.fastipc."
-SEMAPHORE_SUFFIXES = (".items", ".space")
+#: Two wake-up hints (``.items``, ``.space``), then the producers' and the
+#: consumers' mutexes (``.prod``, ``.cons``).
+SEMAPHORE_SUFFIXES = (".items", ".space", ".prod", ".cons")
 #: A ring's readiness doorbells (FIFOs, both backends) are
 #: ``SHM_DIR/BELL_PREFIX + name + suffix``: ``.recv`` is rung when a message
 #: is published, ``.send`` when room is freed (see ``open_bell``).
@@ -72,7 +74,8 @@ def segment_path(name: str) -> str:
 
 
 def semaphore_names(name: str) -> list[str]:
-    """The POSIX names (for ``posix_ipc.Semaphore``) of the python ring's two semaphores."""
+    """The POSIX names (for ``posix_ipc.Semaphore``) of the python ring's semaphores, in
+    ``SEMAPHORE_SUFFIXES`` order."""
     return [f"/fastipc.{name}{s}" for s in SEMAPHORE_SUFFIXES]
 
 

@@ -1,4 +1,4 @@
-"""The pure-Python ring backend: a shared-memory ring ordered by file locks and named semaphores.
+"""The pure-Python ring backend: a shared-memory ring ordered by semaphore mutexes and file locks.
 
 One algorithm, kept in one file: the layout, the locks, the waits and the
 batches all read and write the same few words of the segment.
@@ -12,62 +12,80 @@ the x86_64/aarch64 Linux this targets)::
         16     8  capacity: the largest payload, bytes
         24     8  D: size of the data area, bytes (multiple of 8, >= align8(capacity) + 8)
         32     8  closed flag (non-zero after shutdown)
-        40     8  tail selector: bit 0 picks the live tail slot
-        48    16  tail slot 0: (tail position, messages pushed)
-        64    16  tail slot 1
-        80     8  head selector
-        88    16  head slot 0: (head position, messages popped)
-       104    16  head slot 1
-       120     8  recv watchers: handles waiting on the recv doorbell (issue 12)
-       128     8  send watchers: handles waiting on the send doorbell
-       256     3  bytes locked (never read or written): producer, state, consumer
-      4096     D  data area: records of [u64 payload length][payload, padded to 8]
+        40     8  closing flag: set by shutdown before the closed flag; producers refuse
+        48     8  recv watchers: handles waiting on the recv doorbell (issue 12)
+        56     8  send watchers: handles waiting on the send doorbell
+        64     8  tail generation: bit 0 picks the live tail slot
+        72    16  tail slot 0: (tail position, messages pushed)
+        88    16  tail slot 1
+       104     8  producer releases without a commit
+       128     8  head generation
+       136    16  head slot 0: (head position, messages popped)
+       152    16  head slot 1
+       168     8  consumer releases without a commit
+       256     3  bytes locked (never read or written): producer recovery, state, consumer recovery
+      1024  1024  bytes locked: one per handle slot, held by the slot's handle while it lives
+      8192  8192  handle slots: u64 each, the side (1 producer, 2 consumer) the handle
+                  is taking or holding, else 0
+     16384     D  data area: records of [u64 payload length][payload, padded to 8]
 
 Positions are monotonic byte counts; a record starts at ``position % D``
 (always 8-aligned, so its header never straddles the end) and its payload
 may wrap around the end of the data area.
 
-Why file locks and double slots (the crash-safety argument):
+Why it is built this way (the fast path makes no system call):
 
-* Mutual exclusion comes from Linux open-file-description locks
-  (``F_OFD_SETLK``) on three bytes of the segment file: the kernel releases
-  them when their holder dies, however it dies, so a SIGKILLed participant
-  never leaves a lock held. Each lock syscall is also a full memory barrier,
-  which gives the ordering between processes: shared words are only read or
-  written while holding the lock that guards them, never raced.
-* The "state" lock guards the selectors, slots and closed flag and is held
-  for a few loads and stores. The "producer" lock serialises producers for a
-  whole send (so the tail can only move under it and a producer may read the
-  tail slot holding just that lock); the "consumer" lock does the same for
-  consumers and the head.
-* A producer writes its record(s) into free space first, then commits by
-  filling the idle tail slot and flipping the selector: that single aligned
-  8-byte store (one machine instruction) is the commit, so a writer killed
-  at any instant leaves either the old state or the new one, never a torn
-  pair; a dead producer's partial data lies beyond the tail and is invisible,
-  and a dead consumer's message is still at the head for the next consumer.
+* Producers exclude each other with the named semaphore ``.prod`` used as a
+  mutex, consumers with ``.cons``: an uncontended ``sem_trywait``/``sem_post``
+  is one atomic instruction in glibc, where a file lock costs two system
+  calls (about 1.6 us a message on the VMs this was measured on).
+* Each side's words are written only by the holder of that side's mutex
+  (single writer), so no lock is needed to read the other side: a reader
+  takes the generation, the slot it picks, and the generation again, and
+  retries if it moved. A writer commits by filling the idle slot and then
+  storing generation + 1 (one aligned 8-byte store, one instruction): a
+  writer killed at any instant leaves the old state or the new one. Its
+  partial data lies beyond the tail and is invisible; a dead consumer's
+  message is still at the head for the next one. The ordering between the
+  data, the slot and the generation is x86-64's (stores are seen in program
+  order); ``sem_post`` and ``sem_trywait`` are full barriers (locked
+  instructions) on every architecture.
+* A semaphore is not released by the kernel when its holder dies, so each
+  handle owns a slot whose lock byte (a Linux open-file-description lock,
+  which the kernel drops when the holder dies, however it dies) it holds
+  while it lives, and writes the side it is taking into its slot *before*
+  ``sem_trywait`` and clears it after ``sem_post``. A waiter that has not
+  got the mutex for 2 ms runs the recovery, serialised by that side's
+  recovery lock byte: the mutex is orphaned if it is taken (value 0) and no
+  live slot claims the side, while neither the side's generation nor its
+  release counter moved during the scan (so it cannot have changed hands
+  under the scan). The recoverer then holds the taken semaphore in the
+  dead holder's place. Every release bumps the generation (a commit) or the
+  release counter, then posts.
 * Everything read from the segment is bounds-checked (another process may be
   hostile): offsets are always reduced modulo this handle's own D, and
   inconsistent state raises IncompatibleSegment.
 
 A handle inherited through ``fork()`` reopens and remaps the segment in the
-child (``os.register_at_fork``): sharing the parent's open file description
-would share its locks, so parent and child would not exclude each other.
+child and takes a slot of its own (``os.register_at_fork``): sharing the
+parent's open file description would share its slot lock.
 
-Interrupts and threads: a raising signal handler (Ctrl-C) never leaves a
-lock held: the thread locks are taken only by ``with`` and each OFD byte
-inside the ``try`` whose cleanup unlocks it with a direct ``fcntl`` call
-(see the comment above ``_state_lock_deadline``). ``close()`` from another
-thread wakes a blocked call within its wait slice (semaphore sleeps of
-``_SLEEP_CAP``, lock polls of at most ``_POLL_MAX``: no ``F_OFD_SETLKW``,
-which nothing but a signal could interrupt); the call then raises
-``ValueError: ring is closed`` and unmaps the ring itself as it leaves, so no
-thread touches the mapping after it is gone.
+Interrupts and threads: a raising signal handler (Ctrl-C) runs in CPython
+after a call returns or at a Python function's entry. A mutex is taken by
+``held += map(sem.acquire, (0,))`` (the result is recorded in C, in the same
+step as the take) inside the ``try`` whose ``finally`` releases it if
+``held`` says so, with stores and one final call; the thread locks only by
+``with``. ``close()`` from another thread wakes a blocked call within its
+wait slice (semaphore sleeps of ``_SLEEP_CAP``, mutex polls of at most
+``_POLL_MAX``); the call then raises ``ValueError: ring is closed`` and
+unmaps the ring itself as it leaves, so no thread touches the mapping after
+it is gone.
 
-The semaphores ``/fastipc.NAME.items`` and ``/fastipc.NAME.space`` are only
-wake-up hints, not counts: a waiter re-checks the state after every wake-up
-and never sleeps longer than ``_SLEEP_CAP`` between checks, so a peer killed
-between its commit and its post cannot strand it.
+The semaphores ``.items`` and ``.space`` are only wake-up hints, not counts:
+a waiter re-checks the state after every wake-up and never sleeps longer than
+``_SLEEP_CAP`` between checks, so a peer killed between its commit and its
+post cannot strand it. A side posts only when the hint is 0 (no syscall
+unless someone sleeps on it: glibc's ``sem_post`` wakes only counted waiters).
 """
 
 from __future__ import annotations
@@ -76,13 +94,17 @@ import errno
 import fcntl
 import mmap
 import os
+import platform
+import random
 import struct
 import sys
 import threading
 import time
 import weakref
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
+from itertools import accumulate
 from typing import Any
 
 import posix_ipc
@@ -107,46 +129,97 @@ if sys.byteorder != "little":  # pragma: no cover - the layout uses native u64 w
 
 MAGIC = b"FIPCPY01"
 #: 2: the watcher counts at offsets 120 and 128 (the readiness doorbells).
-LAYOUT_VERSION = 2
+#: 3: semaphore mutexes, handle slots, release counters; the data area at 16384.
+LAYOUT_VERSION = 3
 _NATIVE_MAGIC = b"FPCIRN01"  # csrc/ring.c's FI_MAGIC, named for a clearer error
 
-_HEADER = 4096  # bytes before the data area; one page so the data area is page-aligned
+_DATA = 16384  # bytes before the data area (whole pages, so the data area is page-aligned)
+#: Layout 2's header size, kept (with _data_size) for modules that import them.
+_HEADER = 4096
 _MAX_POS = 1 << 62  # positions beyond this are corrupt (exabytes of traffic)
+_M64 = (1 << 64) - 1
 
 # Header word indexes (u64 words of the mapping).
 _W_MAGIC = 0
 _W_VERSION = 1
 _W_CAPACITY = 2
 _W_DSIZE = 3
+# Line 0 (bytes 0-63) is read-mostly; the producers' words have line 1 to
+# themselves and the consumers' line 2, so a commit on one side does not take
+# the other side's line away from its core (false sharing).
 _W_CLOSED = 4
-_W_TSEL = 5
-_W_TSLOT = 6  # slots 6,7 and 8,9
-_W_HSEL = 10
-_W_HSLOT = 11  # slots 11,12 and 13,14
-_W_WATCH = 15  # recv watchers; 16: send watchers
+_W_CLOSING = 5  # set by shutdown() before _W_CLOSED: producers commit nothing after it
+_W_WATCH = 6  # recv watchers; 7: send watchers
+_W_TSEL = 8  # the tail generation
+_W_TSLOT = 9  # slots 9,10 and 11,12
+_W_PREL = 13  # producer releases without a commit
+_W_HSEL = 16  # the head generation
+_W_HSLOT = 17  # slots 17,18 and 19,20
+_W_CREL = 21  # consumer releases without a commit
 
 # File offsets of the lock bytes (advisory; the bytes themselves are never touched).
-# The state byte sits between the side bytes so a commit can release the state lock and
-# its side's lock with one unlock of two adjacent bytes (one syscall fewer per message).
-_LOCK_PRODUCER = 256
-_LOCK_STATE = 257
-_LOCK_CONSUMER = 258
+_LOCK_PRODUCER = 256  # serialises recoveries of the producer mutex
+_LOCK_STATE = 257  # creation and the watcher counts
+_LOCK_CONSUMER = 258  # serialises recoveries of the consumer mutex
+#: Handle slots: slot i's lock byte is _LIVE_BYTE + i, its word _W_SLOTS + i.
+_SLOTS = 1024
+_LIVE_BYTE = 1024
+_W_SLOTS = 8192 // 8
+#: Slot words: the side a handle is taking or holding.
+_PROD = 1
+_CONS = 2
 
 #: Longest single sleep on a semaphore before re-checking the shared state (seconds).
 _SLEEP_CAP = 0.2
-#: How long a blocking wait watches the semaphore's value before sleeping on it
-#: (seconds): a busy peer is usually seen without paying a sleep and wake-up.
+#: How long a blocking wait watches the shared state before sleeping on its
+#: semaphore (seconds): a busy peer is usually seen without a sleep and wake-up.
 _SPIN = 100e-6
-#: How long a contended lock is retried before sleeping on it (seconds).
+#: How long a contended mutex is retried with sched_yield before sleeping between tries (seconds).
 _LOCK_SPIN = 50e-6
-#: Longest pause between polls of a contended lock when a deadline applies (seconds).
+#: Longest pause between tries of a contended mutex (seconds).
 _POLL_MAX = 0.001
+#: A mutex not got for this long is checked for a dead holder, then every _RECHECK (seconds).
+_ORPHAN_CHECK = 0.002
+_RECHECK = 0.02
 #: A peer holds the state lock for microseconds: waiting for it gets at least this long
 #: even with ``timeout=0`` (seconds); commits get longer so a copied message is not dropped.
 _STATE_GRACE = 0.05
 _COMMIT_GRACE = 1.0
 #: How long an opener waits for a ring being created to be initialised (seconds).
 _OPEN_WAIT = 1.0
+#: How long shutdown() waits for a producer inside its commit (seconds): one
+#: that is stopped or dead there is not waited for.
+_SHUTDOWN_WAIT = 0.1
+_ZERO = (0,)
+_U64 = struct.Struct("<Q")
+#: Padding after a payload of n bytes: _PADS[n & 7].
+_PADS = tuple(bytes(-k & 7) for k in range(8))
+_BusyError = posix_ipc.BusyError
+
+
+class _Fence:
+    """A full memory barrier for weakly ordered CPUs, from pure Python: a post then a
+    take of a private semaphore (glibc: a release then an acquire atomic instruction).
+
+    x86-64 keeps stores in program order and loads in program order, which is
+    all the lock-free reads need, so there the fence is not used (_FENCE is None).
+    """
+
+    def __init__(self) -> None:
+        self._make()
+        os.register_at_fork(after_in_child=self._make)  # the parent's is shared: own one
+
+    def _make(self) -> None:
+        sem = posix_ipc.Semaphore(None, posix_ipc.O_CREX, 0o600, 0)
+        sem.unlink()  # private: nothing left in /dev/shm
+        self._post, self._take = sem.release, sem.acquire
+
+    def __call__(self) -> None:
+        self._post()
+        self._take(0)
+
+
+_FENCE: _Fence | None = None if platform.machine() in ("x86_64", "AMD64") else _Fence()
 
 
 def _flock(ltype: int, start: int, length: int = 1) -> bytes:
@@ -162,8 +235,11 @@ _UNLOCKS_WITH_STATE = {
     _LOCK_CONSUMER: _flock(fcntl.F_UNLCK, _LOCK_STATE, 2),
 }
 _UNLOCK_ALL = _flock(fcntl.F_UNLCK, _LOCK_PRODUCER, 3)
+#: Every lock byte of a handle (its slot's included): length 0 reaches past the end.
+_UNLOCK_EVERY = _flock(fcntl.F_UNLCK, 0, 0)
 _F_SETLK: int = fcntl.F_OFD_SETLK  # type: ignore[attr-defined,unused-ignore]
 _F_SETLKW: int = fcntl.F_OFD_SETLKW  # type: ignore[attr-defined,unused-ignore]
+_F_GETLK: int = getattr(fcntl, "F_OFD_GETLK", 36)
 _BUSY = (errno.EAGAIN, errno.EACCES)
 
 
@@ -172,10 +248,19 @@ def _align8(n: int) -> int:
 
 
 def _data_size(capacity: int) -> int:
-    """Data-area bytes for ``capacity``: room for one largest record, rounded to whole pages."""
+    """Layout 2's data-area bytes for ``capacity`` (behind a ``_HEADER``-byte header); kept
+    for modules that import it. This ring uses :func:`_ring_data_size`."""
     page = mmap.PAGESIZE
     total = _HEADER + _align8(capacity) + 8
     return (total + page - 1) // page * page - _HEADER
+
+
+def _ring_data_size(capacity: int) -> int:
+    """Data-area bytes of a layout-3 ring for ``capacity``: room for one largest record,
+    rounded so the whole segment is whole pages."""
+    page = mmap.PAGESIZE
+    total = _DATA + _align8(capacity) + 8
+    return (total + page - 1) // page * page - _DATA
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -192,12 +277,70 @@ def _check_count(value: object, what: str) -> int:
     return value
 
 
-class PythonRing(RingBase):
-    """:class:`~fastipc.Ring` implemented in Python over mmap, OFD locks and posix_ipc semaphores.
+def _claim_slot(fd: int) -> int:
+    """Take a free handle slot of the segment open on ``fd``: lock its byte, clear its word.
 
-    Each handle owns its own file descriptor (so handles in one process
-    exclude each other through their OFD locks) and a ``threading.Lock``
-    (OFD locks do not exclude threads sharing one descriptor).
+    A slot is free when no live open file description holds its byte (the
+    kernel drops a dead handle's lock). Raises OSError(EMFILE) when all
+    ``_SLOTS`` are in use.
+    """
+    start = random.randrange(_SLOTS)  # few collisions between openers racing
+    for k in range(_SLOTS):
+        i = (start + k) % _SLOTS
+        try:
+            fcntl.fcntl(fd, _F_SETLK, _flock(fcntl.F_WRLCK, _LIVE_BYTE + i))
+        except OSError as exc:
+            if exc.errno not in _BUSY:
+                raise
+            continue
+        return i
+    raise OSError(errno.EMFILE, f"all {_SLOTS} handle slots of the ring are in use")
+
+
+def _slot_alive(fd: int, i: int) -> bool:
+    """Whether another open file description holds slot ``i``'s lock byte (its handle lives)."""
+    res = fcntl.fcntl(fd, _F_GETLK, _flock(fcntl.F_WRLCK, _LIVE_BYTE + i))
+    return bool(struct.unpack_from("h", res)[0] != fcntl.F_UNLCK)
+
+
+def _records(views: list[Any], lens: list[int]) -> bytes:
+    """The records of ``views`` (payload lengths ``lens``) as one bytes: [u64 length][payload][pad].
+
+    Built in C whatever the count: messages of one length (the usual batch)
+    are a single join with the next header as the separator.
+    """
+    first = lens[0]
+    if lens.count(first) == len(lens):
+        head = _U64.pack(first)
+        pad = _PADS[first & 7]
+        return head + (pad + head).join(views) + pad
+    parts: list[Any] = [b""] * (3 * len(views))
+    parts[0::3] = map(_U64.pack, lens)
+    parts[1::3] = views
+    parts[2::3] = map(_PADS.__getitem__, map((7).__and__, lens))
+    return b"".join(parts)
+
+
+#: (payload length, count) -> the Struct that unpacks that many such records at once.
+_RUNS: dict[tuple[int, int], struct.Struct] = {}
+
+
+def _run_struct(n: int, count: int) -> struct.Struct:
+    """A Struct unpacking ``count`` consecutive records of ``n``-byte payloads to their payloads."""
+    st = _RUNS.get((n, count))
+    if st is None:
+        if len(_RUNS) >= 256:  # batches of many different shapes: keep the cache bounded
+            _RUNS.clear()
+        st = _RUNS[(n, count)] = struct.Struct(f"8x{n}s{-n & 7}x" * count)
+    return st
+
+
+class PythonRing(RingBase):
+    """:class:`~fastipc.Ring` implemented in Python over mmap, posix_ipc semaphores and OFD locks.
+
+    Each handle owns its own file descriptor and handle slot (so handles in
+    one process are separate participants) and a ``threading.Lock`` (one call
+    at a time on a handle).
     """
 
     name: str
@@ -212,7 +355,12 @@ class PythonRing(RingBase):
         dsize: int,
         items: posix_ipc.Semaphore,
         space: posix_ipc.Semaphore,
+        prod: posix_ipc.Semaphore | None = None,
+        cons: posix_ipc.Semaphore | None = None,
     ) -> None:
+        # First, before any view of the mapping exists: a failure leaves nothing to undo.
+        self._slot = _claim_slot(fd)
+        self._slotw = _W_SLOTS + self._slot
         self.name = name
         self.capacity = capacity
         self._fd = fd
@@ -222,12 +370,19 @@ class PythonRing(RingBase):
         self._D = dsize
         self._items = items
         self._space = space
-        # Both only ever taken by ``with`` (see "Interrupts" above _state_lock_deadline).
+        assert prod is not None and cons is not None
+        self._prod = prod
+        self._cons = cons
+        self._ptry = prod.acquire
+        self._ctry = cons.acquire
+        # Both only ever taken by ``with`` (see "Interrupts" in the module docstring).
         self._tlock = threading.Lock()  # one call at a time on this handle
-        self._slock = threading.Lock()  # the state lock among this handle's threads
-        self._owner = 0  # thread id inside a call (to refuse re-entry from a view block)
+        self._slock = threading.Lock()  # the state lock and the bells among this handle's threads
+        self._owner = 0  # thread id inside a view block (to refuse re-entry from it)
         self._closed = False
         self._torn_down = False
+        #: (held, side) of a reserve()/recv_view() block in progress, for close() inside it.
+        self._hold: tuple[list[None], int] | None = None
         # Stale but safe views of the other side: head and tail only grow, so a
         # producer's old head understates free space and a consumer's old tail
         # understates what is committed.
@@ -235,6 +390,7 @@ class PythonRing(RingBase):
         self._tail_seen = 0
         # The doorbell fds (recv, send), opened when first rung; -1 until then.
         self._bells = [-1, -1]
+        self._q[self._slotw] = 0
         _LIVE.add(self)
 
     # ---- construction -----------------------------------------------------
@@ -242,7 +398,7 @@ class PythonRing(RingBase):
     def _create(cls, name: str, capacity: int, mode: int) -> PythonRing:
         """Create the segment and semaphores of ring ``name`` (arguments already validated)."""
         path = segment_path(name)
-        dsize = _data_size(capacity)
+        dsize = _ring_data_size(capacity)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         made: list[str] = [path]
         sems: list[posix_ipc.Semaphore] = []
@@ -251,10 +407,13 @@ class PythonRing(RingBase):
             os.fchmod(fd, mode)  # the umask must not apply
             # Held while initialising so an opener that races us waits for the magic.
             fcntl.fcntl(fd, _F_SETLKW, _LOCKS[_LOCK_STATE])
-            os.ftruncate(fd, _HEADER + dsize)
-            for sem_name, sem_path in zip(semaphore_names(name), semaphore_paths(name)):
+            os.ftruncate(fd, _DATA + dsize)
+            # items and space start empty (hints); the two mutexes start free.
+            for k, (sem_name, sem_path) in enumerate(
+                zip(semaphore_names(name), semaphore_paths(name))
+            ):
                 try:
-                    sem = posix_ipc.Semaphore(sem_name, posix_ipc.O_CREX, mode, 0)
+                    sem = posix_ipc.Semaphore(sem_name, posix_ipc.O_CREX, mode, int(k >= 2))
                 except posix_ipc.ExistentialError:
                     raise FileExistsError(errno.EEXIST, "semaphore exists", sem_path) from None
                 except posix_ipc.PermissionsError:
@@ -262,7 +421,7 @@ class PythonRing(RingBase):
                 sems.append(sem)
                 made.append(sem_path)
                 os.chmod(sem_path, mode)
-            mm = mmap.mmap(fd, _HEADER + dsize, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            mm = mmap.mmap(fd, _DATA + dsize, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             q = memoryview(mm).cast("Q")
             try:
                 q[_W_VERSION] = LAYOUT_VERSION
@@ -276,7 +435,7 @@ class PythonRing(RingBase):
             mm[0:8] = MAGIC  # last: an opener that sees the magic sees a whole ring
             fcntl.fcntl(fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
             ring = cls.__new__(cls)
-            ring._setup(name, fd, mm, capacity, dsize, sems[0], sems[1])
+            ring._setup(name, fd, mm, capacity, dsize, *sems)
         except BaseException:
             for sem in sems:
                 sem.close()
@@ -299,7 +458,7 @@ class PythonRing(RingBase):
         sems: list[posix_ipc.Semaphore] = []
         try:
             capacity, dsize = cls._read_geometry(name, fd)
-            mm = mmap.mmap(fd, _HEADER + dsize, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            mm = mmap.mmap(fd, _DATA + dsize, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             for sem_name, sem_path in zip(semaphore_names(name), semaphore_paths(name)):
                 try:
                     sems.append(posix_ipc.Semaphore(sem_name))
@@ -310,7 +469,7 @@ class PythonRing(RingBase):
                 except posix_ipc.PermissionsError:
                     raise PermissionError(errno.EACCES, "permission denied", sem_path) from None
             ring = cls.__new__(cls)
-            ring._setup(name, fd, mm, capacity, dsize, sems[0], sems[1])
+            ring._setup(name, fd, mm, capacity, dsize, *sems)
             ring._owners = owners
         except BaseException:
             for sem in sems:
@@ -342,14 +501,14 @@ class PythonRing(RingBase):
                 locked = True
             try:
                 size = os.fstat(fd).st_size
-                head = os.pread(fd, 32, 0) if size >= _HEADER else b""
+                head = os.pread(fd, 32, 0) if size >= 32 else b""
             finally:
                 if locked:
                     fcntl.fcntl(fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
             if locked and len(head) == 32 and head[:8] != bytes(8):
                 break
             if time.monotonic() >= give_up:
-                if size < _HEADER:
+                if size < 32:
                     raise incompatible(
                         name, f"segment is {size} bytes, too small for a ring header"
                     )
@@ -375,85 +534,134 @@ class PythonRing(RingBase):
             )
         if not 1 <= capacity <= MAX_CAPACITY:
             raise incompatible(name, f"capacity {capacity} is out of range")
-        if dsize % 8 or dsize < _align8(capacity) + 8 or dsize > _data_size(capacity) + (1 << 30):
+        if (
+            dsize % 8
+            or dsize < _align8(capacity) + 8
+            or dsize > _ring_data_size(capacity) + (1 << 30)
+        ):
             raise incompatible(name, f"data size {dsize} does not fit capacity {capacity}")
-        if size < _HEADER + dsize:
+        if size < _DATA + dsize:
             raise incompatible(
-                name, f"segment is {size} bytes, smaller than its layout ({_HEADER + dsize})"
+                name, f"segment is {size} bytes, smaller than its layout ({_DATA + dsize})"
             )
         return capacity, dsize
 
-    # ---- locks --------------------------------------------------------------
-    def _lock(self, byte: int, deadline: float | None) -> None:
-        """Take OFD lock ``byte``; poll until ``deadline`` (None: sleep in the kernel)."""
+    # ---- the side mutexes (see the module docstring) ----------------------------
+    def _take(self, side: int, held: list[None], deadline: float | None) -> None:
+        """Get ``side``'s mutex after a failed first try: retry, sleep, recover a dead holder's.
+
+        On success ``held`` gets one item in the same C call that takes the
+        semaphore (or the recovery that inherits it); raises Timeout past
+        ``deadline`` (the other side's participant kept it: for this call the
+        ring was as good as full or empty) or ValueError once closed.
+        """
+        q = self._q
+        slotw = self._slotw
+        acquire = self._ptry if side == _PROD else self._ctry
+        now = time.monotonic()
+        spin_end = now + _LOCK_SPIN
+        check_at = now + _ORPHAN_CHECK
+        pause = 10e-6
+        while True:
+            q[slotw] = side  # claim before trying: see the recovery's argument
+            try:
+                held += map(acquire, _ZERO)
+                return
+            except _BusyError:
+                pass
+            q[slotw] = 0
+            if self._closed:
+                raise ValueError("ring is closed")
+            now = time.monotonic()
+            if now >= check_at:
+                if self._recover(side, held):
+                    return
+                check_at = now + _RECHECK
+            if deadline is not None and now >= deadline:
+                raise timed_out(f"ring {self.name!r}", side == _PROD)
+            if now < spin_end:
+                # Peers hold a mutex for microseconds: yielding is far cheaper than
+                # a sleep and the wake-up that ends it.
+                os.sched_yield()
+                continue
+            # No timed wait that close() from another thread could interrupt: poll.
+            time.sleep(pause if deadline is None else min(pause, max(deadline - now, 0.0)))
+            pause = min(pause * 2, _POLL_MAX)
+
+    def _recover(self, side: int, held: list[None]) -> bool:
+        """Inherit ``side``'s mutex if its holder died holding it; True if this handle now holds it.
+
+        Run by one waiter at a time (the side's recovery lock byte). The mutex
+        is orphaned if the semaphore stays taken, no live slot claims the side,
+        and neither the side's generation nor its release counter moves while
+        the slots are scanned: a live holder writes its claim before taking
+        the semaphore and clears it only after the release that bumps one of
+        the two, so it cannot be missed by the scan without moving them.
+        """
+        fd = self._fd
+        q = self._q
+        if side == _PROD:
+            lock_byte, sem, gen_w, rel_w = _LOCK_PRODUCER, self._prod, _W_TSEL, _W_PREL
+        else:
+            lock_byte, sem, gen_w, rel_w = _LOCK_CONSUMER, self._cons, _W_HSEL, _W_CREL
         try:
-            fcntl.fcntl(self._fd, _F_SETLK, _LOCKS[byte])
-            return
+            fcntl.fcntl(fd, _F_SETLK, _LOCKS[lock_byte])
         except OSError as exc:
             if exc.errno not in _BUSY:
                 raise
-        # Peers hold these locks for microseconds: retrying briefly is far cheaper than
-        # a sleep in the kernel and the wake-up that ends it (~25 us each).
-        spin_end = time.monotonic() + _LOCK_SPIN
-        while True:
-            try:
-                fcntl.fcntl(self._fd, _F_SETLK, _LOCKS[byte])
-                return
-            except OSError as exc:
-                if exc.errno not in _BUSY:
-                    raise
-            if time.monotonic() >= spin_end:
-                break
-            os.sched_yield()
-        # No timed variant of F_OFD_SETLKW exists, and close() from another thread
-        # must wake this one (it cannot interrupt F_OFD_SETLKW): poll with a backoff
-        # up to 1 ms, with or without a deadline. A dead holder's lock is dropped by
-        # the kernel.
-        pause = 10e-6
-        while True:
-            if self._closed:
-                raise ValueError("ring is closed")
-            if deadline is None:
-                time.sleep(pause)
-            else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    # Another producer (consumer) kept the side: for this
-                    # call, the ring was as good as full (empty).
-                    side = None if byte == _LOCK_STATE else byte == _LOCK_PRODUCER
-                    raise timed_out(f"ring {self.name!r}", side)
-                time.sleep(min(pause, remaining))
-            pause = min(pause * 2, _POLL_MAX)
-            try:
-                fcntl.fcntl(self._fd, _F_SETLK, _LOCKS[byte])
-                return
-            except OSError as exc:
-                if exc.errno not in _BUSY:
-                    raise
-
-    def _unlock(self, byte: int) -> None:
-        if not self._torn_down:  # after close() inside a block, the kernel already let go
-            fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[byte])
-
-    # Interrupts: a raising signal handler (Ctrl-C) runs between two bytecodes of the
-    # main thread, in CPython right after any call returns or at a Python function's
-    # entry, so a lock must never be taken by one statement and released by a ``try``
-    # that starts in a later one, nor released through a Python-level helper (the
-    # exception can strike at its entry). So: the thread locks are only taken by
-    # ``with`` (its C-level __enter__/__exit__ leave no gap), an OFD byte is taken
-    # inside the ``try`` that releases it, and that release is a direct fcntl() call
-    # (unlocking a byte not held is a no-op); only the thread holding _tlock (side
-    # bytes) or _slock (the state byte) ever locks or unlocks a byte.
+            return False  # another waiter is recovering it
+        try:
+            before = (q[gen_w], q[rel_w])
+            if sem.value != 0:
+                return False
+            me = self._slot
+            base = _W_SLOTS
+            for i in range(_SLOTS):
+                if q[base + i] == side and i != me and _slot_alive(fd, i):
+                    return False
+            if sem.value != 0 or (q[gen_w], q[rel_w]) != before:
+                return False
+            # Orphaned: hold the taken semaphore in the dead holder's place.
+            q[self._slotw] = side
+            held.append(None)
+            return True
+        finally:
+            fcntl.fcntl(fd, _F_SETLK, _UNLOCKS[lock_byte])
 
     @staticmethod
     def _state_lock_deadline(deadline: float | None, grace: float = _STATE_GRACE) -> float | None:
         """A peer holds the state lock for microseconds: even ``timeout=0`` waits ``grace``."""
         return None if deadline is None else max(deadline, time.monotonic() + grace)
 
+    def _lock(self, byte: int, deadline: float | None) -> None:
+        """Take OFD lock ``byte`` (the state lock); poll until ``deadline`` (None: forever)."""
+        pause = 10e-6
+        while True:
+            try:
+                fcntl.fcntl(self._fd, _F_SETLK, _LOCKS[byte])
+                return
+            except OSError as exc:
+                if exc.errno not in _BUSY:
+                    raise
+            if self._closed:
+                raise ValueError("ring is closed")
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise timed_out(f"ring {self.name!r}", None)
+                time.sleep(min(pause, remaining))
+            else:
+                time.sleep(pause)
+            pause = min(pause * 2, _POLL_MAX)
+
+    def _unlock(self, byte: int) -> None:
+        if not self._torn_down:  # after close() inside a block, the kernel already let go
+            fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[byte])
+
     def _check_enter(self, deadline: float | None, sending: bool | None = None) -> int:
         """Before a call takes this handle: refuse re-entry from a view block and a closed
         handle; with a deadline, wait for another thread's call to end (Timeout).
-        Returns this thread's id, for ``_owner``."""
+        Returns this thread's id."""
         me = threading.get_ident()
         if self._owner == me:
             raise RuntimeError(
@@ -466,7 +674,9 @@ class PythonRing(RingBase):
             while self._tlock.locked():
                 if time.monotonic() >= deadline:
                     # For this call the ring was as good as full (empty).
-                    raise timed_out(f"ring {self.name!r} (another thread is using this handle)", sending)
+                    raise timed_out(
+                        f"ring {self.name!r} (another thread is using this handle)", sending
+                    )
                 time.sleep(0.0005)
         return me
 
@@ -476,22 +686,40 @@ class PythonRing(RingBase):
             self._teardown()  # close() was called from another thread during our call
 
     # ---- shared state -------------------------------------------------------
-    def _tail_slot(self) -> tuple[int, int]:
-        """(tail, pushed): read holding the producer or the state lock."""
+    def _pair(self, gen_w: int) -> tuple[int, int]:
+        """(position, count) of the side whose generation is word ``gen_w``, read without a lock."""
         q = self._q
-        i = _W_TSLOT + 2 * (q[_W_TSEL] & 1)
-        return q[i], q[i + 1]
+        fence = _FENCE
+        for _ in range(1000):
+            g = q[gen_w]
+            if fence:
+                fence()  # the slot and the data after the generation
+            i = gen_w + 1 + 2 * (g & 1)
+            pos = q[i]
+            count = q[i + 1]
+            if fence:
+                fence()
+            if q[gen_w] == g:
+                return pos, count
+        raise incompatible(self.name, "a generation word never settles")
+
+    def _tail_slot(self) -> tuple[int, int]:
+        """(tail, pushed)."""
+        return self._pair(_W_TSEL)
 
     def _head_slot(self) -> tuple[int, int]:
-        """(head, popped): read holding the consumer or the state lock."""
-        q = self._q
-        i = _W_HSLOT + 2 * (q[_W_HSEL] & 1)
-        return q[i], q[i + 1]
+        """(head, popped)."""
+        return self._pair(_W_HSEL)
 
     def _state(self) -> tuple[int, int, int, int, bool]:
-        """(head, popped, tail, pushed, closed), validated; the state lock must be held."""
-        head, popped = self._head_slot()
-        tail, pushed = self._tail_slot()
+        """(head, popped, tail, pushed, closed), one consistent snapshot, validated."""
+        for _ in range(1000):
+            head, popped = self._pair(_W_HSEL)
+            tail, pushed = self._pair(_W_TSEL)
+            if self._pair(_W_HSEL)[0] == head:
+                break
+        else:
+            raise incompatible(self.name, "the head never settles")
         closed = self._q[_W_CLOSED] != 0
         used = tail - head
         n = pushed - popped
@@ -508,115 +736,67 @@ class PythonRing(RingBase):
             )
         return head, popped, tail, pushed, closed
 
-    def _read_state(self, deadline: float | None) -> tuple[int, int, int, int, bool]:
-        deadline = self._state_lock_deadline(deadline)
-        with self._slock:
-            if self._torn_down:
-                raise ValueError("ring is closed")
-            try:
-                self._lock(_LOCK_STATE, deadline)
-                st = self._state()
-            finally:
-                fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
+    def _read_state(self, deadline: float | None = None) -> tuple[int, int, int, int, bool]:
+        """:meth:`_state`, remembered as the latest head and tail seen."""
+        if self._torn_down:
+            raise ValueError("ring is closed")
+        st = self._state()
         self._head_seen = st[0]
         self._tail_seen = st[2]
         return st
 
-    def _commit_tail(
-        self,
-        old_tail: int,
-        new_tail: int,
-        new_pushed: int,
-        deadline: float | None,
-        release: bool = True,
-    ) -> None:
-        """Publish records written in [old_tail, new_tail): the producer lock must be held.
+    def _commit(self, gen_w: int, pos: int, count: int) -> None:
+        """Publish (pos, count) for the side of ``gen_w``: the idle slot, then the generation."""
+        q = self._q
+        g = (q[gen_w] + 1) & _M64
+        i = gen_w + 1 + 2 * (g & 1)
+        q[i] = pos & _M64
+        q[i + 1] = count & _M64  # a corrupt count wraps; _state() reports it
+        if _FENCE:
+            _FENCE()  # the data and the slot before the generation
+        q[gen_w] = g  # the commit: one aligned 8-byte store
 
-        With ``release`` a successful commit also releases the producer lock; on
-        an exception it is still held and the caller releases it.
+    def _release(self, side: int, held: list[None], committed: bool) -> None:
+        """Give ``side``'s mutex back (``held`` says this handle has it), then drop the claim.
+
+        Without a commit the side's release counter moves first (the recovery's
+        witness that the mutex changed hands).
         """
-        deadline = self._state_lock_deadline(deadline, _COMMIT_GRACE)
-        with self._slock:
-            if self._torn_down:
-                raise ValueError("ring is closed")
-            try:
-                self._lock(_LOCK_STATE, deadline)
-                head, _, tail, _, closed = self._state()
-                if tail != old_tail or new_tail - head > self._D:
-                    raise incompatible(self.name, "the tail moved under the producer lock")
-                if closed:
-                    raise Closed("ring is shut down")
-                q = self._q
-                sel = q[_W_TSEL] & 1
-                i = _W_TSLOT + 2 * (sel ^ 1)
-                q[i] = new_tail
-                q[i + 1] = new_pushed
-                q[_W_TSEL] = sel ^ 1  # the commit: one aligned 8-byte store
-                # Read under the state lock that watchers register under: either
-                # a watcher's re-check sees this commit, or we see its count.
-                watchers = q[_W_WATCH]
-            except BaseException:
-                fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
-                raise
-            # Nothing between the try and this call: drop the state lock, with
-            # ``release`` the producer lock in the same syscall.
-            fcntl.fcntl(
-                self._fd,
-                _F_SETLK,
-                _UNLOCKS_WITH_STATE[_LOCK_PRODUCER] if release else _UNLOCKS[_LOCK_STATE],
-            )
-        self._head_seen = head
-        if self._items.value == 0:
-            self._items.release()
-        if watchers:
-            self._ring_bell(0)
+        q = self._q
+        if held:
+            if side == _PROD:
+                if not committed:
+                    q[_W_PREL] = (q[_W_PREL] + 1) & _M64
+                self._prod.release()
+            else:
+                if not committed:
+                    q[_W_CREL] = (q[_W_CREL] + 1) & _M64
+                self._cons.release()
+            held.clear()
+        q[self._slotw] = 0
 
-    def _commit_head(
-        self, old_head: int, new_head: int, new_popped: int, deadline: float | None
-    ) -> None:
-        """Release records in [old_head, new_head) and the consumer lock (held by the caller).
+    def _sleep(self, sem: posix_ipc.Semaphore, deadline: float | None, gen_w: int = -1) -> None:
+        """Wait for a hint on ``sem`` (at most _SLEEP_CAP); raise Timeout past the deadline.
 
-        On an exception the consumer lock is still held and the caller releases it.
+        With ``gen_w``, first watch that generation word for up to _SPIN: a busy
+        peer commits within microseconds, and seeing that saves a sleep and wake-up.
         """
-        deadline = self._state_lock_deadline(deadline, _COMMIT_GRACE)
-        with self._slock:
-            if self._torn_down:
-                raise ValueError("ring is closed")
-            try:
-                self._lock(_LOCK_STATE, deadline)
-                head, _, tail, _, _ = self._state()
-                if head != old_head or new_head > tail:
-                    raise incompatible(self.name, "the head moved under the consumer lock")
-                q = self._q
-                sel = q[_W_HSEL] & 1
-                i = _W_HSLOT + 2 * (sel ^ 1)
-                q[i] = new_head
-                q[i + 1] = new_popped
-                q[_W_HSEL] = sel ^ 1  # the commit: one aligned 8-byte store
-                watchers = q[_W_WATCH + 1]  # as in _commit_tail
-            except BaseException:
-                fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
-                raise
-            fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS_WITH_STATE[_LOCK_CONSUMER])
-        self._tail_seen = tail
-        if self._space.value == 0:
-            self._space.release()
-        if watchers:
-            self._ring_bell(1)
-
-    def _sleep(self, sem: posix_ipc.Semaphore, deadline: float | None) -> None:
-        """Wait for a hint on ``sem`` (at most _SLEEP_CAP); raise Timeout past the deadline."""
         if self._closed:
             raise ValueError("ring is closed")
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             raise timed_out(f"ring {self.name!r}", sem is self._space)
-        # Spin first on the semaphore's value (sem_getvalue reads it without a syscall
-        # and without touching the state lock): a busy peer posts within microseconds,
-        # and catching that saves the ~25 us sleep and wake-up.
-        spin_end = now + _SPIN
-        while sem.value == 0 and time.monotonic() < spin_end:
-            os.sched_yield()
+        if gen_w >= 0:
+            q = self._q
+            g = q[gen_w]
+            # A plain spin: sched_yield() would hand the CPU to any other runnable
+            # task for a whole time slice, far longer than the peer takes.
+            spin_end = now + _SPIN
+            clock = time.monotonic
+            while q[gen_w] == g and clock() < spin_end:
+                pass
+            if q[gen_w] != g:
+                return
         if deadline is None:
             wait = _SLEEP_CAP
         else:
@@ -628,41 +808,72 @@ class PythonRing(RingBase):
         except posix_ipc.SignalError:
             pass  # EINTR: the caller loops, so a pending KeyboardInterrupt is raised
 
+    def _published(self) -> None:
+        """After a producer's commit and release: wake a sleeping consumer, ring the bell."""
+        if self._torn_down:
+            return
+        items = self._items
+        if items.value == 0:
+            items.release()
+        # Read after the release (a full barrier) of the mutex: either a watcher's
+        # re-check, made after its count is stored, sees this commit, or we see it.
+        if self._q[_W_WATCH]:
+            self._ring_bell(0)
+
+    def _freed(self) -> None:
+        """After a consumer's commit and release: wake a sleeping producer, ring the bell."""
+        if self._torn_down:
+            return
+        space = self._space
+        if space.value == 0:
+            space.release()
+        if self._q[_W_WATCH + 1]:
+            self._ring_bell(1)
+
     # ---- producer side --------------------------------------------------------
     def _wait_space(self, need: int, deadline: float | None) -> tuple[int, int]:
-        """Wait until ``need`` bytes are free; return (tail, pushed). Producer lock held."""
+        """Wait until ``need`` bytes are free; return (tail, pushed). Producer mutex held."""
         D = self._D
+        q = self._q
+        tail, pushed = self._pair(_W_TSEL)  # ours: no other writer while we hold the mutex
         while True:
-            tail, pushed = self._tail_slot()
-            if 0 <= tail - self._head_seen <= D - need:
+            # The consumers' head alone first (a full ring waits here once a message).
+            head = self._pair(_W_HSEL)[0]
+            if 0 <= tail - head <= D - need and tail < _MAX_POS and not q[_W_CLOSING]:
+                self._head_seen = head
                 return tail, pushed
-            head, _, tail, pushed, closed = self._read_state(deadline)
-            if closed:
+            head, _, tail, pushed, closed = self._read_state()  # validated
+            if closed or q[_W_CLOSING]:
                 raise Closed("ring is shut down")
             if tail - head <= D - need:
                 return tail, pushed
-            self._sleep(self._space, deadline)
+            self._sleep(self._space, deadline, _W_HSEL)
 
-    def _write(self, pos: int, data: memoryview) -> None:
+    def _write(self, pos: int, data: Any) -> None:
         """Copy ``data`` into the data area at position ``pos``, wrapping at the end."""
         D = self._D
         off = pos % D
         n = len(data)
         first = D - off
-        base = _HEADER + off
+        base = _DATA + off
         if n <= first:
             self._mm[base : base + n] = data
         else:
-            self._mm[base : base + first] = data[:first]
-            self._mm[_HEADER : _HEADER + n - first] = data[first:]
+            mv = memoryview(data).cast("B")
+            self._mm[base : base + first] = mv[:first]
+            self._mm[_DATA : _DATA + n - first] = mv[first:]
 
-    def _put(self, pos: int, data: memoryview) -> int:
-        """Write one record at ``pos``; return the position after it."""
-        n = len(data)
-        self._q[(_HEADER + pos % self._D) >> 3] = n
+    def _put(self, pos: int, data: Any, n: int) -> int:
+        """Write one record of ``n`` bytes at ``pos``; return the position after it."""
+        off = pos % self._D
+        self._q[(_DATA + off) >> 3] = n
         if n:
-            self._write(pos + 8, data)
-        return pos + 8 + _align8(n)
+            if off + 8 + n <= self._D:
+                base = _DATA + off + 8
+                self._mm[base : base + n] = data
+            else:
+                self._write(pos + 8, data)
+        return pos + ((n + 15) & ~7)
 
     def _message(self, data: Any) -> memoryview:
         mv = check_buffer(data)
@@ -673,68 +884,150 @@ class PythonRing(RingBase):
         return mv
 
     def send(self, data: Any, timeout: float | None = None) -> None:
-        mv = self._message(data)
-        deadline = _deadline(timeout)
-        me = self._check_enter(deadline, True)
+        if type(data) is bytes:  # the common case: no view needed
+            n = len(data)
+            if n > self.capacity:
+                self._message(data)  # raises MessageTooLarge
+        else:
+            data = self._message(data)
+            n = data.nbytes
+        deadline = None if timeout is None else _deadline(timeout)
+        if deadline is not None or self._owner:
+            self._check_enter(deadline, True)
         with self._tlock:
+            if self._closed:
+                raise ValueError("ring is closed")
+            q = self._q
+            slotw = self._slotw
+            done = False
+            more: list[None] | None = None
+            q[slotw] = _PROD
+            # Held unless the try raises BusyError: no signal handler can run between
+            # the take and this flag's reset (see "Interrupts").
+            held = True
             try:
-                self._owner = me
-                if self._closed:
-                    raise ValueError("ring is closed")
-                self._lock(_LOCK_PRODUCER, deadline)
-                tail, pushed = self._wait_space(8 + _align8(mv.nbytes), deadline)
-                end = self._put(tail, mv)
-                self._commit_tail(tail, end, pushed + 1, deadline)  # releases the lock
-            except BaseException:
-                # Held unless a commit released it; also covers a Ctrl-C landing right
-                # after the lock was taken (unlocking an unheld byte is a no-op).
-                self._unlock(_LOCK_PRODUCER)
-                raise
+                try:
+                    self._ptry(0)
+                except _BusyError:
+                    held = False
+                    more = []
+                    self._take(_PROD, more, deadline)
+                need = (n + 15) & ~7
+                g = q[_W_TSEL]
+                i = _W_TSLOT + 2 * (g & 1)
+                tail = q[i]
+                pushed = q[i + 1]
+                D = self._D
+                if not 0 <= tail - self._head_seen <= D - need or q[_W_CLOSING]:
+                    # One fresh look at the head (as _next does the tail), then the wait.
+                    hg = q[_W_HSEL]
+                    head = q[_W_HSLOT + 2 * (hg & 1)]
+                    if (
+                        _FENCE
+                        or q[_W_HSEL] != hg
+                        or q[_W_CLOSING]
+                        or not 0 <= tail - head <= D - need
+                    ):
+                        tail, pushed = self._wait_space(need, deadline)
+                    else:
+                        self._head_seen = head
+                off = tail % D
+                base = _DATA + off
+                q[base >> 3] = n
+                if off + 8 + n <= D:
+                    self._mm[base + 8 : base + 8 + n] = data
+                elif n:
+                    self._write(tail + 8, data)
+                if q[_W_CLOSING]:  # shutdown() waits for a commit that checked before its flag
+                    raise Closed("ring is shut down")
+                g = (g + 1) & _M64
+                i = _W_TSLOT + 2 * (g & 1)
+                q[i] = tail + need
+                q[i + 1] = (pushed + 1) & _M64  # a corrupt count wraps; len() reports it
+                if _FENCE:
+                    _FENCE()  # the data and the slot before the generation (see _Fence)
+                q[_W_TSEL] = g  # the commit: one aligned 8-byte store
+                done = True
             finally:
-                self._owner = 0  # first, before any call (see "Interrupts")
-                self._left()
+                # Inline, not a helper: a signal handler may raise at a function's entry.
+                if held or more:
+                    if not done:
+                        q[_W_PREL] = (q[_W_PREL] + 1) & _M64
+                    self._prod.release()
+                q[slotw] = 0
+                if done:
+                    # After the release, a full barrier (see _published).
+                    if q[_W_WATCH]:
+                        self._ring_bell(0)
+                    hint = self._items
+                    if hint.value == 0:
+                        hint.release()
+                if self._closed:
+                    self._left()
 
     def send_many(self, messages: Iterable[Any], timeout: float | None = None) -> int:
-        views = [self._message(m) for m in messages]
+        msgs = messages if type(messages) is list else list(messages)
+        cap = self.capacity
+        if set(map(type, msgs)) <= {bytes}:
+            views: list[Any] = msgs
+            lens = list(map(len, msgs))
+            if lens and max(lens) > cap:
+                self._message(msgs[[n > cap for n in lens].index(True)])  # raises
+        else:
+            views = [self._message(m) for m in msgs]
+            lens = [v.nbytes for v in views]
         deadline = _deadline(timeout)
         if not views:
             return 0
+        # Record sizes and their running totals: a batch is cut where the free space ends.
+        ends = list(accumulate([(n + 15) & ~7 for n in lens]))
+        total = len(views)
         D = self._D
         sent = 0
-        me = self._check_enter(deadline, True)
+        self._check_enter(deadline, True)
         with self._tlock:
+            if self._closed:
+                raise ValueError("ring is closed")
+            q = self._q
+            held: list[None] = []
+            done = False
+            q[self._slotw] = _PROD
             try:
-                self._owner = me
-                if self._closed:
-                    raise ValueError("ring is closed")
-                self._lock(_LOCK_PRODUCER, deadline)
-                while sent < len(views):
-                    need = 8 + _align8(views[sent].nbytes)
+                try:
+                    held += map(self._ptry, _ZERO)
+                except _BusyError:
                     try:
-                        tail, pushed = self._wait_space(need, deadline)
-                    except (Timeout, Closed) as exc:
-                        raise type(exc)(str(exc), sent=sent) from None
-                    limit = self._head_seen + D
-                    pos = tail
-                    k = sent
-                    while k < len(views):
-                        need = 8 + _align8(views[k].nbytes)
-                        if pos + need > limit:
-                            break
-                        pos = self._put(pos, views[k])
-                        k += 1
-                    last = k == len(views)
-                    try:
-                        self._commit_tail(tail, pos, pushed + (k - sent), deadline, last)
-                    except (Timeout, Closed) as exc:
-                        raise type(exc)(str(exc), sent=sent) from None
+                        self._take(_PROD, held, deadline)
+                    except Timeout as exc:
+                        raise type(exc)(str(exc), sent=0) from None
+                while sent < total:
+                    done_before = ends[sent - 1] if sent else 0
+                    tail, pushed = self._pair(_W_TSEL)
+                    free = D - (tail - self._head_seen)
+                    k = bisect_right(ends, done_before + free) if free <= D else sent
+                    if k <= sent or q[_W_CLOSING]:
+                        try:
+                            tail, pushed = self._wait_space(ends[sent] - done_before, deadline)
+                        except (Timeout, Closed) as exc:
+                            raise type(exc)(str(exc), sent=sent) from None
+                        free = D - (tail - self._head_seen)
+                        k = bisect_right(ends, done_before + free)
+                    blob = _records(views[sent:k], lens[sent:k])
+                    self._write(tail, blob)
+                    if q[_W_CLOSING]:
+                        raise Closed("ring is shut down", sent=sent)
+                    self._commit(_W_TSEL, tail + len(blob), pushed + (k - sent))
+                    done = True
                     sent = k
-            except BaseException:
-                self._unlock(_LOCK_PRODUCER)
-                raise
             finally:
-                self._owner = 0  # first, before any call (see "Interrupts")
+                # Inline, not a helper: a signal handler may raise at a function's entry.
+                if held:
+                    if not done:
+                        q[_W_PREL] = (q[_W_PREL] + 1) & _M64
+                    self._prod.release()
+                q[self._slotw] = 0
                 self._left()
+        self._published()
         return sent
 
     def reserve(
@@ -751,16 +1044,24 @@ class PythonRing(RingBase):
     def _reserve(self, n: int, deadline: float | None) -> Iterator[memoryview]:
         me = self._check_enter(deadline, True)
         with self._tlock:
+            if self._closed:
+                raise ValueError("ring is closed")
+            q = self._q
+            held: list[None] = []
+            done = False
+            q[self._slotw] = _PROD
             try:
+                try:
+                    held += map(self._ptry, _ZERO)
+                except _BusyError:
+                    self._take(_PROD, held, deadline)
+                self._hold = (held, _PROD)
                 self._owner = me
-                if self._closed:
-                    raise ValueError("ring is closed")
-                self._lock(_LOCK_PRODUCER, deadline)
                 tail, pushed = self._wait_space(8 + _align8(n), deadline)
                 off = (tail + 8) % self._D
                 temp: bytearray | None = None
                 if off + n <= self._D:
-                    view = self._buf[_HEADER + off : _HEADER + off + n]
+                    view = self._buf[_DATA + off : _DATA + off + n]
                 else:
                     temp = bytearray(n)  # the record wraps: fill a copy, move it in at exit
                     view = memoryview(temp)
@@ -773,38 +1074,46 @@ class PythonRing(RingBase):
                 # Only reached on a normal exit: an exception skips the commit (discarded).
                 if self._closed:
                     raise ValueError("ring is closed: the reservation was discarded")
+                if q[_W_CLOSING]:
+                    raise Closed("ring is shut down")
                 if temp is not None:
-                    end = self._put(tail, memoryview(temp))
+                    end = self._put(tail, temp, n)
                 else:
-                    self._q[(_HEADER + tail % self._D) >> 3] = n
+                    self._q[(_DATA + tail % self._D) >> 3] = n
                     end = tail + 8 + _align8(n)
-                self._commit_tail(tail, end, pushed + 1, deadline)  # releases the lock
-            except BaseException:
-                self._unlock(_LOCK_PRODUCER)
-                raise
+                self._commit(_W_TSEL, end, pushed + 1)
+                done = True
             finally:
-                self._owner = 0  # first, before any call (see "Interrupts")
+                self._owner = 0
+                self._hold = None
+                if held:  # emptied by close() inside the block, which released it
+                    if not done:
+                        q[_W_PREL] = (q[_W_PREL] + 1) & _M64
+                    self._prod.release()
+                if not self._torn_down:
+                    q[self._slotw] = 0
                 self._left()
+        self._published()
 
     # ---- consumer side ----------------------------------------------------------
-    def _wait_message(self, deadline: float | None) -> tuple[int, int, int, int]:
-        """Wait for a message; return (head, popped, committed end, payload length). Consumer lock held."""
-        D = self._D
+    def _wait_message(self, deadline: float | None) -> tuple[int, int, int]:
+        """Wait for a message; return (head, popped, committed end). Consumer mutex held."""
+        head, popped = self._pair(_W_HSEL)  # ours: no other writer while we hold the mutex
+        tail = self._pair(_W_TSEL)[0]
+        if 8 <= tail - head <= self._D and tail < _MAX_POS:
+            self._tail_seen = tail
+            return head, popped, tail
         while True:
-            head, popped = self._head_slot()
-            tail = self._tail_seen
-            if not 0 < tail - head <= D:
-                head, popped, tail, _, closed = self._read_state(deadline)
-                if tail == head:
-                    if closed:
-                        raise Closed("ring is shut down and drained")
-                    self._sleep(self._items, deadline)
-                    continue
-            return head, popped, tail, self._length(head, tail)
+            head, popped, tail, _, closed = self._read_state()
+            if tail != head:
+                return head, popped, tail
+            if closed:
+                raise Closed("ring is shut down and drained")
+            self._sleep(self._items, deadline, _W_TSEL)
 
     def _length(self, head: int, tail: int) -> int:
         """Payload length of the record at ``head``, checked against the committed bytes."""
-        n: int = self._q[(_HEADER + head % self._D) >> 3]
+        n: int = self._q[(_DATA + head % self._D) >> 3]
         if n > self.capacity or 8 + _align8(n) > tail - head:
             raise incompatible(self.name, f"corrupt record: length {n} at position {head}")
         return n
@@ -813,30 +1122,89 @@ class PythonRing(RingBase):
         """The ``n`` payload bytes of the record at ``pos``, joined if they wrap."""
         D = self._D
         off = (pos + 8) % D
-        base = _HEADER + off
+        base = _DATA + off
         if off + n <= D:
             return self._mm[base : base + n]
         first = D - off
-        return self._mm[base : base + first] + self._mm[_HEADER : _HEADER + n - first]
+        return self._mm[base : base + first] + self._mm[_DATA : _DATA + n - first]
+
+    def _next(self, q: Any, deadline: float | None) -> tuple[int, int, int, int]:
+        """(generation, head, popped, payload length) of the next message. Consumer mutex held."""
+        g = q[_W_HSEL]
+        i = _W_HSLOT + 2 * (g & 1)
+        head = q[i]
+        popped = q[i + 1]
+        tail = self._tail_seen
+        D = self._D
+        if not 8 <= tail - head <= D:
+            # What this handle saw is consumed: one fresh look at the tail (its
+            # generation, the slot, the generation again), the full wait if empty.
+            tg = q[_W_TSEL]
+            tail = q[_W_TSLOT + 2 * (tg & 1)]
+            if _FENCE or q[_W_TSEL] != tg or not 8 <= tail - head <= D or tail >= _MAX_POS:
+                head, popped, tail = self._wait_message(deadline)
+                g = q[_W_HSEL]
+            else:
+                self._tail_seen = tail
+        n: int = q[(_DATA + head % D) >> 3]
+        if n > self.capacity or n + 8 > tail - head:
+            raise incompatible(self.name, f"corrupt record: length {n} at position {head}")
+        return g, head, popped, n
 
     def recv(self, timeout: float | None = None) -> bytes:
-        deadline = _deadline(timeout)
-        me = self._check_enter(deadline, False)
+        deadline = None if timeout is None else _deadline(timeout)
+        if deadline is not None or self._owner:
+            self._check_enter(deadline, False)
         with self._tlock:
+            if self._closed:
+                raise ValueError("ring is closed")
+            q = self._q
+            slotw = self._slotw
+            done = False
+            more: list[None] | None = None
+            q[slotw] = _CONS
+            # Held unless the try raises BusyError: no signal handler can run between
+            # the take and this flag's reset (see "Interrupts").
+            held = True
             try:
-                self._owner = me
-                if self._closed:
-                    raise ValueError("ring is closed")
-                self._lock(_LOCK_CONSUMER, deadline)
-                head, popped, _, n = self._wait_message(deadline)
-                data = self._read(head, n)
-                self._commit_head(head, head + 8 + _align8(n), popped + 1, deadline)
-            except BaseException:
-                self._unlock(_LOCK_CONSUMER)  # a successful commit already released it
-                raise
+                try:
+                    self._ctry(0)
+                except _BusyError:
+                    held = False
+                    more = []
+                    self._take(_CONS, more, deadline)
+                g, head, popped, n = self._next(q, deadline)
+                D = self._D
+                off = head % D
+                if off + 8 + n <= D:
+                    base = _DATA + off + 8
+                    data = self._mm[base : base + n]
+                else:
+                    data = self._read(head, n)
+                g = (g + 1) & _M64
+                i = _W_HSLOT + 2 * (g & 1)
+                q[i] = head + ((n + 15) & ~7)
+                q[i + 1] = (popped + 1) & _M64
+                if _FENCE:
+                    _FENCE()  # the data and the slot before the generation (see _Fence)
+                q[_W_HSEL] = g  # the commit: one aligned 8-byte store
+                done = True
             finally:
-                self._owner = 0  # first, before any call (see "Interrupts")
-                self._left()
+                # Inline, not a helper: a signal handler may raise at a function's entry.
+                if held or more:
+                    if not done:
+                        q[_W_CREL] = (q[_W_CREL] + 1) & _M64
+                    self._cons.release()
+                q[slotw] = 0
+                if done:
+                    # After the release, a full barrier (see _published).
+                    if q[_W_WATCH + 1]:
+                        self._ring_bell(1)
+                    hint = self._space
+                    if hint.value == 0:
+                        hint.release()
+                if self._closed:
+                    self._left()
         return data
 
     def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
@@ -844,34 +1212,58 @@ class PythonRing(RingBase):
         if dst.readonly:
             raise TypeError("buffer must be writable")
         deadline = _deadline(timeout)
-        me = self._check_enter(deadline, False)
+        if deadline is not None or self._owner:
+            self._check_enter(deadline, False)
         with self._tlock:
+            if self._closed:
+                raise ValueError("ring is closed")
+            q = self._q
+            slotw = self._slotw
+            done = False
+            more: list[None] | None = None
+            q[slotw] = _CONS
+            # Held unless the try raises BusyError: no signal handler can run between
+            # the take and this flag's reset (see "Interrupts").
+            held = True
             try:
-                self._owner = me
-                if self._closed:
-                    raise ValueError("ring is closed")
-                self._lock(_LOCK_CONSUMER, deadline)
-                head, popped, _, n = self._wait_message(deadline)
+                try:
+                    self._ctry(0)
+                except _BusyError:
+                    held = False
+                    more = []
+                    self._take(_CONS, more, deadline)
+                _, head, popped, n = self._next(q, deadline)
                 if n > dst.nbytes:
                     raise MessageTooLarge(
                         f"message of {n} bytes does not fit a {dst.nbytes}-byte buffer"
                     )
                 D = self._D
                 off = (head + 8) % D
-                base = _HEADER + off
+                base = _DATA + off
                 if off + n <= D:
                     dst[:n] = self._buf[base : base + n]
                 else:
                     first = D - off
                     dst[:first] = self._buf[base : base + first]
-                    dst[first:n] = self._buf[_HEADER : _HEADER + n - first]
-                self._commit_head(head, head + 8 + _align8(n), popped + 1, deadline)
-            except BaseException:
-                self._unlock(_LOCK_CONSUMER)  # a successful commit already released it
-                raise
+                    dst[first:n] = self._buf[_DATA : _DATA + n - first]
+                self._commit(_W_HSEL, head + ((n + 15) & ~7), popped + 1)
+                done = True
             finally:
-                self._owner = 0  # first, before any call (see "Interrupts")
-                self._left()
+                # Inline, not a helper: a signal handler may raise at a function's entry.
+                if held or more:
+                    if not done:
+                        q[_W_CREL] = (q[_W_CREL] + 1) & _M64
+                    self._cons.release()
+                q[slotw] = 0
+                if done:
+                    # After the release, a full barrier (see _published).
+                    if q[_W_WATCH + 1]:
+                        self._ring_bell(1)
+                    hint = self._space
+                    if hint.value == 0:
+                        hint.release()
+                if self._closed:
+                    self._left()
         return n
 
     def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
@@ -880,32 +1272,74 @@ class PythonRing(RingBase):
             raise ValueError(f"max_count must be >= 1, got {count}")
         deadline = _deadline(timeout)
         out: list[bytes] = []
-        me = self._check_enter(deadline, False)
+        self._check_enter(deadline, False)
         with self._tlock:
+            if self._closed:
+                raise ValueError("ring is closed")
+            q = self._q
+            held: list[None] = []
+            done = False
+            q[self._slotw] = _CONS
             try:
-                self._owner = me
-                if self._closed:
-                    raise ValueError("ring is closed")
-                self._lock(_LOCK_CONSUMER, deadline)
-                head, popped, tail, n = self._wait_message(deadline)
+                try:
+                    held += map(self._ctry, _ZERO)
+                except _BusyError:
+                    self._take(_CONS, held, deadline)
+                _, head, popped, n = self._next(q, deadline)
                 if count > 1:
                     # Take everything already committed, not just what this handle last saw.
-                    tail = self._read_state(deadline)[2]
-                pos = head
-                while True:
-                    out.append(self._read(pos, n))
-                    pos += 8 + _align8(n)
-                    if len(out) >= count or pos >= tail:
-                        break
-                    n = self._length(pos, tail)
-                self._commit_head(head, pos, popped + len(out), deadline)
-            except BaseException:
-                self._unlock(_LOCK_CONSUMER)  # a successful commit already released it
-                raise
+                    tail = self._read_state()[2]
+                else:
+                    tail = head + ((n + 15) & ~7)
+                out, pos = self._take_records(head, tail, n, count)
+                self._commit(_W_HSEL, pos, popped + len(out))
+                done = True
             finally:
-                self._owner = 0  # first, before any call (see "Interrupts")
+                # Inline, not a helper: a signal handler may raise at a function's entry.
+                if held:
+                    if not done:
+                        q[_W_CREL] = (q[_W_CREL] + 1) & _M64
+                    self._cons.release()
+                q[self._slotw] = 0
                 self._left()
+        self._freed()
         return out
+
+    def _take_records(self, pos: int, tail: int, n: int, count: int) -> tuple[list[bytes], int]:
+        """Up to ``count`` payloads of the records in [pos, tail), the first of length ``n``,
+        and the position after the last one taken."""
+        q = self._q
+        mm = self._mm
+        D = self._D
+        cap = self.capacity
+        out: list[bytes] = []
+        while True:
+            off = pos % D
+            r = (n + 15) & ~7
+            # A run of records of this same length, none wrapping: headers checked at
+            # once (a strided view of the words), payloads sliced out in C.
+            run = min(count - len(out), (tail - pos) // r, (D - off) // r)
+            if run > 1:
+                w0 = (_DATA + off) >> 3
+                same = q[w0 : w0 + run * (r >> 3) : r >> 3].tolist()
+                if same.count(n) == run:
+                    out += _run_struct(n, run).unpack_from(mm, _DATA + off)
+                    pos += run * r
+                    if len(out) >= count or pos >= tail:
+                        return out, pos
+                    n = self._length(pos, tail)
+                    continue
+            if off + 8 + n <= D:
+                base = _DATA + off + 8
+                out.append(mm[base : base + n])
+            else:
+                out.append(self._read(pos, n))
+            pos += r
+            if len(out) >= count or pos >= tail:
+                return out, pos
+            n = q[(_DATA + pos % D) >> 3]
+            if n > cap or n + 8 > tail - pos:
+                raise incompatible(self.name, f"corrupt record: length {n} at position {pos}")
 
     def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
         return self._recv_view(_deadline(timeout))
@@ -914,15 +1348,23 @@ class PythonRing(RingBase):
     def _recv_view(self, deadline: float | None) -> Iterator[memoryview]:
         me = self._check_enter(deadline, False)
         with self._tlock:
+            if self._closed:
+                raise ValueError("ring is closed")
+            q = self._q
+            held: list[None] = []
+            done = False
+            q[self._slotw] = _CONS
             try:
+                try:
+                    held += map(self._ctry, _ZERO)
+                except _BusyError:
+                    self._take(_CONS, held, deadline)
+                self._hold = (held, _CONS)
                 self._owner = me
-                if self._closed:
-                    raise ValueError("ring is closed")
-                self._lock(_LOCK_CONSUMER, deadline)
-                head, popped, _, n = self._wait_message(deadline)
+                _, head, popped, n = self._next(q, deadline)
                 off = (head + 8) % self._D
                 if off + n <= self._D:
-                    raw = self._buf[_HEADER + off : _HEADER + off + n]
+                    raw = self._buf[_DATA + off : _DATA + off + n]
                 else:
                     raw = memoryview(self._read(head, n))  # the record wraps: a joined copy
                 view = raw.toreadonly()
@@ -937,13 +1379,19 @@ class PythonRing(RingBase):
                         self._close_mapping()
                     else:
                         # Consumed whether or not the block raised.
-                        self._commit_head(head, head + 8 + _align8(n), popped + 1, deadline)
-            except BaseException:
-                self._unlock(_LOCK_CONSUMER)  # a successful commit already released it
-                raise
+                        self._commit(_W_HSEL, head + 8 + _align8(n), popped + 1)
+                        done = True
             finally:
-                self._owner = 0  # first, before any call (see "Interrupts")
+                self._owner = 0
+                self._hold = None
+                if held:  # emptied by close() inside the block, which released it
+                    if not done:
+                        q[_W_CREL] = (q[_W_CREL] + 1) & _M64
+                    self._cons.release()
+                if not self._torn_down:
+                    q[self._slotw] = 0
                 self._left()
+        self._freed()
 
     # ---- control ------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -952,12 +1400,25 @@ class PythonRing(RingBase):
         with self._slock:
             if self._torn_down:
                 raise ValueError("ring is closed")
-            try:
-                self._lock(_LOCK_STATE, None)
-                self._state()
-                self._q[_W_CLOSED] = 1
-            finally:
-                fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
+            self._state()  # a corrupted ring raises, as from any call
+            q = self._q
+            q[_W_CLOSING] = 1  # one writer or many: all store the same 1
+            # Leaving the thread lock is an atomic instruction: a full barrier
+            # between that store and the reads below.
+        # A producer that read the closing flag as 0 holds its mutex until it has
+        # committed: wait (briefly: it may be stopped) for that mutex to be free
+        # or to change hands, so consumers told "drained" never see its message.
+        sem = self._prod
+        before = (q[_W_TSEL], q[_W_PREL])
+        give_up = time.monotonic() + _SHUTDOWN_WAIT
+        while sem.value == 0 and (q[_W_TSEL], q[_W_PREL]) == before:
+            if time.monotonic() >= give_up:
+                break
+            time.sleep(0.0002)
+        with self._slock:
+            if self._torn_down:
+                raise ValueError("ring is closed")
+            q[_W_CLOSED] = 1
         # Hints only: every sleeper re-checks and sees the flag; a few spare posts
         # cover sleepers in several processes racing for them.
         for sem in (self._items, self._space):
@@ -993,15 +1454,16 @@ class PythonRing(RingBase):
                 count = min(max(q[_W_WATCH + side] + delta, 0), (1 << 32) - 1)
                 q[_W_WATCH + side] = count
             finally:
-                # The lock syscalls are full barriers: the re-check after this
-                # (under the same lock) is ordered after the store.
+                # The lock syscalls are full barriers: the re-check after this is
+                # ordered after the store, as a producer's read of the count is
+                # after its commit (see _published).
                 fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
         return count
 
     def _poll(self, side: int, nbytes: int) -> bool:
         if self._closed:
             raise ValueError("ring is closed")
-        head, _, tail, _, closed = self._read_state(None)
+        head, _, tail, _, closed = self._snapshot()
         if closed:
             return True
         if side == 0:
@@ -1009,17 +1471,13 @@ class PythonRing(RingBase):
         return self._D - (tail - head) >= 8 + _align8(nbytes)
 
     def _snapshot(self) -> tuple[int, int, int, int, bool]:
-        """:meth:`_state` read under the state lock, for the snapshots (len, room)."""
+        """:meth:`_state` for the snapshots (len, room, readiness)."""
         if self._closed:
             raise ValueError("ring is closed")
         with self._slock:
             if self._torn_down:
                 raise ValueError("ring is closed")
-            try:
-                self._lock(_LOCK_STATE, None)
-                return self._state()
-            finally:
-                fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
+            return self._state()
 
     def __len__(self) -> int:
         _, popped, _, pushed, _ = self._snapshot()
@@ -1063,15 +1521,27 @@ class PythonRing(RingBase):
             return
         self._torn_down = True
         with self._slock:
+            hold, self._hold = self._hold, None
+            if hold is not None and hold[0]:
+                # close() inside a view block: give the side back, uncommitted.
+                held, side = hold
+                q = self._q
+                w = _W_PREL if side == _PROD else _W_CREL
+                q[w] = (q[w] + 1) & _M64
+                (self._prod if side == _PROD else self._cons).release()
+                held.clear()
+            with suppress(ValueError):
+                self._q[self._slotw] = 0
             # OFD locks live as long as the open file description, which a mapping
-            # still exported to the caller keeps alive: drop every lock explicitly.
-            fcntl.fcntl(self._fd, _F_SETLK, _UNLOCK_ALL)
+            # still exported to the caller keeps alive: drop every lock explicitly
+            # (the handle slot's too, which frees the slot).
+            fcntl.fcntl(self._fd, _F_SETLK, _UNLOCK_EVERY)
             self._q.release()
             self._buf.release()
             self._close_mapping()
             os.close(self._fd)
-            self._items.close()
-            self._space.close()
+            for sem in (self._items, self._space, self._prod, self._cons):
+                sem.close()
             bells, self._bells = self._bells, [-1, -1]
             for fd in bells:
                 if fd >= 0:
@@ -1084,15 +1554,17 @@ class PythonRing(RingBase):
             pass  # a view is still out (retried when a block releases it, else at GC)
 
     def _after_fork_in_child(self) -> None:
-        """Give a handle inherited through fork() its own open file description.
+        """Give a handle inherited through fork() its own open file description and slot.
 
-        A forked child shares the parent's descriptor, hence its OFD locks: the two
-        would not exclude each other, and the child's copy of the mapping would keep
-        a dead parent's locks alive. Reopen the file and remap it in the child.
+        A forked child shares the parent's descriptor, hence its OFD locks: the
+        child would pass for the parent's handle slot, and the child's copy of
+        the mapping would keep a dead parent's slot alive. Reopen the file,
+        remap it and take a slot in the child.
         """
         self._tlock = threading.Lock()  # another parent thread may have held these
         self._slock = threading.Lock()
         self._owner = 0
+        self._hold = None  # the parent's hold is the parent's to release
         if self._torn_down:
             return
         old_fd, old_mm = self._fd, self._mm
@@ -1100,6 +1572,7 @@ class PythonRing(RingBase):
             fd = os.open(f"/proc/self/fd/{old_fd}", os.O_RDWR | os.O_CLOEXEC)
             try:
                 mm = mmap.mmap(fd, len(old_mm), mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+                slot = _claim_slot(fd)
             except BaseException:
                 os.close(fd)
                 raise
@@ -1112,6 +1585,9 @@ class PythonRing(RingBase):
         self._fd, self._mm = fd, mm
         self._buf = memoryview(mm)
         self._q = self._buf.cast("Q")
+        self._slot = slot
+        self._slotw = _W_SLOTS + slot
+        self._q[self._slotw] = 0
         with suppress(BufferError):
             old_mm.close()
         os.close(old_fd)
