@@ -149,22 +149,36 @@ async def run(
         connected.clear()
         stop.set()
 
+    nc = nats.NATS()
     try:
-        nc = await nats.connect(
-            servers=[server],
-            name=opts.name,
-            allow_reconnect=True,
-            max_reconnect_attempts=opts.max_reconnects,
-            reconnect_time_wait=opts.reconnect_wait,
-            connect_timeout=opts.connect_timeout,
-            pending_size=opts.buffer_bytes,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-            error_cb=on_error,
-            closed_cb=on_closed,
+        # nats-py retries a first connect as often as a reconnect (forever
+        # here): the first one gets connect_timeout in all.
+        await asyncio.wait_for(
+            nc.connect(
+                servers=[server],
+                name=opts.name,
+                allow_reconnect=True,
+                max_reconnect_attempts=opts.max_reconnects,
+                reconnect_time_wait=opts.reconnect_wait,
+                connect_timeout=opts.connect_timeout,
+                pending_size=opts.buffer_bytes,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+                error_cb=on_error,
+                closed_cb=on_closed,
+            ),
+            opts.connect_timeout,
         )
     except (OSError, asyncio.TimeoutError, errors.Error) as exc:
-        raise ConnectionError(f"{server}: cannot connect to the NATS server ({exc!r})") from None
+        stop.set()  # our close: no callbacks count it
+        try:
+            await asyncio.wait_for(nc.close(), opts.close_timeout)
+        except Exception as close_exc:  # noqa: BLE001 - it never connected
+            log.debug("bridge: closing a failed connection: %r", close_exc)
+        why = "no answer" if isinstance(exc, asyncio.TimeoutError) else repr(exc)
+        raise ConnectionError(
+            f"{server}: cannot connect to the NATS server within {opts.connect_timeout:g} s ({why})"
+        ) from None
     counts.connected = True
     counts.max_payload = nc.max_payload
     connected.set()
