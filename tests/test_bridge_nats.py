@@ -182,6 +182,41 @@ def test_ring_to_nats_to_ring_across_two_bridges(nats_server: NatsServer, names:
     b.close()
 
 
+def test_broadcast_to_nats_to_broadcast_across_two_bridges(
+    nats_server: NatsServer, names: list[str]
+) -> None:
+    """A broadcast ring's publisher in another process reaches every subscriber of a second
+    broadcast ring, which the second bridge makes (and removes)."""
+    a, b = new_name("nba"), new_name("nbb")
+    names.extend([a, b])
+    subject = nats_server.url("t.bcast")
+    with fastipc.Broadcast.create(a, 1 << 20, policy="block") as pub_a:
+        with (
+            fastipc.bridge(subject, f"bcast://{b}?capacity=1048576") as into_b,
+            fastipc.bridge(f"bcast://{a}", subject) as from_a,
+        ):
+            subs = [fastipc.Broadcast.subscribe(b) for _ in range(2)]
+            assert pub_a.subscribers == 1  # the bridge
+            producer = _child(
+                f"""
+                from fastipc import Broadcast
+                p = Broadcast.open({a!r})
+                for i in range(3000):
+                    p.publish(b"%08d" % i, timeout=60)
+                p.close()
+                """
+            )
+            got = [[sub.recv(timeout=30) for _ in range(3000)] for sub in subs]
+            _finish(producer)
+            for sub in subs:
+                sub.close()
+        assert got == [[b"%08d" % i for i in range(3000)]] * 2
+        assert from_a.stats.forwarded == 3000 and into_b.stats.forwarded == 3000
+        assert pub_a.subscribers == 0  # the bridge's slot went with it
+        pub_a.unlink()
+    assert not shm_entries(b), "the bridge made ring b and must remove it"
+
+
 def test_a_bridge_made_ring_is_removed_and_a_ring_shutdown_ends_the_bridge(
     nats_server: NatsServer, names: list[str]
 ) -> None:

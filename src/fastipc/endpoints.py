@@ -486,6 +486,8 @@ _PARSERS: dict[str, tuple[_Parser, frozenset[str]]] = {
     "mq": (_parse_mq, frozenset({"maxmsg", "msgsize", "mode", "reply"})),
     "fifo": (_parse_fifo, frozenset({"mode", "single_writer", "max_message"})),
     "shm": (_parse_shm, frozenset({"capacity", "mode"})),
+    # A broadcast ring (fastipc.Broadcast): the local side of a bridge.
+    "bcast": (_parse_shm, frozenset({"capacity", "mode"})),
     "fd": (_parse_fd, frozenset({"max_message"})),
     "signal": (_parse_signal, frozenset({"sig"})),
     "nats": (_parse_nats, frozenset({"queue"})),
@@ -493,6 +495,8 @@ _PARSERS: dict[str, tuple[_Parser, frozenset[str]]] = {
 
 #: What a refused scheme's error adds: the API that does serve it.
 _SERVED_ELSEWHERE = {
+    "bcast": "; a broadcast ring is fastipc.Broadcast (publish, subscribe), and a bridge's "
+    "local side (fastipc.bridge)",
     "nats": "; a NATS subject is reached through fastipc.bridge(LOCAL_URL, NATS_URL) "
     "or `fastipc bridge`",
 }

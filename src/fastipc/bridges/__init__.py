@@ -28,7 +28,7 @@ _BridgeT = TypeVar("_BridgeT", bound="Bridge")
 
 #: Local schemes a bridge can read or write (the table lives in ._local; this
 #: copy lets the constructor refuse a URL without importing asyncio).
-_LOCAL = ("shm", "unix", "tcp", "mq")
+_LOCAL = ("shm", "bcast", "unix", "tcp", "mq")
 _ANSWERING = ("unix", "tcp")
 
 
@@ -68,6 +68,11 @@ class Bridge:
 
     * ``shm://NAME``: a Ring, opened (or created when the URL gives
       ``?capacity=BYTES`` and none exists, then removed when the bridge closes);
+    * ``bcast://NAME``: a broadcast ring (:class:`fastipc.Broadcast`). As a
+      source the bridge is one more subscriber (joining at the newest
+      message; a lag under ``policy="overwrite"`` is logged and it goes on);
+      as a destination it publishes (a full ``policy="block"`` ring is
+      retried every millisecond), creating the ring as ``shm://`` does;
     * ``mq:///name``: a POSIX message queue (created if missing, then removed
       at close); priorities are not carried;
     * ``unix://PATH``, ``tcp://HOST:PORT``: Channels (length framing). As a

@@ -11,9 +11,9 @@ The direction decides who waits for whom: a local endpoint the bridge reads
 from is one it owns or listens at (local processes come to it); one it
 writes to is one it opens or connects to (it goes to them).
 
-To bridge another kind of local endpoint (e.g. a broadcast ring), write its
-source and/or sink here and add them to ``_SOURCES``/``_SINKS`` under the
-endpoint's scheme (which ``endpoints.parse`` must know).
+To bridge another kind of local endpoint, write its source and/or sink
+here and add them to ``_SOURCES``/``_SINKS`` under the endpoint's scheme
+(which ``endpoints.parse`` must know).
 
 Everything here runs on the bridge's event loop thread; no call blocks it.
 """
@@ -21,17 +21,21 @@ Everything here runs on the bridge's event loop thread; no call blocks it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Callable
 
 import posix_ipc
 
-from ..aio import Channel, Listener, Ring, listen
+from ..aio import Channel, Listener, Ring, Subscriber, listen
+from ..broadcast import Broadcast
 from ..endpoints import Endpoint
-from ..errors import Closed, MessageTooLarge, Timeout
+from ..errors import Closed, Full, Lagged, MessageTooLarge, Timeout
 from ..transports.mqueue import open_queue
 
 __all__ = ["Sink", "Source", "Stream", "open_sink", "open_source"]
+
+log = logging.getLogger("fastipc.bridge")
 
 #: How long a queue waiter sleeps before looking again anyway (seconds): a
 #: closed bridge or a missed edge never leaves it waiting for good.
@@ -128,6 +132,78 @@ class _RingEnd(Stream, Source, Sink):
         if self._created:
             self._ring.sync.unlink()
         self._ring.close()
+
+
+# ---------------------------------------------------------------------------
+# bcast://NAME: a broadcast ring; the bridge is one subscriber, or one publisher
+# ---------------------------------------------------------------------------
+
+
+class _BroadcastSource(Stream, Source):
+    """A broadcast ring read by the bridge as one of its subscribers (joins at the newest).
+
+    A lag (the ring overwrote what the bridge had not read yet, under
+    ``policy="overwrite"``) is logged and counted in :attr:`lagged`; the
+    bridge goes on with the oldest message kept, as any subscriber does.
+    """
+
+    def __init__(self, ep: Endpoint) -> None:
+        assert ep.name is not None
+        self.url = self.name = ep.url
+        self._sub = Subscriber.subscribe(ep.name)
+        self.lagged = 0
+
+    async def streams(self) -> AsyncIterator[Stream]:
+        yield self
+
+    async def take(self, max_count: int) -> list[bytes]:
+        while True:
+            try:
+                return await self._sub.recv_many(max_count)
+            except Lagged as exc:
+                self.lagged += exc.missed
+                log.warning(
+                    "%s: the bridge lagged behind and missed %d messages", self.url, exc.missed
+                )
+
+    def close(self) -> None:
+        self._sub.close()
+
+
+class _BroadcastSink(Sink):
+    """A broadcast ring the bridge publishes into (made, and removed at close, with ?capacity=)."""
+
+    #: A publisher has no doorbell to wait on: a full ``policy="block"`` ring is
+    #: retried this often (seconds) until a subscriber makes room.
+    RETRY = 0.001
+
+    def __init__(self, ep: Endpoint) -> None:
+        assert ep.name is not None
+        self.url = ep.url
+        self._created = False
+        try:
+            self._pub = Broadcast.open(ep.name)
+        except FileNotFoundError:
+            if ep.capacity is None:
+                raise FileNotFoundError(
+                    2, "no such broadcast ring (give ?capacity=BYTES to create it)", ep.url
+                ) from None
+            mode = 0o600 if ep.mode is None else ep.mode
+            self._pub = Broadcast.create(ep.name, ep.capacity, mode=mode)
+            self._created = True
+
+    async def put(self, data: bytes) -> None:
+        while True:
+            try:
+                self._pub.publish(data, timeout=0)
+                return
+            except Full:
+                await asyncio.sleep(self.RETRY)
+
+    def close(self) -> None:
+        if self._created:
+            self._pub.unlink()
+        self._pub.close()
 
 
 # ---------------------------------------------------------------------------
@@ -306,6 +382,14 @@ async def _queue(ep: Endpoint) -> _QueueEnd:
     return _QueueEnd(ep)
 
 
+async def _subscriber(ep: Endpoint) -> _BroadcastSource:
+    return _BroadcastSource(ep)
+
+
+async def _publisher(ep: Endpoint) -> _BroadcastSink:
+    return _BroadcastSink(ep)
+
+
 async def _listener(ep: Endpoint) -> Source:
     return _ListenerSource(await listen(ep.url))
 
@@ -317,9 +401,13 @@ async def _connect(ep: Endpoint) -> Sink:
 _Open = Callable[[Endpoint], Awaitable[Any]]
 
 #: scheme -> how the bridge opens that local endpoint to read from it.
-_SOURCES: dict[str, _Open] = {"shm": _ring, "mq": _queue, "unix": _listener, "tcp": _listener}
+_SOURCES: dict[str, _Open] = {
+    "shm": _ring, "bcast": _subscriber, "mq": _queue, "unix": _listener, "tcp": _listener,
+}  # fmt: skip
 #: scheme -> how the bridge opens that local endpoint to write to it.
-_SINKS: dict[str, _Open] = {"shm": _ring, "mq": _queue, "unix": _connect, "tcp": _connect}
+_SINKS: dict[str, _Open] = {
+    "shm": _ring, "bcast": _publisher, "mq": _queue, "unix": _connect, "tcp": _connect,
+}  # fmt: skip
 #: The local schemes whose endpoint can carry request/reply (a Channel).
 ANSWERING = frozenset({"unix", "tcp"})
 LOCAL_SCHEMES = frozenset(_SOURCES) | frozenset(_SINKS)
