@@ -1048,16 +1048,21 @@ int fi_bc_set_bells(fi_bcast *b, const char *prefix, uint32_t uid)
     return 0;
 }
 
-int64_t fi_bc_subscribers(fi_bcast *b)
+static int64_t count_subscribers(fi_bcast *b)
 {
-    if (!usable(b))
-        return -EBADF;
     int64_t n = 0;
     for (uint32_t i = 0; i < b->nslots; i++) {
         uint64_t owner = __atomic_load_n(&b->slots[i].owner, __ATOMIC_ACQUIRE);
         n += owner && fi_owner_alive(owner);
     }
     return n;
+}
+
+/* Counted: it reads /proc with the GIL released, so a close() from another
+ * thread may come meanwhile; the mapping must outlive the scan. */
+int64_t fi_bc_subscribers(fi_bcast *b)
+{
+    COUNTED_CALL(b, enter, put_ref, -EBADF, count_subscribers(b));
 }
 
 int64_t fi_bc_slot_info(fi_bcast *b, uint32_t i, uint64_t *owner, uint64_t *pos, uint64_t *seq)
