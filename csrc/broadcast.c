@@ -974,6 +974,12 @@ static void leave_slot(fi_bcast *b)
 {
     if (b->slot < 0)
         return;
+    if (b->owner != fi_proc_self()) {
+        /* A copy inherited through fork(): the slot (and any pin in it) is
+         * the subscribing process's, which still uses it. */
+        b->slot = -1;
+        return;
+    }
     struct bc_slot *s = &b->slots[b->slot];
     unpin(b);
     uint64_t mine = b->owner;

@@ -50,3 +50,43 @@ def test_subscribers_count_racing_close_from_another_thread_never_crashes(ring_n
         """
     )
     assert out.stdout.strip() == "done"
+
+
+def test_a_forked_child_closing_its_inherited_subscriber_leaves_the_parents_slot(
+    ring_name: str,
+) -> None:
+    """A subscriber belongs to the process that subscribed: a forked child that closes (or
+    drops) its inherited copy must not free the parent's slot, else a ``block`` publisher
+    stops waiting for the parent and overwrites what it has not read."""
+    out = run_python(
+        f"""
+        import os
+        from fastipc import Broadcast, Full
+
+        name = {ring_name!r}
+        pub = Broadcast.create(name, 4096, policy="block")
+        sub = Broadcast.subscribe(name)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                sub.close()
+            finally:
+                os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert pub.subscribers == 1, pub.subscribers
+        sent = 0
+        try:
+            while sent < 1000:  # a 4 KiB ring holds far fewer 100-byte messages
+                pub.publish(b"%05d" % sent + bytes(95), timeout=0)
+                sent += 1
+        except Full:
+            pass
+        assert sent < 1000, "the publisher no longer waits for the parent's subscriber"
+        for k in range(sent):
+            assert sub.recv(timeout=5)[:5] == b"%05d" % k
+        sub.close()
+        pub.close()
+        print("done")
+        """
+    )
+    assert out.stdout.strip() == "done"
