@@ -60,6 +60,7 @@
 #include "sys.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,6 +154,7 @@ struct fi_bcast {
     fi_lock sub_lock;   /* private: one receive at a time on this handle */
     char *scratch;
     size_t scratch_cap;
+    pthread_t scratch_owner; /* the one thread whose receives may use it */
     /* an open reserve (HOLD_PUB) or recv view (HOLD_SUB) */
     enum bc_hold holding;
     uint64_t hold_gen;
@@ -1037,6 +1039,7 @@ void fi_bc_set_scratch(fi_bcast *b, char *buf, size_t cap)
 {
     b->scratch = buf;
     b->scratch_cap = buf ? cap : 0;
+    b->scratch_owner = pthread_self();
 }
 
 int fi_bc_set_bells(fi_bcast *b, const char *prefix, uint32_t uid)
@@ -1315,7 +1318,14 @@ int64_t fi_bc_try_recv(fi_bcast *b, char *out, size_t cap)
 
 int64_t fi_bc_try_recv1(fi_bcast *b)
 {
-    return usable(b) ? fi_bc_try_recv(b, b->scratch, b->scratch_cap) : -EBADF;
+    if (!usable(b))
+        return -EBADF;
+    /* The caller slices the message out of the scratch buffer after this
+     * returns: another thread's receive must not refill it in between (as
+     * fi_ring_try_recv1). */
+    if (!pthread_equal(b->scratch_owner, pthread_self()))
+        return -ECHILD;
+    return fi_bc_try_recv(b, b->scratch, b->scratch_cap);
 }
 
 int64_t fi_bc_spin_recv1(fi_bcast *b, int64_t spin_ns)
