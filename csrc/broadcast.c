@@ -144,6 +144,7 @@ struct fi_bcast {
     uint32_t policy;
     int64_t spin_ns;
     uint64_t cached_min; /* publisher: lower bound of the slowest live cursor */
+    int64_t checked_ns;  /* publisher: when make_room last asked /proc about a blocker */
     /* subscriber */
     int32_t slot; /* -1: not subscribed */
     uint64_t owner;
@@ -314,6 +315,26 @@ static int scan_slots(fi_bcast *b, uint64_t head, uint64_t tail, uint64_t *limit
     return 0;
 }
 
+static int reclaim_if_dead(fi_bcast *b, uint32_t i, uint64_t owner);
+
+/* Short of room: is the slot holding us back a dead process's? Reclaim it
+ * (1: retry). Asked here, not only by a publisher asleep in pub_wait, so
+ * that publishers which never wait that long (timeout=0, short timeouts,
+ * reserve) are not held up for good by a dead subscriber or view holder;
+ * at most once per BC_LIVENESS_NS per handle (it reads /proc). */
+static int reclaim_blocker(fi_bcast *b, uint64_t head, uint64_t tail)
+{
+    int64_t now = mono_ns();
+    if (now - b->checked_ns < BC_LIVENESS_NS)
+        return 0;
+    b->checked_ns = now;
+    uint64_t limit;
+    int who;
+    if (scan_slots(b, head, tail, &limit, &who) || who < 0)
+        return 0;
+    return reclaim_if_dead(b, (uint32_t)who, __atomic_load_n(&b->slots[who].owner, __ATOMIC_SEQ_CST));
+}
+
 /* Make room for bytes [tail, end): move head past the records that must go
  * and announce the write in `reserved`. 0, -EAGAIN (a live subscriber, or
  * an open view, needs the bytes: wait and retry) or -EBADMSG. */
@@ -354,7 +375,7 @@ static int make_room(fi_bcast *b, uint64_t tail, uint64_t end)
         __atomic_store_n(&h->prod.head_seq, head_seq, __ATOMIC_RELEASE);
         __atomic_store_n(&h->prod.head, head, __ATOMIC_RELEASE);
         if (head < need)
-            return -EAGAIN;
+            return reclaim_blocker(b, head, tail) ? make_room(b, tail, end) : -EAGAIN;
     }
     if (end > h->prod.reserved)
         __atomic_store_n(&h->prod.reserved, end, __ATOMIC_SEQ_CST);
@@ -366,7 +387,7 @@ static int make_room(fi_bcast *b, uint64_t tail, uint64_t end)
         if (rc)
             return rc;
         if (limit < need)
-            return -EAGAIN;
+            return reclaim_blocker(b, head, tail) ? make_room(b, tail, end) : -EAGAIN;
     }
     return 0;
 }
