@@ -392,6 +392,42 @@ static int make_room(fi_bcast *b, uint64_t tail, uint64_t end)
     return 0;
 }
 
+/* After taking the publisher lock over from a dead holder. publish() makes
+ * a message visible with two stores, the count (seq) and then the tail: a
+ * holder killed between them left a count ahead of what was published, and
+ * the next records would carry numbers no subscriber expects (each would
+ * look corrupted, for ever). Count the kept records again instead: the
+ * last one's number + 1 (head_seq when none is kept). A corrupt position
+ * or record is left for the locked step to report. */
+static void repair_seq(fi_bcast *b)
+{
+    struct bc_header *h = b->hdr;
+    uint64_t tail = ld_tail(h, __ATOMIC_ACQUIRE), pos = h->prod.head, seq = h->prod.head_seq;
+    if (pos > tail || tail - pos > b->size)
+        return;
+    for (int first = 1; pos < tail; first = 0) {
+        uint32_t len;
+        uint64_t stride, rseq;
+        if (get_header(b, pos, tail - pos, &len, &stride, &rseq))
+            return;
+        if (first) /* make_room stores head_seq, then head: the holder may have died between */
+            __atomic_store_n(&h->prod.head_seq, rseq, __ATOMIC_RELEASE);
+        seq = rseq + 1;
+        pos += stride;
+    }
+    __atomic_store_n(&h->prod.seq, seq, __ATOMIC_RELEASE);
+}
+
+/* Take the publisher lock (repairing what a dead holder left half done). */
+static int pub_lock(fi_bcast *b, int64_t deadline)
+{
+    int over = 0;
+    int rc = fi_lock_wait_over(&b->hdr->prod.lock, deadline, b->spin_ns, &over);
+    if (rc == 0 && over)
+        repair_seq(b);
+    return rc;
+}
+
 /* Make [old_tail, tail) visible: 0, -EPIPE shut down meanwhile, -EBADMSG. */
 static int publish(fi_bcast *b, uint64_t old_tail, uint64_t tail, uint64_t count)
 {
@@ -1248,7 +1284,7 @@ static int subscribe_wait(fi_bcast *b, int64_t timeout_ns)
     if (b->slot >= 0)
         return -EALREADY;
     fi_lock *m = &b->hdr->prod.lock;
-    int rc = fi_lock_wait(m, deadline_of(timeout_ns), b->spin_ns);
+    int rc = pub_lock(b, deadline_of(timeout_ns));
     if (rc)
         return rc;
     rc = subscribe_locked(b);
@@ -1414,7 +1450,8 @@ static int side_wait(fi_bcast *b, int pub, uint64_t n, int64_t deadline)
         fi_lock *m_ = (pub) ? &(b)->hdr->prod.lock : &(b)->sub_lock;                \
         int64_t deadline_ = deadline_of(timeout_ns);                                \
         for (;;) {                                                                  \
-            int64_t rc_ = fi_lock_wait(m_, deadline_, (b)->spin_ns);                \
+            int64_t rc_ = (pub) ? pub_lock((b), deadline_)                          \
+                                : fi_lock_wait(m_, deadline_, (b)->spin_ns);        \
             if (rc_)                                                                \
                 return rc_;                                                         \
             rc_ = (op);                                                             \
@@ -1535,7 +1572,7 @@ static int reserve_loop(fi_bcast *b, size_t n, int64_t timeout_ns, char **ptr, f
     fi_lock *m = &b->hdr->prod.lock;
     int64_t deadline = deadline_of(timeout_ns);
     for (;;) {
-        int rc = fi_lock_wait(m, deadline, b->spin_ns);
+        int rc = pub_lock(b, deadline);
         if (rc)
             return rc;
         struct bc_header *h = b->hdr;

@@ -211,6 +211,43 @@ with pub.reserve(100) as v:
         assert len(sub) == 0
 
 
+def test_publisher_killed_between_its_two_publishing_stores_breaks_no_subscriber(
+    ring_name: str, children: Children
+) -> None:
+    """A publish stores the message count, then the tail: a publisher SIGKILLed between the
+    two leaves a count one ahead of what was published. The next publisher (taking the lock
+    over) numbered its records from it, and every subscriber then saw each message as a
+    corrupted segment for ever."""
+    with Broadcast.create(ring_name, 4096) as pub, Broadcast.subscribe(ring_name) as sub:
+        pub.publish(b"before")
+        assert sub.recv(timeout=5) == b"before"
+        child = start(
+            children,
+            f"""
+import mmap, os, struct, time
+from fastipc import Broadcast
+pub = Broadcast.open({ring_name!r})
+with pub.reserve(100) as v:
+    v[:] = b"h" * 100
+    fd = os.open("/dev/shm/fastipc.{ring_name}", os.O_RDWR)
+    m = mmap.mmap(fd, 4096)
+    seq = struct.unpack_from("<Q", m, {SEQ})[0]
+    struct.pack_into("<Q", m, {SEQ}, seq + 1)  # commit's first store; the tail's never comes
+    print("ready", flush=True)
+    time.sleep(600)
+""",
+        )
+        kill(child)
+        pub.publish(b"after", timeout=30)  # taken over: its holder is dead
+        assert sub.recv(timeout=5) == b"after"
+        pub.publish(b"next")
+        assert sub.recv(timeout=5) == b"next"
+        assert len(sub) == 0 and sub.missed == 0
+        with Broadcast.subscribe(ring_name) as late:  # joins with the repaired count
+            pub.publish(b"last")
+            assert late.recv(timeout=5) == b"last" and sub.recv(timeout=5) == b"last"
+
+
 def test_dead_subscriber_slot_is_reclaimed_and_stalls_no_block_publisher(
     ring_name: str, children: Children
 ) -> None:
