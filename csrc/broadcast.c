@@ -144,6 +144,8 @@ struct fi_bcast {
     uint32_t policy;
     int64_t spin_ns;
     uint64_t cached_min; /* publisher: lower bound of the slowest live cursor */
+    uint32_t fork_gen;   /* *forks when mapped: another value, a copy made by fork() */
+    const uint32_t *forks; /* the fork counter of the module that mapped it (below) */
     int64_t checked_ns;  /* publisher: when make_room last asked /proc about a blocker */
     /* subscriber */
     int32_t slot; /* -1: not subscribed */
@@ -168,6 +170,21 @@ struct fi_bcast {
 };
 
 /* ---- small helpers ---------------------------------------------------- */
+
+/* Bumped in every child fork() makes: a subscriber handle whose fork_gen
+ * differs is a forked copy, and its slot (cursor, pin) is the subscribing
+ * process's. The copy refuses subscriber calls (-ECHILD) and never writes
+ * the slot. One relaxed load, where asking getpid() would be a syscall.
+ * The handle points at the counter of the module that mapped it: this file
+ * is built into two modules (GIL-releasing and not), each with its own. */
+static uint32_t fork_gen;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static void after_fork_child(void) { __atomic_add_fetch(&fork_gen, 1, __ATOMIC_RELAXED); }
+static void watch_forks(void) { pthread_atfork(NULL, NULL, after_fork_child); }
+static inline int forked(const fi_bcast *b)
+{
+    return b->fork_gen != __atomic_load_n(b->forks, __ATOMIC_RELAXED);
+}
 
 static inline uint64_t align8(uint64_t n) { return (n + 7u) & ~(uint64_t)7u; }
 static inline uint64_t rec_size(uint64_t n) { return BC_REC_HDR + align8(n); }
@@ -726,6 +743,8 @@ static void unpin(fi_bcast *b)
 {
     struct bc_header *h = b->hdr;
     struct bc_slot *s = &b->slots[b->slot];
+    if (forked(b)) /* the pin is the subscribing process's open view */
+        return;
     if (__atomic_exchange_n(&s->pinned, 0, __ATOMIC_SEQ_CST)) {
         uint32_t v = ld32(&h->wake.pins);
         while (v && !__atomic_compare_exchange_n(&h->wake.pins, &v, v - 1, 0, __ATOMIC_SEQ_CST,
@@ -950,6 +969,9 @@ static int map_segment(int fd, uint64_t hsize, uint64_t size, fi_bcast **out)
     b->data = base + hsize;
     b->size = size;
     b->spin_ns = 20000;
+    pthread_once(&fork_once, watch_forks);
+    b->forks = &fork_gen;
+    b->fork_gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
     b->refs = 1;
     b->life = 2;
     b->slot = -1;
@@ -1033,7 +1055,7 @@ static void leave_slot(fi_bcast *b)
 {
     if (b->slot < 0)
         return;
-    if (b->owner != fi_proc_self()) {
+    if (forked(b) || b->owner != fi_proc_self()) {
         /* A copy inherited through fork(): the slot (and any pin in it) is
          * the subscribing process's, which still uses it. */
         b->slot = -1;
@@ -1215,6 +1237,8 @@ int64_t fi_bc_watch(fi_bcast *b, int delta)
         return -EBADF;
     if (b->slot < 0)
         return -EINVAL;
+    if (forked(b))
+        return -ECHILD;
     /* The global count first when adding, last when removing, so it is
      * never below what the slots need. */
     if (delta > 0)
@@ -1233,6 +1257,8 @@ int fi_bc_poll(fi_bcast *b)
         return -EBADF;
     if (b->slot < 0)
         return -EINVAL;
+    if (forked(b))
+        return -ECHILD;
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     return sub_ready(b);
 }
@@ -1305,6 +1331,8 @@ int64_t fi_bc_len(fi_bcast *b)
         return -EBADF;
     if (b->slot < 0)
         return -EINVAL;
+    if (forked(b))
+        return -ECHILD;
     struct bc_header *h = b->hdr;
     uint64_t head_seq = ld_acq(&h->prod.head_seq), seq = ld_acq(&h->prod.seq);
     uint64_t from = b->seq > head_seq ? b->seq : head_seq;
@@ -1365,6 +1393,8 @@ int64_t fi_bc_try_recv(fi_bcast *b, char *out, size_t cap)
 {
     if (!usable(b) || b->slot < 0)
         return -EBADF;
+    if (forked(b))
+        return -ECHILD;
     int rc = fi_lock_try(&b->sub_lock);
     if (rc)
         return rc;
@@ -1405,6 +1435,8 @@ int64_t fi_bc_try_recv_batch(fi_bcast *b, char *out, size_t cap, size_t max_coun
 {
     if (!usable(b) || b->slot < 0)
         return -EBADF;
+    if (forked(b))
+        return -ECHILD;
     if (max_count == 0)
         return -EINVAL;
     int rc = fi_lock_try(&b->sub_lock);
@@ -1498,6 +1530,8 @@ static int64_t recv_wait(fi_bcast *b, char *out, size_t cap, int64_t timeout_ns)
 {
     if (b->slot < 0)
         return -EBADF;
+    if (forked(b))
+        return -ECHILD;
     BLOCKING(b, 0, 0, timeout_ns, recv_locked(b, out, cap));
 }
 
@@ -1510,6 +1544,8 @@ static int64_t recv_batch_wait(fi_bcast *b, char *out, size_t cap, size_t max_co
 {
     if (b->slot < 0)
         return -EBADF;
+    if (forked(b))
+        return -ECHILD;
     BLOCKING(b, 0, 0, timeout_ns, recv_batch_locked(b, out, cap, max_count));
 }
 
@@ -1678,6 +1714,8 @@ static int64_t peek_wait(fi_bcast *b, int64_t timeout_ns, char **ptr, fi_bhold *
 {
     if (b->slot < 0)
         return -EBADF;
+    if (forked(b))
+        return -ECHILD;
     if (claim(b, HOLD_SUB))
         return -EDEADLK;
     int64_t rc = peek_loop(b, timeout_ns, ptr, rec);
@@ -1701,6 +1739,8 @@ int fi_bc_release(fi_bcast *b)
         return -EINVAL;
     if (fi_lock_held(&b->sub_lock))
         return -EPERM;
+    if (forked(b))
+        return -ECHILD;
     advance(b, b->held_pos + b->held_stride, b->seq + 1);
     return let_go_as(b, HOLD_SUB, fi_lock_self());
 }

@@ -376,7 +376,8 @@ int64_t fi_bc_try_publish_batch(fi_bcast *b, const char *buf, size_t len, size_t
 /* Copy the next message into out[0:cap]; return its length. -EAGAIN none
  * yet (or another thread is receiving on this handle), -EMSGSIZE longer than
  * cap (it stays), -EOVERFLOW overrun (see above), -EDEADLK a view of this
- * thread is open. */
+ * thread is open, -ECHILD a copy of the handle inherited through fork() (as
+ * every subscriber call: the slot is the subscribing process's). */
 int64_t fi_bc_try_recv(fi_bcast *b, char *out, size_t cap);
 
 /* fi_bc_try_recv into the scratch buffer (one argument: cheaper in cffi).

@@ -90,3 +90,57 @@ def test_a_forked_child_closing_its_inherited_subscriber_leaves_the_parents_slot
         """
     )
     assert out.stdout.strip() == "done"
+
+
+def test_a_forked_child_cannot_use_or_disturb_its_inherited_subscriber(ring_name: str) -> None:
+    """A forked child's calls on an inherited subscriber raise ValueError (the python
+    backend's rule; the native one let the child move the parent's cursor), and a child
+    unwinding the parent's open recv_view block leaves the parent's pin in place."""
+    out = run_python(
+        f"""
+        import os, sys
+        from fastipc import Broadcast, Full
+
+        name = {ring_name!r}
+        pub = Broadcast.create(name, 256)  # overwrite: waits for a pinned view only
+        sub = Broadcast.subscribe(name)
+        pub.publish(b"one")
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                sub.recv(timeout=0)
+            except ValueError as exc:
+                code = 0 if "forked child" in str(exc) else 4
+            except BaseException:
+                code = 5
+            os._exit(code)
+        assert os.waitpid(pid, 0)[1] == 0, "the child's receive did not raise ValueError"
+        assert sub.recv(timeout=0) == b"one"  # still there for the parent
+
+        pub.publish(b"pinned")
+        parent = os.getpid()
+        try:
+            with sub.recv_view(timeout=5) as view:
+                pid = os.fork()
+                if pid == 0:
+                    sys.exit(0)  # unwinds the block (and its release) in the child
+                assert os.waitpid(pid, 0)[1] == 0
+                try:
+                    for k in range(1000):
+                        pub.publish(b"x" * 40, timeout=0)
+                except Full:
+                    pass
+                else:
+                    raise AssertionError("the parent's view lost its pin to the child")
+                assert bytes(view) == b"pinned"
+        except BaseException:
+            if os.getpid() != parent:
+                os._exit(0)
+            raise
+        sub.close()
+        pub.close()
+        print("done")
+        """
+    )
+    assert out.stdout.strip() == "done"

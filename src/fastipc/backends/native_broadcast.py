@@ -189,6 +189,11 @@ class _Handle:
             return rc
         if rc == -errno.EBADF and self._closed:
             raise ValueError(f"broadcast ring {self.name!r}: handle is closed")
+        if rc == _ECHILD:  # C: a subscriber handle inherited through fork()
+            raise ValueError(
+                f"broadcast subscriber {self.name!r} belongs to the process that subscribed "
+                "(a forked child must call Broadcast.subscribe itself)"
+            )
         return _check(rc, self.name, sending, self.max_subscribers)
 
 
