@@ -18,8 +18,9 @@
  * a slot: its owner (pid and start time, as lock.c identifies a lock holder),
  * its cursor (position and sequence number) and the position its open view
  * pins. A slot whose process is dead is reclaimed (by `subscribe` when all
- * are taken, by a `block` publisher that a stalled cursor has kept waiting
- * for ~2 ms), so a dead subscriber never stalls publishers for good.
+ * are taken, by a publisher its cursor or pin holds back: asked at most
+ * every ~2 ms per handle), so a dead subscriber never stalls publishers for
+ * good, whatever timeout they use.
  *
  * Overwrite without torn reads (a seqlock over positions). Before writing
  * bytes that end at position E, a publisher stores `reserved` = E (what may
