@@ -127,14 +127,19 @@ struct bc_slot {
 
 enum bc_hold { HOLD_NONE = 0, HOLD_PUB = 1, HOLD_SUB = 2 };
 
-/* Lifetime as fi_ring (ring.c, struct fi_ring): refs counts the open handle,
- * calls inside that may wait, pins and a held side; life the mapping and
- * fi_bc_free. */
+/* Lifetime as fi_ring (ring.c, struct fi_ring), with one more step: refs
+ * counts the open handle, calls inside that may wait and a held side (what
+ * uses the subscriber slot); maps counts refs as one, plus each pin (a
+ * view's export, which keeps the bytes mapped but uses no slot); life the
+ * mapping and fi_bc_free. So a closed subscriber gives its slot back when
+ * no call is inside and no block open, even while an export of a view
+ * lives on (a block publisher would otherwise wait for it). */
 struct fi_bcast {
     struct bc_header *hdr;
     struct bc_slot *slots;
     int closed;
     uint32_t refs;
+    uint32_t maps;
     uint32_t life;
     char *data;
     void *map_base;
@@ -884,9 +889,6 @@ static void leave_slot(fi_bcast *b);
 
 static void unmap(fi_bcast *b)
 {
-    /* The slot goes with the mapping: no call is inside and no view is
-     * open any more, so nothing of this handle uses it after this. */
-    leave_slot(b);
     if (b->bells) {
         for (uint32_t i = 0; i < b->nslots; i++)
             if (b->bells[i] >= 0)
@@ -902,12 +904,22 @@ static void unmap(fi_bcast *b)
     b->slots = NULL;
 }
 
-static void put_ref(fi_bcast *b)
+static void put_map(fi_bcast *b)
 {
-    if (ref_put(&b->refs)) {
+    if (ref_put(&b->maps)) {
         unmap(b);
         if (ref_put(&b->life))
             free(b);
+    }
+}
+
+static void put_ref(fi_bcast *b)
+{
+    if (ref_put(&b->refs)) {
+        /* No call is inside and no block open any more, so nothing of this
+         * handle uses the slot after this (pins only keep bytes mapped). */
+        leave_slot(b);
+        put_map(b);
     }
 }
 
@@ -974,6 +986,7 @@ static int map_segment(int fd, uint64_t hsize, uint64_t size, fi_bcast **out)
     b->forks = &fork_gen;
     b->fork_gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
     b->refs = 1;
+    b->maps = 1;
     b->life = 2;
     b->slot = -1;
     *out = b;
@@ -1095,7 +1108,7 @@ int fi_bc_pin_into(fi_bcast *b, fi_bpin *pin)
 {
     if (!b || !pin || pin->bc)
         return -EINVAL;
-    int rc = ref_get(&b->refs);
+    int rc = ref_get(&b->maps);
     if (rc == 0)
         pin->bc = b;
     return rc;
@@ -1106,7 +1119,7 @@ void fi_bpin_drop(fi_bpin *pin, const char *view)
     (void)view;
     fi_bcast *b = pin ? __atomic_exchange_n(&pin->bc, NULL, __ATOMIC_SEQ_CST) : NULL;
     if (b)
-        put_ref(b);
+        put_map(b);
 }
 
 void fi_bpin_release(fi_bpin *pin) { fi_bpin_drop(pin, NULL); }

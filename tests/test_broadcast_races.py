@@ -144,3 +144,32 @@ def test_a_forked_child_cannot_use_or_disturb_its_inherited_subscriber(ring_name
         """
     )
     assert out.stdout.strip() == "done"
+
+
+def test_closing_a_subscriber_gives_its_slot_back_while_an_export_of_a_view_lives(
+    ring_name: str,
+) -> None:
+    """close() gives the slot back even while a slice of a past recv_view is kept: the
+    native handle kept its slot until the export died, and a block publisher waited for
+    a cursor that would never move."""
+    out = run_python(
+        f"""
+        from fastipc import Broadcast
+
+        name = {ring_name!r}
+        pub = Broadcast.create(name, 256, policy="block")
+        sub = Broadcast.subscribe(name)
+        pub.publish(b"a" * 40)
+        with sub.recv_view(timeout=5) as view:
+            keep = view[:]  # outlives the block and the handle
+        sub.close()
+        assert pub.subscribers == 0, pub.subscribers
+        for k in range(200):  # far more than the ring holds: nobody to wait for
+            pub.publish(b"x" * 40, timeout=0)
+        assert len(bytes(keep)) == 40  # still readable (any bytes), never a fault
+        del keep
+        pub.close()
+        print("done")
+        """
+    )
+    assert out.stdout.strip() == "done"
