@@ -248,6 +248,31 @@ with pub.reserve(100) as v:
             assert late.recv(timeout=5) == b"last" and sub.recv(timeout=5) == b"last"
 
 
+def test_len_against_a_fast_publisher_is_never_taken_for_corruption(
+    ring_name: str, children: Children
+) -> None:
+    """len() read the oldest kept message's number and the published count with two loads;
+    a publisher in another process publishing many messages between them (this thread
+    preempted) made the difference more than the ring can hold: IncompatibleSegment
+    (25 times in 11 M calls here). A bounded number of calls, not a duration."""
+    with Broadcast.create(ring_name, 64) as pub, Broadcast.subscribe(ring_name) as sub:
+        start(
+            children,
+            f"""
+from fastipc import Broadcast
+p = Broadcast.open({ring_name!r})
+print("ready", flush=True)
+batch = [b"x"] * 64
+while True:
+    p.publish_many(batch)
+""",
+        )
+        most = 4096 // 16  # records the one-page data area can hold
+        for _ in range(3_000_000):
+            assert 0 <= len(sub) <= most
+        assert pub.subscribers == 1
+
+
 def test_dead_subscriber_slot_is_reclaimed_and_stalls_no_block_publisher(
     ring_name: str, children: Children
 ) -> None:
