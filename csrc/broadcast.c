@@ -584,8 +584,14 @@ static int jump_to_head(fi_bcast *b)
      * did in between, and more means a corrupted segment (which would
      * otherwise make every record look overrun, for ever). */
     uint64_t reserved = ld_acq(&h->prod.reserved);
-    uint64_t head = ld_acq(&h->prod.head), tail = ld_tail(h, __ATOMIC_ACQUIRE);
-    if (head > tail || tail - head > b->size || head < b->pos || reserved > tail + b->size)
+    /* head between two loads of tail: publishers may move both in between
+     * (this thread preempted), so head may be past the first tail, never
+     * past the second, and never more than D behind the first; checked
+     * against a single tail, a fast publisher looked like corruption. */
+    uint64_t tail0 = ld_tail(h, __ATOMIC_ACQUIRE), head = ld_acq(&h->prod.head);
+    uint64_t tail = ld_tail(h, __ATOMIC_ACQUIRE);
+    if (head > tail || (head < tail0 && tail0 - head > b->size) || head < b->pos ||
+        reserved > tail0 + b->size)
         return -EBADMSG;
     b->pos = head;
     b->resync = 1;

@@ -273,6 +273,35 @@ while True:
         assert pub.subscribers == 1
 
 
+def test_a_subscriber_overrun_by_a_fast_publisher_gets_lagged_never_incompatible(
+    ring_name: str, children: Children
+) -> None:
+    """An overrun subscriber jumps to the oldest record kept, checking head against tail:
+    read with two loads, a publisher in another process moving both between them made the
+    pair look corrupted (IncompatibleSegment after ~2 M messages here). A bounded number
+    of receives, not a duration; every one is a message or Lagged."""
+    with Broadcast.create(ring_name, 64) as pub, Broadcast.subscribe(ring_name) as sub:
+        start(
+            children,
+            f"""
+from fastipc import Broadcast
+p = Broadcast.open({ring_name!r})
+print("ready", flush=True)
+batch = [b"x"] * 64
+while True:
+    p.publish_many(batch)
+""",
+        )
+        lagged = 0
+        for _ in range(3_000_000):
+            try:
+                assert sub.recv(timeout=10) == b"x"
+            except Lagged:
+                lagged += 1
+        assert lagged > 0  # it was overrun: the path under test ran
+        assert pub.subscribers == 1
+
+
 def test_dead_subscriber_slot_is_reclaimed_and_stalls_no_block_publisher(
     ring_name: str, children: Children
 ) -> None:
