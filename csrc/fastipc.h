@@ -295,7 +295,9 @@ int fi_bc_policy(const fi_bcast *b);
 /* Busy-wait this long (ns) before sleeping in a blocking call. */
 void fi_bc_set_spin(fi_bcast *b, int64_t spin_ns);
 
-/* Lend the handle a buffer for fi_bc_try_recv1 (the caller keeps it alive). */
+/* Lend the handle a buffer for fi_bc_try_recv1 (the caller keeps it alive).
+ * The calling thread becomes the only one whose fi_bc_try_recv1/spin_recv1
+ * use it. */
 void fi_bc_set_scratch(fi_bcast *b, char *buf, size_t cap);
 
 /* Subscriber doorbells: slot i's FIFO is the path prefix + i (Python makes
@@ -374,10 +376,13 @@ int64_t fi_bc_try_publish_batch(fi_bcast *b, const char *buf, size_t len, size_t
 /* Copy the next message into out[0:cap]; return its length. -EAGAIN none
  * yet (or another thread is receiving on this handle), -EMSGSIZE longer than
  * cap (it stays), -EOVERFLOW overrun (see above), -EDEADLK a view of this
- * thread is open. */
+ * thread is open, -ECHILD a copy of the handle inherited through fork() (as
+ * every subscriber call: the slot is the subscribing process's). */
 int64_t fi_bc_try_recv(fi_bcast *b, char *out, size_t cap);
 
-/* fi_bc_try_recv into the scratch buffer (one argument: cheaper in cffi). */
+/* fi_bc_try_recv into the scratch buffer (one argument: cheaper in cffi).
+ * -ECHILD, touching nothing, from any thread but the one that lent it
+ * (which then receives into a buffer of its own with fi_bc_try_recv). */
 int64_t fi_bc_try_recv1(fi_bcast *b);
 
 /* fi_bc_try_recv1 that busy-waits up to spin_ns for a message (bounded:

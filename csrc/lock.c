@@ -121,6 +121,11 @@ int fi_lock_try(fi_lock *l) { return try_as(l, self_word()); }
 
 int fi_lock_wait(fi_lock *l, int64_t deadline, int64_t spin_ns)
 {
+    return fi_lock_wait_over(l, deadline, spin_ns, NULL);
+}
+
+int fi_lock_wait_over(fi_lock *l, int64_t deadline, int64_t spin_ns, int *taken_over)
+{
     uint64_t self = self_word();
     int rc = try_as(l, self);
     if (rc != -EAGAIN)
@@ -152,9 +157,13 @@ int fi_lock_wait(fi_lock *l, int64_t deadline, int64_t spin_ns)
             seen_since = now;
         } else if (now - seen_since >= LIVENESS_AFTER_NS && !holder_alive(v)) {
             /* The holder is gone. Its changes were published by single
-             * atomic stores or not at all, so there is nothing to repair. */
-            if (__atomic_compare_exchange_n(&l->word, &v, mine, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+             * atomic stores or not at all, so there is nothing to repair
+             * (a caller whose are not is told, through taken_over). */
+            if (__atomic_compare_exchange_n(&l->word, &v, mine, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+                if (taken_over)
+                    *taken_over = 1;
                 return 0;
+            }
             continue;
         }
         if (deadline >= 0 && now >= deadline)

@@ -34,6 +34,11 @@ int fi_lock_try(fi_lock *l);
  * signal arrived while asleep. */
 int fi_lock_wait(fi_lock *l, int64_t deadline, int64_t spin_ns);
 
+/* fi_lock_wait that sets *taken_over to 1 when it took the lock over from a
+ * dead holder (else leaves it alone), for callers whose holder may leave
+ * work to repair. */
+int fi_lock_wait_over(fi_lock *l, int64_t deadline, int64_t spin_ns, int *taken_over);
+
 /* Release the lock if this thread holds it: 0, or -EPERM (and the word is
  * left alone) if another thread or process does, e.g. a forked child
  * releasing what its parent took, or a holder that was taken over. */

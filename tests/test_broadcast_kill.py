@@ -127,3 +127,31 @@ def test_a_publisher_killed_mid_publish_leaves_the_ring_usable_and_nothing_torn(
         pub.shutdown()
         done, got, _lagged = finish(children, reader).split()
         assert done == "done" and int(got) >= 5
+
+
+@pytest.mark.parametrize("policy", ["block", "overwrite"])
+def test_publishers_that_never_wait_are_not_stalled_for_good_by_a_killed_subscriber(
+    ring_name: str, children: Children, policy: str
+) -> None:
+    """A publisher using timeout=0 (or any timeout shorter than the liveness check) must get
+    going again once a killed subscriber's slot (or its view's pin) is found dead; it got Full
+    for ever: only a publisher that slept long enough ever reclaimed the slot."""
+    with Broadcast.create(ring_name, 256, policy=policy, subscribers=2) as pub:
+        if policy == "block":
+            victim = start(children, "sub_hold", ring_name)
+        else:
+            victim = start(children, "sub_view_hold", ring_name)
+            pub.publish(b"pinned" * 6)
+            assert children.readline(victim, 30) == "viewing 36"
+        fill(pub, 40)
+        victim.kill()
+        victim.wait(10)
+        deadline = time.monotonic() + 30
+        while True:  # a bound on a hang, not a timing check
+            try:
+                pub.publish(b"x" * 40, timeout=0)
+                break
+            except Full:
+                assert time.monotonic() < deadline, "timeout=0 publishes stalled for good"
+                time.sleep(0.001)
+        assert pub.subscribers == 0

@@ -211,6 +211,103 @@ with pub.reserve(100) as v:
         assert len(sub) == 0
 
 
+def test_publisher_killed_between_its_two_publishing_stores_breaks_no_subscriber(
+    ring_name: str, children: Children
+) -> None:
+    """A publish stores the message count, then the tail: a publisher SIGKILLed between the
+    two leaves a count one ahead of what was published. The next publisher (taking the lock
+    over) numbered its records from it, and every subscriber then saw each message as a
+    corrupted segment for ever."""
+    with Broadcast.create(ring_name, 4096) as pub, Broadcast.subscribe(ring_name) as sub:
+        pub.publish(b"before")
+        assert sub.recv(timeout=5) == b"before"
+        child = start(
+            children,
+            f"""
+import mmap, os, struct, time
+from fastipc import Broadcast
+pub = Broadcast.open({ring_name!r})
+with pub.reserve(100) as v:
+    v[:] = b"h" * 100
+    fd = os.open("/dev/shm/fastipc.{ring_name}", os.O_RDWR)
+    m = mmap.mmap(fd, 4096)
+    seq = struct.unpack_from("<Q", m, {SEQ})[0]
+    struct.pack_into("<Q", m, {SEQ}, seq + 1)  # commit's first store; the tail's never comes
+    print("ready", flush=True)
+    time.sleep(600)
+""",
+        )
+        kill(child)
+        pub.publish(b"after", timeout=30)  # taken over: its holder is dead
+        assert sub.recv(timeout=5) == b"after"
+        pub.publish(b"next")
+        assert sub.recv(timeout=5) == b"next"
+        assert len(sub) == 0 and sub.missed == 0
+        with Broadcast.subscribe(ring_name) as late:  # joins with the repaired count
+            pub.publish(b"last")
+            assert late.recv(timeout=5) == b"last" and sub.recv(timeout=5) == b"last"
+
+
+@pytest.mark.parametrize("call", ["len", "free_bytes"])
+def test_snapshots_against_a_fast_publisher_are_never_taken_for_corruption(
+    ring_name: str, children: Children, call: str
+) -> None:
+    """len() read the oldest kept message's number and the published count with two loads,
+    free_bytes() the tail and head; a publisher in another process publishing many messages
+    between them (this thread preempted) made a sound pair look corrupted:
+    IncompatibleSegment (25 and 175 times in ~10 M calls here). A bounded number of calls,
+    not a duration."""
+    with Broadcast.create(ring_name, 64) as pub, Broadcast.subscribe(ring_name) as sub:
+        start(
+            children,
+            f"""
+from fastipc import Broadcast
+p = Broadcast.open({ring_name!r})
+print("ready", flush=True)
+batch = [b"x"] * 64
+while True:
+    p.publish_many(batch)
+""",
+        )
+        if call == "len":
+            most = 4096 // 16  # records the one-page data area can hold
+            for _ in range(3_000_000):
+                assert 0 <= len(sub) <= most
+        else:
+            for _ in range(3_000_000):
+                assert 0 <= pub.free_bytes() <= pub.capacity
+        assert pub.subscribers == 1
+
+
+def test_a_subscriber_overrun_by_a_fast_publisher_gets_lagged_never_incompatible(
+    ring_name: str, children: Children
+) -> None:
+    """An overrun subscriber jumps to the oldest record kept, checking head against tail:
+    read with two loads, a publisher in another process moving both between them made the
+    pair look corrupted (IncompatibleSegment after ~2 M messages here). A bounded number
+    of receives, not a duration; every one is a message or Lagged."""
+    with Broadcast.create(ring_name, 64) as pub, Broadcast.subscribe(ring_name) as sub:
+        start(
+            children,
+            f"""
+from fastipc import Broadcast
+p = Broadcast.open({ring_name!r})
+print("ready", flush=True)
+batch = [b"x"] * 64
+while True:
+    p.publish_many(batch)
+""",
+        )
+        lagged = 0
+        for _ in range(3_000_000):
+            try:
+                assert sub.recv(timeout=10) == b"x"
+            except Lagged:
+                lagged += 1
+        assert lagged > 0  # it was overrun: the path under test ran
+        assert pub.subscribers == 1
+
+
 def test_dead_subscriber_slot_is_reclaimed_and_stalls_no_block_publisher(
     ring_name: str, children: Children
 ) -> None:

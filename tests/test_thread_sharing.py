@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
-from fastipc import Channel, Empty, Ring, Timeout
+from fastipc import Broadcast, Channel, Empty, Ring, Timeout
 
 #: Sizes that take every receive path: the handle's buffer, a view past it (64 KiB).
 SIZES = (0, 1, 63, 500, 5000, 70_000)
@@ -92,6 +92,55 @@ def test_ring_threads_receiving_on_one_handle(ring_name: str, batched: bool) -> 
         ts.join(120)
         assert not ts.is_alive()
         _check(got[0] + got[1] + got[2], 1, count)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_subscriber_threads_receiving_on_one_handle(ring_name: str, batched: bool) -> None:
+    """A Subscriber's maker and two other threads receive from one handle: each message once,
+    whole (the native one sliced messages out of one shared buffer: duplicated and lost ones),
+    past the 64 KiB buffer and the 256 KiB batch too."""
+    count = 3000
+    sizes = (*SIZES, 300_000)
+
+    def message(k: int) -> bytes:
+        return b"0:%07d:" % k + bytes([k % 251]) * sizes[k % len(sizes)]
+
+    with Broadcast.create(ring_name, 1 << 20, policy="block") as pub:
+        sub = Broadcast.subscribe(ring_name)
+        got: list[list[bytes]] = [[], [], []]
+
+        def consumer(i: int) -> Callable[[], None]:
+            def run() -> None:
+                try:
+                    while True:
+                        if batched:
+                            got[i].extend(sub.recv_many(7, timeout=10))
+                        else:
+                            got[i].append(sub.recv(timeout=10))
+                except Timeout:
+                    raise AssertionError("the publisher stalled") from None
+                except EOFError:  # Closed: shut down and drained
+                    pass
+
+            return run
+
+        def producer() -> None:
+            for k in range(count):
+                pub.publish(message(k), timeout=10)
+            pub.shutdown()
+
+        try:
+            ts = threading.Thread(target=_run, args=([producer, consumer(1), consumer(2)],))
+            ts.start()
+            consumer(0)()  # this thread subscribed: it uses the handle's own buffers
+            ts.join(120)
+            assert not ts.is_alive()
+        finally:
+            sub.close()
+    all_got = got[0] + got[1] + got[2]
+    for m in all_got:
+        assert m == message(int(m[2:9])), f"garbled message {m[:20]!r}... ({len(m)} bytes)"
+    assert sorted(int(m[2:9]) for m in all_got) == list(range(count)), "lost or duplicated"
 
 
 def test_channel_threads_sending_on_one_channel() -> None:

@@ -6,6 +6,7 @@ import errno
 import marshal
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -46,6 +47,7 @@ _hold_drop = lib_fast.fi_bhold_drop
 _from_buffer = ffi_fast.from_buffer
 _dumps = marshal.dumps
 _loads = marshal.loads
+_ident = threading.get_ident
 _monotonic_ns = time.monotonic_ns
 
 _EAGAIN = -errno.EAGAIN
@@ -53,6 +55,7 @@ _EMSGSIZE = -errno.EMSGSIZE
 _ETIMEDOUT = -errno.ETIMEDOUT
 _EINTR = -errno.EINTR
 _EOVERFLOW = -errno.EOVERFLOW
+_ECHILD = -errno.ECHILD  # fi_bc_try_recv1 from a thread other than the scratch buffer's
 
 #: Received messages up to this size go through a per-handle buffer (bytes).
 SCRATCH_BYTES = 64 * 1024
@@ -186,6 +189,11 @@ class _Handle:
             return rc
         if rc == -errno.EBADF and self._closed:
             raise ValueError(f"broadcast ring {self.name!r}: handle is closed")
+        if rc == _ECHILD:  # C: a subscriber handle inherited through fork()
+            raise ValueError(
+                f"broadcast subscriber {self.name!r} belongs to the process that subscribed "
+                "(a forked child must call Broadcast.subscribe itself)"
+            )
         return _check(rc, self.name, sending, self.max_subscribers)
 
 
@@ -365,6 +373,8 @@ class NativeSubscriber(_Handle, SubscriberBase):
     _sbuf: Any
     _batch: Any
     _bview: memoryview | None
+    _owner: int
+    _threads: threading.local
 
     @classmethod
     def _subscribe(cls, name: str, owners: frozenset[int] | None = None) -> NativeSubscriber:
@@ -384,6 +394,12 @@ class NativeSubscriber(_Handle, SubscriberBase):
         lib_fast.fi_bc_set_scratch(self._hf, self._scratch, SCRATCH_BYTES)
         self._batch = None
         self._bview = None
+        # The thread whose receives use the buffers above (C checks it for the
+        # scratch buffer; recv_many here for the batch); others get their own,
+        # as on NativeRing: a message is sliced out of the buffer after the C
+        # call, and another thread's receive must not refill it in between.
+        self._owner = _ident()
+        self._threads = threading.local()
         return self
 
     def close(self) -> None:
@@ -423,20 +439,69 @@ class NativeSubscriber(_Handle, SubscriberBase):
         return self._recv_slow(n, timeout)
 
     def _recv_slow(self, rc: int, timeout: float | None) -> bytes:
+        if rc == _ECHILD:
+            return self._recv_elsewhere(timeout)
         if rc == _EAGAIN and timeout != 0:
             rc = _spin_recv1(self._hf, _GIL_SPIN_NS)
             if rc >= 0:
                 return self._sbuf[:rc]  # type: ignore[no-any-return]
+        return self._recv_wait(rc, timeout, self._scratch, self._sbuf)
+
+    def _recv_wait(self, rc: int, timeout: float | None, cbuf: Any, pybuf: Any) -> bytes:
         if rc == _EAGAIN:
-            h, scratch = self._h, self._scratch
-            rc = _wait(lambda t: lib.fi_bc_recv(h, scratch, SCRATCH_BYTES, t), _deadline(timeout))
+            h = self._h
+            rc = _wait(lambda t: lib.fi_bc_recv(h, cbuf, SCRATCH_BYTES, t), _deadline(timeout))
             if rc >= 0:
-                return self._sbuf[:rc]  # type: ignore[no-any-return]
+                return pybuf[:rc]  # type: ignore[no-any-return]
         if rc == _EMSGSIZE:
-            # Larger than the scratch buffer: copy it once, straight from the ring.
-            with self._recv_view(timeout) as view:
-                return view.tobytes()
+            return self._recv_long(timeout)
         return self._fail(rc)  # type: ignore[no-any-return]
+
+    def _recv_long(self, timeout: float | None) -> bytes:
+        """A message longer than the scratch buffer: C copies it once, into the bytes returned.
+
+        No hold on the handle (a view would take one, and a second thread's
+        would then raise RuntimeError); another thread sharing the handle may
+        take the message sized here first, and the next one is sized afresh.
+        """
+        h, hf, deadline = self._h, self._hf, _deadline(timeout)
+        while True:
+            n = lib_fast.fi_bc_next_len(hf)
+            if n < 0:
+                # Taken by another thread meanwhile (wait for the next), or
+                # overrun (a hint unchecked against publishers): the receive
+                # says which, and raises Lagged or the corruption it finds.
+                tiny = ffi.new("char[]", 1)
+                rc = _wait(partial(lib.fi_bc_recv, h, tiny, 1), deadline)
+                if rc >= 0:  # a message of 0 or 1 byte came: it is received
+                    return ffi.buffer(tiny, rc)[:]  # type: ignore[no-any-return]
+                if rc != _EMSGSIZE:
+                    self._fail(rc)
+                continue
+            big = bytes(n)  # nothing else refers to it: C writes the message straight in
+            rc = _wait(partial(lib.fi_bc_recv, h, _from_buffer(big), n), deadline)
+            if rc >= 0:
+                return big if rc == n else big[:rc]
+            if rc != _EMSGSIZE:  # EMSGSIZE: overrun meanwhile, or a longer one: size it again
+                self._fail(rc)
+
+    def _mine(self) -> Any:
+        """This thread's own buffers on the handle (another than the subscribing one)."""
+        mine = self._threads.__dict__
+        if not mine:
+            cbuf = ffi_fast.new("char[]", SCRATCH_BYTES)
+            mine["scratch"], mine["sbuf"] = cbuf, ffi_fast.buffer(cbuf)
+            batch = ffi_fast.new("char[]", BATCH_BYTES)
+            mine["batch"], mine["bview"] = batch, memoryview(ffi_fast.buffer(batch))
+        return mine
+
+    def _recv_elsewhere(self, timeout: float | None) -> bytes:
+        mine = self._mine()
+        cbuf, pybuf = mine["scratch"], mine["sbuf"]
+        n = _try_recv(self._hf, cbuf, SCRATCH_BYTES)
+        if n >= 0:
+            return pybuf[:n]  # type: ignore[no-any-return]
+        return self._recv_wait(n, timeout, cbuf, pybuf)
 
     def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
         if timeout is not None:
@@ -462,23 +527,27 @@ class NativeSubscriber(_Handle, SubscriberBase):
             raise ValueError(f"max_count must be an int >= 1, got {max_count!r}")
         if timeout is not None:
             timeout_ns(timeout)
-        if self._bview is None:
-            self._batch = ffi_fast.new("char[]", BATCH_BYTES)
-            self._bview = memoryview(ffi_fast.buffer(self._batch))
-        n = _try_recv_batch(self._hf, self._batch, BATCH_BYTES, max_count)
+        if _ident() != self._owner:  # this thread's own batch buffer (see _subscribe)
+            mine = self._mine()
+            batch, bview = mine["batch"], mine["bview"]
+        else:
+            if self._bview is None:
+                self._batch = ffi_fast.new("char[]", BATCH_BYTES)
+                self._bview = memoryview(ffi_fast.buffer(self._batch))
+            batch, bview = self._batch, self._bview
+        n = _try_recv_batch(self._hf, batch, BATCH_BYTES, max_count)
         if n > 0:
-            return _loads(self._bview[:n])  # type: ignore[no-any-return]
+            return _loads(bview[:n])  # type: ignore[no-any-return]
         if n == _EAGAIN and timeout != 0:
-            h, batch = self._h, self._batch
+            h = self._h
             n = _wait(
                 lambda t: lib.fi_bc_recv_batch(h, batch, BATCH_BYTES, max_count, t),
                 _deadline(timeout),
             )
             if n > 0:
-                return _loads(self._bview[:n])  # type: ignore[no-any-return]
+                return _loads(bview[:n])  # type: ignore[no-any-return]
         if n == _EMSGSIZE:
-            with self._recv_view(timeout) as view:
-                return [view.tobytes()]
+            return [self._recv_long(timeout)]
         return self._fail(n)  # type: ignore[no-any-return]
 
     def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:

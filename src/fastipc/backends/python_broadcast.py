@@ -1268,6 +1268,8 @@ class PythonSubscriber(_Handle, SubscriberBase):
 
     def _consume_pinned(self, pos: int, n: int) -> None:
         """Consume the viewed message at ``pos`` and drop the pin (shared lock)."""
+        if self._pid != os.getpid():
+            return  # a forked child unwinding the block: pin and cursor are the parent's
         pubwait = 0
         with self._slock:
             if self._torn_down:

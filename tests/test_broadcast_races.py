@@ -1,0 +1,175 @@
+"""Broadcast handles under threads and fork(): close() racing calls in other threads, a forked
+child with an inherited subscriber. Each case runs in a child interpreter, so that a crash is
+reported as a failure rather than taking pytest down; real threads, processes and shared memory.
+"""
+
+from __future__ import annotations
+
+from conftest import run_python
+
+
+def test_subscribers_count_racing_close_from_another_thread_never_crashes(ring_name: str) -> None:
+    """``subscribers`` reads every slot (and /proc) with the GIL released: a close() from
+    another thread meanwhile must not unmap the segment under it (it segfaulted)."""
+    out = run_python(
+        f"""
+        import threading, time
+        from fastipc import Broadcast
+
+        name = {ring_name!r}
+        pub = Broadcast.create(name, 4096, subscribers=64)
+        subs = [Broadcast.subscribe(name) for _ in range(60)]
+        odd = []
+        for trial in range(100):
+            p = Broadcast.open(name)
+            started = threading.Event()
+
+            def count():
+                try:
+                    while True:
+                        n = p.subscribers
+                        if n != 60:
+                            odd.append(n)
+                        started.set()
+                except ValueError as exc:  # the handle is closed: the only way out
+                    assert "closed" in str(exc), exc
+                    started.set()
+
+            t = threading.Thread(target=count)
+            t.start()
+            started.wait(10)
+            time.sleep(0.001)
+            p.close()
+            t.join(10)
+            assert not t.is_alive()
+        assert not odd, odd
+        for s in subs:
+            s.close()
+        pub.close()
+        print("done")
+        """
+    )
+    assert out.stdout.strip() == "done"
+
+
+def test_a_forked_child_closing_its_inherited_subscriber_leaves_the_parents_slot(
+    ring_name: str,
+) -> None:
+    """A subscriber belongs to the process that subscribed: a forked child that closes (or
+    drops) its inherited copy must not free the parent's slot, else a ``block`` publisher
+    stops waiting for the parent and overwrites what it has not read."""
+    out = run_python(
+        f"""
+        import os
+        from fastipc import Broadcast, Full
+
+        name = {ring_name!r}
+        pub = Broadcast.create(name, 4096, policy="block")
+        sub = Broadcast.subscribe(name)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                sub.close()
+            finally:
+                os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert pub.subscribers == 1, pub.subscribers
+        sent = 0
+        try:
+            while sent < 1000:  # a 4 KiB ring holds far fewer 100-byte messages
+                pub.publish(b"%05d" % sent + bytes(95), timeout=0)
+                sent += 1
+        except Full:
+            pass
+        assert sent < 1000, "the publisher no longer waits for the parent's subscriber"
+        for k in range(sent):
+            assert sub.recv(timeout=5)[:5] == b"%05d" % k
+        sub.close()
+        pub.close()
+        print("done")
+        """
+    )
+    assert out.stdout.strip() == "done"
+
+
+def test_a_forked_child_cannot_use_or_disturb_its_inherited_subscriber(ring_name: str) -> None:
+    """A forked child's calls on an inherited subscriber raise ValueError (the python
+    backend's rule; the native one let the child move the parent's cursor), and a child
+    unwinding the parent's open recv_view block leaves the parent's pin in place."""
+    out = run_python(
+        f"""
+        import os, sys
+        from fastipc import Broadcast, Full
+
+        name = {ring_name!r}
+        pub = Broadcast.create(name, 256)  # overwrite: waits for a pinned view only
+        sub = Broadcast.subscribe(name)
+        pub.publish(b"one")
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                sub.recv(timeout=0)
+            except ValueError as exc:
+                code = 0 if "forked child" in str(exc) else 4
+            except BaseException:
+                code = 5
+            os._exit(code)
+        assert os.waitpid(pid, 0)[1] == 0, "the child's receive did not raise ValueError"
+        assert sub.recv(timeout=0) == b"one"  # still there for the parent
+
+        pub.publish(b"pinned")
+        parent = os.getpid()
+        try:
+            with sub.recv_view(timeout=5) as view:
+                pid = os.fork()
+                if pid == 0:
+                    sys.exit(0)  # unwinds the block (and its release) in the child
+                assert os.waitpid(pid, 0)[1] == 0
+                try:
+                    for k in range(1000):
+                        pub.publish(b"x" * 40, timeout=0)
+                except Full:
+                    pass
+                else:
+                    raise AssertionError("the parent's view lost its pin to the child")
+                assert bytes(view) == b"pinned"
+        except BaseException:
+            if os.getpid() != parent:
+                os._exit(0)
+            raise
+        sub.close()
+        pub.close()
+        print("done")
+        """
+    )
+    assert out.stdout.strip() == "done"
+
+
+def test_closing_a_subscriber_gives_its_slot_back_while_an_export_of_a_view_lives(
+    ring_name: str,
+) -> None:
+    """close() gives the slot back even while a slice of a past recv_view is kept: the
+    native handle kept its slot until the export died, and a block publisher waited for
+    a cursor that would never move."""
+    out = run_python(
+        f"""
+        from fastipc import Broadcast
+
+        name = {ring_name!r}
+        pub = Broadcast.create(name, 256, policy="block")
+        sub = Broadcast.subscribe(name)
+        pub.publish(b"a" * 40)
+        with sub.recv_view(timeout=5) as view:
+            keep = view[:]  # outlives the block and the handle
+        sub.close()
+        assert pub.subscribers == 0, pub.subscribers
+        for k in range(200):  # far more than the ring holds: nobody to wait for
+            pub.publish(b"x" * 40, timeout=0)
+        assert len(bytes(keep)) == 40  # still readable (any bytes), never a fault
+        del keep
+        pub.close()
+        print("done")
+        """
+    )
+    assert out.stdout.strip() == "done"
