@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import select
 import socket
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -35,12 +36,12 @@ class Channel:
     thread once the socket polls writable (a writable socket takes it
     whole). A larger one may outgrow the socket's free buffer (or wait
     for hand-off space), and a stream cannot take half a message and
-    resume later, so a worker thread makes that sync send while the loop
-    runs on; the await returns when it is done, and sends stay in order (the
-    next waits for it). Cancelling such an await does not recall the
-    message: it is sent, or the channel closes, as the sync send would; a
-    bytearray or array passed in must not change until the channel's next
-    send returns.
+    resume later, so a thread of its own makes that sync send while the
+    loop runs on; the await returns when it is done, and sends stay in
+    order (the next waits for it). Cancelling such an await (a timeout,
+    Ctrl-C ending ``asyncio.run``) while the message is still going out
+    abandons it midway, which closes the channel, as an interrupted sync
+    send does: the peer gets Closed, never part of a message.
     """
 
     def __init__(self, channel: _SyncChannel) -> None:
@@ -253,10 +254,17 @@ class Channel:
 
     async def _in_worker(self, call: Callable[[], _T]) -> _T:
         self._check_open()
-        busy: asyncio.Future[_T] = asyncio.get_running_loop().run_in_executor(None, call)
+        busy = _in_thread(call)
         self._sending = busy
         busy.add_done_callback(self._sent)
-        return await asyncio.shield(busy)
+        try:
+            return await asyncio.shield(busy)
+        except asyncio.CancelledError:
+            if not busy.done():
+                # Abandoned midway: as an interrupted sync send, close the
+                # channel (its sync send wakes within a slice and ends).
+                self.close()
+            raise
 
     def _sent(self, busy: asyncio.Future[Any]) -> None:
         if self._sending is busy:
@@ -267,6 +275,37 @@ class Channel:
     def shutdown(self, how: str = "both") -> None:
         """:meth:`fastipc.Channel.shutdown` (``"write"``: the peer gets Closed after what was sent)."""
         self._ch.shutdown(how)
+
+
+def _in_thread(call: Callable[[], _T]) -> asyncio.Future[_T]:
+    """Run ``call`` in a daemon thread of its own; a future of the running loop for its result.
+
+    Not the loop's default executor: its threads are joined when asyncio.run
+    ends, and it is shared with getaddrinfo, which stalled sends would starve.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[_T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if fut.done():
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+    def run() -> None:
+        try:
+            result: Any = (True, call())
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            result = (False, exc)
+        try:
+            loop.call_soon_threadsafe(settle, *result)
+        except RuntimeError:
+            pass  # the loop is closed: nobody awaits it any more
+
+    threading.Thread(target=run, name="fastipc-aio-send", daemon=True).start()
+    return fut
 
 
 #: Messages (or batches) of at least this many bytes are sent by a worker
