@@ -46,9 +46,12 @@ class Subscriber(SubscriberImpl):
 
     Made by :meth:`Broadcast.subscribe`, never by calling the class. It holds
     one of the ring's subscriber slots until :meth:`close` (or until its
-    process dies: the slot is then reclaimed). A handle is not thread-safe
-    and belongs to the process that subscribed (a forked child must
-    subscribe itself).
+    process dies: the slot is then reclaimed). Threads may share a
+    subscriber: each message is then received by one of them, once and
+    whole (a ``recv_view`` block is one per handle at a time); a thread
+    that must see every message needs a subscriber of its own. A handle
+    belongs to the process that subscribed (a forked child must subscribe
+    itself).
 
     Every ``timeout`` is in seconds on the monotonic clock: ``None`` blocks
     until the call can complete, ``0`` never blocks. Blocking calls release
@@ -70,7 +73,10 @@ class Broadcast(BroadcastImpl):
     leaves the ring usable by the others; no message is ever torn.
 
     Make one with :meth:`create` or :meth:`open`, never by calling the class.
-    A handle is not thread-safe: give each thread its own (``Broadcast.open``).
+    Threads publishing at once are best given a handle each
+    (``Broadcast.open``): the ring orders publishers, but one handle's
+    ``shutdown`` racing its own ``publish`` in another thread may open a
+    second doorbell fd.
     Every ``timeout`` is in seconds (None: no limit, 0: never wait).
     """
 
