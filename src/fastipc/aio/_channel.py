@@ -293,6 +293,12 @@ def _in_thread(call: Callable[[], _T]) -> asyncio.Future[_T]:
             fut.set_result(value)
         else:
             fut.set_exception(value)
+            # Seen here: it reaches the awaiting send, or the send was
+            # abandoned (cancelled, channel closed) and it is expected. Left
+            # unseen, the future's finaliser would log it, formatting a
+            # traceback (ast.parse in 3.11) from inside whatever code the
+            # garbage collector interrupted.
+            fut.exception()
 
     def run() -> None:
         try:
