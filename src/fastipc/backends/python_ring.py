@@ -756,25 +756,6 @@ class PythonRing(RingBase):
             _FENCE()  # the data and the slot before the generation
         q[gen_w] = g  # the commit: one aligned 8-byte store
 
-    def _release(self, side: int, held: list[None], committed: bool) -> None:
-        """Give ``side``'s mutex back (``held`` says this handle has it), then drop the claim.
-
-        Without a commit the side's release counter moves first (the recovery's
-        witness that the mutex changed hands).
-        """
-        q = self._q
-        if held:
-            if side == _PROD:
-                if not committed:
-                    q[_W_PREL] = (q[_W_PREL] + 1) & _M64
-                self._prod.release()
-            else:
-                if not committed:
-                    q[_W_CREL] = (q[_W_CREL] + 1) & _M64
-                self._cons.release()
-            held.clear()
-        q[self._slotw] = 0
-
     def _sleep(self, sem: posix_ipc.Semaphore, deadline: float | None, gen_w: int = -1) -> None:
         """Wait for a hint on ``sem`` (at most _SLEEP_CAP); raise Timeout past the deadline.
 
