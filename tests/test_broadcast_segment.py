@@ -179,12 +179,22 @@ def test_fastipc_ls_shows_a_broadcast_ring_with_its_subscribers_and_rm_removes_i
         entries = json.loads(done.stdout)["entries"]
         (e,) = [e for e in entries if e["name"] == f"shm://{ring_name}"]
         assert e["kind"] == "broadcast"
-        if e["backend"] == "python":  # the native layout is described by its own backend
-            assert e["policy"] == "block" and e["max_subscribers"] == 64
-            (s,) = e["subscribers"]
-            assert s["pid"] == os.getpid() and s["alive"] and s["waiting"] == 2
+        assert e["policy"] == "block" and e["max_subscribers"] == 64
+        (s,) = e["subscribers"]
+        assert s["pid"] == os.getpid() and s["alive"] and s["waiting"] == 2
+        # bcast://NAME names the same object for ls and rm.
+        done = subprocess.run(
+            [sys.executable, "-m", "fastipc", "ls", "--json", f"bcast://{ring_name}"],
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        (e,) = json.loads(done.stdout)["entries"]
+        assert e["kind"] == "broadcast" and len(e["subscribers"]) == 1
         subprocess.run(
-            [sys.executable, "-m", "fastipc", "rm", "--force", f"shm://{ring_name}"],
+            [sys.executable, "-m", "fastipc", "rm", "--force", f"bcast://{ring_name}"],
             env=child_env(),
             capture_output=True,
             timeout=120,

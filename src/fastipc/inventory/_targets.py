@@ -29,7 +29,7 @@ class Target:
 
 
 #: The schemes whose URLs name an object ``rm`` can remove (and ``ls`` can show).
-_SCHEMES = ("shm", "mq", "unix", "unixgram", "fifo")
+_SCHEMES = ("shm", "bcast", "mq", "unix", "unixgram", "fifo")
 
 
 def parse_target(arg: str) -> Target:
@@ -49,7 +49,7 @@ def parse_target(arg: str) -> Target:
         if url.startswith("mq://") and not url.startswith("mq:///"):
             url = "mq:///" + url[len("mq://") :]
         ep = parse(url, schemes=_SCHEMES)
-        if ep.scheme == "shm":
+        if ep.scheme in ("shm", "bcast"):  # a broadcast ring shares the rings' names
             assert ep.name is not None
             return Target("ring", ep.name, arg)
         if ep.scheme == "mq":
