@@ -34,7 +34,12 @@ def start(children: Children, *args: object, wait_for: str = "ready") -> subproc
 
 def finish(children: Children, proc: subprocess.Popen[str], timeout: float = 120) -> str:
     """The child's last line once it exited 0."""
-    out, err = proc.communicate(timeout=timeout)
+    # Not communicate(): it reads the raw pipes, and a line the readline() of
+    # start() already pulled into the text buffer along with "ready" (a child
+    # that finished quickly) would be lost. The children print a few lines.
+    children.wait(proc, timeout)
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = proc.stdout.read(), proc.stderr.read()
     assert proc.returncode == 0, f"child failed ({proc.returncode}): {err}"
     return out.strip().splitlines()[-1]
 
