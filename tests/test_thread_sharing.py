@@ -95,6 +95,48 @@ def test_ring_threads_receiving_on_one_handle(ring_name: str, batched: bool) -> 
 
 
 @pytest.mark.parametrize("batched", [False, True])
+def test_ring_threads_receiving_messages_longer_than_the_handle_buffers(
+    ring_name: str, batched: bool
+) -> None:
+    """Past the 64 KiB scratch and 256 KiB batch buffers: sized afresh, no hold on the handle."""
+    count = 120
+
+    def message(k: int) -> bytes:
+        return b"%07d:" % k + bytes([k % 251]) * (300_000 if k % 3 == 0 else 10)
+
+    with Ring.create(ring_name, 1 << 20, unlink_on_exit=True) as ring, Ring.open(ring_name) as tx:
+        got: list[list[bytes]] = [[], [], []]
+
+        def consumer(i: int) -> Callable[[], None]:
+            def run() -> None:
+                try:
+                    while True:
+                        if batched:
+                            got[i].extend(ring.recv_many(5, timeout=10))
+                        else:
+                            got[i].append(ring.recv(timeout=10))
+                except EOFError:  # Closed: shut down and drained
+                    pass
+
+            return run
+
+        def producer() -> None:
+            for k in range(count):
+                tx.send(message(k), timeout=10)
+            tx.shutdown()
+
+        ts = threading.Thread(target=_run, args=([producer, consumer(1), consumer(2)],))
+        ts.start()
+        consumer(0)()
+        ts.join(120)
+        assert not ts.is_alive()
+    all_got = got[0] + got[1] + got[2]
+    for m in all_got:
+        assert m == message(int(m[:7])), f"garbled message {m[:12]!r}... ({len(m)} bytes)"
+    assert sorted(int(m[:7]) for m in all_got) == list(range(count)), "lost or duplicated"
+
+
+@pytest.mark.parametrize("batched", [False, True])
 def test_subscriber_threads_receiving_on_one_handle(ring_name: str, batched: bool) -> None:
     """A Subscriber's maker and two other threads receive from one handle: each message once,
     whole (the native one sliced messages out of one shared buffer: duplicated and lost ones),
