@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import secrets
 import statistics
@@ -94,7 +95,7 @@ def _fastipc_pub(spec: dict[str, Any]) -> None:
         sys.stdin.readline()  # every subscriber joined
         n = 0
         end = time.monotonic() + spec["duration"]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if spec["kind"] == "msg64":
             msg, publish = b"x" * size, pub.publish
             while time.monotonic() < end:
@@ -113,9 +114,9 @@ def _fastipc_pub(spec: dict[str, Any]) -> None:
                 struct.pack_into("<Q", buf, 0, n)
                 pub.publish(buf)
                 n += 1
-        secs = time.perf_counter() - t0
+        secs, cpu = time.perf_counter() - t0, time.process_time() - c0
         pub.shutdown()
-        _out({"published": n, "secs": secs})
+        _out({"published": n, "secs": secs, "cpu": cpu})
         sys.stdin.readline()  # the subscribers are done: the ring may go
     finally:
         pub.close()
@@ -128,27 +129,27 @@ def _fastipc_sub(spec: dict[str, Any]) -> None:
     sub = Broadcast.subscribe(spec["name"])
     _out("ready")
     n = 0
-    t0 = t1 = 0.0
-    clock = time.perf_counter
+    t0 = t1 = c0 = 0.0
+    clock, cpu_clock = time.perf_counter, time.process_time
     try:
         if spec["kind"] == "msg64":
             recv = sub.recv
             recv()
-            t0 = clock()
+            t0, c0 = clock(), cpu_clock()
             while True:
                 recv()
                 n += 1
         elif spec["kind"] == "many64":
             recv_many = sub.recv_many
             recv_many(_BATCH)
-            t0 = clock()
+            t0, c0 = clock(), cpu_clock()
             while True:
                 n += len(recv_many(_BATCH))
         else:
             recv_view = sub.recv_view
             with recv_view() as v:
                 expect = struct.unpack_from("<Q", v)[0] + 1
-            t0 = clock()
+            t0, c0 = clock(), cpu_clock()
             while True:
                 with recv_view() as v:
                     seq = struct.unpack_from("<Q", v)[0]
@@ -159,8 +160,11 @@ def _fastipc_sub(spec: dict[str, Any]) -> None:
     except Closed:
         t1 = clock()  # right after the last message: shutdown follows it at once
     finally:
+        c1 = cpu_clock()  # before the teardown
         sub.close()
-    _out({"received": n, "secs": max(t1 - t0, 1e-9)})
+    # CPU time (all the process's threads) is read once at the end, not per
+    # message (it is a system call); the end comes right after the last message.
+    _out({"received": n, "secs": max(t1 - t0, 1e-9), "cpu": max(c1 - c0, 0.0)})
 
 
 def _zmq_pub(spec: dict[str, Any]) -> None:
@@ -175,7 +179,7 @@ def _zmq_pub(spec: dict[str, Any]) -> None:
         time.sleep(0.3)  # subscriptions reach the publisher (zmq's slow joiner)
         n = 0
         end = time.monotonic() + spec["duration"]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if spec["kind"] == "msg64":
             msg, send = b"x" * 64, pub.send
             while time.monotonic() < end:
@@ -188,12 +192,12 @@ def _zmq_pub(spec: dict[str, Any]) -> None:
                 struct.pack_into("<Q", buf, 0, n)
                 pub.send(buf, copy=False)
                 n += 1
-        secs = time.perf_counter() - t0
+        secs, cpu = time.perf_counter() - t0, time.process_time() - c0
         stop = time.monotonic() + 1.0
         while time.monotonic() < stop:  # the end mark must get through queues that drop
             pub.send(_END)
             time.sleep(0.005)
-        _out({"published": n, "secs": secs})
+        _out({"published": n, "secs": secs, "cpu": cpu})
         sys.stdin.readline()
     finally:
         pub.close(linger=0)
@@ -210,13 +214,13 @@ def _zmq_sub(spec: dict[str, Any]) -> None:
     sub.connect(spec["addr"])
     _out("ready")
     n = 0
-    t0 = t1 = 0.0
-    clock = time.perf_counter
+    t0 = t1 = c0 = 0.0
+    clock, cpu_clock = time.perf_counter, time.process_time
     try:
         if spec["kind"] == "msg64":
             recv = sub.recv
             recv()
-            t0 = clock()
+            t0, c0 = clock(), cpu_clock()
             while True:
                 m = recv()
                 if m == _END:
@@ -227,7 +231,7 @@ def _zmq_sub(spec: dict[str, Any]) -> None:
                     t1 = clock()
         else:
             sub.recv(copy=False)
-            t0 = clock()
+            t0, c0 = clock(), cpu_clock()
             while True:
                 f = sub.recv(copy=False)
                 v = f.buffer
@@ -239,9 +243,12 @@ def _zmq_sub(spec: dict[str, Any]) -> None:
     except zmq.Again:
         pass
     finally:
+        c1 = cpu_clock()  # before the teardown
         sub.close(linger=0)
         ctx.term()
-    _out({"received": n, "secs": max(t1 - t0, 1e-9)})
+    # CPU time (all the process's threads) is read once at the end, not per
+    # message (it is a system call); the end comes right after the last message.
+    _out({"received": n, "secs": max(t1 - t0, 1e-9), "cpu": max(c1 - c0, 0.0)})
 
 
 def _iox2_service(spec: dict[str, Any], size: int) -> Any:
@@ -275,7 +282,7 @@ def _iox2_pub(spec: dict[str, Any]) -> None:
         sys.stdin.readline()
         n = 0
         end = time.monotonic() + spec["duration"]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         msg = b"x" * size if size == 64 else bytearray(size)
         while time.monotonic() < end:
             for _ in range(100 if size == 64 else 1):
@@ -286,11 +293,11 @@ def _iox2_pub(spec: dict[str, Any]) -> None:
                 view[:] = msg
                 s.assume_init().send()
                 n += 1
-        secs = time.perf_counter() - t0
+        secs, cpu = time.perf_counter() - t0, time.process_time() - c0
         s = pub.loan_slice_uninit(len(_END))
         s.payload().as_memory_view().cast("B")[:] = _END
         s.assume_init().send()
-        _out({"published": n, "secs": secs})
+        _out({"published": n, "secs": secs, "cpu": cpu})
         sys.stdin.readline()
     finally:
         pub.delete()
@@ -303,8 +310,8 @@ def _iox2_sub(spec: dict[str, Any]) -> None:
     sub = svc.subscriber_builder().buffer_size(depth).create()
     _out("ready")
     n = 0
-    t0 = t1 = 0.0
-    clock = time.perf_counter
+    t0 = t1 = c0 = 0.0
+    clock, cpu_clock = time.perf_counter, time.process_time
     receive = sub.receive
     deadline = time.monotonic() + spec["duration"] + 30
     try:
@@ -321,14 +328,17 @@ def _iox2_sub(spec: dict[str, Any]) -> None:
                 bytes(v)  # a message as bytes, as recv() gives
             del v, s
             if t0 == 0.0:
-                t0 = clock()
+                t0, c0 = clock(), cpu_clock()
                 continue
             n += 1
             t1 = clock()
     finally:
+        c1 = cpu_clock()  # before the teardown
         sub.delete()
         del svc, node
-    _out({"received": n, "secs": max(t1 - t0, 1e-9)})
+    # CPU time (all the process's threads) is read once at the end, not per
+    # message (it is a system call); the end comes right after the last message.
+    _out({"received": n, "secs": max(t1 - t0, 1e-9), "cpu": max(c1 - c0, 0.0)})
 
 
 _ROLES: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -418,11 +428,23 @@ def measure(transport: str, kind: str, subscribers: int, duration: float) -> dic
             if os.path.exists(leftover):
                 os.unlink(leftover)
     rates = sorted(s["received"] / s["secs"] for s in subs)
+    received = sum(s["received"] for s in subs)
+    cpu = published["cpu"] + sum(s["cpu"] for s in subs)
     return {
         "per_sub": statistics.median(rates),
         "slowest": rates[0],
-        "received": sum(s["received"] for s in subs),
+        "received": received,
         "pub_rate": published["published"] / published["secs"],
+        # CPU seconds of every thread of every process, publisher included, per
+        # message delivered to a subscriber: what the transport costs the
+        # machine, whichever process pays (zmq's I/O threads included).
+        "cpu_ns": cpu / received * 1e9 if received else float("inf"),
+        "sub_cpu_ns": statistics.median(
+            s["cpu"] / s["received"] * 1e9 if s["received"] else float("inf") for s in subs
+        ),
+        "pub_cpu_ns": published["cpu"] / published["published"] * 1e9
+        if published["published"]
+        else float("inf"),
     }
 
 
@@ -473,6 +495,9 @@ def run_broadcast(
                         "per_sub": statistics.median(x["per_sub"] for x in runs),
                         "slowest": statistics.median(x["slowest"] for x in runs),
                         "pub_rate": statistics.median(x["pub_rate"] for x in runs),
+                        "cpu_ns": statistics.median(x["cpu_ns"] for x in runs),
+                        "sub_cpu_ns": statistics.median(x["sub_cpu_ns"] for x in runs),
+                        "pub_cpu_ns": statistics.median(x["pub_cpu_ns"] for x in runs),
                         "runs": runs,
                     }
                 )
@@ -481,6 +506,22 @@ def run_broadcast(
 
 def _rate(v: float) -> str:
     return f"{v / 1e6:.2f} M" if v >= 1e5 else f"{v / 1e3:.1f} k"
+
+
+def _ns(v: float | None) -> str:
+    if v is None or not math.isfinite(v):
+        return "-"
+    return f"{v:,.0f}"
+
+
+def _put_table(out: list[str], table: list[list[str]], markdown: bool) -> None:
+    if markdown:
+        out.append("| " + " | ".join(table[0]) + " |")
+        out.append("|" + "---|" * len(table[0]))
+        out.extend("| " + " | ".join(row) + " |" for row in table[1:])
+    else:
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        out.extend("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table)
 
 
 def format_broadcast(report: dict[str, Any], markdown: bool = False) -> str:
@@ -525,13 +566,28 @@ def format_broadcast(report: dict[str, Any], markdown: bool = False) -> str:
                 a, b = cell.get("native"), cell.get("zmq")
                 line.append(f"{a['per_sub'] / b['per_sub']:.1f}x" if a and b else "-")
             table.append(line)
-        if markdown:
-            out.append("| " + " | ".join(table[0]) + " |")
-            out.append("|" + "---|" * len(table[0]))
-            out.extend("| " + " | ".join(row) + " |" for row in table[1:])
-        else:
-            widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-            out.extend("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table)
+        _put_table(out, table, markdown)
+        out.append("")
+        out.append(
+            "  CPU per message delivered, ns (every thread of every process, the "
+            "publisher's included, over the messages all subscribers received; lower is better)"
+        )
+        head = ["subscribers", *(_LABELS[t] for t in transports)]
+        if "zmq" in transports and "native" in transports:
+            head.append("zmq / native")
+        table = [head]
+        for n in counts:
+            cell = {r["transport"]: r for r in rows if r["subscribers"] == n}
+            line = [str(n)]
+            for t in transports:
+                r = cell.get(t)
+                line.append(_ns(r.get("cpu_ns")) if r else "-")
+            if len(head) > len(transports) + 1:
+                a, b = cell.get("native"), cell.get("zmq")
+                ok = a and b and a.get("cpu_ns") and b.get("cpu_ns")
+                line.append(f"{b['cpu_ns'] / a['cpu_ns']:.1f}x" if ok else "-")  # type: ignore[index]
+            table.append(line)
+        _put_table(out, table, markdown)
     for what, why in report["skipped"].items():
         out.append(f"skipped: {what}: {why}")
     return "\n".join(out) + "\n"
