@@ -530,7 +530,8 @@ def _put_table(out: list[str], table: list[list[str]], markdown: bool) -> None:
 
 
 def format_broadcast(report: dict[str, Any], markdown: bool = False) -> str:
-    """The report as one table per kind: per-subscriber msgs/s by subscriber count and transport."""
+    """The report as two tables per kind, by subscriber count and transport: per-subscriber
+    msgs/s, then CPU ns per delivered message."""
     out = []
     m = report["machine"]
     out.append(
@@ -589,8 +590,10 @@ def format_broadcast(report: dict[str, Any], markdown: bool = False) -> str:
                 line.append(_ns(r.get("cpu_ns")) if r else "-")
             if len(head) > len(transports) + 1:
                 a, b = cell.get("native"), cell.get("zmq")
-                ok = a and b and a.get("cpu_ns") and b.get("cpu_ns")
-                line.append(f"{b['cpu_ns'] / a['cpu_ns']:.1f}x" if ok else "-")  # type: ignore[index]
+                ca = float(a.get("cpu_ns") or "nan") if a else math.nan
+                cb = float(b.get("cpu_ns") or "nan") if b else math.nan
+                ok = ca > 0 and math.isfinite(ca) and math.isfinite(cb)
+                line.append(f"{cb / ca:.1f}x" if ok else "-")
             table.append(line)
         _put_table(out, table, markdown)
     for what, why in report["skipped"].items():
