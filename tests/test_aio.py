@@ -435,6 +435,19 @@ def test_channel_awaits_and_uses_buffered_messages_first(run: Any) -> None:
         cb.close()
 
 
+def beyond_kernel_buffers() -> int:
+    """Bytes no loopback socket here absorbs with nobody reading (within max_message).
+
+    Loopback TCP buffers grow to tcp_rmem's and tcp_wmem's maxima (32 MiB + 4 MiB
+    on some machines, found when a CI run's 12 MiB "stuck" send completed).
+    """
+    total = 12 << 20
+    for name in ("tcp_rmem", "tcp_wmem"):
+        with open(f"/proc/sys/net/ipv4/{name}") as f:
+            total += int(f.read().split()[2])
+    return min(total, fastipc.channel.DEFAULT_MAX_MESSAGE)
+
+
 @pytest.mark.parametrize("kind", ["socketpair", "tcp"])
 def test_channel_large_send_leaves_the_loop_running(run: Any, kind: str) -> None:
     """A message far over the socket buffer: the receiver on the same loop must get to run.
@@ -465,8 +478,9 @@ def test_channel_large_send_leaves_the_loop_running(run: Any, kind: str) -> None
             # Cancelled while going out (nobody reads): abandoned midway, the
             # channel closes, as an interrupted sync send does; the peer gets
             # Closed, never part of a message.
-            task = asyncio.ensure_future(ca.send(big, timeout=30))
+            task = asyncio.ensure_future(ca.send(bytes(beyond_kernel_buffers()), timeout=30))
             await asyncio.sleep(0.05)
+            assert not task.done(), "the kernel took the whole message: make it larger"
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
