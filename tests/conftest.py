@@ -425,6 +425,39 @@ def _someone_elses(name: str) -> bool:
     return m is not None and int(m.group(1)) != os.getpid()
 
 
+def _marked_pid_gone(name: str) -> bool:
+    """True if ``name`` carries another process's new_name() mark and that process has exited."""
+    import re
+
+    m = re.search(r"(\d+)_[0-9a-f]{8}", name)
+    if m is None or int(m.group(1)) == os.getpid():
+        return False
+    try:
+        with open(f"/proc/{int(m.group(1))}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # exited, not yet reaped
+    except (OSError, IndexError):
+        return True
+
+
+@pytest.fixture(autouse=True)
+def no_shm_left_by_exited_children() -> Iterator[None]:
+    """Fail the test (at teardown) that let a child leave a /dev/shm entry named for its own pid.
+
+    The session's leak check counts such names as another session's; once
+    their process has exited they are nobody's, and this names the test.
+    """
+    before = _fastipc_shm()
+    yield
+    left = sorted(p for p in _fastipc_shm() - before if _marked_pid_gone(p))
+    if left:
+        for path in left:  # do not let one failure pollute /dev/shm for the others
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        pytest.fail(f"a child process that has exited left in /dev/shm: {left}", pytrace=False)
+
+
 #: Temp dirs this test process made (tempfile.mkdtemp), and socket files found
 #: in them when a test removed them (shutil.rmtree): reported, not failed, since
 #: tests leave stale socket files on purpose (killed servers, stale-file tests).
