@@ -71,6 +71,28 @@ def _sender(ch: Channel | Ring, duration: float) -> tuple[int, int]:
     return sent, interrupted
 
 
+def _fork_sender(send_side: Callable[[], tuple[int, int]]) -> tuple[int, int]:
+    """Fork a child that runs ``send_side()`` and writes its two counts to a pipe;
+    (the child's pid, the pipe's read end). The child exits without unwinding pytest."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            first, second = send_side()
+            os.write(w, f"{first} {second}".encode())
+            code = 0
+        except BaseException:  # noqa: BLE001 - report and exit without unwinding pytest
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(w)
+    return pid, r
+
+
 def _run_sender(
     send_side: Callable[[], tuple[int, int]],
     recv: Callable[[], bytes],
@@ -82,23 +104,8 @@ def _run_sender(
     Returns (sent, interrupted, received) after checking each message and
     the counts.
     """
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(r)
-            sent, interrupted = send_side()
-            os.write(w, f"{sent} {interrupted}".encode())
-            code = 0
-        except BaseException:  # noqa: BLE001 - report and exit without unwinding pytest
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            os._exit(code)
+    pid, r = _fork_sender(send_side)
     close_parent()
-    os.close(w)
     got, last = 0, -1
     try:
         while True:
@@ -246,3 +253,86 @@ def test_interrupted_receives_damage_nothing(how: str, handoff_min: int) -> None
     assert 0 <= lost <= interrupted * per_call, (
         f"{lost} of {count} messages lost, {interrupted} interruptions"
     )
+
+
+_HANDLER_SEQ = 1 << 63  # a handler's messages are numbered from here
+
+
+def handler_message(k: int) -> bytes:
+    return _SEQ.pack(_HANDLER_SEQ + k) + b"h" * 40
+
+
+@pytest.mark.parametrize("handoff_min", [0, 65536], ids=["socket", "handoff"])
+def test_a_signal_handler_sending_on_the_channel_it_interrupted_never_splices_frames(
+    handoff_min: int,
+) -> None:
+    """A handler that sends on the channel whose send it interrupted (same thread, same side).
+
+    Its send must not be written into the middle of the interrupted frame:
+    it goes out whole when the side is free, or raises RuntimeError (a
+    reentrant call, as io.BufferedWriter says) when the interrupted call holds
+    the side; it must never wait for itself (a hang).
+    """
+    a, b = Channel.pair(handoff_min=handoff_min)
+    duration = DURATION / 2
+
+    def send_side() -> tuple[int, int]:
+        b.close()
+        counts = {"sent": 0, "refused": 0}
+
+        def send_from_handler(signum: int, frame: object) -> None:
+            if not _armed[0]:
+                return
+            try:
+                a.send(handler_message(counts["sent"]), timeout=5)
+                counts["sent"] += 1
+            except RuntimeError as exc:
+                assert "reentrant" in str(exc), exc
+                counts["refused"] += 1
+
+        sent = 0
+        signal.signal(signal.SIGALRM, send_from_handler)
+        signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+        end = time.monotonic() + duration
+        seq = 0
+        try:
+            while time.monotonic() < end:
+                _armed[0] = True
+                a.send(message(seq))
+                _armed[0] = False
+                seq += 1
+                sent += 1
+        finally:
+            _armed[0] = False
+            signal.setitimer(signal.ITIMER_REAL, 0, 0)
+            a.close()
+        assert counts["refused"] > 0, "no handler found the send busy: the test proved nothing"
+        assert counts["sent"] > 0, "no handler's message went out"
+        return sent, counts["sent"]
+
+    pid, r = _fork_sender(send_side)
+    a.close()
+    last, got, handler_got = -1, 0, 0
+    try:
+        while True:
+            try:
+                msg = b.recv(timeout=30)
+            except Closed:
+                break
+            seq = _SEQ.unpack_from(msg)[0]
+            if seq >= _HANDLER_SEQ:
+                assert msg == handler_message(seq - _HANDLER_SEQ), f"handler message damaged: {msg[:16]!r}"
+                handler_got += 1
+                continue
+            assert seq == last + 1, f"message {seq} after {last}"
+            assert msg == message(seq), f"message {seq} arrived damaged ({len(msg)} bytes)"
+            last = seq
+            got += 1
+    finally:
+        b.close()
+        _, status = os.waitpid(pid, 0)
+        stats = os.read(r, 100).decode().split()
+        os.close(r)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"sender failed: {status}"
+    sent, from_handler = map(int, stats)
+    assert (got, handler_got) == (sent, from_handler)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
-from fastipc import Broadcast, Channel, Empty, Ring, Timeout
+from fastipc import Broadcast, Channel, Empty, Full, Ring, Timeout
 
 #: Sizes that take every receive path: the handle's buffer, a view past it (64 KiB).
 SIZES = (0, 1, 63, 500, 5000, 70_000)
@@ -272,3 +272,183 @@ def test_a_waiting_receiver_does_not_make_others_wait_past_their_timeout() -> No
     finally:
         a.close()
         b.close()
+
+
+def test_a_turn_left_taken_by_no_call_comes_back() -> None:
+    """The state a handler raising right after a take leaves on CPython 3.9: the
+    receive turn taken, no call holding it. The next receive still gets through."""
+    a, b = Channel.pair()
+    try:
+        del b._rx_turn.free  # type: ignore[attr-defined]
+        a.send(b"after")
+        assert b.recv(timeout=5) == b"after"
+        a.send(b"again")
+        assert b.recv(timeout=0) == b"again"  # and it stays given back
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_turn_held_by_a_blocked_or_waiting_call_is_never_counted_lost() -> None:
+    from fastipc._turns import RX, _lost
+
+    a, b = Channel.pair()
+    got: list[bytes] = []
+    try:
+        holder = threading.Thread(target=lambda: got.append(b.recv(timeout=30)))
+        holder.start()
+        threading.Event().wait(0.1)  # inside recv, holding the turn, waiting for data
+        waiter = threading.Thread(target=lambda: got.append(b.recv(timeout=30)))
+        waiter.start()
+        threading.Event().wait(0.1)  # waiting for the turn (and looking for its holder)
+        assert not _lost(b._rx_turn, b, RX)  # type: ignore[attr-defined]
+        a.send(b"one")
+        holder.join(10)
+        assert not holder.is_alive() and got == [b"one"]
+        a.send(b"two")
+        waiter.join(10)
+        assert not waiter.is_alive() and got == [b"one", b"two"]
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("side", ["send", "recv"])
+def test_a_thread_calling_in_a_loop_does_not_starve_another_on_the_same_side(side: str) -> None:
+    """A call that gives the turn back still holds the GIL: the turn is handed to
+    a waiter, not just freed, or the giver's next call takes it again first,
+    for ever (a send waited over 30 s for its turn before the fix). One thread
+    calls without pause; another needs 200 turns, each within 10 s."""
+    a, b = Channel.pair()
+    done = threading.Event()
+    try:
+        if side == "send":
+
+            def greedy() -> None:
+                while not done.is_set():
+                    a.send(b"g" * 40, timeout=30)
+                a.send(b"end", timeout=30)
+
+            def polite() -> None:
+                try:
+                    for i in range(200):
+                        a.send(b"p%06d" % i, timeout=10)
+                finally:
+                    done.set()
+
+            got: list[bytes] = []
+
+            def reader() -> None:
+                while True:
+                    m = b.recv(timeout=30)
+                    if m == b"end":
+                        return
+                    if m[:1] == b"p":
+                        got.append(m)
+
+            _run([reader, greedy, polite])
+            assert got == [b"p%06d" % i for i in range(200)]
+        else:
+            mine: list[bytes] = []
+
+            def greedy() -> None:
+                while not done.is_set():
+                    try:
+                        b.recv(timeout=0.5)
+                    except Empty:
+                        pass
+
+            def polite() -> None:
+                try:
+                    for _ in range(200):
+                        mine.append(b.recv(timeout=10))
+                finally:
+                    done.set()
+
+            def sender() -> None:
+                i = 0
+                while not done.is_set():
+                    try:
+                        a.send(b"%07d" % i, timeout=0.5)
+                        i += 1
+                    except Full:
+                        pass
+
+            _run([greedy, polite, sender])
+            assert len(mine) == 200
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_raising_timer_on_one_of_two_threads_sharing_a_side_never_leaves_it_stuck() -> None:
+    """A handler raising every 0.3 ms in a thread that, with another, sends on one
+    channel: it lands in waits, hand-offs and give-backs. A waiter's marker left
+    behind once made every later send wait out its timeout."""
+    from conftest import run_python
+
+    out = run_python(
+        """
+        import signal, threading, time
+        from fastipc import Channel, Closed
+
+        class Boom(Exception):
+            pass
+
+        armed = [False]
+
+        def handler(signum, frame):
+            if armed[0]:
+                raise Boom
+
+        signal.signal(signal.SIGALRM, handler)
+        a, b = Channel.pair()
+        stop = threading.Event()
+
+        def drain():
+            while not stop.is_set():
+                try:
+                    b.recv(timeout=0.1)
+                except Exception:
+                    pass
+
+        def worker():
+            while not stop.is_set():
+                try:
+                    a.send(b"w" * 100, timeout=0.2)
+                except Exception:
+                    pass
+
+        threads = [threading.Thread(target=f) for f in (drain, worker)]
+        for t in threads:
+            t.start()
+        signal.setitimer(signal.ITIMER_REAL, 0.0003, 0.0003)
+        booms = 0
+        end = time.monotonic() + 3
+        try:
+            while time.monotonic() < end and not a.closed:
+                try:
+                    armed[0] = True
+                    try:
+                        a.send(b"m", timeout=0.05)
+                    finally:
+                        armed[0] = False
+                except Boom:
+                    booms += 1
+                except Exception:
+                    pass
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        assert booms, "the timer never interrupted a send"
+        if not a.closed:  # a send cut mid-frame closes the channel: nothing to check then
+            a.send(b"last", timeout=5)  # raised Full here when a dead waiter kept the turn
+        stop.set()
+        for t in threads:
+            t.join(10)
+        turn = a._tx_turn
+        assert not turn.waiting and turn.handed is None, (list(turn.waiting), turn.handed)
+        print("ok", booms)
+        """,
+        timeout=120,
+    )
+    assert out.stdout.startswith("ok"), out.stdout + out.stderr

@@ -6,6 +6,7 @@ import errno
 import marshal
 import os
 import stat
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -23,11 +24,13 @@ from .._names import (
     subscriber_bell_path,
     unlink_ring,
 )
+from .._turns import BUFFERS, takes_turn
 from ..errors import Closed, Lagged, MessageTooLarge, broadcast_error, timed_out
 from ._blocking import SLICE_NS as _SLICE_NS
 from ._blocking import deadline as _deadline
 from ._blocking import wait as _wait
 from ._native import SPIN_NS, ffi, ffi_fast, lib, lib_fast
+from ._own_buffers import BATCH_BYTES, SCRATCH_BYTES, OwnBuffers
 
 __all__ = ["NativeBroadcast", "NativeSubscriber"]
 
@@ -57,10 +60,6 @@ _EINTR = -errno.EINTR
 _EOVERFLOW = -errno.EOVERFLOW
 _ECHILD = -errno.ECHILD  # fi_bc_try_recv1 from a thread other than the scratch buffer's
 
-#: Received messages up to this size go through a per-handle buffer (bytes).
-SCRATCH_BYTES = 64 * 1024
-#: Room for one recv_many batch in marshal format (bytes).
-BATCH_BYTES = 256 * 1024
 #: Spin holding the GIL in the call that missed, as NativeRing does.
 _GIL_SPIN_NS = min(SPIN_NS, 3000)
 
@@ -366,8 +365,11 @@ class NativeBroadcast(_Handle, BroadcastBase):
             )
 
 
-class NativeSubscriber(_Handle, SubscriberBase):
+class NativeSubscriber(OwnBuffers, _Handle, SubscriberBase):
     """:class:`~fastipc.Subscriber` backed by the C core; see Subscriber."""
+
+    _kind = "broadcast subscriber"
+    _c_try_recv = staticmethod(_try_recv)
 
     _scratch: Any
     _sbuf: Any
@@ -375,6 +377,7 @@ class NativeSubscriber(_Handle, SubscriberBase):
     _bview: memoryview | None
     _owner: int
     _threads: threading.local
+    _busy: bool
 
     @classmethod
     def _subscribe(cls, name: str, owners: frozenset[int] | None = None) -> NativeSubscriber:
@@ -400,6 +403,7 @@ class NativeSubscriber(_Handle, SubscriberBase):
         # call, and another thread's receive must not refill it in between.
         self._owner = _ident()
         self._threads = threading.local()
+        self._busy = False  # the buffers above are being filled and sliced (see recv)
         return self
 
     def close(self) -> None:
@@ -430,22 +434,41 @@ class NativeSubscriber(_Handle, SubscriberBase):
         raise AssertionError("unreachable")  # pragma: no cover
 
     # ---- receive ------------------------------------------------------
+    # A receive sets its buffers' busy flag: a signal handler receiving on
+    # the handle whose receive it interrupted gets RuntimeError instead of
+    # refilling the buffer being sliced (see NativeRing.recv).
+    @takes_turn(BUFFERS)
     def recv(self, timeout: float | None = None) -> bytes:
         if timeout is not None:
             timeout_ns(timeout)
+        if self._busy:
+            if _ident() != self._owner:  # never uses the handle's buffers
+                return self._recv_elsewhere(timeout)
+            return self._recv_fresh(timeout, self, sys._getframe(1))
+        self._busy = True
         n = _try_recv1(self._hf)
         if n >= 0:
-            return self._sbuf[:n]  # type: ignore[no-any-return]
+            data = self._sbuf[:n]
+            self._busy = False
+            return data  # type: ignore[no-any-return]
+        self._busy = False
+        if n == _ECHILD:
+            return self._recv_elsewhere(timeout)
         return self._recv_slow(n, timeout)
 
+    @takes_turn(BUFFERS)
     def _recv_slow(self, rc: int, timeout: float | None) -> bytes:
-        if rc == _ECHILD:
-            return self._recv_elsewhere(timeout)
-        if rc == _EAGAIN and timeout != 0:
-            rc = _spin_recv1(self._hf, _GIL_SPIN_NS)
-            if rc >= 0:
-                return self._sbuf[:rc]  # type: ignore[no-any-return]
-        return self._recv_wait(rc, timeout, self._scratch, self._sbuf)
+        if self._busy:  # called by recv/_try_recv: look above them
+            return self._recv_fresh(timeout, self, sys._getframe(2))
+        self._busy = True
+        try:
+            if rc == _EAGAIN and timeout != 0:
+                rc = _spin_recv1(self._hf, _GIL_SPIN_NS)
+                if rc >= 0:
+                    return self._sbuf[:rc]  # type: ignore[no-any-return]
+            return self._recv_wait(rc, timeout, self._scratch, self._sbuf)
+        finally:
+            self._busy = False
 
     def _recv_wait(self, rc: int, timeout: float | None, cbuf: Any, pybuf: Any) -> bytes:
         if rc == _EAGAIN:
@@ -485,24 +508,6 @@ class NativeSubscriber(_Handle, SubscriberBase):
             if rc != _EMSGSIZE:  # EMSGSIZE: overrun meanwhile, or a longer one: size it again
                 self._fail(rc)
 
-    def _mine(self) -> Any:
-        """This thread's own buffers on the handle (another than the subscribing one)."""
-        mine = self._threads.__dict__
-        if not mine:
-            cbuf = ffi_fast.new("char[]", SCRATCH_BYTES)
-            mine["scratch"], mine["sbuf"] = cbuf, ffi_fast.buffer(cbuf)
-            batch = ffi_fast.new("char[]", BATCH_BYTES)
-            mine["batch"], mine["bview"] = batch, memoryview(ffi_fast.buffer(batch))
-        return mine
-
-    def _recv_elsewhere(self, timeout: float | None) -> bytes:
-        mine = self._mine()
-        cbuf, pybuf = mine["scratch"], mine["sbuf"]
-        n = _try_recv(self._hf, cbuf, SCRATCH_BYTES)
-        if n >= 0:
-            return pybuf[:n]  # type: ignore[no-any-return]
-        return self._recv_wait(n, timeout, cbuf, pybuf)
-
     def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
         if timeout is not None:
             timeout_ns(timeout)
@@ -522,19 +527,9 @@ class NativeSubscriber(_Handle, SubscriberBase):
             return int(rc)
         return self._fail(rc)  # type: ignore[no-any-return]
 
-    def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
-        if type(max_count) is not int or max_count < 1:
-            raise ValueError(f"max_count must be an int >= 1, got {max_count!r}")
-        if timeout is not None:
-            timeout_ns(timeout)
-        if _ident() != self._owner:  # this thread's own batch buffer (see _subscribe)
-            mine = self._mine()
-            batch, bview = mine["batch"], mine["bview"]
-        else:
-            if self._bview is None:
-                self._batch = ffi_fast.new("char[]", BATCH_BYTES)
-                self._bview = memoryview(ffi_fast.buffer(self._batch))
-            batch, bview = self._batch, self._bview
+    def _recv_batch(
+        self, batch: Any, bview: memoryview, max_count: int, timeout: float | None
+    ) -> list[bytes]:
         n = _try_recv_batch(self._hf, batch, BATCH_BYTES, max_count)
         if n > 0:
             return _loads(bview[:n])  # type: ignore[no-any-return]

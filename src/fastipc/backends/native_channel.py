@@ -21,7 +21,7 @@ from .._checks import (
     validate_max_count,
 )
 from .._contract import RECV_BUFFER, ChannelBase
-from .._turns import RX, in_turn, one_at_a_time
+from .._turns import RX, TX, one_at_a_time, takes_turn
 from ..errors import Closed, channel_error, timed_out
 from ._blocking import deadline as _deadline
 from ._blocking import wait as _wait
@@ -132,10 +132,13 @@ class NativeChannel(ChannelBase):
         return bool(lib_fast.fi_chan_pending(self._hf))
 
     # ---- send -----------------------------------------------------------
+    @takes_turn(TX)
     def send(self, data: Any, fds: Iterable[FdLike] = (), timeout: float | None = None) -> None:
         turn = self._tx_turn
-        if not turn.acquire(False):
-            return in_turn(self, turn, True, self.send, timeout, data, fds)  # type: ignore[no-any-return]
+        try:
+            del turn.free
+        except AttributeError:  # another call has it (fastipc._turns)
+            timeout = turn.wait_take(self, TX, timeout)
         try:
             # Everything that may leave half a frame in the handle runs inside
             # this try: a signal handler that raises (Ctrl-C) runs between any two
@@ -156,7 +159,9 @@ class NativeChannel(ChannelBase):
                 self._abandon_send()
                 raise
         finally:
-            turn.release()
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
 
     def _send_slow(self, data: Any, fds: Iterable[FdLike], timeout: float | None) -> None:
         self._socket()
@@ -179,10 +184,13 @@ class NativeChannel(ChannelBase):
             self._abandon_send()
             self._send_error(rc)
 
+    @takes_turn(TX)
     def send_many(self, buffers: Iterable[Any], timeout: float | None = None) -> int:
         turn = self._tx_turn
-        if not turn.acquire(False):
-            return in_turn(self, turn, True, self.send_many, timeout, buffers)  # type: ignore[no-any-return]
+        try:
+            del turn.free
+        except AttributeError:  # another call has it (fastipc._turns)
+            timeout = turn.wait_take(self, TX, timeout)
         try:
             items = buffers if type(buffers) is list else list(buffers)
             hf = self._hf
@@ -208,7 +216,9 @@ class NativeChannel(ChannelBase):
                 self._abandon_send()
                 raise
         finally:
-            turn.release()
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
 
     def _send_many_slow(self, rc: int, items: list[Any], blob: bytes, timeout: float | None) -> int:
         self._socket()
@@ -260,10 +270,13 @@ class NativeChannel(ChannelBase):
         )
 
     # ---- receive --------------------------------------------------------
+    @takes_turn(RX)
     def recv(self, timeout: float | None = None) -> bytes:
         turn = self._rx_turn
-        if not turn.acquire(False):
-            return in_turn(self, turn, False, self.recv, timeout)  # type: ignore[no-any-return]
+        try:
+            del turn.free
+        except AttributeError:  # another call has it (fastipc._turns)
+            timeout = turn.wait_take(self, RX, timeout)
         try:
             if timeout is not None:
                 timeout_ns(timeout)
@@ -272,7 +285,9 @@ class NativeChannel(ChannelBase):
                 return self._sbuf[:n]  # type: ignore[no-any-return]
             return self._recv_slow(n, timeout, 0)
         finally:
-            turn.release()
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
 
     def _recv_slow(self, rc: int, timeout: float | None, keep: int) -> bytes:
         h = self._h
@@ -343,17 +358,22 @@ class NativeChannel(ChannelBase):
                 ).toreadonly(),
                 self._release_lent,
             )
-        if n == -errno.ENOMSG:
-            return memoryview(self.recv(time_left(deadline))), _nothing
+        if n == -errno.ENOMSG:  # an inline message: received as recv() does (holding the turn)
+            rc = _try_recv1(self._hf)
+            data = self._sbuf[:rc] if rc >= 0 else self._recv_slow(rc, time_left(deadline), 0)
+            return memoryview(data), _nothing
         self._recv_error(n)
 
     def _release_lent(self) -> None:
         lib.fi_chan_release_view(self._h)  # -EBADF, harmless, after close()
 
+    @takes_turn(RX)
     def recv_with_fds(self, timeout: float | None = None) -> tuple[bytes, list[int]]:
         turn = self._rx_turn
-        if not turn.acquire(False):
-            return in_turn(self, turn, False, self.recv_with_fds, timeout)  # type: ignore[no-any-return]
+        try:
+            del turn.free
+        except AttributeError:  # another call has it (fastipc._turns)
+            timeout = turn.wait_take(self, RX, timeout)
         try:
             if timeout is not None:
                 timeout_ns(timeout)
@@ -364,12 +384,17 @@ class NativeChannel(ChannelBase):
             k = lib.fi_chan_take_fds(h, arr, MAX_FDS)
             return data, list(arr[0:k])
         finally:
-            turn.release()
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
 
+    @takes_turn(RX)
     def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
         turn = self._rx_turn
-        if not turn.acquire(False):
-            return in_turn(self, turn, False, self.recv_into, timeout, buffer)  # type: ignore[no-any-return]
+        try:
+            del turn.free
+        except AttributeError:  # another call has it (fastipc._turns)
+            timeout = turn.wait_take(self, RX, timeout)
         try:
             if timeout is not None:
                 timeout_ns(timeout)
@@ -413,7 +438,9 @@ class NativeChannel(ChannelBase):
                 self._adopt_partial(buf)
                 raise
         finally:
-            turn.release()
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
 
     def _drop_stale_big(self) -> None:
         """Forget our long-message buffer if C is not reading into it.
@@ -455,10 +482,13 @@ class NativeChannel(ChannelBase):
             "it stays queued",
         )
 
+    @takes_turn(RX)
     def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
         turn = self._rx_turn
-        if not turn.acquire(False):
-            return in_turn(self, turn, False, self.recv_many, timeout, max_count)  # type: ignore[no-any-return]
+        try:
+            del turn.free
+        except AttributeError:  # another call has it (fastipc._turns)
+            timeout = turn.wait_take(self, RX, timeout)
         try:
             if type(max_count) is not int or max_count < 1:
                 validate_max_count(max_count)
@@ -484,7 +514,9 @@ class NativeChannel(ChannelBase):
             self._recv_error(n)
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
-            turn.release()
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
 
     def _recv_error(self, rc: int) -> NoReturn:
         if rc == _EAGAIN:

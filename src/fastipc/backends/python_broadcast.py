@@ -93,6 +93,7 @@ from .._names import (
     segment_path,
     subscriber_bell_path,
 )
+from .._turns import reentrant_call
 from ..errors import Closed, Lagged, MessageTooLarge, Timeout, broadcast_error, timed_out
 from .python_ring import _BUSY, _F_SETLK, _F_SETLKW, _align8, _check_count, _deadline, _flock
 
@@ -335,10 +336,9 @@ class _Handle:
     def _check_enter(self, deadline: float | None, sending: bool | None) -> int:
         me = threading.get_ident()
         if self._owner == me:
-            raise RuntimeError(
-                f"{self._what} {self.name!r}: the handle is busy in a reserve()/recv_view() "
-                "block of this thread"
-            )
+            # A reserve()/recv_view() block of this thread, or the call a signal
+            # handler interrupted: waiting for the lock it holds would hang.
+            raise reentrant_call(f"{self._what} {self.name!r}", blocks=True)
         if self._closed:
             raise ValueError(f"{self._what} {self.name!r} is closed")
         if deadline is not None:
@@ -817,8 +817,10 @@ class PythonBroadcast(_Handle, BroadcastBase):
                     fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_PRODUCER])
                 raise
             finally:
-                self._owner = 0
-                self._left()
+                try:
+                    self._left()
+                finally:
+                    self._owner = 0  # last: see _check_enter
 
     def publish_many(self, messages: Iterable[Any], timeout: float | None = None) -> int:
         views = [self._message(m) for m in messages]
@@ -854,8 +856,10 @@ class PythonBroadcast(_Handle, BroadcastBase):
                     fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_PRODUCER])
                 raise
             finally:
-                self._owner = 0
-                self._left()
+                try:
+                    self._left()
+                finally:
+                    self._owner = 0  # last: see _check_enter
         return sent
 
     def reserve(
@@ -908,8 +912,10 @@ class PythonBroadcast(_Handle, BroadcastBase):
                     fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_PRODUCER])
                 raise
             finally:
-                self._owner = 0
-                self._left()
+                try:
+                    self._left()
+                finally:
+                    self._owner = 0  # last: see _check_enter
 
     # ---- control -------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -1178,9 +1184,11 @@ class PythonSubscriber(_Handle, SubscriberBase):
                         return got
                     self._wait(deadline, registered)
             finally:
-                self._owner = 0
-                self._unwait(registered)
-                self._left()
+                try:
+                    self._unwait(registered)
+                    self._left()
+                finally:
+                    self._owner = 0  # last: see _check_enter
 
     def _take_bytes(self, count: int) -> Callable[[int, int], tuple[Any, int, int]]:
         def take(pos: int, tail: int) -> tuple[Any, int, int]:
@@ -1263,8 +1271,10 @@ class PythonSubscriber(_Handle, SubscriberBase):
                     else:
                         self._consume_pinned(pos, n)
             finally:
-                self._owner = 0
-                self._left()
+                try:
+                    self._left()
+                finally:
+                    self._owner = 0  # last: see _check_enter
 
     def _consume_pinned(self, pos: int, n: int) -> None:
         """Consume the viewed message at ``pos`` and drop the pin (shared lock)."""

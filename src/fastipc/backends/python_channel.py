@@ -72,7 +72,7 @@ from .._checks import (
     validate_max_count,
 )
 from .._contract import DIRECT_MIN, RECV_BUFFER, ChannelBase
-from .._turns import RX, TX, in_turn, one_at_a_time
+from .._turns import RX, TX, one_at_a_time, takes_turn
 from ..errors import MessageTooLarge, Timeout, timed_out
 from ..framing import (
     CHANNEL_FLAGS,
@@ -286,10 +286,13 @@ class PythonChannel(ChannelBase):
     _deadline = staticmethod(deadline)
 
     # ---- send -----------------------------------------------------------
+    @takes_turn(TX)
     def send(self, data: Any, fds: Iterable[FdLike] = (), timeout: float | None = None) -> None:
         turn = self._tx_turn
-        if not turn.acquire(False):
-            return in_turn(self, turn, True, self.send, timeout, data, fds)  # type: ignore[no-any-return]
+        try:
+            del turn.free
+        except AttributeError:  # another call has it (fastipc._turns)
+            timeout = turn.wait_take(self, TX, timeout)
         try:
             sock = self._sock
             n = len(data) if type(data) is bytes else _JOIN_MAX
@@ -321,7 +324,9 @@ class PythonChannel(ChannelBase):
                     return
             self._send(data, fds, timeout)
         finally:
-            turn.release()
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
 
     def _send(self, data: Any, fds: Iterable[FdLike], timeout: float | None) -> None:
         """send(), the general path: any buffer, fds, the hand-off area, partial writes."""
@@ -817,10 +822,13 @@ class PythonChannel(ChannelBase):
             and self._sock is not None
         )
 
+    @takes_turn(RX)
     def recv(self, timeout: float | None = None) -> bytes:
         turn = self._rx_turn
-        if not turn.acquire(False):
-            return in_turn(self, turn, False, self.recv, timeout)  # type: ignore[no-any-return]
+        try:
+            del turn.free
+        except AttributeError:  # another call has it (fastipc._turns)
+            timeout = turn.wait_take(self, RX, timeout)
         try:
             pos = self._rpos
             if (
@@ -841,7 +849,9 @@ class PythonChannel(ChannelBase):
             self._copied()
             return out
         finally:
-            turn.release()
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
 
     @one_at_a_time(RX)
     def _take_view(self, timeout: float | None) -> tuple[memoryview, Callable[[], None]]:

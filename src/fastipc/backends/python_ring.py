@@ -120,6 +120,7 @@ from .._names import (
     semaphore_names,
     semaphore_paths,
 )
+from .._turns import inside_a_call, reentrant_call, takes_turn
 from ..errors import Closed, MessageTooLarge, Timeout, timed_out
 
 __all__ = ["PythonRing"]
@@ -131,6 +132,10 @@ MAGIC = b"FIPCPY01"
 #: 2: the watcher counts at offsets 120 and 128 (the readiness doorbells).
 #: 3: semaphore mutexes, handle slots, release counters; the data area at 16384.
 LAYOUT_VERSION = 3
+_ident = threading.get_ident
+#: The side name marking the methods that hold ``_tlock`` (see _check_enter).
+_LOCK = "_tlock"
+
 _NATIVE_MAGIC = b"FPCIRN01"  # csrc/ring.c's FI_MAGIC, named for a clearer error
 
 _DATA = 16384  # bytes before the data area (whole pages, so the data area is page-aligned)
@@ -379,6 +384,7 @@ class PythonRing(RingBase):
         self._tlock = threading.Lock()  # one call at a time on this handle
         self._slock = threading.Lock()  # the state lock and the bells among this handle's threads
         self._owner = 0  # thread id inside a view block (to refuse re-entry from it)
+        self._inside = False  # some thread is inside a call or block (see _check_enter)
         self._closed = False
         self._torn_down = False
         #: (held, side) of a reserve()/recv_view() block in progress, for close() inside it.
@@ -662,13 +668,17 @@ class PythonRing(RingBase):
         """Before a call takes this handle: refuse re-entry from a view block and a closed
         handle; with a deadline, wait for another thread's call to end (Timeout).
         Returns this thread's id."""
-        me = threading.get_ident()
+        me = _ident()
         if self._owner == me:
             raise RuntimeError(
                 "ring handle is busy in a reserve()/recv_view() block of this thread"
             )
         if self._closed:
             raise ValueError("ring is closed")
+        if self._inside and inside_a_call(sys._getframe(2), self, _LOCK):
+            # Only a signal handler gets here (fastipc's methods do not call
+            # each other): waiting for the lock its own thread holds would hang.
+            raise reentrant_call(f"ring {self.name!r}")
         if deadline is not None:
             # `with` cannot wait with a timeout: poll (only threads sharing a handle wait).
             while self._tlock.locked():
@@ -864,6 +874,7 @@ class PythonRing(RingBase):
             )
         return mv
 
+    @takes_turn(_LOCK)
     def send(self, data: Any, timeout: float | None = None) -> None:
         if type(data) is bytes:  # the common case: no view needed
             n = len(data)
@@ -873,79 +884,84 @@ class PythonRing(RingBase):
             data = self._message(data)
             n = data.nbytes
         deadline = None if timeout is None else _deadline(timeout)
-        if deadline is not None or self._owner:
+        if deadline is not None or self._inside:
             self._check_enter(deadline, True)
         with self._tlock:
-            if self._closed:
-                raise ValueError("ring is closed")
-            q = self._q
-            slotw = self._slotw
-            done = False
-            more: list[None] | None = None
-            q[slotw] = _PROD
-            # Held unless the try raises BusyError: no signal handler can run between
-            # the take and this flag's reset (see "Interrupts").
-            held = True
+            self._inside = True  # (see _check_enter)
             try:
-                try:
-                    self._ptry(0)
-                except _BusyError:
-                    held = False
-                    more = []
-                    self._take(_PROD, more, deadline)
-                need = (n + 15) & ~7
-                g = q[_W_TSEL]
-                i = _W_TSLOT + 2 * (g & 1)
-                tail = q[i]
-                pushed = q[i + 1]
-                D = self._D
-                if not 0 <= tail - self._head_seen <= D - need or q[_W_CLOSING]:
-                    # One fresh look at the head (as _next does the tail), then the wait.
-                    hg = q[_W_HSEL]
-                    head = q[_W_HSLOT + 2 * (hg & 1)]
-                    if (
-                        _FENCE
-                        or q[_W_HSEL] != hg
-                        or q[_W_CLOSING]
-                        or not 0 <= tail - head <= D - need
-                    ):
-                        tail, pushed = self._wait_space(need, deadline)
-                    else:
-                        self._head_seen = head
-                off = tail % D
-                base = _DATA + off
-                q[base >> 3] = n
-                if off + 8 + n <= D:
-                    self._mm[base + 8 : base + 8 + n] = data
-                elif n:
-                    self._write(tail + 8, data)
-                if q[_W_CLOSING]:  # shutdown() waits for a commit that checked before its flag
-                    raise Closed("ring is shut down")
-                g = (g + 1) & _M64
-                i = _W_TSLOT + 2 * (g & 1)
-                q[i] = tail + need
-                q[i + 1] = (pushed + 1) & _M64  # a corrupt count wraps; len() reports it
-                if _FENCE:
-                    _FENCE()  # the data and the slot before the generation (see _Fence)
-                q[_W_TSEL] = g  # the commit: one aligned 8-byte store
-                done = True
-            finally:
-                # Inline, not a helper: a signal handler may raise at a function's entry.
-                if held or more:
-                    if not done:
-                        q[_W_PREL] = (q[_W_PREL] + 1) & _M64
-                    self._prod.release()
-                q[slotw] = 0
-                if done:
-                    # After the release, a full barrier (see _published).
-                    if q[_W_WATCH]:
-                        self._ring_bell(0)
-                    hint = self._items
-                    if hint.value == 0:
-                        hint.release()
                 if self._closed:
-                    self._left()
+                    raise ValueError("ring is closed")
+                q = self._q
+                slotw = self._slotw
+                done = False
+                more: list[None] | None = None
+                q[slotw] = _PROD
+                # Held unless the try raises BusyError: no signal handler can run between
+                # the take and this flag's reset (see "Interrupts").
+                held = True
+                try:
+                    try:
+                        self._ptry(0)
+                    except _BusyError:
+                        held = False
+                        more = []
+                        self._take(_PROD, more, deadline)
+                    need = (n + 15) & ~7
+                    g = q[_W_TSEL]
+                    i = _W_TSLOT + 2 * (g & 1)
+                    tail = q[i]
+                    pushed = q[i + 1]
+                    D = self._D
+                    if not 0 <= tail - self._head_seen <= D - need or q[_W_CLOSING]:
+                        # One fresh look at the head (as _next does the tail), then the wait.
+                        hg = q[_W_HSEL]
+                        head = q[_W_HSLOT + 2 * (hg & 1)]
+                        if (
+                            _FENCE
+                            or q[_W_HSEL] != hg
+                            or q[_W_CLOSING]
+                            or not 0 <= tail - head <= D - need
+                        ):
+                            tail, pushed = self._wait_space(need, deadline)
+                        else:
+                            self._head_seen = head
+                    off = tail % D
+                    base = _DATA + off
+                    q[base >> 3] = n
+                    if off + 8 + n <= D:
+                        self._mm[base + 8 : base + 8 + n] = data
+                    elif n:
+                        self._write(tail + 8, data)
+                    if q[_W_CLOSING]:  # shutdown() waits for a commit that checked before its flag
+                        raise Closed("ring is shut down")
+                    g = (g + 1) & _M64
+                    i = _W_TSLOT + 2 * (g & 1)
+                    q[i] = tail + need
+                    q[i + 1] = (pushed + 1) & _M64  # a corrupt count wraps; len() reports it
+                    if _FENCE:
+                        _FENCE()  # the data and the slot before the generation (see _Fence)
+                    q[_W_TSEL] = g  # the commit: one aligned 8-byte store
+                    done = True
+                finally:
+                    # Inline, not a helper: a signal handler may raise at a function's entry.
+                    if held or more:
+                        if not done:
+                            q[_W_PREL] = (q[_W_PREL] + 1) & _M64
+                        self._prod.release()
+                    q[slotw] = 0
+                    if done:
+                        # After the release, a full barrier (see _published).
+                        if q[_W_WATCH]:
+                            self._ring_bell(0)
+                        hint = self._items
+                        if hint.value == 0:
+                            hint.release()
+                    if self._closed:
+                        self._left()
+            finally:
+                self._inside = False
 
+    @takes_turn(_LOCK)
     def send_many(self, messages: Iterable[Any], timeout: float | None = None) -> int:
         msgs = messages if type(messages) is list else list(messages)
         cap = self.capacity
@@ -967,47 +983,51 @@ class PythonRing(RingBase):
         sent = 0
         self._check_enter(deadline, True)
         with self._tlock:
-            if self._closed:
-                raise ValueError("ring is closed")
-            q = self._q
-            held: list[None] = []
-            done = False
-            q[self._slotw] = _PROD
+            self._inside = True  # (see _check_enter)
             try:
+                if self._closed:
+                    raise ValueError("ring is closed")
+                q = self._q
+                held: list[None] = []
+                done = False
+                q[self._slotw] = _PROD
                 try:
-                    held += map(self._ptry, _ZERO)
-                except _BusyError:
                     try:
-                        self._take(_PROD, held, deadline)
-                    except Timeout as exc:
-                        raise type(exc)(str(exc), sent=0) from None
-                while sent < total:
-                    done_before = ends[sent - 1] if sent else 0
-                    tail, pushed = self._pair(_W_TSEL)
-                    free = D - (tail - self._head_seen)
-                    k = bisect_right(ends, done_before + free) if free <= D else sent
-                    if k <= sent or q[_W_CLOSING]:
+                        held += map(self._ptry, _ZERO)
+                    except _BusyError:
                         try:
-                            tail, pushed = self._wait_space(ends[sent] - done_before, deadline)
-                        except (Timeout, Closed) as exc:
-                            raise type(exc)(str(exc), sent=sent) from None
+                            self._take(_PROD, held, deadline)
+                        except Timeout as exc:
+                            raise type(exc)(str(exc), sent=0) from None
+                    while sent < total:
+                        done_before = ends[sent - 1] if sent else 0
+                        tail, pushed = self._pair(_W_TSEL)
                         free = D - (tail - self._head_seen)
-                        k = bisect_right(ends, done_before + free)
-                    blob = _records(views[sent:k], lens[sent:k])
-                    self._write(tail, blob)
-                    if q[_W_CLOSING]:
-                        raise Closed("ring is shut down", sent=sent)
-                    self._commit(_W_TSEL, tail + len(blob), pushed + (k - sent))
-                    done = True
-                    sent = k
+                        k = bisect_right(ends, done_before + free) if free <= D else sent
+                        if k <= sent or q[_W_CLOSING]:
+                            try:
+                                tail, pushed = self._wait_space(ends[sent] - done_before, deadline)
+                            except (Timeout, Closed) as exc:
+                                raise type(exc)(str(exc), sent=sent) from None
+                            free = D - (tail - self._head_seen)
+                            k = bisect_right(ends, done_before + free)
+                        blob = _records(views[sent:k], lens[sent:k])
+                        self._write(tail, blob)
+                        if q[_W_CLOSING]:
+                            raise Closed("ring is shut down", sent=sent)
+                        self._commit(_W_TSEL, tail + len(blob), pushed + (k - sent))
+                        done = True
+                        sent = k
+                finally:
+                    # Inline, not a helper: a signal handler may raise at a function's entry.
+                    if held:
+                        if not done:
+                            q[_W_PREL] = (q[_W_PREL] + 1) & _M64
+                        self._prod.release()
+                    q[self._slotw] = 0
+                    self._left()
             finally:
-                # Inline, not a helper: a signal handler may raise at a function's entry.
-                if held:
-                    if not done:
-                        q[_W_PREL] = (q[_W_PREL] + 1) & _M64
-                    self._prod.release()
-                q[self._slotw] = 0
-                self._left()
+                self._inside = False
         self._published()
         return sent
 
@@ -1022,58 +1042,63 @@ class PythonRing(RingBase):
         return self._reserve(n, _deadline(timeout))
 
     @contextmanager
+    @takes_turn(_LOCK)
     def _reserve(self, n: int, deadline: float | None) -> Iterator[memoryview]:
         me = self._check_enter(deadline, True)
         with self._tlock:
-            if self._closed:
-                raise ValueError("ring is closed")
-            q = self._q
-            held: list[None] = []
-            done = False
-            q[self._slotw] = _PROD
+            self._inside = True  # (see _check_enter)
             try:
-                try:
-                    held += map(self._ptry, _ZERO)
-                except _BusyError:
-                    self._take(_PROD, held, deadline)
-                self._hold = (held, _PROD)
-                self._owner = me
-                tail, pushed = self._wait_space(8 + _align8(n), deadline)
-                off = (tail + 8) % self._D
-                temp: bytearray | None = None
-                if off + n <= self._D:
-                    view = self._buf[_DATA + off : _DATA + off + n]
-                else:
-                    temp = bytearray(n)  # the record wraps: fill a copy, move it in at exit
-                    view = memoryview(temp)
-                try:
-                    yield view
-                finally:
-                    release_view(view)
-                    if self._closed:
-                        self._close_mapping()
-                # Only reached on a normal exit: an exception skips the commit (discarded).
                 if self._closed:
-                    raise ValueError("ring is closed: the reservation was discarded")
-                if q[_W_CLOSING]:
-                    raise Closed("ring is shut down")
-                if temp is not None:
-                    end = self._put(tail, temp, n)
-                else:
-                    self._q[(_DATA + tail % self._D) >> 3] = n
-                    end = tail + 8 + _align8(n)
-                self._commit(_W_TSEL, end, pushed + 1)
-                done = True
+                    raise ValueError("ring is closed")
+                q = self._q
+                held: list[None] = []
+                done = False
+                q[self._slotw] = _PROD
+                try:
+                    try:
+                        held += map(self._ptry, _ZERO)
+                    except _BusyError:
+                        self._take(_PROD, held, deadline)
+                    self._hold = (held, _PROD)
+                    self._owner = me
+                    tail, pushed = self._wait_space(8 + _align8(n), deadline)
+                    off = (tail + 8) % self._D
+                    temp: bytearray | None = None
+                    if off + n <= self._D:
+                        view = self._buf[_DATA + off : _DATA + off + n]
+                    else:
+                        temp = bytearray(n)  # the record wraps: fill a copy, move it in at exit
+                        view = memoryview(temp)
+                    try:
+                        yield view
+                    finally:
+                        release_view(view)
+                        if self._closed:
+                            self._close_mapping()
+                    # Only reached on a normal exit: an exception skips the commit (discarded).
+                    if self._closed:
+                        raise ValueError("ring is closed: the reservation was discarded")
+                    if q[_W_CLOSING]:
+                        raise Closed("ring is shut down")
+                    if temp is not None:
+                        end = self._put(tail, temp, n)
+                    else:
+                        self._q[(_DATA + tail % self._D) >> 3] = n
+                        end = tail + 8 + _align8(n)
+                    self._commit(_W_TSEL, end, pushed + 1)
+                    done = True
+                finally:
+                    self._owner = 0
+                    self._hold = None
+                    if held:  # emptied by close() inside the block, which released it
+                        if not done:
+                            q[_W_PREL] = (q[_W_PREL] + 1) & _M64
+                        self._prod.release()
+                    if not self._torn_down:
+                        q[self._slotw] = 0
+                    self._left()
             finally:
-                self._owner = 0
-                self._hold = None
-                if held:  # emptied by close() inside the block, which released it
-                    if not done:
-                        q[_W_PREL] = (q[_W_PREL] + 1) & _M64
-                    self._prod.release()
-                if not self._torn_down:
-                    q[self._slotw] = 0
-                self._left()
+                self._inside = False
         self._published()
 
     # ---- consumer side ----------------------------------------------------------
@@ -1132,121 +1157,132 @@ class PythonRing(RingBase):
             raise incompatible(self.name, f"corrupt record: length {n} at position {head}")
         return g, head, popped, n
 
+    @takes_turn(_LOCK)
     def recv(self, timeout: float | None = None) -> bytes:
         deadline = None if timeout is None else _deadline(timeout)
-        if deadline is not None or self._owner:
+        if deadline is not None or self._inside:
             self._check_enter(deadline, False)
         with self._tlock:
-            if self._closed:
-                raise ValueError("ring is closed")
-            q = self._q
-            slotw = self._slotw
-            done = False
-            more: list[None] | None = None
-            q[slotw] = _CONS
-            # Held unless the try raises BusyError: no signal handler can run between
-            # the take and this flag's reset (see "Interrupts").
-            held = True
+            self._inside = True  # (see _check_enter)
             try:
-                try:
-                    self._ctry(0)
-                except _BusyError:
-                    held = False
-                    more = []
-                    self._take(_CONS, more, deadline)
-                g, head, popped, n = self._next(q, deadline)
-                D = self._D
-                off = head % D
-                if off + 8 + n <= D:
-                    base = _DATA + off + 8
-                    data = self._mm[base : base + n]
-                else:
-                    data = self._read(head, n)
-                g = (g + 1) & _M64
-                i = _W_HSLOT + 2 * (g & 1)
-                q[i] = head + ((n + 15) & ~7)
-                q[i + 1] = (popped + 1) & _M64
-                if _FENCE:
-                    _FENCE()  # the data and the slot before the generation (see _Fence)
-                q[_W_HSEL] = g  # the commit: one aligned 8-byte store
-                done = True
-            finally:
-                # Inline, not a helper: a signal handler may raise at a function's entry.
-                if held or more:
-                    if not done:
-                        q[_W_CREL] = (q[_W_CREL] + 1) & _M64
-                    self._cons.release()
-                q[slotw] = 0
-                if done:
-                    # After the release, a full barrier (see _published).
-                    if q[_W_WATCH + 1]:
-                        self._ring_bell(1)
-                    hint = self._space
-                    if hint.value == 0:
-                        hint.release()
                 if self._closed:
-                    self._left()
+                    raise ValueError("ring is closed")
+                q = self._q
+                slotw = self._slotw
+                done = False
+                more: list[None] | None = None
+                q[slotw] = _CONS
+                # Held unless the try raises BusyError: no signal handler can run between
+                # the take and this flag's reset (see "Interrupts").
+                held = True
+                try:
+                    try:
+                        self._ctry(0)
+                    except _BusyError:
+                        held = False
+                        more = []
+                        self._take(_CONS, more, deadline)
+                    g, head, popped, n = self._next(q, deadline)
+                    D = self._D
+                    off = head % D
+                    if off + 8 + n <= D:
+                        base = _DATA + off + 8
+                        data = self._mm[base : base + n]
+                    else:
+                        data = self._read(head, n)
+                    g = (g + 1) & _M64
+                    i = _W_HSLOT + 2 * (g & 1)
+                    q[i] = head + ((n + 15) & ~7)
+                    q[i + 1] = (popped + 1) & _M64
+                    if _FENCE:
+                        _FENCE()  # the data and the slot before the generation (see _Fence)
+                    q[_W_HSEL] = g  # the commit: one aligned 8-byte store
+                    done = True
+                finally:
+                    # Inline, not a helper: a signal handler may raise at a function's entry.
+                    if held or more:
+                        if not done:
+                            q[_W_CREL] = (q[_W_CREL] + 1) & _M64
+                        self._cons.release()
+                    q[slotw] = 0
+                    if done:
+                        # After the release, a full barrier (see _published).
+                        if q[_W_WATCH + 1]:
+                            self._ring_bell(1)
+                        hint = self._space
+                        if hint.value == 0:
+                            hint.release()
+                    if self._closed:
+                        self._left()
+            finally:
+                self._inside = False
         return data
 
+    @takes_turn(_LOCK)
     def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
         dst = check_buffer(buffer, "buffer")
         if dst.readonly:
             raise TypeError("buffer must be writable")
         deadline = _deadline(timeout)
-        if deadline is not None or self._owner:
+        if deadline is not None or self._inside:
             self._check_enter(deadline, False)
         with self._tlock:
-            if self._closed:
-                raise ValueError("ring is closed")
-            q = self._q
-            slotw = self._slotw
-            done = False
-            more: list[None] | None = None
-            q[slotw] = _CONS
-            # Held unless the try raises BusyError: no signal handler can run between
-            # the take and this flag's reset (see "Interrupts").
-            held = True
+            self._inside = True  # (see _check_enter)
             try:
-                try:
-                    self._ctry(0)
-                except _BusyError:
-                    held = False
-                    more = []
-                    self._take(_CONS, more, deadline)
-                _, head, popped, n = self._next(q, deadline)
-                if n > dst.nbytes:
-                    raise MessageTooLarge(
-                        f"message of {n} bytes does not fit a {dst.nbytes}-byte buffer"
-                    )
-                D = self._D
-                off = (head + 8) % D
-                base = _DATA + off
-                if off + n <= D:
-                    dst[:n] = self._buf[base : base + n]
-                else:
-                    first = D - off
-                    dst[:first] = self._buf[base : base + first]
-                    dst[first:n] = self._buf[_DATA : _DATA + n - first]
-                self._commit(_W_HSEL, head + ((n + 15) & ~7), popped + 1)
-                done = True
-            finally:
-                # Inline, not a helper: a signal handler may raise at a function's entry.
-                if held or more:
-                    if not done:
-                        q[_W_CREL] = (q[_W_CREL] + 1) & _M64
-                    self._cons.release()
-                q[slotw] = 0
-                if done:
-                    # After the release, a full barrier (see _published).
-                    if q[_W_WATCH + 1]:
-                        self._ring_bell(1)
-                    hint = self._space
-                    if hint.value == 0:
-                        hint.release()
                 if self._closed:
-                    self._left()
+                    raise ValueError("ring is closed")
+                q = self._q
+                slotw = self._slotw
+                done = False
+                more: list[None] | None = None
+                q[slotw] = _CONS
+                # Held unless the try raises BusyError: no signal handler can run between
+                # the take and this flag's reset (see "Interrupts").
+                held = True
+                try:
+                    try:
+                        self._ctry(0)
+                    except _BusyError:
+                        held = False
+                        more = []
+                        self._take(_CONS, more, deadline)
+                    _, head, popped, n = self._next(q, deadline)
+                    if n > dst.nbytes:
+                        raise MessageTooLarge(
+                            f"message of {n} bytes does not fit a {dst.nbytes}-byte buffer"
+                        )
+                    D = self._D
+                    off = (head + 8) % D
+                    base = _DATA + off
+                    if off + n <= D:
+                        dst[:n] = self._buf[base : base + n]
+                    else:
+                        first = D - off
+                        dst[:first] = self._buf[base : base + first]
+                        dst[first:n] = self._buf[_DATA : _DATA + n - first]
+                    self._commit(_W_HSEL, head + ((n + 15) & ~7), popped + 1)
+                    done = True
+                finally:
+                    # Inline, not a helper: a signal handler may raise at a function's entry.
+                    if held or more:
+                        if not done:
+                            q[_W_CREL] = (q[_W_CREL] + 1) & _M64
+                        self._cons.release()
+                    q[slotw] = 0
+                    if done:
+                        # After the release, a full barrier (see _published).
+                        if q[_W_WATCH + 1]:
+                            self._ring_bell(1)
+                        hint = self._space
+                        if hint.value == 0:
+                            hint.release()
+                    if self._closed:
+                        self._left()
+            finally:
+                self._inside = False
         return n
 
+    @takes_turn(_LOCK)
     def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
         count = _check_count(max_count, "max_count")
         if count < 1:
@@ -1255,34 +1291,38 @@ class PythonRing(RingBase):
         out: list[bytes] = []
         self._check_enter(deadline, False)
         with self._tlock:
-            if self._closed:
-                raise ValueError("ring is closed")
-            q = self._q
-            held: list[None] = []
-            done = False
-            q[self._slotw] = _CONS
+            self._inside = True  # (see _check_enter)
             try:
+                if self._closed:
+                    raise ValueError("ring is closed")
+                q = self._q
+                held: list[None] = []
+                done = False
+                q[self._slotw] = _CONS
                 try:
-                    held += map(self._ctry, _ZERO)
-                except _BusyError:
-                    self._take(_CONS, held, deadline)
-                _, head, popped, n = self._next(q, deadline)
-                if count > 1:
-                    # Take everything already committed, not just what this handle last saw.
-                    tail = self._read_state()[2]
-                else:
-                    tail = head + ((n + 15) & ~7)
-                out, pos = self._take_records(head, tail, n, count)
-                self._commit(_W_HSEL, pos, popped + len(out))
-                done = True
+                    try:
+                        held += map(self._ctry, _ZERO)
+                    except _BusyError:
+                        self._take(_CONS, held, deadline)
+                    _, head, popped, n = self._next(q, deadline)
+                    if count > 1:
+                        # Take everything already committed, not just what this handle last saw.
+                        tail = self._read_state()[2]
+                    else:
+                        tail = head + ((n + 15) & ~7)
+                    out, pos = self._take_records(head, tail, n, count)
+                    self._commit(_W_HSEL, pos, popped + len(out))
+                    done = True
+                finally:
+                    # Inline, not a helper: a signal handler may raise at a function's entry.
+                    if held:
+                        if not done:
+                            q[_W_CREL] = (q[_W_CREL] + 1) & _M64
+                        self._cons.release()
+                    q[self._slotw] = 0
+                    self._left()
             finally:
-                # Inline, not a helper: a signal handler may raise at a function's entry.
-                if held:
-                    if not done:
-                        q[_W_CREL] = (q[_W_CREL] + 1) & _M64
-                    self._cons.release()
-                q[self._slotw] = 0
-                self._left()
+                self._inside = False
         self._freed()
         return out
 
@@ -1326,52 +1366,57 @@ class PythonRing(RingBase):
         return self._recv_view(_deadline(timeout))
 
     @contextmanager
+    @takes_turn(_LOCK)
     def _recv_view(self, deadline: float | None) -> Iterator[memoryview]:
         me = self._check_enter(deadline, False)
         with self._tlock:
-            if self._closed:
-                raise ValueError("ring is closed")
-            q = self._q
-            held: list[None] = []
-            done = False
-            q[self._slotw] = _CONS
+            self._inside = True  # (see _check_enter)
             try:
+                if self._closed:
+                    raise ValueError("ring is closed")
+                q = self._q
+                held: list[None] = []
+                done = False
+                q[self._slotw] = _CONS
                 try:
-                    held += map(self._ctry, _ZERO)
-                except _BusyError:
-                    self._take(_CONS, held, deadline)
-                self._hold = (held, _CONS)
-                self._owner = me
-                _, head, popped, n = self._next(q, deadline)
-                off = (head + 8) % self._D
-                if off + n <= self._D:
-                    raw = self._buf[_DATA + off : _DATA + off + n]
-                else:
-                    raw = memoryview(self._read(head, n))  # the record wraps: a joined copy
-                view = raw.toreadonly()
-                try:
-                    yield view
-                finally:
-                    release_view(view)
-                    release_view(raw)
-                    if self._closed:
-                        # close() inside the block gave up the consumer side: the
-                        # message stays for the next consumer.
-                        self._close_mapping()
+                    try:
+                        held += map(self._ctry, _ZERO)
+                    except _BusyError:
+                        self._take(_CONS, held, deadline)
+                    self._hold = (held, _CONS)
+                    self._owner = me
+                    _, head, popped, n = self._next(q, deadline)
+                    off = (head + 8) % self._D
+                    if off + n <= self._D:
+                        raw = self._buf[_DATA + off : _DATA + off + n]
                     else:
-                        # Consumed whether or not the block raised.
-                        self._commit(_W_HSEL, head + 8 + _align8(n), popped + 1)
-                        done = True
+                        raw = memoryview(self._read(head, n))  # the record wraps: a joined copy
+                    view = raw.toreadonly()
+                    try:
+                        yield view
+                    finally:
+                        release_view(view)
+                        release_view(raw)
+                        if self._closed:
+                            # close() inside the block gave up the consumer side: the
+                            # message stays for the next consumer.
+                            self._close_mapping()
+                        else:
+                            # Consumed whether or not the block raised.
+                            self._commit(_W_HSEL, head + 8 + _align8(n), popped + 1)
+                            done = True
+                finally:
+                    self._owner = 0
+                    self._hold = None
+                    if held:  # emptied by close() inside the block, which released it
+                        if not done:
+                            q[_W_CREL] = (q[_W_CREL] + 1) & _M64
+                        self._cons.release()
+                    if not self._torn_down:
+                        q[self._slotw] = 0
+                    self._left()
             finally:
-                self._owner = 0
-                self._hold = None
-                if held:  # emptied by close() inside the block, which released it
-                    if not done:
-                        q[_W_CREL] = (q[_W_CREL] + 1) & _M64
-                    self._cons.release()
-                if not self._torn_down:
-                    q[self._slotw] = 0
-                self._left()
+                self._inside = False
         self._freed()
 
     # ---- control ------------------------------------------------------------------
@@ -1474,6 +1519,7 @@ class PythonRing(RingBase):
     def closed(self) -> bool:
         return self._closed
 
+    @takes_turn(_LOCK)
     def close(self) -> None:
         if self._closed:
             return
@@ -1490,11 +1536,13 @@ class PythonRing(RingBase):
             try:
                 got += map(self._tlock.acquire, (False,))
                 if got[0]:
+                    self._inside = True  # a handler's call meanwhile: see _check_enter
                     self._teardown()
                 # Otherwise another thread is inside a call; it tears down as it
                 # leaves (_left), after waking within its wait slice.
             finally:
                 if got and got[0]:
+                    self._inside = False
                     self._tlock.release()
 
     def _teardown(self) -> None:
@@ -1545,6 +1593,7 @@ class PythonRing(RingBase):
         self._tlock = threading.Lock()  # another parent thread may have held these
         self._slock = threading.Lock()
         self._owner = 0
+        self._inside = False
         self._hold = None  # the parent's hold is the parent's to release
         if self._torn_down:
             return
