@@ -5,11 +5,11 @@ of it after the C call; a channel's send may put a long frame out in
 several writes. Two calls inside one side of a handle at once would hand
 one of them the other's bytes, or interleave two frames on the wire: a
 fabricated message. So each side of a handle takes its turn, a
-:class:`Turn`: a :class:`Token` whose ``free`` slot is set while the side
-is free. ``del turn.free`` takes it (AttributeError: taken) and
-``turn.free = True`` gives it back: about 20 ns for both, uncontended,
-against about 115 ns for an RLock's non-blocking acquire and release on
-CPython 3.11 (whose ``acquire(False)`` parses its arguments every call).
+:class:`Turn`, whose ``free`` slot is set while the side is free.
+``del turn.free`` takes it (AttributeError: taken) and ``turn.free = True``
+gives it back: about 20 ns for both, uncontended, against about 115 ns for
+an RLock's non-blocking acquire and release on CPython 3.11 (whose
+``acquire(False)`` parses its arguments every call).
 The hot methods write the pattern inline, marked with :func:`takes_turn`;
 the others use :func:`one_at_a_time`:
 
@@ -81,7 +81,6 @@ __all__ = [
     "BUFFERS",
     "RX",
     "TX",
-    "Token",
     "Turn",
     "inside_a_call",
     "new_turns",
@@ -128,20 +127,9 @@ def reentrant_call(what: str, blocks: bool = False) -> RuntimeError:
     )
 
 
-class Token:
-    """One call at a time: ``del token.free`` takes it (AttributeError: taken),
-    ``token.free = True`` gives it back. Both are single opcodes, no call, so
-    CPython 3.10+ runs no signal handler between them and the ``try`` or
-    ``finally`` around them."""
-
-    __slots__ = ("free",)
-
-    def __init__(self) -> None:
-        self.free = True
-
-
-class Turn(Token):
-    """One side of a handle: a :class:`Token` whose waiters queue (see the module docstring).
+class Turn:
+    """One side of a handle, free while its ``free`` slot is set; its waiters
+    queue (see the module docstring).
 
     ``waiting`` holds each waiting call's lock, oldest first (a deque: its
     truth test, all that giving the turn back costs while nobody waits, is
@@ -155,10 +143,10 @@ class Turn(Token):
     lock taken or released out of turn.)
     """
 
-    __slots__ = ("handed", "waiting")
+    __slots__ = ("free", "handed", "waiting")
 
     def __init__(self) -> None:
-        super().__init__()
+        self.free = True
         self.waiting: collections.deque[Any] = collections.deque()
         self.handed: Any = None
 

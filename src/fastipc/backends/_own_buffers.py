@@ -16,37 +16,48 @@ and left it set).
 
 from __future__ import annotations
 
+import errno
 import sys
 import threading
 from typing import Any, Callable, ClassVar
 
 from .._checks import timeout_ns
 from .._turns import BUFFERS, refuse_or_free, takes_turn
-from ._native import ffi_fast
+from ._native import SPIN_NS, ffi_fast
 
-__all__ = ["BATCH_BYTES", "SCRATCH_BYTES", "OwnBuffers"]
+__all__ = ["BATCH_BYTES", "GIL_SPIN_NS", "SCRATCH_BYTES", "OwnBuffers"]
 
 #: A receive's buffer (bytes); longer messages are received into a fresh bytes.
 SCRATCH_BYTES = 64 * 1024
 #: Room for one recv_many batch in marshal format (bytes).
 BATCH_BYTES = 256 * 1024
 
+#: Spin for a peer holding the GIL, in the call that missed (nanoseconds): a
+#: peer that keeps up is met without entering the blocking path (~1 us of
+#: Python). Short, so other threads are barely held up.
+GIL_SPIN_NS = min(SPIN_NS, 3000)
+
 _ident = threading.get_ident
+_EAGAIN = -errno.EAGAIN
 
 
 class OwnBuffers:
     """The receive buffers of a native handle (mixed into NativeRing, NativeSubscriber).
 
-    The class provides ``_kind`` (for messages), ``_c_try_recv`` (the C
-    ``fi_*_try_recv(hf, buf, size)``), ``_recv_wait`` and ``_recv_batch``;
-    the handle sets ``_hf``, ``_owner``, ``_threads``, ``_busy``, ``_batch``
-    and ``_bview`` when it is made.
+    The class provides ``_kind`` (for messages), ``_c_try_recv`` and
+    ``_c_spin_recv1`` (the C ``fi_*_try_recv(hf, buf, size)`` and
+    ``fi_*_spin_recv1(hf, ns)``), ``_recv_wait`` and ``_recv_batch``; the
+    handle sets ``_hf``, ``_scratch``, ``_sbuf``, ``_owner``, ``_threads``,
+    ``_busy``, ``_batch`` and ``_bview`` when it is made.
     """
 
     _kind: ClassVar[str]
     _c_try_recv: ClassVar[Callable[..., int]]
+    _c_spin_recv1: ClassVar[Callable[..., int]]
     name: str
     _hf: Any
+    _scratch: Any
+    _sbuf: Any
     _owner: int
     _threads: threading.local
     _busy: bool
@@ -60,6 +71,21 @@ class OwnBuffers:
         self, batch: Any, bview: memoryview, max_count: int, timeout: float | None
     ) -> list[bytes]:
         raise NotImplementedError
+
+    @takes_turn(BUFFERS)
+    def _recv_slow(self, rc: int, timeout: float | None) -> bytes:
+        """recv() after the owner's first try missed (``rc``): spin, then wait."""
+        if self._busy:  # called by recv/_try_recv: look above them
+            return self._recv_fresh(timeout, self, sys._getframe(2))
+        self._busy = True
+        try:
+            if rc == _EAGAIN and timeout != 0:
+                rc = type(self)._c_spin_recv1(self._hf, GIL_SPIN_NS)
+                if rc >= 0:
+                    return self._sbuf[:rc]  # type: ignore[no-any-return]
+            return self._recv_wait(rc, timeout, self._scratch, self._sbuf)
+        finally:
+            self._busy = False
 
     def _recv_fresh(self, timeout: float | None, holder: Any, above: Any) -> bytes:
         """Receive into buffers of this call alone: ``holder``'s (the handle's or

@@ -60,8 +60,6 @@ _EINTR = -errno.EINTR
 _EOVERFLOW = -errno.EOVERFLOW
 _ECHILD = -errno.ECHILD  # fi_bc_try_recv1 from a thread other than the scratch buffer's
 
-#: Spin holding the GIL in the call that missed, as NativeRing does.
-_GIL_SPIN_NS = min(SPIN_NS, 3000)
 
 #: What a segment of another kind is, by its magic, and what opens it.
 _OTHER_MAGICS = {
@@ -370,6 +368,7 @@ class NativeSubscriber(OwnBuffers, _Handle, SubscriberBase):
 
     _kind = "broadcast subscriber"
     _c_try_recv = staticmethod(_try_recv)
+    _c_spin_recv1 = staticmethod(_spin_recv1)
 
     _scratch: Any
     _sbuf: Any
@@ -455,20 +454,6 @@ class NativeSubscriber(OwnBuffers, _Handle, SubscriberBase):
         if n == _ECHILD:
             return self._recv_elsewhere(timeout)
         return self._recv_slow(n, timeout)
-
-    @takes_turn(BUFFERS)
-    def _recv_slow(self, rc: int, timeout: float | None) -> bytes:
-        if self._busy:  # called by recv/_try_recv: look above them
-            return self._recv_fresh(timeout, self, sys._getframe(2))
-        self._busy = True
-        try:
-            if rc == _EAGAIN and timeout != 0:
-                rc = _spin_recv1(self._hf, _GIL_SPIN_NS)
-                if rc >= 0:
-                    return self._sbuf[:rc]  # type: ignore[no-any-return]
-            return self._recv_wait(rc, timeout, self._scratch, self._sbuf)
-        finally:
-            self._busy = False
 
     def _recv_wait(self, rc: int, timeout: float | None, cbuf: Any, pybuf: Any) -> bytes:
         if rc == _EAGAIN:

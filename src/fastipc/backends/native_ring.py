@@ -24,6 +24,7 @@ from ._blocking import deadline as _deadline
 from ._blocking import wait as _wait
 from ._native import SPIN_NS, ffi, ffi_fast, lib, lib_fast
 from ._own_buffers import BATCH_BYTES, SCRATCH_BYTES, OwnBuffers
+from ._own_buffers import GIL_SPIN_NS as _GIL_SPIN_NS
 
 __all__ = ["NativeRing"]
 
@@ -55,10 +56,6 @@ _ECHILD = -errno.ECHILD  # fi_ring_try_recv1 from a thread other than the scratc
 _ETIMEDOUT = -errno.ETIMEDOUT
 _EINTR = -errno.EINTR
 
-#: The first part of that spin is done holding the GIL, in the call that
-#: missed: a peer that keeps up is met without entering the blocking path
-#: (~1 us of Python). Short, so other threads are barely held up.
-_GIL_SPIN_NS = min(SPIN_NS, 3000)
 
 
 class NativeRing(OwnBuffers, RingBase):
@@ -66,6 +63,7 @@ class NativeRing(OwnBuffers, RingBase):
 
     _kind = "ring"
     _c_try_recv = staticmethod(_try_recv)
+    _c_spin_recv1 = staticmethod(_spin_recv1)
 
     _h: Any
     _hf: Any
@@ -340,20 +338,6 @@ class NativeRing(OwnBuffers, RingBase):
             return self._recv_elsewhere(0) if n == _ECHILD else self._recv_slow(n, 0)
         except Timeout:
             return None
-
-    @takes_turn(BUFFERS)
-    def _recv_slow(self, rc: int, timeout: float | None) -> bytes:
-        if self._busy:  # called by recv/_try_recv: look above them
-            return self._recv_fresh(timeout, self, sys._getframe(2))
-        self._busy = True
-        try:
-            if rc == _EAGAIN and timeout != 0:
-                rc = _spin_recv1(self._hf, _GIL_SPIN_NS)
-                if rc >= 0:
-                    return self._sbuf[:rc]  # type: ignore[no-any-return]
-            return self._recv_wait(rc, timeout, self._scratch, self._sbuf)
-        finally:
-            self._busy = False
 
     def _recv_wait(self, rc: int, timeout: float | None, cbuf: Any, pybuf: Any) -> bytes:
         if rc == _EAGAIN:
