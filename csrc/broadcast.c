@@ -169,7 +169,9 @@ struct fi_bcast {
     uint64_t hold_gen;
     uint64_t held_len, held_pos, held_stride;
     /* Subscriber doorbells (fi_bc_set_bells): the FIFO of slot i is
-     * bell_prefix + i, opened by the first publish that must ring it. */
+     * bell_prefix + i, opened by the first publish that must ring it.
+     * bells and its entries are set by CAS (bell_table, ring_slot_bell):
+     * threads of one handle may ring at once. */
     char *bell_prefix;
     int *bells;
     uint32_t bell_uid;
@@ -216,38 +218,62 @@ static inline void wake(uint32_t *futex_word, uint32_t *sleeping)
     }
 }
 
+/* The handle's table of bell fds (-1: not open yet), made by the first ring.
+ * Two threads may ring at once (shutdown(), which keeps the GIL, and a
+ * publish that released it): the table is published by one CAS, filled
+ * before it, so no thread reads an fd from an unfilled table; the loser
+ * frees its own. NULL: no memory (the ring is skipped, a bell is a hint). */
+static int *bell_table(fi_bcast *b)
+{
+    int *t = __atomic_load_n(&b->bells, __ATOMIC_ACQUIRE);
+    if (t)
+        return t;
+    int *fresh = malloc(sizeof(int) * b->nslots);
+    if (!fresh)
+        return NULL;
+    for (uint32_t k = 0; k < b->nslots; k++)
+        fresh[k] = -1;
+    if (__atomic_compare_exchange_n(&b->bells, &t, fresh, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return fresh;
+    free(fresh);
+    return t;
+}
+
 /* Write one byte to slot i's doorbell FIFO, opening it the first time
  * (never following a symlink; only a FIFO owned by us, root or the
  * segment's owner). A missing or unusable one is skipped: a bell is a hint,
- * and a full FIFO (EAGAIN) already holds a wake-up. */
+ * and a full FIFO (EAGAIN) already holds a wake-up. Of two threads opening
+ * the same bell at once, one CAS keeps one fd and the other closes its own
+ * (the table is read without a lock: fds are closed only by unmap(), when
+ * no call is inside). */
 static void ring_slot_bell(fi_bcast *b, uint32_t i)
 {
     if (!b->bell_prefix)
         return;
-    if (!b->bells) {
-        b->bells = malloc(sizeof(int) * b->nslots);
-        if (!b->bells)
-            return;
-        for (uint32_t k = 0; k < b->nslots; k++)
-            b->bells[k] = -1;
-    }
-    if (b->bells[i] < 0) {
+    int *t = bell_table(b);
+    if (!t)
+        return;
+    int fd = __atomic_load_n(&t[i], __ATOMIC_ACQUIRE);
+    if (fd < 0) {
         char path[512];
         struct stat st;
         if (snprintf(path, sizeof path, "%s%u", b->bell_prefix, i) >= (int)sizeof path)
             return;
-        int fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW);
-        if (fd < 0)
+        int mine = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW);
+        if (mine < 0)
             return;
-        if (fstat(fd, &st) || !S_ISFIFO(st.st_mode) ||
+        if (fstat(mine, &st) || !S_ISFIFO(st.st_mode) ||
             (st.st_uid != geteuid() && st.st_uid != 0 && st.st_uid != b->bell_uid)) {
-            close(fd);
+            close(mine);
             return;
         }
-        b->bells[i] = fd;
+        if (__atomic_compare_exchange_n(&t[i], &fd, mine, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            fd = mine;
+        else
+            close(mine); /* another thread's open won: fd is now its fd */
     }
     char c = 0;
-    ssize_t w = write(b->bells[i], &c, 1);
+    ssize_t w = write(fd, &c, 1);
     (void)w;
 }
 

@@ -304,8 +304,9 @@ void fi_bc_set_scratch(fi_bcast *b, char *buf, size_t cap);
  * them). After a publish, and at shutdown, a handle writes one byte to the
  * FIFO of each slot whose watcher count is non-zero, opening it the first
  * time (O_NOFOLLOW; only a FIFO owned by this user, root or `uid`) and
- * keeping the fd until the mapping goes. -EINVAL prefix over 400 bytes,
- * -ENOMEM. Serial. */
+ * keeping the fd until the mapping goes (threads ringing at once open
+ * one fd per FIFO). -EINVAL prefix over 400 bytes, -ENOMEM. Serial: call
+ * it before the handle is shared. */
 int fi_bc_set_bells(fi_bcast *b, const char *prefix, uint32_t uid);
 
 /* Add delta to this subscriber's slot watcher count (clamped to

@@ -173,3 +173,68 @@ def test_closing_a_subscriber_gives_its_slot_back_while_an_export_of_a_view_live
         """
     )
     assert out.stdout.strip() == "done"
+
+
+def test_shutdown_racing_a_publish_on_the_same_handle_opens_each_doorbell_once(
+    ring_name: str,
+) -> None:
+    """shutdown() rings every subscriber's doorbell, and a publish in another thread (the
+    GIL released while it waited for room) rings a watched one's: the first ring of a
+    handle opens the bell FIFO, and both opening it at once kept one fd and leaked the
+    other (or, the handle's table of bell fds being made by both, wrote a byte to an fd
+    number read from uninitialised memory: someone else's file). Each handle must hold at
+    most one fd per bell, and closing it must leave none behind."""
+    out = run_python(
+        f"""
+        import os, random, threading, time
+        from fastipc import Broadcast, Closed
+
+        def fds_to(path):
+            n = 0
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    n += os.readlink(f"/proc/self/fd/{{fd}}") == path
+                except OSError:
+                    pass
+            return n
+
+        most = 0
+        for trial in range(300):
+            name = f"{ring_name}_{{trial}}"
+            pub = Broadcast.create(name, 1024, subscribers=2, policy="block")
+            sub = Broadcast.subscribe(name)
+            bell = sub._open_bell()  # as the asyncio face does: the FIFO, then the watch
+            sub._watch(1)
+            path = os.readlink(f"/proc/self/fd/{{bell}}")
+            while True:  # fill the ring: the thread's publish must wait for room
+                try:
+                    pub.publish(b"x" * 100, timeout=0)
+                except Exception:
+                    break
+
+            def publish():
+                try:
+                    pub.publish(b"y" * 100, timeout=10)
+                except Closed:
+                    pass
+
+            t = threading.Thread(target=publish)
+            t.start()
+            time.sleep(0.002)
+            sub.recv(timeout=0)  # room: the publish goes on, with the GIL released
+            end = time.perf_counter() + random.random() * 80e-6
+            while time.perf_counter() < end:
+                pass
+            pub.shutdown()
+            t.join(10)
+            most = max(most, fds_to(path) - 1)  # less the subscriber's own
+            pub.unlink()
+            pub.close()
+            sub.close()
+            os.close(bell)
+            assert fds_to(path) == 0, (trial, fds_to(path))
+        assert most <= 1, most
+        print("done")
+        """
+    )
+    assert out.stdout.strip() == "done"

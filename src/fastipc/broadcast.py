@@ -73,10 +73,8 @@ class Broadcast(BroadcastImpl):
     leaves the ring usable by the others; no message is ever torn.
 
     Make one with :meth:`create` or :meth:`open`, never by calling the class.
-    Threads publishing at once are best given a handle each
-    (``Broadcast.open``): the ring orders publishers, but one handle's
-    ``shutdown`` racing its own ``publish`` in another thread may open a
-    second doorbell fd.
+    Threads may share a handle: the ring orders publishers (one handle or
+    several, in any processes), each message whole.
     Every ``timeout`` is in seconds (None: no limit, 0: never wait).
     """
 
