@@ -416,16 +416,14 @@ def drain(fd: int) -> None:
 class ChannelBase:
     """What every channel backend provides; see :class:`fastipc.Channel` for the contract."""
 
-    #: The largest message, in bytes, this end sends or accepts.
-    max_message: int
     #: The endpoint (path, @name or description) used in error messages.
     name: str
-    #: Messages sent of at least this many bytes go through shared memory (0:
-    #: never), as set; a channel that cannot make its area (no memfd, no
-    #: memory) or whose peer writes nonsense into it sends inline regardless.
-    handoff_min: int
-    #: Size in bytes of this end's hand-off area.
-    handoff_area: int
+    # What the properties below read: fixed when the channel is made (the
+    # native core holds its own copies, and the python backend derives its
+    # inline-send bound from them once).
+    _max_message: int
+    _handoff_min: int
+    _handoff_area: int
     #: The view recv_view has lent, while its block runs.
     _view: memoryview | None
     _sock: socket.socket | None
@@ -437,6 +435,24 @@ class ChannelBase:
 
     def __init__(self, *_: object) -> None:
         raise TypeError("use Channel.pair(), Channel.connect(), Channel.from_socket() or accept()")
+
+    @property
+    def max_message(self) -> int:
+        """The largest message, in bytes, this end sends or accepts (read-only: set
+        when the channel is made)."""
+        return self._max_message
+
+    @property
+    def handoff_min(self) -> int:
+        """Messages sent of at least this many bytes go through shared memory (0:
+        never); read-only. A channel that cannot make its area (no memfd, no memory)
+        or whose peer writes nonsense into it sends inline regardless."""
+        return self._handoff_min
+
+    @property
+    def handoff_area(self) -> int:
+        """Size in bytes of this end's hand-off area (read-only)."""
+        return self._handoff_area
 
     # ---- construction (for the public factories) -----------------------
     @classmethod
@@ -454,8 +470,8 @@ class ChannelBase:
         self._sock = sock
         self._passes_fds = sock.family == socket.AF_UNIX
         self.name = name
-        self.max_message = max_message
-        self.handoff_min, self.handoff_area = handoff
+        self._max_message = max_message
+        self._handoff_min, self._handoff_area = handoff
         new_turns(self)
         self._setup()
         return self

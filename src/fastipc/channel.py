@@ -83,7 +83,8 @@ class Channel(ChannelImpl):
 
     Attributes (declared with their meaning in ``_contract.ChannelBase``):
     ``name`` (the endpoint, for messages), ``max_message`` (bytes),
-    ``handoff_min`` and ``handoff_area`` (bytes), ``closed``.
+    ``handoff_min`` and ``handoff_area`` (bytes), ``closed``; all
+    read-only (the sizes are fixed when the channel is made).
     """
 
     # ---- construction -------------------------------------------------

@@ -79,7 +79,7 @@ class NativeChannel(ChannelBase):
 
     def _setup(self) -> None:
         out = ffi.new("fi_chan **")
-        rc = lib.fi_chan_new(self._socket().fileno(), RECV_BUFFER, self.max_message, MAX_FDS, out)
+        rc = lib.fi_chan_new(self._socket().fileno(), RECV_BUFFER, self._max_message, MAX_FDS, out)
         if rc:
             self._sock = None
             self._fail(-rc)
@@ -95,8 +95,8 @@ class NativeChannel(ChannelBase):
         self._sbuf = ffi_fast.buffer(self._scratch)
         lib_fast.fi_chan_set_scratch(self._hf, self._scratch, SCRATCH_BYTES)
         lib.fi_chan_set_spin(self._h, SPIN_NS)
-        if self.handoff_min:
-            rc = lib.fi_chan_set_handoff(self._h, self.handoff_min, self.handoff_area)
+        if self._handoff_min:
+            rc = lib.fi_chan_set_handoff(self._h, self._handoff_min, self._handoff_area)
             if rc:  # validate_handoff let through what C refuses: a bug, say so
                 raise ValueError(
                     f"handoff_min/handoff_area refused by the C core ({os.strerror(-rc)})"
@@ -169,7 +169,7 @@ class NativeChannel(ChannelBase):
         fdl = self._fd_list(fds) if fds else []
         deadline = _deadline(timeout)
         n = mv.nbytes
-        if n > self.max_message:
+        if n > self._max_message:
             self._too_large(n)
         buf = _from_buffer(data) if type(data) is bytes else _cbuffer(mv)
         fdarr = ffi.new("int[]", fdl) if fdl else ffi.NULL
@@ -226,7 +226,7 @@ class NativeChannel(ChannelBase):
         if rc == _EMSGSIZE or rc == -errno.EINVAL:
             views = [check_buffer(item, f"send_many item {i}") for i, item in enumerate(items)]
             for i, mv in enumerate(views):
-                if mv.nbytes > self.max_message:
+                if mv.nbytes > self._max_message:
                     self._too_large(mv.nbytes, f"send_many item {i}", "; nothing was sent")
             if not blob:
                 raise TypeError("send_many items must be bytes-like objects")  # pragma: no cover
@@ -266,7 +266,7 @@ class NativeChannel(ChannelBase):
     def _too_large(self, n: int, what: str = "message", tail: str = "") -> NoReturn:
         self._fail(
             errno.EMSGSIZE,
-            detail=f"{what} of {n} bytes exceeds max_message={self.max_message}{tail}",
+            detail=f"{what} of {n} bytes exceeds max_message={self._max_message}{tail}",
         )
 
     # ---- receive --------------------------------------------------------

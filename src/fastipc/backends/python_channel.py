@@ -168,6 +168,7 @@ class PythonChannel(ChannelBase):
     _at_big: bool  # True: into _big (advances _big_done), else the buffer (_rend)
     _recvmsg: Callable[..., Any]
     _area_from: int  # stream offset of the frame that brought _rx_area
+    _inline_max: int  # longest bytes message send() frames inline in one send()
 
     def _setup(self) -> None:
         self._rbuf = bytearray(RECV_BUFFER)
@@ -201,6 +202,14 @@ class PythonChannel(ChannelBase):
         self._rx_release = -1
         self._view = None
         self._held_release = -1
+        # The longest bytes message send() frames inline with one send() of one
+        # joined buffer: one bound for what the fast path would otherwise test
+        # one by one (the join limit, max_message, below the hand-off).
+        self._inline_max = min(
+            _JOIN_MAX - 1,
+            self._max_message,
+            self._handoff_min - 1 if self._handoff_min else _JOIN_MAX,
+        )
 
     def _release(self) -> None:
         while self._inbox:  # a read whose bookkeeping an exception cut short
@@ -295,16 +304,15 @@ class PythonChannel(ChannelBase):
             timeout = turn.wait_take(self, TX, timeout)
         try:
             sock = self._sock
-            n = len(data) if type(data) is bytes else _JOIN_MAX
             if (
-                n < _JOIN_MAX
+                type(data) is bytes
+                and len(data) <= self._inline_max
                 and not fds
                 and sock is not None
-                and n <= self.max_message
-                and (n < self.handoff_min or not self.handoff_min)
             ):
                 # A small message: header and payload in one buffer, one send(). A
                 # partial or refused write goes on through the general path.
+                n = len(data)
                 frame = _pack(n, 0) + data
                 done = -1
                 try:
@@ -335,11 +343,11 @@ class PythonChannel(ChannelBase):
         fdl = self._fd_list(fds) if fds else []
         deadline = self._deadline(timeout)
         n = mv.nbytes
-        if n > self.max_message:
+        if n > self._max_message:
             self._too_large(n)
         flags = FRAME_FDS if fdl else 0
         body = mv
-        area = self._handoff_area(n) if not fdl else None
+        area = self._send_area_for(n) if not fdl else None
         if area is not None:
             wait_until = time.monotonic_ns() + WAIT_NS
             if deadline is not None:
@@ -409,18 +417,18 @@ class PythonChannel(ChannelBase):
                 self.close()  # part of a frame went out: the stream cannot be resynchronised
             raise
 
-    def _handoff_area(self, n: int) -> SendArea | None:
+    def _send_area_for(self, n: int) -> SendArea | None:
         """The area a message of ``n`` bytes goes through, or None: inline."""
-        if not self.handoff_min or not self.handoff_min <= n <= self.handoff_area // 2:
+        if not self._handoff_min or not self._handoff_min <= n <= self._handoff_area // 2:
             return None
-        if not self._passes_fds:  # handoff_min set after from_socket on tcp: no memfd can pass
+        if not self._passes_fds:  # tcp (from_socket turns hand-off off there): no memfd can pass
             return None
         area = self._tx_area
         if area is None:
             if self._no_area:
                 return None
             try:
-                area = self._tx_area = SendArea(self.handoff_area)
+                area = self._tx_area = SendArea(self._handoff_area)
             except OSError:
                 self._no_area = True  # e.g. no memfd or no memory here: inline from now on
                 return None
@@ -432,12 +440,12 @@ class PythonChannel(ChannelBase):
         msgs = buffers if type(buffers) is list else list(buffers)
         if msgs and set(map(type, msgs)) == {bytes}:
             lens = list(map(len, msgs))
-            if max(lens) <= min(_JOIN_MAX, self.max_message):
+            if max(lens) <= min(_JOIN_MAX, self._max_message):
                 return self._send_joined(sock, msgs, lens, self._deadline(timeout))
         items = [check_buffer(b, f"send_many item {i}") for i, b in enumerate(msgs)]
         deadline = self._deadline(timeout)
         for i, mv in enumerate(items):
-            if mv.nbytes > self.max_message:
+            if mv.nbytes > self._max_message:
                 self._too_large(mv.nbytes, f"send_many item {i}", "; nothing was sent")
         heads = [_pack(mv.nbytes, 0) for mv in items]
         sent, done = 0, 0  # whole frames sent; bytes of frame `sent` sent
@@ -659,10 +667,10 @@ class PythonChannel(ChannelBase):
         if self._rend - self._rpos < 8:
             return None
         n, flags = _unpack_from(self._rbuf, self._rpos)
-        if n > self.max_message or flags & ~FRAME_FDS:
+        if n > self._max_message or flags & ~FRAME_FDS:
             # The rare header (hand-off, or bad): framing.check_header is the one judge.
             try:
-                check_header(n, flags, self.max_message, CHANNEL_FLAGS)
+                check_header(n, flags, self._max_message, CHANNEL_FLAGS)
             except MessageTooLarge:
                 self._kill(errno.EFBIG, n)
                 self._raise()
@@ -810,7 +818,7 @@ class PythonChannel(ChannelBase):
     def _too_large(self, n: int, what: str = "message", tail: str = "") -> NoReturn:
         self._fail(
             errno.EMSGSIZE,
-            detail=f"{what} of {n} bytes exceeds max_message={self.max_message}{tail}",
+            detail=f"{what} of {n} bytes exceeds max_message={self._max_message}{tail}",
         )
 
     # ---- receive: the API -------------------------------------------------
@@ -840,11 +848,11 @@ class PythonChannel(ChannelBase):
                 # A whole plain frame already buffered: cut it here (consumed by the
                 # one store of _rpos, after the copy).
                 n, flags = _unpack_from(self._rbuf, pos)
-                if not flags and n <= self.max_message and self._rend - pos - 8 >= n:
+                if not flags and n <= self._max_message and self._rend - pos - 8 >= n:
                     out = bytes(self._rmv[pos + 8 : pos + 8 + n])
                     self._rpos = pos + 8 + n
                     return out
-            data, _ = self._frame(self.max_message, False, self._deadline(timeout))
+            data, _ = self._frame(self._max_message, False, self._deadline(timeout))
             out = bytes(data)
             self._copied()
             return out
@@ -855,7 +863,7 @@ class PythonChannel(ChannelBase):
 
     @one_at_a_time(RX)
     def _take_view(self, timeout: float | None) -> tuple[memoryview, Callable[[], None]]:
-        data, _ = self._frame(self.max_message, False, self._deadline(timeout))
+        data, _ = self._frame(self._max_message, False, self._deadline(timeout))
         area = self._rx_area
         if self._rx_release >= 0:
             view = data.toreadonly()  # in place in the peer's area
@@ -874,7 +882,7 @@ class PythonChannel(ChannelBase):
 
     @one_at_a_time(RX)
     def recv_with_fds(self, timeout: float | None = None) -> tuple[bytes, list[int]]:
-        data, fds = self._frame(self.max_message, True, self._deadline(timeout))
+        data, fds = self._frame(self._max_message, True, self._deadline(timeout))
         out = bytes(data)
         self._copied()
         return out, fds
@@ -899,7 +907,7 @@ class PythonChannel(ChannelBase):
     @one_at_a_time(RX)
     def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
         validate_max_count(max_count)
-        data, _ = self._frame(self.max_message, False, self._deadline(timeout))
+        data, _ = self._frame(self._max_message, False, self._deadline(timeout))
         out = [bytes(data)]
         self._copied()
         # Then whatever complete frames are already buffered, without a syscall;
@@ -911,7 +919,7 @@ class PythonChannel(ChannelBase):
             if avail < 8:
                 break
             n, flags = _unpack_from(self._rbuf, self._rpos)
-            if flags or n > self.max_message or avail - 8 < n:
+            if flags or n > self._max_message or avail - 8 < n:
                 break
             data, _ = self._frame(n, False, None)
             out.append(bytes(data))
@@ -924,7 +932,7 @@ class PythonChannel(ChannelBase):
         view) and cut in one C call; consumed by one store of _rpos at the end,
         so an exception anywhere before leaves them all queued.
         """
-        buf, mv, maxm = self._rbuf, self._rmv, self.max_message
+        buf, mv, maxm = self._rbuf, self._rmv, self._max_message
         pos, end = self._rpos, self._rend
         got: list[bytes] = []
         want = max_count - len(out)
