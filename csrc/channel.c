@@ -51,10 +51,12 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "fastipc's frame and batch formats assume a little-endian CPU"
@@ -147,8 +149,35 @@ struct fi_chan {
     char *stage; /* STAGE_CAP bytes, allocated by the first batch */
 
     struct handoff_rx hrx; /* hand-off: the peer's area we read from (handoff.h) */
+    int hrx_lock;          /* pid of the thread touching hrx, 0: none (hrx_take) */
     struct handoff_tx htx; /* hand-off: our area */
 };
+
+/* hrx is touched by the receiving call (the holder of the Python RX turn,
+ * the GIL released) and by fi_chan_release_view and the view pins, which
+ * a recv_view block's thread calls at its end without the turn while
+ * another thread may be receiving: unguarded, a release could be lost or
+ * stored backwards, and a new area mapped by the receiver could be freed
+ * under the other's read. Each holds this word around its few loads and
+ * stores (or one mmap/munmap). It holds the holder's pid: a word inherited
+ * held through fork() names another process, and is taken over (no
+ * thread here will let it go). */
+static void hrx_take(fi_chan *c)
+{
+    int me = (int)getpid();
+    for (;;) {
+        int v = 0;
+        if (__atomic_compare_exchange_n(&c->hrx_lock, &v, me, 0, __ATOMIC_ACQUIRE,
+                                        __ATOMIC_RELAXED))
+            return;
+        if (v != me && __atomic_compare_exchange_n(&c->hrx_lock, &v, me, 0, __ATOMIC_ACQUIRE,
+                                                   __ATOMIC_RELAXED))
+            return;
+        sched_yield();
+    }
+}
+
+static void hrx_give(fi_chan *c) { __atomic_store_n(&c->hrx_lock, 0, __ATOMIC_RELEASE); }
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -427,11 +456,16 @@ static int bulk_take(fi_chan *c, uint64_t start, uint32_t len, uint32_t flags,
 {
     const char *src;
     uint64_t rel;
+    hrx_take(c);
     int rc = bulk_locate(c, start, len, flags, d, &src, &rel);
+    hrx_give(c);
     if (rc)
         return rc;
+    /* src is in the current area: only this (turn-holding) call replaces it. */
     memcpy(out, src, len);
+    hrx_take(c);
     fi_handoff_release(&c->hrx, rel);
+    hrx_give(c);
     return 0;
 }
 
@@ -557,7 +591,10 @@ static int64_t recv_view_step(fi_chan *c, char *out, size_t cap, size_t unused)
         return c->dead;
     if (c->rx_active)
         return -ENOMSG; /* a long inline frame is being read */
-    if (c->hrx.view_held)
+    hrx_take(c);
+    int held = c->hrx.view_held;
+    hrx_give(c);
+    if (held)
         return -EBUSY;
     for (;;) {
         size_t avail = c->rend - c->rpos;
@@ -572,12 +609,15 @@ static int64_t recv_view_step(fi_chan *c, char *out, size_t cap, size_t unused)
                 uint64_t start = c->rx_total - avail, rel;
                 const char *d = c->rbuf + c->rpos + HDR, *src;
                 c->rpos += HDR + HANDOFF_DESC;
+                hrx_take(c);
                 rc = bulk_locate(c, start, len, flags, d, &src, &rel);
+                if (!rc)
+                    fi_handoff_lend(&c->hrx, rel);
+                hrx_give(c);
                 if (rc)
                     return rc;
                 *(const char **)(void *)out = src;
                 (void)cap;
-                fi_handoff_lend(&c->hrx, rel);
                 c->view_end = start + HDR + HANDOFF_DESC;
                 c->view_len = len;
                 return len;
@@ -912,7 +952,9 @@ fi_area *fi_chan_view_pin(fi_chan *c)
 {
     if (enter(c))
         return NULL;
+    hrx_take(c);
     fi_area *a = fi_handoff_pin(&c->hrx);
+    hrx_give(c);
     leave(c);
     return a;
 }
@@ -923,7 +965,9 @@ int fi_chan_view_pin_into(fi_chan *c, fi_pin *pin)
         return -EINVAL;
     if (enter(c))
         return -EBADF;
+    hrx_take(c);
     fi_area *a = fi_handoff_pin(&c->hrx);
+    hrx_give(c);
     leave(c);
     if (!a)
         return -ENOENT;
@@ -1183,7 +1227,10 @@ static int release_view_body(fi_chan *c)
 {
     if (!c)
         return -EBADF;
-    return fi_handoff_unlend(&c->hrx);
+    hrx_take(c);
+    int rc = fi_handoff_unlend(&c->hrx);
+    hrx_give(c);
+    return rc;
 }
 
 static int64_t recv_batch_body(fi_chan *c, char *out, size_t cap, size_t max_count,

@@ -277,15 +277,17 @@ def test_recv_view_of_a_message_that_came_through_the_socket_is_a_view_of_a_copy
 
 
 def test_a_view_dropped_before_its_block_started_does_not_wedge_the_channel() -> None:
-    # What an exception landing between the lend and the block leaves: the
-    # backend lent a view nobody will release. (Driven through the
-    # backend's hook, as the instant cannot be hit on purpose.)
+    # What an exception landing between the lend and the handle recording it
+    # leaves: the backend lent a view nobody will release. (Driven through
+    # the backend's hook, as the instant cannot be hit on purpose.)
     a, b = Channel.pair(handoff_min=4096, handoff_area=1 << 16)
     with a, b:
         a.send(payload(1, 30_000))
-        view, _ = b._take_view(5)  # lent, then lost
-        assert view == payload(1, 30_000)
-        del view
+        got: list[Any] = []
+        b._take_view(5, got)  # lent, then lost before the handle recorded it
+        b._view = None
+        assert got[0] == payload(1, 30_000)
+        del got
         for i in range(2, 12):  # 300 KB through a 64 KB area: its room must come back
             a.send(payload(i, 30_000), timeout=5)
             with b.recv_view(timeout=5) as v:
@@ -341,3 +343,75 @@ print(ok, maps)
 """
     )
     assert out.stdout.split() == ["True", "0"], out.stderr
+
+
+def test_threads_sharing_a_channel_with_recv_view_never_see_a_reused_view() -> None:
+    """One thread reads views (holding each a while), another receives copies, a third
+    keeps trying recv_view too. A second recv_view must raise ValueError, never release
+    the first one's view (the native backend let its room go, so the sender rewrote what
+    the first thread was still reading), and a block's end racing the other thread's
+    receive must never lose or reorder a release (the sender would stall or turn
+    hand-off off)."""
+    out = run_python(
+        """
+        import threading, time
+        from fastipc import Channel, Timeout
+
+        N, SIZE = 600, 20_000
+        a, b = Channel.pair(handoff_min=4096, handoff_area=1 << 17)
+        got, bad, errors = [], [], []
+        done = threading.Event()
+
+        def body(i):
+            return i.to_bytes(4, "little") * (SIZE // 4)
+
+        def check(data, how):
+            i = int.from_bytes(bytes(data[:4]), "little")
+            if len(data) != SIZE or data != body(i):
+                bad.append((how, i))
+            got.append(i)
+
+        def viewer(pause):
+            while not done.is_set():
+                try:
+                    with b.recv_view(timeout=0.05) as v:
+                        time.sleep(pause)  # the sender goes on meanwhile
+                        check(v, "view")
+                except ValueError as exc:
+                    if "already open" not in str(exc):
+                        errors.append(repr(exc))
+                except Timeout:
+                    pass
+                except Exception as exc:
+                    errors.append(repr(exc))
+                    return
+
+        def copier():
+            while not done.is_set():
+                try:
+                    check(b.recv(timeout=0.05), "copy")
+                except Timeout:
+                    pass
+                except Exception as exc:
+                    errors.append(repr(exc))
+                    return
+
+        threads = [threading.Thread(target=viewer, args=(0.001,)),
+                   threading.Thread(target=viewer, args=(0,)), threading.Thread(target=copier)]
+        for t in threads:
+            t.start()
+        for i in range(N):
+            a.send(body(i), timeout=30)
+        deadline = time.monotonic() + 30
+        while len(got) < N and time.monotonic() < deadline and not errors:
+            time.sleep(0.01)
+        done.set()
+        for t in threads:
+            t.join(10)
+        assert not errors, errors[:3]
+        assert not bad, bad[:5]
+        assert sorted(got) == list(range(N)), (len(got), N)
+        print("done")
+        """
+    )
+    assert out.stdout.strip() == "done"

@@ -13,7 +13,7 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, NoReturn, TypeVar
 
@@ -600,14 +600,21 @@ class ChannelBase:
         done (see csrc/channel.c, spin_end).
         """
         self._socket()
-        if self._view is not None:
-            raise ValueError(f"channel {self.name}: a recv_view is already open")
+        self._no_view_out()  # (again in _take_view, holding the turn)
         return self._lend_view(timeout)
 
     @contextmanager
     def _lend_view(self, timeout: float | None) -> Iterator[memoryview]:
-        view, give_back = self._take_view(timeout)
-        self._view = view
+        got: list[Any] = []
+        try:
+            self._take_view(timeout, got)
+        except BaseException:
+            if got:  # lent, then a signal handler raised before the block began
+                self._view = None
+                release_view(got[0])
+                got[1]()
+            raise
+        view, give_back = got
         try:
             yield view
         finally:
@@ -615,10 +622,21 @@ class ChannelBase:
             release_view(view)
             give_back()
 
-    def _take_view(self, timeout: float | None) -> tuple[memoryview, Callable[[], None]]:
-        """The backend's part of recv_view: the next message's view, and the call that
-        gives its room back (and that of messages received meanwhile) when the block ends."""
+    def _take_view(self, timeout: float | None, got: list[Any]) -> None:
+        """The backend's part of recv_view: add to ``got`` the next message's view and
+        the call that gives its room back (and that of messages received meanwhile)
+        when the block ends.
+
+        Holding the receive turn, it raises ValueError if a view is out (one
+        another thread's recv_view took while this call waited for the turn)
+        and sets ``_view`` before it gives the turn back: a second thread's
+        recv_view must never release or overlap the first one's view."""
         raise NotImplementedError
+
+    def _no_view_out(self) -> None:
+        """ValueError if a recv_view block holds a view (call holding the receive turn)."""
+        if self._view is not None:
+            raise ValueError(f"channel {self.name}: a recv_view is already open")
 
     def pending(self) -> bool:
         """True if a whole message is already buffered in this process.

@@ -181,6 +181,7 @@ class ReceiveArea:
             self.close()
             raise ValueError("the hand-off area does not start with fastipc's magic")
         self.size = st.st_size - AREA_HEADER
+        self._released = -1  # the last position stored (release() never goes back)
 
     def message(self, descriptor: memoryview, n: int) -> tuple[memoryview, int] | None:
         """The ``n``-byte message ``descriptor`` names and its release position; None if outside."""
@@ -195,8 +196,13 @@ class ReceiveArea:
         One aligned 8-byte store (memoryview packs a 'Q' with one memcpy of 8),
         made after the copy's loads: x86-64 never moves a store before earlier
         loads. (The C backend uses a release store, right on every CPU.)
+        Never backwards: a recv_view block's end in one thread and a receive
+        in another may release out of order (no call between the test and the
+        store, so no other thread runs in between).
         """
-        self._words[_RELEASED] = position
+        if position > self._released:
+            self._released = position
+            self._words[_RELEASED] = position
 
     def close(self) -> None:
         _unmap(self._map, (self._words, self._mv))

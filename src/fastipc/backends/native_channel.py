@@ -7,7 +7,7 @@ import marshal
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from functools import partial
 from typing import Any, NoReturn
 
@@ -334,9 +334,10 @@ class NativeChannel(ChannelBase):
         return big
 
     @one_at_a_time(RX)
-    def _take_view(self, timeout: float | None) -> tuple[memoryview, Callable[[], None]]:
+    def _take_view(self, timeout: float | None, got: list[Any]) -> None:
+        self._no_view_out()
         h, ptr = self._h, ffi.new("char **")
-        # No view is out (recv_view checked), yet C may still hold one: an
+        # No view is out (checked holding the turn), yet C may still hold one: an
         # exception (a signal handler raising) between C lending it and the
         # block starting drops the view unseen. Let it go, or every later
         # recv_view would fail with EBUSY and the area's room never return.
@@ -352,16 +353,17 @@ class NativeChannel(ChannelBase):
             if rc:  # -EBADF: another thread closed the channel since C lent the view
                 lib.fi_chan_release_view(h)
                 self._recv_error(rc)
-            return (
-                memoryview(
-                    ffi.buffer(ffi.gc(ffi.cast("char *", ptr[0]), partial(_pin_drop, pin)), n)
-                ).toreadonly(),
-                self._release_lent,
-            )
+            self._view = view = memoryview(
+                ffi.buffer(ffi.gc(ffi.cast("char *", ptr[0]), partial(_pin_drop, pin)), n)
+            ).toreadonly()
+            got += (view, self._release_lent)  # one C call: lent and handed over at once
+            return
         if n == -errno.ENOMSG:  # an inline message: received as recv() does (holding the turn)
             rc = _try_recv1(self._hf)
             data = self._sbuf[:rc] if rc >= 0 else self._recv_slow(rc, time_left(deadline), 0)
-            return memoryview(data), _nothing
+            self._view = view = memoryview(data)
+            got += (view, _nothing)
+            return
         self._recv_error(n)
 
     def _release_lent(self) -> None:

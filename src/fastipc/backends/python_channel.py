@@ -862,7 +862,8 @@ class PythonChannel(ChannelBase):
                 turn.wake()
 
     @one_at_a_time(RX)
-    def _take_view(self, timeout: float | None) -> tuple[memoryview, Callable[[], None]]:
+    def _take_view(self, timeout: float | None, got: list[Any]) -> None:
+        self._no_view_out()
         data, _ = self._frame(self._max_message, False, self._deadline(timeout))
         area = self._rx_area
         if self._rx_release >= 0:
@@ -878,7 +879,8 @@ class PythonChannel(ChannelBase):
             if rel >= 0 and area is not None and area is self._rx_area:
                 area.release(rel)
 
-        return view, give_back
+        self._view = view
+        got += (view, give_back)  # one C call: lent and handed over at once
 
     @one_at_a_time(RX)
     def recv_with_fds(self, timeout: float | None = None) -> tuple[bytes, list[int]]:
