@@ -582,7 +582,7 @@ static int64_t publish_batch_locked(fi_bcast *b, const char *buf, size_t len, si
 static void advance(fi_bcast *b, uint64_t pos, uint64_t seq)
 {
     b->pos = pos;
-    b->seq = seq;
+    __atomic_store_n(&b->seq, seq, __ATOMIC_RELEASE); /* fi_bc_len reads it from other threads */
     struct bc_slot *s = &b->slots[b->slot]; /* the slot goes only with the mapping */
     __atomic_store_n(&s->seq, seq, __ATOMIC_RELAXED);
     if (b->policy == 1) {
@@ -656,7 +656,7 @@ static int check_seq(fi_bcast *b, uint64_t seq)
     b->lagged = seq - b->seq;
     b->missed += b->lagged;
     __atomic_store_n(&b->slots[b->slot].missed, b->missed, __ATOMIC_RELAXED);
-    b->seq = seq;
+    __atomic_store_n(&b->seq, seq, __ATOMIC_RELEASE); /* fi_bc_len reads it from other threads */
     b->resync = 0;
     advance(b, b->pos, seq);
     return -EOVERFLOW;
@@ -1358,7 +1358,7 @@ static int subscribe_locked(fi_bcast *b)
     b->slot = found;
     b->owner = self;
     b->pos = tail;
-    b->seq = seq;
+    __atomic_store_n(&b->seq, seq, __ATOMIC_RELEASE); /* fi_bc_len reads it from other threads */
     b->resync = 0;
     return 0;
 }
@@ -1400,9 +1400,13 @@ int64_t fi_bc_len(fi_bcast *b)
      * 11 M calls against a fast publisher). A publisher too fast to catch
      * between two loads, 64 times, gets the count clamped to what fits. */
     for (int tries = 0; tries < 64; tries++) {
+        /* This handle's cursor first: another thread's receive on it (the GIL
+         * released) may move it on meanwhile, but never past a seq read after
+         * it; read last, it could be two or more past seq: a false -EBADMSG. */
+        uint64_t mine = __atomic_load_n(&b->seq, __ATOMIC_ACQUIRE);
         uint64_t seq0 = ld_acq(&h->prod.seq);
         uint64_t head_seq = ld_acq(&h->prod.head_seq), seq = ld_acq(&h->prod.seq);
-        uint64_t from = b->seq > head_seq ? b->seq : head_seq;
+        uint64_t from = mine > head_seq ? mine : head_seq;
         if (seq < from)
             return seq + 1 < from ? -EBADMSG : 0; /* a publish in flight */
         n = seq - from;
