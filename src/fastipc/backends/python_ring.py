@@ -102,10 +102,10 @@ import threading
 import time
 import weakref
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from itertools import accumulate
-from typing import Any
+from typing import Any, NoReturn
 
 import posix_ipc
 
@@ -338,6 +338,59 @@ def _run_struct(n: int, count: int) -> struct.Struct:
             _RUNS.clear()
         st = _RUNS[(n, count)] = struct.Struct(f"8x{n}s{-n & 7}x" * count)
     return st
+
+
+def _cut_records(
+    q: Any,
+    mm: Any,
+    data: int,
+    D: int,
+    cap: int,
+    pos: int,
+    tail: int,
+    n: int,
+    count: int,
+    corrupt: Callable[[int, int], NoReturn],
+) -> tuple[list[bytes], int]:
+    """Up to ``count`` payloads of the records in [pos, tail), the first of length ``n``
+    (checked by the caller), and the position after the last one taken.
+
+    The records lie in a data area of ``D`` bytes from byte ``data`` of
+    ``mm`` (``q``: the same memory as u64 words), a record's header never
+    split by the wrap (the layout the python Ring and Broadcast share).
+    ``corrupt(n, pos)`` raises for a length that cannot be one written there.
+    """
+    out: list[bytes] = []
+    while True:
+        off = pos % D
+        r = (n + 15) & ~7
+        # A run of records of this same length, none wrapping: headers checked at
+        # once (a strided view of the words), payloads sliced out in C.
+        run = min(count - len(out), (tail - pos) // r, (D - off) // r)
+        if run > 1:
+            w0 = (data + off) >> 3
+            same = q[w0 : w0 + run * (r >> 3) : r >> 3].tolist()
+            if same.count(n) == run:
+                out += _run_struct(n, run).unpack_from(mm, data + off)
+                pos += run * r
+                if len(out) >= count or pos >= tail:
+                    return out, pos
+                n = q[(data + pos % D) >> 3]
+                if n > cap or n + 8 > tail - pos:
+                    corrupt(n, pos)
+                continue
+        base = data + off + 8
+        if off + 8 + n <= D:
+            out.append(mm[base : base + n])
+        else:  # the payload wraps (the header never does)
+            first = D - off - 8
+            out.append(mm[base : data + D] + mm[data : data + n - first])
+        pos += r
+        if len(out) >= count or pos >= tail:
+            return out, pos
+        n = q[(data + pos % D) >> 3]
+        if n > cap or n + 8 > tail - pos:
+            corrupt(n, pos)
 
 
 class PythonRing(RingBase):
@@ -1329,38 +1382,12 @@ class PythonRing(RingBase):
     def _take_records(self, pos: int, tail: int, n: int, count: int) -> tuple[list[bytes], int]:
         """Up to ``count`` payloads of the records in [pos, tail), the first of length ``n``,
         and the position after the last one taken."""
-        q = self._q
-        mm = self._mm
-        D = self._D
-        cap = self.capacity
-        out: list[bytes] = []
-        while True:
-            off = pos % D
-            r = (n + 15) & ~7
-            # A run of records of this same length, none wrapping: headers checked at
-            # once (a strided view of the words), payloads sliced out in C.
-            run = min(count - len(out), (tail - pos) // r, (D - off) // r)
-            if run > 1:
-                w0 = (_DATA + off) >> 3
-                same = q[w0 : w0 + run * (r >> 3) : r >> 3].tolist()
-                if same.count(n) == run:
-                    out += _run_struct(n, run).unpack_from(mm, _DATA + off)
-                    pos += run * r
-                    if len(out) >= count or pos >= tail:
-                        return out, pos
-                    n = self._length(pos, tail)
-                    continue
-            if off + 8 + n <= D:
-                base = _DATA + off + 8
-                out.append(mm[base : base + n])
-            else:
-                out.append(self._read(pos, n))
-            pos += r
-            if len(out) >= count or pos >= tail:
-                return out, pos
-            n = q[(_DATA + pos % D) >> 3]
-            if n > cap or n + 8 > tail - pos:
-                raise incompatible(self.name, f"corrupt record: length {n} at position {pos}")
+        return _cut_records(
+            self._q, self._mm, _DATA, self._D, self.capacity, pos, tail, n, count, self._corrupt
+        )
+
+    def _corrupt(self, n: int, pos: int) -> NoReturn:
+        raise incompatible(self.name, f"corrupt record: length {n} at position {pos}")
 
     def recv_view(self, timeout: float | None = None) -> AbstractContextManager[memoryview]:
         return self._recv_view(_deadline(timeout))
