@@ -415,3 +415,67 @@ def test_threads_sharing_a_channel_with_recv_view_never_see_a_reused_view() -> N
         """
     )
     assert out.stdout.strip() == "done"
+
+
+def test_a_recv_view_block_ending_never_frees_the_next_threads_view() -> None:
+    """The end of a recv_view block gives its room back: a thread switch right there (forced
+    here: the block's thread is paused as its give-back starts) used to let a second
+    thread's recv_view lend its view and record its release first, which the first
+    thread's give-back then made, freeing the room of a view still being read (the sender
+    rewrote it). The second recv_view must fail ("already open") or keep its view whole."""
+    out = run_python(
+        """
+        import sys, threading, time
+        from fastipc import Channel
+
+        MSG = 64 * 1024
+        a, b = Channel.pair(handoff_min=MSG, handoff_area=2 * MSG)
+        stop = threading.Event()
+        paused, tried = threading.Event(), threading.Event()
+        result = []
+
+        def sender():
+            i = 0
+            while not stop.is_set():
+                try:
+                    a.send(bytes([i % 251]) * MSG, timeout=0.2)
+                    i += 1
+                except Exception:
+                    pass
+
+        def pause_at_give_back(frame, event, arg):
+            if event == "call" and frame.f_code.co_name in ("give_back", "_release_lent"):
+                paused.set()
+                tried.wait(2)
+
+        def first():
+            sys.setprofile(pause_at_give_back)
+            with b.recv_view(timeout=5):
+                pass
+            sys.setprofile(None)
+
+        def second():
+            paused.wait(5)
+            try:
+                with b.recv_view(timeout=5) as v:
+                    before = bytes(v)
+                    tried.set()
+                    time.sleep(0.3)  # the sender runs meanwhile
+                    result.append("whole" if bytes(v) == before else "rewritten")
+            except ValueError as exc:
+                tried.set()
+                result.append("refused" if "already open" in str(exc) else repr(exc))
+
+        threads = [threading.Thread(target=f) for f in (sender, second, first)]
+        for t in threads[:2]:
+            t.start()
+        time.sleep(0.1)
+        threads[2].start()
+        threads[2].join(10)
+        threads[1].join(10)
+        stop.set()
+        threads[0].join(10)
+        print(result)
+        """
+    )
+    assert out.stdout.strip() in ("['refused']", "['whole']"), out.stdout

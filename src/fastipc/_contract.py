@@ -610,17 +610,24 @@ class ChannelBase:
             self._take_view(timeout, got)
         except BaseException:
             if got:  # lent, then a signal handler raised before the block began
-                self._view = None
-                release_view(got[0])
-                got[1]()
+                try:
+                    release_view(got[0])
+                    got[1]()
+                finally:
+                    self._view = None
             raise
         view, give_back = got
         try:
             yield view
         finally:
-            self._view = None
-            release_view(view)
-            give_back()
+            # Its room goes back while _view still bars another thread's
+            # recv_view: cleared first, that thread's view could be lent (and its
+            # release recorded) before this give_back, which would free it.
+            try:
+                release_view(view)
+                give_back()
+            finally:
+                self._view = None
 
     def _take_view(self, timeout: float | None, got: list[Any]) -> None:
         """The backend's part of recv_view: add to ``got`` the next message's view and

@@ -873,8 +873,11 @@ class PythonChannel(ChannelBase):
             view = memoryview(bytes(data))  # the receive buffer is reused
 
         def give_back() -> None:
-            # Its room, and that of messages received inside the block.
-            rel, self._held_release = self._held_release, -1
+            # Its room, and that of messages received inside the block: taken
+            # with the view's end in one statement (no call between them), so a
+            # receive in another thread either defers its release to here or
+            # makes it itself, never both nor neither.
+            rel, self._held_release, self._view = self._held_release, -1, None
             # Not after close() or a replaced area: that room is nobody's now.
             if rel >= 0 and area is not None and area is self._rx_area:
                 area.release(rel)
