@@ -14,7 +14,9 @@ import threading
 from collections.abc import Callable
 
 import pytest
+from conftest import run_python
 
+import fastipc
 from fastipc import Broadcast, Channel, Empty, Full, Ring, Timeout
 
 #: Sizes that take every receive path: the handle's buffer, a view past it (64 KiB).
@@ -452,3 +454,113 @@ def test_a_raising_timer_on_one_of_two_threads_sharing_a_side_never_leaves_it_st
         timeout=120,
     )
     assert out.stdout.startswith("ok"), out.stdout + out.stderr
+
+
+# The python backend's instants between a lock and the work it guards, forced by pausing
+# one thread (a profile hook) where CPython may switch threads: each case failed so before
+# its fix. The native backend has no such instants (these hooks never fire there).
+_python_only = pytest.mark.skipif(
+    fastipc.BACKEND != "python", reason="pauses the python backend at one of its own instants"
+)
+
+
+@_python_only
+def test_a_receive_racing_the_start_of_a_subscriber_view_never_takes_the_same_message(
+    ring_name: str,
+) -> None:
+    """recv_view pinned its message holding the handle's lock, let go of it, and took it
+    again for the block: a receive in another thread in between cleared the pin and took
+    the same message (delivered twice, and the view unpinned)."""
+    out = run_python(
+        f"""
+        import sys, threading
+        from fastipc import Broadcast
+
+        pub = Broadcast.create({ring_name!r}, capacity=64 * 1024)
+        sub = Broadcast.subscribe({ring_name!r})
+        for i in range(3):
+            pub.publish(b"msg%d" % i)
+        gap, done_b = threading.Event(), threading.Event()
+
+        def hook(frame, event, arg):
+            if event == "call" and frame.f_code.co_name == "_check_enter" and (
+                frame.f_back.f_code.co_name == "_recv_view"
+            ):
+                gap.set()
+                done_b.wait(2)
+
+        got = {{}}
+
+        def viewer():
+            sys.setprofile(hook)
+            with sub.recv_view(timeout=1) as v:
+                got["view"] = bytes(v)
+            sys.setprofile(None)
+
+        def receiver():
+            gap.wait(5)
+            got["recv"] = sub.recv(timeout=1)
+            done_b.set()
+
+        ts = [threading.Thread(target=viewer), threading.Thread(target=receiver)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(10)
+        got["next"] = sub.recv(timeout=1)
+        assert sorted(got.values()) == [b"msg0", b"msg1", b"msg2"], got
+        sub.close()
+        pub.unlink()
+        pub.close()
+        print("done")
+        """
+    )
+    assert out.stdout.strip() == "done"
+
+
+@_python_only
+def test_a_ring_closed_by_another_thread_after_a_batch_receive_committed_returns_it(
+    ring_name: str,
+) -> None:
+    """recv_many woke producers after giving the handle's lock back: a close() from another
+    thread in between made the call raise after it had consumed the messages (lost)."""
+    out = run_python(
+        f"""
+        import sys, threading
+        from fastipc import Ring
+
+        ring = Ring.create({ring_name!r}, 4096)
+        other = Ring.open({ring_name!r})
+        other.send_many([b"a", b"b", b"c"])
+        while ring._space.value:
+            ring._space.acquire(0)  # no free-space token left: the receive must post one
+        at, closed = threading.Event(), threading.Event()
+
+        def hook(frame, event, arg):
+            if event == "c_return" and frame.f_code.co_name == "_freed":  # past its checks
+                at.set()
+                closed.wait(2)
+
+        res = {{}}
+
+        def receive():
+            sys.setprofile(hook)
+            try:
+                res["got"] = ring.recv_many(10)
+            except BaseException as exc:
+                res["got"] = repr(exc)
+            sys.setprofile(None)
+
+        t = threading.Thread(target=receive)
+        t.start()
+        at.wait(5)
+        ring.close()
+        closed.set()
+        t.join(10)
+        assert res["got"] == [b"a", b"b", b"c"], res
+        other.unlink()
+        other.close()
+        print("done")
+        """
+    )
+    assert out.stdout.strip() == "done"

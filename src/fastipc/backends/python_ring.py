@@ -854,25 +854,35 @@ class PythonRing(RingBase):
 
     def _published(self) -> None:
         """After a producer's commit and release: wake a sleeping consumer, ring the bell."""
-        if self._torn_down:
-            return
-        items = self._items
-        if items.value == 0:
-            items.release()
-        # Read after the release (a full barrier) of the mutex: either a watcher's
-        # re-check, made after its count is stored, sees this commit, or we see it.
-        if self._q[_W_WATCH]:
-            self._ring_bell(0)
+        try:
+            if self._torn_down:
+                return
+            items = self._items
+            if items.value == 0:
+                items.release()
+            # Read after the release (a full barrier) of the mutex: either a watcher's
+            # re-check, made after its count is stored, sees this commit, or we see it.
+            if self._q[_W_WATCH]:
+                self._ring_bell(0)
+        except (ValueError, posix_ipc.Error):
+            # Closed by another thread since the commit (these run after the handle's
+            # lock is given back): the call succeeded, and a wake-up is only a hint.
+            if not self._torn_down:
+                raise
 
     def _freed(self) -> None:
         """After a consumer's commit and release: wake a sleeping producer, ring the bell."""
-        if self._torn_down:
-            return
-        space = self._space
-        if space.value == 0:
-            space.release()
-        if self._q[_W_WATCH + 1]:
-            self._ring_bell(1)
+        try:
+            if self._torn_down:
+                return
+            space = self._space
+            if space.value == 0:
+                space.release()
+            if self._q[_W_WATCH + 1]:
+                self._ring_bell(1)
+        except (ValueError, posix_ipc.Error):
+            if not self._torn_down:  # closed meanwhile (see _published)
+                raise
 
     # ---- producer side --------------------------------------------------------
     def _wait_space(self, need: int, deadline: float | None) -> tuple[int, int]:
