@@ -1204,19 +1204,29 @@ class PythonSubscriber(_Handle, SubscriberBase):
             registered: list[int] = []
             try:
                 self._owner = me
-                while True:
-                    if self._closed:
-                        raise ValueError(f"broadcast subscriber {self.name!r} is closed")
-                    got = self._take(take, deadline)
-                    if got is not _EMPTY:
-                        return got
-                    self._wait(deadline, registered)
+                return self._take_waiting(take, deadline, registered)
             finally:
                 try:
                     self._unwait(registered)
                     self._left()
                 finally:
                     self._owner = 0  # last: see _check_enter
+
+    def _take_waiting(
+        self,
+        take: Callable[[int, int], tuple[Any, int, int]],
+        deadline: float | None,
+        registered: list[int],
+    ) -> Any:
+        """What ``take`` returns once there is a message, sleeping on the bell until then
+        (``_tlock`` held; ``registered`` records the watch to undo)."""
+        while True:
+            if self._closed:
+                raise ValueError(f"broadcast subscriber {self.name!r} is closed")
+            got = self._take(take, deadline)
+            if got is not _EMPTY:
+                return got
+            self._wait(deadline, registered)
 
     def _take_bytes(self, count: int) -> Callable[[int, int], tuple[Any, int, int]]:
         def take(pos: int, tail: int) -> tuple[Any, int, int]:
@@ -1288,11 +1298,18 @@ class PythonSubscriber(_Handle, SubscriberBase):
             self._q[w + _S_PIN] = pos + 1
             return (pos, n), pos, 0  # nothing consumed yet
 
-        pos, n = self._receive(pin, timeout)
-        me = self._check_enter(None, False)
+        # One hold of _tlock from the pin to the block's end: let go in between, another
+        # thread's receive cleared the pin and took the same message.
+        deadline = _deadline(timeout)
+        me = self._check_enter(deadline, False)
+        self._usable()
         with self._tlock:
+            registered: list[int] = []
             try:
                 self._owner = me
+                pos, n = self._take_waiting(pin, deadline, registered)
+                self._unwait(registered)
+                registered.clear()
                 D, H = self._D, self._H
                 off = (pos + 8) % D
                 if off + n <= D:
@@ -1311,6 +1328,7 @@ class PythonSubscriber(_Handle, SubscriberBase):
                         self._consume_pinned(pos, n)
             finally:
                 try:
+                    self._unwait(registered)
                     self._left()
                 finally:
                     self._owner = 0  # last: see _check_enter
@@ -1391,8 +1409,12 @@ class PythonSubscriber(_Handle, SubscriberBase):
         return bool(closed) or self._pos != tail or self._pos < floor
 
     def __len__(self) -> int:
+        # The cursor first, in one statement: another thread's receive may move it
+        # on meanwhile, never past the snapshot taken after it (read after it,
+        # the count could go below 0).
+        seq, pos = self._seq, self._pos
         _, pub, floor, fseq, _ = self._snap()
-        return pub - (self._seq if self._pos >= floor else fseq)
+        return max(0, pub - (seq if pos >= floor else fseq))
 
     @property
     def missed(self) -> int:
