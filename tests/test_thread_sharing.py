@@ -564,3 +564,56 @@ def test_a_ring_closed_by_another_thread_after_a_batch_receive_committed_returns
         """
     )
     assert out.stdout.strip() == "done"
+
+
+@_python_only
+def test_a_close_from_another_thread_during_shutdown_still_shuts_the_ring(ring_name: str) -> None:
+    """shutdown() stores "closing", waits for a producer mid-commit, then stores "closed":
+    a close() from another thread in between used to end the call before the second flag,
+    leaving the ring half shut for every process (producers refused, consumers waiting
+    for ever instead of being told it is drained)."""
+    out = run_python(
+        f"""
+        import sys, threading
+        from fastipc import Closed, Ring
+
+        ring = Ring.create({ring_name!r}, 4096)
+        other = Ring.open({ring_name!r})
+        at, go = threading.Event(), threading.Event()
+
+        def hook(frame, event, arg):
+            if (event == "c_return" and frame.f_code.co_name == "shutdown"
+                    and getattr(arg, "__name__", "") == "__exit__" and not at.is_set()):
+                at.set()  # the first flag is stored
+                go.wait(2)
+
+        res = {{}}
+
+        def shut():
+            sys.setprofile(hook)
+            try:
+                ring.shutdown()
+                res["shutdown"] = "ok"
+            except BaseException as exc:
+                res["shutdown"] = repr(exc)
+            sys.setprofile(None)
+
+        t = threading.Thread(target=shut)
+        t.start()
+        at.wait(5)
+        ring.close()
+        go.set()
+        t.join(10)
+        for what, call in (("send", lambda: other.send(b"x", timeout=0.3)),
+                           ("recv", lambda: other.recv(timeout=0.3))):
+            try:
+                res[what] = call()
+            except Exception as exc:
+                res[what] = type(exc).__name__
+        assert res == {{"shutdown": "ok", "send": "Closed", "recv": "Closed"}}, res
+        other.unlink()
+        other.close()
+        print("done")
+        """
+    )
+    assert out.stdout.strip() == "done"

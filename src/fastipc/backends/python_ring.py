@@ -440,6 +440,7 @@ class PythonRing(RingBase):
         self._inside = False  # some thread is inside a call or block (see _check_enter)
         self._closed = False
         self._torn_down = False
+        self._shutting = False  # between shutdown()'s two flags (see _teardown)
         #: (held, side) of a reserve()/recv_view() block in progress, for close() inside it.
         self._hold: tuple[list[None], int] | None = None
         # Stale but safe views of the other side: head and tail only grow, so a
@@ -1466,22 +1467,33 @@ class PythonRing(RingBase):
             self._state()  # a corrupted ring raises, as from any call
             q = self._q
             q[_W_CLOSING] = 1  # one writer or many: all store the same 1
+            self._shutting = True
             # Leaving the thread lock is an atomic instruction: a full barrier
             # between that store and the reads below.
         # A producer that read the closing flag as 0 holds its mutex until it has
         # committed: wait (briefly: it may be stopped) for that mutex to be free
         # or to change hands, so consumers told "drained" never see its message.
-        sem = self._prod
-        before = (q[_W_TSEL], q[_W_PREL])
-        give_up = time.monotonic() + _SHUTDOWN_WAIT
-        while sem.value == 0 and (q[_W_TSEL], q[_W_PREL]) == before:
-            if time.monotonic() >= give_up:
-                break
-            time.sleep(0.0002)
-        with self._slock:
-            if self._torn_down:
-                raise ValueError("ring is closed")
-            q[_W_CLOSED] = 1
+        # Whatever ends the wait (Ctrl-C, or close() from another thread, whose
+        # teardown stores it then), the closed flag is stored: half shut, the ring
+        # would refuse producers for ever while its consumers waited for ever.
+        try:
+            sem = self._prod
+            before = (q[_W_TSEL], q[_W_PREL])
+            give_up = time.monotonic() + _SHUTDOWN_WAIT
+            while sem.value == 0 and (q[_W_TSEL], q[_W_PREL]) == before:
+                if time.monotonic() >= give_up:
+                    break
+                time.sleep(0.0002)
+        except (ValueError, posix_ipc.Error):
+            if not self._torn_down:
+                raise  # (torn down: the mapping and semaphores went with it)
+        finally:
+            with self._slock:
+                if not self._torn_down:
+                    q[_W_CLOSED] = 1
+                    self._shutting = False
+        if self._torn_down:
+            return  # closed meanwhile: the flag is stored; sleepers re-check anyway
         # Hints only: every sleeper re-checks and sees the flag; a few spare posts
         # cover sleepers in several processes racing for them.
         for sem in (self._items, self._space):
@@ -1598,6 +1610,8 @@ class PythonRing(RingBase):
                 held.clear()
             with suppress(ValueError):
                 self._q[self._slotw] = 0
+                if self._shutting:  # close() inside another thread's shutdown()
+                    self._q[_W_CLOSED] = 1
             # OFD locks live as long as the open file description, which a mapping
             # still exported to the caller keeps alive: drop every lock explicitly
             # (the handle slot's too, which frees the slot).
