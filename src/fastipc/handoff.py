@@ -26,6 +26,8 @@ import os
 import stat
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 
 from .framing import DESCRIPTOR
 
@@ -181,7 +183,11 @@ class ReceiveArea:
             self.close()
             raise ValueError("the hand-off area does not start with fastipc's magic")
         self.size = st.st_size - AREA_HEADER
-        self._released = -1  # the last position stored (release() never goes back)
+        # release(position), as one C call: no Python frame, so no other thread
+        # and no signal handler runs between a caller's decision to release and
+        # the store (the channel's receive and a recv_view block's end, in two
+        # threads, each decide and store; see PythonChannel._copied).
+        self.release = partial(self._words.__setitem__, _RELEASED)
 
     def message(self, descriptor: memoryview, n: int) -> tuple[memoryview, int] | None:
         """The ``n``-byte message ``descriptor`` names and its release position; None if outside."""
@@ -190,19 +196,13 @@ class ReceiveArea:
             return None
         return self._mv[AREA_HEADER + off : AREA_HEADER + off + n], rel
 
-    def release(self, position: int) -> None:
-        """The message ending at ``position`` was copied out: the sender may reuse its room.
-
-        One aligned 8-byte store (memoryview packs a 'Q' with one memcpy of 8),
-        made after the copy's loads: x86-64 never moves a store before earlier
-        loads. (The C backend uses a release store, right on every CPU.)
-        Never backwards: a recv_view block's end in one thread and a receive
-        in another may release out of order (no call between the test and the
-        store, so no other thread runs in between).
-        """
-        if position > self._released:
-            self._released = position
-            self._words[_RELEASED] = position
+    #: ``release(position)``: the message ending at ``position`` was copied out,
+    #: the sender may reuse its room. Whatever position the descriptor named
+    #: (the sender's bookkeeping). One aligned 8-byte store (memoryview packs
+    #: a 'Q' with one memcpy of 8), made after the copy's loads: x86-64 never
+    #: moves a store before earlier loads. (The C backend uses a release store,
+    #: right on every CPU.) Set per area in ``__init__``.
+    release: Callable[[int], None]
 
     def close(self) -> None:
         _unmap(self._map, (self._words, self._mv))

@@ -254,7 +254,22 @@ class PythonChannel(ChannelBase):
     def pending(self) -> bool:
         self._socket()
         if self._inbox:
-            self._apply()
+            # A read an exception left unbooked: book it, but only holding the receive
+            # turn (a receive in another thread books its own read; two bookings of
+            # one read would pop the next one). Busy: answer from what is booked.
+            turn = self._rx_turn
+            try:
+                del turn.free
+            except AttributeError:
+                pass
+            else:
+                try:
+                    if self._inbox:
+                        self._apply()
+                finally:
+                    turn.free = True
+                    if turn.waiting:
+                        turn.wake()
         avail = self._rend - self._rpos
         if self._big is not None or avail < 8:
             return False
