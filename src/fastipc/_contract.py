@@ -377,7 +377,19 @@ class RingBase:
         if self.closed:
             raise ValueError(f"ring {self.name!r} is closed")
         if self._bell_fd < 0:
-            self._bell_fd = self._open_bell(0)
+            fd = self._open_bell(0)
+            # Threads may ask at once, or close() meanwhile: one fd is kept, no other
+            # stays open (the test and the store, and close()'s swap, hold no call).
+            if not self.closed and self._bell_fd < 0:
+                self._bell_fd = fd
+                if self.closed:
+                    fd, self._bell_fd = self._bell_fd, -1
+                    if fd >= 0:
+                        os.close(fd)
+            else:
+                os.close(fd)
+            if self._bell_fd < 0:
+                raise ValueError(f"ring {self.name!r} is closed")
         return self._bell_fd
 
     @contextmanager

@@ -358,7 +358,19 @@ class SubscriberBase:
         if self.closed:
             raise ValueError(f"broadcast ring {self.name!r}: subscriber is closed")
         if self._bell_fd < 0:
-            self._bell_fd = self._open_bell()
+            fd = self._open_bell()
+            # Threads may ask at once, or close() meanwhile: one fd is kept, no other
+            # stays open (the test and the store, and close()'s swap, hold no call).
+            if not self.closed and self._bell_fd < 0:
+                self._bell_fd = fd
+                if self.closed:
+                    fd, self._bell_fd = self._bell_fd, -1
+                    if fd >= 0:
+                        os.close(fd)
+            else:
+                os.close(fd)
+            if self._bell_fd < 0:
+                raise ValueError(f"broadcast ring {self.name!r}: subscriber is closed")
         return self._bell_fd
 
     @contextmanager

@@ -762,7 +762,14 @@ class PythonBroadcast(_Handle, BroadcastBase):
     def _send_bell(self) -> int:
         fd = self._bells.get(-1, -1)
         if fd < 0:
-            fd = self._bells[-1] = open_bell(self.name, 1, owners=self._owners)
+            # Under _slock, as _ring() opens it too (close() rings it): one fd, never
+            # stored into a handle torn down meanwhile.
+            with self._slock:
+                if self._torn_down:
+                    raise ValueError(f"broadcast ring {self.name!r} is closed")
+                fd = self._bells.get(-1, -1)
+                if fd < 0:
+                    fd = self._bells[-1] = open_bell(self.name, 1, owners=self._owners)
         return fd
 
     def _wake_self(self) -> None:
