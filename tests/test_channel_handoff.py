@@ -417,14 +417,17 @@ def test_threads_sharing_a_channel_with_recv_view_never_see_a_reused_view() -> N
     assert out.stdout.strip() == "done"
 
 
-def test_a_recv_view_block_ending_never_frees_the_next_threads_view() -> None:
+@pytest.mark.parametrize("at", ["call", "return"])
+def test_a_recv_view_block_ending_never_frees_the_next_threads_view(at: str) -> None:
     """The end of a recv_view block gives its room back: a thread switch right there (forced
     here: the block's thread is paused as its give-back starts) used to let a second
     thread's recv_view lend its view and record its release first, which the first
     thread's give-back then made, freeing the room of a view still being read (the sender
-    rewrote it). The second recv_view must fail ("already open") or keep its view whole."""
+    rewrote it); paused as it returns, the python backend's outer clean-up cleared the second
+    thread's view mark. The second recv_view must fail ("already open") or keep its view
+    whole."""
     out = run_python(
-        """
+        f"""
         import sys, threading, time
         from fastipc import Channel
 
@@ -433,6 +436,7 @@ def test_a_recv_view_block_ending_never_frees_the_next_threads_view() -> None:
         stop = threading.Event()
         paused, tried = threading.Event(), threading.Event()
         result = []
+        first_done = threading.Event()
 
         def sender():
             i = 0
@@ -444,7 +448,7 @@ def test_a_recv_view_block_ending_never_frees_the_next_threads_view() -> None:
                     pass
 
         def pause_at_give_back(frame, event, arg):
-            if event == "call" and frame.f_code.co_name in ("give_back", "_release_lent"):
+            if event == {at!r} and frame.f_code.co_name in ("give_back", "_release_lent"):
                 paused.set()
                 tried.wait(2)
 
@@ -460,7 +464,8 @@ def test_a_recv_view_block_ending_never_frees_the_next_threads_view() -> None:
                 with b.recv_view(timeout=5) as v:
                     before = bytes(v)
                     tried.set()
-                    time.sleep(0.3)  # the sender runs meanwhile
+                    first_done.wait(5)
+                    time.sleep(0.3)  # the sender runs, and the main thread receives
                     result.append("whole" if bytes(v) == before else "rewritten")
             except ValueError as exc:
                 tried.set()
@@ -472,9 +477,16 @@ def test_a_recv_view_block_ending_never_frees_the_next_threads_view() -> None:
         time.sleep(0.1)
         threads[2].start()
         threads[2].join(10)
+        first_done.set()
+        for _ in range(5):  # copies: their releases must wait for the open view
+            try:
+                b.recv(timeout=0.5)
+            except Exception:
+                pass
         threads[1].join(10)
         stop.set()
         threads[0].join(10)
+        assert paused.is_set(), "the hook never fired (give-back renamed?): nothing was tested"
         print(result)
         """
     )

@@ -626,7 +626,8 @@ class ChannelBase:
                     release_view(got[0])
                     got[1]()
                 finally:
-                    self._view = None
+                    if self._view is got[0]:  # (see below)
+                        self._view = None
             raise
         view, give_back = got
         try:
@@ -639,7 +640,11 @@ class ChannelBase:
                 release_view(view)
                 give_back()
             finally:
-                self._view = None
+                # Only this block's: the python backend's give-back ends the view
+                # itself, and another thread's recv_view may have been lent one since
+                # (no call between this test and the store).
+                if self._view is view:
+                    self._view = None
 
     def _take_view(self, timeout: float | None, got: list[Any]) -> None:
         """The backend's part of recv_view: add to ``got`` the next message's view and

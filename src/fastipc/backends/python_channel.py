@@ -251,6 +251,7 @@ class PythonChannel(ChannelBase):
             or self._rx_area is not None
         )
 
+    @takes_turn(RX)  # (taken below when it can be, at once: waiters see who holds it)
     def pending(self) -> bool:
         self._socket()
         if self._inbox:
