@@ -149,7 +149,7 @@ struct fi_chan {
     char *stage; /* STAGE_CAP bytes, allocated by the first batch */
 
     struct handoff_rx hrx; /* hand-off: the peer's area we read from (handoff.h) */
-    int hrx_lock;          /* pid of the thread touching hrx, 0: none (hrx_take) */
+    int hrx_lock;          /* pid of the process whose thread touches hrx, 0: none (hrx_take) */
     struct handoff_tx htx; /* hand-off: our area */
 };
 

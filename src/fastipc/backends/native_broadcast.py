@@ -410,6 +410,12 @@ class NativeSubscriber(OwnBuffers, _Handle, SubscriberBase):
             return
         self._unwatch_all()
         self._close_handle()
+        # A fileno() in another thread may have stored a bell fd between the swap
+        # in _unwatch_all and _closed: it is this close's to close (fileno() gives
+        # back one it stored after _closed itself; each swap holds no call).
+        fd, self._bell_fd = self._bell_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def __len__(self) -> int:
         return self._err(lib_fast.fi_bc_len(self._hf))

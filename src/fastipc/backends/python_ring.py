@@ -376,7 +376,7 @@ def _cut_records(
                 if len(out) >= count or pos >= tail:
                     return out, pos
                 n = q[(data + pos % D) >> 3]
-                if n > cap or n + 8 > tail - pos:
+                if n > cap or (n + 15) & ~7 > tail - pos:
                     corrupt(n, pos)
                 continue
         base = data + off + 8
@@ -389,7 +389,7 @@ def _cut_records(
         if len(out) >= count or pos >= tail:
             return out, pos
         n = q[(data + pos % D) >> 3]
-        if n > cap or n + 8 > tail - pos:
+        if n > cap or (n + 15) & ~7 > tail - pos:  # the whole record, as _length checks
             corrupt(n, pos)
 
 
@@ -1496,11 +1496,15 @@ class PythonRing(RingBase):
             return  # closed meanwhile: the flag is stored; sleepers re-check anyway
         # Hints only: every sleeper re-checks and sees the flag; a few spare posts
         # cover sleepers in several processes racing for them.
-        for sem in (self._items, self._space):
-            for _ in range(4):
-                sem.release()
-        self._ring_bell(0)
-        self._ring_bell(1)
+        try:
+            for sem in (self._items, self._space):
+                for _ in range(4):
+                    sem.release()
+            self._ring_bell(0)
+            self._ring_bell(1)
+        except (ValueError, posix_ipc.Error):
+            if not self._torn_down:  # closed meanwhile (see _published)
+                raise
 
     # ---- readiness (see RingBase, "readiness") --------------------------------------
     def _ring_bell(self, side: int) -> None:
