@@ -377,17 +377,7 @@ class RingBase:
         if self.closed:
             raise ValueError(f"ring {self.name!r} is closed")
         if self._bell_fd < 0:
-            fd = self._open_bell(0)
-            # Threads may ask at once, or close() meanwhile: one fd is kept, no other
-            # stays open (the test and the store, and close()'s swap, hold no call).
-            if not self.closed and self._bell_fd < 0:
-                self._bell_fd = fd
-                if self.closed:
-                    fd, self._bell_fd = self._bell_fd, -1
-                    if fd >= 0:
-                        os.close(fd)
-            else:
-                os.close(fd)
+            keep_bell_fd(self, self._open_bell(0))
             if self._bell_fd < 0:
                 raise ValueError(f"ring {self.name!r} is closed")
         return self._bell_fd
@@ -414,6 +404,21 @@ class RingBase:
         finally:
             if registered and not self.closed:
                 self._watch_add(0, -1)
+
+
+def keep_bell_fd(handle: Any, fd: int) -> None:
+    """Make ``fd``, a bell just opened, ``handle._bell_fd`` (what fileno() returns),
+    unless another thread stored one first or the handle was closed meanwhile:
+    then it is closed. The test and the store, and close()'s swap of
+    ``_bell_fd``, hold no call, so one fd is kept and no other stays open."""
+    if not handle.closed and handle._bell_fd < 0:
+        handle._bell_fd = fd
+        if handle.closed:  # close() swapped before the store: ours to close
+            fd, handle._bell_fd = handle._bell_fd, -1
+            if fd >= 0:
+                os.close(fd)
+    else:
+        os.close(fd)
 
 
 def drain(fd: int) -> None:

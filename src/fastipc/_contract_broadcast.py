@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
-from ._contract import drain
+from ._contract import drain, keep_bell_fd
 from ._names import unlink_ring
 from .errors import Closed, FastIPCError
 
@@ -358,17 +358,7 @@ class SubscriberBase:
         if self.closed:
             raise ValueError(f"broadcast ring {self.name!r}: subscriber is closed")
         if self._bell_fd < 0:
-            fd = self._open_bell()
-            # Threads may ask at once, or close() meanwhile: one fd is kept, no other
-            # stays open (the test and the store, and close()'s swap, hold no call).
-            if not self.closed and self._bell_fd < 0:
-                self._bell_fd = fd
-                if self.closed:
-                    fd, self._bell_fd = self._bell_fd, -1
-                    if fd >= 0:
-                        os.close(fd)
-            else:
-                os.close(fd)
+            keep_bell_fd(self, self._open_bell())
             if self._bell_fd < 0:
                 raise ValueError(f"broadcast ring {self.name!r}: subscriber is closed")
         return self._bell_fd
