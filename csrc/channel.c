@@ -51,6 +51,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,6 +154,25 @@ struct fi_chan {
     struct handoff_tx htx; /* hand-off: our area */
 };
 
+/* This process's pid without a syscall each time (getpid() is one since
+ * glibc 2.25, and hrx_take runs 2-3 times a hand-off message): read once,
+ * forgotten in a child fork() makes. Each of the two modules built from
+ * this file keeps its own copy; both hold the same pid. */
+static int cached_pid;
+static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
+static void forget_pid(void) { __atomic_store_n(&cached_pid, 0, __ATOMIC_RELAXED); }
+static void watch_pid_forks(void) { pthread_atfork(NULL, NULL, forget_pid); }
+static int self_pid(void)
+{
+    int p = __atomic_load_n(&cached_pid, __ATOMIC_RELAXED);
+    if (!p) {
+        pthread_once(&pid_once, watch_pid_forks);
+        p = (int)getpid();
+        __atomic_store_n(&cached_pid, p, __ATOMIC_RELAXED);
+    }
+    return p;
+}
+
 /* hrx is touched by the receiving call (the holder of the Python RX turn,
  * the GIL released) and by fi_chan_release_view and the view pins, which
  * a recv_view block's thread calls at its end without the turn while
@@ -164,7 +184,7 @@ struct fi_chan {
  * thread here will let it go). */
 static void hrx_take(fi_chan *c)
 {
-    int me = (int)getpid();
+    int me = self_pid();
     for (;;) {
         int v = 0;
         if (__atomic_compare_exchange_n(&c->hrx_lock, &v, me, 0, __ATOMIC_ACQUIRE,
