@@ -620,3 +620,127 @@ def test_a_close_from_another_thread_during_shutdown_still_shuts_the_ring(ring_n
         """
     )
     assert out.stdout.strip() == "done"
+
+
+@_python_only
+@pytest.mark.parametrize("kind", ["ring", "subscriber"])
+def test_a_call_waiting_for_another_threads_call_keeps_its_own_timeout(
+    ring_name: str, kind: str
+) -> None:
+    """A call with a timeout polled the handle's lock until free, then took it without a
+    timeout: another thread taking it in between made ``recv(timeout=0.1)`` wait for that
+    thread's whole call (3 s here; for ever behind a ``recv()``). The hook lets the other
+    thread in at that instant."""
+    out = run_python(
+        f"""
+        import sys, threading, time
+        from fastipc import Broadcast, Empty, Ring
+
+        if {kind!r} == "ring":
+            h = owner = Ring.create({ring_name!r}, 4096)
+        else:
+            owner = Broadcast.create({ring_name!r}, capacity=4096)
+            h = Broadcast.subscribe({ring_name!r})
+        inside, fired = threading.Event(), threading.Event()
+
+        def hook(frame, event, arg):
+            if event == "return" and frame.f_code.co_name == "_check_enter" and not fired.is_set():
+                fired.set()  # past the checks: let the other thread's call take the handle
+                inside.wait(5)
+                time.sleep(0.05)  # it is waiting for a message now
+
+        def long_call():
+            try:
+                h.recv(timeout=3)
+            except Empty:
+                pass
+
+        def waiter():
+            sys.setprofile(hook)
+            t0 = time.monotonic()
+            try:
+                h.recv(timeout=0.1)
+                res["got"] = "a message"
+            except Empty:
+                res["got"] = "Empty"
+            res["waited"] = time.monotonic() - t0
+            sys.setprofile(None)
+
+        res = {{}}
+        w = threading.Thread(target=waiter)
+        w.start()
+        fired.wait(5)
+        other = threading.Thread(target=long_call)
+        other.start()
+        while not (getattr(h, "_inside", False) or getattr(h, "_owner", 0)):
+            time.sleep(0.001)
+        inside.set()
+        w.join(10)
+        other.join(10)
+        assert fired.is_set(), "the hook never fired (renamed?): nothing was tested"
+        assert res["got"] == "Empty", res
+        # 0.1 s asked, plus the hook's 0.05 s pause: far from the other call's 3 s.
+        assert res["waited"] < 1.5, res
+        if h is not owner:
+            h.close()
+        owner.unlink()
+        owner.close()
+        print("done")
+        """
+    )
+    assert out.stdout.strip() == "done"
+
+
+@pytest.mark.parametrize("side", ["recv_view", "reserve"])
+def test_a_thread_waiting_on_a_handle_held_by_a_view_block_times_out_and_steals_nothing(
+    ring_name: str, side: str
+) -> None:
+    """A view block holds its side of the handle from a suspended generator, on no thread's
+    stack: a waiter that looks for the holder (to give back a turn lost to a signal
+    handler) must not take it from the block."""
+    ring = Ring.create(ring_name, 4096)
+    try:
+        ring.send_many([b"one", b"two"])
+        opened, done = threading.Event(), threading.Event()
+        got: list[object] = []
+
+        def block() -> None:
+            if side == "recv_view":
+                with ring.recv_view(timeout=5) as v:
+                    opened.set()
+                    done.wait(5)
+                    got.append(bytes(v))
+            else:
+                with ring.reserve(5, timeout=5) as v:
+                    opened.set()
+                    done.wait(5)
+                    v[:] = b"three"
+
+        t = threading.Thread(target=block)
+        t.start()
+        assert opened.wait(5)
+        try:
+            # Longer than two of the waiters' 20 ms slices.
+            if side == "recv_view":
+                try:
+                    got.append(ring.recv(timeout=0.3))
+                except Empty:
+                    got.append("Empty")
+            else:
+                try:
+                    ring.send(b"four", timeout=0.3)
+                    got.append("sent")
+                except Full:
+                    got.append("Full")
+        finally:
+            done.set()
+            t.join(10)
+        # The other thread waits for the block's side and times out (never the viewed
+        # message twice, never a record inside the reservation).
+        assert got == (["Empty", b"one"] if side == "recv_view" else ["Full"]), got
+        rest = [b"two"] if side == "recv_view" else [b"one", b"two", b"three"]
+        assert ring.recv_many(10, timeout=1) == rest
+    finally:
+        ring.unlink()
+        ring.close()
+

@@ -170,22 +170,35 @@ class Turn:
             except RuntimeError:
                 pass  # woken already; it looks at ``handed`` before it sleeps again
 
-    def wait_take(self, handle: Any, side: str, timeout: float | None) -> float | None:
+    def wait_take(
+        self,
+        handle: Any,
+        side: str,
+        timeout: float | None,
+        sending: bool | None = None,
+        what: str | None = None,
+    ) -> float | None:
         """Take the turn, waiting for it within ``timeout`` seconds; the seconds left
         (None: no deadline). Call it from the method that found the turn taken.
+
+        ``sending`` picks the Timeout's kind (default: ``side == TX``; None
+        for a handle whose one turn serves both) and ``what`` names the
+        handle in messages (default: its class and name).
 
         Raises RuntimeError if a call of this thread is inside ``side`` of
         ``handle`` (a reentrant call), and the call's Timeout (queue.Empty or
         queue.Full) when ``timeout`` runs out.
         """
-        sending = side == TX
-        what = type(handle).__mro__[0].__name__.lower()
-        name = getattr(handle, "name", "")
+        if side in (TX, RX):
+            sending = side == TX
+        if what is None:
+            what = f"{type(handle).__mro__[0].__name__.lower()} {getattr(handle, 'name', '')!r}"
         if inside_a_call(sys._getframe(2), handle, side):
-            raise reentrant_call(f"{what} {name!r} ({'sending' if sending else 'receiving'})")
+            doing = "" if sending is None else " (sending)" if sending else " (receiving)"
+            raise reentrant_call(f"{what}{doing}")
         forever = timeout_ns(timeout) < 0  # None or inf; raises for a bad timeout
         if not forever and timeout == 0:
-            raise timed_out(f"{what} {name!r} (another thread's call)", sending)
+            raise timed_out(f"{what} (another thread's call)", sending)
         deadline = None if forever else time.monotonic() + float(timeout)  # type: ignore[arg-type]
         me = threading.Lock()
         me.acquire()  # released by wake() to wake this call
@@ -213,7 +226,7 @@ class Turn:
                 else:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise timed_out(f"{what} {name!r} (another thread's call)", sending)
+                        raise timed_out(f"{what} (another thread's call)", sending)
                 if me.acquire(True, min(left, _WAIT_SLICE)) or not _lost(self, handle, side):
                     suspect = 0
                 else:
@@ -279,8 +292,14 @@ def _lost(turn: Turn, handle: Any, side: str) -> bool:
         turn.handed = None
         turn.free = True
         turn.wake()
-    # The holder may have given it back meanwhile.
-    return not held and not hasattr(turn, "free") and turn.handed is None
+    # The holder may have given it back meanwhile. A handle's open reserve()/recv_view()
+    # block holds it too, from a generator frame on no thread's stack (its ``_owner``).
+    return (
+        not held
+        and not hasattr(turn, "free")
+        and turn.handed is None
+        and not getattr(handle, "_owner", 0)
+    )
 
 
 def refuse_or_free(handle: Any, side: str, what: str, above: FrameType | None) -> bool:

@@ -95,18 +95,20 @@ from .._names import (
     segment_path,
     subscriber_bell_path,
 )
-from .._turns import reentrant_call
+from .._turns import Turn, reentrant_call, takes_turn
 from ..errors import Closed, Lagged, MessageTooLarge, Timeout, broadcast_error, timed_out
 from .python_ring import (
     _BUSY,
     _F_SETLK,
     _F_SETLKW,
+    _TURN,
     _align8,
     _check_count,
     _cut_records,
     _deadline,
     _flock,
     _records,
+    _seconds_left,
 )
 
 __all__ = ["PythonBroadcast", "PythonSubscriber", "describe_segment"]
@@ -237,7 +239,7 @@ class _Handle:
         self._q = self._buf.cast("Q")
         self._D = dsize
         self._H = hsize
-        self._tlock = threading.Lock()
+        self._turn = Turn()  # one call at a time on this handle; waiters queue (_turns.py)
         self._slock = threading.Lock()
         self._owner = 0
         self._closed = False
@@ -353,14 +355,6 @@ class _Handle:
             raise reentrant_call(f"{self._what} {self.name!r}", blocks=True)
         if self._closed:
             raise ValueError(f"{self._what} {self.name!r} is closed")
-        if deadline is not None:
-            while self._tlock.locked():
-                if time.monotonic() >= deadline:
-                    raise timed_out(
-                        f"broadcast ring {self.name!r} (another thread is using this handle)",
-                        sending,
-                    )
-                time.sleep(0.0005)
         return me
 
     def _left(self) -> None:
@@ -494,17 +488,26 @@ class _Handle:
         if self._owner == threading.get_ident():
             self._teardown()
         else:
-            got: list[bool] = []
-            try:
-                got += map(self._tlock.acquire, (False,))
-                if got[0]:
-                    self._teardown()
-            finally:
-                if got and got[0]:
-                    self._tlock.release()
+            self._teardown_if_free()  # else another thread's call does, as it leaves
 
     def _wake_self(self) -> None:
         """Wake a call of this handle blocked in another thread (close() calls it)."""
+
+    def _teardown_if_free(self) -> None:
+        """Tear down now unless another thread's call has the turn (it tears down as it
+        leaves, in _left); a call that gave the turn back after a close() from another
+        thread calls it too, since that close() found the turn taken."""
+        turn = self._turn
+        try:
+            del turn.free
+        except AttributeError:
+            return
+        try:
+            self._teardown()
+        finally:
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
 
     def _teardown(self) -> None:
         if self._torn_down:
@@ -531,7 +534,7 @@ class _Handle:
     def _after_fork_in_child(self) -> None:
         """A handle inherited through fork() gets its own open file description
         (python_ring.py's reason: shared OFD locks would not exclude parent and child)."""
-        self._tlock = threading.Lock()
+        self._turn = Turn()
         self._slock = threading.Lock()
         self._owner = 0
         if self._torn_down:
@@ -830,11 +833,19 @@ class PythonBroadcast(_Handle, BroadcastBase):
         for s in wake:
             self._ring(s)
 
+    @takes_turn(_TURN)
     def publish(self, data: Any, timeout: float | None = None) -> None:
         mv = self._message(data)
         deadline = _deadline(timeout)
         me = self._check_enter(deadline, True)
-        with self._tlock:
+        turn = self._turn
+        try:
+            del turn.free
+        except AttributeError:  # another thread's call: wait for its end, within the deadline
+            turn.wait_take(
+                self, _TURN, _seconds_left(deadline), True, f"{self._what} {self.name!r}"
+            )
+        try:
             try:
                 self._owner = me
                 if self._closed:
@@ -852,7 +863,14 @@ class PythonBroadcast(_Handle, BroadcastBase):
                     self._left()
                 finally:
                     self._owner = 0  # last: see _check_enter
+        finally:
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
+            elif self._closed:
+                self._teardown_if_free()  # a close() that found the turn taken
 
+    @takes_turn(_TURN)
     def publish_many(self, messages: Iterable[Any], timeout: float | None = None) -> int:
         views = [self._message(m) for m in messages]
         deadline = _deadline(timeout)
@@ -864,7 +882,14 @@ class PythonBroadcast(_Handle, BroadcastBase):
         ends = list(accumulate([(n + 15) & ~7 for n in lens]))
         sent = 0
         me = self._check_enter(deadline, True)
-        with self._tlock:
+        turn = self._turn
+        try:
+            del turn.free
+        except AttributeError:  # another thread's call: wait for its end, within the deadline
+            turn.wait_take(
+                self, _TURN, _seconds_left(deadline), True, f"{self._what} {self.name!r}"
+            )
+        try:
             try:
                 self._owner = me
                 if self._closed:
@@ -895,6 +920,12 @@ class PythonBroadcast(_Handle, BroadcastBase):
                     self._left()
                 finally:
                     self._owner = 0  # last: see _check_enter
+        finally:
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
+            elif self._closed:
+                self._teardown_if_free()  # a close() that found the turn taken
         return sent
 
     def reserve(
@@ -910,9 +941,17 @@ class PythonBroadcast(_Handle, BroadcastBase):
         return self._reserve(n, _deadline(timeout))
 
     @contextmanager
+    @takes_turn(_TURN)
     def _reserve(self, n: int, deadline: float | None) -> Iterator[memoryview]:
         me = self._check_enter(deadline, True)
-        with self._tlock:
+        turn = self._turn
+        try:
+            del turn.free
+        except AttributeError:  # another thread's call: wait for its end, within the deadline
+            turn.wait_take(
+                self, _TURN, _seconds_left(deadline), True, f"{self._what} {self.name!r}"
+            )
+        try:
             try:
                 self._owner = me
                 if self._closed:
@@ -951,6 +990,12 @@ class PythonBroadcast(_Handle, BroadcastBase):
                     self._left()
                 finally:
                     self._owner = 0  # last: see _check_enter
+        finally:
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
+            elif self._closed:
+                self._teardown_if_free()  # a close() that found the turn taken
 
     # ---- control -------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -1201,13 +1246,21 @@ class PythonSubscriber(_Handle, SubscriberBase):
             with suppress(ValueError):
                 self._watch(-1)
 
+    @takes_turn(_TURN)
     def _receive(
         self, take: Callable[[int, int], tuple[Any, int, int]], timeout: float | None
     ) -> Any:
         deadline = _deadline(timeout)
         me = self._check_enter(deadline, False)
         self._usable()
-        with self._tlock:
+        turn = self._turn
+        try:
+            del turn.free
+        except AttributeError:  # another thread's call: wait for its end, within the deadline
+            turn.wait_take(
+                self, _TURN, _seconds_left(deadline), False, f"{self._what} {self.name!r}"
+            )
+        try:
             registered: list[int] = []
             try:
                 self._owner = me
@@ -1218,6 +1271,12 @@ class PythonSubscriber(_Handle, SubscriberBase):
                     self._left()
                 finally:
                     self._owner = 0  # last: see _check_enter
+        finally:
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
+            elif self._closed:
+                self._teardown_if_free()  # a close() that found the turn taken
 
     def _take_waiting(
         self,
@@ -1226,7 +1285,7 @@ class PythonSubscriber(_Handle, SubscriberBase):
         registered: list[int],
     ) -> Any:
         """What ``take`` returns once there is a message, sleeping on the bell until then
-        (``_tlock`` held; ``registered`` records the watch to undo)."""
+        (the handle's turn taken; ``registered`` records the watch to undo)."""
         while True:
             if self._closed:
                 raise ValueError(f"broadcast subscriber {self.name!r} is closed")
@@ -1296,6 +1355,7 @@ class PythonSubscriber(_Handle, SubscriberBase):
         return self._recv_view(timeout)
 
     @contextmanager
+    @takes_turn(_TURN)
     def _recv_view(self, timeout: float | None) -> Iterator[memoryview]:
         w = self._w
 
@@ -1305,12 +1365,19 @@ class PythonSubscriber(_Handle, SubscriberBase):
             self._q[w + _S_PIN] = pos + 1
             return (pos, n), pos, 0  # nothing consumed yet
 
-        # One hold of _tlock from the pin to the block's end: let go in between, another
+        # One hold of the turn from the pin to the block's end: let go in between, another
         # thread's receive cleared the pin and took the same message.
         deadline = _deadline(timeout)
         me = self._check_enter(deadline, False)
         self._usable()
-        with self._tlock:
+        turn = self._turn
+        try:
+            del turn.free
+        except AttributeError:  # another thread's call: wait for its end, within the deadline
+            turn.wait_take(
+                self, _TURN, _seconds_left(deadline), False, f"{self._what} {self.name!r}"
+            )
+        try:
             registered: list[int] = []
             try:
                 self._owner = me
@@ -1339,6 +1406,12 @@ class PythonSubscriber(_Handle, SubscriberBase):
                     self._left()
                 finally:
                     self._owner = 0  # last: see _check_enter
+        finally:
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
+            elif self._closed:
+                self._teardown_if_free()  # a close() that found the turn taken
 
     def _consume_pinned(self, pos: int, n: int) -> None:
         """Consume the viewed message at ``pos`` and drop the pin (shared lock)."""

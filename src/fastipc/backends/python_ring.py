@@ -120,7 +120,7 @@ from .._names import (
     semaphore_names,
     semaphore_paths,
 )
-from .._turns import inside_a_call, reentrant_call, takes_turn
+from .._turns import Turn, inside_a_call, reentrant_call, takes_turn
 from ..errors import Closed, MessageTooLarge, Timeout, timed_out
 
 __all__ = ["PythonRing"]
@@ -133,8 +133,9 @@ MAGIC = b"FIPCPY01"
 #: 3: semaphore mutexes, handle slots, release counters; the data area at 16384.
 LAYOUT_VERSION = 3
 _ident = threading.get_ident
-#: The side name marking the methods that hold ``_tlock`` (see _check_enter).
-_LOCK = "_tlock"
+#: The turn a call takes on its handle (one at a time per handle; see _check_enter):
+#: the attribute holding it, also the side name marking the methods that take it.
+_TURN = "_turn"
 
 _NATIVE_MAGIC = b"FPCIRN01"  # csrc/ring.c's FI_MAGIC, named for a clearer error
 
@@ -274,6 +275,11 @@ def _deadline(timeout: float | None) -> float | None:
         return None
     until = deadline(timeout)
     return None if until is None else until / 1e9
+
+
+def _seconds_left(deadline: float | None) -> float | None:
+    """Seconds left before ``deadline`` (from :func:`_deadline`), at least 0; None: no deadline."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _check_count(value: object, what: str) -> int:
@@ -433,9 +439,11 @@ class PythonRing(RingBase):
         self._cons = cons
         self._ptry = prod.acquire
         self._ctry = cons.acquire
-        # Both only ever taken by ``with`` (see "Interrupts" in the module docstring).
-        self._tlock = threading.Lock()  # one call at a time on this handle
-        self._slock = threading.Lock()  # the state lock and the bells among this handle's threads
+        # One call at a time on this handle; waiters queue (see _turns.py).
+        self._turn = Turn()
+        # The state lock and the bells among this handle's threads; only ever taken by
+        # ``with`` (see "Interrupts" in the module docstring).
+        self._slock = threading.Lock()
         self._owner = 0  # thread id inside a view block (to refuse re-entry from it)
         self._inside = False  # some thread is inside a call or block (see _check_enter)
         self._closed = False
@@ -719,9 +727,8 @@ class PythonRing(RingBase):
             fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[byte])
 
     def _check_enter(self, deadline: float | None, sending: bool | None = None) -> int:
-        """Before a call takes this handle: refuse re-entry from a view block and a closed
-        handle; with a deadline, wait for another thread's call to end (Timeout).
-        Returns this thread's id."""
+        """Before a call takes this handle's turn: refuse re-entry from a view block or a
+        signal handler, and a closed handle. Returns this thread's id."""
         me = _ident()
         if self._owner == me:
             raise RuntimeError(
@@ -729,23 +736,14 @@ class PythonRing(RingBase):
             )
         if self._closed:
             raise ValueError("ring is closed")
-        if self._inside and inside_a_call(sys._getframe(2), self, _LOCK):
+        if self._inside and inside_a_call(sys._getframe(2), self, _TURN):
             # Only a signal handler gets here (fastipc's methods do not call
             # each other): waiting for the lock its own thread holds would hang.
             raise reentrant_call(f"ring {self.name!r}")
-        if deadline is not None:
-            # `with` cannot wait with a timeout: poll (only threads sharing a handle wait).
-            while self._tlock.locked():
-                if time.monotonic() >= deadline:
-                    # For this call the ring was as good as full (empty).
-                    raise timed_out(
-                        f"ring {self.name!r} (another thread is using this handle)", sending
-                    )
-                time.sleep(0.0005)
         return me
 
     def _left(self) -> None:
-        """End of a call (``_tlock`` still held): tear down if close() came meanwhile."""
+        """End of a call (its turn still taken): tear down if close() came meanwhile."""
         if self._closed and not self._torn_down:
             self._teardown()  # close() was called from another thread during our call
 
@@ -938,7 +936,7 @@ class PythonRing(RingBase):
             )
         return mv
 
-    @takes_turn(_LOCK)
+    @takes_turn(_TURN)
     def send(self, data: Any, timeout: float | None = None) -> None:
         if type(data) is bytes:  # the common case: no view needed
             n = len(data)
@@ -950,7 +948,12 @@ class PythonRing(RingBase):
         deadline = None if timeout is None else _deadline(timeout)
         if deadline is not None or self._inside:
             self._check_enter(deadline, True)
-        with self._tlock:
+        turn = self._turn
+        try:
+            del turn.free
+        except AttributeError:  # another thread's call: wait for its end, within the deadline
+            turn.wait_take(self, _TURN, _seconds_left(deadline), True, f"ring {self.name!r}")
+        try:
             self._inside = True  # (see _check_enter)
             try:
                 if self._closed:
@@ -1024,8 +1027,14 @@ class PythonRing(RingBase):
                         self._left()
             finally:
                 self._inside = False
+        finally:
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
+            elif self._closed:
+                self._teardown_if_free()  # a close() that found the turn taken
 
-    @takes_turn(_LOCK)
+    @takes_turn(_TURN)
     def send_many(self, messages: Iterable[Any], timeout: float | None = None) -> int:
         msgs = messages if type(messages) is list else list(messages)
         cap = self.capacity
@@ -1046,7 +1055,12 @@ class PythonRing(RingBase):
         D = self._D
         sent = 0
         self._check_enter(deadline, True)
-        with self._tlock:
+        turn = self._turn
+        try:
+            del turn.free
+        except AttributeError:  # another thread's call: wait for its end, within the deadline
+            turn.wait_take(self, _TURN, _seconds_left(deadline), True, f"ring {self.name!r}")
+        try:
             self._inside = True  # (see _check_enter)
             try:
                 if self._closed:
@@ -1092,6 +1106,12 @@ class PythonRing(RingBase):
                     self._left()
             finally:
                 self._inside = False
+        finally:
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
+            elif self._closed:
+                self._teardown_if_free()  # a close() that found the turn taken
         self._published()
         return sent
 
@@ -1106,10 +1126,15 @@ class PythonRing(RingBase):
         return self._reserve(n, _deadline(timeout))
 
     @contextmanager
-    @takes_turn(_LOCK)
+    @takes_turn(_TURN)
     def _reserve(self, n: int, deadline: float | None) -> Iterator[memoryview]:
         me = self._check_enter(deadline, True)
-        with self._tlock:
+        turn = self._turn
+        try:
+            del turn.free
+        except AttributeError:  # another thread's call: wait for its end, within the deadline
+            turn.wait_take(self, _TURN, _seconds_left(deadline), True, f"ring {self.name!r}")
+        try:
             self._inside = True  # (see _check_enter)
             try:
                 if self._closed:
@@ -1163,6 +1188,12 @@ class PythonRing(RingBase):
                     self._left()
             finally:
                 self._inside = False
+        finally:
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
+            elif self._closed:
+                self._teardown_if_free()  # a close() that found the turn taken
         self._published()
 
     # ---- consumer side ----------------------------------------------------------
@@ -1221,12 +1252,17 @@ class PythonRing(RingBase):
             raise incompatible(self.name, f"corrupt record: length {n} at position {head}")
         return g, head, popped, n
 
-    @takes_turn(_LOCK)
+    @takes_turn(_TURN)
     def recv(self, timeout: float | None = None) -> bytes:
         deadline = None if timeout is None else _deadline(timeout)
         if deadline is not None or self._inside:
             self._check_enter(deadline, False)
-        with self._tlock:
+        turn = self._turn
+        try:
+            del turn.free
+        except AttributeError:  # another thread's call: wait for its end, within the deadline
+            turn.wait_take(self, _TURN, _seconds_left(deadline), False, f"ring {self.name!r}")
+        try:
             self._inside = True  # (see _check_enter)
             try:
                 if self._closed:
@@ -1280,9 +1316,15 @@ class PythonRing(RingBase):
                         self._left()
             finally:
                 self._inside = False
+        finally:
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
+            elif self._closed:
+                self._teardown_if_free()  # a close() that found the turn taken
         return data
 
-    @takes_turn(_LOCK)
+    @takes_turn(_TURN)
     def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
         dst = check_buffer(buffer, "buffer")
         if dst.readonly:
@@ -1290,7 +1332,12 @@ class PythonRing(RingBase):
         deadline = _deadline(timeout)
         if deadline is not None or self._inside:
             self._check_enter(deadline, False)
-        with self._tlock:
+        turn = self._turn
+        try:
+            del turn.free
+        except AttributeError:  # another thread's call: wait for its end, within the deadline
+            turn.wait_take(self, _TURN, _seconds_left(deadline), False, f"ring {self.name!r}")
+        try:
             self._inside = True  # (see _check_enter)
             try:
                 if self._closed:
@@ -1344,9 +1391,15 @@ class PythonRing(RingBase):
                         self._left()
             finally:
                 self._inside = False
+        finally:
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
+            elif self._closed:
+                self._teardown_if_free()  # a close() that found the turn taken
         return n
 
-    @takes_turn(_LOCK)
+    @takes_turn(_TURN)
     def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
         count = _check_count(max_count, "max_count")
         if count < 1:
@@ -1354,7 +1407,12 @@ class PythonRing(RingBase):
         deadline = _deadline(timeout)
         out: list[bytes] = []
         self._check_enter(deadline, False)
-        with self._tlock:
+        turn = self._turn
+        try:
+            del turn.free
+        except AttributeError:  # another thread's call: wait for its end, within the deadline
+            turn.wait_take(self, _TURN, _seconds_left(deadline), False, f"ring {self.name!r}")
+        try:
             self._inside = True  # (see _check_enter)
             try:
                 if self._closed:
@@ -1387,6 +1445,12 @@ class PythonRing(RingBase):
                     self._left()
             finally:
                 self._inside = False
+        finally:
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
+            elif self._closed:
+                self._teardown_if_free()  # a close() that found the turn taken
         self._freed()
         return out
 
@@ -1404,10 +1468,15 @@ class PythonRing(RingBase):
         return self._recv_view(_deadline(timeout))
 
     @contextmanager
-    @takes_turn(_LOCK)
+    @takes_turn(_TURN)
     def _recv_view(self, deadline: float | None) -> Iterator[memoryview]:
         me = self._check_enter(deadline, False)
-        with self._tlock:
+        turn = self._turn
+        try:
+            del turn.free
+        except AttributeError:  # another thread's call: wait for its end, within the deadline
+            turn.wait_take(self, _TURN, _seconds_left(deadline), False, f"ring {self.name!r}")
+        try:
             self._inside = True  # (see _check_enter)
             try:
                 if self._closed:
@@ -1455,6 +1524,12 @@ class PythonRing(RingBase):
                     self._left()
             finally:
                 self._inside = False
+        finally:
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
+            elif self._closed:
+                self._teardown_if_free()  # a close() that found the turn taken
         self._freed()
 
     # ---- control ------------------------------------------------------------------
@@ -1572,7 +1647,7 @@ class PythonRing(RingBase):
     def closed(self) -> bool:
         return self._closed
 
-    @takes_turn(_LOCK)
+    @takes_turn(_TURN)
     def close(self) -> None:
         if self._closed:
             return
@@ -1583,20 +1658,27 @@ class PythonRing(RingBase):
             # ring now; the block's exit then publishes or consumes nothing.
             self._teardown()
         else:
-            # acquire() called from C (list += map), so its result is kept even if a
-            # signal handler raises right after it returns.
-            got: list[bool] = []
-            try:
-                got += map(self._tlock.acquire, (False,))
-                if got[0]:
-                    self._inside = True  # a handler's call meanwhile: see _check_enter
-                    self._teardown()
-                # Otherwise another thread is inside a call; it tears down as it
-                # leaves (_left), after waking within its wait slice.
-            finally:
-                if got and got[0]:
-                    self._inside = False
-                    self._tlock.release()
+            # Another thread inside a call (or its turn on the way to a waiting one)
+            # tears down as it leaves (_left), after waking within its wait slice.
+            self._teardown_if_free()
+
+    def _teardown_if_free(self) -> None:
+        """Tear down now unless another thread's call has the turn (it tears down as it
+        leaves, in _left); a call that gave the turn back after a close() from another
+        thread calls it too, since that close() found the turn taken."""
+        turn = self._turn
+        try:
+            del turn.free
+        except AttributeError:
+            return
+        try:
+            self._inside = True  # a handler's call meanwhile: see _check_enter
+            self._teardown()
+        finally:
+            self._inside = False
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
 
     def _teardown(self) -> None:
         if self._torn_down:
@@ -1645,7 +1727,7 @@ class PythonRing(RingBase):
         the mapping would keep a dead parent's slot alive. Reopen the file,
         remap it and take a slot in the child.
         """
-        self._tlock = threading.Lock()  # another parent thread may have held these
+        self._turn = Turn()  # another parent thread may have held these
         self._slock = threading.Lock()
         self._owner = 0
         self._inside = False
