@@ -134,6 +134,16 @@ enum bc_hold { HOLD_NONE = 0, HOLD_PUB = 1, HOLD_SUB = 2 };
  * mapping and fi_bc_free. So a closed subscriber gives its slot back when
  * no call is inside and no block open, even while an export of a view
  * lives on (a block publisher would otherwise wait for it). */
+/* The loss the last -EOVERFLOW reported to one thread: a thread sharing a
+ * subscriber asks for its count after the call returns, by which time
+ * another thread's overrun may have come (b->lagged is the last one). */
+#define BC_LAG_THREADS 8
+struct bc_lag {
+    uint64_t thread; /* pthread_self() of the thread told; 0: free or being rewritten */
+    uint64_t count;
+    uint64_t stamp; /* when written: the oldest entry goes first */
+};
+
 struct fi_bcast {
     struct bc_header *hdr;
     struct bc_slot *slots;
@@ -158,7 +168,10 @@ struct fi_bcast {
     uint64_t owner;
     uint64_t pos, seq;
     int resync;         /* jumped to head after an overrun: report on next read */
-    uint64_t lagged;    /* messages the last -EOVERFLOW reported */
+    uint64_t lagged;    /* messages the last -EOVERFLOW reported (any thread's) */
+    /* ... and per thread, for threads sharing the handle (note_lag) */
+    struct bc_lag lags[BC_LAG_THREADS];
+    uint64_t lag_stamp;
     uint64_t missed;    /* all messages lost so far */
     fi_lock sub_lock;   /* private: one receive at a time on this handle */
     char *scratch;
@@ -641,6 +654,30 @@ static int next_record(fi_bcast *b, uint64_t *avail, uint32_t *len, uint64_t *st
     return 0;
 }
 
+/* Record the loss of n messages just reported to this thread (sub_lock held:
+ * one writer). The entry is this thread's own, else the oldest: a thread's
+ * count survives until BC_LAG_THREADS other threads are overrun after it. The
+ * thread word goes to 0 while the count changes, so a reader (fi_bc_lagged,
+ * no lock) that sees its own id on both sides of the count read got it. */
+static void note_lag(fi_bcast *b, uint64_t n)
+{
+    uint64_t me = (uint64_t)pthread_self();
+    struct bc_lag *e = &b->lags[0];
+    for (int i = 0; i < BC_LAG_THREADS; i++) {
+        if (b->lags[i].thread == me) {
+            e = &b->lags[i];
+            break;
+        }
+        if (b->lags[i].stamp < e->stamp)
+            e = &b->lags[i];
+    }
+    __atomic_store_n(&e->thread, 0, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    __atomic_store_n(&e->count, n, __ATOMIC_RELAXED);
+    e->stamp = ++b->lag_stamp;
+    __atomic_store_n(&e->thread, me, __ATOMIC_RELEASE);
+}
+
 /* After a good copy of the record at the cursor: check its sequence number.
  * 0 (deliver it), -EOVERFLOW (a loss to report first; the record stays),
  * -EBADMSG. */
@@ -655,6 +692,7 @@ static int check_seq(fi_bcast *b, uint64_t seq)
         return -EBADMSG;
     b->lagged = seq - b->seq;
     b->missed += b->lagged;
+    note_lag(b, b->lagged);
     __atomic_store_n(&b->slots[b->slot].missed, b->missed, __ATOMIC_RELAXED);
     __atomic_store_n(&b->seq, seq, __ATOMIC_RELEASE); /* fi_bc_len reads it from other threads */
     b->resync = 0;
@@ -1419,7 +1457,20 @@ int64_t fi_bc_len(fi_bcast *b)
     return (int64_t)(n < b->size / BC_REC_HDR ? n : b->size / BC_REC_HDR);
 }
 
-uint64_t fi_bc_lagged(const fi_bcast *b) { return b->lagged; }
+uint64_t fi_bc_lagged(const fi_bcast *b)
+{
+    uint64_t me = (uint64_t)pthread_self();
+    for (int i = 0; i < BC_LAG_THREADS; i++) {
+        const struct bc_lag *e = &b->lags[i];
+        if (__atomic_load_n(&e->thread, __ATOMIC_ACQUIRE) != me)
+            continue;
+        uint64_t n = __atomic_load_n(&e->count, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&e->thread, __ATOMIC_RELAXED) == me)
+            return n; /* not taken over by another thread's overrun meanwhile */
+    }
+    return b->lagged;
+}
 uint64_t fi_bc_missed(const fi_bcast *b) { return b->missed; }
 
 int64_t fi_bc_next_len(fi_bcast *b)

@@ -356,7 +356,9 @@ int fi_bc_slot(fi_bcast *b);
  * ones still kept). -EINVAL not subscribed. Never blocks. */
 int64_t fi_bc_len(fi_bcast *b);
 
-/* Messages lost in the overrun the last -EOVERFLOW reported; all lost so far. */
+/* Messages lost in the overrun the last -EOVERFLOW reported to this thread on
+ * this handle (ask right after it: another thread sharing the handle has its
+ * own); all lost so far. */
 uint64_t fi_bc_lagged(const fi_bcast *b);
 uint64_t fi_bc_missed(const fi_bcast *b);
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import run_python
 
 import fastipc
-from fastipc import Broadcast, Channel, Empty, Full, Ring, Timeout
+from fastipc import Broadcast, Channel, Empty, Full, Lagged, Ring, Timeout
 
 #: Sizes that take every receive path: the handle's buffer, a view past it (64 KiB).
 SIZES = (0, 1, 63, 500, 5000, 70_000)
@@ -744,3 +744,51 @@ def test_a_thread_waiting_on_a_handle_held_by_a_view_block_times_out_and_steals_
         ring.unlink()
         ring.close()
 
+
+def test_threads_sharing_an_overrun_subscriber_each_get_their_own_loss_count(
+    ring_name: str,
+) -> None:
+    """Every message is received or counted lost exactly once across the threads sharing
+    a subscriber: the C handle kept one "lost in the last overrun" count, so a thread
+    raising Lagged could report the count of another thread's overrun (the sum over the
+    exceptions then disagreed with ``sub.missed``)."""
+    total = 60_000
+    pub = Broadcast.create(ring_name, capacity=512, policy="overwrite")
+    sub = Broadcast.subscribe(ring_name)
+    done = threading.Event()
+    lock = threading.Lock()
+    got: list[int] = []
+    lost: list[int] = []
+
+    def receive() -> None:
+        mine: list[int] = []
+        missed = 0
+        while True:
+            try:
+                mine += [int(m) for m in sub.recv_many(8, timeout=0.01)]
+            except Lagged as exc:
+                missed += exc.missed
+            except Empty:
+                if done.is_set():
+                    break
+        with lock:
+            got.extend(mine)
+            lost.append(missed)
+
+    threads = [threading.Thread(target=receive) for _ in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        for base in range(0, total, 100):
+            pub.publish_many([b"%d" % k for k in range(base, base + 100)])
+        done.set()
+        for t in threads:
+            t.join(60)
+            assert not t.is_alive(), "a receiver hung"
+        assert len(set(got)) == len(got), "a message delivered twice"
+        assert sum(lost) == sub.missed
+        assert len(got) + sum(lost) == total
+    finally:
+        done.set()
+        sub.close()
+        pub.close()
