@@ -792,3 +792,70 @@ def test_threads_sharing_an_overrun_subscriber_each_get_their_own_loss_count(
         done.set()
         sub.close()
         pub.close()
+
+
+@_python_only
+def test_fds_received_while_another_thread_closes_the_channel_are_whole_or_refused() -> None:
+    """close() closes the fds of received but unclaimed messages by taking them out of
+    their lists; a recv_with_fds in another thread, past its own closed check, handed the
+    caller that very list, so the fds it returned were then closed and taken out under
+    the caller. Hooks pause the receive before its claim and close() with the list in
+    hand, then let the receive go first."""
+    out = run_python(
+        """
+        import os, sys, threading
+        from fastipc import Channel
+
+        r, w = os.pipe()
+        a, b = Channel.pair()
+        a.send(b"m", fds=[r, r, r])
+        rx_at, rx_go, at, go = (threading.Event() for _ in range(4))
+
+        def rx_hook(frame, event, arg):
+            if event == "call" and frame.f_code.co_name == "_claim" and not rx_at.is_set():
+                rx_at.set()  # the frame and its fds are read in, not yet claimed
+                rx_go.wait(5)
+
+        def close_hook(frame, event, arg):
+            if event == "call" and frame.f_code.co_name == "_no_linger" and not at.is_set():
+                at.set()  # close() holds the message's fd list
+                go.wait(5)
+
+        res = {}
+
+        def receiver():
+            sys.setprofile(rx_hook)
+            try:
+                data, fds = b.recv_with_fds(timeout=5)
+                res["got"] = fds
+            except ValueError as exc:
+                res["refused"] = str(exc)
+            sys.setprofile(None)
+
+        def closer():
+            sys.setprofile(close_hook)
+            b.close()
+            sys.setprofile(None)
+
+        rx = threading.Thread(target=receiver)
+        rx.start()
+        assert rx_at.wait(5), "the receive never reached its claim (renamed?)"
+        cl = threading.Thread(target=closer)
+        cl.start()
+        assert at.wait(5), "close() never reached the fd list (renamed?)"
+        rx_go.set()
+        rx.join(10)
+        go.set()
+        cl.join(10)
+        if "got" in res:
+            fds = res["got"]
+            assert len(fds) == 3, f"fds taken out of a list already returned: {fds}"
+            for fd in fds:
+                os.fstat(fd)  # closed under the caller: raises
+        else:
+            assert "closed" in res["refused"], res
+        a.close()
+        print("done", sorted(res))
+        """
+    )
+    assert out.stdout.strip().startswith("done")

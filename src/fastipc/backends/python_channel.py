@@ -673,7 +673,16 @@ class PythonChannel(ChannelBase):
             if fds is None:
                 self._socket()
                 self._fail(errno.ENOBUFS)
-            return fds  # type: ignore[no-any-return]
+            # close() in another thread closes a set's fds by taking them out of
+            # this very list: take them all at once (the copy and the clear are
+            # opcodes, no call between), and if close() has begun (it clears
+            # _sock first), it may have taken some: close the rest, raise.
+            mine: list[int] = fds[:]
+            del fds[:]
+            if self._sock is None:
+                _close_all(mine)
+                self._socket()  # raises: closed
+            return mine
         _close_from(sets[0][2])
         sets.popleft()
         return []
@@ -767,6 +776,7 @@ class PythonChannel(ChannelBase):
                 mine = sets and sets[0][0] <= start <= sets[0][1] - 1 < start + 8 + 16
                 fds = (sets[0][2] or []) if mine else []
                 if len(fds) != 1:  # none, truncated (MSG_CTRUNC) or more: not ours to guess
+                    self._socket()  # (or taken by a close() from another thread: say so)
                     self._kill(
                         errno.EPROTO, detail="a hand-off area frame must carry exactly one fd"
                     )
@@ -774,8 +784,15 @@ class PythonChannel(ChannelBase):
                 try:
                     area = ReceiveArea(fds[0])
                 except (OSError, ValueError) as exc:
+                    self._socket()  # closed by another thread meanwhile: say so
                     self._kill(errno.EPROTO, detail=str(exc))
                     self._raise()
+                if self._sock is None:
+                    # close() in another thread began (it clears _sock first) and may
+                    # have closed that fd before the mapping: the number may name
+                    # another file by now. Nothing of it is read.
+                    area.close()
+                    self._socket()  # raises: closed
                 # No call in this statement: the install is one step.
                 old, self._rx_area, self._area_from = self._rx_area, area, start
                 if old is not None:
