@@ -76,7 +76,7 @@ def _holder_of_raw_mutex(name: str, suffix: str, side: int) -> str:
         from fastipc import Ring
         r = Ring.open({name!r})
         sem = posix_ipc.Semaphore("/fastipc.{name}{suffix}")
-        r._q[r._slotw] = {side}
+        r._buf[(r._pclaim, r._cclaim)[{side} - 1]] = 1  # the side's claim byte
         sem.acquire(0)
         print("holding", flush=True)
         time.sleep(60)

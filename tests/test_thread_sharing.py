@@ -672,7 +672,7 @@ def test_a_call_waiting_for_another_threads_call_keeps_its_own_timeout(
         fired.wait(5)
         other = threading.Thread(target=long_call)
         other.start()
-        while not (getattr(h, "_inside", False) or getattr(h, "_owner", 0)):
+        while not (getattr(h, "_in_rx", False) or getattr(h, "_owner", 0)):
             time.sleep(0.001)
         inside.set()
         w.join(10)
@@ -859,3 +859,42 @@ def test_fds_received_while_another_thread_closes_the_channel_are_whole_or_refus
         """
     )
     assert out.stdout.strip().startswith("done")
+
+
+@pytest.mark.parametrize("how", ["single", "batched", "view"])
+def test_a_producer_thread_and_a_consumer_thread_share_one_ring_handle(
+    ring_name: str, how: str
+) -> None:
+    """Each side of a handle takes its own turn: a receive blocked waiting for a message
+    does not keep the same handle's send out. The python backend had one lock for both,
+    so the consumer's recv() waited for a message holding it and the producer's send()
+    waited for the lock: both, for ever."""
+    count = 3000
+    ring = Ring.create(ring_name, 256)  # a few messages fill it: both sides block in turn
+    got: list[bytes] = []
+
+    def produce() -> None:
+        msgs = [b"%06d" % k + bytes(k % 50) for k in range(count)]
+        if how == "batched":
+            for i in range(0, count, 7):
+                ring.send_many(msgs[i : i + 7])
+        else:
+            for m in msgs:
+                ring.send(m)
+
+    def consume() -> None:
+        while len(got) < count:
+            if how == "batched":
+                got.extend(ring.recv_many(16))
+            elif how == "view":
+                with ring.recv_view() as v:
+                    got.append(bytes(v))
+            else:
+                got.append(ring.recv())
+
+    try:
+        _run([consume, produce])
+        assert got == [b"%06d" % k + bytes(k % 50) for k in range(count)]
+    finally:
+        ring.unlink()
+        ring.close()

@@ -78,6 +78,7 @@ from ._checks import timeout_ns
 from .errors import timed_out
 
 __all__ = [
+    "ANY",
     "BUFFERS",
     "RX",
     "TX",
@@ -91,6 +92,9 @@ __all__ = [
 ]
 
 RX, TX = "_rx_turn", "_tx_turn"
+
+#: The side mark of a method that takes every turn of its handle (a close()).
+ANY = "*"
 
 #: The side name of a receive handle's own buffers (a ring's or subscriber's
 #: scratch and batch buffer, sliced after the C call), marked on the methods
@@ -134,7 +138,10 @@ class Turn:
     ``waiting`` holds each waiting call's lock, oldest first (a deque: its
     truth test, all that giving the turn back costs while nobody waits, is
     no call). ``handed`` is the waiter the token is on its way to (see
-    :meth:`wake`). No lock guards these: every check and the changes it
+    :meth:`wake`). ``block`` is the thread id of a reserve()/recv_view()
+    block holding the turn, else 0: such a block runs its caller's code with
+    its generator suspended, on no thread's stack, so without it a waiter's
+    look for a lost turn would take the turn from the block. No lock guards these: every check and the changes it
     decides are opcodes with no call between them, so no other thread (the
     GIL is only handed over where a signal handler could run) and no signal
     handler comes in between; a waiter sleeps on its own lock, released to
@@ -143,12 +150,13 @@ class Turn:
     lock taken or released out of turn.)
     """
 
-    __slots__ = ("free", "handed", "waiting")
+    __slots__ = ("block", "free", "handed", "waiting")
 
     def __init__(self) -> None:
         self.free = True
         self.waiting: collections.deque[Any] = collections.deque()
         self.handed: Any = None
+        self.block = 0
 
     def wake(self) -> None:
         """Hand the token, if free, to the oldest waiter and wake it (call after
@@ -292,14 +300,8 @@ def _lost(turn: Turn, handle: Any, side: str) -> bool:
         turn.handed = None
         turn.free = True
         turn.wake()
-    # The holder may have given it back meanwhile. A handle's open reserve()/recv_view()
-    # block holds it too, from a generator frame on no thread's stack (its ``_owner``).
-    return (
-        not held
-        and not hasattr(turn, "free")
-        and turn.handed is None
-        and not getattr(handle, "_owner", 0)
-    )
+    # The holder may have given it back meanwhile; an open view block holds it too.
+    return not held and not hasattr(turn, "free") and turn.handed is None and not turn.block
 
 
 def refuse_or_free(handle: Any, side: str, what: str, above: FrameType | None) -> bool:
@@ -327,7 +329,10 @@ def _holds(frame: FrameType | None, turn: Turn, handle: Any, side: str) -> bool:
             waiting = names.get("self") is turn and not names.get("taken")
         elif code in _takers:
             names = frame.f_locals
-            mine = names.get("self") is handle and (_takers[code] or names.get("side")) == side
+            mine = names.get("self") is handle and (_takers[code] or names.get("side")) in (
+                side,
+                ANY,
+            )
             if mine and not waiting:
                 return True
             waiting = False
@@ -358,7 +363,7 @@ def inside_a_call(frame: FrameType | None, handle: Any, side: str) -> bool:
         marked = _takers.get(frame.f_code)
         if marked is not None:
             names = frame.f_locals
-            if names.get("self") is handle and (marked or names.get("side")) == side:
+            if names.get("self") is handle and (marked or names.get("side")) in (side, ANY):
                 return True
         frame = frame.f_back
     return False

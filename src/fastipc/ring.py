@@ -35,10 +35,9 @@ class Ring(RingImpl):
     Threads may share a handle: every message is still received whole and
     once. A ``recv_view``/``reserve`` block is one per handle at a time (in
     another thread it raises RuntimeError), so threads that each use views
-    want a handle each (``Ring.open``), which is also the fastest. With the
-    python backend a handle runs one call at a time: a producer thread and
-    a consumer thread sharing one wait for each other's blocking calls
-    (docs/architecture.md, "Handles and threads"); give them a handle each.
+    want a handle each (``Ring.open``), which is also the fastest. A
+    producer thread and a consumer thread may share a handle: a receive
+    blocked waiting for a message does not keep a send out.
 
     Every ``timeout`` is in seconds on the monotonic clock: ``None`` blocks
     until the call can complete, ``0`` never blocks. Blocking calls release

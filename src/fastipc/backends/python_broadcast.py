@@ -101,7 +101,6 @@ from .python_ring import (
     _BUSY,
     _F_SETLK,
     _F_SETLKW,
-    _TURN,
     _align8,
     _check_count,
     _cut_records,
@@ -115,6 +114,10 @@ __all__ = ["PythonBroadcast", "PythonSubscriber", "describe_segment"]
 
 if sys.byteorder != "little":  # pragma: no cover - the layout uses native u64 words
     raise ImportError("the python broadcast backend supports little-endian machines only")
+
+#: The turn a call takes on its handle (one call at a time per handle): the attribute
+#: holding it, also the side name marking the methods that take it (see _turns.py).
+_TURN = "_turn"
 
 MAGIC = b"FIPCPB01"
 LAYOUT_VERSION = 1
@@ -954,6 +957,7 @@ class PythonBroadcast(_Handle, BroadcastBase):
         try:
             try:
                 self._owner = me
+                turn.block = me  # held from a suspended generator: see _turns._lost
                 if self._closed:
                     raise ValueError(f"broadcast ring {self.name!r} is closed")
                 self._lock(_LOCK_PRODUCER, deadline)
@@ -989,6 +993,7 @@ class PythonBroadcast(_Handle, BroadcastBase):
                 try:
                     self._left()
                 finally:
+                    turn.block = 0
                     self._owner = 0  # last: see _check_enter
         finally:
             turn.free = True
@@ -1381,6 +1386,7 @@ class PythonSubscriber(_Handle, SubscriberBase):
             registered: list[int] = []
             try:
                 self._owner = me
+                turn.block = me  # held from a suspended generator: see _turns._lost
                 pos, n = self._take_waiting(pin, deadline, registered)
                 self._unwait(registered)
                 registered.clear()
@@ -1405,6 +1411,7 @@ class PythonSubscriber(_Handle, SubscriberBase):
                     self._unwait(registered)
                     self._left()
                 finally:
+                    turn.block = 0
                     self._owner = 0  # last: see _check_enter
         finally:
             turn.free = True

@@ -25,8 +25,8 @@ the x86_64/aarch64 Linux this targets)::
        168     8  consumer releases without a commit
        256     3  bytes locked (never read or written): producer recovery, state, consumer recovery
       1024  1024  bytes locked: one per handle slot, held by the slot's handle while it lives
-      8192  8192  handle slots: u64 each, the side (1 producer, 2 consumer) the handle
-                  is taking or holding, else 0
+      8192  8192  handle slots: u64 each; byte 0 is 1 while the handle is taking or
+                  holding the producer side, byte 1 the consumer side, else 0
      16384     D  data area: records of [u64 payload length][payload, padded to 8]
 
 Positions are monotonic byte counts; a record starts at ``position % D``
@@ -74,12 +74,13 @@ Interrupts and threads: a raising signal handler (Ctrl-C) runs in CPython
 after a call returns or at a Python function's entry. A mutex is taken by
 ``held += map(sem.acquire, (0,))`` (the result is recorded in C, in the same
 step as the take) inside the ``try`` whose ``finally`` releases it if
-``held`` says so, with stores and one final call; the thread locks only by
-``with``. ``close()`` from another thread wakes a blocked call within its
-wait slice (semaphore sleeps of ``_SLEEP_CAP``, mutex polls of at most
-``_POLL_MAX``); the call then raises ``ValueError: ring is closed`` and
-unmaps the ring itself as it leaves, so no thread touches the mapping after
-it is gone.
+``held`` says so, with stores and one final call. Threads sharing a handle
+take its send or receive turn (_turns.py: ``del turn.free``, no call), and
+the state lock only by ``with``. ``close()`` from another thread wakes a
+blocked call within its wait slice (semaphore sleeps of ``_SLEEP_CAP``,
+mutex polls of at most ``_POLL_MAX``); the call then raises ``ValueError:
+ring is closed``, and the last call to leave (both turns free) unmaps the
+ring, so no thread touches the mapping after it is gone.
 
 The semaphores ``.items`` and ``.space`` are only wake-up hints, not counts:
 a waiter re-checks the state after every wake-up and never sleeps longer than
@@ -120,7 +121,7 @@ from .._names import (
     semaphore_names,
     semaphore_paths,
 )
-from .._turns import Turn, inside_a_call, reentrant_call, takes_turn
+from .._turns import ANY, RX, TX, Turn, inside_a_call, reentrant_call, takes_turn
 from ..errors import Closed, MessageTooLarge, Timeout, timed_out
 
 __all__ = ["PythonRing"]
@@ -131,11 +132,10 @@ if sys.byteorder != "little":  # pragma: no cover - the layout uses native u64 w
 MAGIC = b"FIPCPY01"
 #: 2: the watcher counts at offsets 120 and 128 (the readiness doorbells).
 #: 3: semaphore mutexes, handle slots, release counters; the data area at 16384.
-LAYOUT_VERSION = 3
+#: 4: a handle slot's claims are two bytes, one per side (a handle may be in a
+#:    send and a receive at once, from two threads).
+LAYOUT_VERSION = 4
 _ident = threading.get_ident
-#: The turn a call takes on its handle (one at a time per handle; see _check_enter):
-#: the attribute holding it, also the side name marking the methods that take it.
-_TURN = "_turn"
 
 _NATIVE_MAGIC = b"FPCIRN01"  # csrc/ring.c's FI_MAGIC, named for a clearer error
 
@@ -171,9 +171,20 @@ _LOCK_CONSUMER = 258  # serialises recoveries of the consumer mutex
 _SLOTS = 1024
 _LIVE_BYTE = 1024
 _W_SLOTS = 8192 // 8
-#: Slot words: the side a handle is taking or holding.
+#: The sides (values of ``side`` arguments).
 _PROD = 1
 _CONS = 2
+#: Handle slot words: byte 0 is 1 while the handle takes or holds the producer
+#: side, byte 1 the consumer side (each byte written alone by its side's turn
+#: holder, so the two sides never write over each other's claim).
+_CLAIM_MASK = {_PROD: 0x01, _CONS: 0x0100}
+
+
+def _claim_bytes(slot: int) -> tuple[int, int]:
+    """Byte offsets of handle slot ``slot``'s producer and consumer claims."""
+    at = 8 * (_W_SLOTS + slot)
+    return at, at + 1
+
 
 #: Longest single sleep on a semaphore before re-checking the shared state (seconds).
 _SLEEP_CAP = 0.2
@@ -262,7 +273,7 @@ def _data_size(capacity: int) -> int:
 
 
 def _ring_data_size(capacity: int) -> int:
-    """Data-area bytes of a layout-3 ring for ``capacity``: room for one largest record,
+    """Data-area bytes of a layout-3 (and 4) ring for ``capacity``: room for one largest record,
     rounded so the whole segment is whole pages."""
     page = mmap.PAGESIZE
     total = _DATA + _align8(capacity) + 8
@@ -403,8 +414,8 @@ class PythonRing(RingBase):
     """:class:`~fastipc.Ring` implemented in Python over mmap, posix_ipc semaphores and OFD locks.
 
     Each handle owns its own file descriptor and handle slot (so handles in
-    one process are separate participants) and a ``threading.Lock`` (one call
-    at a time on a handle).
+    one process are separate participants), and a send and a receive turn
+    (one send and one receive at a time on a handle).
     """
 
     name: str
@@ -425,6 +436,7 @@ class PythonRing(RingBase):
         # First, before any view of the mapping exists: a failure leaves nothing to undo.
         self._slot = _claim_slot(fd)
         self._slotw = _W_SLOTS + self._slot
+        self._pclaim, self._cclaim = _claim_bytes(self._slot)
         self.name = name
         self.capacity = capacity
         self._fd = fd
@@ -439,18 +451,21 @@ class PythonRing(RingBase):
         self._cons = cons
         self._ptry = prod.acquire
         self._ctry = cons.acquire
-        # One call at a time on this handle; waiters queue (see _turns.py).
-        self._turn = Turn()
+        # One send and one receive at a time on this handle; waiters queue (_turns.py).
+        # A turn's ``block`` is the thread whose reserve()/recv_view() block holds it.
+        self._tx_turn = Turn()
+        self._rx_turn = Turn()
         # The state lock and the bells among this handle's threads; only ever taken by
         # ``with`` (see "Interrupts" in the module docstring).
         self._slock = threading.Lock()
-        self._owner = 0  # thread id inside a view block (to refuse re-entry from it)
-        self._inside = False  # some thread is inside a call or block (see _check_enter)
+        # A thread is inside a send (receive) call or block (see _check_enter).
+        self._in_tx = self._in_rx = False
         self._closed = False
         self._torn_down = False
         self._shutting = False  # between shutdown()'s two flags (see _teardown)
-        #: (held, side) of a reserve()/recv_view() block in progress, for close() inside it.
-        self._hold: tuple[list[None], int] | None = None
+        #: The held mutex of a reserve() (recv_view()) block in progress, for close() inside it.
+        self._tx_hold: list[None] | None = None
+        self._rx_hold: list[None] | None = None
         # Stale but safe views of the other side: head and tail only grow, so a
         # producer's old head understates free space and a consumer's old tail
         # understates what is committed.
@@ -623,21 +638,21 @@ class PythonRing(RingBase):
         ``deadline`` (the other side's participant kept it: for this call the
         ring was as good as full or empty) or ValueError once closed.
         """
-        q = self._q
-        slotw = self._slotw
+        buf = self._buf
+        claim = self._pclaim if side == _PROD else self._cclaim
         acquire = self._ptry if side == _PROD else self._ctry
         now = time.monotonic()
         spin_end = now + _LOCK_SPIN
         check_at = now + _ORPHAN_CHECK
         pause = 10e-6
         while True:
-            q[slotw] = side  # claim before trying: see the recovery's argument
+            buf[claim] = 1  # claim before trying: see the recovery's argument
             try:
                 held += map(acquire, _ZERO)
                 return
             except _BusyError:
                 pass
-            q[slotw] = 0
+            buf[claim] = 0
             if self._closed:
                 raise ValueError("ring is closed")
             now = time.monotonic()
@@ -684,13 +699,14 @@ class PythonRing(RingBase):
                 return False
             me = self._slot
             base = _W_SLOTS
+            mask = _CLAIM_MASK[side]
             for i in range(_SLOTS):
-                if q[base + i] == side and i != me and _slot_alive(fd, i):
+                if q[base + i] & mask and i != me and _slot_alive(fd, i):
                     return False
             if sem.value != 0 or (q[gen_w], q[rel_w]) != before:
                 return False
             # Orphaned: hold the taken semaphore in the dead holder's place.
-            q[self._slotw] = side
+            self._buf[self._pclaim if side == _PROD else self._cclaim] = 1
             held.append(None)
             return True
         finally:
@@ -726,26 +742,29 @@ class PythonRing(RingBase):
         if not self._torn_down:  # after close() inside a block, the kernel already let go
             fcntl.fcntl(self._fd, _F_SETLK, _UNLOCKS[byte])
 
-    def _check_enter(self, deadline: float | None, sending: bool | None = None) -> int:
-        """Before a call takes this handle's turn: refuse re-entry from a view block or a
-        signal handler, and a closed handle. Returns this thread's id."""
+    def _check_enter(self, deadline: float | None, sending: bool) -> int:
+        """Before a call takes this handle's send (``sending``) or receive turn: refuse
+        re-entry from this thread's view block or a signal handler on that side, and a
+        closed handle. Returns this thread's id."""
         me = _ident()
-        if self._owner == me:
-            raise RuntimeError(
-                "ring handle is busy in a reserve()/recv_view() block of this thread"
-            )
+        if (self._tx_turn if sending else self._rx_turn).block == me:
+            block = "reserve()" if sending else "recv_view()"
+            raise RuntimeError(f"ring handle is busy in a {block} block of this thread")
         if self._closed:
             raise ValueError("ring is closed")
-        if self._inside and inside_a_call(sys._getframe(2), self, _TURN):
+        if (self._in_tx if sending else self._in_rx) and inside_a_call(
+            sys._getframe(2), self, TX if sending else RX
+        ):
             # Only a signal handler gets here (fastipc's methods do not call
-            # each other): waiting for the lock its own thread holds would hang.
-            raise reentrant_call(f"ring {self.name!r}")
+            # each other): waiting for the turn its own thread holds would hang.
+            raise reentrant_call(f"ring {self.name!r} ({'sending' if sending else 'receiving'})")
         return me
 
-    def _left(self) -> None:
-        """End of a call (its turn still taken): tear down if close() came meanwhile."""
+    def _left(self, mine: Turn) -> None:
+        """End of a call holding turn ``mine``: tear down if close() came meanwhile and the
+        other side is free (else that side's call does, as it leaves)."""
         if self._closed and not self._torn_down:
-            self._teardown()  # close() was called from another thread during our call
+            self._teardown_if_free(mine)
 
     # ---- shared state -------------------------------------------------------
     def _pair(self, gen_w: int) -> tuple[int, int]:
@@ -936,7 +955,7 @@ class PythonRing(RingBase):
             )
         return mv
 
-    @takes_turn(_TURN)
+    @takes_turn(TX)
     def send(self, data: Any, timeout: float | None = None) -> None:
         if type(data) is bytes:  # the common case: no view needed
             n = len(data)
@@ -946,23 +965,23 @@ class PythonRing(RingBase):
             data = self._message(data)
             n = data.nbytes
         deadline = None if timeout is None else _deadline(timeout)
-        if deadline is not None or self._inside:
+        if deadline is not None or self._in_tx:
             self._check_enter(deadline, True)
-        turn = self._turn
+        turn = self._tx_turn
         try:
             del turn.free
         except AttributeError:  # another thread's call: wait for its end, within the deadline
-            turn.wait_take(self, _TURN, _seconds_left(deadline), True, f"ring {self.name!r}")
+            turn.wait_take(self, TX, _seconds_left(deadline), None, f"ring {self.name!r}")
         try:
-            self._inside = True  # (see _check_enter)
+            self._in_tx = True  # (see _check_enter)
             try:
                 if self._closed:
                     raise ValueError("ring is closed")
                 q = self._q
-                slotw = self._slotw
+                buf, claim = self._buf, self._pclaim
                 done = False
                 more: list[None] | None = None
-                q[slotw] = _PROD
+                buf[claim] = 1
                 # Held unless the try raises BusyError: no signal handler can run between
                 # the take and this flag's reset (see "Interrupts").
                 held = True
@@ -1015,7 +1034,7 @@ class PythonRing(RingBase):
                         if not done:
                             q[_W_PREL] = (q[_W_PREL] + 1) & _M64
                         self._prod.release()
-                    q[slotw] = 0
+                    buf[claim] = 0
                     if done:
                         # After the release, a full barrier (see _published).
                         if q[_W_WATCH]:
@@ -1024,17 +1043,17 @@ class PythonRing(RingBase):
                         if hint.value == 0:
                             hint.release()
                     if self._closed:
-                        self._left()
+                        self._left(turn)
             finally:
-                self._inside = False
+                self._in_tx = False
         finally:
             turn.free = True
             if turn.waiting:
                 turn.wake()
-            elif self._closed:
-                self._teardown_if_free()  # a close() that found the turn taken
+            if self._closed:
+                self._teardown_if_free()  # a close() that found a turn taken
 
-    @takes_turn(_TURN)
+    @takes_turn(TX)
     def send_many(self, messages: Iterable[Any], timeout: float | None = None) -> int:
         msgs = messages if type(messages) is list else list(messages)
         cap = self.capacity
@@ -1055,20 +1074,20 @@ class PythonRing(RingBase):
         D = self._D
         sent = 0
         self._check_enter(deadline, True)
-        turn = self._turn
+        turn = self._tx_turn
         try:
             del turn.free
         except AttributeError:  # another thread's call: wait for its end, within the deadline
-            turn.wait_take(self, _TURN, _seconds_left(deadline), True, f"ring {self.name!r}")
+            turn.wait_take(self, TX, _seconds_left(deadline), None, f"ring {self.name!r}")
         try:
-            self._inside = True  # (see _check_enter)
+            self._in_tx = True  # (see _check_enter)
             try:
                 if self._closed:
                     raise ValueError("ring is closed")
                 q = self._q
                 held: list[None] = []
                 done = False
-                q[self._slotw] = _PROD
+                self._buf[self._pclaim] = 1
                 try:
                     try:
                         held += map(self._ptry, _ZERO)
@@ -1102,16 +1121,16 @@ class PythonRing(RingBase):
                         if not done:
                             q[_W_PREL] = (q[_W_PREL] + 1) & _M64
                         self._prod.release()
-                    q[self._slotw] = 0
-                    self._left()
+                    self._buf[self._pclaim] = 0
+                    self._left(turn)
             finally:
-                self._inside = False
+                self._in_tx = False
         finally:
             turn.free = True
             if turn.waiting:
                 turn.wake()
-            elif self._closed:
-                self._teardown_if_free()  # a close() that found the turn taken
+            if self._closed:
+                self._teardown_if_free()  # a close() that found a turn taken
         self._published()
         return sent
 
@@ -1126,30 +1145,36 @@ class PythonRing(RingBase):
         return self._reserve(n, _deadline(timeout))
 
     @contextmanager
-    @takes_turn(_TURN)
+    @takes_turn(TX)
     def _reserve(self, n: int, deadline: float | None) -> Iterator[memoryview]:
         me = self._check_enter(deadline, True)
-        turn = self._turn
+        turn = self._tx_turn
         try:
             del turn.free
         except AttributeError:  # another thread's call: wait for its end, within the deadline
-            turn.wait_take(self, _TURN, _seconds_left(deadline), True, f"ring {self.name!r}")
+            turn.wait_take(self, TX, _seconds_left(deadline), None, f"ring {self.name!r}")
         try:
-            self._inside = True  # (see _check_enter)
+            self._in_tx = True  # (see _check_enter)
+            turn.block = me  # (see _check_enter; and _turns._lost: no frame shows it held)
             try:
                 if self._closed:
                     raise ValueError("ring is closed")
+                if self._rx_turn.block:
+                    # One block per handle at a time, as the native ring's one hold.
+                    raise RuntimeError(
+                        f"ring {self.name!r}: a recv_view() block is open on this handle; "
+                        "give each thread that uses views a handle of its own (Ring.open)"
+                    )
                 q = self._q
                 held: list[None] = []
                 done = False
-                q[self._slotw] = _PROD
+                self._buf[self._pclaim] = 1
                 try:
                     try:
                         held += map(self._ptry, _ZERO)
                     except _BusyError:
                         self._take(_PROD, held, deadline)
-                    self._hold = (held, _PROD)
-                    self._owner = me
+                    self._tx_hold = held
                     tail, pushed = self._wait_space(8 + _align8(n), deadline)
                     off = (tail + 8) % self._D
                     temp: bytearray | None = None
@@ -1177,23 +1202,23 @@ class PythonRing(RingBase):
                     self._commit(_W_TSEL, end, pushed + 1)
                     done = True
                 finally:
-                    self._owner = 0
-                    self._hold = None
+                    self._tx_hold = None
                     if held:  # emptied by close() inside the block, which released it
                         if not done:
                             q[_W_PREL] = (q[_W_PREL] + 1) & _M64
                         self._prod.release()
                     if not self._torn_down:
-                        q[self._slotw] = 0
-                    self._left()
+                        self._buf[self._pclaim] = 0
+                    self._left(turn)
             finally:
-                self._inside = False
+                self._in_tx = False
+                turn.block = 0
         finally:
             turn.free = True
             if turn.waiting:
                 turn.wake()
-            elif self._closed:
-                self._teardown_if_free()  # a close() that found the turn taken
+            if self._closed:
+                self._teardown_if_free()  # a close() that found a turn taken
         self._published()
 
     # ---- consumer side ----------------------------------------------------------
@@ -1252,26 +1277,26 @@ class PythonRing(RingBase):
             raise incompatible(self.name, f"corrupt record: length {n} at position {head}")
         return g, head, popped, n
 
-    @takes_turn(_TURN)
+    @takes_turn(RX)
     def recv(self, timeout: float | None = None) -> bytes:
         deadline = None if timeout is None else _deadline(timeout)
-        if deadline is not None or self._inside:
+        if deadline is not None or self._in_rx:
             self._check_enter(deadline, False)
-        turn = self._turn
+        turn = self._rx_turn
         try:
             del turn.free
         except AttributeError:  # another thread's call: wait for its end, within the deadline
-            turn.wait_take(self, _TURN, _seconds_left(deadline), False, f"ring {self.name!r}")
+            turn.wait_take(self, RX, _seconds_left(deadline), None, f"ring {self.name!r}")
         try:
-            self._inside = True  # (see _check_enter)
+            self._in_rx = True  # (see _check_enter)
             try:
                 if self._closed:
                     raise ValueError("ring is closed")
                 q = self._q
-                slotw = self._slotw
+                buf, claim = self._buf, self._cclaim
                 done = False
                 more: list[None] | None = None
-                q[slotw] = _CONS
+                buf[claim] = 1
                 # Held unless the try raises BusyError: no signal handler can run between
                 # the take and this flag's reset (see "Interrupts").
                 held = True
@@ -1304,7 +1329,7 @@ class PythonRing(RingBase):
                         if not done:
                             q[_W_CREL] = (q[_W_CREL] + 1) & _M64
                         self._cons.release()
-                    q[slotw] = 0
+                    buf[claim] = 0
                     if done:
                         # After the release, a full barrier (see _published).
                         if q[_W_WATCH + 1]:
@@ -1313,40 +1338,40 @@ class PythonRing(RingBase):
                         if hint.value == 0:
                             hint.release()
                     if self._closed:
-                        self._left()
+                        self._left(turn)
             finally:
-                self._inside = False
+                self._in_rx = False
         finally:
             turn.free = True
             if turn.waiting:
                 turn.wake()
-            elif self._closed:
-                self._teardown_if_free()  # a close() that found the turn taken
+            if self._closed:
+                self._teardown_if_free()  # a close() that found a turn taken
         return data
 
-    @takes_turn(_TURN)
+    @takes_turn(RX)
     def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
         dst = check_buffer(buffer, "buffer")
         if dst.readonly:
             raise TypeError("buffer must be writable")
         deadline = _deadline(timeout)
-        if deadline is not None or self._inside:
+        if deadline is not None or self._in_rx:
             self._check_enter(deadline, False)
-        turn = self._turn
+        turn = self._rx_turn
         try:
             del turn.free
         except AttributeError:  # another thread's call: wait for its end, within the deadline
-            turn.wait_take(self, _TURN, _seconds_left(deadline), False, f"ring {self.name!r}")
+            turn.wait_take(self, RX, _seconds_left(deadline), None, f"ring {self.name!r}")
         try:
-            self._inside = True  # (see _check_enter)
+            self._in_rx = True  # (see _check_enter)
             try:
                 if self._closed:
                     raise ValueError("ring is closed")
                 q = self._q
-                slotw = self._slotw
+                buf, claim = self._buf, self._cclaim
                 done = False
                 more: list[None] | None = None
-                q[slotw] = _CONS
+                buf[claim] = 1
                 # Held unless the try raises BusyError: no signal handler can run between
                 # the take and this flag's reset (see "Interrupts").
                 held = True
@@ -1379,7 +1404,7 @@ class PythonRing(RingBase):
                         if not done:
                             q[_W_CREL] = (q[_W_CREL] + 1) & _M64
                         self._cons.release()
-                    q[slotw] = 0
+                    buf[claim] = 0
                     if done:
                         # After the release, a full barrier (see _published).
                         if q[_W_WATCH + 1]:
@@ -1388,18 +1413,18 @@ class PythonRing(RingBase):
                         if hint.value == 0:
                             hint.release()
                     if self._closed:
-                        self._left()
+                        self._left(turn)
             finally:
-                self._inside = False
+                self._in_rx = False
         finally:
             turn.free = True
             if turn.waiting:
                 turn.wake()
-            elif self._closed:
-                self._teardown_if_free()  # a close() that found the turn taken
+            if self._closed:
+                self._teardown_if_free()  # a close() that found a turn taken
         return n
 
-    @takes_turn(_TURN)
+    @takes_turn(RX)
     def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
         count = _check_count(max_count, "max_count")
         if count < 1:
@@ -1407,20 +1432,20 @@ class PythonRing(RingBase):
         deadline = _deadline(timeout)
         out: list[bytes] = []
         self._check_enter(deadline, False)
-        turn = self._turn
+        turn = self._rx_turn
         try:
             del turn.free
         except AttributeError:  # another thread's call: wait for its end, within the deadline
-            turn.wait_take(self, _TURN, _seconds_left(deadline), False, f"ring {self.name!r}")
+            turn.wait_take(self, RX, _seconds_left(deadline), None, f"ring {self.name!r}")
         try:
-            self._inside = True  # (see _check_enter)
+            self._in_rx = True  # (see _check_enter)
             try:
                 if self._closed:
                     raise ValueError("ring is closed")
                 q = self._q
                 held: list[None] = []
                 done = False
-                q[self._slotw] = _CONS
+                self._buf[self._cclaim] = 1
                 try:
                     try:
                         held += map(self._ctry, _ZERO)
@@ -1441,16 +1466,16 @@ class PythonRing(RingBase):
                         if not done:
                             q[_W_CREL] = (q[_W_CREL] + 1) & _M64
                         self._cons.release()
-                    q[self._slotw] = 0
-                    self._left()
+                    self._buf[self._cclaim] = 0
+                    self._left(turn)
             finally:
-                self._inside = False
+                self._in_rx = False
         finally:
             turn.free = True
             if turn.waiting:
                 turn.wake()
-            elif self._closed:
-                self._teardown_if_free()  # a close() that found the turn taken
+            if self._closed:
+                self._teardown_if_free()  # a close() that found a turn taken
         self._freed()
         return out
 
@@ -1468,30 +1493,36 @@ class PythonRing(RingBase):
         return self._recv_view(_deadline(timeout))
 
     @contextmanager
-    @takes_turn(_TURN)
+    @takes_turn(RX)
     def _recv_view(self, deadline: float | None) -> Iterator[memoryview]:
         me = self._check_enter(deadline, False)
-        turn = self._turn
+        turn = self._rx_turn
         try:
             del turn.free
         except AttributeError:  # another thread's call: wait for its end, within the deadline
-            turn.wait_take(self, _TURN, _seconds_left(deadline), False, f"ring {self.name!r}")
+            turn.wait_take(self, RX, _seconds_left(deadline), None, f"ring {self.name!r}")
         try:
-            self._inside = True  # (see _check_enter)
+            self._in_rx = True  # (see _check_enter)
+            turn.block = me  # (see _check_enter; and _turns._lost: no frame shows it held)
             try:
                 if self._closed:
                     raise ValueError("ring is closed")
+                if self._tx_turn.block:
+                    # One block per handle at a time, as the native ring's one hold.
+                    raise RuntimeError(
+                        f"ring {self.name!r}: a reserve() block is open on this handle; "
+                        "give each thread that uses views a handle of its own (Ring.open)"
+                    )
                 q = self._q
                 held: list[None] = []
                 done = False
-                q[self._slotw] = _CONS
+                self._buf[self._cclaim] = 1
                 try:
                     try:
                         held += map(self._ctry, _ZERO)
                     except _BusyError:
                         self._take(_CONS, held, deadline)
-                    self._hold = (held, _CONS)
-                    self._owner = me
+                    self._rx_hold = held
                     _, head, popped, n = self._next(q, deadline)
                     off = (head + 8) % self._D
                     if off + n <= self._D:
@@ -1513,23 +1544,23 @@ class PythonRing(RingBase):
                             self._commit(_W_HSEL, head + 8 + _align8(n), popped + 1)
                             done = True
                 finally:
-                    self._owner = 0
-                    self._hold = None
+                    self._rx_hold = None
                     if held:  # emptied by close() inside the block, which released it
                         if not done:
                             q[_W_CREL] = (q[_W_CREL] + 1) & _M64
                         self._cons.release()
                     if not self._torn_down:
-                        q[self._slotw] = 0
-                    self._left()
+                        self._buf[self._cclaim] = 0
+                    self._left(turn)
             finally:
-                self._inside = False
+                self._in_rx = False
+                turn.block = 0
         finally:
             turn.free = True
             if turn.waiting:
                 turn.wake()
-            elif self._closed:
-                self._teardown_if_free()  # a close() that found the turn taken
+            if self._closed:
+                self._teardown_if_free()  # a close() that found a turn taken
         self._freed()
 
     # ---- control ------------------------------------------------------------------
@@ -1647,53 +1678,72 @@ class PythonRing(RingBase):
     def closed(self) -> bool:
         return self._closed
 
-    @takes_turn(_TURN)
+    @takes_turn(ANY)
     def close(self) -> None:
         if self._closed:
             return
         self._unwatch_all()
         self._closed = True
-        if self._owner == threading.get_ident():
-            # Called inside this thread's reserve()/recv_view() block: release the
-            # ring now; the block's exit then publishes or consumes nothing.
-            self._teardown()
-        else:
-            # Another thread inside a call (or its turn on the way to a waiting one)
-            # tears down as it leaves (_left), after waking within its wait slice.
-            self._teardown_if_free()
+        # Inside this thread's reserve()/recv_view() block, its turn is this call's:
+        # the ring is released now if the other side is free, and the block's exit
+        # then publishes or consumes nothing. A call in another thread (or a turn on
+        # its way to a waiting one) tears down as it leaves (_left), after waking
+        # within its wait slice.
+        me = threading.get_ident()
+        tx, rx = self._tx_turn, self._rx_turn
+        self._teardown_if_free(*[t for t in (tx, rx) if t.block == me])
 
-    def _teardown_if_free(self) -> None:
-        """Tear down now unless another thread's call has the turn (it tears down as it
-        leaves, in _left); a call that gave the turn back after a close() from another
-        thread calls it too, since that close() found the turn taken."""
-        turn = self._turn
+    @takes_turn(ANY)
+    def _teardown_if_free(self, *mine: Turn) -> None:
+        """Tear down now if every turn but ``mine`` (the caller's own) is free; otherwise
+        the call holding one does, as it leaves (_left). A call that gave its turn back
+        after a close() from another thread calls it too: that close() found it taken."""
+        tx, rx = self._tx_turn, self._rx_turn
+        got_tx = got_rx = False
+        # Each take and its flag: opcodes, no call between (see _turns.py).
         try:
-            del turn.free
+            if tx not in mine:
+                del tx.free
+                got_tx = True
+            if rx not in mine:
+                del rx.free
+                got_rx = True
         except AttributeError:
-            return
-        try:
-            self._inside = True  # a handler's call meanwhile: see _check_enter
+            pass  # another thread's call has it
+        else:
+            # A handler's call meanwhile is refused (see _check_enter).
+            if got_tx:
+                self._in_tx = True
+            if got_rx:
+                self._in_rx = True
             self._teardown()
         finally:
-            self._inside = False
-            turn.free = True
-            if turn.waiting:
-                turn.wake()
+            if got_tx:
+                self._in_tx = False
+                tx.free = True
+                if tx.waiting:
+                    tx.wake()
+            if got_rx:
+                self._in_rx = False
+                rx.free = True
+                if rx.waiting:
+                    rx.wake()
 
     def _teardown(self) -> None:
         if self._torn_down:
             return
         self._torn_down = True
         with self._slock:
-            hold, self._hold = self._hold, None
-            if hold is not None and hold[0]:
-                # close() inside a view block: give the side back, uncommitted.
-                held, side = hold
-                q = self._q
-                w = _W_PREL if side == _PROD else _W_CREL
-                q[w] = (q[w] + 1) & _M64
-                (self._prod if side == _PROD else self._cons).release()
-                held.clear()
+            holds = ((self._tx_hold, _PROD), (self._rx_hold, _CONS))
+            self._tx_hold = self._rx_hold = None
+            for held, side in holds:
+                if held:
+                    # close() inside a view block: give the side back, uncommitted.
+                    q = self._q
+                    w = _W_PREL if side == _PROD else _W_CREL
+                    q[w] = (q[w] + 1) & _M64
+                    (self._prod if side == _PROD else self._cons).release()
+                    held.clear()
             with suppress(ValueError):
                 self._q[self._slotw] = 0
                 if self._shutting:  # close() inside another thread's shutdown()
@@ -1727,11 +1777,11 @@ class PythonRing(RingBase):
         the mapping would keep a dead parent's slot alive. Reopen the file,
         remap it and take a slot in the child.
         """
-        self._turn = Turn()  # another parent thread may have held these
+        self._tx_turn = Turn()  # another parent thread may have held these
+        self._rx_turn = Turn()
         self._slock = threading.Lock()
-        self._owner = 0
-        self._inside = False
-        self._hold = None  # the parent's hold is the parent's to release
+        self._in_tx = self._in_rx = False
+        self._tx_hold = self._rx_hold = None  # the parent's holds are the parent's to release
         if self._torn_down:
             return
         old_fd, old_mm = self._fd, self._mm
@@ -1754,6 +1804,7 @@ class PythonRing(RingBase):
         self._q = self._buf.cast("Q")
         self._slot = slot
         self._slotw = _W_SLOTS + slot
+        self._pclaim, self._cclaim = _claim_bytes(slot)
         self._q[self._slotw] = 0
         with suppress(BufferError):
             old_mm.close()

@@ -123,7 +123,8 @@ def ring_names() -> list[str]:
 #   native, csrc/ring.c struct fi_header v3: prod.produced at 144, cons.consumed
 #   at 272 (each line 128 bytes from offset 128; the lock word first, then
 #   tail/head, then the count)
-#   python, backends/python_ring.py v3: two (position, count) slots per side,
+#   python, backends/python_ring.py v3 and v4 (v4 changed only the handle
+#   slots): two (position, count) slots per side,
 #   bit 0 of a generation word picking the live one (tail: word 8, slots at
 #   words 9-12; head: word 16, slots at words 17-20)
 _NATIVE_MAGIC = b"FPCIRN01"
@@ -154,7 +155,7 @@ def _ring_header(path: str) -> tuple[str | None, int | None]:
         backend, known = "native", words[1] == 3
         waiting = words[144 // 8] - words[272 // 8]
     elif magic == _PYTHON_MAGIC:
-        backend, known = "python", struct.unpack_from("<I", head, 8)[0] == 3
+        backend, known = "python", struct.unpack_from("<I", head, 8)[0] in (3, 4)
         tail = 9 + 2 * (words[8] & 1)
         head_slot = 17 + 2 * (words[16] & 1)
         waiting = words[tail + 1] - words[head_slot + 1]
