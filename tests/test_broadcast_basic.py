@@ -361,3 +361,80 @@ def test_batches_of_mixed_sizes_wrap_around_the_ring_whole_and_in_order(
             while len(got) < len(batch):
                 got += sub.recv_many(rnd.randint(1, 16), timeout=5)
             assert got == batch
+
+
+def test_a_batch_under_overwrite_stops_at_an_open_view_and_goes_on_after_it(
+    ring_name: str, made: list[object]
+) -> None:
+    """A publish_many that must overwrite the record an open view pins publishes what fits
+    before it and waits (Full with ``sent`` when the timeout runs out): never over the
+    view. The python backend frees a whole batch's room in one step under overwrite, and
+    falls back to one record's room when a view is in the way."""
+    pub = _pub(made, ring_name, 1024)
+    sub = _sub(made, ring_name)
+    late = _sub(made, ring_name)  # reads nothing until the end: it is overrun
+    pub.publish(b"p" * 500)
+    batch = [bytes([i]) * 500 for i in range(40)]  # several data areas' worth
+    with sub.recv_view(timeout=5) as view:
+        with pytest.raises(Full) as info:
+            pub.publish_many(batch, timeout=0.2)
+        sent = info.value.sent
+        assert 1 <= sent < len(batch)
+        assert bytes(view) == b"p" * 500  # never written over
+    assert pub.publish_many(batch[sent:], timeout=5) == len(batch) - sent
+    got: list[bytes] = []
+    while True:
+        try:
+            got.append(sub.recv(timeout=0))
+        except Lagged:
+            continue
+        except Empty:
+            break
+    assert got and got == batch[len(batch) - len(got) :]  # the newest kept, in order
+    with pytest.raises(Lagged):
+        late.recv(timeout=0)
+    rest = late.recv_many(100, timeout=0)
+    assert rest == batch[len(batch) - len(rest) :]
+
+
+@pytest.mark.parametrize("pinned", [0, 3])
+def test_a_batch_blocked_by_a_view_publishes_as_much_as_single_publishes_would(
+    ring_name: str, made: list[object], pinned: int
+) -> None:
+    """Under overwrite, with a view open on a kept message (the oldest, or one after
+    older ones), publish_many gets exactly as far as the same messages published one by
+    one: it frees a batch's room at once only where no view is in the way."""
+    counts = []
+    for run in range(2):
+        name = f"{ring_name}{run}"
+        pub = Broadcast.create(name, 1024)
+        made.append(pub)
+        sub = Broadcast.subscribe(name)
+        made.append(sub)
+        try:
+            for i in range(60):  # fill the data area with small records
+                pub.publish(b"%03d" % i + b"f" * 97)
+            with pytest.raises(Lagged):
+                sub.recv(timeout=0)  # overrun: on at the oldest message kept
+            for _ in range(pinned):
+                sub.recv(timeout=0)  # the view pins the next: these stay kept before it
+            batch = [bytes([65 + i % 26]) * 100 for i in range(200)]
+            with sub.recv_view(timeout=5) as view:
+                seen = bytes(view)
+                if run == 0:
+                    sent = len(batch)
+                    for k, m in enumerate(batch):
+                        try:
+                            pub.publish(m, timeout=0)
+                        except Full:
+                            sent = k
+                            break
+                else:
+                    with pytest.raises(Full) as info:
+                        pub.publish_many(batch, timeout=0.1)
+                    sent = info.value.sent
+                assert bytes(view) == seen  # never written over
+            counts.append(sent)
+        finally:
+            Broadcast.unlink_name(name)
+    assert counts[0] == counts[1] and (counts[0] > 0) == (pinned > 0), counts

@@ -643,13 +643,16 @@ class PythonBroadcast(_Handle, BroadcastBase):
         return mv
 
     # ---- making room ---------------------------------------------------------------
-    def _make_room(self, need: int, deadline: float | None) -> tuple[int, int]:
+    def _make_room(self, need: int, deadline: float | None, want: int = 0) -> tuple[int, int]:
         """Make ``need`` bytes free after the tail; return (tail, published). Producer lock held.
 
         The fast path reads the state without the state lock (only producers
         change it). Short of room, ``overwrite`` commits a new floor past the
         oldest records (waiting only for a pinned view), ``block`` moves the
         floor up to the slowest live subscriber (waiting for it if needed).
+        ``want`` (overwrite, a batch): make that many bytes free in the same
+        step if no open view is in the way (the records the batch is about to
+        overwrite anyway), rather than one record's room per step.
         """
         D = self._D
         check_dead = True
@@ -666,7 +669,8 @@ class PythonBroadcast(_Handle, BroadcastBase):
                     new_floor, new_fseq = floor, fseq
                 else:
                     target = tail + need - D
-                    new_floor, new_fseq = self._skip(floor, fseq, target, tail)
+                    reach = tail + max(want, need) - D
+                    new_floor, new_fseq = self._skip(floor, fseq, reach, tail)
                 ok = False
                 with self._slock:
                     if self._torn_down:
@@ -681,6 +685,10 @@ class PythonBroadcast(_Handle, BroadcastBase):
                             ok = new_floor >= target
                         else:
                             pins = self._pins_below(new_floor)
+                            if pins and want > need:
+                                # A view is in the batch's way: room for one record only.
+                                new_floor, new_fseq = self._skip(floor, fseq, target, tail)
+                                pins = self._pins_below(new_floor)
                             if pins and check_dead and self._reclaim_dead(pins):
                                 pins = self._pins_below(new_floor)
                             ok = not pins
@@ -901,7 +909,10 @@ class PythonBroadcast(_Handle, BroadcastBase):
                 while sent < len(views):
                     try:
                         before = ends[sent - 1] if sent else 0
-                        tail, pub = self._make_room(ends[sent] - before, deadline)
+                        # Under overwrite, room for all that one data area holds: a full
+                        # ring would otherwise free one record's room per step.
+                        most = ends[max(bisect_right(ends, before + D), sent + 1) - 1] - before
+                        tail, pub = self._make_room(ends[sent] - before, deadline, most)
                         floor = self._state()[2]
                         # As many as fit (at least the one _make_room made room for),
                         # written as one buffer: one copy per batch, built in C.
