@@ -14,7 +14,8 @@ Each PYTHON is an interpreter with fastipc installed (e.g. two worktrees'
 ``.venv/bin/python`` for a before/after comparison); a column per PYTHON, and
 the change against the first. Workloads: ring64 (Ring send+recv, 64 B),
 ringbatch (send_many/recv_many of 256 x 64 B), ring1m (1 MiB send/recv_into),
-ch64, chbatch, ch1m (the same over Channel.pair()). Takes minutes (callgrind
+ch64, chbatch, ch1m (the same over Channel.pair()), bc64 and bcbatch (Broadcast
+publish+recv and publish_many/recv_many, one subscriber). Takes minutes (callgrind
 runs ~50x slower); run ``callgrind_annotate`` on the kept output files
 (``--keep DIR``) to see where a difference comes from.
 
@@ -31,7 +32,7 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
-WORKLOADS = ["ring64", "ringbatch", "ring1m", "ch64", "chbatch", "ch1m"]
+WORKLOADS = ["ring64", "ringbatch", "ring1m", "ch64", "chbatch", "ch1m", "bc64", "bcbatch"]
 #: (small, large) message counts per backend; the difference is what is counted.
 COUNTS = {
     "native": {
@@ -41,6 +42,8 @@ COUNTS = {
         "ch64": (5000, 30000),
         "chbatch": (5120, 30720),
         "ch1m": (50, 300),
+        "bc64": (5000, 50000),
+        "bcbatch": (5120, 51200),
     },
     "python": {
         "ring64": (2000, 12000),
@@ -49,6 +52,8 @@ COUNTS = {
         "ch64": (2000, 12000),
         "chbatch": (2560, 12800),
         "ch1m": (50, 200),
+        "bc64": (2000, 12000),
+        "bcbatch": (2560, 12800),
     },
 }
 
@@ -59,6 +64,28 @@ def child(work: str, n: int) -> None:
 
     msg = b"x" * 64
     big = b"M" * (1 << 20)
+    if work.startswith("bc"):
+        from fastipc import Broadcast
+
+        name = f"cgpm.{os.getpid()}"
+        pub = Broadcast.create(name, capacity=256 << 10)
+        sub = Broadcast.subscribe(name)
+        try:
+            if work == "bc64":
+                publish, recv = pub.publish, sub.recv
+                for _ in range(n):
+                    publish(msg)
+                    recv()
+            else:
+                batch = [msg] * 256
+                for _ in range(n // 256):
+                    pub.publish_many(batch)
+                    sub.recv_many(256)
+        finally:
+            sub.close()
+            pub.unlink()
+            pub.close()
+        return
     if work.startswith("ring"):
         name = f"cgpm.{os.getpid()}"
         r = Ring.create(name, (8 << 20) if work == "ring1m" else (256 << 10))
