@@ -774,7 +774,9 @@ class PythonChannel(ChannelBase):
             sets = self._sets
             if self._area_from != start:
                 mine = sets and sets[0][0] <= start <= sets[0][1] - 1 < start + 8 + 16
-                fds = (sets[0][2] or []) if mine else []
+                # A copy (a slice: no call, so no other thread in between): close() in
+                # another thread takes fds out of the set's own list.
+                fds = (sets[0][2] or [])[:2] if mine else []
                 if len(fds) != 1:  # none, truncated (MSG_CTRUNC) or more: not ours to guess
                     self._socket()  # (or taken by a close() from another thread: say so)
                     self._kill(
