@@ -1887,9 +1887,11 @@ void fi_bhold_drop(fi_bhold *rec)
     if (!b)
         return;
     enum bc_hold side = __atomic_load_n(&b->holding, __ATOMIC_SEQ_CST);
-    if (side != HOLD_NONE && __atomic_load_n(&b->hold_gen, __ATOMIC_SEQ_CST) == rec->gen) {
+    if (side != HOLD_NONE && __atomic_load_n(&b->hold_gen, __ATOMIC_SEQ_CST) == rec->gen &&
+        !forked(b)) {
         /* Still this record's hold: let go of it, for its thread if it died
-         * in another one (its block is gone, so its holder never will). */
+         * in another one (its block is gone, so its holder never will). Not
+         * in a forked child: the hold is the parent's, its block alive there. */
         if (fi_lock_held(held_lock(b, side)) == 0)
             let_go_as(b, side, fi_lock_self());
         else

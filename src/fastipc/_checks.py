@@ -7,16 +7,19 @@ ValueError with a message naming the argument and what would be accepted.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterable
 from typing import Any, Union
 
 __all__ = [
+    "FORKS",
     "MAX_CAPACITY",
     "MAX_FDS",
     "FdLike",
     "check_buffer",
     "deadline",
+    "inherited_block",
     "release_view",
     "time_left",
     "timeout_ns",
@@ -36,6 +39,26 @@ MAX_FDS = 253
 FdLike = Union[int, Any]
 
 _monotonic_ns = time.monotonic_ns
+
+#: How many fork()s lie between this process and the one that imported fastipc
+#: (one item, bumped in each child): a view block compares it at its end with
+#: its value at the start, to tell a forked child's copy of the block.
+FORKS = [0]
+
+
+def _count_fork() -> None:
+    FORKS[0] += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
+
+def inherited_block(block: str) -> RuntimeError:
+    """The error of a forked child leaving its copy of a parent's view block."""
+    return RuntimeError(
+        f"a {block} block open when fork() was called is the parent's: the child's copy "
+        "of it publishes or consumes nothing (finish the block before forking)"
+    )
 
 
 _INF = float("inf")

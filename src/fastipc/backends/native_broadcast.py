@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from typing import Any
 
-from .._checks import check_buffer, release_view, timeout_ns
+from .._checks import FORKS, check_buffer, inherited_block, release_view, timeout_ns
 from .._contract_broadcast import POLICIES, BroadcastBase, SubscriberBase
 from .._names import (
     incompatible,
@@ -342,6 +342,7 @@ class NativeBroadcast(_Handle, BroadcastBase):
         held = ffi_fast.gc(ffi_fast.new("fi_bhold *"), _hold_drop)
         view: memoryview | None = None
         publish = False
+        forks = FORKS[0]
         try:
             rec = ffi.cast("fi_bhold *", held)
             rc = _wait(lambda t: lib.fi_bc_reserve(h, nbytes, t, ptr, rec), _deadline(timeout))
@@ -351,6 +352,8 @@ class NativeBroadcast(_Handle, BroadcastBase):
             publish = True
         finally:
             try:
+                if FORKS[0] != forks:  # a forked child's copy: the hold is the parent's
+                    raise inherited_block("reserve()")
                 rc = lib_fast.fi_bc_commit(hf) if publish and not self._closed else 0
                 _hold_drop(held)  # the publisher lock goes whatever the commit said
                 self._err(rc, True)
@@ -546,6 +549,7 @@ class NativeSubscriber(OwnBuffers, _Handle, SubscriberBase):
         h, hf, ptr = self._h, self._hf, ffi.new("char **")
         held = ffi_fast.gc(ffi_fast.new("fi_bhold *"), _hold_drop)  # as in _reserve
         view: memoryview | None = None
+        forks = FORKS[0]
         try:
             rec = ffi.cast("fi_bhold *", held)
             n = _wait(lambda t: lib.fi_bc_peek(h, t, ptr, rec), _deadline(timeout))
@@ -562,6 +566,8 @@ class NativeSubscriber(OwnBuffers, _Handle, SubscriberBase):
             yield view
         finally:
             try:
+                if FORKS[0] != forks:  # a forked child's copy: the hold is the parent's
+                    raise inherited_block("recv_view()")
                 rc = lib_fast.fi_bc_release(hf) if view is not None and not self._closed else 0
                 _hold_drop(held)  # the pin and the handle's receive lock go, whatever happened
                 self._err(rc, False)

@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from typing import Any
 
-from .._checks import check_buffer, release_view, timeout_ns
+from .._checks import FORKS, check_buffer, inherited_block, release_view, timeout_ns
 from .._contract import RingBase
 from .._names import incompatible, open_bell, open_segment, segment_path, unlink_ring
 from .._turns import BUFFERS, takes_turn
@@ -55,7 +55,6 @@ _EMSGSIZE = -errno.EMSGSIZE
 _ECHILD = -errno.ECHILD  # fi_ring_try_recv1 from a thread other than the scratch buffer's
 _ETIMEDOUT = -errno.ETIMEDOUT
 _EINTR = -errno.EINTR
-
 
 
 class NativeRing(OwnBuffers, RingBase):
@@ -437,6 +436,7 @@ class NativeRing(OwnBuffers, RingBase):
         held = ffi_fast.gc(ffi_fast.new("fi_hold *"), _hold_drop)
         view: memoryview | None = None
         publish = False
+        forks = FORKS[0]
         try:
             rec = ffi.cast("fi_hold *", held)
             rc = _wait(lambda t: lib.fi_ring_reserve(h, nbytes, t, ptr, rec), _deadline(timeout))
@@ -446,6 +446,9 @@ class NativeRing(OwnBuffers, RingBase):
             publish = True
         finally:
             try:
+                if FORKS[0] != forks:  # a forked child's copy: the hold is the parent's
+                    publish = False
+                    raise inherited_block("reserve()")
                 rc = lib_fast.fi_ring_commit(hf) if publish and not self._closed else 0
                 # Whatever the commit said, the producer side is let go here:
                 # no error may leave the lock taken (0 if nothing is held).
@@ -465,6 +468,7 @@ class NativeRing(OwnBuffers, RingBase):
         h, hf, ptr = self._h, self._hf, ffi.new("char **")
         held = ffi_fast.gc(ffi_fast.new("fi_hold *"), _hold_drop)  # as in _reserve
         view: memoryview | None = None
+        forks = FORKS[0]
         try:
             rec = ffi.cast("fi_hold *", held)
             n = _check(
@@ -476,6 +480,8 @@ class NativeRing(OwnBuffers, RingBase):
             yield view
         finally:
             try:
+                if FORKS[0] != forks:  # a forked child's copy: the hold is the parent's
+                    raise inherited_block("recv_view()")
                 if view is not None and not self._closed:
                     rc = lib_fast.fi_ring_release(hf)  # consumed, raised or not
                 else:
