@@ -11,6 +11,7 @@ error). Real threads, real shared memory and sockets, both backends.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -898,3 +899,89 @@ def test_a_producer_thread_and_a_consumer_thread_share_one_ring_handle(
     finally:
         ring.unlink()
         ring.close()
+
+
+def test_a_call_queued_behind_another_threads_view_block_sees_close_soon(ring_name: str) -> None:
+    """close() from a third thread while a receive waits for the receive side that another
+    thread's recv_view() block holds: the waiting call raises ValueError within its wait
+    slice, not when the block ends (the python turn waiter used to wait for the block)."""
+    ring = Ring.create(ring_name, 4096)
+    other = Ring.open(ring_name)
+    try:
+        other.send_many([b"m1", b"m2"])
+        opened, done = threading.Event(), threading.Event()
+        out: dict[str, object] = {}
+
+        def viewer() -> None:
+            with ring.recv_view(timeout=5) as v:
+                out["view"] = bytes(v)
+                opened.set()
+                done.wait(10)
+
+        def queued() -> None:
+            try:
+                out["recv"] = ring.recv()
+            except ValueError as exc:
+                out["recv"] = type(exc).__name__
+                out["after_close"] = time.monotonic() - out["closed_at"]  # type: ignore[operator]
+
+        tv = threading.Thread(target=viewer)
+        tv.start()
+        assert opened.wait(5)
+        tq = threading.Thread(target=queued)
+        tq.start()
+        time.sleep(0.1)  # it waits behind the block
+        out["closed_at"] = time.monotonic()
+        ring.close()
+        tq.join(10)
+        done.set()
+        tv.join(10)
+        assert out["recv"] == "ValueError", out
+        assert out["after_close"] < 1.0, out  # a wait slice (0.2 s), not the block's 10 s
+        assert out["view"] == b"m1"
+        # Closed inside the block from another thread: the message stays for others.
+        assert other.recv_many(10, timeout=1) == [b"m1", b"m2"]
+    finally:
+        other.unlink()
+        other.close()
+
+
+@_python_only
+def test_close_inside_a_view_block_never_posts_the_side_twice(ring_name: str) -> None:
+    """close() inside a reserve() block gives the producer side back; a handler raising right
+    after that post (modelled: the post, then KeyboardInterrupt) left the block's record of
+    the hold set, and the block's exit posted it again: two producers could enter."""
+    out = run_python(
+        f"""
+        from fastipc import Ring
+
+        c = Ring.create({ring_name!r}, 64)
+        r = Ring.open({ring_name!r})
+
+        class PostThenInterrupt:
+            def __init__(self, sem):
+                self.sem, self.fired = sem, False
+            def release(self):
+                self.sem.release()
+                if not self.fired:
+                    self.fired = True
+                    raise KeyboardInterrupt  # a handler, right after the C call returned
+            def __getattr__(self, name):
+                return getattr(self.sem, name)
+
+        try:
+            with r.reserve(8) as v:
+                v[:] = b"12345678"
+                r._prod = PostThenInterrupt(r._prod)
+                r.close()
+        except KeyboardInterrupt:
+            pass
+        assert c._prod.value == 1, c._prod.value  # 2: two holders could enter
+        c.send(b"ok", timeout=1)
+        assert c.recv(timeout=1) == b"ok"
+        c.unlink()
+        c.close()
+        print("done")
+        """
+    )
+    assert out.stdout.strip() == "done"

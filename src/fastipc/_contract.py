@@ -149,8 +149,9 @@ class RingBase:
 
         The message is consumed when the block exits, whether or not it
         raised. While the block runs, other consumers wait. Do not keep the
-        view past the block. Closing the handle inside the block lets the
-        consumer side go and leaves the message for the next consumer.
+        view past the block. Closing the handle inside the block (from any
+        thread) lets the consumer side go and leaves the message for the next
+        consumer.
         """
         raise NotImplementedError
 

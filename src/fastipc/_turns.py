@@ -185,13 +185,19 @@ class Turn:
         timeout: float | None,
         sending: bool | None = None,
         what: str | None = None,
+        depth: int = 0,
+        check: Callable[[], None] | None = None,
     ) -> float | None:
         """Take the turn, waiting for it within ``timeout`` seconds; the seconds left
         (None: no deadline). Call it from the method that found the turn taken.
 
         ``sending`` picks the Timeout's kind (default: ``side == TX``; None
         for a handle whose one turn serves both) and ``what`` names the
-        handle in messages (default: its class and name).
+        handle in messages (default: its class and name). ``depth``: how
+        many frames of the handle's own sit between the method and this call
+        (they are skipped in the look for a reentrant call). ``check``, if
+        given, runs before every sleep and may raise (say, the handle was
+        closed while this call waited behind a view block).
 
         Raises RuntimeError if a call of this thread is inside ``side`` of
         ``handle`` (a reentrant call), and the call's Timeout (queue.Empty or
@@ -201,7 +207,7 @@ class Turn:
             sending = side == TX
         if what is None:
             what = f"{type(handle).__mro__[0].__name__.lower()} {getattr(handle, 'name', '')!r}"
-        if inside_a_call(sys._getframe(2), handle, side):
+        if inside_a_call(sys._getframe(2 + depth), handle, side):
             doing = "" if sending is None else " (sending)" if sending else " (receiving)"
             raise reentrant_call(f"{what}{doing}")
         forever = timeout_ns(timeout) < 0  # None or inf; raises for a bad timeout
@@ -235,6 +241,8 @@ class Turn:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise timed_out(f"{what} (another thread's call)", sending)
+                if check is not None:
+                    check()
                 if me.acquire(True, min(left, _WAIT_SLICE)) or not _lost(self, handle, side):
                     suspect = 0
                 else:

@@ -85,7 +85,7 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from itertools import accumulate
 from typing import Any, Callable, NoReturn
 
-from .._checks import MAX_CAPACITY, check_buffer, release_view
+from .._checks import FORKS, MAX_CAPACITY, check_buffer, inherited_block, release_view
 from .._contract_broadcast import MAX_SUBSCRIBERS, POLICIES, BroadcastBase, SubscriberBase
 from .._names import (
     bell_paths,
@@ -359,6 +359,30 @@ class _Handle:
         if self._closed:
             raise ValueError(f"{self._what} {self.name!r} is closed")
         return me
+
+    def _wait_turn(self, deadline: float | None, sending: bool) -> None:
+        """Take the handle's turn from another thread's call or view block within
+        ``deadline`` (ValueError if the handle is closed meanwhile). Leaving without it
+        after a close() tears down: the call that gave the turn back may have handed it to
+        this one."""
+        try:
+            self._turn.wait_take(
+                self,
+                _TURN,
+                _seconds_left(deadline),
+                sending,
+                f"{self._what} {self.name!r}",
+                1,
+                self._refuse_closed,
+            )
+        except BaseException:
+            if self._closed:
+                self._teardown_if_free()
+            raise
+
+    def _refuse_closed(self) -> None:
+        if self._closed:
+            raise ValueError(f"{self._what} {self.name!r} is closed")
 
     def _left(self) -> None:
         if self._closed and not self._torn_down:
@@ -853,9 +877,7 @@ class PythonBroadcast(_Handle, BroadcastBase):
         try:
             del turn.free
         except AttributeError:  # another thread's call: wait for its end, within the deadline
-            turn.wait_take(
-                self, _TURN, _seconds_left(deadline), True, f"{self._what} {self.name!r}"
-            )
+            self._wait_turn(deadline, True)
         try:
             try:
                 self._owner = me
@@ -897,9 +919,7 @@ class PythonBroadcast(_Handle, BroadcastBase):
         try:
             del turn.free
         except AttributeError:  # another thread's call: wait for its end, within the deadline
-            turn.wait_take(
-                self, _TURN, _seconds_left(deadline), True, f"{self._what} {self.name!r}"
-            )
+            self._wait_turn(deadline, True)
         try:
             try:
                 self._owner = me
@@ -958,13 +978,12 @@ class PythonBroadcast(_Handle, BroadcastBase):
     @takes_turn(_TURN)
     def _reserve(self, n: int, deadline: float | None) -> Iterator[memoryview]:
         me = self._check_enter(deadline, True)
+        forks = FORKS[0]
         turn = self._turn
         try:
             del turn.free
         except AttributeError:  # another thread's call: wait for its end, within the deadline
-            turn.wait_take(
-                self, _TURN, _seconds_left(deadline), True, f"{self._what} {self.name!r}"
-            )
+            self._wait_turn(deadline, True)
         try:
             try:
                 self._owner = me
@@ -990,6 +1009,8 @@ class PythonBroadcast(_Handle, BroadcastBase):
                     raise ValueError(
                         f"broadcast ring {self.name!r} is closed: the reservation was discarded"
                     )
+                if FORKS[0] != forks:  # a forked child's copy: the reservation is the parent's
+                    raise inherited_block("reserve()")
                 if temp is not None:
                     end = self._put(tail, memoryview(temp))
                 else:
@@ -1273,9 +1294,7 @@ class PythonSubscriber(_Handle, SubscriberBase):
         try:
             del turn.free
         except AttributeError:  # another thread's call: wait for its end, within the deadline
-            turn.wait_take(
-                self, _TURN, _seconds_left(deadline), False, f"{self._what} {self.name!r}"
-            )
+            self._wait_turn(deadline, False)
         try:
             registered: list[int] = []
             try:
@@ -1385,14 +1404,13 @@ class PythonSubscriber(_Handle, SubscriberBase):
         # thread's receive cleared the pin and took the same message.
         deadline = _deadline(timeout)
         me = self._check_enter(deadline, False)
+        forks = FORKS[0]
         self._usable()
         turn = self._turn
         try:
             del turn.free
         except AttributeError:  # another thread's call: wait for its end, within the deadline
-            turn.wait_take(
-                self, _TURN, _seconds_left(deadline), False, f"{self._what} {self.name!r}"
-            )
+            self._wait_turn(deadline, False)
         try:
             registered: list[int] = []
             try:
@@ -1415,6 +1433,8 @@ class PythonSubscriber(_Handle, SubscriberBase):
                     release_view(raw)
                     if self._closed:
                         self._close_mapping()
+                    elif FORKS[0] != forks:  # a forked child's copy: the pin is the parent's
+                        raise inherited_block("recv_view()")
                     else:
                         self._consume_pinned(pos, n)
             finally:

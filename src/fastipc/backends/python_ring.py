@@ -110,7 +110,7 @@ from typing import Any, NoReturn
 
 import posix_ipc
 
-from .._checks import MAX_CAPACITY, check_buffer, deadline, release_view
+from .._checks import MAX_CAPACITY, check_buffer, deadline, inherited_block, release_view
 from .._contract import RingBase
 from .._names import (
     bell_paths,
@@ -286,6 +286,15 @@ def _deadline(timeout: float | None) -> float | None:
         return None
     until = deadline(timeout)
     return None if until is None else until / 1e9
+
+
+def _block_open(name: str, block: str) -> RuntimeError:
+    """The error of a second view block on a handle: one at a time, as the native ring's."""
+    return RuntimeError(
+        f"ring {name!r}: a {block} block is open on this handle (another thread's); one "
+        "block per handle at a time: give each thread that uses views a handle of its "
+        "own (Ring.open)"
+    )
 
 
 def _seconds_left(deadline: float | None) -> float | None:
@@ -760,6 +769,29 @@ class PythonRing(RingBase):
             raise reentrant_call(f"ring {self.name!r} ({'sending' if sending else 'receiving'})")
         return me
 
+    def _wait_turn(self, turn: Turn, side: str, deadline: float | None) -> None:
+        """Take ``turn``, which another thread's call or view block has, within ``deadline``
+        (ValueError if this handle is closed meanwhile). Leaving without it after a close()
+        tears down: the call that gave the turn back may have handed it to this one."""
+        try:
+            turn.wait_take(
+                self,
+                side,
+                _seconds_left(deadline),
+                None,
+                f"ring {self.name!r}",
+                1,
+                self._refuse_closed,
+            )
+        except BaseException:
+            if self._closed:
+                self._teardown_if_free()
+            raise
+
+    def _refuse_closed(self) -> None:
+        if self._closed:
+            raise ValueError("ring is closed")
+
     def _left(self, mine: Turn) -> None:
         """End of a call holding turn ``mine``: tear down if close() came meanwhile and the
         other side is free (else that side's call does, as it leaves)."""
@@ -971,7 +1003,7 @@ class PythonRing(RingBase):
         try:
             del turn.free
         except AttributeError:  # another thread's call: wait for its end, within the deadline
-            turn.wait_take(self, TX, _seconds_left(deadline), None, f"ring {self.name!r}")
+            self._wait_turn(turn, TX, deadline)
         try:
             self._in_tx = True  # (see _check_enter)
             try:
@@ -1078,7 +1110,7 @@ class PythonRing(RingBase):
         try:
             del turn.free
         except AttributeError:  # another thread's call: wait for its end, within the deadline
-            turn.wait_take(self, TX, _seconds_left(deadline), None, f"ring {self.name!r}")
+            self._wait_turn(turn, TX, deadline)
         try:
             self._in_tx = True  # (see _check_enter)
             try:
@@ -1149,22 +1181,17 @@ class PythonRing(RingBase):
     def _reserve(self, n: int, deadline: float | None) -> Iterator[memoryview]:
         me = self._check_enter(deadline, True)
         turn = self._tx_turn
+        if turn.block:  # another thread's block (this thread's: refused just above)
+            raise _block_open(self.name, "reserve()")
         try:
             del turn.free
         except AttributeError:  # another thread's call: wait for its end, within the deadline
-            turn.wait_take(self, TX, _seconds_left(deadline), None, f"ring {self.name!r}")
+            self._wait_turn(turn, TX, deadline)
         try:
             self._in_tx = True  # (see _check_enter)
-            turn.block = me  # (see _check_enter; and _turns._lost: no frame shows it held)
             try:
                 if self._closed:
                     raise ValueError("ring is closed")
-                if self._rx_turn.block:
-                    # One block per handle at a time, as the native ring's one hold.
-                    raise RuntimeError(
-                        f"ring {self.name!r}: a recv_view() block is open on this handle; "
-                        "give each thread that uses views a handle of its own (Ring.open)"
-                    )
                 q = self._q
                 held: list[None] = []
                 done = False
@@ -1176,6 +1203,15 @@ class PythonRing(RingBase):
                         self._take(_PROD, held, deadline)
                     self._tx_hold = held
                     tail, pushed = self._wait_space(8 + _align8(n), deadline)
+                    # The block, from here: this thread's, for _check_enter, close()
+                    # and _turns._lost (no frame shows the turn held while it runs). Not
+                    # sooner: a handler's close() while the call waits leaves the
+                    # teardown to the call, and the other side's block check below
+                    # must not see a call that only waits.
+                    turn.block = me
+                    if self._rx_turn.block:
+                        # One block per handle at a time, as the native ring's one hold.
+                        raise _block_open(self.name, "recv_view()")
                     off = (tail + 8) % self._D
                     temp: bytearray | None = None
                     if off + n <= self._D:
@@ -1192,6 +1228,8 @@ class PythonRing(RingBase):
                     # Only reached on a normal exit: an exception skips the commit (discarded).
                     if self._closed:
                         raise ValueError("ring is closed: the reservation was discarded")
+                    if not held:
+                        raise inherited_block("reserve()")
                     if q[_W_CLOSING]:
                         raise Closed("ring is shut down")
                     if temp is not None:
@@ -1202,6 +1240,7 @@ class PythonRing(RingBase):
                     self._commit(_W_TSEL, end, pushed + 1)
                     done = True
                 finally:
+                    turn.block = 0
                     self._tx_hold = None
                     if held:  # emptied by close() inside the block, which released it
                         if not done:
@@ -1212,7 +1251,6 @@ class PythonRing(RingBase):
                     self._left(turn)
             finally:
                 self._in_tx = False
-                turn.block = 0
         finally:
             turn.free = True
             if turn.waiting:
@@ -1286,7 +1324,7 @@ class PythonRing(RingBase):
         try:
             del turn.free
         except AttributeError:  # another thread's call: wait for its end, within the deadline
-            turn.wait_take(self, RX, _seconds_left(deadline), None, f"ring {self.name!r}")
+            self._wait_turn(turn, RX, deadline)
         try:
             self._in_rx = True  # (see _check_enter)
             try:
@@ -1361,7 +1399,7 @@ class PythonRing(RingBase):
         try:
             del turn.free
         except AttributeError:  # another thread's call: wait for its end, within the deadline
-            turn.wait_take(self, RX, _seconds_left(deadline), None, f"ring {self.name!r}")
+            self._wait_turn(turn, RX, deadline)
         try:
             self._in_rx = True  # (see _check_enter)
             try:
@@ -1436,7 +1474,7 @@ class PythonRing(RingBase):
         try:
             del turn.free
         except AttributeError:  # another thread's call: wait for its end, within the deadline
-            turn.wait_take(self, RX, _seconds_left(deadline), None, f"ring {self.name!r}")
+            self._wait_turn(turn, RX, deadline)
         try:
             self._in_rx = True  # (see _check_enter)
             try:
@@ -1497,22 +1535,17 @@ class PythonRing(RingBase):
     def _recv_view(self, deadline: float | None) -> Iterator[memoryview]:
         me = self._check_enter(deadline, False)
         turn = self._rx_turn
+        if turn.block:  # another thread's block (this thread's: refused just above)
+            raise _block_open(self.name, "recv_view()")
         try:
             del turn.free
         except AttributeError:  # another thread's call: wait for its end, within the deadline
-            turn.wait_take(self, RX, _seconds_left(deadline), None, f"ring {self.name!r}")
+            self._wait_turn(turn, RX, deadline)
         try:
             self._in_rx = True  # (see _check_enter)
-            turn.block = me  # (see _check_enter; and _turns._lost: no frame shows it held)
             try:
                 if self._closed:
                     raise ValueError("ring is closed")
-                if self._tx_turn.block:
-                    # One block per handle at a time, as the native ring's one hold.
-                    raise RuntimeError(
-                        f"ring {self.name!r}: a reserve() block is open on this handle; "
-                        "give each thread that uses views a handle of its own (Ring.open)"
-                    )
                 q = self._q
                 held: list[None] = []
                 done = False
@@ -1524,6 +1557,15 @@ class PythonRing(RingBase):
                         self._take(_CONS, held, deadline)
                     self._rx_hold = held
                     _, head, popped, n = self._next(q, deadline)
+                    # The block, from here: this thread's, for _check_enter, close()
+                    # and _turns._lost (no frame shows the turn held while it runs). Not
+                    # sooner: a handler's close() while the call waits leaves the
+                    # teardown to the call, and the other side's block check below
+                    # must not see a call that only waits.
+                    turn.block = me
+                    if self._tx_turn.block:
+                        # One block per handle at a time, as the native ring's one hold.
+                        raise _block_open(self.name, "reserve()")
                     off = (head + 8) % self._D
                     if off + n <= self._D:
                         raw = self._buf[_DATA + off : _DATA + off + n]
@@ -1539,11 +1581,14 @@ class PythonRing(RingBase):
                             # close() inside the block gave up the consumer side: the
                             # message stays for the next consumer.
                             self._close_mapping()
+                        elif not held:
+                            raise inherited_block("recv_view()")
                         else:
                             # Consumed whether or not the block raised.
                             self._commit(_W_HSEL, head + 8 + _align8(n), popped + 1)
                             done = True
                 finally:
+                    turn.block = 0
                     self._rx_hold = None
                     if held:  # emptied by close() inside the block, which released it
                         if not done:
@@ -1554,7 +1599,6 @@ class PythonRing(RingBase):
                     self._left(turn)
             finally:
                 self._in_rx = False
-                turn.block = 0
         finally:
             turn.free = True
             if turn.waiting:
@@ -1736,32 +1780,38 @@ class PythonRing(RingBase):
         with self._slock:
             holds = ((self._tx_hold, _PROD), (self._rx_hold, _CONS))
             self._tx_hold = self._rx_hold = None
-            for held, side in holds:
-                if held:
-                    # close() inside a view block: give the side back, uncommitted.
-                    q = self._q
-                    w = _W_PREL if side == _PROD else _W_CREL
-                    q[w] = (q[w] + 1) & _M64
-                    (self._prod if side == _PROD else self._cons).release()
-                    held.clear()
-            with suppress(ValueError):
-                self._q[self._slotw] = 0
-                if self._shutting:  # close() inside another thread's shutdown()
-                    self._q[_W_CLOSED] = 1
-            # OFD locks live as long as the open file description, which a mapping
-            # still exported to the caller keeps alive: drop every lock explicitly
-            # (the handle slot's too, which frees the slot).
-            fcntl.fcntl(self._fd, _F_SETLK, _UNLOCK_EVERY)
-            self._q.release()
-            self._buf.release()
-            self._close_mapping()
-            os.close(self._fd)
-            for sem in (self._items, self._space, self._prod, self._cons):
-                sem.close()
-            bells, self._bells = self._bells, [-1, -1]
-            for fd in bells:
-                if fd >= 0:
-                    os.close(fd)
+            try:
+                for held, side in holds:
+                    if held:
+                        # close() inside a view block: give the side back, uncommitted.
+                        # Cleared first: the block's own exit must not post it again. (A
+                        # handler raising between the two leaves the side taken and
+                        # claimed by no live slot once the rest below has run: peers
+                        # recover it.)
+                        held.clear()
+                        q = self._q
+                        w = _W_PREL if side == _PROD else _W_CREL
+                        q[w] = (q[w] + 1) & _M64
+                        (self._prod if side == _PROD else self._cons).release()
+            finally:
+                with suppress(ValueError):
+                    self._q[self._slotw] = 0
+                    if self._shutting:  # close() inside another thread's shutdown()
+                        self._q[_W_CLOSED] = 1
+                # OFD locks live as long as the open file description, which a mapping
+                # still exported to the caller keeps alive: drop every lock explicitly
+                # (the handle slot's too, which frees the slot).
+                fcntl.fcntl(self._fd, _F_SETLK, _UNLOCK_EVERY)
+                self._q.release()
+                self._buf.release()
+                self._close_mapping()
+                os.close(self._fd)
+                for sem in (self._items, self._space, self._prod, self._cons):
+                    sem.close()
+                bells, self._bells = self._bells, [-1, -1]
+                for fd in bells:
+                    if fd >= 0:
+                        os.close(fd)
 
     def _close_mapping(self) -> None:
         try:
@@ -1781,7 +1831,12 @@ class PythonRing(RingBase):
         self._rx_turn = Turn()
         self._slock = threading.Lock()
         self._in_tx = self._in_rx = False
-        self._tx_hold = self._rx_hold = None  # the parent's holds are the parent's to release
+        # The parent's holds are the parent's to release: emptied, so that the copy of a
+        # block this child inherited (its generator's ``held``) neither commits nor posts.
+        for held in (self._tx_hold, self._rx_hold):
+            if held:
+                held.clear()
+        self._tx_hold = self._rx_hold = None
         if self._torn_down:
             return
         old_fd, old_mm = self._fd, self._mm
