@@ -1710,6 +1710,7 @@ static void hold(fi_bcast *b, fi_bhold *rec)
         __atomic_add_fetch(&b->refs, 1, __ATOMIC_SEQ_CST);
         rec->gen = __atomic_load_n(&b->hold_gen, __ATOMIC_SEQ_CST);
         rec->owner = fi_lock_self();
+        rec->forks = __atomic_load_n(b->forks, __ATOMIC_RELAXED);
         __atomic_store_n(&rec->bc, b, __ATOMIC_SEQ_CST);
     }
 }
@@ -1888,10 +1889,15 @@ void fi_bhold_drop(fi_bhold *rec)
         return;
     enum bc_hold side = __atomic_load_n(&b->holding, __ATOMIC_SEQ_CST);
     if (side != HOLD_NONE && __atomic_load_n(&b->hold_gen, __ATOMIC_SEQ_CST) == rec->gen &&
-        !forked(b)) {
+        rec->forks != __atomic_load_n(b->forks, __ATOMIC_RELAXED)) {
+        /* Made before a fork() this process is a child of: the parent's hold
+         * (its lock, its pin), whose block lives on there. Drop only this
+         * copy's record of it. */
+        unclaim(b);
+        put_ref(b);
+    } else if (side != HOLD_NONE && __atomic_load_n(&b->hold_gen, __ATOMIC_SEQ_CST) == rec->gen) {
         /* Still this record's hold: let go of it, for its thread if it died
-         * in another one (its block is gone, so its holder never will). Not
-         * in a forked child: the hold is the parent's, its block alive there. */
+         * in another one (its block is gone, so its holder never will). */
         if (fi_lock_held(held_lock(b, side)) == 0)
             let_go_as(b, side, fi_lock_self());
         else

@@ -194,6 +194,7 @@ typedef struct fi_hold {
     fi_ring *ring;  /* the ring whose side is held, or NULL */
     uint64_t gen;   /* which hold of it */
     uint64_t owner; /* the holding thread's lock word */
+    uint32_t forks; /* the process's fork count then: another in a forked copy */
 } fi_hold;
 
 /* If the hold *hold records is still held, let go of it, publishing and
@@ -249,6 +250,7 @@ typedef struct fi_bhold {
     fi_bcast *bc;
     uint64_t gen;
     uint64_t owner;
+    uint32_t forks;
 } fi_bhold;
 
 /* Size in bytes of the segment file of a broadcast ring of `capacity`

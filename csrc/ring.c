@@ -141,25 +141,19 @@ struct fi_ring {
     uint64_t held_pos;    /* where the reserved record starts */
     int bell[2];          /* the recv and send doorbell FIFOs (fi_ring_set_bells), or -1 */
     const uint32_t *forks; /* the fork counter of the module that mapped it (below) */
-    uint32_t fork_gen;     /* *forks when mapped: another value, a copy made by fork() */
 };
 
 /* ---- small helpers ---------------------------------------------------- */
 
-/* Bumped in every child fork() makes: a handle whose fork_gen differs is a
- * forked copy, and a hold its struct records (an open reserve/peek) is the
- * parent's, not to be let go from here. One relaxed load where asking
- * getpid() would be a syscall; the handle points at the counter of the
- * module that mapped it (this file is built into two modules, as
- * broadcast.c). */
+/* Bumped in every child fork() makes. A hold record notes it when made: in
+ * a forked child the record's copy names the parent's hold, not to be let
+ * go from here (fi_hold_drop). One relaxed load where asking getpid() would
+ * be a syscall; the handle points at the counter of the module that mapped
+ * it (this file is built into two modules, as broadcast.c). */
 static uint32_t ring_forks;
 static pthread_once_t ring_forks_once = PTHREAD_ONCE_INIT;
 static void count_fork(void) { __atomic_add_fetch(&ring_forks, 1, __ATOMIC_RELAXED); }
 static void watch_ring_forks(void) { pthread_atfork(NULL, NULL, count_fork); }
-static inline int forked(const fi_ring *r)
-{
-    return r->fork_gen != __atomic_load_n(r->forks, __ATOMIC_RELAXED);
-}
 
 static inline uint64_t align8(uint64_t n) { return (n + 7u) & ~(uint64_t)7u; }
 static inline uint64_t rec_size(uint64_t n) { return FI_REC_HDR + align8(n); }
@@ -578,7 +572,6 @@ static int map_segment(int fd, uint64_t hsize, uint64_t size, fi_ring **out)
         return -ENOMEM;
     pthread_once(&ring_forks_once, watch_ring_forks);
     r->forks = &ring_forks;
-    r->fork_gen = __atomic_load_n(&ring_forks, __ATOMIC_RELAXED);
     r->map_len = hsize + 2 * size;
     /* Reserve the whole range, then lay the file over it: header + data, and
      * the data once more right after, so records never need splitting. */
@@ -1040,6 +1033,7 @@ static void hold(fi_ring *r, enum fi_side side, fi_hold *rec)
         __atomic_add_fetch(&r->refs, 1, __ATOMIC_SEQ_CST);
         rec->gen = gen;
         rec->owner = fi_lock_self();
+        rec->forks = __atomic_load_n(r->forks, __ATOMIC_RELAXED);
         __atomic_store_n(&rec->ring, r, __ATOMIC_SEQ_CST);
     }
 }
@@ -1248,13 +1242,17 @@ void fi_hold_drop(fi_hold *hold)
     if (!r)
         return;
     /* Still the hold this record was made for (no block since let it go):
-     * let go of it. The mapping is there: the record's pin keeps it. Not in
-     * a forked child: its copy of the record names the parent's hold, whose
-     * block lives on in the parent (letting go here would let another
-     * participant in while the parent's view is open). */
+     * let go of it. The mapping is there: the record's pin keeps it. */
     enum fi_side side = __atomic_load_n(&r->holding, __ATOMIC_SEQ_CST);
     if (side != SIDE_NONE && __atomic_load_n(&r->hold_gen, __ATOMIC_SEQ_CST) == hold->gen &&
-        !forked(r)) {
+        hold->forks != __atomic_load_n(r->forks, __ATOMIC_RELAXED)) {
+        /* Made before a fork() this process is a child of: the hold is the
+         * parent's, whose block lives on there (letting its lock go would
+         * let another participant in while the parent's view is open). Drop
+         * only this copy's record of it: its reference and `holding`. */
+        __atomic_store_n(&r->holding, SIDE_NONE, __ATOMIC_SEQ_CST);
+        put_ref(r);
+    } else if (side != SIDE_NONE && __atomic_load_n(&r->hold_gen, __ATOMIC_SEQ_CST) == hold->gen) {
         fi_lock *l = side == SIDE_PROD ? &r->hdr->prod.lock : &r->hdr->cons.lock;
         if (fi_lock_held(l) == 0) {
             let_go(r, l);

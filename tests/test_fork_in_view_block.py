@@ -102,3 +102,43 @@ def test_a_forked_child_leaving_its_copy_of_a_block_leaves_the_parents_hold(
         """
     )
     assert out.stdout.strip() == "done"
+
+
+@pytest.mark.parametrize("kind", ["ring", "broadcast"])
+def test_a_block_the_forked_child_opens_itself_lets_go_whatever_ends_it(
+    ring_name: str, kind: str
+) -> None:
+    """The other way round: a child using a handle it inherited (no block open at the
+    fork) opens its own reserve() block, which ends in an exception. The first fix for
+    the case above asked whether the handle was a forked copy, not the hold: the child's
+    own producer lock was never let go, and every producer everywhere waited."""
+    out = run_python(
+        f"""
+        import os
+        from fastipc import Broadcast, Full, Ring
+
+        kind, name = {kind!r}, {ring_name!r}
+        h = Ring.create(name, 4096) if kind == "ring" else Broadcast.create(name, capacity=4096)
+        put = h.send if kind == "ring" else h.publish
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                with h.reserve(8, timeout=1):
+                    raise KeyError("abandon the reservation")
+            except KeyError:
+                pass
+            try:
+                put(b"child", timeout=1)  # the child's handle is usable again
+            except BaseException:
+                code = 3
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        put(b"parent", timeout=1)  # Full here: the child's lock was never let go
+        h.close()
+        (Ring if kind == "ring" else Broadcast).unlink_name(name)
+        print("done")
+        """
+    )
+    assert out.stdout.strip() == "done"

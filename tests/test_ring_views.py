@@ -9,7 +9,7 @@ import pytest
 from _workers import make_msg, parse_msg, pattern
 from conftest import Children, fill
 
-from fastipc import Closed, MessageTooLarge, Ring, Timeout
+from fastipc import Closed, Full, MessageTooLarge, Ring, Timeout
 
 
 class Boom(Exception):
@@ -251,3 +251,31 @@ def test_close_inside_recv_view_leaves_the_message_for_other_consumers(ring: Rin
     reader.close()
     cm.__exit__(None, None, None)
     assert ring.recv(timeout=1) == b"kept"
+
+
+@pytest.mark.parametrize("outer", ["reserve", "recv_view"])
+def test_a_block_of_the_other_side_inside_this_threads_block_is_refused_at_once(
+    ring: Ring, outer: str
+) -> None:
+    """recv_view() inside this thread's reserve() on an empty ring (or reserve() inside
+    recv_view() on a full one) would wait for what only the outer block can give: refused
+    at once with RuntimeError, not a hang (python, when the check came after the wait)."""
+    if outer == "recv_view":
+        ring.send(b"first")
+        while True:  # fill the ring: no room for the inner reservation
+            try:
+                ring.send(b"x" * 64, timeout=0)
+            except Full:
+                break
+        outer_cm, inner = ring.recv_view(timeout=1), lambda: ring.reserve(64, timeout=1)
+    else:
+        outer_cm, inner = ring.reserve(8, timeout=1), lambda: ring.recv_view(timeout=1)
+    with outer_cm as v:
+        with pytest.raises(RuntimeError, match="block"), inner():
+            pass
+        if outer == "reserve":
+            v[:] = b"12345678"
+    if outer == "reserve":
+        assert ring.recv(timeout=1) == b"12345678"
+    else:
+        assert ring.recv(timeout=1) == b"x" * 64

@@ -149,9 +149,10 @@ class RingBase:
 
         The message is consumed when the block exits, whether or not it
         raised. While the block runs, other consumers wait. Do not keep the
-        view past the block. Closing the handle inside the block (from any
-        thread) lets the consumer side go and leaves the message for the next
-        consumer.
+        view past the block. Closing the handle while the block runs (from
+        any thread) leaves the message for the next consumer; the consumer
+        side goes when the block ends, or at once if the block's own thread
+        closes it and nothing else is using the handle.
         """
         raise NotImplementedError
 

@@ -176,6 +176,12 @@ def broadcast_error(
         return ValueError(f"broadcast ring {name!r} is closed")
     if code == _errno.EMSGSIZE:
         return MessageTooLarge(f"broadcast ring {name!r}: message too large")
+    if code == _errno.EDEADLK:
+        return RuntimeError(
+            f"broadcast ring {name!r}: a reserve() or recv_view() block is already open on "
+            "this handle (in this thread, or in another: give each thread its own handle, "
+            "Broadcast.open() or Broadcast.subscribe())"
+        )
     return ring_error(code, name, path, sending)
 
 

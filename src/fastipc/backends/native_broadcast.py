@@ -353,6 +353,7 @@ class NativeBroadcast(_Handle, BroadcastBase):
         finally:
             try:
                 if FORKS[0] != forks:  # a forked child's copy: the hold is the parent's
+                    _hold_drop(held)  # this copy's record of it only (C keeps the lock)
                     raise inherited_block("reserve()")
                 rc = lib_fast.fi_bc_commit(hf) if publish and not self._closed else 0
                 _hold_drop(held)  # the publisher lock goes whatever the commit said
@@ -567,6 +568,7 @@ class NativeSubscriber(OwnBuffers, _Handle, SubscriberBase):
         finally:
             try:
                 if FORKS[0] != forks:  # a forked child's copy: the hold is the parent's
+                    _hold_drop(held)  # this copy's record of it only (C keeps the lock)
                     raise inherited_block("recv_view()")
                 rc = lib_fast.fi_bc_release(hf) if view is not None and not self._closed else 0
                 _hold_drop(held)  # the pin and the handle's receive lock go, whatever happened

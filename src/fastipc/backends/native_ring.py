@@ -448,6 +448,7 @@ class NativeRing(OwnBuffers, RingBase):
             try:
                 if FORKS[0] != forks:  # a forked child's copy: the hold is the parent's
                     publish = False
+                    _hold_drop(held)  # this copy's record of it only (C keeps the lock)
                     raise inherited_block("reserve()")
                 rc = lib_fast.fi_ring_commit(hf) if publish and not self._closed else 0
                 # Whatever the commit said, the producer side is let go here:
@@ -481,6 +482,7 @@ class NativeRing(OwnBuffers, RingBase):
         finally:
             try:
                 if FORKS[0] != forks:  # a forked child's copy: the hold is the parent's
+                    _hold_drop(held)  # this copy's record of it only (C keeps the lock)
                     raise inherited_block("recv_view()")
                 if view is not None and not self._closed:
                     rc = lib_fast.fi_ring_release(hf)  # consumed, raised or not

@@ -288,12 +288,13 @@ def _deadline(timeout: float | None) -> float | None:
     return None if until is None else until / 1e9
 
 
-def _block_open(name: str, block: str) -> RuntimeError:
+def _block_open(name: str, block: str, mine: bool = False) -> RuntimeError:
     """The error of a second view block on a handle: one at a time, as the native ring's."""
+    whose = "this thread's" if mine else "another thread's"
     return RuntimeError(
-        f"ring {name!r}: a {block} block is open on this handle (another thread's); one "
-        "block per handle at a time: give each thread that uses views a handle of its "
-        "own (Ring.open)"
+        f"ring {name!r}: a {block} block is open on this handle ({whose}); one block per "
+        "handle at a time: finish it first, or give each thread that uses views a handle "
+        "of its own (Ring.open)"
     )
 
 
@@ -1180,6 +1181,10 @@ class PythonRing(RingBase):
     @takes_turn(TX)
     def _reserve(self, n: int, deadline: float | None) -> Iterator[memoryview]:
         me = self._check_enter(deadline, True)
+        if self._rx_turn.block == me:
+            # This thread's recv_view() block: waiting below for what only that block can
+            # give (a message, room) would hang.
+            raise _block_open(self.name, "recv_view()", mine=True)
         turn = self._tx_turn
         if turn.block:  # another thread's block (this thread's: refused just above)
             raise _block_open(self.name, "reserve()")
@@ -1534,6 +1539,10 @@ class PythonRing(RingBase):
     @takes_turn(RX)
     def _recv_view(self, deadline: float | None) -> Iterator[memoryview]:
         me = self._check_enter(deadline, False)
+        if self._tx_turn.block == me:
+            # This thread's reserve() block: waiting below for what only that block can
+            # give (a message, room) would hang.
+            raise _block_open(self.name, "reserve()", mine=True)
         turn = self._rx_turn
         if turn.block:  # another thread's block (this thread's: refused just above)
             raise _block_open(self.name, "recv_view()")
