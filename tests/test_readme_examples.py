@@ -51,14 +51,22 @@ def test_a_readme_example_runs_as_written(
     with open(script, "w") as f:
         f.write(_examples()[name])
     before = set(os.listdir("/dev/shm"))
-    done = subprocess.run(
-        [sys.executable, script],
-        check=False,
-        env=example_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, script],
+            check=False,
+            env=example_env,
+            capture_output=True,
+            text=True,
+            timeout=120,  # each runs in seconds
+        )
+    except subprocess.TimeoutExpired as exc:
+        # What the example and its children said is the one clue to a hang: show it whole.
+        said = [
+            x.decode(errors="replace") if isinstance(x, bytes) else x or ""
+            for x in (exc.stdout, exc.stderr)
+        ]
+        pytest.fail(f"example {name!r} hung; its output:\n" + "\n".join(said))
     assert done.returncode == 0, done.stdout + done.stderr
     made = {
         e
