@@ -141,13 +141,14 @@ class Turn:
     :meth:`wake`). ``block`` is the thread id of a reserve()/recv_view()
     block holding the turn, else 0: such a block runs its caller's code with
     its generator suspended, on no thread's stack, so without it a waiter's
-    look for a lost turn would take the turn from the block. No lock guards these: every check and the changes it
-    decides are opcodes with no call between them, so no other thread (the
-    GIL is only handed over where a signal handler could run) and no signal
-    handler comes in between; a waiter sleeps on its own lock, released to
-    wake it. (A ``threading.Condition`` would not do: its ``__enter__`` and
-    ``wait`` are Python code, and a handler raising inside them leaves its
-    lock taken or released out of turn.)
+    look for a lost turn would take the turn from the block. No lock guards
+    these: every check and the changes it decides are opcodes with no call
+    between them, so no other thread (the GIL is only handed over where a
+    signal handler could run) and no signal handler comes in between; a
+    waiter sleeps on its own lock, released to wake it. (A
+    ``threading.Condition`` would not do: its ``__enter__`` and ``wait`` are
+    Python code, and a handler raising inside them leaves its lock taken or
+    released out of turn.)
     """
 
     __slots__ = ("block", "free", "handed", "waiting")
