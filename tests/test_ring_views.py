@@ -279,3 +279,43 @@ def test_a_block_of_the_other_side_inside_this_threads_block_is_refused_at_once(
         assert ring.recv(timeout=1) == b"12345678"
     else:
         assert ring.recv(timeout=1) == b"x" * 64
+
+
+@pytest.mark.parametrize("outer", ["reserve", "recv_view"])
+@pytest.mark.parametrize("same_side", [False, True])
+def test_a_second_block_from_another_thread_is_refused_at_once(
+    ring: Ring, outer: str, same_side: bool
+) -> None:
+    """One view block per handle at a time: another thread's second block, on either side,
+    raises RuntimeError at once, on an empty (or full) ring too, rather than waiting for
+    what the first block holds (the python ring waited, then timed out)."""
+    import threading
+
+    if outer == "recv_view":
+        ring.send(b"first")
+        outer_cm = ring.recv_view(timeout=1)
+    else:
+        outer_cm = ring.reserve(8, timeout=1)
+    inner_side = outer if same_side else ("reserve" if outer == "recv_view" else "recv_view")
+    got: list[object] = []
+
+    def second() -> None:
+        t0 = time.monotonic()
+        try:
+            cm = (
+                ring.reserve(8, timeout=2) if inner_side == "reserve" else ring.recv_view(timeout=2)
+            )
+            with cm:
+                got.append("entered")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            got.append(type(exc).__name__)
+        got.append(time.monotonic() - t0)
+
+    with outer_cm as v:
+        t = threading.Thread(target=second)
+        t.start()
+        t.join(10)
+        if outer == "reserve":
+            v[:] = b"12345678"
+    assert got[0] == "RuntimeError", got
+    assert got[1] < 1.0, got  # at once, not after the 2 s timeout

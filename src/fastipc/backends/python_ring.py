@@ -1181,10 +1181,12 @@ class PythonRing(RingBase):
     @takes_turn(TX)
     def _reserve(self, n: int, deadline: float | None) -> Iterator[memoryview]:
         me = self._check_enter(deadline, True)
-        if self._rx_turn.block == me:
-            # This thread's recv_view() block: waiting below for what only that block can
-            # give (a message, room) would hang.
-            raise _block_open(self.name, "recv_view()", mine=True)
+        owner = self._rx_turn.block
+        if owner:
+            # One block per handle at a time, refused at once as on the native ring
+            # (this thread's own: waiting below for what only that block can give, a
+            # message or room, would hang).
+            raise _block_open(self.name, "recv_view()", mine=owner == me)
         turn = self._tx_turn
         if turn.block:  # another thread's block (this thread's: refused just above)
             raise _block_open(self.name, "reserve()")
@@ -1539,10 +1541,12 @@ class PythonRing(RingBase):
     @takes_turn(RX)
     def _recv_view(self, deadline: float | None) -> Iterator[memoryview]:
         me = self._check_enter(deadline, False)
-        if self._tx_turn.block == me:
-            # This thread's reserve() block: waiting below for what only that block can
-            # give (a message, room) would hang.
-            raise _block_open(self.name, "reserve()", mine=True)
+        owner = self._tx_turn.block
+        if owner:
+            # One block per handle at a time, refused at once as on the native ring
+            # (this thread's own: waiting below for what only that block can give, a
+            # message or room, would hang).
+            raise _block_open(self.name, "reserve()", mine=owner == me)
         turn = self._rx_turn
         if turn.block:  # another thread's block (this thread's: refused just above)
             raise _block_open(self.name, "recv_view()")
