@@ -884,7 +884,7 @@ class PythonChannel(ChannelBase):
                 # one store of _rpos, after the copy).
                 n, flags = _unpack_from(self._rbuf, pos)
                 if not flags and n <= self._max_message and self._rend - pos - 8 >= n:
-                    out = bytes(self._rmv[pos + 8 : pos + 8 + n])
+                    out = self._rmv[pos + 8 : pos + 8 + n].tobytes()
                     self._rpos = pos + 8 + n
                     return out
             data, _ = self._frame(self._max_message, False, self._deadline(timeout))
@@ -990,7 +990,7 @@ class PythonChannel(ChannelBase):
                     got += _run_struct(n, run).unpack_from(buf, pos)
                     pos += run * r
                     continue
-            got.append(bytes(mv[pos + 8 : pos + r]))
+            got.append(mv[pos + 8 : pos + r].tobytes())
             pos += r
         out += got
         self._rpos = pos
