@@ -31,7 +31,13 @@
  * `reserved`) and, when it next reads a record there, reports how many it
  * missed (that record's sequence number minus its own, -EOVERFLOW) without
  * consuming it: so it never returns a torn, skipped-without-notice or
- * repeated message.
+ * repeated message. Under `block` nothing at or past the slowest live
+ * cursor (or a pin) is written over, so a publisher announces that whole
+ * stretch at once, `reserved` = its cached lower bound of the cursors + D.
+ * That says more may be overwritten than is, never less, so a real overrun
+ * is still caught; every live cursor is at or past the bound, so none sees
+ * one that did not happen. `reserved` then changes about once a lap, not
+ * once a message, and its line stays in the subscribers' caches.
  *
  * Views. A subscriber's open view pins its record: the slot's `pinned`
  * word, and a count `pins` so publishers scan the slots only when some view
@@ -69,7 +75,8 @@
 #include <sys/stat.h>
 
 #define BC_MAGIC 0x3130434249435046ULL /* "FPCIBC01" read as little-endian */
-#define BC_LAYOUT_VERSION 1u
+/* 2: `tail` and `reserved` on a line of their own (see struct bc_header). */
+#define BC_LAYOUT_VERSION 2u
 #define BC_PAGE_MIN 4096u
 #define BC_LINE 128
 #define BC_REC_HDR 16u
@@ -95,14 +102,22 @@ struct bc_header {
     uint64_t data_size;
     uint32_t max_subscribers;
     uint32_t policy; /* 0 overwrite, 1 block */
+    /* Publishers' own line: subscribers read none of it on their path. */
     struct {
         fi_lock lock;
-        uint64_t tail;     /* bytes published, ever; | TAIL_CLOSED once shut down */
         uint64_t seq;      /* messages published, ever */
         uint64_t head;     /* oldest record kept */
         uint64_t head_seq; /* its sequence number (a snapshot for len) */
-        uint64_t reserved; /* end of what publishers started writing (see top) */
     } ALIGNED_LINE prod;
+    /* What subscribers read for every message, away from what publishers
+     * write several times a message: on one line, a subscriber spinning on
+     * `tail` took the line back between a publisher's stores (a transfer
+     * each). Publishers store `tail` once a message, `reserved` (under
+     * `block`) about once a lap. */
+    struct {
+        uint64_t tail;     /* bytes published, ever; | TAIL_CLOSED once shut down */
+        uint64_t reserved; /* end of what publishers started writing (see top) */
+    } ALIGNED_LINE pub;
     struct {
         uint32_t sub_futex;    /* bumped to wake subscribers */
         uint32_t sub_sleeping; /* a subscriber is (about to be) asleep */
@@ -217,7 +232,7 @@ static inline uint32_t ld32(const uint32_t *p) { return __atomic_load_n(p, __ATO
 static inline char *at(fi_bcast *b, uint64_t pos) { return b->data + pos % b->size; }
 static inline uint64_t ld_tail(const struct bc_header *h, int order)
 {
-    return __atomic_load_n(&h->prod.tail, order) & ~TAIL_CLOSED;
+    return __atomic_load_n(&h->pub.tail, order) & ~TAIL_CLOSED;
 }
 static inline int is_shut(const struct bc_header *h) { return ld32(&h->wake.closed) != 0; }
 static inline int usable(const fi_bcast *b) { return b && !__atomic_load_n(&b->closed, __ATOMIC_RELAXED); }
@@ -439,8 +454,12 @@ static int make_room(fi_bcast *b, uint64_t tail, uint64_t end)
         if (head < need)
             return reclaim_blocker(b, head, tail) ? make_room(b, tail, end) : -EAGAIN;
     }
-    if (end > h->prod.reserved)
-        __atomic_store_n(&h->prod.reserved, end, __ATOMIC_SEQ_CST);
+    /* Under `block`, all that the slowest cursor has left (see top). */
+    uint64_t announce = end;
+    if (b->policy == 1 && b->cached_min + b->size > announce)
+        announce = b->cached_min + b->size;
+    if (announce > h->pub.reserved)
+        __atomic_store_n(&h->pub.reserved, announce, __ATOMIC_SEQ_CST);
     if (b->policy == 0 && end > b->size && ld32(&h->wake.pins)) {
         /* An open view's record must not be written over: wait for it. */
         uint64_t limit;
@@ -497,7 +516,7 @@ static int publish(fi_bcast *b, uint64_t old_tail, uint64_t tail, uint64_t count
     uint64_t seq = h->prod.seq;
     __atomic_store_n(&h->prod.seq, seq + count, __ATOMIC_RELEASE);
     uint64_t seen = old_tail;
-    if (!__atomic_compare_exchange_n(&h->prod.tail, &seen, tail, 0, __ATOMIC_SEQ_CST,
+    if (!__atomic_compare_exchange_n(&h->pub.tail, &seen, tail, 0, __ATOMIC_SEQ_CST,
                                      __ATOMIC_SEQ_CST)) {
         __atomic_store_n(&h->prod.seq, seq, __ATOMIC_RELEASE);
         wake_subscribers(b);
@@ -611,7 +630,7 @@ static void advance(fi_bcast *b, uint64_t pos, uint64_t seq)
 static inline int intact(fi_bcast *b, uint64_t pos)
 {
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    return __atomic_load_n(&b->hdr->prod.reserved, __ATOMIC_RELAXED) <= pos + b->size;
+    return __atomic_load_n(&b->hdr->pub.reserved, __ATOMIC_RELAXED) <= pos + b->size;
 }
 
 /* Overrun: jump to the oldest record kept; the next read there reports the
@@ -622,7 +641,7 @@ static int jump_to_head(fi_bcast *b)
     /* reserved before tail: then reserved <= tail + D whatever publishers
      * did in between, and more means a corrupted segment (which would
      * otherwise make every record look overrun, for ever). */
-    uint64_t reserved = ld_acq(&h->prod.reserved);
+    uint64_t reserved = ld_acq(&h->pub.reserved);
     /* head between two loads of tail: publishers may move both in between
      * (this thread preempted), so head may be past the first tail, never
      * past the second, and never more than D behind the first; checked
@@ -641,7 +660,7 @@ static int jump_to_head(fi_bcast *b)
  * -EPIPE shut down and drained, -ESTALE overrun (jump_to_head), -EBADMSG. */
 static int next_record(fi_bcast *b, uint64_t *avail, uint32_t *len, uint64_t *stride, uint64_t *seq)
 {
-    uint64_t raw = ld_acq(&b->hdr->prod.tail), tail = raw & ~TAIL_CLOSED, pos = b->pos;
+    uint64_t raw = ld_acq(&b->hdr->pub.tail), tail = raw & ~TAIL_CLOSED, pos = b->pos;
     if (pos == tail)
         return raw & TAIL_CLOSED ? -EPIPE : -EAGAIN;
     if (pos > tail)
@@ -791,7 +810,7 @@ static int64_t peek_locked(fi_bcast *b, uint64_t *stride_out)
             /* The pin, then the check of `reserved` (Dekker, see top). */
             __atomic_add_fetch(&h->wake.pins, 1, __ATOMIC_SEQ_CST);
             __atomic_store_n(&s->pinned, b->pos + 1, __ATOMIC_SEQ_CST);
-            uint64_t reserved = ld_sc(&h->prod.reserved);
+            uint64_t reserved = ld_sc(&h->pub.reserved);
             /* Re-read the header under the pin: what we lend is what we checked. */
             if (reserved > b->pos + b->size ||
                 get_header(b, b->pos, avail, &len, &stride, &seq)) {
@@ -1298,7 +1317,7 @@ int fi_bc_shutdown(fi_bcast *b)
     if (!usable(b))
         return -EBADF;
     struct bc_header *h = b->hdr;
-    __atomic_fetch_or(&h->prod.tail, TAIL_CLOSED, __ATOMIC_SEQ_CST);
+    __atomic_fetch_or(&h->pub.tail, TAIL_CLOSED, __ATOMIC_SEQ_CST);
     __atomic_store_n(&h->wake.closed, 1, __ATOMIC_SEQ_CST);
     __atomic_store_n(&h->wake.sub_sleeping, 0, __ATOMIC_SEQ_CST);
     __atomic_store_n(&h->wake.pub_sleeping, 0, __ATOMIC_SEQ_CST);

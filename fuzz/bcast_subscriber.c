@@ -32,13 +32,13 @@
 #define OFF_GEOM 0 /* magic, version, header size, capacity, data size: u64 each */
 #define OFF_SLOTS_POLICY 40 /* u32 slots, u32 policy */
 #define OFF_LOCK 128
-#define OFF_TAIL 136
-#define OFF_SEQ 144
-#define OFF_HEAD 152
-#define OFF_HEAD_SEQ 160
-#define OFF_RESERVED 168
-#define OFF_CLOSED 272
-#define OFF_PINS 276
+#define OFF_SEQ 136
+#define OFF_HEAD 144
+#define OFF_HEAD_SEQ 152
+#define OFF_TAIL 256
+#define OFF_RESERVED 264
+#define OFF_CLOSED 400
+#define OFF_PINS 404
 #define SLOT_SIZE 128
 #define TAIL_CLOSED (1ull << 63)
 

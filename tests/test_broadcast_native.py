@@ -25,8 +25,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 # Offsets of csrc/broadcast.c's header (struct bc_header) and slots.
-TAIL, SEQ, HEAD, HEAD_SEQ, RESERVED = 136, 144, 152, 160, 168
-PINS = 276
+SEQ, HEAD, HEAD_SEQ, TAIL, RESERVED = 136, 144, 152, 256, 264
+PINS = 404
 SLOTS = 4096  # one page (x86-64 / aarch64 4 KiB)
 SLOT_SIZE = 128
 

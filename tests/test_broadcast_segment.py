@@ -182,6 +182,7 @@ def test_fastipc_ls_shows_a_broadcast_ring_with_its_subscribers_and_rm_removes_i
         assert e["policy"] == "block" and e["max_subscribers"] == 64
         (s,) = e["subscribers"]
         assert s["pid"] == os.getpid() and s["alive"] and s["waiting"] == 2
+        assert s["behind_bytes"] > 0 and e["shut_down"] is False
         # bcast://NAME names the same object for ls and rm.
         done = subprocess.run(
             [sys.executable, "-m", "fastipc", "ls", "--json", f"bcast://{ring_name}"],

@@ -59,19 +59,29 @@ def _python_detail(head: bytes, fd: int) -> dict[str, Any]:
     return detail
 
 
+#: Native layout version -> offsets of (tail, messages published, closed flag)
+#: in struct bc_header (csrc/broadcast.c). Only the layout this fastipc makes
+#: is read: another version's segment shows no subscribers.
+_NATIVE_OFFSETS = {2: (256, 136, 400)}
+
+
 def _native_detail(fd: int) -> dict[str, Any]:
     """The native layout (csrc/broadcast.c: struct bc_header, struct bc_slot)."""
     head = os.pread(fd, 512, 0)
-    capacity, _ = struct.unpack_from("<QQ", head, 24)
+    version, _, capacity, _ = struct.unpack_from("<QQQQ", head, 8)
     nslots, policy = struct.unpack_from("<II", head, 40)
-    tail, published = struct.unpack_from("<QQ", head, 136)
-    closed = struct.unpack_from("<I", head, 272)[0]
     detail: dict[str, Any] = {
         "capacity": capacity,
         "policy": {0: "overwrite", 1: "block"}.get(policy, f"unknown ({policy})"),
-        "shut_down": bool(closed or tail >> 63),
         "max_subscribers": nslots,
     }
+    offsets = _NATIVE_OFFSETS.get(version)
+    if offsets is None:  # a newer fastipc's: what it keeps where is not known here
+        return detail
+    tail = struct.unpack_from("<Q", head, offsets[0])[0]
+    published = struct.unpack_from("<Q", head, offsets[1])[0]
+    closed = struct.unpack_from("<I", head, offsets[2])[0]
+    detail["shut_down"] = bool(closed or tail >> 63)
     if not 1 <= nslots <= _MAX_SLOTS:
         return detail
     tail &= (1 << 63) - 1
