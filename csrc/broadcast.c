@@ -31,13 +31,16 @@
  * `reserved`) and, when it next reads a record there, reports how many it
  * missed (that record's sequence number minus its own, -EOVERFLOW) without
  * consuming it: so it never returns a torn, skipped-without-notice or
- * repeated message. Under `block` nothing at or past the slowest live
- * cursor (or a pin) is written over, so a publisher announces that whole
- * stretch at once, `reserved` = its cached lower bound of the cursors + D.
- * That says more may be overwritten than is, never less, so a real overrun
- * is still caught; every live cursor is at or past the bound, so none sees
- * one that did not happen. `reserved` then changes about once a lap, not
- * once a message, and its line stays in the subscribers' caches.
+ * repeated message. Under `block` a publisher that must move head moves it
+ * as far as the slowest live cursor or pin (its cached lower bound of them)
+ * allows, since every subscriber has read what it passes, and announces
+ * `reserved` = head + D: what head already says may go. That is never less
+ * than the write (a real overrun is still caught), and every live cursor
+ * is at or past head (none sees an overrun that did not happen; one whose
+ * slot was taken for a dead process's, lock.h's limits, is behind head and
+ * resumes there with Lagged). head and `reserved` then change about once a
+ * lap, not once a message, and `reserved`'s line stays in the subscribers'
+ * caches.
  *
  * Views. A subscriber's open view pins its record: the slot's `pinned`
  * word, and a count `pins` so publishers scan the slots only when some view
@@ -423,7 +426,10 @@ static int make_room(fi_bcast *b, uint64_t tail, uint64_t end)
         return -EBADMSG;
     uint64_t need = end - b->size; /* head must reach this */
     if (end > b->size && head < need) {
-        uint64_t limit = UINT64_MAX;
+        /* Under `block` head goes as far as the slowest live cursor allows,
+         * once a lap (see top); under `overwrite` only as far as this write
+         * needs: the records kept are where an overrun subscriber resumes. */
+        uint64_t limit = UINT64_MAX, goal = need;
         if (b->policy == 1) {
             if (b->cached_min < need) {
                 int who;
@@ -435,9 +441,9 @@ static int make_room(fi_bcast *b, uint64_t tail, uint64_t end)
                 if (b->cached_min > tail)
                     b->cached_min = tail;
             }
-            limit = b->cached_min;
+            limit = goal = b->cached_min;
         }
-        while (head < need) {
+        while (head < goal) {
             uint32_t len;
             uint64_t stride, seq;
             if (get_header(b, head, tail - head, &len, &stride, &seq))
@@ -454,10 +460,11 @@ static int make_room(fi_bcast *b, uint64_t tail, uint64_t end)
         if (head < need)
             return reclaim_blocker(b, head, tail) ? make_room(b, tail, end) : -EAGAIN;
     }
-    /* Under `block`, all that the slowest cursor has left (see top). */
+    /* What may be written over from now on: under `block` all that head
+     * has passed (see top), under `overwrite` what this write needs. */
     uint64_t announce = end;
-    if (b->policy == 1 && b->cached_min + b->size > announce)
-        announce = b->cached_min + b->size;
+    if (b->policy == 1 && head + b->size > announce)
+        announce = head + b->size;
     if (announce > h->pub.reserved)
         __atomic_store_n(&h->pub.reserved, announce, __ATOMIC_SEQ_CST);
     if (b->policy == 0 && end > b->size && ld32(&h->wake.pins)) {

@@ -18,7 +18,7 @@ import pytest
 from conftest import Children, child_env
 
 import fastipc
-from fastipc import Broadcast, Full, IncompatibleSegment, Lagged, Ring
+from fastipc import Broadcast, Empty, Full, IncompatibleSegment, Lagged, Ring
 
 pytestmark = pytest.mark.skipif(
     fastipc.BACKEND != "native", reason="C-specific: run with FASTIPC_BACKEND=native"
@@ -336,6 +336,50 @@ time.sleep(600)
             pub.publish(b"freed", timeout=30)  # its slot is reclaimed (~2 ms of no progress)
             assert mine.recv(timeout=5) == b"freed"
             assert pub.subscribers == 1
+
+
+def test_live_subscriber_whose_slot_was_taken_loses_only_what_it_is_told(
+    ring_name: str,
+) -> None:
+    """A publisher takes the slot of a subscriber whose process /proc says is gone (a
+    pid namespace apart, /proc mounted hidepid: docs/architecture.md's limits) while
+    it still runs: it is no longer waited for, so it may lose messages, but only
+    with Lagged; never IncompatibleSegment, a torn or a repeated message."""
+    with (
+        Broadcast.create(ring_name, 1024, subscribers=2, policy="block") as pub,
+        Broadcast.subscribe(ring_name) as sub,
+    ):
+        seg = Segment(ring_name)
+        try:
+            size = seg.u64(32)
+            i = 0
+            while seg.u64(TAIL) + 256 <= size:  # almost a lap, read as it goes
+                pub.publish(i.to_bytes(8, "little") * 12)
+                sub.recv(timeout=0)
+                i += 1
+            first_unread = i
+            pub.publish(i.to_bytes(8, "little") * 12)
+            i += 1
+            seg.u64(SLOTS, 0)  # its owner word: the slot is free, as a dead one's
+            got, lost = [], 0
+            for _ in range(3 * size // 128):  # three laps, read as they go
+                pub.publish(i.to_bytes(8, "little") * 12, timeout=0)
+                i += 1
+                while True:
+                    try:
+                        m = sub.recv(timeout=0)
+                    except Lagged as exc:
+                        lost += exc.missed
+                        continue
+                    except Empty:
+                        break
+                    assert m == m[:8] * 12, "a torn message"
+                    got.append(int.from_bytes(m[:8], "little"))
+        finally:
+            seg.close()
+    assert got == sorted(set(got)), "out of order or repeated"
+    assert got[-1] == i - 1
+    assert len(got) + lost == i - first_unread, "lost without a Lagged"
 
 
 def test_all_slots_taken_reclaims_a_dead_ones_slot(ring_name: str, children: Children) -> None:
