@@ -897,7 +897,7 @@ static int sub_wait(fi_bcast *b, int64_t deadline)
 }
 
 /* Reclaim slot i if its owner is `owner` and that process is gone. 1 if
- * it was reclaimed. Publisher lock held (or, for subscribe, also held). */
+ * it was reclaimed. Publisher lock held (by subscribe, too). */
 static int reclaim_if_dead(fi_bcast *b, uint32_t i, uint64_t owner)
 {
     struct bc_slot *s = &b->slots[i];
@@ -963,9 +963,18 @@ static int pub_wait(fi_bcast *b, uint64_t n, int64_t deadline)
             stalled_since = now;
         } else if (now - stalled_since >= BC_LIVENESS_NS && slowest >= 0) {
             /* The same subscriber has held us up for a while: is its
-             * process still there? A dead one's slot is freed. */
+             * process still there? A dead one's slot is freed, under the
+             * publisher lock like every change of a slot's owner: unlocked,
+             * a subscribe could take the slot between the owner's release
+             * and the pin's, open a view, and lose its pin to us. Lock
+             * busy: its holder's make_room asks (reclaim_blocker). */
             uint64_t owner = __atomic_load_n(&b->slots[slowest].owner, __ATOMIC_SEQ_CST);
-            if (reclaim_if_dead(b, (uint32_t)slowest, owner))
+            int freed = 0;
+            if (fi_lock_try(&h->prod.lock) == 0) {
+                freed = reclaim_if_dead(b, (uint32_t)slowest, owner);
+                fi_lock_release(&h->prod.lock);
+            }
+            if (freed)
                 return 0;
             stalled_since = now;
         }
