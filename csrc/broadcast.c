@@ -962,21 +962,15 @@ static int pub_wait(fi_bcast *b, uint64_t n, int64_t deadline)
             stalled_pos = limit;
             stalled_since = now;
         } else if (now - stalled_since >= BC_LIVENESS_NS && slowest >= 0) {
-            /* The same subscriber has held us up for a while: is its
-             * process still there? A dead one's slot is freed, under the
-             * publisher lock like every change of a slot's owner: unlocked,
-             * a subscribe could take the slot between the owner's release
-             * and the pin's, open a view, and lose its pin to us. Lock
-             * busy: its holder's make_room asks (reclaim_blocker). */
-            uint64_t owner = __atomic_load_n(&b->slots[slowest].owner, __ATOMIC_SEQ_CST);
-            int freed = 0;
-            if (fi_lock_try(&h->prod.lock) == 0) {
-                freed = reclaim_if_dead(b, (uint32_t)slowest, owner);
-                fi_lock_release(&h->prod.lock);
-            }
-            if (freed)
-                return 0;
-            stalled_since = now;
+            /* The same subscriber has held us up for a while: back to the
+             * locked step, whose make_room asks whether its process is
+             * still there and frees a dead one's slot (reclaim_blocker).
+             * Not here: every change of a slot's owner is made under the
+             * publisher lock (unlocked, a subscribe could take the slot
+             * between the owner's release and the pin's, open a view,
+             * and lose its pin to us), and the locked step also takes the
+             * lock over from a dead holder, which a try here would not. */
+            return 0;
         }
         int64_t nap = BC_LIVENESS_NS;
         if (deadline >= 0 && deadline - now < nap)

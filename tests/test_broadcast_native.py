@@ -13,6 +13,8 @@ import struct
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 from conftest import Children, child_env
@@ -380,6 +382,51 @@ def test_live_subscriber_whose_slot_was_taken_loses_only_what_it_is_told(
     assert got == sorted(set(got)), "out of order or repeated"
     assert got[-1] == i - 1
     assert len(got) + lost == i - first_unread, "lost without a Lagged"
+
+
+def test_blocked_publisher_gets_past_a_subscriber_killed_holding_the_publisher_lock(
+    ring_name: str, children: Children, tmp_path: Path
+) -> None:
+    """fastipc.h: a block publisher waiting in C gets past a dead subscriber after
+    ~2 ms, whatever its timeout, even when that process died holding the publisher
+    lock (an open reserve): the wait goes back to the locked step, which takes the
+    lock over and frees the slot. (Python re-enters C every 200 ms, which hid a
+    wait that only tried the lock and so slept to its deadline.)"""
+    from fastipc.backends._native import lib
+
+    go = tmp_path / "go"
+    with Broadcast.create(ring_name, 1024, subscribers=2, policy="block") as pub:
+        child = start(
+            children,
+            f"""
+import os, time
+from fastipc import Broadcast
+sub = Broadcast.subscribe({ring_name!r})  # reads nothing: holds publishers back
+pub = Broadcast.open({ring_name!r})
+print("ready", flush=True)
+while not os.path.exists({str(go)!r}):
+    time.sleep(0.005)
+with pub.reserve(8) as view:  # the publisher lock, held until killed
+    print("holding", flush=True)
+    time.sleep(600)
+""",
+        )
+        seg = Segment(ring_name)
+        size = seg.u64(32)
+        seg.close()
+        for _ in range(size // 128 - 1):  # 128 bytes left: room for the child's reserve
+            pub.publish(b"f" * 100, timeout=0)  # (a 64-byte record), not for 200 bytes
+        result: list[int] = []
+        waiter = threading.Thread(
+            target=lambda: result.append(lib.fi_bc_publish(pub._h, b"y" * 200, 200, 30 * 10**9))
+        )
+        waiter.start()
+        time.sleep(0.1)  # the waiter now sleeps in C, held back by the child's cursor
+        go.touch()
+        assert children.readline(child, 30) == "holding"
+        kill(child)
+        waiter.join(60)
+        assert result == [0], f"fi_bc_publish returned {result} (-110: slept to its deadline)"
 
 
 def test_all_slots_taken_reclaims_a_dead_ones_slot(ring_name: str, children: Children) -> None:
