@@ -414,8 +414,10 @@ with pub.reserve(8) as view:  # the publisher lock, held until killed
         seg = Segment(ring_name)
         size = seg.u64(32)
         seg.close()
-        for _ in range(size // 128 - 1):  # 128 bytes left: room for the child's reserve
-            pub.publish(b"f" * 100, timeout=0)  # (a 64-byte record), not for 200 bytes
+        # 100-byte messages take 128-byte records: leave 128 bytes, room for the
+        # child's reserve(8) (a 64-byte record) but not for the waiter's 200 bytes.
+        for _ in range(size // 128 - 1):
+            pub.publish(b"f" * 100, timeout=0)
         result: list[int] = []
         waiter = threading.Thread(
             target=lambda: result.append(lib.fi_bc_publish(pub._h, b"y" * 200, 200, 30 * 10**9))
