@@ -1394,6 +1394,8 @@ static int subscribe_locked(fi_bcast *b)
 {
     struct bc_header *h = b->hdr;
     uint64_t self = fi_proc_self();
+    /* Under the publisher lock: tail and seq stand still. */
+    uint64_t tail = ld_tail(h, __ATOMIC_ACQUIRE), seq = h->prod.seq;
     int found = -1;
     for (int pass = 0; pass < 2 && found < 0; pass++) {
         for (uint32_t i = 0; i < b->nslots; i++) {
@@ -1404,8 +1406,18 @@ static int subscribe_locked(fi_bcast *b)
                 continue;
             if (pass == 1)
                 owner = 0;
-            if (owner == 0 && __atomic_compare_exchange_n(&s->owner, &owner, self, 0, __ATOMIC_SEQ_CST,
-                                                          __ATOMIC_SEQ_CST)) {
+            if (owner != 0)
+                continue;
+            /* The cursor before the owner word: readers without the lock
+             * (fi_bc_room, pub_ready) scan the owned slots, and would take
+             * a free slot's old position, behind head, for corruption. */
+            __atomic_store_n(&s->pinned, 0, __ATOMIC_SEQ_CST);
+            __atomic_store_n(&s->watchers, 0, __ATOMIC_SEQ_CST);
+            __atomic_store_n(&s->missed, 0, __ATOMIC_SEQ_CST);
+            __atomic_store_n(&s->seq, seq, __ATOMIC_SEQ_CST);
+            __atomic_store_n(&s->pos, tail, __ATOMIC_SEQ_CST);
+            if (__atomic_compare_exchange_n(&s->owner, &owner, self, 0, __ATOMIC_SEQ_CST,
+                                            __ATOMIC_SEQ_CST)) {
                 found = (int)i;
                 break;
             }
@@ -1413,15 +1425,6 @@ static int subscribe_locked(fi_bcast *b)
     }
     if (found < 0)
         return -EUSERS;
-    /* Under the publisher lock: tail and seq stand still, and the cursor is
-     * in the slot before any publisher scans for it. */
-    uint64_t tail = ld_tail(h, __ATOMIC_ACQUIRE), seq = h->prod.seq;
-    struct bc_slot *s = &b->slots[found];
-    __atomic_store_n(&s->pinned, 0, __ATOMIC_SEQ_CST);
-    __atomic_store_n(&s->watchers, 0, __ATOMIC_SEQ_CST);
-    __atomic_store_n(&s->missed, 0, __ATOMIC_SEQ_CST);
-    __atomic_store_n(&s->seq, seq, __ATOMIC_SEQ_CST);
-    __atomic_store_n(&s->pos, tail, __ATOMIC_SEQ_CST);
     b->slot = found;
     b->owner = self;
     b->pos = tail;
