@@ -965,8 +965,8 @@ static int pub_wait(fi_bcast *b, uint64_t n, int64_t deadline)
             /* The same subscriber has held us up for a while: back to the
              * locked step, whose make_room asks whether its process is
              * still there and frees a dead one's slot (reclaim_blocker).
-             * Not here: every change of a slot's owner is made under the
-             * publisher lock (unlocked, a subscribe could take the slot
+             * Not here: slots change hands (subscribe, reclaim) only under
+             * the publisher lock (unlocked, a subscribe could take the slot
              * between the owner's release and the pin's, open a view,
              * and lose its pin to us), and the locked step also takes the
              * lock over from a dead holder, which a try here would not. */
