@@ -1920,20 +1920,22 @@ void fi_bhold_drop(fi_bhold *rec)
     if (!b)
         return;
     enum bc_hold side = __atomic_load_n(&b->holding, __ATOMIC_SEQ_CST);
-    if (side != HOLD_NONE && __atomic_load_n(&b->hold_gen, __ATOMIC_SEQ_CST) == rec->gen &&
-        rec->forks != __atomic_load_n(b->forks, __ATOMIC_RELAXED)) {
+    if (side == HOLD_NONE || __atomic_load_n(&b->hold_gen, __ATOMIC_SEQ_CST) != rec->gen) {
+        put_ref(b);
+        return;
+    }
+    if (rec->forks != __atomic_load_n(b->forks, __ATOMIC_RELAXED)) {
         /* Made before a fork() this process is a child of: the parent's hold
          * (its lock, its pin), whose block lives on there. Drop only this
          * copy's record of it. */
         unclaim(b);
         put_ref(b);
-    } else if (side != HOLD_NONE && __atomic_load_n(&b->hold_gen, __ATOMIC_SEQ_CST) == rec->gen) {
+    } else if (fi_lock_held(held_lock(b, side)) == 0) {
         /* Still this record's hold: let go of it, for its thread if it died
          * in another one (its block is gone, so its holder never will). */
-        if (fi_lock_held(held_lock(b, side)) == 0)
-            let_go_as(b, side, fi_lock_self());
-        else
-            let_go_as(b, side, rec->owner);
+        let_go_as(b, side, fi_lock_self());
+    } else {
+        let_go_as(b, side, rec->owner);
     }
     put_ref(b);
 }

@@ -1244,26 +1244,27 @@ void fi_hold_drop(fi_hold *hold)
     /* Still the hold this record was made for (no block since let it go):
      * let go of it. The mapping is there: the record's pin keeps it. */
     enum fi_side side = __atomic_load_n(&r->holding, __ATOMIC_SEQ_CST);
-    if (side != SIDE_NONE && __atomic_load_n(&r->hold_gen, __ATOMIC_SEQ_CST) == hold->gen &&
-        hold->forks != __atomic_load_n(r->forks, __ATOMIC_RELAXED)) {
+    if (side == SIDE_NONE || __atomic_load_n(&r->hold_gen, __ATOMIC_SEQ_CST) != hold->gen) {
+        put_ref(r);
+        return;
+    }
+    fi_lock *l = side == SIDE_PROD ? &r->hdr->prod.lock : &r->hdr->cons.lock;
+    if (hold->forks != __atomic_load_n(r->forks, __ATOMIC_RELAXED)) {
         /* Made before a fork() this process is a child of: the hold is the
          * parent's, whose block lives on there (letting its lock go would
          * let another participant in while the parent's view is open). Drop
          * only this copy's record of it: its reference and `holding`. */
         __atomic_store_n(&r->holding, SIDE_NONE, __ATOMIC_SEQ_CST);
         put_ref(r);
-    } else if (side != SIDE_NONE && __atomic_load_n(&r->hold_gen, __ATOMIC_SEQ_CST) == hold->gen) {
-        fi_lock *l = side == SIDE_PROD ? &r->hdr->prod.lock : &r->hdr->cons.lock;
-        if (fi_lock_held(l) == 0) {
-            let_go(r, l);
-        } else if (fi_lock_held_by(l, hold->owner) == 0) {
-            /* The record died in another thread (a generator finalised
-             * there): its block is gone, so its holder will never release;
-             * release for it. */
-            __atomic_store_n(&r->holding, SIDE_NONE, __ATOMIC_SEQ_CST);
-            if (fi_lock_release_from(l, hold->owner) == 0)
-                put_ref(r);
-        }
+    } else if (fi_lock_held(l) == 0) {
+        let_go(r, l);
+    } else if (fi_lock_held_by(l, hold->owner) == 0) {
+        /* The record died in another thread (a generator finalised there):
+         * its block is gone, so its holder will never release; release for
+         * it. */
+        __atomic_store_n(&r->holding, SIDE_NONE, __ATOMIC_SEQ_CST);
+        if (fi_lock_release_from(l, hold->owner) == 0)
+            put_ref(r);
     }
     put_ref(r);
 }

@@ -770,6 +770,15 @@ class PythonRing(RingBase):
             raise reentrant_call(f"ring {self.name!r} ({'sending' if sending else 'receiving'})")
         return me
 
+    def _refuse_block_on_the_other_side(self, me: int, sending: bool) -> None:
+        """Before a reserve() (``sending``) or recv_view() block: refuse it at once, as the
+        native ring does, while a block of the other side is open on this handle. One
+        block per handle at a time; this thread's own would otherwise hang, waiting for
+        what only that block can give (a message or room)."""
+        owner = (self._rx_turn if sending else self._tx_turn).block
+        if owner:
+            raise _block_open(self.name, "recv_view()" if sending else "reserve()", owner == me)
+
     def _wait_turn(self, turn: Turn, side: str, deadline: float | None) -> None:
         """Take ``turn``, which another thread's call or view block has, within ``deadline``
         (ValueError if this handle is closed meanwhile). Leaving without it after a close()
@@ -1181,14 +1190,9 @@ class PythonRing(RingBase):
     @takes_turn(TX)
     def _reserve(self, n: int, deadline: float | None) -> Iterator[memoryview]:
         me = self._check_enter(deadline, True)
-        owner = self._rx_turn.block
-        if owner:
-            # One block per handle at a time, refused at once as on the native ring
-            # (this thread's own: waiting below for what only that block can give, a
-            # message or room, would hang).
-            raise _block_open(self.name, "recv_view()", mine=owner == me)
+        self._refuse_block_on_the_other_side(me, True)
         turn = self._tx_turn
-        if turn.block:  # another thread's block (this thread's: refused just above)
+        if turn.block:  # another thread's block (this thread's: _check_enter refused it)
             raise _block_open(self.name, "reserve()")
         try:
             del turn.free
@@ -1541,14 +1545,9 @@ class PythonRing(RingBase):
     @takes_turn(RX)
     def _recv_view(self, deadline: float | None) -> Iterator[memoryview]:
         me = self._check_enter(deadline, False)
-        owner = self._tx_turn.block
-        if owner:
-            # One block per handle at a time, refused at once as on the native ring
-            # (this thread's own: waiting below for what only that block can give, a
-            # message or room, would hang).
-            raise _block_open(self.name, "reserve()", mine=owner == me)
+        self._refuse_block_on_the_other_side(me, False)
         turn = self._rx_turn
-        if turn.block:  # another thread's block (this thread's: refused just above)
+        if turn.block:  # another thread's block (this thread's: _check_enter refused it)
             raise _block_open(self.name, "recv_view()")
         try:
             del turn.free
