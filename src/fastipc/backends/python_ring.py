@@ -835,7 +835,16 @@ class PythonRing(RingBase):
         return self._pair(_W_HSEL)
 
     def _state(self) -> tuple[int, int, int, int, bool]:
-        """(head, popped, tail, pushed, closed), one consistent snapshot, validated."""
+        """(head, popped, tail, pushed, closed), one consistent snapshot, validated.
+
+        The closed flag is read first: shutdown stores it after the last commit
+        it lets through, so a tail read after it holds that commit. Read after
+        the tail, it could pair a tail from before that commit with the flag,
+        and an empty-looking ring would be "shut down and drained" with a
+        message still in it."""
+        closed = self._q[_W_CLOSED] != 0
+        if _FENCE:
+            _FENCE()  # the flag before the positions
         for _ in range(1000):
             head, popped = self._pair(_W_HSEL)
             tail, pushed = self._pair(_W_TSEL)
@@ -843,7 +852,6 @@ class PythonRing(RingBase):
                 break
         else:
             raise incompatible(self.name, "the head never settles")
-        closed = self._q[_W_CLOSED] != 0
         used = tail - head
         n = pushed - popped
         if not (
