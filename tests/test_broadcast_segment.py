@@ -113,7 +113,7 @@ def test_scribbled_header_and_slots_raise_incompatible_never_crash(ring_name: st
         fd = os.open(path, os.O_RDWR)
         clean = os.pread(fd, 1024, 0)
         values = [2**64 - 1, 0, 2**63, 1, 7, 4096, 2**32, 0x3FFFF0 << 32]
-        offsets = list(range(0, 160, 8)) + list(range(512, 512 + 2 * 64, 8))
+        offsets = list(range(0, 160, 8)) + list(range(512, 512 + 2 * 128, 8))
         outcomes = {{}}
         for off in offsets:
             for v in values:

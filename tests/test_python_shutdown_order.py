@@ -25,7 +25,7 @@ import pytest
 from conftest import TESTS_DIR, child_env
 
 import fastipc
-from fastipc import Ring
+from fastipc import Broadcast, Ring
 from fastipc.backends import python_ring
 
 pytestmark = pytest.mark.skipif(
@@ -112,3 +112,34 @@ def test_ring_last_message_before_shutdown_is_received_not_closed(
         assert child.wait(10) == 0
     finally:
         ring.close()
+
+
+@pytest.mark.parametrize("policy", ["block", "overwrite"])
+def test_broadcast_last_message_before_shutdown_is_received_not_closed(
+    ring_name: str, sender: Callable[[str], subprocess.Popen[str]], policy: str
+) -> None:
+    pub = Broadcast.create(ring_name, 4096, subscribers=4, policy=policy)
+    sub = Broadcast.subscribe(ring_name)
+    try:
+        child = sender(
+            f"""
+            import sys
+            from fastipc import Broadcast
+            p = Broadcast.open({ring_name!r})
+            print("ready", flush=True)
+            sys.stdin.readline()
+            p.publish(b"last")
+            p.shutdown()
+            print("shut down", flush=True)
+            p.close()
+            """
+        )
+        stalled = _stall_once(sub, "_state", "_take_free", child)
+        assert sub.recv(timeout=5) == b"last"
+        assert stalled, "the window was never opened: the test no longer reaches it"
+        with pytest.raises(fastipc.Closed):
+            sub.recv(timeout=5)
+        assert child.wait(10) == 0
+    finally:
+        sub.close()
+        pub.close()

@@ -985,3 +985,52 @@ def test_close_inside_a_view_block_never_posts_the_side_twice(ring_name: str) ->
         """
     )
     assert out.stdout.strip() == "done"
+
+
+@_python_only
+def test_a_query_on_another_thread_never_drops_a_publishing_threads_state_lock(
+    ring_name: str,
+) -> None:
+    """A python publish holds the state lock from its copy to its commit. OFD locks are the
+    handle's file description's, not a thread's: free_bytes() on another thread of the same
+    handle took it shared (turning the publisher's exclusive hold into a shared one) and
+    dropped it, so a shutdown from elsewhere could land before the commit and a subscriber
+    report "shut down and drained" ahead of a message whose publish then succeeded."""
+    import fcntl
+    import os
+
+    from fastipc.backends import python_broadcast as pb
+
+    pub = Broadcast.create(ring_name, 4096, subscribers=2, policy="overwrite")
+    sub = Broadcast.subscribe(ring_name)
+    probe = os.open(f"/dev/shm/fastipc.{ring_name}", os.O_RDWR)
+    out: dict[str, object] = {}
+    copy = pub._put  # type: ignore[attr-defined]
+
+    def put_then_query(tail: int, mv: memoryview) -> int:
+        t = threading.Thread(target=lambda: out.setdefault("free", pub.free_bytes()))
+        t.start()
+        t.join(0.3)  # blocks until the commit with the fix; returns at once without it
+        out["query"] = t
+        try:  # another open file description asks for the state lock: still held?
+            fcntl.fcntl(probe, pb._F_SETLK, pb._WR[pb._LOCK_STATE])
+        except BlockingIOError:
+            out["held"] = True
+        else:
+            fcntl.fcntl(probe, pb._F_SETLK, pb._UN[pb._LOCK_STATE])
+            out["held"] = False
+        return copy(tail, mv)
+
+    try:
+        pub._put = put_then_query  # type: ignore[attr-defined]
+        pub.publish(b"m", timeout=5)
+        query = out["query"]
+        assert isinstance(query, threading.Thread)
+        query.join(10)
+        assert out["held"], "the publisher's state lock was dropped by another thread's query"
+        assert isinstance(out["free"], int)
+        assert sub.recv(timeout=1) == b"m"
+    finally:
+        os.close(probe)
+        sub.close()
+        pub.close()

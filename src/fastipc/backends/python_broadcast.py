@@ -14,16 +14,17 @@ Layout of ``/dev/shm/fastipc.NAME`` (u64 words, little-endian)::
         32     8  closed flag (non-zero after shutdown)
         40     8  policy: 0 overwrite, 1 block
         48     8  N: subscriber slots
-        56     8  state selector: bit 0 picks the live state slot
+        56     8  state generation: bit 0 picks the live state slot
         64    32  state slot 0: (tail, published, floor, floor seq)
         96    32  state slot 1
        128     8  sleepers: sum of the subscriber slots' watcher counts
        136     8  publisher waiting for room (0/1; rung through the ".send" bell)
        144     8  slots high-water mark: slots at or above it were never used
        256     2  bytes locked (never read or written): producer, state
-       512  64*N  subscriber slots, 8 words each:
-                  (owner pid, owner start time, cursor, cursor seq, missed,
-                   watchers, pinned position + 1, generation)
+       512 128*N  subscriber slots, 16 words each:
+                  (owner pid, owner start time, cursor 0, cursor seq 0, missed,
+                   watchers, pinned position + 1, generation, cursor generation
+                   (bit 0 picks cursor 0 or 1), cursor 1, cursor seq 1, 5 reserved)
          H     D  data area (H: the slots' end rounded up to a page):
                   records of [u64 payload length][payload, padded to 8]
 
@@ -36,22 +37,41 @@ messages (Lagged) and continues at the floor.
 Locks and ordering (the crash-safety argument is python_ring.py's):
 
 * The producer lock serialises publishers for a whole publish; only its
-  holder changes the state slot or writes the data area, so it reads the
-  slot without the state lock.
-* The state lock: publishers take it exclusively (F_WRLCK) to commit;
-  subscribers take it shared (F_RDLCK) to read the state, copy their
-  message and store their own cursor, so subscribers do not exclude each
-  other, while a publisher's commit waits until no copy is under way.
-  Claiming, freeing and watcher counts take it exclusively.
+  holder changes the state slot or writes the data area. A publish that
+  finds both free takes it and the state lock (needed for the commit) in
+  one system call, and drops both in one: two calls a message. It lets
+  the state lock go while it waits for room, which subscribers need.
+  Every hold of the state lock is under the handle's thread lock
+  (``_slock``): OFD locks belong to the file description, which the
+  handle's threads share, so one thread's query must not take or drop the
+  lock a publishing thread holds.
+* The shared state and each subscriber's cursor are double slots with a
+  generation word, as python_ring.py's positions: the single writer fills
+  the idle slot, then stores generation + 1 (one aligned 8-byte store); a
+  reader takes the generation, the slot it picks and the generation again,
+  and retries if it moved. So ``recv``, ``recv_many`` and ``recv_into``
+  take no lock: a subscriber reads the state, copies its messages and
+  stores its own cursor with loads and stores only.
+* The state lock: publishers take it exclusively (F_WRLCK) to commit
+  (against shutdown's closed flag and the watcher counts) and to move the
+  floor; ``recv_view`` takes it shared (F_RDLCK) to pin its
+  message. Claiming, freeing and watcher counts take it exclusively.
 * Overwrite never tears a message: a publisher that needs space first
   commits a new floor past the oldest records, and only then writes over
-  them. A subscriber reads the floor and copies under the shared lock, so
-  the floor cannot pass it meanwhile. A recv_view pins its message (word 6
-  of its slot): a publisher whose new floor would pass a pin waits.
+  them. A subscriber that copied without a lock reads the floor again
+  after the copy: if it passed the copied record's start, the copy may
+  be torn and is thrown away (the subscriber lagged); else no write had
+  reached the record (stores are seen in program order, as loads are
+  made). A recv_view pins its message (word 6 of its slot) under the
+  shared lock: a publisher whose new floor would pass a pin waits.
 * Under block the floor is the slowest live subscriber's cursor, found by a
   publisher that runs out of room; a slot whose owner is dead (pid gone, or
   reused: the start time from /proc differs) is reclaimed then, and by
-  subscribe when every slot is taken.
+  subscribe when every slot is taken. A publisher waiting for room sets
+  the waiting flag, and a subscriber that moved its cursor reads it and
+  rings: both without a fence, so a wake-up can be missed in a window of
+  nanoseconds, and a waiting publisher re-checks after 1 ms, doubling up to
+  ``_SLEEP_CAP``.
 
 Wake-ups: each subscriber slot has a doorbell FIFO (``_names.subscriber_bell_path``).
 A subscriber about to sleep registers as a watcher of its slot (and in the
@@ -96,11 +116,20 @@ from .._names import (
     subscriber_bell_path,
 )
 from .._turns import Turn, reentrant_call, takes_turn
-from ..errors import Closed, Lagged, MessageTooLarge, Timeout, broadcast_error, timed_out
+from ..errors import (
+    Closed,
+    IncompatibleSegment,
+    Lagged,
+    MessageTooLarge,
+    Timeout,
+    broadcast_error,
+    timed_out,
+)
 from .python_ring import (
     _BUSY,
     _F_SETLK,
     _F_SETLKW,
+    _FENCE,
     _align8,
     _check_count,
     _cut_records,
@@ -120,7 +149,7 @@ if sys.byteorder != "little":  # pragma: no cover - the layout uses native u64 w
 _TURN = "_turn"
 
 MAGIC = b"FIPCPB01"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 #: Other fastipc segments, named in the error when one is opened as a broadcast ring.
 _OTHER_MAGICS = {
     b"FPCIBC01": "a broadcast ring of the native backend: open it with FASTIPC_BACKEND=native",
@@ -141,9 +170,13 @@ _W_SLEEPERS = 16
 _W_PUBWAIT = 17
 _W_HIGH = 18
 _SLOTS_AT = 512  # byte offset of the subscriber slots
-_SLOT_WORDS = 8
-# Words of a subscriber slot.
+_SLOT_WORDS = 16
+# Words of a subscriber slot; the cursor (position, seq) is the pair at _S_POS or
+# _S_POS1, picked by bit 0 of the cursor generation _S_CGEN.
 _S_PID, _S_START, _S_POS, _S_SEQ, _S_MISSED, _S_WATCH, _S_PIN, _S_GEN = range(8)
+_S_CGEN, _S_POS1 = 8, 9
+_CURSOR_PAIRS = (_S_POS, _S_POS1)
+_M63 = (1 << 63) - 1
 
 _LOCK_PRODUCER = 256
 _LOCK_STATE = 257
@@ -151,11 +184,15 @@ _WR = {b: _flock(fcntl.F_WRLCK, b) for b in (_LOCK_PRODUCER, _LOCK_STATE)}
 _RD_STATE = _flock(fcntl.F_RDLCK, _LOCK_STATE)
 _UN = {b: _flock(fcntl.F_UNLCK, b) for b in (_LOCK_PRODUCER, _LOCK_STATE)}
 _UN_BOTH = _flock(fcntl.F_UNLCK, _LOCK_PRODUCER, 2)
+_WR_BOTH = _flock(fcntl.F_WRLCK, _LOCK_PRODUCER, 2)
 
 _MAX_POS = 1 << 62
 #: Longest sleep before re-checking the shared state (seconds): a peer killed
 #: between its commit and its bell cannot strand a waiter for longer.
 _SLEEP_CAP = 0.2
+#: A publisher waiting for room re-checks after this long first, doubling up to
+#: _SLEEP_CAP: the subscriber's wake-up it waits for can be missed (no fence).
+_ROOM_SLICE = 0.001
 #: How long a waiter watches the live tail before registering and sleeping (seconds).
 _SPIN = 100e-6
 _LOCK_SPIN = 50e-6
@@ -168,7 +205,7 @@ _OPEN_WAIT = 1.0
 
 def _header_size(nslots: int) -> int:
     page = mmap.PAGESIZE
-    return (_SLOTS_AT + 64 * nslots + page - 1) // page * page
+    return (_SLOTS_AT + 8 * _SLOT_WORDS * nslots + page - 1) // page * page
 
 
 def _data_size(capacity: int) -> int:
@@ -248,6 +285,7 @@ class _Handle:
         self._closed = False
         self._torn_down = False
         self._bells: dict[int, int] = {}  # slot (or -1: the send bell) -> fd
+        self._seen: tuple[int, tuple[int, int, int, int]] = (-1, (0, 0, 0, 0))  # see _state
         _LIVE.add(self)
 
     @staticmethod
@@ -390,11 +428,26 @@ class _Handle:
 
     # ---- shared state -------------------------------------------------------
     def _state(self) -> tuple[int, int, int, int]:
-        """(tail, published, floor, floor seq), validated. Read under the state lock,
-        or holding the producer lock (only its holder changes them)."""
+        """(tail, published, floor, floor seq), one consistent snapshot, validated; read
+        without a lock (the generation tells a slot being refilled meanwhile). The last
+        one read or committed is kept with its generation: unchanged, it is reused."""
         q = self._q
-        i = _W_STATE + 4 * (q[_W_SEL] & 1)
-        tail, pub, floor, fseq = q[i], q[i + 1], q[i + 2], q[i + 3]
+        seen = self._seen
+        if q[_W_SEL] == seen[0]:
+            return seen[1]
+        fence = _FENCE
+        for _ in range(1000):
+            g = q[_W_SEL]
+            if fence:
+                fence()  # the slot (and the records it covers) after the generation
+            i = _W_STATE + 4 * (g & 1)
+            tail, pub, floor, fseq = q[i], q[i + 1], q[i + 2], q[i + 3]
+            if fence:
+                fence()
+            if q[_W_SEL] == g:
+                break
+        else:
+            raise incompatible(self.name, "the state generation never settles")
         if not (
             0 <= tail - floor <= self._D
             and tail < _MAX_POS
@@ -409,19 +462,43 @@ class _Handle:
                 f"corrupt broadcast state: tail={tail} floor={floor} published={pub} "
                 f"floor_seq={fseq}",
             )
-        return tail, pub, floor, fseq
+        st = (tail, pub, floor, fseq)
+        self._seen = (g, st)
+        return st
 
     def _flip(self, tail: int, pub: int, floor: int, fseq: int) -> None:
-        """Commit a new state: fill the idle slot, then flip the selector (one 8-byte store).
-        Exclusive state lock held (and the producer lock)."""
+        """Commit a new state: fill the idle slot, then store generation + 1 (one 8-byte
+        store). Exclusive state lock held (and the producer lock)."""
         q = self._q
-        sel = q[_W_SEL] & 1
-        i = _W_STATE + 4 * (sel ^ 1)
+        g = (q[_W_SEL] + 1) & _M63
+        i = _W_STATE + 4 * (g & 1)
         q[i] = tail
         q[i + 1] = pub
         q[i + 2] = floor
         q[i + 3] = fseq
-        q[_W_SEL] = sel ^ 1
+        if _FENCE:
+            _FENCE()  # the records and the slot before the generation (see python_ring._Fence)
+        q[_W_SEL] = g
+        self._seen = (g, (tail, pub, floor, fseq))
+        if _FENCE:
+            _FENCE()  # a new floor before the writes over what it dropped
+
+    def _cursor(self, w: int) -> tuple[int, int]:
+        """(cursor, seq) of the slot whose first word is ``w``, read without a lock (its
+        owner stores it without one)."""
+        q = self._q
+        fence = _FENCE
+        for _ in range(1000):
+            g = q[w + _S_CGEN]
+            if fence:
+                fence()
+            i = w + _CURSOR_PAIRS[g & 1]
+            pos, seq = q[i], q[i + 1]
+            if fence:
+                fence()
+            if q[w + _S_CGEN] == g:
+                return pos, seq
+        raise incompatible(self.name, "a subscriber's cursor generation never settles")
 
     def _slot_word(self, slot: int, word: int) -> int:
         return _SLOTS_AT // 8 + _SLOT_WORDS * slot + word
@@ -681,6 +758,7 @@ class PythonBroadcast(_Handle, BroadcastBase):
         D = self._D
         check_dead = True
         waiting = False
+        nap = _ROOM_SLICE
         try:
             while True:
                 if self._q[_W_CLOSED]:
@@ -702,6 +780,9 @@ class PythonBroadcast(_Handle, BroadcastBase):
                     try:
                         self._lock(_LOCK_STATE, self._grace(deadline))
                         self._state()
+                        # The flag before the cursors: a subscriber moving its cursor
+                        # without a lock then reads it, or we see the move.
+                        self._q[_W_PUBWAIT] = 1
                         if self._block:
                             new_floor, new_fseq, blockers = self._slowest(tail, pub)
                             if new_floor < target and check_dead and self._reclaim_dead(blockers):
@@ -720,18 +801,58 @@ class PythonBroadcast(_Handle, BroadcastBase):
                         # even when not enough; under overwrite it must not pass a pin.
                         if ok or (self._block and new_floor > floor):
                             self._flip(tail, pub, max(new_floor, floor), max(new_fseq, fseq))
-                        # Set under the lock subscribers read it under: either the
-                        # subscriber that frees room sees the flag, or we see its move.
                         self._q[_W_PUBWAIT] = 0 if ok else 1
                         waiting = not ok
                     finally:
                         fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
                 if ok:
                     continue  # re-read the committed state and return it
-                check_dead = self._sleep_send(deadline)
+                check_dead = self._sleep_send(deadline, nap)
+                # Doubling while nothing rings; back to the first slice once a bell did.
+                nap = min(nap * 2, _SLEEP_CAP) if check_dead else _ROOM_SLICE
         finally:
             if waiting:
                 self._clear_wait()
+
+    def _publish_fast(self, mv: memoryview, need: int, deadline: float | None) -> bool:
+        """publish()'s common case: the producer and state locks free, taken in one system
+        call (the commit needs the state lock too: two calls a message, not three), and
+        room for ``need`` bytes. Returns True once committed (both locks dropped), else
+        False holding the producer lock: taken alone if a lock was busy, kept if there
+        was no room (the state lock dropped: subscribers may need it to make room).
+
+        Under ``_slock`` throughout: OFD locks are the file description's, not the
+        thread's, so another thread of this handle (shutdown, subscribers, free_bytes)
+        must neither take the state lock meanwhile nor have it dropped under it. For
+        the same reason an exception (a signal handler's, at any line) may drop both."""
+        wake: list[int] = []
+        with self._slock:
+            if self._torn_down:
+                raise ValueError(f"broadcast ring {self.name!r} is closed")
+            try:
+                try:
+                    fcntl.fcntl(self._fd, _F_SETLK, _WR_BOTH)
+                    got = True
+                except OSError as exc:
+                    if exc.errno not in _BUSY:
+                        raise
+                    got = False
+                if got:
+                    tail, pub, floor, _ = self._state()
+                    if tail + need - floor > self._D:
+                        fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
+                        return False
+                    end = self._put(tail, mv)
+                    wake = self._commit_held(tail, end, pub + 1, True)
+            except BaseException:
+                fcntl.fcntl(self._fd, _F_SETLK, _UN_BOTH)
+                raise
+        if not got:
+            self._lock(_LOCK_PRODUCER, deadline)
+            return False
+        for s in wake:
+            self._ring(s)
+        return True
 
     def _clear_wait(self) -> None:
         with suppress(Exception), self._slock:
@@ -759,11 +880,11 @@ class PythonBroadcast(_Handle, BroadcastBase):
             w = self._slot_word(s, 0)
             if q[w + _S_PID] == 0:
                 continue
-            pos = q[w + _S_POS]
+            pos, seq = self._cursor(w)
             if not floor <= pos <= tail:
                 raise incompatible(self.name, f"subscriber slot {s} has cursor {pos} out of range")
             if pos < low:
-                low, low_seq, at = pos, q[w + _S_SEQ], [s]
+                low, low_seq, at = pos, seq, [s]
             elif pos == low:
                 at.append(s)
         return low, low_seq, at
@@ -778,12 +899,12 @@ class PythonBroadcast(_Handle, BroadcastBase):
                 out.append(s)
         return out
 
-    def _sleep_send(self, deadline: float | None) -> bool:
-        """Sleep on the send bell until rung, the deadline (Full) or _SLEEP_CAP.
+    def _sleep_send(self, deadline: float | None, nap: float) -> bool:
+        """Sleep on the send bell until rung, the deadline (Full) or ``nap`` seconds.
         Returns True if nothing rang (then the caller looks for dead subscribers)."""
         if self._closed:
             raise ValueError(f"broadcast ring {self.name!r} is closed")
-        wait = _SLEEP_CAP
+        wait = nap
         if deadline is not None:
             wait = min(deadline - time.monotonic(), wait)
             if wait <= 0:
@@ -841,7 +962,12 @@ class PythonBroadcast(_Handle, BroadcastBase):
             self._mm[H : H + len(blob) - first] = mv[first:]
 
     def _commit(
-        self, old_tail: int, new_tail: int, new_pub: int, deadline: float | None, release: bool
+        self,
+        old_tail: int,
+        new_tail: int,
+        new_pub: int,
+        deadline: float | None,
+        release: bool,
     ) -> None:
         """Publish records in [old_tail, new_tail); with ``release`` also drop the producer
         lock (held by the caller, still held if this raises)."""
@@ -850,23 +976,34 @@ class PythonBroadcast(_Handle, BroadcastBase):
                 raise ValueError(f"broadcast ring {self.name!r} is closed")
             try:
                 self._lock(_LOCK_STATE, self._grace(deadline, _COMMIT_GRACE))
-                tail, _, floor, fseq = self._state()
-                if tail != old_tail or new_tail - floor > self._D:
-                    raise incompatible(self.name, "the tail moved under the producer lock")
-                if self._q[_W_CLOSED]:
-                    raise Closed(f"broadcast ring {self.name!r} is shut down")
-                self._flip(new_tail, new_pub, floor, fseq)
-                wake: list[int] = []
-                if self._q[_W_SLEEPERS]:
-                    q = self._q
-                    base = _SLOTS_AT // 8 + _S_WATCH
-                    wake = [s for s in range(self._high()) if q[base + _SLOT_WORDS * s]]
             except BaseException:
                 fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
                 raise
-            fcntl.fcntl(self._fd, _F_SETLK, _UN_BOTH if release else _UN[_LOCK_STATE])
+            wake = self._commit_held(old_tail, new_tail, new_pub, release)
         for s in wake:
             self._ring(s)
+
+    def _commit_held(self, old_tail: int, new_tail: int, new_pub: int, release: bool) -> list[int]:
+        """_commit's step under the state lock (and ``_slock``): the flip, then the state
+        lock dropped (with the producer lock if ``release``; else only the state lock, also
+        if this raises). Returns the subscriber slots to ring."""
+        try:
+            tail, _, floor, fseq = self._state()
+            if tail != old_tail or new_tail - floor > self._D:
+                raise incompatible(self.name, "the tail moved under the producer lock")
+            if self._q[_W_CLOSED]:
+                raise Closed(f"broadcast ring {self.name!r} is shut down")
+            self._flip(new_tail, new_pub, floor, fseq)
+            wake: list[int] = []
+            if self._q[_W_SLEEPERS]:
+                q = self._q
+                base = _SLOTS_AT // 8 + _S_WATCH
+                wake = [s for s in range(self._high()) if q[base + _SLOT_WORDS * s]]
+        except BaseException:
+            fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
+            raise
+        fcntl.fcntl(self._fd, _F_SETLK, _UN_BOTH if release else _UN[_LOCK_STATE])
+        return wake
 
     @takes_turn(_TURN)
     def publish(self, data: Any, timeout: float | None = None) -> None:
@@ -883,8 +1020,10 @@ class PythonBroadcast(_Handle, BroadcastBase):
                 self._owner = me
                 if self._closed:
                     raise ValueError(f"broadcast ring {self.name!r} is closed")
-                self._lock(_LOCK_PRODUCER, deadline)
-                tail, pub = self._make_room(8 + _align8(mv.nbytes), deadline)
+                need = 8 + _align8(mv.nbytes)
+                if self._publish_fast(mv, need, deadline):
+                    return
+                tail, pub = self._make_room(need, deadline)
                 end = self._put(tail, mv)
                 self._commit(tail, end, pub + 1, deadline, True)
             except BaseException:
@@ -1068,7 +1207,7 @@ class PythonBroadcast(_Handle, BroadcastBase):
                 for s in range(self._high()):
                     w = self._slot_word(s, 0)
                     if q[w + _S_PID]:
-                        held.append((s, q[w + _S_PID], q[w + _S_START], q[w + _S_POS]))
+                        held.append((s, q[w + _S_PID], q[w + _S_START], self._cursor(w)[0]))
             finally:
                 fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
         return st, held
@@ -1102,6 +1241,7 @@ class PythonSubscriber(_Handle, SubscriberBase):
     _w = 0
     _pos = 0
     _seq = 0
+    _cgen = 0
 
     @classmethod
     def _subscribe(cls, name: str, owners: frozenset[int] | None = None) -> PythonSubscriber:
@@ -1144,6 +1284,7 @@ class PythonSubscriber(_Handle, SubscriberBase):
                 q[w + _S_START] = start
                 q[w + _S_POS] = tail
                 q[w + _S_SEQ] = pub
+                q[w + _S_CGEN] = 0
                 q[w + _S_MISSED] = 0
                 q[w + _S_WATCH] = 0
                 q[w + _S_PIN] = 0
@@ -1154,7 +1295,7 @@ class PythonSubscriber(_Handle, SubscriberBase):
             finally:
                 fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
         self._slot, self._gen, self._w = slot, gen, w
-        self._pos, self._seq = tail, pub
+        self._pos, self._seq, self._cgen = tail, pub, 0
 
     def _mine(self) -> None:
         """Raise if this handle's slot was taken from it (judged dead, or scribbled on)."""
@@ -1192,12 +1333,84 @@ class PythonSubscriber(_Handle, SubscriberBase):
             )
 
     # ---- taking messages ----------------------------------------------------------------
+    def _set_cursor(self, pos: int, seq: int) -> None:
+        """Store this subscriber's cursor: the idle pair, then the cursor generation."""
+        q, w = self._q, self._w
+        g = (self._cgen + 1) & _M63
+        i = w + _CURSOR_PAIRS[g & 1]
+        q[i] = pos
+        q[i + 1] = seq
+        if _FENCE:
+            _FENCE()  # the pair before the generation (see python_ring._Fence)
+        q[w + _S_CGEN] = g
+        self._cgen = g
+        self._pos, self._seq = pos, seq
+
+    def _lagged(self, floor: int, fseq: int) -> int:
+        """Move the overrun cursor to the floor; how many messages it lost."""
+        lagged = fseq - self._seq
+        self._missed += lagged
+        self._q[self._w + _S_MISSED] = self._missed
+        self._set_cursor(floor, fseq)
+        return lagged
+
+    def _raise_lagged(self, lagged: int) -> NoReturn:
+        raise Lagged(
+            f"broadcast ring {self.name!r}: this subscriber fell behind and lost "
+            f"{lagged} messages to overwrite",
+            missed=lagged,
+        )
+
+    def _take_free(
+        self, take: Callable[[int, int], tuple[Any, int, int]], deadline: float | None
+    ) -> Any:
+        """:meth:`_take` without a lock, for takes that copy (the module docstring says why
+        that is safe): the state, the copy, then the floor again under ``overwrite``."""
+        q, w = self._q, self._w
+        for _ in range(100):  # a retry follows a floor move (then it lags) or a shutdown
+            tail, _, floor, fseq = self._state()
+            self._mine()
+            pos, seq = self._pos, self._seq
+            if q[w + _S_PIN]:
+                q[w + _S_PIN] = 0  # a view's pin a Ctrl-C left behind
+            if pos < floor:
+                self._raise_lagged(self._lagged(floor, fseq))
+            if pos == tail:
+                if not q[_W_CLOSED]:
+                    return _EMPTY
+                # Shut down: the state again, read after the flag, so that a commit made
+                # before the shutdown (and read here as not yet made) is seen.
+                if _FENCE:
+                    _FENCE()
+                if self._state()[0] == pos:
+                    raise Closed(f"broadcast ring {self.name!r} is shut down and drained")
+                continue
+            if pos > tail:
+                raise incompatible(self.name, f"cursor {pos} is past the tail {tail}")
+            try:
+                result, end, k = take(pos, tail)
+            except (IncompatibleSegment, MessageTooLarge):
+                if self._block or self._state()[2] <= pos:
+                    raise
+                continue  # overwritten while read: a length from a newer record
+            if not self._block:
+                if _FENCE:
+                    _FENCE()  # the copy before the floor (see the module docstring)
+                if self._state()[2] > pos:
+                    continue  # written over while copied: thrown away, then Lagged
+            self._set_cursor(end, seq + k)
+            if self._block and q[_W_PUBWAIT]:
+                self._ring(-1)
+            return result
+        raise incompatible(self.name, "the floor keeps moving back under this subscriber")
+
     def _take(
         self, take: Callable[[int, int], tuple[Any, int, int]], deadline: float | None
     ) -> Any:
         """Under the shared state lock: ``take(cursor, tail)`` returns (result, new cursor,
         messages taken) for at least one message. Returns the result, or ``_EMPTY``;
-        raises Lagged (the cursor moved to the floor) or Closed."""
+        raises Lagged (the cursor moved to the floor) or Closed. recv_view's take,
+        whose pin publishers must see under their exclusive lock."""
         lagged = 0
         pubwait = 0
         result: Any = _EMPTY
@@ -1212,13 +1425,7 @@ class PythonSubscriber(_Handle, SubscriberBase):
                 q, w = self._q, self._w
                 q[w + _S_PIN] = 0  # a view's pin a Ctrl-C left behind (the pin take sets it again)
                 if pos < floor:
-                    lagged = fseq - seq
-                    pos, seq = floor, fseq
-                    self._missed += lagged
-                    q[w + _S_MISSED] = self._missed
-                    q[w + _S_POS] = pos
-                    q[w + _S_SEQ] = seq
-                    self._pos, self._seq = pos, seq
+                    lagged = self._lagged(floor, fseq)
                 elif pos == tail:
                     if self._q[_W_CLOSED]:
                         raise Closed(f"broadcast ring {self.name!r} is shut down and drained")
@@ -1227,20 +1434,14 @@ class PythonSubscriber(_Handle, SubscriberBase):
                 else:
                     result, pos, k = take(pos, tail)
                     if k:
-                        self._pos, self._seq = pos, seq + k
-                        q[w + _S_POS] = pos
-                        q[w + _S_SEQ] = seq + k
+                        self._set_cursor(pos, seq + k)
                         pubwait = q[_W_PUBWAIT]
             finally:
                 fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
         if pubwait:
             self._ring(-1)
         if lagged:
-            raise Lagged(
-                f"broadcast ring {self.name!r}: this subscriber fell behind and lost "
-                f"{lagged} messages to overwrite",
-                missed=lagged,
-            )
+            self._raise_lagged(lagged)
         return result
 
     def _hint(self) -> bool:
@@ -1266,7 +1467,9 @@ class PythonSubscriber(_Handle, SubscriberBase):
                 if self._hint():
                     return
                 os.sched_yield()
-            registered += map(self._watch, (1,))
+            # list += map(...): the count is recorded as soon as the call
+            # returns, even if a signal handler raises right after it.
+            registered += map(self._watch, (1,), (deadline,))
             return  # re-check before sleeping
         fd = self.fileno()
         poller = self._poller
@@ -1318,13 +1521,16 @@ class PythonSubscriber(_Handle, SubscriberBase):
         take: Callable[[int, int], tuple[Any, int, int]],
         deadline: float | None,
         registered: list[int],
+        locked: bool = False,
     ) -> Any:
         """What ``take`` returns once there is a message, sleeping on the bell until then
-        (the handle's turn taken; ``registered`` records the watch to undo)."""
+        (the handle's turn taken; ``registered`` records the watch to undo). ``locked``:
+        take under the shared state lock (a view's pin), else without a lock."""
+        taker = self._take if locked else self._take_free
         while True:
             if self._closed:
                 raise ValueError(f"broadcast subscriber {self.name!r} is closed")
-            got = self._take(take, deadline)
+            got = taker(take, deadline)
             if got is not _EMPTY:
                 return got
             self._wait(deadline, registered)
@@ -1416,7 +1622,7 @@ class PythonSubscriber(_Handle, SubscriberBase):
             try:
                 self._owner = me
                 turn.block = me  # held from a suspended generator: see _turns._lost
-                pos, n = self._take_waiting(pin, deadline, registered)
+                pos, n = self._take_waiting(pin, deadline, registered, locked=True)
                 self._unwait(registered)
                 registered.clear()
                 D, H = self._D, self._H
@@ -1464,10 +1670,7 @@ class PythonSubscriber(_Handle, SubscriberBase):
                 q, w = self._q, self._w
                 q[w + _S_PIN] = 0
                 if self._pos == pos and q[w + _S_GEN] == self._gen:
-                    self._pos = pos + 8 + _align8(n)
-                    self._seq += 1
-                    q[w + _S_POS] = self._pos
-                    q[w + _S_SEQ] = self._seq
+                    self._set_cursor(pos + 8 + _align8(n), self._seq + 1)
                 pubwait = q[_W_PUBWAIT]
             finally:
                 fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
@@ -1475,14 +1678,16 @@ class PythonSubscriber(_Handle, SubscriberBase):
             self._ring(-1)
 
     # ---- readiness and snapshots ---------------------------------------------------------
-    def _watch(self, delta: int) -> int:
+    def _watch(self, delta: int, deadline: float | None = None) -> int:
+        """Add ``delta`` to this slot's watcher count (and the sleepers' sum); returns the
+        count. Waits for the state lock until ``deadline`` (Empty), plus the grace."""
         if self._closed:
             raise ValueError(f"broadcast subscriber {self.name!r} is closed")
         with self._slock:
             if self._torn_down:
                 raise ValueError(f"broadcast subscriber {self.name!r} is closed")
             try:
-                self._lock(_LOCK_STATE, None)
+                self._lock(_LOCK_STATE, self._grace(deadline))
                 q, w = self._q, self._w
                 self._mine()
                 count = min(max(q[w + _S_WATCH] + delta, 0), (1 << 32) - 1)

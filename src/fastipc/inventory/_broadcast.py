@@ -13,8 +13,11 @@ __all__ = ["as_broadcast"]
 
 _PYTHON_MAGIC = b"FIPCPB01"
 _NATIVE_MAGIC = b"FPCIBC01"
-#: The python layout (backends/python_broadcast.py): slots at byte 512, 64 bytes each.
+#: The python layout (backends/python_broadcast.py, layout version 2): slots at byte 512,
+#: 128 bytes each; another version's segment shows no subscribers.
+_PYTHON_VERSION = 2
 _SLOTS_AT = 512
+_SLOT_BYTES = 128
 _MAX_SLOTS = 4096
 
 
@@ -36,14 +39,18 @@ def _python_detail(head: bytes, fd: int) -> dict[str, Any]:
         "shut_down": bool(closed),
         "max_subscribers": nslots,
     }
-    if not 1 <= nslots <= _MAX_SLOTS:
+    version = struct.unpack_from("<I", head, 8)[0]
+    if version != _PYTHON_VERSION or not 1 <= nslots <= _MAX_SLOTS:
         return detail
     sel = struct.unpack_from("<Q", head, 56)[0] & 1
     tail, published = struct.unpack_from("<QQ", head, 64 + 32 * sel)
-    slots = os.pread(fd, 64 * nslots, _SLOTS_AT)
+    slots = os.pread(fd, _SLOT_BYTES * nslots, _SLOTS_AT)
     subs = []
-    for s in range(len(slots) // 64):
-        pid, start, pos, seq, missed = struct.unpack_from("<QQQQQ", slots, 64 * s)
+    for s in range(len(slots) // _SLOT_BYTES):
+        at = _SLOT_BYTES * s
+        pid, start, pos, seq, missed = struct.unpack_from("<QQQQQ", slots, at)
+        if struct.unpack_from("<Q", slots, at + 64)[0] & 1:  # the live cursor is pair 1
+            pos, seq = struct.unpack_from("<QQ", slots, at + 72)
         if pid:
             subs.append(
                 {
