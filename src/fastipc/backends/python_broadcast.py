@@ -132,10 +132,12 @@ from .python_ring import (
     _F_SETLKW,
     _FENCE,
     _align8,
+    _Bounce,
     _check_count,
     _cut_records,
     _deadline,
     _flock,
+    _joined,
     _records,
     _seconds_left,
 )
@@ -282,6 +284,7 @@ class _Handle:
         self._fd = fd
         self._mm = mm
         self._buf = memoryview(mm)
+        self._bounce = _Bounce()
         self._q = self._buf.cast("Q")
         self._D = dsize
         self._H = hsize
@@ -526,7 +529,7 @@ class _Handle:
         if off + n <= D:
             return self._mm[base : base + n]
         first = D - off
-        return self._mm[base : base + first] + self._mm[self._H : self._H + n - first]
+        return _joined(self._buf, base, first, self._H, n - first)
 
     def _free_slot(self, slot: int) -> None:
         """Empty subscriber slot ``slot``; the exclusive state lock is held."""
@@ -1649,14 +1652,13 @@ class PythonSubscriber(_Handle, SubscriberBase):
                 off = (pos + 8) % D
                 if off + n <= D:
                     raw = self._buf[H + off : H + off + n]
-                else:
-                    raw = memoryview(self._read(pos, n))  # the record wraps: a joined copy
+                else:  # the record wraps: a joined copy
+                    raw = self._bounce.join(self._buf, H + off, D - off, H, n - D + off)
                 view = raw.toreadonly()
                 try:
                     yield view
                 finally:
-                    release_view(view)
-                    release_view(raw)
+                    self._bounce.give_back(view, raw)
                     if self._closed:
                         self._close_mapping()
                     elif FORKS[0] != forks:  # a forked child's copy: the pin is the parent's
