@@ -904,6 +904,8 @@ class PythonChannel(ChannelBase):
         if self._rx_release >= 0:
             view = data.toreadonly()  # in place in the peer's area
             self._held_release, self._rx_release = self._rx_release, -1
+        elif type(data) is bytearray:
+            view = memoryview(data).toreadonly()  # a long frame's own buffer: the caller's
         else:
             view = memoryview(bytes(data))  # the receive buffer is reused
 
