@@ -930,11 +930,18 @@ class PythonRing(RingBase):
             _FENCE()  # the data and the slot before the generation
         q[gen_w] = g  # the commit: one aligned 8-byte store
 
-    def _sleep(self, sem: posix_ipc.Semaphore, deadline: float | None, gen_w: int = -1) -> None:
+    def _sleep(
+        self, sem: posix_ipc.Semaphore, deadline: float | None, gen_w: int = -1, seen: int = 0
+    ) -> None:
         """Wait for a hint on ``sem`` (at most _SLEEP_CAP); raise Timeout past the deadline.
 
-        With ``gen_w``, first watch that generation word for up to _SPIN: a busy
-        peer commits within microseconds, and seeing that saves a sleep and wake-up.
+        With ``gen_w``, first watch that generation word for up to _SPIN while it
+        holds ``seen``: a busy peer commits within microseconds, and seeing that
+        saves a sleep and wake-up. ``seen`` is the word as read *before* the caller
+        looked at the state: read here, a commit made since that look would be
+        waited for again (a full spin, then a sleep the commit's post ends at
+        once: the python Ring's round trip p99 was 110-220 us against a median of
+        8-10 us).
         """
         if self._closed:
             raise ValueError("ring is closed")
@@ -943,14 +950,13 @@ class PythonRing(RingBase):
             raise timed_out(f"ring {self.name!r}", sem is self._space)
         if gen_w >= 0:
             q = self._q
-            g = q[gen_w]
             # A plain spin: sched_yield() would hand the CPU to any other runnable
             # task for a whole time slice, far longer than the peer takes.
             spin_end = now + _SPIN
             clock = time.monotonic
-            while q[gen_w] == g and clock() < spin_end:
+            while q[gen_w] == seen and clock() < spin_end:
                 pass
-            if q[gen_w] != g:
+            if q[gen_w] != seen:
                 return
         if deadline is None:
             wait = _SLEEP_CAP
@@ -1007,12 +1013,13 @@ class PythonRing(RingBase):
             if 0 <= tail - head <= D - need and tail < _MAX_POS and not q[_W_CLOSING]:
                 self._head_seen = head
                 return tail, pushed
+            seen = q[_W_HSEL]  # before the look (see _sleep)
             head, _, tail, pushed, closed = self._read_state()  # validated
             if closed or q[_W_CLOSING]:
                 raise Closed("ring is shut down")
             if tail - head <= D - need:
                 return tail, pushed
-            self._sleep(self._space, deadline, _W_HSEL)
+            self._sleep(self._space, deadline, _W_HSEL, seen)
 
     def _write(self, pos: int, data: Any) -> None:
         """Copy ``data`` into the data area at position ``pos``, wrapping at the end."""
@@ -1329,13 +1336,15 @@ class PythonRing(RingBase):
         if 8 <= tail - head <= self._D and tail < _MAX_POS:
             self._tail_seen = tail
             return head, popped, tail
+        q = self._q
         while True:
+            seen = q[_W_TSEL]  # before the look (see _sleep)
             head, popped, tail, _, closed = self._read_state()
             if tail != head:
                 return head, popped, tail
             if closed:
                 raise Closed("ring is shut down and drained")
-            self._sleep(self._items, deadline, _W_TSEL)
+            self._sleep(self._items, deadline, _W_TSEL, seen)
 
     def _length(self, head: int, tail: int) -> int:
         """Payload length of the record at ``head``, checked against the committed bytes."""
