@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -83,6 +84,42 @@ def test_a_killed_subscriber_never_stalls_a_blocked_publisher(
         subs = [Broadcast.subscribe(ring_name) for _ in range(2)]  # both slots usable
         for s in subs:
             s.close()
+
+
+def test_a_live_subscribers_bells_do_not_put_off_freeing_a_killed_ones_slot(
+    ring_name: str, children: Children
+) -> None:
+    """A publisher waiting for room looks for dead subscribers by the clock. A live
+    subscriber working through its backlog rings it at every message; when each bell
+    restarted the count of silence, a subscriber killed after the publisher's first
+    look kept the floor until the live one had drained everything."""
+    with Broadcast.create(ring_name, 4096, policy="block", subscribers=4) as pub:
+        victim = start(children, "sub_hold", ring_name)
+        live = Broadcast.subscribe(ring_name)
+        try:
+            backlog = fill(pub, 40)
+            done = threading.Event()
+
+            def publish() -> None:
+                pub.publish(b"x" * 40, timeout=60)
+                done.set()
+
+            t = threading.Thread(target=publish)
+            t.start()
+            time.sleep(0.2)  # its first look finds the victim alive
+            victim.kill()
+            victim.wait(10)
+            taken = 0
+            while not done.is_set() and taken < backlog:
+                live.recv(timeout=10)
+                taken += 1
+                time.sleep(0.05)  # a bell every 50 ms, well under the 0.2 s look
+            t.join(60)
+            assert done.is_set()
+            # Freed at the next look (~0.2 s: a few messages in), not after all of them.
+            assert taken < backlog // 2, (taken, backlog)
+        finally:
+            live.close()
 
 
 def test_a_killed_subscriber_holding_a_view_releases_its_pin(

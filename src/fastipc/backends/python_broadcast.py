@@ -137,7 +137,6 @@ from .python_ring import (
     _cut_records,
     _deadline,
     _flock,
-    _joined,
     _records,
     _seconds_left,
 )
@@ -522,15 +521,6 @@ class _Handle:
             raise incompatible(self.name, f"corrupt record: length {n} at position {pos}")
         return n
 
-    def _read(self, pos: int, n: int) -> bytes:
-        D = self._D
-        off = (pos + 8) % D
-        base = self._H + off
-        if off + n <= D:
-            return self._mm[base : base + n]
-        first = D - off
-        return _joined(self._buf, base, first, self._H, n - first)
-
     def _free_slot(self, slot: int) -> None:
         """Empty subscriber slot ``slot``; the exclusive state lock is held."""
         q = self._q
@@ -649,6 +639,7 @@ class _Handle:
         (python_ring.py's reason: shared OFD locks would not exclude parent and child)."""
         self._turn = Turn()
         self._slock = threading.Lock()
+        self._bounce = _Bounce()  # an inherited view's stays the parent's copy
         self._owner = 0
         if self._torn_down:
             return
@@ -767,7 +758,8 @@ class PythonBroadcast(_Handle, BroadcastBase):
         D = self._D
         check_dead = True
         waiting = False
-        nap, quiet = _ROOM_SLICE, 0.0
+        nap = _ROOM_SLICE
+        looked = time.monotonic()  # check_dead: the first pass looks
         try:
             while True:
                 if self._q[_W_CLOSED]:
@@ -798,6 +790,7 @@ class PythonBroadcast(_Handle, BroadcastBase):
                                 # moving its cursor without a lock then reads the flag,
                                 # or we see its move (but for the window the module
                                 # docstring gives).
+                                waiting = True  # first: cleared at the end whatever raises
                                 self._q[_W_PUBWAIT] = 1
                                 new_floor, new_fseq, _ = self._slowest(tail, pub)
                             ok = new_floor >= target
@@ -820,16 +813,14 @@ class PythonBroadcast(_Handle, BroadcastBase):
                         fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
                 if ok:
                     continue  # re-read the committed state and return it
-                if self._sleep_send(deadline, nap):
-                    # Nothing rang: the nap doubles, and after _SLEEP_CAP of silence the
-                    # blockers' owners are looked up in /proc (dead ones are freed).
-                    quiet += nap
-                    nap = min(nap * 2, _SLEEP_CAP)
-                    check_dead = quiet >= _SLEEP_CAP
-                    if check_dead:
-                        quiet = 0.0
-                else:  # rung: a subscriber moved; back to the first slice
-                    quiet, nap, check_dead = 0.0, _ROOM_SLICE, False
+                if check_dead:
+                    looked = time.monotonic()
+                # The nap doubles while nothing rings, back to the first slice once a bell
+                # does. The blockers' owners are looked up in /proc (dead ones freed) every
+                # _SLEEP_CAP, by the clock: bells from other subscribers do not put it off.
+                rung = not self._sleep_send(deadline, nap)
+                nap = _ROOM_SLICE if rung else min(nap * 2, _SLEEP_CAP)
+                check_dead = time.monotonic() - looked >= _SLEEP_CAP
         finally:
             if waiting:
                 self._clear_wait()
@@ -921,8 +912,7 @@ class PythonBroadcast(_Handle, BroadcastBase):
 
     def _sleep_send(self, deadline: float | None, nap: float) -> bool:
         """Sleep on the send bell until rung, the deadline (Full) or ``nap`` seconds.
-        Returns True if nothing rang (the caller counts the silence: long enough, it looks
-        for dead subscribers)."""
+        Returns True if nothing rang."""
         if self._closed:
             raise ValueError(f"broadcast ring {self.name!r} is closed")
         wait = nap
