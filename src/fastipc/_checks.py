@@ -17,6 +17,7 @@ __all__ = [
     "MAX_CAPACITY",
     "MAX_FDS",
     "FdLike",
+    "LentBuffer",
     "check_buffer",
     "deadline",
     "inherited_block",
@@ -156,6 +157,15 @@ def check_buffer(data: object, what: str = "message") -> memoryview:
         # views of different formats raises, so every view is made 'B'.
         mv = mv.cast("B")
     return mv
+
+
+class LentBuffer(bytearray):
+    """A bytearray of the handle's, lent as a read-only view (a record joined across the
+    ring's end, a long frame). Hashable by identity, so that its view hashes as one of
+    shared memory or of bytes does: a memoryview's hash first hashes what it views."""
+
+    __slots__ = ()
+    __hash__ = object.__hash__  # type: ignore[assignment]
 
 
 def release_view(view: memoryview) -> bool:

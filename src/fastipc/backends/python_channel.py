@@ -66,6 +66,7 @@ from typing import Any, NoReturn
 from .._checks import (
     MAX_FDS,
     FdLike,
+    LentBuffer,
     check_buffer,
     deadline,
     release_view,
@@ -744,7 +745,7 @@ class PythonChannel(ChannelBase):
                         fds = self._claim(start, flags, keep, start + 8 + wire)
                         return self._rmv[p : p + n], fds
                     if wire > DIRECT_MIN:
-                        big = bytearray(min(n, _BIG_START))  # grows in _finish_big
+                        big = LentBuffer(min(n, _BIG_START))  # grows in _finish_big
                         have = avail - 8
                         big[:have] = self._rmv[self._rpos + 8 : self._rend]
                         self._big, self._big_len, self._big_flags = big, n, flags
@@ -837,7 +838,7 @@ class PythonChannel(ChannelBase):
                 try:
                     big += bytes(more)
                 except BufferError:  # a view of the old buffer still lives: copy
-                    grown = bytearray(room + more)
+                    grown = LentBuffer(room + more)
                     grown[:done] = big
                     self._big = big = grown
                 room += more
@@ -904,7 +905,7 @@ class PythonChannel(ChannelBase):
         if self._rx_release >= 0:
             view = data.toreadonly()  # in place in the peer's area
             self._held_release, self._rx_release = self._rx_release, -1
-        elif type(data) is bytearray:
+        elif type(data) is LentBuffer:
             view = memoryview(data).toreadonly()  # a long frame's own buffer: the caller's
         else:
             view = memoryview(bytes(data))  # the receive buffer is reused

@@ -110,7 +110,14 @@ from typing import Any, NoReturn
 
 import posix_ipc
 
-from .._checks import MAX_CAPACITY, check_buffer, deadline, inherited_block, release_view
+from .._checks import (
+    MAX_CAPACITY,
+    LentBuffer,
+    check_buffer,
+    deadline,
+    inherited_block,
+    release_view,
+)
 from .._contract import RingBase
 from .._names import (
     bell_paths,
@@ -284,13 +291,13 @@ class _Bounce:
     __slots__ = ("_buf",)
 
     def __init__(self) -> None:
-        self._buf: bytearray | None = None
+        self._buf: LentBuffer | None = None
 
     def join(self, buf: memoryview, a: int, first: int, b: int, rest: int) -> memoryview:
         n = first + rest
         out = self._buf
         if out is None or len(out) < n:
-            out = self._buf = bytearray(n)
+            out = self._buf = LentBuffer(n)
         mv = memoryview(out)
         mv[:first] = buf[a : a + first]
         mv[first:n] = buf[b : b + rest]
@@ -300,8 +307,8 @@ class _Bounce:
 
     def give_back(self, view: memoryview, raw: memoryview) -> None:
         """The block's end: release ``view`` (lent) and ``raw`` (what it was made from);
-        a caller still exporting the view keeps the buffer."""
-        if not release_view(view):
+        a caller still exporting a view of the buffer keeps it."""
+        if not release_view(view) and raw.obj is self._buf:
             self._buf = None
         release_view(raw)
 
@@ -453,7 +460,7 @@ def _cut_records(
             out.append(mm[base : base + n])
         else:  # the payload wraps (the header never does)
             first = D - off - 8
-            out.append(mm[base : data + D] + mm[data : data + n - first])
+            out.append(_joined(memoryview(mm), base, first, data, n - first))
         pos += r
         if len(out) >= count or pos >= tail:
             return out, pos
@@ -1901,6 +1908,7 @@ class PythonRing(RingBase):
         """
         self._tx_turn = Turn()  # another parent thread may have held these
         self._rx_turn = Turn()
+        self._bounce = _Bounce()  # an inherited view's stays the parent's copy
         self._slock = threading.Lock()
         self._in_tx = self._in_rx = False
         # The parent's holds are the parent's to release: emptied, so that the copy of a
