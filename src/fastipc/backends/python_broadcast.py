@@ -1415,7 +1415,7 @@ class PythonSubscriber(_Handle, SubscriberBase):
             if self._block and q[_W_PUBWAIT]:
                 self._ring(-1)
             return result
-        raise incompatible(self.name, "the floor keeps moving back under this subscriber")
+        raise incompatible(self.name, "the shared state keeps changing under this subscriber")
 
     def _take(
         self, take: Callable[[int, int], tuple[Any, int, int]], deadline: float | None
