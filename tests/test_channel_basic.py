@@ -119,6 +119,30 @@ def test_send_over_max_message_sends_nothing() -> None:
             b.recv(timeout=0)
 
 
+def test_send_one_by_one_around_the_size_limits_of_its_fast_path(pair: Any) -> None:
+    # send() frames short bytes from a table of headers (python backend: lengths
+    # 0-1023), longer ones up to 16 KiB by packing, the rest on the general path.
+    a, b = pair
+    sizes = [0, 1, 1022, 1023, 1024, 1025, 16382, 16383, 16384, 16385, 70_000]
+    for i, n in enumerate(sizes):
+        a.send(payload(i, n))
+        assert b.recv(timeout=5) == payload(i, n), n
+    for i, n in enumerate(sizes):  # all queued before any is read
+        a.send(payload(i, n))
+    assert [b.recv(timeout=5) for _ in sizes] == [payload(i, n) for i, n in enumerate(sizes)]
+
+
+def test_a_small_max_message_bounds_the_fast_path_too() -> None:
+    a, b = Channel.pair(max_message=10)
+    with a, b:
+        a.send(b"0123456789")
+        with pytest.raises(MessageTooLarge, match="11 bytes exceeds max_message=10"):
+            a.send(b"0123456789a")
+        assert b.recv(timeout=1) == b"0123456789"
+        with pytest.raises(Timeout):
+            b.recv(timeout=0)
+
+
 def test_recv_many_takes_what_is_there_up_to_max_count(pair: Any) -> None:
     a, b = pair
     msgs = [payload(i, i % 200) for i in range(50)]
