@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+import fastipc
 from fastipc import Broadcast, Closed, Empty, Full, Lagged, MessageTooLarge, Subscriber, Timeout
 
 
@@ -96,6 +97,24 @@ def test_messages_wrapping_the_ring_end_arrive_whole(ring_name: str, made: list[
                 assert bytes(v) == m
         else:
             assert sub.recv(timeout=5) == m
+
+
+def test_a_view_hashes_as_documented_wherever_its_record_lies(
+    ring_name: str, made: list[object]
+) -> None:
+    # README: hash(view) is the bytes' hash on the python backend and TypeError on
+    # native (a cffi buffer), the same for every record, wrapped around the end or not.
+    pub = _pub(made, ring_name, 1000, policy="block")
+    sub = _sub(made, ring_name)
+    for i in range(200):
+        m = bytes([i % 256]) * (37 + i % 300)
+        pub.publish(m)
+        with sub.recv_view(timeout=5) as v:
+            if fastipc.BACKEND == "python":
+                assert hash(v) == hash(m)
+            else:
+                with pytest.raises(TypeError, match="unhashable"):
+                    hash(v)
 
 
 def test_timeouts_raise_empty_and_full(ring_name: str, made: list[object]) -> None:

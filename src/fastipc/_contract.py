@@ -152,7 +152,8 @@ class RingBase:
         view past the block. Closing the handle while the block runs (from
         any thread) leaves the message for the next consumer; the consumer
         side goes when the block ends, or at once if the block's own thread
-        closes it and nothing else is using the handle.
+        closes it and nothing else is using the handle. ``hash(view)``
+        differs between backends (TypeError on native): hash ``bytes(view)``.
         """
         raise NotImplementedError
 
@@ -616,7 +617,9 @@ class ChannelBase:
         handed-off one spins up to that message's length / 8 GB/s (at most
         250 µs, never past ``timeout``) before sleeping, as a reader that
         copies nothing is back waiting well before the sender's next copy is
-        done (see csrc/channel.c, spin_end).
+        done (see csrc/channel.c, spin_end). ``hash(view)`` of a handed-off
+        message differs between backends (TypeError on native): hash
+        ``bytes(view)``.
         """
         self._socket()
         self._no_view_out()  # (again in _take_view, holding the turn)

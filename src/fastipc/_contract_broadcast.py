@@ -266,6 +266,8 @@ class SubscriberBase:
         a copy. Do not keep the view past the block: reading it later never
         faults but may see other data. Raises as :meth:`recv`;
         RuntimeError for a second view on this handle while one is open.
+        ``hash(view)`` differs between backends (TypeError on native): hash
+        ``bytes(view)``.
         """
         raise NotImplementedError
 
