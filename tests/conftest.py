@@ -77,7 +77,8 @@ def run_python(
 
 
 class Children:
-    """Popen'd ``python -m _workers`` children; every one still alive is SIGKILLed at teardown."""
+    """Child interpreters of one test (``python -m _workers`` or ``python -c code``); every
+    one still alive is SIGKILLed at teardown."""
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[str]] = []
@@ -85,21 +86,58 @@ class Children:
     def start(
         self, *args: object, wait_for: str | None = "ready", timeout: float = 20
     ) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "_workers", *map(str, args)],
-            env=child_env(),
-            cwd=TESTS_DIR,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.procs.append(proc)
+        """A ``python -m _workers ARGS`` child; waits for a first line starting with ``wait_for``."""
+        proc = self._spawn(["-m", "_workers", *map(str, args)], None, False)
         if wait_for is not None:
             line = self.readline(proc, timeout)
             assert line.startswith(wait_for), (
                 f"child said {line!r}, expected {wait_for!r}; stderr: {self.stderr(proc)}"
             )
         return proc
+
+    def code(
+        self,
+        code: str,
+        *args: object,
+        wait_for: str | None = "ready",
+        env: dict[str, str] | None = None,
+        stdin: bool = False,
+        timeout: float = 30,
+    ) -> subprocess.Popen[str]:
+        """A ``python -c CODE ARGS`` child (``code`` dedented); waits for its first line to be
+        exactly ``wait_for``. ``stdin=True`` gives it a pipe for :meth:`tell`."""
+        proc = self._spawn(["-c", textwrap.dedent(code), *map(str, args)], env, stdin)
+        if wait_for is not None:
+            line = self.readline(proc, timeout)
+            if line != wait_for:
+                proc.kill()
+                proc.wait(10)
+                pytest.fail(
+                    f"child said {line!r}, expected {wait_for!r}; stderr:\n{self.stderr(proc)}"
+                )
+        return proc
+
+    def _spawn(
+        self, argv: list[str], env: dict[str, str] | None, stdin: bool
+    ) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, *argv],
+            env=env or child_env(),
+            cwd=TESTS_DIR,
+            stdin=subprocess.PIPE if stdin else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def tell(proc: subprocess.Popen[str], line: str) -> None:
+        """Write ``line`` and a newline to the child's stdin (started with ``stdin=True``)."""
+        assert proc.stdin is not None
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
 
     @staticmethod
     def readline(proc: subprocess.Popen[str], timeout: float) -> str:
@@ -131,7 +169,7 @@ class Children:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
-            for f in (proc.stdout, proc.stderr):
+            for f in (proc.stdin, proc.stdout, proc.stderr):
                 if f is not None:
                     f.close()
 

@@ -37,23 +37,6 @@ def header_size(subscribers: int) -> int:
     return 4096 + -(-subscribers * SLOT_SIZE // 4096) * 4096
 
 
-def start(
-    children: Children, code: str, env: dict[str, str] | None = None
-) -> subprocess.Popen[str]:
-    """A ``python -c code`` child, killed at teardown; waits for it to print ``ready``."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        env=env or child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    children.procs.append(proc)
-    line = children.readline(proc, 30)
-    assert line == "ready", f"child said {line!r}; stderr: {children.stderr(proc)}"
-    return proc
-
-
 def kill(proc: subprocess.Popen[str]) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
@@ -193,8 +176,7 @@ def test_killed_publisher_holding_the_lock_is_taken_over(
     ring_name: str, children: Children
 ) -> None:
     with Broadcast.create(ring_name, 4096) as pub, Broadcast.subscribe(ring_name) as sub:
-        child = start(
-            children,
+        child = children.code(
             f"""
 import time
 from fastipc import Broadcast
@@ -223,8 +205,7 @@ def test_publisher_killed_between_its_two_publishing_stores_breaks_no_subscriber
     with Broadcast.create(ring_name, 4096) as pub, Broadcast.subscribe(ring_name) as sub:
         pub.publish(b"before")
         assert sub.recv(timeout=5) == b"before"
-        child = start(
-            children,
+        child = children.code(
             f"""
 import mmap, os, struct, time
 from fastipc import Broadcast
@@ -260,8 +241,7 @@ def test_snapshots_against_a_fast_publisher_are_never_taken_for_corruption(
     IncompatibleSegment (25 and 175 times in ~10 M calls here). A bounded number of calls,
     not a duration."""
     with Broadcast.create(ring_name, 64) as pub, Broadcast.subscribe(ring_name) as sub:
-        start(
-            children,
+        children.code(
             f"""
 from fastipc import Broadcast
 p = Broadcast.open({ring_name!r})
@@ -289,8 +269,7 @@ def test_a_subscriber_overrun_by_a_fast_publisher_gets_lagged_never_incompatible
     pair look corrupted (IncompatibleSegment after ~2 M messages here). A bounded number
     of receives, not a duration; every one is a message or Lagged."""
     with Broadcast.create(ring_name, 64) as pub, Broadcast.subscribe(ring_name) as sub:
-        start(
-            children,
+        children.code(
             f"""
 from fastipc import Broadcast
 p = Broadcast.open({ring_name!r})
@@ -314,8 +293,7 @@ def test_dead_subscriber_slot_is_reclaimed_and_stalls_no_block_publisher(
     ring_name: str, children: Children
 ) -> None:
     with Broadcast.create(ring_name, 4096, subscribers=2, policy="block") as pub:
-        child = start(
-            children,
+        child = children.code(
             f"""
 import time
 from fastipc import Broadcast
@@ -396,8 +374,7 @@ def test_blocked_publisher_gets_past_a_subscriber_killed_holding_the_publisher_l
 
     go = tmp_path / "go"
     with Broadcast.create(ring_name, 1024, subscribers=2, policy="block") as pub:
-        child = start(
-            children,
+        child = children.code(
             f"""
 import os, time
 from fastipc import Broadcast
@@ -433,8 +410,7 @@ with pub.reserve(8) as view:  # the publisher lock, held until killed
 
 def test_all_slots_taken_reclaims_a_dead_ones_slot(ring_name: str, children: Children) -> None:
     with Broadcast.create(ring_name, 1024, subscribers=2):
-        child = start(
-            children,
+        child = children.code(
             f"""
 import time
 from fastipc import Broadcast
@@ -459,8 +435,7 @@ def test_sleeping_subscriber_in_another_process_is_woken(
     ring_name: str, children: Children
 ) -> None:
     with Broadcast.create(ring_name, 4096) as pub:
-        child = start(
-            children,
+        child = children.code(
             f"""
 from fastipc import Broadcast
 sub = Broadcast.subscribe({ring_name!r})
@@ -483,8 +458,7 @@ def test_block_publisher_sleeps_until_a_subscriber_reads(
     ring_name: str, children: Children
 ) -> None:
     with Broadcast.create(ring_name, 1024, policy="block") as pub:
-        child = start(
-            children,
+        child = children.code(
             f"""
 import time
 from fastipc import Broadcast

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import TESTS_DIR, child_env
+from conftest import Children
 
 import fastipc
 from fastipc import Broadcast, Ring
@@ -31,35 +29,6 @@ from fastipc.backends import python_ring
 pytestmark = pytest.mark.skipif(
     fastipc.BACKEND != "python", reason="the lock-free receive paths are the python backend's"
 )
-
-
-@pytest.fixture
-def sender() -> Iterator[Callable[[str], subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-
-    def start(code: str) -> subprocess.Popen[str]:
-        p = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(code)],
-            env=child_env(),
-            cwd=TESTS_DIR,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        started.append(p)
-        assert p.stdout is not None
-        assert p.stdout.readline().strip() == "ready", p.stderr and p.stderr.read()
-        return p
-
-    yield start
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait(10)
-        for f in (p.stdin, p.stdout, p.stderr):
-            if f is not None:
-                f.close()
 
 
 def _stall_once(
@@ -74,10 +43,8 @@ def _stall_once(
         result = original(*args)
         if not stalled and args == args_ and sys._getframe(1).f_code.co_name == caller:
             stalled.append(True)
-            assert child.stdin is not None and child.stdout is not None
-            child.stdin.write("go\n")
-            child.stdin.flush()
-            assert child.stdout.readline().strip() == "shut down"
+            Children.tell(child, "go")
+            assert Children.readline(child, 30) == "shut down"
         return result
 
     setattr(handle, method, stalled_read)
@@ -85,11 +52,11 @@ def _stall_once(
 
 
 def test_ring_last_message_before_shutdown_is_received_not_closed(
-    ring_name: str, sender: Callable[[str], subprocess.Popen[str]]
+    ring_name: str, children: Children
 ) -> None:
     ring = Ring.create(ring_name, 4096)
     try:
-        child = sender(
+        child = children.code(
             f"""
             import sys
             from fastipc import Ring
@@ -100,7 +67,8 @@ def test_ring_last_message_before_shutdown_is_received_not_closed(
             r.shutdown()
             print("shut down", flush=True)
             r.close()
-            """
+            """,
+            stdin=True,
         )
         # _state() is where an empty ring's positions and flag are read together: the
         # tail's read (the pair behind its generation word) is the one to stall.
@@ -116,12 +84,12 @@ def test_ring_last_message_before_shutdown_is_received_not_closed(
 
 @pytest.mark.parametrize("policy", ["block", "overwrite"])
 def test_broadcast_last_message_before_shutdown_is_received_not_closed(
-    ring_name: str, sender: Callable[[str], subprocess.Popen[str]], policy: str
+    ring_name: str, children: Children, policy: str
 ) -> None:
     pub = Broadcast.create(ring_name, 4096, subscribers=4, policy=policy)
     sub = Broadcast.subscribe(ring_name)
     try:
-        child = sender(
+        child = children.code(
             f"""
             import sys
             from fastipc import Broadcast
@@ -132,7 +100,8 @@ def test_broadcast_last_message_before_shutdown_is_received_not_closed(
             p.shutdown()
             print("shut down", flush=True)
             p.close()
-            """
+            """,
+            stdin=True,
         )
         stalled = _stall_once(sub, "_state", "_take_free", child)
         assert sub.recv(timeout=5) == b"last"

@@ -11,14 +11,10 @@ different mechanism (tested by test_ring_kill.py on both backends).
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-import textwrap
 import time
-from collections.abc import Iterator
 
 import pytest
-from conftest import TESTS_DIR, child_env
+from conftest import Children
 
 import fastipc
 from fastipc import Full, Ring
@@ -29,42 +25,6 @@ pytestmark = pytest.mark.skipif(
 
 #: The ring must be usable again this soon after a kill (as in test_ring_kill.py).
 RECOVERY_S = 1.0
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    try:
-        yield started
-    finally:
-        for p in started:
-            if p.poll() is None:
-                p.kill()
-            p.wait(10)
-            for f in (p.stdout, p.stderr):
-                if f is not None:
-                    f.close()
-
-
-def _start(procs: list[subprocess.Popen[str]], code: str, expect: str) -> subprocess.Popen[str]:
-    """Run ``code`` in a fresh interpreter and wait for its first line, which must be ``expect``."""
-    p = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env=child_env(),
-        cwd=TESTS_DIR,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    procs.append(p)
-    assert p.stdout is not None
-    line = p.stdout.readline().strip()
-    if line != expect:
-        p.kill()
-        p.wait(10)
-        assert p.stderr is not None
-        pytest.fail(f"child said {line!r}, expected {expect!r}; stderr:\n{p.stderr.read()}")
-    return p
 
 
 def _holder_of_raw_mutex(name: str, suffix: str, side: int) -> str:
@@ -84,10 +44,10 @@ def _holder_of_raw_mutex(name: str, suffix: str, side: int) -> str:
 
 
 def test_producer_killed_holding_the_producer_mutex_is_taken_over(
-    ring: Ring, procs: list[subprocess.Popen[str]]
+    ring: Ring, children: Children
 ) -> None:
     ring.send(b"before")
-    holder = _start(procs, _holder_of_raw_mutex(ring.name, ".prod", 1), "holding")
+    holder = children.code(_holder_of_raw_mutex(ring.name, ".prod", 1), wait_for="holding")
     with pytest.raises(Full):
         ring.send(b"blocked", timeout=0.1)  # a live holder keeps the side
     t_kill = time.monotonic()
@@ -100,26 +60,25 @@ def test_producer_killed_holding_the_producer_mutex_is_taken_over(
     for k in range(100):
         ring.send(b"%d" % k)
     assert ring.recv_many(1000, timeout=1) == [b"%d" % k for k in range(100)]
-    sender = _start(
-        procs,
+    sender = children.code(
         f"""
         from fastipc import Ring
         r = Ring.open({ring.name!r})
         r.send(b"from a new producer", timeout=1)
         print("sent", flush=True)
         """,
-        "sent",
+        wait_for="sent",
     )
     sender.wait(10)
     assert ring.recv(timeout=1) == b"from a new producer"
 
 
 def test_consumer_killed_holding_the_consumer_mutex_is_taken_over(
-    ring: Ring, procs: list[subprocess.Popen[str]]
+    ring: Ring, children: Children
 ) -> None:
     ring.send(b"one")
     ring.send(b"two")
-    holder = _start(procs, _holder_of_raw_mutex(ring.name, ".cons", 2), "holding")
+    holder = children.code(_holder_of_raw_mutex(ring.name, ".cons", 2), wait_for="holding")
     with pytest.raises(fastipc.Empty):
         ring.recv(timeout=0.1)  # the messages are there, but a live holder keeps the side
     t_kill = time.monotonic()
@@ -131,11 +90,9 @@ def test_consumer_killed_holding_the_consumer_mutex_is_taken_over(
     assert len(ring) == 0
 
 
-def test_several_waiters_take_over_one_at_a_time(
-    ring: Ring, procs: list[subprocess.Popen[str]]
-) -> None:
+def test_several_waiters_take_over_one_at_a_time(ring: Ring, children: Children) -> None:
     """Producers racing to recover a dead holder's side: exactly one gets it at a time."""
-    holder = _start(procs, _holder_of_raw_mutex(ring.name, ".prod", 1), "holding")
+    holder = children.code(_holder_of_raw_mutex(ring.name, ".prod", 1), wait_for="holding")
     code = f"""
         import os, sys
         from fastipc import Ring
@@ -146,24 +103,9 @@ def test_several_waiters_take_over_one_at_a_time(
             r.send(b"%d:%d:" % (os.getpid(), k) + b"x" * (k % 50), timeout=5)
         print("sent", flush=True)
         """
-    waiters = []
-    for _ in range(3):
-        p = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(code)],
-            env=child_env(),
-            cwd=TESTS_DIR,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        procs.append(p)
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        waiters.append(p)
+    waiters = [children.code(code, stdin=True) for _ in range(3)]
     for p in waiters:
-        assert p.stdin is not None
-        p.stdin.write("go\n")
-        p.stdin.flush()
+        children.tell(p, "go")
     time.sleep(0.2)  # all three are now waiting behind the holder
     holder.kill()
     holder.wait(10)
@@ -172,11 +114,8 @@ def test_several_waiters_take_over_one_at_a_time(
     while len(got) < 900 and time.monotonic() < deadline:
         got += ring.recv_many(1000, timeout=1)
     for p in waiters:
-        assert p.stdout is not None
-        assert p.stdout.readline().strip() == "sent"
-        p.wait(10)
-        if p.stdin is not None:
-            p.stdin.close()
+        assert children.readline(p, 30) == "sent"
+        children.wait(p, 10)
     assert len(got) == 900
     # No torn or interleaved record: every message is whole, and each producer's in order.
     per: dict[bytes, list[int]] = {}
@@ -187,53 +126,36 @@ def test_several_waiters_take_over_one_at_a_time(
     assert sorted(per.values()) == [list(range(300))] * 3
 
 
-def test_stopped_holder_is_not_taken_over(ring: Ring, procs: list[subprocess.Popen[str]]) -> None:
+def test_stopped_holder_is_not_taken_over(ring: Ring, children: Children) -> None:
     """A holder that is alive but not running (SIGSTOP) keeps its side however long it takes."""
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(
-                f"""
-                import sys
-                from fastipc import Ring
-                r = Ring.open({ring.name!r})
-                with r.reserve(5) as v:
-                    print("holding", flush=True)
-                    sys.stdin.readline()
-                    v[:] = b"first"
-                print("done", flush=True)
-                """
-            ),
-        ],
-        env=child_env(),
-        cwd=TESTS_DIR,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    p = children.code(
+        f"""
+        import sys
+        from fastipc import Ring
+        r = Ring.open({ring.name!r})
+        with r.reserve(5) as v:
+            print("holding", flush=True)
+            sys.stdin.readline()
+            v[:] = b"first"
+        print("done", flush=True)
+        """,
+        wait_for="holding",
+        stdin=True,
     )
-    procs.append(p)
-    assert p.stdout is not None and p.stdin is not None
-    assert p.stdout.readline().strip() == "holding"
     p.send_signal(signal.SIGSTOP)
     try:
         with pytest.raises(Full):
             ring.send(b"second", timeout=1.5)  # well past the recovery checks
     finally:
         p.send_signal(signal.SIGCONT)
-    p.stdin.write("go\n")
-    p.stdin.flush()
-    assert p.stdout.readline().strip() == "done"
-    p.wait(10)
-    p.stdin.close()
+    children.tell(p, "go")
+    assert children.readline(p, 30) == "done"
+    children.wait(p, 10)
     ring.send(b"second", timeout=1)
     assert ring.recv_many(10, timeout=1) == [b"first", b"second"]
 
 
-def test_handle_slots_are_freed_by_close_and_by_death(
-    ring: Ring, procs: list[subprocess.Popen[str]]
-) -> None:
+def test_handle_slots_are_freed_by_close_and_by_death(ring: Ring, children: Children) -> None:
     from fastipc.backends.python_ring import _SLOTS
 
     # More opens than there are slots, one after the other: close() frees each.
@@ -243,8 +165,7 @@ def test_handle_slots_are_freed_by_close_and_by_death(
         assert ring.recv(timeout=0) == b"%d" % k
     # Processes killed while holding handles free theirs with them.
     for _ in range(3):
-        p = _start(
-            procs,
+        p = children.code(
             f"""
             import time
             from fastipc import Ring
@@ -252,7 +173,7 @@ def test_handle_slots_are_freed_by_close_and_by_death(
             print("open", flush=True)
             time.sleep(60)
             """,
-            "open",
+            wait_for="open",
         )
         p.kill()
         p.wait(10)
