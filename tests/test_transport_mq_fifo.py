@@ -110,6 +110,18 @@ def test_mq_message_over_msgsize_raises(qname: Callable[[], str]) -> None:
             cli.recv(timeout=0.2)  # the refused one never went in
 
 
+def test_mq_send_and_reply_refuse_an_int_not_send_nul_bytes(qname: Callable[[], str]) -> None:
+    """bytes(4) is b"\\0\\0\\0\\0": an int must raise TypeError, on the client and in a reply."""
+    req, rep = qname(), qname()
+    url = f"mq://{req}?reply={rep}"
+    srv = fastipc.serve(url, lambda m, p: 3 if m == b"int" else b"re:" + m).start()  # type: ignore[arg-type,return-value]
+    with srv, fastipc.connect(url) as cli:
+        with pytest.raises(TypeError, match="must be a bytes-like object, not int"):
+            cli.send(4, timeout=5)  # type: ignore[arg-type] - the mistake under test
+        cli.send(b"int", timeout=5)
+        assert cli.request(b"next", timeout=5) == b"re:next"  # nothing came before it
+
+
 def test_mq_maxmsg_over_the_system_limit_names_msg_max(qname: Callable[[], str]) -> None:
     with open("/proc/sys/fs/mqueue/msg_max") as f:
         msg_max = int(f.read())

@@ -500,3 +500,29 @@ def test_other_threads_push_to_a_peer_through_call_soon_threadsafe(framing: str)
         assert failed == []
     with pytest.raises(ValueError, match="closed"):
         srv.call_soon_threadsafe(push)
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "unix"])
+def test_a_reply_that_is_not_bytes_is_refused_not_sent_as_nul_bytes(
+    scheme: str, sock_dir: str
+) -> None:
+    """bytes(3) is b"\\0\\0\\0": a reply of 3 must raise TypeError, never reach the client."""
+    refused: list[BaseException] = []
+
+    def handler(message: bytes, peer: fastipc.Peer) -> bytes | None:
+        if message == b"int":
+            return 3  # type: ignore[return-value] - the mistake under test
+        try:
+            peer.send(10**9)  # type: ignore[arg-type] - would allocate 1 GB
+        except TypeError as exc:
+            refused.append(exc)
+        return b"after"
+
+    srv = fastipc.serve(_url(scheme, sock_dir), handler).start()
+    with srv, fastipc.connect(srv.address, timeout=5) as cli:
+        cli.send(b"int")
+        with pytest.raises(fastipc.Empty):
+            cli.recv(timeout=0.3)
+        assert cli.request(b"peer.send", timeout=5) == b"after"
+    assert len(refused) == 1
+    assert "must be a bytes-like object, not int" in str(refused[0])

@@ -19,6 +19,7 @@ import selectors
 import socket
 from typing import Any
 
+from .._checks import check_buffer
 from .._registry import Transport, register
 from ..endpoints import Endpoint
 from ..errors import Closed, Empty, Full, MessageTooLarge, os_error
@@ -80,7 +81,7 @@ def _iface(ep: Endpoint) -> bytes:
 
 
 def _check_size(data: bytes | bytearray | memoryview, limit: int, where: str, family: int) -> None:
-    size = memoryview(data).nbytes
+    size = check_buffer(data).nbytes
     if size > limit:
         why = " (the send buffer, capped by net.core.wmem_max)" if family == socket.AF_UNIX else ""
         raise MessageTooLarge(

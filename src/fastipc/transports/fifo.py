@@ -30,7 +30,7 @@ import select
 import selectors
 import stat
 
-from .._checks import deadline, time_left
+from .._checks import check_buffer, deadline, time_left
 from .._registry import Transport, register
 from ..endpoints import Endpoint
 from ..errors import Closed, Full, MessageTooLarge, os_error
@@ -192,7 +192,7 @@ class FifoClient(Client):
         """
         self._no_priority(priority)
         fd = self._check()
-        view = memoryview(data).cast("B")
+        view = check_buffer(data)
         if len(view) > self._limit:
             hint = "" if self._limit >= PIPE_BUF else "; add ?single_writer=1 if no one else writes"
             raise MessageTooLarge(

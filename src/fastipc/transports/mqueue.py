@@ -28,7 +28,7 @@ from typing import Any
 
 import posix_ipc
 
-from .._checks import deadline, time_left
+from .._checks import check_buffer, deadline, time_left
 from .._registry import Transport, register
 from ..endpoints import Endpoint
 from ..errors import Closed, Empty, Full, MessageTooLarge
@@ -126,8 +126,9 @@ def open_queue(ep: Endpoint, name: str | None = None) -> tuple[Any, bool]:
     return q, created
 
 
-def _check_size(q: Any, data: bytes | bytearray | memoryview, name: str) -> bytes:
-    payload = bytes(data)
+def _check_size(q: Any, data: bytes | bytearray | memoryview, name: str, what: str) -> bytes:
+    # Not bytes(data): of an int, that is so many NUL bytes (send(3) would send b"\0\0\0").
+    payload = data if type(data) is bytes else bytes(check_buffer(data, what))
     if len(payload) > q.max_message_size:
         raise MessageTooLarge(
             f"mq://{name}: the queue holds messages of at most {q.max_message_size} bytes "
@@ -175,7 +176,7 @@ class QueueSource(Source):
             raise Closed(
                 f"{self.endpoint.url}: no reply queue; add ?reply=/name to both URLs to answer"
             )
-        payload = _check_size(q, data, q.name)
+        payload = _check_size(q, data, q.name, "a reply")
         try:
             q.send(payload, priority=priority)
         except posix_ipc.BusyError:
@@ -256,7 +257,7 @@ class QueueClient(Client):
             raise ValueError(
                 f"priority must be between 0 and {posix_ipc.QUEUE_PRIORITY_MAX}, got {priority}"
             )
-        payload = _check_size(q, data, q.name)
+        payload = _check_size(q, data, q.name, "message")
         until = deadline(timeout)
         while True:
             try:

@@ -39,7 +39,7 @@ import signal
 import stat
 import threading
 
-from .._checks import deadline, time_left
+from .._checks import check_buffer, deadline, time_left
 from .._registry import Transport, register
 from ..endpoints import Endpoint
 from ..errors import Closed, Empty, Full, MessageTooLarge, ProtocolError
@@ -243,7 +243,7 @@ class FdClient(Client):
         """
         self._no_priority(priority)
         fd = self._check()
-        view = memoryview(data).cast("B")
+        view = check_buffer(data)
         if self._decoder is not None:
             if len(view) > MAX_MESSAGE_LIMIT:
                 raise MessageTooLarge(

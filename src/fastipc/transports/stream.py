@@ -21,7 +21,7 @@ import time
 from collections import deque
 from typing import Any
 
-from .._checks import deadline
+from .._checks import check_buffer, deadline
 from .._registry import Transport, register
 from ..channel import Channel
 from ..endpoints import Endpoint
@@ -212,7 +212,9 @@ class Connection(Peer):
         sock = self._sock
         if sock is None or self._closing:
             raise Closed(f"client {self.describe()} is closed")
-        payload = data if type(data) is bytes else bytes(data)
+        # Copied: the reply may wait in the queue while the caller reuses its buffer.
+        # (bytes(data) of an int would be that many NUL bytes, hence the check.)
+        payload = data if type(data) is bytes else bytes(check_buffer(data, "a reply"))
         size = len(payload)
         parts: list[bytes] | None = None
         if self._decoder is not None:
