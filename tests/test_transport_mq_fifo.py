@@ -345,6 +345,38 @@ def test_fifo_connect_without_reader_is_refused(sock_dir: str) -> None:
     assert info.value.filename == path
 
 
+def test_fifo_client_does_not_follow_a_symlink_at_the_name(sock_dir: str) -> None:
+    real, link = f"{sock_dir}/real.fifo", f"{sock_dir}/link.fifo"
+    got = Collector()
+    with fastipc.serve(f"fifo://{real}", got).start():
+        os.symlink(real, link)
+        with pytest.raises(OSError, match="symbolic link") as info:
+            fastipc.connect(f"fifo://{link}")
+        assert info.value.errno == errno.ELOOP
+        with fastipc.connect(f"fifo://{real}") as cli:
+            cli.send(b"direct", timeout=5)
+        assert got.wait_for(1, timeout=5) == [b"direct"]  # nothing came through the link
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a FIFO of another user needs root")
+def test_fifo_client_refuses_a_fifo_another_user_owns(sock_dir: str) -> None:
+    """Its owner reads whatever is written: the client must not connect, whoever reads."""
+    path = f"{sock_dir}/foreign.fifo"
+    os.mkfifo(path, 0o622)
+    os.chown(path, 65534, 65534)  # nobody's FIFO
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(PermissionError, match="owned by uid 65534"):
+            fastipc.connect(f"fifo://{path}")
+        assert os.read(reader, 100) == b""  # nothing was written
+        os.chown(path, os.geteuid(), -1)  # ours: accepted
+        with fastipc.connect(f"fifo://{path}") as cli:
+            cli.send(b"ok", timeout=5)
+        assert os.read(reader, 100) == struct.pack("<II", 2, 0) + b"ok"
+    finally:
+        os.close(reader)
+
+
 def test_fifo_file_0600_removed_on_close_and_mode_option(procs: Procs, sock_dir: str) -> None:
     path = f"{sock_dir}/p.fifo"
     srv = procs.server(f"fifo://{path}")

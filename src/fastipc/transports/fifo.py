@@ -3,6 +3,9 @@
 The reading side (the server) makes the FIFO owner-only (``?mode=`` to
 widen it) and removes it when it closes; it also holds a write end itself
 so that writers coming and going never look like end of stream to it.
+Neither side follows a symlink at the name, and a client refuses a FIFO
+owned by another user than itself or root (PermissionError): that user
+would read everything sent to it.
 
 The kernel writes at most PIPE_BUF (4,096) bytes to a pipe atomically. A
 message is its 8-byte header plus payload, so a client refuses a message
@@ -63,7 +66,8 @@ def _has_reader(path: str) -> bool:
 
 
 def _make_fifo(path: str, mode: int) -> tuple[int, int]:
-    """mkfifo ``path`` with exactly ``mode``; replace a stale FIFO, refuse a live one."""
+    """mkfifo ``path`` (at most ``mode``: the umask applies); replace a stale FIFO, refuse a
+    live one. Returns the new FIFO's (st_dev, st_ino)."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -80,9 +84,34 @@ def _make_fifo(path: str, mode: int) -> tuple[int, int]:
         os.mkfifo(path, mode)
     except OSError as exc:
         raise os_error(exc, path) from None
-    os.chmod(path, mode)  # exactly `mode`, whatever the umask took away
     st = os.lstat(path)
     return (st.st_dev, st.st_ino)
+
+
+def _open_nofollow(path: str, flags: int, what: str) -> int:
+    """open() ``path`` without following a symlink at the name (one put there would
+    lead this side to a file of the link maker's choosing)."""
+    try:
+        return os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(
+                errno.ELOOP, f"is a symbolic link, not {what}; not following it", path
+            ) from None
+        raise
+
+
+def _check_owner(fd: int, path: str) -> None:
+    """Refuse a FIFO another user (not root) owns: they would read what is written to it."""
+    uid = os.fstat(fd).st_uid
+    if uid not in (os.geteuid(), 0):
+        raise PermissionError(
+            errno.EPERM,
+            f"owned by uid {uid}, not by this user or root: refusing to write to a FIFO "
+            "another user made (its owner reads everything sent); run the server as this "
+            "user, or remove the FIFO",
+            path,
+        )
 
 
 class FifoSource(Source):
@@ -92,11 +121,14 @@ class FifoSource(Source):
         assert ep.path is not None
         self.endpoint = ep
         self._server = server
-        self._ident: tuple[int, int] | None = _make_fifo(ep.path, mode_option(ep, None))
+        mode = mode_option(ep, None)
+        self._ident: tuple[int, int] | None = _make_fifo(ep.path, mode)
         self._rfd = self._wfd = -1
         try:
-            self._rfd = os.open(ep.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            self._wfd = os.open(ep.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            # Each end is checked to be the FIFO just made: the name may be swapped meanwhile.
+            self._rfd = self._open_ours(os.O_RDONLY)
+            os.fchmod(self._rfd, mode)  # exactly `mode`, whatever the umask took away
+            self._wfd = self._open_ours(os.O_WRONLY)
         except BaseException:
             self.close()
             raise
@@ -107,6 +139,16 @@ class FifoSource(Source):
         self._decoder = LengthDecoder(limit)
         self._skipping = False  # after a bad header: until the pipe is empty
         self.address = ep.url.partition("?")[0]
+
+    def _open_ours(self, flags: int) -> int:
+        path = self.endpoint.path
+        assert path is not None
+        fd = _open_nofollow(path, flags, "the FIFO this server made")
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != self._ident:
+            os.close(fd)
+            raise FileExistsError(errno.EEXIST, "is no longer the FIFO this server made", path)
+        return fd
 
     def attach(self, server: Server) -> None:
         server.selector.register(self._rfd, selectors.EVENT_READ, self._on_ready)
@@ -163,16 +205,22 @@ class FifoClient(Client):
         super().__init__(ep)
         assert ep.path is not None
         try:
-            fd = os.open(ep.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = _open_nofollow(ep.path, os.O_WRONLY, "a FIFO")
         except OSError as exc:
             if exc.errno == errno.ENXIO:
                 raise ConnectionRefusedError(
                     errno.ECONNREFUSED, "no process reads this FIFO", ep.path
                 ) from None
+            if exc.errno == errno.ELOOP:
+                raise
             raise os_error(exc, ep.path) from None
-        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        try:
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                raise ValueError(f"endpoint {ep.url!r}: {ep.path} is not a FIFO")
+            _check_owner(fd, ep.path)
+        except BaseException:
             os.close(fd)
-            raise ValueError(f"endpoint {ep.url!r}: {ep.path} is not a FIFO")
+            raise
         self._fd = fd
         self._limit = max_message if ep.single_writer else PIPE_BUF - HEADER_SIZE
 
