@@ -122,6 +122,45 @@ def test_mq_send_and_reply_refuse_an_int_not_send_nul_bytes(qname: Callable[[], 
         assert cli.request(b"next", timeout=5) == b"re:next"  # nothing came before it
 
 
+def make_queue(name: str, mode: int, uid: int | None = None) -> None:
+    """Create queue ``name`` with exactly ``mode`` (and owner ``uid``), as someone else would."""
+    import posix_ipc
+
+    q = posix_ipc.MessageQueue(name, posix_ipc.O_CREX, max_messages=4, max_message_size=64)
+    try:
+        os.fchmod(q.mqd, mode)
+        if uid is not None:
+            os.fchown(q.mqd, uid, uid)
+        q.send(b"FORGED")
+    finally:
+        q.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a queue of another user needs root")
+def test_mq_a_queue_another_user_made_is_refused(qname: Callable[[], str]) -> None:
+    req, rep = qname(), qname()
+    make_queue(rep, 0o666, uid=65534)  # nobody's reply queue, there first
+    url = f"mq://{req}?reply={rep}"
+    with pytest.raises(PermissionError, match="owned by uid 65534") as info:
+        fastipc.serve(url, lambda m, p: b"re:" + m)
+    assert "fastipc rm" in str(info.value)
+    assert not queue_exists(req)  # the server removed the queue it had made
+    with pytest.raises(PermissionError, match="owned by uid 65534"):
+        fastipc.connect(url)
+
+
+def test_mq_a_queue_wider_than_the_mode_asked_is_refused(qname: Callable[[], str]) -> None:
+    name = qname()
+    make_queue(name, 0o644)
+    with pytest.raises(PermissionError, match="0644 gives more than the 0600") as info:
+        fastipc.connect(f"mq://{name}")
+    assert "?mode=0644" in str(info.value)
+    with fastipc.connect(f"mq://{name}?mode=0644") as cli:  # what the URL allows
+        assert cli.recv(timeout=5) == b"FORGED"
+    with fastipc.connect(f"mq://{name}?mode=0666") as cli:  # narrower than asked: fine
+        cli.send(b"x", timeout=5)
+
+
 def test_mq_maxmsg_over_the_system_limit_names_msg_max(qname: Callable[[], str]) -> None:
     with open("/proc/sys/fs/mqueue/msg_max") as f:
         msg_max = int(f.read())

@@ -4,7 +4,10 @@ A queue holds whole messages with priorities: a receiver gets the highest
 priority first, FIFO within a priority. ``connect`` and ``serve`` create
 the queue if it does not exist (``maxmsg`` messages of at most ``msgsize``
 bytes, permissions exactly ``mode``, default 0600) or open it as it is
-(its attributes are then the ones it was made with). A queue outlives its
+(its attributes are then the ones it was made with). A queue that exists
+already must be owned by this user or root and allow no more than
+``mode``, else PermissionError says so: another user who made it first
+could read or forge its messages. A queue outlives its
 users until it is unlinked: a server unlinks the queues it created when it
 closes; ``fastipc rm mq:///name`` or :meth:`QueueClient.unlink` remove
 others.
@@ -24,6 +27,7 @@ import logging
 import os
 import select
 import selectors
+import stat
 from typing import Any
 
 import posix_ipc
@@ -122,8 +126,38 @@ def open_queue(ep: Endpoint, name: str | None = None) -> tuple[Any, bool]:
             q.close()
             posix_ipc.unlink_message_queue(qname)
             raise
+    else:
+        try:
+            _check_existing(q, qname, mode)
+        except BaseException:
+            q.close()
+            raise
     q.block = False
     return q, created
+
+
+def _check_existing(q: Any, name: str, mode: int) -> None:
+    """Refuse a queue this side did not make that another user owns or that is wider
+    than ``mode``: whoever else can open it could read the messages or forge them."""
+    st = os.fstat(q.mqd)
+    where = f"mq://{name}"
+    if st.st_uid not in (os.geteuid(), 0):
+        raise PermissionError(
+            errno.EPERM,
+            f"owned by uid {st.st_uid}, not by this user or root: refusing a queue another "
+            f"user made (they could read or forge its messages); remove it "
+            f"(fastipc rm {where}) or use another name",
+            where,
+        )
+    wider = stat.S_IMODE(st.st_mode) & ~mode
+    if wider:
+        raise PermissionError(
+            errno.EPERM,
+            f"mode {stat.S_IMODE(st.st_mode):04o} gives more than the {mode:04o} asked: "
+            f"refusing it; add ?mode={stat.S_IMODE(st.st_mode):04o} to the URL if that is "
+            f"meant, or remove the queue (fastipc rm {where})",
+            where,
+        )
 
 
 def _check_size(q: Any, data: bytes | bytearray | memoryview, name: str, what: str) -> bytes:
@@ -234,7 +268,8 @@ class QueueClient(Client):
             try:
                 self._in, self._in_created = open_queue(ep, name)
             except BaseException:
-                self._queue.close()
+                q, self._queue = self._queue, None  # closed: __del__ must not close it again
+                q.close()
                 raise
 
     def send(
