@@ -14,7 +14,7 @@ from _cli_util import T
 from conftest import child_env, run_python
 
 import fastipc as fi
-from fastipc import Closed, ProtocolError, Timeout
+from fastipc import Closed, MessageTooLarge, ProtocolError, Timeout
 from fastipc.framing import pack_header
 
 FASTIPC = f"{sys.executable} -m fastipc"
@@ -238,6 +238,28 @@ def test_eof_timeout_and_a_broken_frame() -> None:
         for _ in range(2):
             with pytest.raises(Closed, match="end of stream"):
                 c.recv(timeout=T)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [pack_header(2**31, 0), pack_header(4, 0xFFFF0000) + b"abcd"],
+    ids=["over-max-message", "unknown-flags"],
+)
+def test_a_bad_frame_right_after_a_good_one_is_reported_at_once(bad: bytes) -> None:
+    """Read with the good frame, the bad header is raised by the next recv(), without
+    waiting (the writer stays), never turned into a clean end of stream."""
+    r, w = os.pipe()
+    try:
+        with fi.connect(f"fd://{r}", max_message=1 << 20) as c:
+            os.write(w, pack_header(5, 0) + b"hello" + bad)
+            assert c.recv(timeout=T) == b"hello"
+            with pytest.raises(
+                (ProtocolError, MessageTooLarge), match="bad frame|over max_message"
+            ):
+                c.recv(timeout=2)  # not a wait for more bytes, then Timeout
+            assert c.closed
+    finally:
+        os.close(w)
 
 
 def test_an_fd_is_checked_taken_once_and_released_on_close() -> None:

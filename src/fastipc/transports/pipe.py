@@ -282,13 +282,18 @@ class FdClient(Client):
         """
         fd = self._check()
         until = deadline(timeout)
+        decoder = self._decoder
         while not self._ready:
+            # A bad frame after good ones in the same read waits here: it is
+            # reported once they are taken, before any wait for more bytes.
+            if decoder is not None and decoder.error is not None:
+                raise self._bad_frame(decoder.error)
             if self._eof:
                 raise Closed(f"{self.address}: end of stream")
             _wait(fd, select.POLLIN, until, f"nothing received within {timeout} s", self.address)
             try:
                 data = os.read(
-                    fd, min(READ_SIZE, self._max_message) if self._decoder is None else READ_SIZE
+                    fd, min(READ_SIZE, self._max_message) if decoder is None else READ_SIZE
                 )
             except InterruptedError:
                 continue
@@ -296,8 +301,8 @@ class FdClient(Client):
                 raise OSError(exc.errno, exc.strerror, self.address) from None
             if not data:
                 self._eof = True
-                if self._decoder is not None and self._decoder.pending:
-                    pending = self._decoder.pending
+                if decoder is not None and decoder.pending:
+                    pending = decoder.pending
                     self.close()
                     raise ProtocolError(
                         f"{self.address}: end of stream in the middle of a frame ({pending} "
@@ -305,20 +310,21 @@ class FdClient(Client):
                         self.address,
                     )
                 continue
-            if self._decoder is None:
+            if decoder is None:
                 return data
-            self._ready.extend(self._decoder.feed(data))
-            error = self._decoder.error
-            if error is not None and not self._ready:
-                self.close()
-                if isinstance(error, MessageTooLarge):
-                    raise MessageTooLarge(f"{self.address}: {error}; client closed")
-                raise ProtocolError(
-                    f"{self.address}: bad frame ({error}); check both sides use the same "
-                    "framing; client closed",
-                    self.address,
-                )
+            self._ready.extend(decoder.feed(data))
         return self._ready.pop(0)
+
+    def _bad_frame(self, error: Exception) -> Exception:
+        """Close the client (the stream is out of step) and return the error to raise."""
+        self.close()
+        if isinstance(error, MessageTooLarge):
+            return MessageTooLarge(f"{self.address}: {error}; client closed")
+        return ProtocolError(
+            f"{self.address}: bad frame ({error}); check both sides use the same "
+            "framing; client closed",
+            self.address,
+        )
 
     def shutdown(self, how: str = "both") -> None:
         raise ValueError(f"{self.address}: an fd has no half-close; close() releases it")
