@@ -20,6 +20,7 @@ import signal
 import socket
 import stat
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -526,3 +527,51 @@ def test_a_reply_that_is_not_bytes_is_refused_not_sent_as_nul_bytes(
         assert cli.request(b"peer.send", timeout=5) == b"after"
     assert len(refused) == 1
     assert "must be a bytes-like object, not int" in str(refused[0])
+
+
+def test_many_tiny_queued_replies_are_packed_not_one_object_each(sock_dir: str) -> None:
+    """A client that sends many small requests and reads late: its queued replies must cost
+    about what max_output counts (not ~200 bytes of objects each), in few queue entries
+    (each sendmsg looks at the front only, so draining stays linear), and arrive intact."""
+    count = 150_000
+    handled = threading.Semaphore(0)
+    peers: list[fastipc.Peer] = []
+
+    def echo(message: bytes, peer: fastipc.Peer) -> bytes:
+        if not peers:
+            peers.append(peer)
+        handled.release()
+        return message
+
+    wire = b"".join(FRAME.pack(4, 0) + i.to_bytes(4, "little") for i in range(count))
+    srv = fastipc.serve(f"unix://{sock_dir}/tiny.sock", echo).start()
+    with srv, socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(f"{sock_dir}/tiny.sock")
+        sock.sendall(wire)  # nothing read yet
+        for _ in range(count):
+            assert handled.acquire(timeout=30)
+        conn = peers[0]
+        got: list[tuple[int, int, int]] = []
+        srv.call_soon_threadsafe(
+            lambda: got.append(
+                (
+                    len(conn._out or ()),  # type: ignore[attr-defined]
+                    sum(sys.getsizeof(e) for e in conn._out or ()),  # type: ignore[attr-defined]
+                    conn.buffered,  # type: ignore[attr-defined]
+                )
+            )
+        )
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        entries, held, accounted = got[0]
+        assert accounted > 256 * 1024  # the kernel's buffers are full: a real queue
+        assert held <= accounted * 1.2 + 4096, (entries, held, accounted)
+        assert entries <= accounted // 16384 + 2, (entries, accounted)
+        out = bytearray()
+        sock.settimeout(10)
+        while len(out) < len(wire):
+            data = sock.recv(1 << 20)
+            assert data
+            out += data
+        assert out == wire  # every reply, whole and in order

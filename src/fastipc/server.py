@@ -93,7 +93,9 @@ class Limits:
     one reply``. Not counted: the kernel's socket buffers (outside the
     process, per socket, capped by ``net.core.rmem_max``/``wmem_max``), a
     FIFO source's one partial frame (at most ``max_message``), and the
-    allocator's slack (a growing buffer may hold up to about 1/8 more).
+    allocator's slack (a growing buffer may hold up to about 1/8 more; queued
+    replies under 16 KiB are packed into shared 64 KiB buffers, so a queue of
+    tiny replies costs about what it counts).
     Raw framing holds no input between reads (one read is one message).
 
     Raises ValueError for a value out of range or of the wrong type

@@ -19,6 +19,7 @@ import socket
 import struct
 import time
 from collections import deque
+from itertools import islice
 from typing import Any
 
 from .._checks import check_buffer, deadline
@@ -43,6 +44,11 @@ ACCEPT_BATCH = 64
 IOV_BATCH = 64
 #: Length-framed replies up to this size (bytes) are joined to their header for one send().
 JOIN_MAX = 16 * 1024
+#: Queued pieces smaller than this are copied into a shared bytearray, not queued one by
+#: one: each queue entry costs ~200 bytes of objects that max_output does not count.
+COALESCE_MAX = JOIN_MAX
+#: Bytes a shared bytearray of small pieces grows to before the next one is started.
+TAIL_MAX = 64 * 1024
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _CREDS = struct.Struct("3i")
@@ -58,6 +64,18 @@ def _skip(parts: list[bytes], sent: int) -> list[memoryview]:
         rest.append(memoryview(part)[sent:])
         sent = 0
     return rest
+
+
+def _enqueue(out: deque[memoryview | bytearray], piece: bytes) -> None:
+    """Queue ``piece`` (after the rest) so that the queue holds few objects per byte."""
+    if len(piece) >= COALESCE_MAX:
+        out.append(memoryview(piece))
+        return
+    tail = out[-1] if out else None
+    if type(tail) is bytearray and len(tail) + len(piece) <= TAIL_MAX:
+        tail += piece  # only the loop touches the queue; no view of it outlives a sendmsg
+    else:
+        out.append(bytearray(piece))
 
 
 _READ = selectors.EVENT_READ
@@ -177,7 +195,7 @@ class Connection(Peer):
         # Replies the kernel did not take yet. None while nothing waits, which
         # is nearly always: an empty deque is 760 bytes, most of what an idle
         # connection would otherwise cost.
-        self._out: deque[memoryview] | None = None
+        self._out: deque[memoryview | bytearray] | None = None
         self._outbytes = 0
         self._closing = False  # close once the output is sent
         self._reading = True
@@ -256,10 +274,8 @@ class Connection(Peer):
                 "over max_output: a slow reader"
             )
             return
-        if parts is None:
-            out.append(memoryview(payload))
-        else:
-            out.extend(memoryview(p) for p in parts)
+        for piece in (payload,) if parts is None else parts:
+            _enqueue(out, piece)
         self._outbytes += size
         self._account()
 
@@ -360,7 +376,7 @@ class Connection(Peer):
         sock = self._sock
         out = self._out
         while out and sock is not None:
-            batch = list(out)[:IOV_BATCH] if len(out) > 1 else [out[0]]
+            batch = list(islice(out, IOV_BATCH)) if len(out) > 1 else [out[0]]
             try:
                 sent = sock.sendmsg(batch)
             except (BlockingIOError, InterruptedError):
@@ -378,6 +394,9 @@ class Connection(Peer):
                 if sent >= len(head):
                     sent -= len(head)
                     out.popleft()
+                elif type(head) is bytearray:
+                    del head[:sent]  # cheap: a bytearray drops its front by moving its start
+                    sent = 0
                 else:
                     out[0] = head[sent:]
                     sent = 0
