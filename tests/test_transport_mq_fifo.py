@@ -12,8 +12,10 @@ from __future__ import annotations
 import array
 import errno
 import fcntl
+import logging
 import os
 import selectors
+import signal
 import stat
 import struct
 import termios
@@ -25,6 +27,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from _channel_util import sock_dir_fixture  # noqa: F401
 from _server_workers import Procs, check_msg, queue_exists, unlink_queue
+from conftest import run_python
 
 import fastipc
 from fastipc import Closed, MessageTooLarge, Timeout
@@ -520,3 +523,64 @@ def test_fifo_server_without_single_writer_drops_frames_over_pipe_buf(
         with fastipc.connect(f"fifo://{path}") as cli:
             cli.send(b"after", timeout=5)
         assert got.wait_for(1) == [b"after"]
+
+
+def wait_for_log(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 5) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in caplog.records:
+            if text in record.getMessage():
+                return record.getMessage()
+        time.sleep(0.01)
+    raise AssertionError(f"no log line with {text!r}: {[r.getMessage() for r in caplog.records]}")
+
+
+def test_fifo_single_writer_half_frame_of_a_killed_writer_is_dropped_not_glued(
+    sock_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A writer killed mid-frame: the next writer's messages must not become its payload."""
+    path = f"{sock_dir}/sw.fifo"
+    url = f"fifo://{path}?single_writer=1"
+    got = Collector()
+    with (
+        caplog.at_level(logging.WARNING, "fastipc.server"),
+        fastipc.serve(url, got, max_message=1 << 20).start(),
+    ):
+        code = (
+            "import os, signal, struct\n"
+            f"fd = os.open({path!r}, os.O_WRONLY)\n"
+            "os.write(fd, struct.pack('<II', 100_000, 0) + b'h' * 1000)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n"
+        )
+        child = run_python(code, timeout=30, check=False)
+        assert child.returncode == -signal.SIGKILL
+        line = wait_for_log(caplog, "unfinished frame")
+        assert "1008 bytes" in line and "closed the FIFO midway" in line
+        with fastipc.connect(url) as cli:
+            for i in range(3):
+                cli.send(b"after-%d" % i, timeout=5)
+        assert got.wait_for(3) == [b"after-0", b"after-1", b"after-2"]
+        time.sleep(0.1)
+        assert len(got.messages) == 3  # nothing made up
+
+
+def test_fifo_single_writer_half_frame_that_stalls_is_dropped_after_idle_timeout(
+    sock_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = f"{sock_dir}/st.fifo"
+    url = f"fifo://{path}?single_writer=1"
+    got = Collector()
+    with (
+        caplog.at_level(logging.WARNING, "fastipc.server"),
+        fastipc.serve(url, got, idle_timeout=0.2).start(),
+    ):
+        stalled = os.open(path, os.O_WRONLY)  # stays open: no end of file
+        try:
+            os.write(stalled, struct.pack("<II", 500, 0) + b"s" * 100)
+            line = wait_for_log(caplog, "unfinished frame")
+            assert "108 bytes" in line and "idle_timeout" in line
+            with fastipc.connect(url) as cli:
+                cli.send(b"fresh", timeout=5)
+            assert got.wait_for(1) == [b"fresh"]
+        finally:
+            os.close(stalled)

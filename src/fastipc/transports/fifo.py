@@ -22,16 +22,29 @@ held then is stray bytes (a writer that ignored the framing), which the
 server drops and logs. A bad header drops the rest of that read and
 everything up to the next time the pipe is empty, where the stream is in
 step again. The FIFO is shared, so it cannot be closed for one writer.
+
+With ``?single_writer=1`` a frame may take many writes, so the pipe may
+empty in the middle of one. The server then lets go of its own write end
+until the frame is whole: if its writer goes away midway (killed, or a
+send abandoned by a timeout or Ctrl-C, which closes that client), the
+FIFO has no writer left, and the half frame is dropped and logged at that
+end of file rather than taking the next writer's messages as its rest. It
+is also dropped if nothing more comes for ``idle_timeout`` (a writer that
+stalls mid-frame). A new writer that connects before the server has read
+to the end of file still follows the half frame and is taken as its rest.
 """
 
 from __future__ import annotations
 
+import array
 import errno
+import fcntl
 import logging
 import os
 import select
 import selectors
 import stat
+import termios
 
 from .._checks import check_buffer, deadline, time_left
 from .._registry import Transport, register
@@ -63,6 +76,13 @@ def _has_reader(path: str) -> bool:
         raise os_error(exc, path) from None
     os.close(fd)
     return True
+
+
+def _unread(fd: int) -> int:
+    """Bytes waiting in pipe ``fd`` (FIONREAD)."""
+    buf = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, buf)
+    return buf[0]
 
 
 def _make_fifo(path: str, mode: int) -> tuple[int, int]:
@@ -138,6 +158,7 @@ class FifoSource(Source):
             limit = min(limit, PIPE_BUF - HEADER_SIZE)
         self._decoder = LengthDecoder(limit)
         self._skipping = False  # after a bad header: until the pipe is empty
+        self._reads = 0  # read() calls so far: an idle check knows whether any came since
         self.address = ep.url.partition("?")[0]
 
     def _open_ours(self, flags: int) -> int:
@@ -158,7 +179,13 @@ class FifoSource(Source):
             data = os.read(self._rfd, READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return
-        drained = len(data) < READ_SIZE  # a pipe read returns all there is, up to the size asked
+        self._reads += 1
+        if not data:  # no writer at all: only while this side's write end is let go
+            self._drop_partial("its writer closed the FIFO midway")
+            return
+        # A pipe read returns all there is, up to the size asked; a full one may
+        # have taken exactly what there was, and no event will say so: ask.
+        drained = len(data) < READ_SIZE or _unread(self._rfd) == 0
         if self._skipping:
             self._skipping = not drained
             return
@@ -166,6 +193,8 @@ class FifoSource(Source):
         peer = FifoPeer()
         for message in decoder.feed(data):
             self._server.dispatch(message, peer)
+        if self._rfd < 0:
+            return  # a handler closed the server
         if decoder.error is not None:
             log.warning(
                 "%s: broken frame (%s); dropping bytes until the pipe is empty",
@@ -181,6 +210,49 @@ class FifoSource(Source):
                 decoder.pending,
             )
             decoder.reset()
+        elif drained and decoder.pending:
+            self._await_rest()
+        if not decoder.pending:
+            self._hold_write_end()
+
+    def _await_rest(self) -> None:
+        """Half a frame and the pipe empty (single_writer): its writer may be mid-frame or
+        gone. Let go of the write end this side holds, so that its going reads as end of
+        file; and give the frame up if nothing comes for idle_timeout."""
+        if self._wfd >= 0:
+            os.close(self._wfd)
+            self._wfd = -1
+        idle = self._server.limits.idle_timeout
+        if idle is not None:
+            reads = self._reads
+
+            def check() -> None:
+                if self._reads == reads and self._rfd >= 0:
+                    self._drop_partial(f"nothing more came for {idle:g} s (idle_timeout)")
+
+            self._server.call_later(idle, check)
+
+    def _drop_partial(self, why: str) -> None:
+        decoder = self._decoder
+        if decoder.pending:
+            log.warning(
+                "%s: dropped %d bytes of an unfinished frame: %s",
+                self.address,
+                decoder.pending,
+                why,
+            )
+        decoder.reset()
+        self._skipping = False
+        self._hold_write_end()
+
+    def _hold_write_end(self) -> None:
+        """Hold a write end again (writers coming and going must not read as end of file)."""
+        if self._wfd >= 0 or self._rfd < 0:
+            return
+        # Through the read end, so it is this FIFO even if the name was removed or replaced.
+        self._wfd = os.open(
+            f"/proc/self/fd/{self._rfd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
+        )
 
     def close(self) -> None:
         for fd in (self._rfd, self._wfd):
