@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -305,3 +306,49 @@ def test_a_served_fd_cannot_answer() -> None:
         stdin=subprocess.DEVNULL,
     )
     assert res.returncode == 1 and "cannot be answered" in res.stderr
+
+
+@pytest.mark.parametrize("kind", ["pipe", "socketpair"])
+def test_a_served_fd_another_reader_shares_never_blocks_the_server(kind: str) -> None:
+    """Another reader of the same open file takes the bytes between the server's poll and
+    its read: the read must not block (the fd itself stays blocking), so close() returns."""
+    if kind == "pipe":
+        r, w = os.pipe()
+        put = lambda data: os.write(w, data)
+    else:
+        a, b = socket.socketpair()
+        r, w = os.dup(a.fileno()), b.fileno()
+        a.close()
+        put = b.send
+    other = os.dup(r)  # the other reader: same open file, still blocking
+    got: list[bytes] = []
+    taken: list[bytes] = []
+
+    def fire() -> None:
+        # In the loop, between two polls: ready in this order for the next one, the
+        # callback (which empties the fd through the other reader), then the fd itself.
+        srv.call_soon_threadsafe(lambda: taken.append(os.read(other, 100)))
+        put(b"x")
+
+    srv = fi.serve(f"fd://{r}", lambda m, p: got.append(m), framing="raw").start()
+    closed = threading.Event()
+    try:
+        srv.call_soon_threadsafe(lambda: srv.call_later(0.05, fire))
+        alive = threading.Event()
+        deadline = time.monotonic() + T
+        while not taken and time.monotonic() < deadline:
+            time.sleep(0.01)
+        srv.call_soon_threadsafe(alive.set)
+        assert alive.wait(5), "the server's loop blocked in read()"
+        assert taken == [b"x"] and got == []
+        threading.Thread(target=lambda: (srv.close(), closed.set()), daemon=True).start()
+        assert closed.wait(T)
+    finally:
+        if not closed.is_set():
+            put(b"unblock")
+            closed.wait(T)
+        os.close(other)
+        if kind == "pipe":
+            os.close(w)
+        else:
+            b.close()

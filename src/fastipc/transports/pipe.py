@@ -13,7 +13,11 @@ The fd is used as it is: its file status flags are shared with every
 process holding the same open file (the shell's terminal, the parent), so
 it is never switched to non-blocking mode. Waits poll() in slices (timeouts,
 Ctrl-C), then read or write, so calls block only as long as the kernel says
-they need.
+they need. Another reader of the same pipe may take the bytes between the
+poll and the read, so a server reads a pipe or FIFO through a non-blocking
+open file of its own (``/proc/self/fd/N``) and a socket with MSG_DONTWAIT:
+its loop (and ``Server.close()``) never waits in read(). A client's recv()
+reads the fd itself and can wait there in that case.
 
 Pipes: a write of at most PIPE_BUF (4,096) bytes is atomic, so several
 writers may share a pipe if each length frame (8 bytes + payload) is at most
@@ -31,11 +35,13 @@ from the loop, a client reads it directly.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import select
 import selectors
 import signal
+import socket
 import stat
 import threading
 
@@ -140,12 +146,40 @@ class FdSource(Source):
         )
         self._read_size = min(READ_SIZE, server.limits.max_message)
         self._polled = False
+        self._rfd = self._fd  # what is polled and read: a private non-blocking one if possible
+        self._sock: socket.socket | None = None
+        try:
+            self._read_privately()
+        except BaseException:
+            self.close()
+            raise
         self.address = ep.url
+
+    def _read_privately(self) -> None:
+        """Read without ever blocking, though the fd stays blocking (its flags are shared).
+
+        Another process or thread may read the same pipe: it can take the bytes
+        between poll() and read(), and a blocking read would then stop the loop
+        (and Server.close()) until more came. A pipe or FIFO is read through a
+        non-blocking open file of its own (/proc/self/fd/N); a socket with
+        MSG_DONTWAIT. Other kinds (terminals) are read as they are.
+        """
+        fd = self._fd
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISSOCK(mode):
+            self._sock = socket.socket(fileno=os.dup(fd))  # sets no flag on the shared file
+        elif stat.S_ISFIFO(mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY:
+            try:
+                self._rfd = os.open(
+                    f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+                )
+            except OSError:
+                pass  # no /proc: a reader sharing the pipe may make a read wait
 
     def attach(self, server: Server) -> None:
         if not stat.S_ISREG(os.fstat(self._fd).st_mode):
             try:
-                server.selector.register(self._fd, selectors.EVENT_READ, self._on_ready)
+                server.selector.register(self._rfd, selectors.EVENT_READ, self._on_ready)
                 self._polled = True
                 return
             except PermissionError:
@@ -159,7 +193,10 @@ class FdSource(Source):
     def _on_ready(self, mask: int) -> bool:
         """Read once and dispatch what completed; False once the stream ended."""
         try:
-            data = os.read(self._fd, self._read_size)
+            if self._sock is not None:
+                data = self._sock.recv(self._read_size, socket.MSG_DONTWAIT)
+            else:
+                data = os.read(self._rfd, self._read_size)
         except (BlockingIOError, InterruptedError):
             return True
         except OSError as exc:
@@ -190,7 +227,7 @@ class FdSource(Source):
         if self._polled:
             self._polled = False
             try:
-                self._server.selector.unregister(self._fd)
+                self._server.selector.unregister(self._rfd)
             except (KeyError, ValueError):
                 pass
         if self._decoder is not None:
@@ -198,6 +235,12 @@ class FdSource(Source):
 
     def close(self) -> None:
         fd, self._fd = self._fd, -1
+        rfd, self._rfd = self._rfd, -1
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        if rfd != fd and rfd >= 0:
+            os.close(rfd)
         if fd >= 0:
             _release(fd)
 
