@@ -254,3 +254,27 @@ def test_fileno_is_readable_when_a_reply_waits(procs: Procs, sock_dir: str, sche
         assert cli.recv(timeout=0) == b"re:wake"
         assert sel.select(0.1) == []
     srv.stop()
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def test_unixgram_clients_do_not_each_hold_a_filled_receive_buffer(
+    procs: Procs, sock_dir: str
+) -> None:
+    """Each client may receive up to 4 MiB, but must not touch that much memory up front."""
+    srv = procs.server(f"unixgram://{sock_dir}/rss.sock", prefix="")
+    before = _rss()
+    clients = [fastipc.connect(srv.address) for _ in range(40)]
+    try:
+        grew = _rss() - before
+        assert grew < 16 << 20, f"40 clients took {grew >> 20} MiB (4 MiB each when filled)"
+        payload = os.urandom(150_000)
+        clients[0].send(payload, timeout=5)
+        assert clients[0].recv(timeout=5) == payload  # the buffer still takes a big one
+    finally:
+        for c in clients:
+            c.close()
+    srv.stop()
