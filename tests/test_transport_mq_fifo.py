@@ -148,8 +148,12 @@ def test_mq_a_queue_another_user_made_is_refused(qname: Callable[[], str]) -> No
         fastipc.serve(url, lambda m, p: b"re:" + m)
     assert "fastipc rm" in str(info.value)
     assert not queue_exists(req)  # the server removed the queue it had made
-    with pytest.raises(PermissionError, match="owned by uid 65534"):
+    with pytest.raises(PermissionError, match="owned by uid 65534") as info:
         fastipc.connect(url)
+    assert "?owner=65534" in str(info.value)
+    # Trusted by name (and as wide as it is): the client takes it, forged message and all.
+    with fastipc.connect(f"mq://{rep}?owner=65534&mode=0666") as cli:
+        assert cli.recv(timeout=5) == b"FORGED"
 
 
 def test_mq_a_queue_wider_than_the_mode_asked_is_refused(qname: Callable[[], str]) -> None:
@@ -408,9 +412,12 @@ def test_fifo_client_refuses_a_fifo_another_user_owns(sock_dir: str) -> None:
     os.chown(path, 65534, 65534)  # nobody's FIFO
     reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        with pytest.raises(PermissionError, match="owned by uid 65534"):
+        with pytest.raises(PermissionError, match="owned by uid 65534") as info:
             fastipc.connect(f"fifo://{path}")
+        assert "?owner=65534" in str(info.value)
         assert os.read(reader, 100) == b""  # nothing was written
+        with fastipc.connect(f"fifo://{path}?owner=65534"):
+            pass  # trusted by name
         os.chown(path, os.geteuid(), -1)  # ours: accepted
         with fastipc.connect(f"fifo://{path}") as cli:
             cli.send(b"ok", timeout=5)

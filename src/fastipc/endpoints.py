@@ -74,10 +74,12 @@ class Endpoint:
     mask, ``?mode=0660``), ``backlog`` (int >= 0), ``max_message`` (int >= 1,
     bytes; its upper bound, 2**32 - 1, is checked where it is used, as for
     the keyword), ``maxmsg``, ``msgsize`` and ``capacity`` (ints >= 1),
-    ``single_writer`` (bool, ``0`` or ``1``), ``iface`` (an IPv4 address as
-    text), ``reply`` (a queue name with its leading slash), ``sig`` (signal
-    numbers, a tuple of ints: ``?sig=USR1,RTMIN+1``; names with or without
-    ``SIG``, numbers, ``RTMIN+n`` and ``RTMAX-n``).
+    ``single_writer`` (bool, ``0`` or ``1``), ``owner`` (int >= 0, a uid
+    trusted to own an existing queue or FIFO besides this user and root),
+    ``iface`` (an IPv4 address as text), ``reply`` (a queue name with its
+    leading slash), ``sig`` (signal numbers, a tuple of ints:
+    ``?sig=USR1,RTMIN+1``; names with or without ``SIG``, numbers,
+    ``RTMIN+n`` and ``RTMAX-n``).
 
     ``fd`` is the descriptor number of ``fd://N``; ``pid`` the process of
     ``signal://PID`` (None for ``signal://self``: the calling process,
@@ -104,6 +106,7 @@ class Endpoint:
     msgsize: int | None = None
     capacity: int | None = None
     single_writer: bool = False
+    owner: int | None = None
     iface: str | None = None
     reply: str | None = None
     sig: tuple[int, ...] = ()
@@ -323,6 +326,7 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
     "capacity": _count(1),
     "mode": _mode,
     "single_writer": _flag,
+    "owner": _count(0),
     "iface": _ipv4,
     "reply": _queue,
     "sig": _signals,
@@ -483,8 +487,8 @@ _PARSERS: dict[str, tuple[_Parser, frozenset[str]]] = {
     "unixgram": (_parse_unix, frozenset({"mode", "max_message"})),
     "tcp": (_parse_host_port, frozenset({"backlog", "max_message"})),
     "udp": (_parse_host_port, frozenset({"iface"})),
-    "mq": (_parse_mq, frozenset({"maxmsg", "msgsize", "mode", "reply"})),
-    "fifo": (_parse_fifo, frozenset({"mode", "single_writer", "max_message"})),
+    "mq": (_parse_mq, frozenset({"maxmsg", "msgsize", "mode", "reply", "owner"})),
+    "fifo": (_parse_fifo, frozenset({"mode", "single_writer", "max_message", "owner"})),
     "shm": (_parse_shm, frozenset({"capacity", "mode"})),
     # A broadcast ring (fastipc.Broadcast): the local side of a bridge.
     "bcast": (_parse_shm, frozenset({"capacity", "mode"})),

@@ -4,8 +4,8 @@ The reading side (the server) makes the FIFO owner-only (``?mode=`` to
 widen it) and removes it when it closes; it also holds a write end itself
 so that writers coming and going never look like end of stream to it.
 Neither side follows a symlink at the name, and a client refuses a FIFO
-owned by another user than itself or root (PermissionError): that user
-would read everything sent to it.
+owned by another user than itself, root or the uid ``?owner=`` names
+(PermissionError): that user would read everything sent to it.
 
 The kernel writes at most PIPE_BUF (4,096) bytes to a pipe atomically. A
 message is its 8-byte header plus payload, so a client refuses a message
@@ -121,15 +121,15 @@ def _open_nofollow(path: str, flags: int, what: str) -> int:
         raise
 
 
-def _check_owner(fd: int, path: str) -> None:
-    """Refuse a FIFO another user (not root) owns: they would read what is written to it."""
+def _check_owner(fd: int, path: str, owner: int | None) -> None:
+    """Refuse a FIFO an untrusted user owns: they would read what is written to it."""
     uid = os.fstat(fd).st_uid
-    if uid not in (os.geteuid(), 0):
+    if uid not in (os.geteuid(), 0, owner):
         raise PermissionError(
             errno.EPERM,
             f"owned by uid {uid}, not by this user or root: refusing to write to a FIFO "
-            "another user made (its owner reads everything sent); run the server as this "
-            "user, or remove the FIFO",
+            f"another user made (its owner reads everything sent); remove it, or add "
+            f"?owner={uid} to the URL to trust that user",
             path,
         )
 
@@ -289,7 +289,7 @@ class FifoClient(Client):
         try:
             if not stat.S_ISFIFO(os.fstat(fd).st_mode):
                 raise ValueError(f"endpoint {ep.url!r}: {ep.path} is not a FIFO")
-            _check_owner(fd, ep.path)
+            _check_owner(fd, ep.path, ep.owner)
         except BaseException:
             os.close(fd)
             raise

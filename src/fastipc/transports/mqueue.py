@@ -1,13 +1,13 @@
-"""POSIX message queues (mq): ``mq:///name?maxmsg=10&msgsize=256&mode=0600&reply=/other``.
+"""POSIX message queues (mq): ``mq:///name?maxmsg=10&msgsize=256&mode=0600&reply=/other&owner=UID``.
 
 A queue holds whole messages with priorities: a receiver gets the highest
 priority first, FIFO within a priority. ``connect`` and ``serve`` create
 the queue if it does not exist (``maxmsg`` messages of at most ``msgsize``
 bytes, permissions exactly ``mode``, default 0600) or open it as it is
 (its attributes are then the ones it was made with). A queue that exists
-already must be owned by this user or root and allow no more than
-``mode``, else PermissionError says so: another user who made it first
-could read or forge its messages. A queue outlives its
+already must be owned by this user, root or the uid ``?owner=`` names,
+and allow no more than ``mode``, else PermissionError says so: another
+user who made it first could read or forge its messages. A queue outlives its
 users until it is unlinked: a server unlinks the queues it created when it
 closes; ``fastipc rm mq:///name`` or :meth:`QueueClient.unlink` remove
 others.
@@ -128,7 +128,7 @@ def open_queue(ep: Endpoint, name: str | None = None) -> tuple[Any, bool]:
             raise
     else:
         try:
-            _check_existing(q, qname, mode)
+            _check_existing(q, qname, mode, ep.owner)
         except BaseException:
             q.close()
             raise
@@ -136,17 +136,17 @@ def open_queue(ep: Endpoint, name: str | None = None) -> tuple[Any, bool]:
     return q, created
 
 
-def _check_existing(q: Any, name: str, mode: int) -> None:
-    """Refuse a queue this side did not make that another user owns or that is wider
-    than ``mode``: whoever else can open it could read the messages or forge them."""
+def _check_existing(q: Any, name: str, mode: int, owner: int | None) -> None:
+    """Refuse a queue this side did not make that an untrusted user owns or that is
+    wider than ``mode``: whoever else can open it could read the messages or forge them."""
     st = os.fstat(q.mqd)
     where = f"mq://{name}"
-    if st.st_uid not in (os.geteuid(), 0):
+    if st.st_uid not in (os.geteuid(), 0, owner):
         raise PermissionError(
             errno.EPERM,
             f"owned by uid {st.st_uid}, not by this user or root: refusing a queue another "
             f"user made (they could read or forge its messages); remove it "
-            f"(fastipc rm {where}) or use another name",
+            f"(fastipc rm {where}), or add ?owner={st.st_uid} to the URL to trust that user",
             where,
         )
     wider = stat.S_IMODE(st.st_mode) & ~mode
