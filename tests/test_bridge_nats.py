@@ -527,3 +527,45 @@ def test_a_missing_server_or_a_bad_pair_is_a_clear_error(nats_server: NatsServer
         fastipc.Bridge("shm://a", nats_server.url("a?queue=q"))
     with pytest.raises(FileNotFoundError, match="capacity"):
         fastipc.bridge(f"shm://{new_name('nbm')}", nats_server.url("a"))
+
+
+def _until_true(what: str, check: object, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_messages_taken_while_the_server_is_down_wait_for_it_and_are_not_counted_early(
+    nats_server: NatsServer, names: list[str]
+) -> None:
+    """A bridge already waiting on its ring when the server dies takes what then arrives, but
+    publishes it only once reconnected; stopped before that, the batch is undelivered, not
+    forwarded (nats-py's flush returns at once while its read loop is down)."""
+    a, b = _ring(names), _ring(names)
+    subject = nats_server.url("t.down")
+    with fastipc.bridge(f"shm://{a.name}", subject, reconnect_wait=2.0) as from_a:
+        time.sleep(0.2)  # the bridge waits on the empty ring
+        nats_server.kill()
+        _until_true("no disconnect seen", lambda: from_a.stats.disconnects >= 1)
+        for i in range(5):
+            a.send(b"m%d" % i)
+        _until_true("the bridge did not take the messages", lambda: len(a) == 0)
+        time.sleep(0.3)
+        assert from_a.stats.forwarded == 0, from_a.stats
+        nats_server.start()
+        with fastipc.bridge(subject, f"shm://{b.name}") as into_b:  # up before A reconnects
+            assert _recv_all(b, 5) == [b"m%d" % i for i in range(5)]
+        assert from_a.stats.forwarded == 5 and into_b.stats.forwarded == 5, from_a.stats
+    _accounted(from_a)
+    with fastipc.bridge(f"shm://{a.name}", subject, close_timeout=0.5) as stopped:
+        time.sleep(0.2)
+        nats_server.kill()
+        _until_true("no disconnect seen", lambda: stopped.stats.disconnects >= 1)
+        a.send(b"lost")
+        _until_true("the bridge did not take the message", lambda: len(a) == 0)
+    s = stopped.stats
+    assert s.forwarded == 0 and s.undelivered == 1, s
+    _accounted(stopped)
+    a.close()
+    b.close()

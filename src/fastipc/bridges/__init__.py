@@ -102,13 +102,15 @@ class Bridge:
     * The connection reconnects forever (``max_reconnects=None``) every
       ``reconnect_wait`` seconds. While disconnected the bridge stops taking
       from the local endpoint, so messages wait there (a ring's capacity, a
-      queue's ``maxmsg``, the sockets' buffers are the bound). The few taken
-      in the instant the connection broke wait in nats-py's reconnect buffer
-      (``buffer_bytes``), or are counted ``undelivered`` when it is full.
+      queue's ``maxmsg``, the sockets' buffers are the bound). A batch taken
+      in the instant the connection broke is held by the bridge and
+      published once it reconnects (closed before that, it is counted
+      ``undelivered``). One published in that instant waits in nats-py's
+      reconnect buffer (``buffer_bytes``; counted ``undelivered`` when full).
     * Nothing is ever sent twice. A published batch counts as ``forwarded``
-      only once the server confirmed it (a PING/PONG on the same connection);
-      one whose connection broke first is counted ``unconfirmed``: it may or
-      may not have reached the server. Core NATS is at-most-once: a message
+      only once the server confirmed it (a PING/PONG on a connection that
+      stayed up); one whose connection broke first is counted
+      ``unconfirmed``: it may or may not have reached the server. Core NATS is at-most-once: a message
       the server accepted while no subscriber had interest (e.g. before the
       other side's bridge re-subscribed after a server restart), or lost in
       the server's own crash, is invisible to both bridges.

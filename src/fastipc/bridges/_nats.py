@@ -11,7 +11,8 @@ the bridge has stopped):
   when that connection broke first: it may or may not have reached the
   server, and it is never sent again, so no message is duplicated;
   ``too_large`` over the server's ``max_payload``; ``undelivered`` when
-  nats-py's reconnect buffer was full or the connection was closed.
+  nats-py's reconnect buffer was full or the connection was closed, or when
+  taken while disconnected and the bridge stopped before it reconnected.
 * NATS -> local: ``forwarded`` when written to the local endpoint;
   ``too_large`` over the local endpoint's limit; ``undelivered`` when the
   local endpoint failed, when nats-py dropped it because the local side
@@ -40,6 +41,9 @@ log = logging.getLogger("fastipc.bridge")
 
 #: Messages taken from a local endpoint per publish round (one flush each).
 BATCH = 256
+#: How often (seconds) a batch held for a reconnect looks whether the
+#: connection was closed for good.
+_RECHECK = 0.1
 
 
 @dataclass
@@ -326,6 +330,23 @@ async def _connected_again(nc: Any, connected: asyncio.Event, stop: asyncio.Even
     return True
 
 
+async def _held_until_connected(nc: Any, connected: asyncio.Event) -> bool:
+    """Wait, stopping or not, until the connection is up; False once it is closed for good.
+
+    For a batch already taken: it has nowhere to wait but here. A close
+    cancels this wait after close_timeout.
+    """
+    while not nc.is_connected:
+        if nc.is_closed:
+            return False
+        connected.clear()
+        try:
+            await asyncio.wait_for(connected.wait(), _RECHECK)
+        except asyncio.TimeoutError:
+            pass  # look at is_closed again
+    return True
+
+
 def _too_large(n: int, nc: Any, remote: Endpoint, counts: Counters) -> None:
     counts.too_large += 1
     counts.error(
@@ -361,6 +382,18 @@ async def _publish_to_nats(
             left = len(batch)  # taken, outcome not yet counted
             sent = 0
             try:
+                # A take that was waiting when the connection broke returns
+                # while disconnected. Published now, the batch would sit in
+                # nats-py's reconnect buffer and the flush would return at
+                # once (no PING/PONG without a read loop): hold it instead.
+                if not await _held_until_connected(nc, connected):
+                    counts.undelivered += left
+                    counts.error(
+                        "closed",
+                        f"{remote.url}: {left} messages taken were not published: "
+                        "the connection closed for good",
+                    )
+                    return
                 epoch = (counts.disconnects, nc.stats["reconnects"])
                 limit = nc.max_payload
                 for message in batch:
@@ -385,13 +418,24 @@ async def _publish_to_nats(
                     continue
                 try:
                     await nc.flush(timeout=max(opts.request_timeout, 1.0))
-                    confirmed = epoch == (counts.disconnects, nc.stats["reconnects"])
+                    # A flush on a broken connection returns without a PONG:
+                    # only a connection that stayed up confirms the batch.
+                    confirmed = nc.is_connected and epoch == (
+                        counts.disconnects,
+                        nc.stats["reconnects"],
+                    )
                 except Exception:  # noqa: BLE001 - flush timeout, closed: not confirmed
                     confirmed = False
             except asyncio.CancelledError:
                 # Stopped past close_timeout: what went out is unconfirmed, the rest undelivered.
                 counts.unconfirmed += sent
                 counts.undelivered += left
+                if sent or left:
+                    counts.error(
+                        "close",
+                        f"{remote.url}: stopped with {sent} messages unconfirmed and {left} "
+                        "taken but not published (the server did not answer in close_timeout)",
+                    )
                 raise
             if confirmed:
                 counts.forwarded += sent
