@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from conftest import child_env, new_name, shm_entries
@@ -529,11 +529,14 @@ def test_a_missing_server_or_a_bad_pair_is_a_clear_error(nats_server: NatsServer
         fastipc.bridge(f"shm://{new_name('nbm')}", nats_server.url("a"))
 
 
-def _until_true(what: str, check: object, timeout: float = 20) -> None:
+def _eventually(check: Callable[[], bool], timeout: float = 20) -> bool:
+    """Whether ``check()`` comes true within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
+    while not check():
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.02)
+    return True
 
 
 def test_messages_taken_while_the_server_is_down_wait_for_it_and_are_not_counted_early(
@@ -547,10 +550,10 @@ def test_messages_taken_while_the_server_is_down_wait_for_it_and_are_not_counted
     with fastipc.bridge(f"shm://{a.name}", subject, reconnect_wait=2.0) as from_a:
         time.sleep(0.2)  # the bridge waits on the empty ring
         nats_server.kill()
-        _until_true("no disconnect seen", lambda: from_a.stats.disconnects >= 1)
+        assert _eventually(lambda: from_a.stats.disconnects >= 1), "no disconnect seen"
         for i in range(5):
             a.send(b"m%d" % i)
-        _until_true("the bridge did not take the messages", lambda: len(a) == 0)
+        assert _eventually(lambda: len(a) == 0), "the bridge did not take the messages"
         time.sleep(0.3)
         assert from_a.stats.forwarded == 0, from_a.stats
         nats_server.start()
@@ -561,11 +564,52 @@ def test_messages_taken_while_the_server_is_down_wait_for_it_and_are_not_counted
     with fastipc.bridge(f"shm://{a.name}", subject, close_timeout=0.5) as stopped:
         time.sleep(0.2)
         nats_server.kill()
-        _until_true("no disconnect seen", lambda: stopped.stats.disconnects >= 1)
+        assert _eventually(lambda: stopped.stats.disconnects >= 1), "no disconnect seen"
         a.send(b"lost")
-        _until_true("the bridge did not take the message", lambda: len(a) == 0)
+        assert _eventually(lambda: len(a) == 0), "the bridge did not take the message"
     s = stopped.stats
     assert s.forwarded == 0 and s.undelivered == 1, s
     _accounted(stopped)
     a.close()
     b.close()
+
+
+def _nats_publish(server: NatsServer, subject: str, messages: list[bytes], pause: float) -> None:
+    """Publish each message from a plain nats-py client, flushed, ``pause`` seconds apart."""
+    import asyncio
+
+    import nats
+
+    async def main() -> None:
+        nc = await nats.connect(f"nats://127.0.0.1:{server.port}")
+        for m in messages:
+            await nc.publish(subject, m)
+            await nc.flush()
+            await asyncio.sleep(pause)
+        await nc.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("scheme", ["unix", "tcp"])
+def test_a_channel_server_that_dropped_the_bridge_gets_the_next_message_on_a_new_connection(
+    nats_server: NatsServer, tmp_path: os.PathLike[str], scheme: str
+) -> None:
+    """The server cut the idle connection off (idle_timeout; a restart does the same): the
+    next message must not go into the dead connection, lost and counted forwarded."""
+    got: list[bytes] = []
+    url = f"unix://{tmp_path}/idle.sock" if scheme == "unix" else "tcp://127.0.0.1:0"
+    server = fastipc.serve(url, lambda msg, peer: got.append(msg), idle_timeout=0.3).start()
+    try:
+        with fastipc.bridge(nats_server.url("t.idle"), server.address) as into:
+            _nats_publish(nats_server, "t.idle", [b"m1"], 0)
+            assert _eventually(lambda: got == [b"m1"]), "m1 never arrived"
+            time.sleep(1.0)  # the server drops the bridge's idle connection
+            _nats_publish(nats_server, "t.idle", [b"m2", b"m3"], 0.1)
+            assert _eventually(lambda: len(got) == 3, timeout=10), f"got {got}, {into.stats}"
+    finally:
+        server.close()
+    assert got == [b"m1", b"m2", b"m3"]
+    s = into.stats
+    assert s.forwarded == 3 and s.undelivered == 0, s
+    _accounted(into)

@@ -78,7 +78,9 @@ class Bridge:
     * ``unix://PATH``, ``tcp://HOST:PORT``: Channels (length framing). As a
       source the bridge *listens* there and every client's messages are
       forwarded; as a destination it *connects* to a server there (and
-      reconnects after a failure, on the next message).
+      reconnects, on the next message, after a failure or once the server
+      closed the connection: ``idle_timeout``, a restart; a send that fails
+      is tried once more on a new connection).
 
     Local -> NATS: each message is published on the subject. NATS -> local:
     the bridge subscribes (``nats://.../subject?queue=workers`` joins queue

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Callable
 
@@ -326,7 +327,14 @@ class _ListenerSource(Source):
 
 
 class _ChannelSink(Sink):
-    """The bridge connects to a Channel server; it reconnects on the next message after a failure."""
+    """The bridge connects to a Channel server; it reconnects on the next message after a failure.
+
+    Before each message it looks at the connection: a server that closed it
+    (``idle_timeout``, a restart) is connected to again rather than written
+    to (over tcp the write would succeed and the message vanish). A send
+    that fails is tried once more on a new connection. A round trip whose
+    reply did not come is not sent again (the server may have acted on it).
+    """
 
     answers = True
 
@@ -334,28 +342,50 @@ class _ChannelSink(Sink):
         self.url = url
         self._ch: Channel | None = channel
 
-    async def _channel(self) -> Channel:
+    async def _channel(self, asking: bool) -> Channel:
+        if self._ch is not None and not self._still_open(self._ch, asking):
+            self._drop()
         if self._ch is None:
             self._ch = await Channel.connect(self.url, timeout=5.0)
         return self._ch
+
+    def _still_open(self, ch: Channel, asking: bool) -> bool:
+        """False when the server closed the connection (its end of stream waits in the socket)."""
+        p = select.poll()
+        p.register(ch.sync.fileno(), select.POLLRDHUP)
+        if not p.poll(0):
+            return True
+        log.info("%s: the server closed the connection; connecting again", self.url)
+        return False
 
     def _drop(self) -> None:
         if self._ch is not None:
             self._ch.close()
             self._ch = None
 
-    async def put(self, data: bytes) -> None:
-        ch = await self._channel()
+    async def _send(self, data: bytes, asking: bool) -> Channel:
+        """Send ``data``; after a failure, once more on a new connection. Returns the channel."""
+        ch = await self._channel(asking)
+        try:
+            await ch.send(data)
+            return ch
+        except (OSError, Closed) as exc:
+            self._drop()
+            log.info("%s: send failed (%s); connecting again", self.url, exc)
+        ch = await self._channel(asking)
         try:
             await ch.send(data)
         except (OSError, Closed, ValueError) as exc:
             self._drop()
             raise ConnectionError(f"{self.url}: could not send: {exc}") from None
+        return ch
+
+    async def put(self, data: bytes) -> None:
+        await self._send(data, False)
 
     async def round_trip(self, data: bytes, timeout: float) -> bytes:
-        ch = await self._channel()
+        ch = await self._send(data, True)
         try:
-            await ch.send(data)
             return await ch.recv(timeout=timeout)
         except Timeout:
             # A late reply would be taken as the next request's: start afresh.
