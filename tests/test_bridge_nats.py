@@ -613,3 +613,38 @@ def test_a_channel_server_that_dropped_the_bridge_gets_the_next_message_on_a_new
     s = into.stats
     assert s.forwarded == 3 and s.undelivered == 0, s
     _accounted(into)
+
+
+def test_an_extra_reply_from_the_channel_server_never_reaches_the_next_requester(
+    nats_server: NatsServer, tmp_path: os.PathLike[str]
+) -> None:
+    """A server that answers one request twice: the extra message is dropped (and logged)
+    before the next request, not passed to the next requester as its reply."""
+    import asyncio
+
+    import nats
+
+    def answer(msg: bytes, peer: fastipc.Channel) -> bytes:
+        if msg == b"req-1":
+            peer.send(b"req-1 extra")
+        return b"to " + msg
+
+    path = os.path.join(tmp_path, "twice.sock")
+    server = fastipc.serve(f"unix://{path}", answer).start()
+    answers: list[bytes] = []
+
+    async def ask() -> None:
+        nc = await nats.connect(f"nats://127.0.0.1:{nats_server.port}")
+        for i in range(1, 4):
+            answers.append((await nc.request("t.twice", b"req-%d" % i, timeout=5)).data)
+            await asyncio.sleep(0.1)  # the extra message is in the bridge's socket by now
+        await nc.close()
+
+    try:
+        with fastipc.bridge(nats_server.url("t.twice"), f"unix://{path}", request=True) as br:
+            asyncio.run(ask())
+    finally:
+        server.close()
+    assert answers == [b"req-1 extra", b"to req-2", b"to req-3"], answers
+    assert br.stats.forwarded == 3, br.stats
+    _accounted(br)

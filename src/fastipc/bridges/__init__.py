@@ -93,7 +93,10 @@ class Bridge:
     -> NATS: each message of a connected client is sent as a NATS request and
     the reply sent back to that client (a failed request closes that
     client's connection, so it sees :class:`~fastipc.Closed` rather than
-    waiting). ``request_timeout`` (seconds) bounds each round trip.
+    waiting). ``request_timeout`` (seconds) bounds each round trip. A
+    Channel server's message that answers no request (a second reply) is
+    dropped and logged before the next request is sent, so it never
+    reaches the wrong requester.
 
     Limits and reliability:
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import select
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Callable
 
@@ -331,9 +330,11 @@ class _ChannelSink(Sink):
 
     Before each message it looks at the connection: a server that closed it
     (``idle_timeout``, a restart) is connected to again rather than written
-    to (over tcp the write would succeed and the message vanish). A send
-    that fails is tried once more on a new connection. A round trip whose
-    reply did not come is not sent again (the server may have acted on it).
+    to (over tcp the write would succeed and the message vanish), and what
+    the server sent unasked (an extra reply) is read and dropped, so each
+    reply answers the request just sent. A send that fails is tried once
+    more on a new connection. A round trip whose reply did not come is not
+    sent again (the server may have acted on it).
     """
 
     answers = True
@@ -350,13 +351,28 @@ class _ChannelSink(Sink):
         return self._ch
 
     def _still_open(self, ch: Channel, asking: bool) -> bool:
-        """False when the server closed the connection (its end of stream waits in the socket)."""
-        p = select.poll()
-        p.register(ch.sync.fileno(), select.POLLRDHUP)
-        if not p.poll(0):
-            return True
-        log.info("%s: the server closed the connection; connecting again", self.url)
-        return False
+        """Drop what the server sent unasked; False when it closed the connection.
+
+        A zero-time receive, not a poll: what came with the last reply may
+        already sit in the channel's own buffer, where a poll cannot see it.
+        """
+        extra = 0
+        try:
+            while True:
+                ch.sync.recv(timeout=0)
+                extra += 1
+        except Timeout:
+            return True  # nothing more buffered: the peer is still there
+        except (OSError, Closed, ValueError) as exc:
+            log.info("%s: the server closed the connection (%s); connecting again", self.url, exc)
+            return False
+        finally:
+            if extra:  # a request's extra reply is a fault; a one-way server's answers are not
+                (log.warning if asking else log.debug)(
+                    "%s: dropped %d messages the server sent unasked (not replies to a request)",
+                    self.url,
+                    extra,
+                )
 
     def _drop(self) -> None:
         if self._ch is not None:
