@@ -648,3 +648,78 @@ def test_an_extra_reply_from_the_channel_server_never_reaches_the_next_requester
     assert answers == [b"req-1 extra", b"to req-2", b"to req-3"], answers
     assert br.stats.forwarded == 3, br.stats
     _accounted(br)
+
+
+def test_a_listener_out_of_fds_retries_and_serves_the_clients_that_come_later(
+    nats_server: NatsServer, names: list[str], tmp_path: os.PathLike[str]
+) -> None:
+    """accept() failing with EMFILE pauses the listener, it does not end it for good while
+    the bridge still claims to run."""
+    import resource
+
+    out = _ring(names)
+    path = os.path.join(tmp_path, "starved.sock")
+    subject = nats_server.url("t.starved")
+    with (
+        fastipc.bridge(subject, f"shm://{out.name}"),
+        fastipc.bridge(f"unix://{path}", subject) as from_clients,
+    ):
+        socks = [socket.socket(socket.AF_UNIX) for _ in range(3)]  # fds made before the limit
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        fillers = [os.open(os.devnull, os.O_RDONLY)]  # take every free fd below the highest
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        while fillers[-1] < highest:
+            fillers.append(os.open(os.devnull, os.O_RDONLY))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))  # no new fd anywhere
+        try:
+            for s in socks:
+                s.connect(path)  # waits in the backlog: the bridge's accept() gets EMFILE
+            time.sleep(0.5)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            for fd in fillers:
+                os.close(fd)
+        for s in socks:
+            s.close()
+        with fastipc.Channel.connect(f"unix://{path}") as late:
+            late.send(b"late")
+            assert out.recv(timeout=10) == b"late"
+        assert from_clients.running and from_clients.error is None
+    assert from_clients.stats.forwarded == 1, from_clients.stats
+    out.close()
+
+
+def _fd_of_listening_socket(port: int) -> socket.socket:
+    """This process's listening tcp socket on ``port`` (a dup of it)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+        except OSError:
+            continue  # the listing's own fd
+        s = socket.socket(fileno=os.dup(int(name)))
+        try:
+            if (
+                s.type == socket.SOCK_STREAM
+                and s.getsockname()[1:2] == (port,)
+                and s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            ):
+                return s
+        except (OSError, IndexError, TypeError):
+            pass
+        s.close()
+    raise AssertionError(f"no listening socket on port {port}")
+
+
+def test_a_listener_that_fails_for_good_stops_the_bridge_with_the_error(
+    nats_server: NatsServer,
+) -> None:
+    """shutdown() on the listening socket makes accept() fail (EINVAL) for good: the bridge
+    must stop and say why, not run on without a listener."""
+    with fastipc.bridge("tcp://127.0.0.1:0", nats_server.url("t.dead")) as br:
+        port = int(br.local_url.rsplit(":", 1)[1])
+        with _fd_of_listening_socket(port) as lis:
+            lis.shutdown(socket.SHUT_RD)
+        assert br.wait(timeout=10), "the bridge ran on without its listener"
+    assert isinstance(br.error, OSError), br.error
+    assert br.stats.last_error is not None and "failed" in br.stats.last_error

@@ -77,7 +77,9 @@ class Bridge:
       at close); priorities are not carried;
     * ``unix://PATH``, ``tcp://HOST:PORT``: Channels (length framing). As a
       source the bridge *listens* there and every client's messages are
-      forwarded; as a destination it *connects* to a server there (and
+      forwarded (out of fds, it stops accepting for a moment and tries
+      again every 0.1 s; a listener that fails otherwise stops the bridge
+      with that :attr:`error`); as a destination it *connects* to a server there (and
       reconnects, on the next message, after a failure or once the server
       closed the connection: ``idle_timeout``, a restart; a send that fails
       is tried once more on a new connection).
@@ -288,8 +290,9 @@ class Bridge:
         """Wait (Ctrl-C-able) until the bridge has stopped; return True if it has.
 
         It stops by :meth:`close`, when its ring source is shut down and
-        drained or its ring destination is shut down, or when the NATS
-        connection is closed for good (``max_reconnects`` reached).
+        drained or its ring destination is shut down, when its listener
+        fails, or when the NATS connection is closed for good
+        (``max_reconnects`` reached); :attr:`error` says why.
         """
         thread = self._thread
         if thread is None:

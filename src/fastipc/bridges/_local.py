@@ -21,6 +21,7 @@ Everything here runs on the bridge's event loop thread; no call blocks it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Callable
@@ -299,6 +300,13 @@ class _ClientStream(Stream):
         self._ch.close()
 
 
+#: accept() errors that pass: out of fds or memory (retried every _RETRY seconds)...
+_STARVED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: ...and a client that gave up (or was refused) before it was accepted.
+_CLIENT_GAVE_UP = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+_RETRY = 0.1
+
+
 class _ListenerSource(Source):
     """The bridge listens (a unix socket file of its own, or a tcp port); each client is a stream."""
 
@@ -309,11 +317,27 @@ class _ListenerSource(Source):
         self._clients: set[_ClientStream] = set()
 
     async def streams(self) -> AsyncIterator[Stream]:
+        starved = False
         while True:
             try:
                 channel = await self._listener.accept()
             except ValueError:
                 return  # closed
+            except OSError as exc:
+                if exc.errno in _CLIENT_GAVE_UP:
+                    continue
+                if exc.errno not in _STARVED:  # the listener is broken: the bridge stops
+                    raise OSError(exc.errno, f"{self.url}: accept failed: {exc.strerror}") from None
+                # Out of fds or memory: the clients wait in the backlog; try again
+                # shortly rather than spin (or end the listener for good).
+                if not starved:
+                    log.warning("%s: accept failed: %s; retrying every %g s", self.url, exc, _RETRY)
+                starved = True
+                await asyncio.sleep(_RETRY)
+                continue
+            if starved:
+                log.warning("%s: accept works again", self.url)
+                starved = False
             stream = _ClientStream(channel, f"{self.url} (client {len(self._clients) + 1})")
             self._clients.add(stream)
             yield stream

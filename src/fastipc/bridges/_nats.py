@@ -214,7 +214,8 @@ async def run(
             ready(sink.url)
         stopper = asyncio.ensure_future(stop.wait())
         done = asyncio.ensure_future(ended.wait())
-        await asyncio.wait({stopper, done}, return_when=asyncio.FIRST_COMPLETED)
+        # A pump that ends by itself failed (a broken listener): stop, then raise its error.
+        await asyncio.wait({stopper, done, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         done.cancel()
         stop.set()  # the pumps finish their round and return
@@ -224,7 +225,9 @@ async def run(
             _, late = await asyncio.wait(tasks, timeout=opts.close_timeout)
             for task in late:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    raise outcome
     finally:
         for task in tasks:
             task.cancel()
@@ -265,6 +268,9 @@ async def _until(stop: asyncio.Event, work: Any) -> Any:
     stopper = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()  # not left behind to fail on a closed endpoint, unseen
+        raise
     finally:
         stopper.cancel()
     if task.done():
@@ -294,7 +300,8 @@ async def _each_stream(
     """Run ``forward`` on every stream of ``source`` (a listener has one per client).
 
     A source of one stream (a ring, a queue) ends the bridge when its stream
-    ends (a ring shut down and drained); a listener runs until stopped.
+    ends (a ring shut down and drained); a listener runs until stopped, and
+    raises if it stops before (so the bridge stops with that error).
     """
     running: set[asyncio.Task[Any]] = set()
     streams = source.streams()
@@ -303,8 +310,10 @@ async def _each_stream(
             try:
                 stream = await _until(stop, streams.__anext__())
             except StopAsyncIteration:
-                return
+                stream = None
             if stream is None:
+                if not stop.is_set() and not source.single:
+                    raise RuntimeError(f"{source.url}: the listener stopped accepting clients")
                 return
             task = asyncio.ensure_future(forward(stream, nc, remote, opts, counts, connected, stop))
             if source.single:
