@@ -723,3 +723,32 @@ def test_a_listener_that_fails_for_good_stops_the_bridge_with_the_error(
         assert br.wait(timeout=10), "the bridge ran on without its listener"
     assert isinstance(br.error, OSError), br.error
     assert br.stats.last_error is not None and "failed" in br.stats.last_error
+
+
+def test_a_client_that_left_is_forgotten(
+    nats_server: NatsServer, tmp_path: os.PathLike[str]
+) -> None:
+    """The listener keeps no client's channel once its connection ended (each one held
+    some 220 KiB: a server with short-lived clients grew without end)."""
+    import gc
+
+    path = os.path.join(tmp_path, "brief.sock")
+    with fastipc.bridge(f"unix://{path}", nats_server.url("t.brief")) as br:
+        _finish(
+            _child(
+                f"""
+                import fastipc
+                for i in range(100):
+                    with fastipc.Channel.connect("unix://{path}") as ch:
+                        ch.send(b"hi")
+                """
+            )
+        )
+        assert _eventually(lambda: br.stats.forwarded == 100, timeout=10), br.stats
+
+        def live() -> int:
+            gc.collect()
+            return sum(isinstance(o, fastipc.aio.Channel) for o in gc.get_objects())
+
+        assert _eventually(lambda: live() == 0, timeout=5), f"{live()} client channels kept"
+    _accounted(br)

@@ -284,11 +284,12 @@ class _QueueEnd(Stream, Source, Sink):
 
 
 class _ClientStream(Stream):
-    """One client connected to the bridge's listener."""
+    """One client connected to the bridge's listener; ``ended(self)`` once its stream ends."""
 
-    def __init__(self, channel: Channel, url: str) -> None:
+    def __init__(self, channel: Channel, url: str, ended: Callable[[_ClientStream], None]) -> None:
         self._ch = channel
         self.name = url
+        self._ended = ended
 
     async def take(self, max_count: int) -> list[bytes]:
         return await self._ch.recv_many(max_count)
@@ -298,6 +299,7 @@ class _ClientStream(Stream):
 
     def end(self) -> None:
         self._ch.close()
+        self._ended(self)
 
 
 #: accept() errors that pass: out of fds or memory (retried every _RETRY seconds)...
@@ -314,7 +316,9 @@ class _ListenerSource(Source):
         self._listener = listener
         self.url = listener.url
         self.single = False
+        #: The clients connected now (forgotten as each leaves: each holds its buffers).
         self._clients: set[_ClientStream] = set()
+        self._accepted = 0
 
     async def streams(self) -> AsyncIterator[Stream]:
         starved = False
@@ -338,15 +342,17 @@ class _ListenerSource(Source):
             if starved:
                 log.warning("%s: accept works again", self.url)
                 starved = False
-            stream = _ClientStream(channel, f"{self.url} (client {len(self._clients) + 1})")
+            self._accepted += 1
+            name = f"{self.url} (client {self._accepted})"
+            stream = _ClientStream(channel, name, self._clients.discard)
             self._clients.add(stream)
             yield stream
+            del channel, stream  # not kept alive by this frame until the next client
 
     def close(self) -> None:
         self._listener.close()
-        for client in self._clients:
+        for client in list(self._clients):  # each end() removes itself
             client.end()
-        self._clients.clear()
 
 
 class _ChannelSink(Sink):

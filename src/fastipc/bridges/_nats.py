@@ -322,6 +322,7 @@ async def _each_stream(
                 return
             running.add(task)
             task.add_done_callback(running.discard)
+            del stream, task  # a client that left is not kept alive by this frame
     finally:
         if running:
             await asyncio.wait(set(running), timeout=opts.close_timeout)
