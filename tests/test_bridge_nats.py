@@ -752,3 +752,20 @@ def test_a_client_that_left_is_forgotten(
 
         assert _eventually(lambda: live() == 0, timeout=5), f"{live()} client channels kept"
     _accounted(br)
+
+
+def test_messages_still_queued_in_nats_py_at_close_are_received_and_undelivered(
+    nats_server: NatsServer, names: list[str]
+) -> None:
+    """A full ring nobody reads: at close, what waited in nats-py counts as received and
+    undelivered, the one in hand as undelivered, so received == the sum of the outcomes."""
+    out = _ring(names, 4096)  # full after a few dozen messages
+    with fastipc.bridge(nats_server.url("t.full"), f"shm://{out.name}", close_timeout=0.5) as br:
+        _nats_publish(nats_server, "t.full", [b"x" * 100] * 200, 0)
+        assert _eventually(lambda: br.stats.received > 0), br.stats
+        time.sleep(0.3)
+    s = br.stats
+    assert s.forwarded == len(out), (s, len(out))
+    assert s.received == 200, s
+    _accounted(br)
+    out.close()

@@ -37,7 +37,8 @@ class BridgeStats:
     """A snapshot of what a bridge did, in messages (see :class:`Bridge` for each outcome).
 
     Once the bridge has stopped, ``received == forwarded + too_large +
-    unconfirmed + undelivered``.
+    unconfirmed + undelivered`` (messages from NATS still queued in
+    nats-py at close count as received and undelivered).
     """
 
     received: int

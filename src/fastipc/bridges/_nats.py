@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -190,6 +191,7 @@ async def run(
     source: Source | None = None
     sink: Sink | None = None
     sub: Any = None
+    settle: Callable[[Any], Awaitable[None]] | None = None
     ended = asyncio.Event()  # the local endpoint is done (a ring shut down and drained)
     try:
         if to_nats:
@@ -203,7 +205,7 @@ async def run(
             ready(source.url)
         else:
             sink = await open_sink(local)
-            deliver = _make_delivery(sink, nc, remote, opts, counts, ended)
+            deliver, settle = _make_delivery(sink, nc, remote, opts, counts, ended)
             sub = await nc.subscribe(
                 remote.subject,
                 queue=remote.queue or "",
@@ -220,7 +222,7 @@ async def run(
         done.cancel()
         stop.set()  # the pumps finish their round and return
         if sub is not None:
-            await _drain(sub, opts, counts)
+            await _drain(sub, opts)
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=opts.close_timeout)
             for task in late:
@@ -237,22 +239,25 @@ async def run(
         except Exception as exc:  # noqa: BLE001 - closing: the local side must close regardless
             log.debug("bridge: closing the NATS connection: %r", exc)
         finally:
-            if source is not None:
-                source.close()
-            if sink is not None:
-                sink.close()
+            try:
+                if settle is not None and sub is not None:
+                    await settle(sub)  # the connection is closed: nothing more arrives
+            finally:
+                if source is not None:
+                    source.close()
+                if sink is not None:
+                    sink.close()
 
 
-async def _drain(sub: Any, opts: Options, counts: Counters) -> None:
-    """Unsubscribe and deliver what already arrived (up to close_timeout); count the rest."""
+async def _drain(sub: Any, opts: Options) -> None:
+    """Unsubscribe and deliver what already arrived (up to close_timeout).
+
+    What is left is counted once the connection is closed (the delivery's settle).
+    """
     try:
         await asyncio.wait_for(sub.drain(), opts.close_timeout)
     except Exception as exc:  # noqa: BLE001 - a timeout, or the connection is gone
         log.debug("bridge: draining the subscription: %r", exc)
-    left = sub.pending_msgs
-    if left:  # counted as received when they arrived
-        counts.undelivered += left
-        counts.error("close", f"{left} messages from NATS were still waiting at close")
 
 
 async def _until(stop: asyncio.Event, work: Any) -> Any:
@@ -512,21 +517,50 @@ async def _requests_to_nats(
 
 def _make_delivery(
     sink: Sink, nc: Any, remote: Endpoint, opts: Options, counts: Counters, ended: asyncio.Event
-) -> Callable[[Any], Any]:
-    """The subscription's callback: one NATS message -> the local endpoint (or a round trip)."""
+) -> tuple[Callable[[Any], Any], Callable[[Any], Awaitable[None]]]:
+    """The subscription's callback (one NATS message -> the local endpoint, or a round trip),
+    and ``settle(sub)``, which counts at close what the callback never got to."""
     errors = _import_nats().errors
     local = sink.url
+    busy: set[asyncio.Task[Any]] = set()  # nats-py's tasks now in a delivery
+    settled = False
 
     async def deliver(msg: Any) -> None:
+        if settled:
+            return  # counted by settle() with the queue it came from
         counts.received += 1
         if ended.is_set():
             counts.undelivered += 1
             return
+        task = asyncio.current_task()
+        assert task is not None
+        busy.add(task)
         try:
             await _deliver_one(msg)
         except asyncio.CancelledError:  # closed while the local side was not taking it
-            counts.undelivered += 1
+            if not settled:
+                counts.undelivered += 1
             raise
+        finally:
+            busy.discard(task)
+
+    async def settle(sub: Any) -> None:
+        """Once the connection is closed: count what nats-py still queued, and a stuck delivery.
+
+        Closing cancelled nats-py's delivery task; a delivery in flight counts
+        itself as it ends, so it is waited for first (up to close_timeout).
+        """
+        nonlocal settled
+        if busy:
+            await asyncio.wait(set(busy), timeout=opts.close_timeout)
+        settled = True
+        queued = sub.pending_msgs  # never handed to the callback: not yet received
+        counts.received += queued
+        counts.undelivered += queued + len(busy)
+        if queued or busy:
+            counts.error(
+                "close", f"{queued + len(busy)} messages from NATS were still waiting at close"
+            )
 
     async def _deliver_one(msg: Any) -> None:
         try:
@@ -554,4 +588,4 @@ def _make_delivery(
             return
         counts.forwarded += 1
 
-    return deliver
+    return deliver, settle
