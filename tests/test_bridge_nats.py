@@ -769,3 +769,40 @@ def test_messages_still_queued_in_nats_py_at_close_are_received_and_undelivered(
     assert s.received == 200, s
     _accounted(br)
     out.close()
+
+
+def _local_end(kind: str, name: str) -> fastipc.Ring | fastipc.Channel:
+    """Ring ``name``, or a connection to message queue ``/name``."""
+    return Ring.open(name) if kind == "shm" else fastipc.connect(f"mq:///{name}")
+
+
+@pytest.mark.parametrize("kind", ["shm", "mq"])
+def test_a_made_ring_or_queue_that_still_holds_messages_is_kept_at_close(
+    nats_server: NatsServer, names: list[str], kind: str
+) -> None:
+    """Messages wait in the local endpoint while NATS is down; stopping the bridge then must
+    not remove the ring or queue it made with them inside (it removes it once empty)."""
+    name = new_name("nbk")
+    names.append(name)
+    url = f"shm://{name}?capacity=65536" if kind == "shm" else f"mq:///{name}"
+    try:
+        with fastipc.bridge(url, nats_server.url("t.kept"), close_timeout=0.5) as br:
+            time.sleep(0.2)  # the bridge waits on the empty ring or queue
+            nats_server.kill()
+            assert _eventually(lambda: br.stats.disconnects >= 1), "no disconnect seen"
+            with _local_end(kind, name) as producer:
+                producer.send(b"w0", timeout=5)  # taken, held for the reconnect
+                assert _eventually(lambda: br.stats.received == 1), br.stats
+                for i in range(1, 11):
+                    producer.send(b"w%d" % i, timeout=5)  # these wait in the ring or queue
+            time.sleep(0.3)
+        assert br.stats.received == 1 and br.stats.undelivered == 1, br.stats
+        with _local_end(kind, name) as left:  # still there, messages and all
+            got = [left.recv(timeout=5) for _ in range(10)]
+        assert got == [b"w%d" % i for i in range(1, 11)]
+    finally:
+        if kind == "mq":
+            try:
+                os.unlink(f"/dev/mqueue/{name}")
+            except FileNotFoundError:
+                pass

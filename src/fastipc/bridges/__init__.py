@@ -68,14 +68,16 @@ class Bridge:
     (port 4222 when left out), the other local:
 
     * ``shm://NAME``: a Ring, opened (or created when the URL gives
-      ``?capacity=BYTES`` and none exists, then removed when the bridge closes);
+      ``?capacity=BYTES`` and none exists, then removed when the bridge
+      closes, unless messages still wait in it: then it is kept, and logged);
     * ``bcast://NAME``: a broadcast ring (:class:`fastipc.Broadcast`). As a
       source the bridge is one more subscriber (joining at the newest
       message; a lag under ``policy="overwrite"`` is logged and it goes on);
       as a destination it publishes (a full ``policy="block"`` ring is
       retried every millisecond), creating the ring as ``shm://`` does;
     * ``mq:///name``: a POSIX message queue (created if missing, then removed
-      at close); priorities are not carried;
+      at close as a ring is: kept while messages wait in it); priorities
+      are not carried;
     * ``unix://PATH``, ``tcp://HOST:PORT``: Channels (length framing). As a
       source the bridge *listens* there and every client's messages are
       forwarded (out of fds, it stops accepting for a moment and tries
@@ -127,8 +129,10 @@ class Bridge:
       counted ``undelivered``.
     * :meth:`close` (or the end of a ``with`` block) stops taking, delivers
       what is in hand for up to ``close_timeout`` seconds, counts the rest,
-      closes the connection and the local endpoint (removing what the bridge
-      created). A ring source that is shut down and drained ends the bridge.
+      closes the connection and the local endpoint (removing the ring or
+      queue the bridge created, unless messages still wait in it: then it
+      stays, with them). A ring source that is shut down and drained ends
+      the bridge.
 
     Raises (from the constructor) ValueError for a bad URL or pair, and
     (from :meth:`start`) ImportError without nats-py (``pip install
@@ -310,7 +314,8 @@ class Bridge:
 
         Delivers what it holds for up to ``close_timeout`` seconds and counts
         the rest in ``stats.undelivered``; closes the NATS connection and the
-        local endpoint, removing the ring or queue it created.
+        local endpoint, removing the ring or queue it created (kept, and
+        logged, while messages still wait in it).
         """
         thread = self._thread
         if thread is None:

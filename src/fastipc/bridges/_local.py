@@ -131,8 +131,25 @@ class _RingEnd(Stream, Source, Sink):
 
     def close(self) -> None:
         if self._created:
-            self._ring.sync.unlink()
+            _remove_if_empty(self.url, len(self._ring.sync), self._ring.sync.unlink)
         self._ring.close()
+
+
+def _remove_if_empty(url: str, held: int, remove: Callable[[], None]) -> None:
+    """Remove what the bridge made, unless messages still wait in it: keep it, and say so.
+
+    A ring or queue outlives its name only in the processes that have it
+    open: removed, what waits in it could never be taken (or forwarded by
+    the next bridge) again, and no count would show the loss.
+    """
+    if held:
+        log.warning(
+            "%s: not removed at close: %d messages still wait in it (fastipc rm removes it)",
+            url,
+            held,
+        )
+        return
+    remove()
 
 
 # ---------------------------------------------------------------------------
@@ -203,6 +220,9 @@ class _BroadcastSink(Sink):
 
     def close(self) -> None:
         if self._created:
+            # Removed even with messages in it: a subscriber joins at the
+            # newest message, so none is kept for a later one, and those
+            # attached read on from their own mapping.
             self._pub.unlink()
         self._pub.close()
 
@@ -271,11 +291,14 @@ class _QueueEnd(Stream, Source, Sink):
 
     def close(self) -> None:
         if self._created:
-            try:
-                self._q.unlink()
-            except posix_ipc.ExistentialError:
-                pass
+            _remove_if_empty(self.url, self._q.current_messages, self._unlink)
         self._q.close()
+
+    def _unlink(self) -> None:
+        try:
+            self._q.unlink()
+        except posix_ipc.ExistentialError:
+            pass
 
 
 # ---------------------------------------------------------------------------
