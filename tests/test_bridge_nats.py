@@ -486,6 +486,8 @@ def test_ctrl_c_stops_the_cli_bridge_cleanly(nats_server: NatsServer, names: lis
     with Ring.open(name) as r:
         r.send(b"one")
         r.send(b"x" * 2000)
+        # taken (a ring still holding messages would be kept at the bridge's close)
+        assert _eventually(lambda: len(r) == 0), "the CLI bridge did not take the messages"
     proc.send_signal(signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=30)
