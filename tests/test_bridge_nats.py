@@ -808,3 +808,47 @@ def test_a_made_ring_or_queue_that_still_holds_messages_is_kept_at_close(
                 os.unlink(f"/dev/mqueue/{name}")
             except FileNotFoundError:
                 pass
+
+
+def test_ctrl_c_while_the_cli_bridge_is_still_connecting_stops_it_at_once(
+    names: list[str],
+) -> None:
+    """A server that accepts but never greets keeps the bridge connecting: Ctrl-C must not
+    wait out --connect-timeout, and is a clean stop (status 0), not a failure."""
+    try:
+        import nats  # noqa: F401
+    except ImportError:
+        _missing("nats-py is not installed (pip install 'fastipc[nats]')")
+    name = new_name("nbcc")
+    names.append(name)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(5)
+        port = silent.getsockname()[1]
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fastipc",
+                "bridge",
+                f"shm://{name}?capacity=65536",
+                f"nats://127.0.0.1:{port}/t.cc",
+                "--connect-timeout",
+                "30",
+            ],
+            env=child_env(),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.5)  # started, and connecting
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail("the CLI bridge waited out --connect-timeout after SIGINT")
+    assert time.monotonic() - start < 5, "the CLI bridge waited out --connect-timeout"
+    assert proc.returncode == 0, err
+    assert not shm_entries(name)

@@ -221,13 +221,18 @@ class Bridge:
         self._done = threading.Event()
         self._error: BaseException | None = None
         self._local_url = local.url
+        # Set by close(): the loop's stop event may not exist yet (a close
+        # while start() connects), so the loop looks at this once it makes it.
+        self._closing = False
 
     # ---- running --------------------------------------------------------
     def start(self: _BridgeT) -> _BridgeT:
         """Connect to NATS, open the local endpoint, and start forwarding; returns self.
 
         Blocks until the bridge runs (at most about ``connect_timeout`` plus
-        opening the local endpoint). Raises what :class:`Bridge` lists; a
+        opening the local endpoint); a :meth:`close` from another thread
+        meanwhile ends the connecting at once (start() then returns the
+        stopped bridge, no error). Raises what :class:`Bridge` lists; a
         bridge is started once (RuntimeError after).
         """
         from ._nats import Counters, _import_nats
@@ -262,6 +267,8 @@ class Bridge:
 
         async def main() -> None:
             self._stop = asyncio.Event()
+            if self._closing:
+                self._stop.set()
             await run(
                 self._local,
                 self._remote,
@@ -320,6 +327,7 @@ class Bridge:
         thread = self._thread
         if thread is None:
             return
+        self._closing = True
         loop, stop = self._loop, self._stop
         if not self._done.is_set() and loop is not None and stop is not None:
             try:

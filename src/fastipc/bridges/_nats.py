@@ -154,36 +154,41 @@ async def run(
         connected.clear()
         stop.set()
 
+    if stop.is_set():
+        return  # closed before it began
     nc = nats.NATS()
     try:
         # nats-py retries a first connect as often as a reconnect (forever
-        # here): the first one gets connect_timeout in all.
-        await asyncio.wait_for(
-            nc.connect(
-                servers=[server],
-                name=opts.name,
-                allow_reconnect=True,
-                max_reconnect_attempts=opts.max_reconnects,
-                reconnect_time_wait=opts.reconnect_wait,
-                connect_timeout=opts.connect_timeout,
-                pending_size=opts.buffer_bytes,
-                disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
-                error_cb=on_error,
-                closed_cb=on_closed,
+        # here): the first one gets connect_timeout in all. A close (Ctrl-C)
+        # meanwhile ends the attempt rather than waiting it out.
+        await _until(
+            stop,
+            asyncio.wait_for(
+                nc.connect(
+                    servers=[server],
+                    name=opts.name,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=opts.max_reconnects,
+                    reconnect_time_wait=opts.reconnect_wait,
+                    connect_timeout=opts.connect_timeout,
+                    pending_size=opts.buffer_bytes,
+                    disconnected_cb=on_disconnect,
+                    reconnected_cb=on_reconnect,
+                    error_cb=on_error,
+                    closed_cb=on_closed,
+                ),
+                opts.connect_timeout,
             ),
-            opts.connect_timeout,
         )
     except (OSError, asyncio.TimeoutError, errors.Error) as exc:
-        stop.set()  # our close: no callbacks count it
-        try:
-            await asyncio.wait_for(nc.close(), opts.close_timeout)
-        except Exception as close_exc:  # noqa: BLE001 - it never connected
-            log.debug("bridge: closing a failed connection: %r", close_exc)
+        await _abandon(nc, stop, opts)
         why = "no answer" if isinstance(exc, asyncio.TimeoutError) else repr(exc)
         raise ConnectionError(
             f"{server}: cannot connect to the NATS server within {opts.connect_timeout:g} s ({why})"
         ) from None
+    if stop.is_set():  # closed while connecting: a stop, not a failure
+        await _abandon(nc, stop, opts)
+        return
     counts.connected = True
     counts.max_payload = nc.max_payload
     connected.set()
@@ -247,6 +252,15 @@ async def run(
                     source.close()
                 if sink is not None:
                     sink.close()
+
+
+async def _abandon(nc: Any, stop: asyncio.Event, opts: Options) -> None:
+    """Close a connection that never came up."""
+    stop.set()  # our close: no callbacks count it
+    try:
+        await asyncio.wait_for(nc.close(), opts.close_timeout)
+    except Exception as exc:  # noqa: BLE001 - it never connected
+        log.debug("bridge: closing a failed connection: %r", exc)
 
 
 async def _drain(sub: Any, opts: Options) -> None:
