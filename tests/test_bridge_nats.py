@@ -852,3 +852,27 @@ def test_ctrl_c_while_the_cli_bridge_is_still_connecting_stops_it_at_once(
     assert time.monotonic() - start < 5, "the CLI bridge waited out --connect-timeout"
     assert proc.returncode == 0, err
     assert not shm_entries(name)
+
+
+def test_a_request_still_waiting_for_its_reply_at_close_is_counted(
+    nats_server: NatsServer, tmp_path: os.PathLike[str]
+) -> None:
+    """Both bridges of a request/reply pair close while a request waits for a server that
+    never answers: each counts it (undelivered), and no task is left behind."""
+    client_side = os.path.join(tmp_path, "ask.sock")
+    server_side = os.path.join(tmp_path, "mute.sock")
+    server = fastipc.serve(f"unix://{server_side}", lambda msg, peer: None).start()  # no reply
+    subject = nats_server.url("t.mute")
+    opts = {"request": True, "request_timeout": 30, "close_timeout": 0.5}
+    try:
+        responder = fastipc.bridge(subject, f"unix://{server_side}", **opts)
+        requester = fastipc.bridge(f"unix://{client_side}", subject, **opts)
+        with responder, requester, fastipc.Channel.connect(f"unix://{client_side}") as ch:
+            ch.send(b"ask")
+            assert _eventually(lambda: responder.stats.received == 1), responder.stats
+    finally:
+        server.close()
+    for br in (requester, responder):
+        s = br.stats
+        assert s.received == 1 and s.undelivered == 1, s
+        _accounted(br)

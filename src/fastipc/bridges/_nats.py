@@ -19,8 +19,8 @@ the bridge has stopped):
   fell ``pending_bytes`` behind (a slow consumer), or when it was still
   waiting at close.
 * request/reply: ``forwarded`` when the reply went back; ``undelivered``
-  when the request timed out, found no responder, or the local server
-  failed.
+  when the request timed out, found no responder, the local server failed,
+  or it still waited for its reply at close.
 """
 
 from __future__ import annotations
@@ -344,9 +344,13 @@ async def _each_stream(
             del stream, task  # a client that left is not kept alive by this frame
     finally:
         if running:
-            await asyncio.wait(set(running), timeout=opts.close_timeout)
-            for task in list(running):
-                task.cancel()
+            try:
+                await asyncio.wait(set(running), timeout=opts.close_timeout)
+            finally:  # even if this loop is cancelled itself (run() waits as long)
+                for task in list(running):
+                    task.cancel()
+                # Each counts what it held as it ends: before the loop goes.
+                await asyncio.gather(*running, return_exceptions=True)
 
 
 async def _connected_again(nc: Any, connected: asyncio.Event, stop: asyncio.Event) -> bool:
@@ -493,7 +497,6 @@ async def _requests_to_nats(
     A request that fails (too large, timed out, no responder) closes that
     client's connection, so it sees Closed instead of waiting for a reply.
     """
-    errors = _import_nats().errors
     try:
         while True:
             if not await _connected_again(nc, connected, stop):
@@ -506,27 +509,55 @@ async def _requests_to_nats(
                 return
             for message in batch:
                 counts.received += 1
-                if len(message) > nc.max_payload:
-                    _too_large(len(message), nc, remote, counts)
-                    return
                 try:
-                    answer = await nc.request(remote.subject, message, timeout=opts.request_timeout)
-                except (errors.Error, asyncio.TimeoutError) as exc:
+                    go_on = await _request(message, stream, nc, remote, opts, counts, connected)
+                except asyncio.CancelledError:  # stopped past close_timeout
                     counts.undelivered += 1
-                    what = type(exc).__name__
-                    counts.error(
-                        "request", f"{remote.url}: request failed ({what}): closing {stream.name}"
-                    )
+                    counts.error("close", f"{stream.name}: a request had no reply yet at close")
+                    raise
+                if not go_on:
                     return
-                try:
-                    await stream.reply(answer.data)
-                except (OSError, Closed, ValueError) as exc:
-                    counts.undelivered += 1
-                    counts.error("reply", f"{stream.name}: the reply could not be sent back: {exc}")
-                    return
-                counts.forwarded += 1
     finally:
         stream.end()
+
+
+async def _request(
+    message: bytes,
+    stream: Stream,
+    nc: Any,
+    remote: Endpoint,
+    opts: Options,
+    counts: Counters,
+    connected: asyncio.Event,
+) -> bool:
+    """One request, its reply sent back, its outcome counted; False if the client must go."""
+    errors = _import_nats().errors
+    # Taken as the connection broke: a request now would wait in nats-py's
+    # reconnect buffer and likely time out; wait for the reconnect instead.
+    if not await _held_until_connected(nc, connected):
+        counts.undelivered += 1
+        counts.error(
+            "closed", f"{remote.url}: the connection closed for good: closing {stream.name}"
+        )
+        return False
+    if len(message) > nc.max_payload:
+        _too_large(len(message), nc, remote, counts)
+        return False
+    try:
+        answer = await nc.request(remote.subject, message, timeout=opts.request_timeout)
+    except (errors.Error, asyncio.TimeoutError) as exc:
+        counts.undelivered += 1
+        what = type(exc).__name__
+        counts.error("request", f"{remote.url}: request failed ({what}): closing {stream.name}")
+        return False
+    try:
+        await stream.reply(answer.data)
+    except (OSError, Closed, ValueError) as exc:
+        counts.undelivered += 1
+        counts.error("reply", f"{stream.name}: the reply could not be sent back: {exc}")
+        return False
+    counts.forwarded += 1
+    return True
 
 
 def _make_delivery(
