@@ -82,10 +82,10 @@ class Bridge:
       source the bridge *listens* there and every client's messages are
       forwarded (out of fds, it stops accepting for a moment and tries
       again every 0.1 s; a listener that fails otherwise stops the bridge
-      with that :attr:`error`); as a destination it *connects* to a server there (and
-      reconnects, on the next message, after a failure or once the server
-      closed the connection: ``idle_timeout``, a restart; a send that fails
-      is tried once more on a new connection).
+      with that :attr:`error`); as a destination it *connects* to a server
+      there (and reconnects, on the next message, after a failure or once
+      the server closed the connection: ``idle_timeout``, a restart; a send
+      that fails is tried once more on a new connection).
 
     Local -> NATS: each message is published on the subject. NATS -> local:
     the bridge subscribes (``nats://.../subject?queue=workers`` joins queue
@@ -120,10 +120,11 @@ class Bridge:
     * Nothing is ever sent twice. A published batch counts as ``forwarded``
       only once the server confirmed it (a PING/PONG on a connection that
       stayed up); one whose connection broke first is counted
-      ``unconfirmed``: it may or may not have reached the server. Core NATS is at-most-once: a message
-      the server accepted while no subscriber had interest (e.g. before the
-      other side's bridge re-subscribed after a server restart), or lost in
-      the server's own crash, is invisible to both bridges.
+      ``unconfirmed``: it may or may not have reached the server. Core NATS
+      is at-most-once: a message the server accepted while no subscriber
+      had interest (e.g. before the other side's bridge re-subscribed after
+      a server restart), or lost in the server's own crash, is invisible to
+      both bridges.
     * NATS -> local: messages wait in nats-py for the local endpoint up to
       ``pending_bytes``; past that nats-py drops them (a slow consumer),
       counted ``undelivered``.
