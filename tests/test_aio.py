@@ -8,6 +8,7 @@ import random
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -494,6 +495,121 @@ def test_channel_large_send_leaves_the_loop_running(run: Any, kind: str) -> None
                 lst.close()
 
     run(main())
+
+
+def _pair(kind: str) -> tuple[aio.Channel, aio.Channel]:
+    """Two connected channels; over tcp with small buffers (loopback's grow to megabytes)."""
+    if kind == "socketpair":
+        a, b = Channel.pair()
+        return aio.Channel(a), aio.Channel(b)
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
+        c.connect(srv.getsockname())
+        s, _ = srv.accept()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+    return aio.Channel(Channel.from_socket(c)), aio.Channel(Channel.from_socket(s))
+
+
+@pytest.mark.parametrize("kind", ["socketpair", "tcp"])
+@pytest.mark.parametrize("method", ["send", "send_many"])
+@pytest.mark.parametrize("size", [20_000, 60_000])
+def test_channel_concurrent_sends_wait_on_the_loop_not_in_it(
+    run: Any, kind: str, method: str, size: int
+) -> None:
+    """Tasks send to a peer on the same loop that reads only later: none may hold the loop.
+
+    One writable wake-up used to send for every waiting task on the loop thread,
+    and a socket that polls writable need not take a message whole: the sync
+    send then held the loop until its timeout (for ever without one), so the
+    reader never ran and the channel closed with a message half sent.
+    """
+    tasks, per = 6, 4
+
+    async def main() -> None:
+        ca, cb = _pair(kind)
+        try:
+
+            async def sender(i: int) -> None:
+                for j in range(per):
+                    msg = bytes([i, j]) * (size // 2)
+                    if method == "send":
+                        await ca.send(msg, timeout=10)
+                    else:
+                        assert await ca.send_many([msg], timeout=10) == 1
+
+            async def receiver() -> list[bytes]:
+                await asyncio.sleep(0.2)  # the socket fills meanwhile
+                return [await cb.recv(timeout=10) for _ in range(tasks * per)]
+
+            got, *_ = await asyncio.gather(receiver(), *(sender(i) for i in range(tasks)))
+            assert all(len(m) == size for m in got)
+            for i in range(tasks):  # whole, and in order per task
+                assert [m[1] for m in got if m[0] == i] == list(range(per))
+            assert not ca.closed
+        finally:
+            ca.close()
+            cb.close()
+
+    run(main())
+
+
+def test_channel_send_on_a_small_sndbuf_never_holds_the_loop(run: Any) -> None:
+    """A socket with a small SO_SNDBUF polls writable with room for far less than 40 KB."""
+    s1, s2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    s1.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    ca, cb = aio.Channel(Channel.from_socket(s1)), aio.Channel(Channel.from_socket(s2))
+
+    async def main() -> None:
+        async def receiver() -> list[int]:
+            await asyncio.sleep(0.05)
+            return [len(await cb.recv(timeout=10)) for _ in range(6)]
+
+        async def sender() -> None:
+            for _ in range(3):
+                await ca.send(bytes(40_000), timeout=10)
+
+        got, *_ = await asyncio.gather(receiver(), sender(), sender())
+        assert got == [40_000] * 6
+
+    try:
+        run(main())
+    finally:
+        ca.close()
+        cb.close()
+
+
+def test_channel_small_send_waits_its_turn_behind_a_large_one(run: Any) -> None:
+    """A small send waiting for room, woken while a large send goes out in its thread.
+
+    It used to make its sync send on the loop thread then, waiting there for the
+    thread's turn, while the reader of the large message ran on the same loop.
+    """
+    big = 8 << 20
+    a, b = Channel.pair(handoff_min=0)
+    ca, cb = aio.Channel(a), aio.Channel(b)
+
+    async def main() -> None:
+        filled = 0
+        with pytest.raises(Timeout):
+            while True:
+                a.send(b"f" * 4000, timeout=0)
+                filled += 1
+        small = asyncio.ensure_future(ca.send(b"small", timeout=10))
+        await asyncio.sleep(0.01)
+        assert not small.done()  # waiting for room
+        for _ in range(filled):
+            b.recv(timeout=1)
+        large = asyncio.ensure_future(ca.send(bytes(big), timeout=10))
+        got = [len(await cb.recv(timeout=10)), len(await cb.recv(timeout=10))]
+        await asyncio.gather(small, large)
+        assert got == [5, big]  # in the order they were awaited
+
+    try:
+        run(main())
+    finally:
+        ca.close()
+        cb.close()
 
 
 def test_channel_recv_gets_closed_when_the_peer_process_is_killed(run: Any, spawn: Any) -> None:

@@ -14,7 +14,7 @@ from ..channel import Listener as _SyncListener
 from ..channel import listen as _sync_listen
 from ..endpoints import parse
 from ..errors import Closed, Timeout, timed_out
-from ._waiting import Waiters, deadline_of, monotonic, sleep_on
+from ._waiting import BUSY_PAUSE_MAX, Waiters, deadline_of, monotonic, sleep_on
 
 __all__ = ["DIRECT_MAX", "Channel", "Handler", "Listener", "Server", "listen", "serve"]
 
@@ -32,16 +32,21 @@ class Channel:
     :class:`~fastipc.Closed`; :meth:`close` (any thread) makes it raise
     ValueError.
 
-    Sends: a message under :data:`DIRECT_MAX` bytes is sent on the loop
-    thread once the socket polls writable (a writable socket takes it
-    whole). A larger one may outgrow the socket's free buffer (or wait
-    for hand-off space), and a stream cannot take half a message and
-    resume later, so a thread of its own makes that sync send while the
-    loop runs on; the await returns when it is done, and sends stay in
-    order (the next waits for it). Cancelling such an await (a timeout,
-    Ctrl-C ending ``asyncio.run``) while the message is still going out
-    abandons it midway, which closes the channel, as an interrupted sync
-    send does: the peer gets Closed, never part of a message.
+    Sends take turns on the handle (in the order they were awaited) and
+    never block the loop. On a unix socket, a frame of up to
+    :data:`DIRECT_MAX` bytes that the kernel queues in one buffer (at most
+    half of ``SO_SNDBUF``) is taken whole or refused whole, so such a send
+    is a non-blocking sync call on the loop thread, repeated whenever the
+    socket polls writable; cancelling it waiting sends nothing. Any other
+    message (larger, or on tcp, where a socket may take part of any write)
+    may be taken in parts, and a stream cannot take half a message and
+    resume later, so a thread of its own makes that sync send once the
+    socket polls writable, while the loop runs on; the await returns when
+    it is done, and the next send waits for it. Cancelling such an await (a
+    timeout, Ctrl-C ending ``asyncio.run``) while the message is still
+    going out abandons it midway, which closes the channel, as an
+    interrupted sync send does: the peer gets Closed, never part of a
+    message.
     """
 
     def __init__(self, channel: _SyncChannel) -> None:
@@ -52,8 +57,10 @@ class Channel:
         fd = channel.fileno()
         self._rd = Waiters(fd, False, False)
         self._wr = Waiters(fd, True, False)
-        #: The worker thread's send in flight (a large message), if any.
-        self._sending: asyncio.Future[Any] | None = None
+        #: The last send's turn: done once that send is over (the next goes then).
+        self._last: asyncio.Future[None] | None = None
+        #: A unix socket: frames that fit one kernel buffer go whole or not at all.
+        self._unix = _family(fd) == socket.AF_UNIX
 
     @classmethod
     async def connect(cls, url: str, timeout: float | None = None, **kwargs: Any) -> Channel:
@@ -199,8 +206,51 @@ class Channel:
             if await sleep_on(self._wr, deadline):
                 return
 
+    async def _writable_now(self, deadline: float | None) -> None:
+        self._check_open()
+        if not _poll_out(self._ch.fileno()):
+            await self._writable(deadline)
+
+    async def _room(self, deadline: float | None, pause: float) -> float:
+        """Wait for the socket to poll writable; return the next busy pause.
+
+        ``pause`` > 0: a send was just refused though the socket polled
+        writable (another thread's sync send holds the turn): sleep that long.
+        """
+        self._check_open()
+        if deadline is not None and monotonic() >= deadline:
+            raise timed_out(f"channel {self.name}", True)
+        if not _poll_out(self._ch.fileno()):
+            await self._writable(deadline)
+            return 0.0
+        await asyncio.sleep(pause)
+        return min(max(pause * 2, 20e-6), BUSY_PAUSE_MAX)
+
     def _remaining(self, deadline: float | None) -> float | None:
         return None if deadline is None else max(0.0, deadline - monotonic())
+
+    def _whole_or_nothing(self, nbytes: int) -> bool:
+        """Whether the socket takes ``nbytes`` of frames in one write whole or not at all.
+
+        A unix stream socket queues a write in kernel buffers of up to half
+        its SO_SNDBUF less 64 bytes (and up to 32 KiB and a page), each
+        allocated whole or refused (EAGAIN): a write that fits one buffer is
+        never cut. tcp may cut any write.
+        """
+        if not self._unix or nbytes > DIRECT_MAX:
+            return False
+        if nbytes <= _ANY_SNDBUF:
+            return True
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, self._ch.fileno())
+        except (OSError, ValueError):
+            return False  # closed: the send says so
+        try:
+            return nbytes <= sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2 - 64
+        except OSError:
+            return False
+        finally:
+            sock.detach()
 
     async def send(self, data: Any, fds: Iterable[Any] = (), timeout: float | None = None) -> None:
         """Send one message (bytes-like) with ``fds`` attached, once the socket is writable.
@@ -209,54 +259,95 @@ class Channel:
         MessageTooLarge, TypeError, ValueError (closed).
         """
         deadline = deadline_of(timeout)
-        await self._turn(deadline)
-        if not _poll_out(self._ch.fileno()):
-            await self._writable(deadline)
-        if _nbytes(data) < DIRECT_MAX:
-            self._ch.send(data, fds, timeout=self._remaining(deadline))
-            return
-        fds = list(fds)  # read now, on this thread
-        await self._in_worker(lambda: self._ch.send(data, fds, timeout=self._remaining(deadline)))
+        fds = list(fds)  # read now, once
+        turn = await self._turn(deadline)
+        worker: asyncio.Future[Any] | None = None
+        try:
+            send = self._ch.send
+            if self._whole_or_nothing(_nbytes(data) + 8):
+                pause = 0.0
+                while True:
+                    try:
+                        return send(data, fds, timeout=0)
+                    except Timeout:
+                        pass  # refused whole: nothing went
+                    pause = await self._room(deadline, pause)
+            await self._writable_now(deadline)
+            worker = _in_thread(lambda: send(data, fds, timeout=self._remaining(deadline)))
+            await self._in_worker(worker)
+        finally:
+            self._pass_turn(turn, worker)
 
     async def send_many(self, buffers: Iterable[Any], timeout: float | None = None) -> int:
         """Send each buffer as one message, with few syscalls; return how many.
 
-        A batch of :data:`DIRECT_MAX` bytes or more goes through the worker
+        A batch that a unix socket takes whole or not at all (see the class)
+        is sent on the loop thread, whole messages at a time: Timeout and
+        Closed carry ``sent``, and a cancelled call may have sent a prefix of
+        the messages (each whole). Any other batch goes through the worker
         thread as a large :meth:`send` does.
         """
         deadline = deadline_of(timeout)
-        await self._turn(deadline)
-        if not _poll_out(self._ch.fileno()):
-            await self._writable(deadline)
         batch = list(buffers)
-        if sum(_nbytes(b) for b in batch) < DIRECT_MAX:
-            return self._ch.send_many(batch, timeout=self._remaining(deadline))
-        return int(
-            await self._in_worker(
-                lambda: self._ch.send_many(batch, timeout=self._remaining(deadline))
-            )
-        )
+        turn = await self._turn(deadline)
+        worker: asyncio.Future[Any] | None = None
+        try:
+            send_many = self._ch.send_many
+            if self._whole_or_nothing(sum(_nbytes(b) + 8 for b in batch)):
+                sent = 0
+                pause = 0.0
+                while True:
+                    try:
+                        return sent + send_many(batch[sent:] if sent else batch, timeout=0)
+                    except Timeout as exc:
+                        sent += exc.sent  # whole messages: the rest was refused whole
+                    except Closed as exc:
+                        if not sent:
+                            raise
+                        raise Closed(str(exc), sent=sent + exc.sent) from None
+                    try:
+                        pause = await self._room(deadline, pause)
+                    except Timeout:
+                        raise timed_out(f"channel {self.name}", True, sent) from None
+            await self._writable_now(deadline)
+            worker = _in_thread(lambda: send_many(batch, timeout=self._remaining(deadline)))
+            sent_all: int = await self._in_worker(worker)
+            return sent_all
+        finally:
+            self._pass_turn(turn, worker)
 
-    async def _turn(self, deadline: float | None) -> None:
-        """Wait for the worker's send in flight (sends stay in order); its error was its caller's."""
-        while (busy := self._sending) is not None:
+    async def _turn(self, deadline: float | None) -> asyncio.Future[None]:
+        """Wait for the sends awaited before this one; return this send's turn (see _pass_turn)."""
+        loop = asyncio.get_running_loop()
+        before = self._last
+        turn: asyncio.Future[None] = loop.create_future()
+        self._last = turn
+        if before is None or before.done() or before.get_loop() is not loop:
+            return turn
+        try:
             left = self._remaining(deadline)
             if left is not None and left <= 0:
-                raise timed_out(f"channel {self.name}", True)
-            try:
-                await asyncio.wait_for(asyncio.shield(busy), left)
-            except asyncio.TimeoutError:
+                raise asyncio.TimeoutError
+            await asyncio.wait_for(asyncio.shield(before), left)
+        except BaseException as exc:
+            self._pass_turn(turn, before)  # the next send still waits for `before`
+            if isinstance(exc, asyncio.TimeoutError):
                 raise timed_out(f"channel {self.name}", True) from None
-            except Exception:  # noqa: BLE001, S110 - raised to the send that made it
-                pass
-            if self._sending is busy:
-                self._sending = None
+            raise
+        return turn
 
-    async def _in_worker(self, call: Callable[[], _T]) -> _T:
-        self._check_open()
-        busy = _in_thread(call)
-        self._sending = busy
-        busy.add_done_callback(self._sent)
+    def _pass_turn(self, turn: asyncio.Future[None], after: asyncio.Future[Any] | None) -> None:
+        """End ``turn`` (the next send goes) now, or once ``after`` is done."""
+        if after is not None and not after.done():
+            after.add_done_callback(lambda _: self._pass_turn(turn, None))
+            return
+        if self._last is turn:
+            self._last = None
+        if not turn.done():
+            turn.set_result(None)
+
+    async def _in_worker(self, busy: asyncio.Future[_T]) -> _T:
+        busy.add_done_callback(_seen)
         try:
             return await asyncio.shield(busy)
         except asyncio.CancelledError:
@@ -266,15 +357,14 @@ class Channel:
                 self.close()
             raise
 
-    def _sent(self, busy: asyncio.Future[Any]) -> None:
-        if self._sending is busy:
-            self._sending = None
-        if not busy.cancelled():
-            busy.exception()  # seen here, so an abandoned await does not log it as lost
-
     def shutdown(self, how: str = "both") -> None:
         """:meth:`fastipc.Channel.shutdown` (``"write"``: the peer gets Closed after what was sent)."""
         self._ch.shutdown(how)
+
+
+def _seen(busy: asyncio.Future[Any]) -> None:
+    if not busy.cancelled():
+        busy.exception()  # seen here, so an abandoned await does not log it as lost
 
 
 def _in_thread(call: Callable[[], _T]) -> asyncio.Future[_T]:
@@ -314,11 +404,22 @@ def _in_thread(call: Callable[[], _T]) -> asyncio.Future[_T]:
     return fut
 
 
-#: Messages (or batches) of at least this many bytes are sent by a worker
-#: thread: below it, a socket that polls writable takes the message whole
-#: (a unix socket polls writable with 3/4 of its 208 KiB buffer free; TCP
-#: on loopback drains its buffer within microseconds).
-DIRECT_MAX = 64 * 1024
+#: The largest frame (or batch of frames, headers included) sent on the loop
+#: thread, and only on a unix socket that queues it in one buffer: half its
+#: SO_SNDBUF less 64 bytes, and at most 32 KiB plus a page (Linux's
+#: unix_stream_sendmsg), so a write of it is taken whole or refused whole.
+DIRECT_MAX = 32 * 1024
+#: Frames this small fit one buffer of any unix socket (SO_SNDBUF is at least
+#: 4608 bytes): no getsockopt needed.
+_ANY_SNDBUF = 2048
+
+
+def _family(fd: int) -> int:
+    sock = socket.socket(fileno=fd)
+    try:
+        return int(sock.family)
+    finally:
+        sock.detach()
 
 
 def _nbytes(data: Any) -> int:
