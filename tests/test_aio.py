@@ -132,6 +132,90 @@ def test_views_and_reservations_are_awaitable(run: Any, aring: aio.Ring) -> None
     run(main())
 
 
+async def _enter(cm: Any) -> None:
+    async with cm:
+        pass
+
+
+@pytest.mark.parametrize("block", ["reserve", "recv_view"])
+def test_calls_waiting_for_another_tasks_block_keep_their_timeout(
+    run: Any, aring: aio.Ring, block: str
+) -> None:
+    """They waited for the block to end, however long, whatever their timeout."""
+
+    async def main() -> None:
+        await aring.send(b"m")
+        opened, release = asyncio.Event(), asyncio.Event()
+
+        async def holder() -> None:
+            async with aring.reserve(4) if block == "reserve" else aring.recv_view() as v:
+                if block == "reserve":
+                    v[:] = b"held"
+                opened.set()
+                await release.wait()
+
+        task = asyncio.ensure_future(holder())
+        await opened.wait()
+        try:
+            calls = [
+                (aring.recv(timeout=0.05), fastipc.Empty),
+                (aring.recv_many(5, timeout=0.05), fastipc.Empty),
+                (aring.recv_into(bytearray(8), timeout=0.05), fastipc.Empty),
+                (_enter(aring.recv_view(timeout=0.05)), fastipc.Empty),
+                (aring.send(b"x", timeout=0.05), fastipc.Full),
+                (aring.send_many([b"y"], timeout=0.05), fastipc.Full),
+                (_enter(aring.reserve(1, timeout=0.05)), fastipc.Full),
+            ]
+            for call, exc in calls:
+                with pytest.raises(exc):
+                    await asyncio.wait_for(call, 2)
+        finally:
+            release.set()
+            await task
+
+    run(main())
+
+
+def test_the_task_holding_a_block_gets_what_the_sync_handle_gives(
+    run: Any, aring: aio.Ring
+) -> None:
+    """Inside its own block a task's calls used to wait for that block: for ever.
+
+    As in a sync block: the other side works, the block's side and another
+    block raise RuntimeError. (Calls made from this very task: a task it
+    awaits, as asyncio.wait_for's before Python 3.12, is another task, which
+    waits for the block.)
+    """
+
+    async def refused(call: Any) -> None:
+        with pytest.raises(RuntimeError, match="block"):
+            await call
+
+    async def main() -> None:
+        # A hang fails the test: the watchdog cancels this task.
+        watchdog = asyncio.get_running_loop().call_later(10, asyncio.current_task().cancel)
+        await aring.send(b"a")
+        async with aring.reserve(1) as w:
+            w[:] = b"b"
+            assert await aring.recv(timeout=1) == b"a"
+            await refused(aring.send(b"x", timeout=1))
+            await refused(aring.send_many([b"x"], timeout=1))
+            await refused(_enter(aring.reserve(1, timeout=1)))
+            await refused(_enter(aring.recv_view(timeout=1)))
+        async with aring.recv_view() as v:
+            assert bytes(v) == b"b"
+            await aring.send(b"c", timeout=1)
+            await refused(aring.recv(timeout=1))
+            await refused(aring.recv_many(2, timeout=1))
+            await refused(aring.recv_into(bytearray(8), timeout=1))
+            await refused(_enter(aring.recv_view(timeout=1)))
+            await refused(_enter(aring.reserve(1, timeout=1)))
+        assert await aring.recv(timeout=1) == b"c"
+        watchdog.cancel()
+
+    run(main())
+
+
 def test_a_waiting_sender_is_woken_when_another_process_frees_room(
     run: Any, ring_name: str, spawn: Any
 ) -> None:

@@ -110,6 +110,15 @@ class _Awaiting:
         self.close()
 
     # ---- waiting --------------------------------------------------------
+    async def _free(self, side: int, deadline: float | None, sent: int = 0) -> None:
+        """Wait for another task's open block to end (see Held); Timeout past ``deadline``."""
+        if self._held.fut is None:
+            return
+        try:
+            await self._held.wait_free(deadline)
+        except asyncio.TimeoutError:
+            raise timed_out(f"ring {self.name!r}", side == SEND, sent) from None
+
     def _bell(self, side: int) -> Waiters:
         w = self._waiters[side]
         if w is None:
@@ -201,7 +210,7 @@ class _Awaiting:
         pause = 0.0
         spun = False
         while True:
-            await self._held.wait_free()
+            await self._free(side, deadline)
             if tried and not spun and self._held.fut is None:
                 spun = True
                 self._spin(side, nbytes, deadline)
@@ -292,9 +301,12 @@ class _Awaiting:
         sync ``recv_view``). Waiting for the message may be cancelled without
         losing it; once the block is entered, a cancellation inside it
         consumes it like any other exception. While the block runs, other
-        calls on this handle wait for it to end (other handles and processes
-        are not held up, except other consumers, which wait for the consumer
-        side as with the sync call). Raises as :meth:`recv`.
+        tasks' calls on this handle wait for it to end, within their timeout
+        (other handles and processes are not held up, except other consumers,
+        which wait for the consumer side as with the sync call). The task's
+        own calls inside the block go on as inside a sync block: the other
+        side works, this side and another block raise RuntimeError. Raises
+        as :meth:`recv`.
         """
         ring = self._ring
         return _Block(self, RECV, 0, lambda: ring.recv_view(timeout=0), timeout)
@@ -383,7 +395,7 @@ class Ring(_Awaiting):
         sent = 0
         left = 0
         while True:
-            await self._held.wait_free()
+            await self._free(SEND, deadline, sent)
             try:
                 sent += send_many(items[sent:] if sent else items, timeout=0)
                 if left > 0 and self._ring._poll(SEND, 0):
@@ -404,8 +416,9 @@ class Ring(_Awaiting):
         """``async with ring.reserve(n) as view``: fill ``view`` in place; published at exit.
 
         Discarded if the block raises (a cancellation inside it too).
-        Waiting for room may be cancelled (nothing is reserved then). Raises
-        as :meth:`send`.
+        Waiting for room may be cancelled (nothing is reserved then). Other
+        calls while the block runs: as in :meth:`recv_view`. Raises as
+        :meth:`send`.
         """
         ring = self._ring
         return _Block(self, SEND, nbytes, lambda: ring.reserve(nbytes, timeout=0), timeout)

@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 from .._checks import timeout_ns
 from .._contract import drain
@@ -158,20 +159,32 @@ def set_false(fut: asyncio.Future[bool]) -> None:
 
 
 class Held:
-    """One open recv_view/reserve block per handle: other calls on it wait until it ends
-    (the sync handle refuses, or would wait on its own lock, inside such a block)."""
+    """One open recv_view/reserve block per handle: other tasks' calls on it wait until it ends
+    (the sync handle refuses, or would wait on its own lock, inside such a block).
+
+    The task that opened the block goes on: its calls meet the sync handle
+    inside a block of this thread, as sync code would (RuntimeError for the
+    block's side and for another block, the other side works).
+    """
 
     def __init__(self) -> None:
         self.fut: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[Any] | None = None
 
-    async def wait_free(self) -> None:
-        while self.fut is not None:
-            await asyncio.shield(self.fut)
+    async def wait_free(self, deadline: float | None) -> None:
+        """Wait until no other task's block is open; asyncio.TimeoutError past ``deadline``."""
+        while (fut := self.fut) is not None and self.task is not asyncio.current_task():
+            left = None if deadline is None else deadline - monotonic()
+            if left is not None and left <= 0:
+                raise asyncio.TimeoutError
+            await asyncio.wait_for(asyncio.shield(fut), left)
 
     def take(self) -> None:
         self.fut = asyncio.get_running_loop().create_future()
+        self.task = asyncio.current_task()
 
     def give_back(self) -> None:
         fut, self.fut = self.fut, None
+        self.task = None
         if fut is not None and not fut.done():
             fut.set_result(None)
