@@ -216,6 +216,43 @@ def test_the_task_holding_a_block_gets_what_the_sync_handle_gives(
     run(main())
 
 
+@pytest.mark.parametrize("closer", ["task", "thread"])
+def test_close_wakes_calls_waiting_for_another_tasks_block(
+    run: Any, ring_name: str, closer: str
+) -> None:
+    ring = aio.Ring.create(ring_name, 4096)
+
+    async def main() -> None:
+        await ring.send(b"a")
+        opened, release = asyncio.Event(), asyncio.Event()
+
+        async def holder() -> None:
+            async with ring.recv_view():
+                opened.set()
+                await release.wait()
+
+        task = asyncio.ensure_future(holder())
+        await opened.wait()
+        waiters = [asyncio.ensure_future(ring.recv()), asyncio.ensure_future(ring.send(b"b"))]
+        await asyncio.sleep(0.05)
+        if closer == "task":
+            ring.close()
+        else:
+            threading.Thread(target=ring.close).start()
+        try:
+            for waiter in waiters:
+                with pytest.raises(ValueError, match="closed"):
+                    await asyncio.wait_for(waiter, 5)
+        finally:
+            release.set()
+            await asyncio.gather(task, return_exceptions=True)
+
+    try:
+        run(main())
+    finally:
+        ring.close()
+
+
 def test_a_waiting_sender_is_woken_when_another_process_frees_room(
     run: Any, ring_name: str, spawn: Any
 ) -> None:

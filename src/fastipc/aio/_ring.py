@@ -70,6 +70,7 @@ class _Awaiting:
         self._closed = True
         self._ring.close()
         loop = next((w.loop for w in self._waiters if w is not None and w.loop), None)
+        loop = loop or self._held.loop()
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -98,6 +99,7 @@ class _Awaiting:
             w.close_fd()
 
     def _release(self) -> None:
+        self._held.give_back()  # wakes the calls waiting for a block to end: they meet the close
         waiters, self._waiters = self._waiters, [None, None]
         for w in waiters:
             if w is not None:
@@ -118,6 +120,8 @@ class _Awaiting:
             await self._held.wait_free(deadline)
         except asyncio.TimeoutError:
             raise timed_out(f"ring {self.name!r}", side == SEND, sent) from None
+        if self.closed:
+            raise ValueError(f"ring {self.name!r} is closed")
 
     def _bell(self, side: int) -> Waiters:
         w = self._waiters[side]

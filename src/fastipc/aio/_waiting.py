@@ -172,7 +172,8 @@ class Held:
         self.task: asyncio.Task[Any] | None = None
 
     async def wait_free(self, deadline: float | None) -> None:
-        """Wait until no other task's block is open; asyncio.TimeoutError past ``deadline``."""
+        """Wait until no other task's block is open, or until close(); asyncio.TimeoutError
+        past ``deadline``."""
         while (fut := self.fut) is not None and self.task is not asyncio.current_task():
             left = None if deadline is None else deadline - monotonic()
             if left is not None and left <= 0:
@@ -188,3 +189,8 @@ class Held:
         self.task = None
         if fut is not None and not fut.done():
             fut.set_result(None)
+
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop of the open block's waiters, if a block is open."""
+        fut = self.fut
+        return None if fut is None else fut.get_loop()
