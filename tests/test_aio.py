@@ -780,6 +780,53 @@ def test_channel_close_from_another_thread_or_task_wakes_the_awaiter(run: Any) -
         b.close()
 
 
+@pytest.mark.parametrize("side", ["recv", "send"])
+def test_channel_close_from_another_thread_just_before_the_first_wait(
+    run: Any, monkeypatch: pytest.MonkeyPatch, side: str
+) -> None:
+    """close() from another thread after the awaiting call found the channel open,
+    before the loop first polled its socket.
+
+    close() saw no loop then and closed the socket on its own thread: the loop
+    went on to register a closed fd (OSError EBADF) or a reused fd number.
+    The interleaving is made certain here: the call's first open check runs
+    that close() (in another thread, joined) right after the last check
+    before the wait passed.
+    """
+    a, b = Channel.pair()
+    ca = aio.Channel(a)
+    check_open = ca._check_open
+    closed_once: list[bool] = []
+
+    def check_then_close() -> None:
+        check_open()
+        # The check right before the wait on the socket.
+        if not closed_once and sys._getframe(1).f_code.co_name in ("_recv_with", "_writable"):
+            closed_once.append(True)
+            t = threading.Thread(target=ca.close)
+            t.start()
+            t.join()
+
+    async def main() -> None:
+        if side == "recv":
+            call = ca.recv(timeout=5)
+        else:
+            with pytest.raises(Timeout):
+                while True:
+                    a.send(b"f" * 4000, timeout=0)
+            call = ca.send(b"x", timeout=5)
+        monkeypatch.setattr(ca, "_check_open", check_then_close)
+        with pytest.raises(ValueError, match="closed"):
+            await asyncio.wait_for(call, 10)
+        assert closed_once
+
+    try:
+        run(main())
+    finally:
+        ca.close()
+        b.close()
+
+
 @pytest.mark.parametrize("scheme", ["unix", "tcp"])
 def test_serve_answers_aio_and_sync_clients(run: Any, scheme: str) -> None:
     tmp = tempfile.mkdtemp()

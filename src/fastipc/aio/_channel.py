@@ -57,6 +57,14 @@ class Channel:
         fd = channel.fileno()
         self._rd = Waiters(fd, False, False)
         self._wr = Waiters(fd, True, False)
+        # close() from another thread closes the socket at once while no loop
+        # may poll it, else on the loop's thread after unregistering: a loop
+        # must never poll a closed (or reused) fd number. Under _lock: close()
+        # sets _closing and reads _loop; a wait sets _loop before the loop
+        # first polls the socket, unless _closing.
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
         #: The last send's turn: done once that send is over (the next goes then).
         self._last: asyncio.Future[None] | None = None
         #: A unix socket: frames that fit one kernel buffer go whole or not at all.
@@ -120,14 +128,16 @@ class Channel:
 
     @property
     def closed(self) -> bool:
-        return self._ch.closed
+        return self._closing or self._ch.closed
 
     def __repr__(self) -> str:
         return f"<aio.Channel {self.name}{' closed' if self.closed else ''}>"
 
     def close(self) -> None:
         """Close the channel (idempotent, any thread): awaiting calls raise ValueError (closed)."""
-        loop = self._rd.loop or self._wr.loop
+        with self._lock:
+            self._closing = True
+            loop = self._loop
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -149,8 +159,16 @@ class Channel:
         self.close()
 
     def _check_open(self) -> None:
-        if self._ch.closed:
+        if self.closed:
             raise ValueError(f"operation on a closed channel ({self.name})")
+
+    def _watch(self) -> None:
+        """Before this loop first polls the socket: ValueError if close() came first."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            with self._lock:
+                self._check_open()
+                self._loop = loop
 
     async def _recv_with(self, attempt: Callable[[], _T], timeout: float | None) -> _T:
         deadline = deadline_of(timeout)
@@ -162,6 +180,7 @@ class Channel:
             self._check_open()
             if deadline is not None and monotonic() >= deadline:
                 raise timed_out(f"channel {self.name}", False)
+            self._watch()
             await sleep_on(self._rd, deadline)
 
     async def recv(self, timeout: float | None = None) -> bytes:
@@ -203,6 +222,7 @@ class Channel:
             self._check_open()
             if deadline is not None and monotonic() >= deadline:
                 raise timed_out(f"channel {self.name}", True)
+            self._watch()
             if await sleep_on(self._wr, deadline):
                 return
 
@@ -271,6 +291,9 @@ class Channel:
                         return send(data, fds, timeout=0)
                     except Timeout:
                         pass  # refused whole: nothing went
+                    except Closed:
+                        self._check_open()  # closed by close() from another thread meanwhile
+                        raise
                     pause = await self._room(deadline, pause)
             await self._writable_now(deadline)
             worker = _in_thread(lambda: send(data, fds, timeout=self._remaining(deadline)))
@@ -302,6 +325,7 @@ class Channel:
                     except Timeout as exc:
                         sent += exc.sent  # whole messages: the rest was refused whole
                     except Closed as exc:
+                        self._check_open()  # closed by close() from another thread meanwhile
                         if not sent:
                             raise
                         raise Closed(str(exc), sent=sent + exc.sent) from None
