@@ -529,6 +529,30 @@ def test_a_reply_that_is_not_bytes_is_refused_not_sent_as_nul_bytes(
     assert "must be a bytes-like object, not int" in str(refused[0])
 
 
+def test_an_empty_raw_reply_behind_a_queued_one_never_stalls_the_server(sock_dir: str) -> None:
+    """Raw framing: an empty reply sends nothing. Queued behind a reply the client had
+    not read yet, it used to stay at the queue's front (a sendmsg of it sends 0 bytes),
+    and the server's loop spun there for ever once the client read."""
+    big = b"x" * (8 << 20)
+
+    def reply(message: bytes, peer: fastipc.Peer) -> bytes:
+        return big if message == b"big" else b"" if message == b"empty" else b"re:" + message
+
+    url = f"unix://{sock_dir}/raw.sock"
+    with fastipc.serve(url, reply, framing="raw").start(), socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(f"{sock_dir}/raw.sock")
+        sock.settimeout(30)
+        sock.sendall(b"big")
+        time.sleep(0.3)  # the server has queued what the socket did not take
+        sock.sendall(b"empty")
+        time.sleep(0.3)
+        got = 0
+        while got < len(big):
+            got += len(sock.recv(1 << 20))
+        sock.sendall(b"ping")
+        assert sock.recv(100) == b"re:ping"
+
+
 def test_many_tiny_queued_replies_are_packed_not_one_object_each(sock_dir: str) -> None:
     """A client that sends many small requests and reads late: its queued replies must cost
     about what max_output counts (not ~200 bytes of objects each), in few queue entries

@@ -68,6 +68,10 @@ def _skip(parts: list[bytes], sent: int) -> list[memoryview]:
 
 def _enqueue(out: deque[memoryview | bytearray], piece: bytes) -> None:
     """Queue ``piece`` (after the rest) so that the queue holds few objects per byte."""
+    if not piece:
+        # Raw framing's empty reply: nothing to send. Queued, it would stay at the
+        # front for ever (a sendmsg of it sends 0 bytes) and _flush would spin.
+        return
     if len(piece) >= COALESCE_MAX:
         out.append(memoryview(piece))
         return
