@@ -571,6 +571,29 @@ def test_fifo_single_writer_half_frame_of_a_killed_writer_is_dropped_not_glued(
         assert len(got.messages) == 3  # nothing made up
 
 
+def test_fifo_single_writer_long_frame_in_many_writes_keeps_one_idle_check(
+    sock_dir: str,
+) -> None:
+    """Each read that empties the pipe mid-frame used to schedule an idle check of its
+    own, each kept for idle_timeout (300 s by default): a timer per 64 KiB streamed."""
+    path = f"{sock_dir}/lf.fifo"
+    url = f"fifo://{path}?single_writer=1"
+    got = Collector()
+    with fastipc.serve(url, got, idle_timeout=60, max_message=1 << 20).start() as srv:
+        w = os.open(path, os.O_WRONLY)
+        try:
+            os.write(w, struct.pack("<II", 50 * 1000, 0))
+            most = 0
+            for _ in range(50):
+                os.write(w, b"p" * 1000)
+                time.sleep(0.005)  # the server empties the pipe between writes
+                most = max(most, len(srv._timers))  # type: ignore[attr-defined]
+        finally:
+            os.close(w)
+        assert got.wait_for(1) == [b"p" * 50_000]
+    assert most <= 2, most
+
+
 def test_fifo_single_writer_half_frame_that_stalls_is_dropped_after_idle_timeout(
     sock_dir: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -586,8 +609,17 @@ def test_fifo_single_writer_half_frame_that_stalls_is_dropped_after_idle_timeout
             os.write(stalled, struct.pack("<II", 500, 0) + b"s" * 100)
             line = wait_for_log(caplog, "unfinished frame")
             assert "108 bytes" in line and "idle_timeout" in line
-            with fastipc.connect(url) as cli:
-                cli.send(b"fresh", timeout=5)
-            assert got.wait_for(1) == [b"fresh"]
+            # The writer resumes: the rest of its frame holds what looks like a frame,
+            # which must not be delivered (it was, before: a fabricated message).
+            rest = struct.pack("<II", 5, 0) + b"FAKE!"
+            os.write(stalled, rest + b"r" * (400 - len(rest)))
+            time.sleep(0.3)
+            assert got.messages == []
         finally:
-            os.close(stalled)
+            os.close(stalled)  # its end: the FIFO is in step again
+        wait_for_log(caplog, "reading frames again")
+        with fastipc.connect(url) as cli:
+            cli.send(b"fresh", timeout=5)
+        assert got.wait_for(1) == [b"fresh"]
+        time.sleep(0.1)
+        assert got.messages == [b"fresh"]

@@ -30,8 +30,11 @@ send abandoned by a timeout or Ctrl-C, which closes that client), the
 FIFO has no writer left, and the half frame is dropped and logged at that
 end of file rather than taking the next writer's messages as its rest. It
 is also dropped if nothing more comes for ``idle_timeout`` (a writer that
-stalls mid-frame). A new writer that connects before the server has read
-to the end of file still follows the half frame and is taken as its rest.
+stalls mid-frame); everything read after that is dropped too until that
+writer closes the FIFO, so that the rest of its frame, should it resume,
+is never read as frames (messages sent meanwhile are lost, and logged). A
+new writer that connects before the server has read to the end of file
+still follows the half frame and is taken as its rest.
 """
 
 from __future__ import annotations
@@ -159,6 +162,8 @@ class FifoSource(Source):
         self._decoder = LengthDecoder(limit)
         self._skipping = False  # after a bad header: until the pipe is empty
         self._reads = 0  # read() calls so far: an idle check knows whether any came since
+        self._rest_check = False  # an idle check of a half frame is scheduled (one at a time)
+        self._until_eof = False  # a stalled writer's half frame was dropped: skip to its end
         self.address = ep.url.partition("?")[0]
 
     def _open_ours(self, flags: int) -> int:
@@ -181,8 +186,15 @@ class FifoSource(Source):
             return
         self._reads += 1
         if not data:  # no writer at all: only while this side's write end is let go
+            if self._until_eof:
+                self._until_eof = False
+                log.warning(
+                    "%s: the stalled writer closed the FIFO; reading frames again", self.address
+                )
             self._drop_partial("its writer closed the FIFO midway")
             return
+        if self._until_eof:
+            return  # the rest of a dropped frame (or bytes behind it): never parsed as frames
         # A pipe read returns all there is, up to the size asked; a full one may
         # have taken exactly what there was, and no event will say so: ask.
         drained = len(data) < READ_SIZE or _unread(self._rfd) == 0
@@ -223,14 +235,31 @@ class FifoSource(Source):
             os.close(self._wfd)
             self._wfd = -1
         idle = self._server.limits.idle_timeout
-        if idle is not None:
-            reads = self._reads
+        if idle is None or self._rest_check:
+            return  # one check at a time: a long frame empties the pipe at every read
+        self._rest_check = True
+        reads = self._reads
 
-            def check() -> None:
-                if self._reads == reads and self._rfd >= 0:
-                    self._drop_partial(f"nothing more came for {idle:g} s (idle_timeout)")
+        def check() -> None:
+            self._rest_check = False
+            if self._rfd < 0 or self._wfd >= 0 or self._until_eof:
+                return  # closed, or the frame was finished or dropped meanwhile
+            if self._reads != reads:
+                self._await_rest()  # bytes came: look again idle_timeout from now
+                return
+            # The writer stalled mid-frame. Should it resume, the rest of its frame
+            # must not be read as frames of their own: skip all until it closes.
+            log.warning(
+                "%s: dropped %d bytes of an unfinished frame: nothing more came for %g s "
+                "(idle_timeout); skipping what comes until its writer closes the FIFO",
+                self.address,
+                self._decoder.pending,
+                idle,
+            )
+            self._decoder.reset()
+            self._until_eof = True
 
-            self._server.call_later(idle, check)
+        self._server.call_later(idle, check)
 
     def _drop_partial(self, why: str) -> None:
         decoder = self._decoder
@@ -250,9 +279,12 @@ class FifoSource(Source):
         if self._wfd >= 0 or self._rfd < 0:
             return
         # Through the read end, so it is this FIFO even if the name was removed or replaced.
-        self._wfd = os.open(
-            f"/proc/self/fd/{self._rfd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
-        )
+        try:
+            self._wfd = os.open(
+                f"/proc/self/fd/{self._rfd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
+            )
+        except FileNotFoundError:  # no /proc: by name, checked to be the FIFO we made
+            self._wfd = self._open_ours(os.O_WRONLY | os.O_NONBLOCK)
 
     def close(self) -> None:
         for fd in (self._rfd, self._wfd):
