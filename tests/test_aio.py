@@ -780,6 +780,45 @@ def test_channel_close_from_another_thread_or_task_wakes_the_awaiter(run: Any) -
         b.close()
 
 
+def test_channel_close_from_a_signal_handler_inside_the_first_wait_does_not_deadlock() -> None:
+    """A signal handler runs on the loop's thread between any two bytecodes, so its
+    close() may come while that thread holds the channel's lock (in _watch): with a
+    plain Lock that close() waited for itself for ever. Here the handler's close runs
+    right where it would: inside the locked open check (in a child: a hang is killed)."""
+    run_python(
+        """
+        import asyncio, sys
+        from fastipc import Channel, aio
+
+        a, b = Channel.pair()
+        ca = aio.Channel(a)
+        check_open = ca._check_open
+        done = []
+
+        def check_then_handler_close():
+            check_open()
+            if not done and sys._getframe(1).f_code.co_name == "_watch":
+                done.append(True)
+                ca.close()  # what a signal handler calling close() does here
+
+        async def main():
+            ca._check_open = check_then_handler_close
+            try:
+                await asyncio.wait_for(ca.recv(timeout=5), 10)
+            except ValueError as exc:
+                assert "closed" in str(exc), exc
+            else:
+                raise AssertionError("recv returned on a closed channel")
+            assert done
+
+        asyncio.run(main())
+        b.close()
+        print("ok")
+        """,
+        timeout=30,
+    )
+
+
 @pytest.mark.parametrize("side", ["recv", "send"])
 def test_channel_close_from_another_thread_just_before_the_first_wait(
     run: Any, monkeypatch: pytest.MonkeyPatch, side: str

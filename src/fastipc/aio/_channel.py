@@ -62,7 +62,9 @@ class Channel:
         # must never poll a closed (or reused) fd number. Under _lock: close()
         # sets _closing and reads _loop; a wait sets _loop before the loop
         # first polls the socket, unless _closing.
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler that calls close() may run on this thread while
+        # it holds the lock (in _watch, or in close() itself).
+        self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         #: The last send's turn: done once that send is over (the next goes then).
@@ -169,6 +171,7 @@ class Channel:
             with self._lock:
                 self._check_open()
                 self._loop = loop
+                self._check_open()  # a signal handler's close() may have run in between
 
     async def _recv_with(self, attempt: Callable[[], _T], timeout: float | None) -> _T:
         deadline = deadline_of(timeout)
