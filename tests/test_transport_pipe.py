@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -306,6 +307,23 @@ def test_a_served_fd_cannot_answer() -> None:
         stdin=subprocess.DEVNULL,
     )
     assert res.returncode == 1 and "cannot be answered" in res.stderr
+
+
+def test_serving_a_socket_fd_leaves_its_shared_flags_alone_under_a_default_timeout() -> None:
+    """socket.socket(fileno=...) applies socket.setdefaulttimeout() to the open file it
+    shares with the fd's other holders (O_NONBLOCK for everyone): the server undoes it."""
+    a, b = socket.socketpair()
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(5)
+    try:
+        before = fcntl.fcntl(a.fileno(), fcntl.F_GETFL)
+        assert not before & os.O_NONBLOCK
+        with fi.serve(f"fd://{os.dup(a.fileno())}", lambda m, p: None, framing="raw").start():
+            assert fcntl.fcntl(a.fileno(), fcntl.F_GETFL) == before
+    finally:
+        socket.setdefaulttimeout(old)
+        a.close()
+        b.close()
 
 
 @pytest.mark.parametrize("kind", ["pipe", "socketpair"])

@@ -167,7 +167,18 @@ class FdSource(Source):
         fd = self._fd
         mode = os.fstat(fd).st_mode
         if stat.S_ISSOCK(mode):
-            self._sock = socket.socket(fileno=os.dup(fd))  # sets no flag on the shared file
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            dup = os.dup(fd)
+            try:
+                # socket() applies socket.setdefaulttimeout(), if one was set, to the
+                # open file it shares with its other holders: undo that, and have no
+                # timeout of its own (a recv with MSG_DONTWAIT must not poll).
+                self._sock = socket.socket(fileno=dup)
+            except BaseException:
+                os.close(dup)
+                raise
+            self._sock.settimeout(None)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
         elif stat.S_ISFIFO(mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY:
             try:
                 self._rfd = os.open(
