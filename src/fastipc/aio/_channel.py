@@ -14,6 +14,7 @@ from ..channel import Listener as _SyncListener
 from ..channel import listen as _sync_listen
 from ..endpoints import parse
 from ..errors import Closed, Timeout, timed_out
+from ._sender import Sender
 from ._waiting import BUSY_PAUSE_MAX, Waiters, deadline_of, monotonic, sleep_on
 
 __all__ = ["DIRECT_MAX", "Channel", "Handler", "Listener", "Server", "listen", "serve"]
@@ -40,7 +41,8 @@ class Channel:
     socket polls writable; cancelling it waiting sends nothing. Any other
     message (larger, or on tcp, where a socket may take part of any write)
     may be taken in parts, and a stream cannot take half a message and
-    resume later, so a thread of its own makes that sync send once the
+    resume later, so the channel's own sender thread (started at the first
+    such send, ended after 2 s without one) makes that sync send once the
     socket polls writable, while the loop runs on; the await returns when
     it is done, and the next send waits for it. Cancelling such an await (a
     timeout, Ctrl-C ending ``asyncio.run``) while the message is still
@@ -71,6 +73,8 @@ class Channel:
         self._last: asyncio.Future[None] | None = None
         #: A unix socket: frames that fit one kernel buffer go whole or not at all.
         self._unix = _family(fd) == socket.AF_UNIX
+        #: Makes the sends that may block (see the class).
+        self._sender = Sender()
 
     @classmethod
     async def connect(cls, url: str, timeout: float | None = None, **kwargs: Any) -> Channel:
@@ -299,7 +303,7 @@ class Channel:
                         raise
                     pause = await self._room(deadline, pause)
             await self._writable_now(deadline)
-            worker = _in_thread(lambda: send(data, fds, timeout=self._remaining(deadline)))
+            worker = self._sender.submit(lambda: send(data, fds, timeout=self._remaining(deadline)))
             await self._in_worker(worker)
         finally:
             self._pass_turn(turn, worker)
@@ -337,7 +341,9 @@ class Channel:
                     except Timeout:
                         raise timed_out(f"channel {self.name}", True, sent) from None
             await self._writable_now(deadline)
-            worker = _in_thread(lambda: send_many(batch, timeout=self._remaining(deadline)))
+            worker = self._sender.submit(
+                lambda: send_many(batch, timeout=self._remaining(deadline))
+            )
             sent_all: int = await self._in_worker(worker)
             return sent_all
         finally:
@@ -392,43 +398,6 @@ class Channel:
 def _seen(busy: asyncio.Future[Any]) -> None:
     if not busy.cancelled():
         busy.exception()  # seen here, so an abandoned await does not log it as lost
-
-
-def _in_thread(call: Callable[[], _T]) -> asyncio.Future[_T]:
-    """Run ``call`` in a daemon thread of its own; a future of the running loop for its result.
-
-    Not the loop's default executor: its threads are joined when asyncio.run
-    ends, and it is shared with getaddrinfo, which stalled sends would starve.
-    """
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[_T] = loop.create_future()
-
-    def settle(ok: bool, value: Any) -> None:
-        if fut.done():
-            return
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
-            # Seen here: it reaches the awaiting send, or the send was
-            # abandoned (cancelled, channel closed) and it is expected. Left
-            # unseen, the future's finaliser would log it, formatting a
-            # traceback (ast.parse in 3.11) from inside whatever code the
-            # garbage collector interrupted.
-            fut.exception()
-
-    def run() -> None:
-        try:
-            result: Any = (True, call())
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
-            result = (False, exc)
-        try:
-            loop.call_soon_threadsafe(settle, *result)
-        except RuntimeError:
-            pass  # the loop is closed: nobody awaits it any more
-
-    threading.Thread(target=run, name="fastipc-aio-send", daemon=True).start()
-    return fut
 
 
 #: The largest frame (or batch of frames, headers included) sent on the loop
