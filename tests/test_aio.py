@@ -864,6 +864,82 @@ def test_channel_close_from_a_signal_handler_inside_the_first_wait_does_not_dead
     )
 
 
+@pytest.mark.parametrize("scheme", ["unix", "tcp"])
+def test_listener_close_from_another_thread_wakes_accept(run: Any, scheme: str) -> None:
+    """close() from another thread while accept() waits: accept raises ValueError.
+
+    It used to close the socket and unregister it from the loop on the
+    closing thread: the loop, polling it meanwhile, failed with
+    FileExistsError from inside accept() (asyncio's selector state torn).
+    """
+    tmp = tempfile.mkdtemp()
+
+    async def main() -> None:
+        for i in range(60):
+            url = f"unix://{tmp}/l{i}" if scheme == "unix" else "tcp://127.0.0.1:0"
+            lst = await aio.listen(url)
+            accept = asyncio.ensure_future(lst.accept())
+            await asyncio.sleep(0.001 * (i % 3))
+            t = threading.Thread(target=lst.close)
+            t.start()
+            with pytest.raises(ValueError, match="closed"):
+                await asyncio.wait_for(accept, 10)
+            t.join()
+            assert lst.closed
+            if scheme == "unix":
+                assert not os.path.exists(f"{tmp}/l{i}")
+            with pytest.raises(ValueError, match="closed"):
+                await lst.accept()
+
+    run(main())
+    os.rmdir(tmp)
+
+
+def test_server_close_from_another_thread(loop_kind: str) -> None:
+    """Server.close() from a thread other than the server's loop ends serve_forever
+    and closes its connections (it used to cancel tasks from the wrong thread)."""
+    tmp = tempfile.mkdtemp()
+    url = f"unix://{tmp}/srv"
+    made: list[aio.Server] = []
+    ready = threading.Event()
+
+    async def echo(msg: bytes, peer: aio.Channel) -> None:
+        await peer.send(msg)
+
+    async def serve() -> None:
+        srv = await aio.serve(url, echo)
+        made.append(srv)
+        ready.set()
+        await srv.serve_forever()
+        await srv.wait_closed()
+
+    def run_server() -> None:
+        loop = new_loop(loop_kind)
+        try:
+            loop.run_until_complete(serve())
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run_server)
+    thread.start()
+    try:
+        assert ready.wait(10)
+        with Channel.connect(url) as client:
+            client.send(b"ping")
+            assert client.recv(timeout=10) == b"ping"
+            made[0].close()
+            thread.join(10)
+            assert not thread.is_alive()
+            with pytest.raises(Closed):
+                client.recv(timeout=10)
+        assert not os.path.exists(f"{tmp}/srv")
+    finally:
+        if made:
+            made[0].close()
+        thread.join(10)
+    os.rmdir(tmp)
+
+
 @pytest.mark.parametrize("side", ["recv", "send"])
 def test_channel_close_from_another_thread_just_before_the_first_wait(
     run: Any, monkeypatch: pytest.MonkeyPatch, side: str

@@ -144,14 +144,11 @@ class Channel:
         with self._lock:
             self._closing = True
             loop = self._loop
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if loop is None or loop is running or not loop.is_running():
-            self._release()
-        else:  # the loop runs in another thread: unregister there, before the fd closes
+        if _elsewhere(loop):  # unregister on the loop's thread, before the fd closes
+            assert loop is not None
             loop.call_soon_threadsafe(self._release)
+        else:
+            self._release()
 
     def _release(self) -> None:
         self._rd.close()
@@ -433,7 +430,10 @@ def _poll_out(fd: int) -> bool:
 
 
 class Listener:
-    """Accepts connections awaitably: unix (a :class:`fastipc.Listener`) or tcp."""
+    """Accepts connections awaitably: unix (a :class:`fastipc.Listener`) or tcp.
+
+    :meth:`close` may come from any thread, as a :class:`Channel`'s.
+    """
 
     def __init__(self, sock: socket.socket | None, sync: _SyncListener | None, url: str) -> None:
         self._sock = sock
@@ -441,16 +441,25 @@ class Listener:
         self.url = url
         fd = sync.fileno() if sync is not None else sock.fileno()  # type: ignore[union-attr]
         self._w = Waiters(fd, False, False)
+        # As in Channel: under _lock, close() sets _closing and reads _loop,
+        # and accept() sets _loop before its loop first polls the socket.
+        self._lock = threading.RLock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
 
     @property
     def closed(self) -> bool:
-        return self._sock is None and self._sync is None
+        return self._closing or (self._sock is None and self._sync is None)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError(f"operation on a closed listener ({self.url})")
 
     def _accept_now(self) -> _SyncChannel:
+        self._check_open()
         if self._sync is not None:
             return self._sync.accept(timeout=0)
-        if self._sock is None:
-            raise ValueError(f"operation on a closed listener ({self.url})")
+        assert self._sock is not None
         try:
             conn, _ = self._sock.accept()
         except (BlockingIOError, InterruptedError):
@@ -465,12 +474,30 @@ class Listener:
                 return Channel(self._accept_now())
             except Timeout:
                 pass
-            if self.closed:
-                raise ValueError(f"operation on a closed listener ({self.url})")
+            loop = asyncio.get_running_loop()
+            if self._loop is not loop:
+                with self._lock:
+                    self._check_open()
+                    self._loop = loop
+                    self._check_open()  # a signal handler's close() may have run in between
             await sleep_on(self._w, None)
 
     def close(self) -> None:
-        """Stop listening (a unix listener removes its socket file); wakes accept() (ValueError)."""
+        """Stop listening (a unix listener removes its socket file); wakes accept() (ValueError).
+
+        Idempotent, any thread: from another thread than that of the loop
+        awaiting accept(), the socket closes on the loop's thread, soon after.
+        """
+        with self._lock:
+            self._closing = True
+            loop = self._loop
+        if _elsewhere(loop):
+            assert loop is not None
+            loop.call_soon_threadsafe(self._release)
+        else:
+            self._release()
+
+    def _release(self) -> None:
         self._w.close()
         sock, self._sock = self._sock, None
         sync, self._sync = self._sync, None
@@ -478,6 +505,16 @@ class Listener:
             sock.close()
         if sync is not None:
             sync.close()
+
+
+def _elsewhere(loop: asyncio.AbstractEventLoop | None) -> bool:
+    """Whether ``loop`` runs, in another thread than this one."""
+    if loop is None or not loop.is_running():
+        return False
+    try:
+        return asyncio.get_running_loop() is not loop
+    except RuntimeError:
+        return True
 
 
 async def listen(url: str, **kwargs: Any) -> Listener:
@@ -507,6 +544,10 @@ class Server:
         self._handler = handler
         self._tasks: set[asyncio.Task[None]] = set()
         self._peers: set[Channel] = set()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None  # made outside a loop: serve_forever() tells
 
     @property
     def url(self) -> str:
@@ -515,6 +556,7 @@ class Server:
 
     async def serve_forever(self) -> None:
         """Accept and serve until :meth:`close` (or cancellation, which closes the server)."""
+        self._loop = asyncio.get_running_loop()
         try:
             while True:
                 try:
@@ -543,7 +585,15 @@ class Server:
             peer.close()
 
     def close(self) -> None:
-        """Stop accepting, close every connection, cancel running handlers. Idempotent."""
+        """Stop accepting, close every connection, cancel running handlers.
+
+        Idempotent, any thread: from another thread than the server's loop,
+        this happens on the loop's thread, soon after.
+        """
+        if _elsewhere(self._loop):
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self.close)
+            return
         self._listener.close()
         for peer in list(self._peers):
             peer.close()
