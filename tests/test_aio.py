@@ -426,6 +426,57 @@ def test_close_from_another_thread_wakes_the_awaiter(run: Any, ring_name: str) -
         ring.close()
 
 
+@pytest.mark.parametrize("side", ["recv", "send_many", "recv_view"])
+def test_close_from_another_thread_while_the_first_wait_opens_its_bell(
+    run: Any, ring_name: str, monkeypatch: pytest.MonkeyPatch, side: str
+) -> None:
+    """close() from another thread while the first wait opens its doorbell fd.
+
+    close() saw no loop yet (no bell, no block), so it released the handle's
+    state on its own thread; the wait then stored and registered the bell
+    it had opened, and that fd stayed open (and polled) until the handle
+    was collected. Made certain here: the close (in another thread, joined)
+    runs inside the bell's opening.
+    """
+    ring = aio.Ring.create(ring_name, 4096)
+    if side == "send_many":
+        with pytest.raises(Timeout):  # fill it: the next send waits for room
+            while True:
+                ring.sync.send(b"x" * 1000, timeout=0)
+    opened: list[int] = []
+    open_bell = ring.sync._open_bell
+
+    def open_then_close(bell_side: int) -> int:
+        fd = open_bell(bell_side)
+        opened.append(fd)
+        t = threading.Thread(target=ring.close)
+        t.start()
+        t.join()
+        return fd
+
+    monkeypatch.setattr(ring.sync, "_open_bell", open_then_close)
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match="closed"):
+            if side == "recv":
+                await asyncio.wait_for(ring.recv(timeout=5), 10)
+            elif side == "send_many":
+                await asyncio.wait_for(ring.send_many([b"y" * 1000], timeout=5), 10)
+            else:
+                async with ring.recv_view(timeout=5):
+                    pass
+        for _ in range(3):
+            await asyncio.sleep(0)  # the release handed to the loop runs
+        assert opened
+        with pytest.raises(OSError):  # the bell fd is closed, not left to the collector
+            os.fstat(opened[0])
+
+    try:
+        run(main())
+    finally:
+        ring.close()
+
+
 def test_an_idle_awaiting_consumer_uses_almost_no_cpu(ring_name: str, loop_kind: str) -> None:
     Ring.create(ring_name, 4096).close()
     out = run_python(

@@ -15,7 +15,7 @@ from ..channel import listen as _sync_listen
 from ..endpoints import parse
 from ..errors import Closed, Timeout, timed_out
 from ._sender import Sender
-from ._waiting import BUSY_PAUSE_MAX, Waiters, deadline_of, monotonic, sleep_on
+from ._waiting import BUSY_PAUSE_MAX, Waiters, deadline_of, elsewhere, monotonic, sleep_on
 
 __all__ = ["DIRECT_MAX", "Channel", "Handler", "Listener", "Server", "listen", "serve"]
 
@@ -144,7 +144,7 @@ class Channel:
         with self._lock:
             self._closing = True
             loop = self._loop
-        if _elsewhere(loop):  # unregister on the loop's thread, before the fd closes
+        if elsewhere(loop):  # unregister on the loop's thread, before the fd closes
             assert loop is not None
             loop.call_soon_threadsafe(self._release)
         else:
@@ -491,7 +491,7 @@ class Listener:
         with self._lock:
             self._closing = True
             loop = self._loop
-        if _elsewhere(loop):
+        if elsewhere(loop):
             assert loop is not None
             loop.call_soon_threadsafe(self._release)
         else:
@@ -505,16 +505,6 @@ class Listener:
             sock.close()
         if sync is not None:
             sync.close()
-
-
-def _elsewhere(loop: asyncio.AbstractEventLoop | None) -> bool:
-    """Whether ``loop`` runs, in another thread than this one."""
-    if loop is None or not loop.is_running():
-        return False
-    try:
-        return asyncio.get_running_loop() is not loop
-    except RuntimeError:
-        return True
 
 
 async def listen(url: str, **kwargs: Any) -> Listener:
@@ -590,7 +580,7 @@ class Server:
         Idempotent, any thread: from another thread than the server's loop,
         this happens on the loop's thread, soon after.
         """
-        if _elsewhere(self._loop):
+        if elsewhere(self._loop):
             assert self._loop is not None
             self._loop.call_soon_threadsafe(self.close)
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from ._waiting import (
     Held,
     Waiters,
     deadline_of,
+    elsewhere,
     monotonic,
     sleep_on,
 )
@@ -46,6 +48,13 @@ class _Awaiting:
         self._waiters: list[Waiters | None] = [None, None]
         self._held = Held()
         self._closed = False
+        # As in aio.Channel: under _lock, close() sets _closed and reads
+        # _loop, and a call sets _loop (in _here) before its loop keeps any
+        # state of this handle (a bell's registration, an open block), so
+        # close() from another thread hands that state's release to the loop.
+        # Reentrant: a signal handler's close() may run while this thread holds it.
+        self._lock = threading.RLock()
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Bound once: the take of every `async for` step (~40 ns a lookup).
         self._take = ring._try_recv
 
@@ -65,20 +74,26 @@ class _Awaiting:
     # ---- lifetime -----------------------------------------------------
     def close(self) -> None:
         """Close the handle (idempotent, any thread): awaiting calls raise ValueError (closed)."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            loop = self._loop
         self._ring.close()
-        loop = next((w.loop for w in self._waiters if w is not None and w.loop), None)
-        loop = loop or self._held.loop()
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if loop is None or loop is running or not loop.is_running():
-            self._release()
-        else:  # the loop runs in another thread: unregister there, before the fds close
+        if elsewhere(loop):  # unregister on the loop's thread, before the fds close
+            assert loop is not None
             loop.call_soon_threadsafe(self._release)
+        else:
+            self._release()
+
+    def _here(self) -> None:
+        """Before this loop first keeps state of the handle: ValueError if it is closed."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            with self._lock:
+                if self._closed:
+                    raise ValueError(f"ring {self.name!r} is closed")
+                self._loop = loop
 
     def __del__(self) -> None:
         # Dropped without close(): our own bell fds must not leak (the sync
@@ -124,6 +139,7 @@ class _Awaiting:
             raise ValueError(f"ring {self.name!r} is closed")
 
     def _bell(self, side: int) -> Waiters:
+        self._here()
         w = self._waiters[side]
         if w is None:
             if self._closed:
@@ -447,6 +463,7 @@ class _Block:
         self._cm: Any = None
 
     def _enter(self) -> memoryview:
+        self._ring._here()  # before the block is opened: _held is this loop's state
         cm = self._make()
         view: memoryview = cm.__enter__()
         self._cm = cm

@@ -21,6 +21,7 @@ __all__ = [
     "Held",
     "Waiters",
     "deadline_of",
+    "elsewhere",
     "monotonic",
     "sleep_on",
 ]
@@ -47,6 +48,16 @@ def deadline_of(timeout: float | None) -> float | None:
         return None
     timeout_ns(timeout)  # TypeError/ValueError for a bad one, as in the sync calls
     return monotonic() + timeout
+
+
+def elsewhere(loop: asyncio.AbstractEventLoop | None) -> bool:
+    """Whether ``loop`` runs, in another thread than this one (close() then hands over to it)."""
+    if loop is None or not loop.is_running():
+        return False
+    try:
+        return asyncio.get_running_loop() is not loop
+    except RuntimeError:
+        return True
 
 
 class Waiters:
