@@ -345,6 +345,10 @@ def test_handles_and_factories_behave(ring_name: str, made: list[object]) -> Non
     assert sub.closed
     with pytest.raises(ValueError):
         sub.recv(timeout=0)
+    pub.close()
+    for call in (lambda: pub.publish(b"x"), lambda: pub.publish_many([])):
+        with pytest.raises(ValueError, match="closed"):  # none, on both backends
+            call()
     with pytest.raises(FileNotFoundError):
         Broadcast.subscribe(ring_name + "x")
 

@@ -229,6 +229,8 @@ class NativeRing(OwnBuffers, RingBase):
             timeout_ns(timeout)
         items = messages if type(messages) is list else list(messages)
         if not items:
+            if self._closed:  # as any other call on a closed handle
+                _check(-errno.EBADF, self.name, True)
             return 0
         try:
             # marshal writes a list of bytes-like objects in C into one

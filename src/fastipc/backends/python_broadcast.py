@@ -1060,6 +1060,8 @@ class PythonBroadcast(_Handle, BroadcastBase):
         views = [self._message(m) for m in messages]
         deadline = _deadline(timeout)
         if not views:
+            if self._closed:  # as any other call on a closed handle
+                raise ValueError(f"{self._what} {self.name!r} is closed")
             return 0
         D = self._D
         lens = [v.nbytes for v in views]

@@ -1174,6 +1174,8 @@ class PythonRing(RingBase):
             lens = [v.nbytes for v in views]
         deadline = _deadline(timeout)
         if not views:
+            if self._closed:  # as any other call on a closed handle
+                raise ValueError("ring is closed")
             return 0
         # Record sizes and their running totals: a batch is cut where the free space ends.
         ends = list(accumulate([(n + 15) & ~7 for n in lens]))
