@@ -25,6 +25,7 @@ __all__ = [
     "time_left",
     "timeout_ns",
     "validate_capacity",
+    "validate_count",
     "validate_fds",
     "validate_max_count",
     "validate_mode",
@@ -199,8 +200,15 @@ def validate_fds(fds: Iterable[FdLike]) -> list[int]:
     return out
 
 
+def validate_count(value: object, what: str, least: int) -> int:
+    """``value`` if it is an int >= ``least``; TypeError for another type, ValueError if smaller."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if value < least:
+        raise ValueError(f"{what} must be >= {least}, got {value}")
+    return value
+
+
 def validate_max_count(max_count: object) -> int:
     """``max_count`` if it is an int >= 1 (how many messages a batch call may return)."""
-    if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 1:
-        raise ValueError(f"max_count must be an int >= 1, got {max_count!r}")
-    return max_count
+    return validate_count(max_count, "max_count", 1)

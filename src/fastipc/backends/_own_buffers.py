@@ -21,7 +21,7 @@ import sys
 import threading
 from typing import Any, Callable, ClassVar
 
-from .._checks import timeout_ns
+from .._checks import timeout_ns, validate_max_count
 from .._turns import BUFFERS, refuse_or_free, takes_turn
 from ._native import SPIN_NS, ffi_fast
 
@@ -137,7 +137,7 @@ class OwnBuffers:
     @takes_turn(BUFFERS)
     def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
         if type(max_count) is not int or max_count < 1:
-            raise ValueError(f"max_count must be an int >= 1, got {max_count!r}")
+            validate_max_count(max_count)  # raises
         if timeout is not None:
             timeout_ns(timeout)
         holder: Any

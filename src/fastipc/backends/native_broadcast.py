@@ -14,7 +14,14 @@ from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from typing import Any
 
-from .._checks import FORKS, check_buffer, inherited_block, release_view, timeout_ns
+from .._checks import (
+    FORKS,
+    check_buffer,
+    inherited_block,
+    release_view,
+    timeout_ns,
+    validate_count,
+)
 from .._contract_broadcast import POLICIES, BroadcastBase, SubscriberBase
 from .._names import (
     incompatible,
@@ -323,8 +330,7 @@ class NativeBroadcast(_Handle, BroadcastBase):
     def reserve(
         self, nbytes: int, timeout: float | None = None
     ) -> AbstractContextManager[memoryview]:
-        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
-            raise ValueError(f"nbytes must be an int >= 0, got {nbytes!r}")
+        validate_count(nbytes, "nbytes", 0)
         if nbytes > self.capacity:
             raise MessageTooLarge(
                 f"reserve of {nbytes} bytes exceeds broadcast ring {self.name!r}'s "

@@ -106,7 +106,15 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from itertools import accumulate
 from typing import Any, Callable, NoReturn
 
-from .._checks import FORKS, MAX_CAPACITY, check_buffer, inherited_block, release_view
+from .._checks import (
+    FORKS,
+    MAX_CAPACITY,
+    check_buffer,
+    inherited_block,
+    release_view,
+    validate_count,
+    validate_max_count,
+)
 from .._contract_broadcast import MAX_SUBSCRIBERS, POLICIES, BroadcastBase, SubscriberBase
 from .._names import (
     bell_paths,
@@ -133,7 +141,6 @@ from .python_ring import (
     _FENCE,
     _align8,
     _Bounce,
-    _check_count,
     _cut_records,
     _deadline,
     _flock,
@@ -1119,9 +1126,7 @@ class PythonBroadcast(_Handle, BroadcastBase):
     def reserve(
         self, nbytes: int, timeout: float | None = None
     ) -> AbstractContextManager[memoryview]:
-        n = _check_count(nbytes, "nbytes")
-        if n < 0:
-            raise ValueError(f"nbytes must be >= 0, got {n}")
+        n = validate_count(nbytes, "nbytes", 0)
         if n > self.capacity:
             raise MessageTooLarge(
                 f"reservation of {n} bytes exceeds broadcast ring capacity {self.capacity}"
@@ -1577,9 +1582,7 @@ class PythonSubscriber(_Handle, SubscriberBase):
         return got[0]
 
     def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
-        count = _check_count(max_count, "max_count")
-        if count < 1:
-            raise ValueError(f"max_count must be >= 1, got {count}")
+        count = validate_max_count(max_count)
         got: list[bytes] = self._receive(self._take_bytes(count), timeout)
         return got
 

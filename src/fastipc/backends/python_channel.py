@@ -70,6 +70,7 @@ from .._checks import (
     check_buffer,
     deadline,
     release_view,
+    timeout_ns,
     validate_max_count,
 )
 from .._contract import DIRECT_MIN, RECV_BUFFER, ChannelBase
@@ -324,6 +325,8 @@ class PythonChannel(ChannelBase):
     # ---- send -----------------------------------------------------------
     @takes_turn(TX)
     def send(self, data: Any, fds: Iterable[FdLike] = (), timeout: float | None = None) -> None:
+        if timeout is not None:
+            timeout_ns(timeout)  # a bad one is an error even when the message goes at once
         turn = self._tx_turn
         try:
             del turn.free

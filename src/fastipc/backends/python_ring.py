@@ -117,6 +117,8 @@ from .._checks import (
     deadline,
     inherited_block,
     release_view,
+    validate_count,
+    validate_max_count,
 )
 from .._contract import RingBase
 from .._names import (
@@ -350,12 +352,6 @@ def _block_open(name: str, block: str, mine: bool = False) -> RuntimeError:
 def _seconds_left(deadline: float | None) -> float | None:
     """Seconds left before ``deadline`` (from :func:`_deadline`), at least 0; None: no deadline."""
     return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-def _check_count(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    return value
 
 
 def _claim_slot(fd: int) -> int:
@@ -1246,9 +1242,7 @@ class PythonRing(RingBase):
     def reserve(
         self, nbytes: int, timeout: float | None = None
     ) -> AbstractContextManager[memoryview]:
-        n = _check_count(nbytes, "nbytes")
-        if n < 0:
-            raise ValueError(f"nbytes must be >= 0, got {n}")
+        n = validate_count(nbytes, "nbytes", 0)
         if n > self.capacity:
             raise MessageTooLarge(f"reservation of {n} bytes exceeds ring capacity {self.capacity}")
         return self._reserve(n, _deadline(timeout))
@@ -1544,9 +1538,7 @@ class PythonRing(RingBase):
 
     @takes_turn(RX)
     def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
-        count = _check_count(max_count, "max_count")
-        if count < 1:
-            raise ValueError(f"max_count must be >= 1, got {count}")
+        count = validate_max_count(max_count)
         deadline = _deadline(timeout)
         out: list[bytes] = []
         self._check_enter(deadline, False)
