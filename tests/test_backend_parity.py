@@ -17,7 +17,7 @@ import pytest
 from conftest import child_env, new_name, run_python
 
 PROBES = r"""
-import json, math
+import array, json, math, sys
 import fastipc
 from fastipc import Broadcast, Channel, Ring
 
@@ -67,6 +67,13 @@ def ring_probes(closed):
         "readable": lambda r: r.readable(),
         "shutdown then send": lambda r: (r.shutdown(), r.send(b"x", timeout=0))[1],
         "shutdown then recv": lambda r: (r.shutdown(), r.recv(timeout=0))[1],
+        "empty message": lambda r: (r.send(b""), r.recv(timeout=0))[1],
+        "empty message view": lambda r: (r.send(b""), enter(r.recv_view(timeout=0)))[1],
+        "reserve 0": lambda r: (enter(r.reserve(0)), r.recv(timeout=0))[1],
+        "send strided view": lambda r: r.send(memoryview(b"abcdef")[::2], timeout=0),
+        "send int array": lambda r: (r.send(array.array("i", [1, 2]), timeout=0), r.recv(timeout=0))[1],
+        "recv_into int array": lambda r: (r.send(b"12345678"), r.recv_into(array.array("i", [0, 0]), timeout=0))[1],
+        "send_many mixed": lambda r: (r.send_many([b"a", bytearray(b"b"), memoryview(b"c")]), r.recv_many(5, timeout=0))[1],
     }
     for t, value in BAD_TIMEOUTS.items():
         probes[f"send timeout {t}"] = lambda r, v=value: r.send(b"x", timeout=v)
@@ -118,6 +125,12 @@ def broadcast_probes(closed):
         "readable": lambda p, s: s.readable(),
         "shutdown then publish": lambda p, s: (p.shutdown(), p.publish(b"x", timeout=0))[1],
         "shutdown then recv": lambda p, s: (p.shutdown(), s.recv(timeout=0))[1],
+        "empty message": lambda p, s: (p.publish(b""), s.recv(timeout=0))[1],
+        "reserve 0": lambda p, s: (enter(p.reserve(0)), s.recv(timeout=0))[1],
+        "publish strided view": lambda p, s: p.publish(memoryview(b"abcdef")[::2], timeout=0),
+        "recv_into int array": lambda p, s: (p.publish(b"12345678"), s.recv_into(array.array("i", [0, 0]), timeout=0))[1],
+        "publish_many mixed": lambda p, s: (p.publish_many([b"a", bytearray(b"b"), memoryview(b"c")]), s.recv_many(5, timeout=0))[1],
+        "missed": lambda p, s: s.missed,
     }
     for t, value in BAD_TIMEOUTS.items():
         probes[f"publish timeout {t}"] = lambda p, s, v=value: p.publish(b"x", timeout=v)
@@ -173,6 +186,13 @@ def channel_probes(closed):
         "peer closed then recv": lambda a, b: (b.close(), a.recv(timeout=1))[1],
         "peer closed then send": lambda a, b: (b.close(), a.send(b"x", timeout=1))[1],
         "pending": lambda a, b: a.pending(),
+        "empty message": lambda a, b: (b.send(b""), a.recv(timeout=1))[1],
+        "send strided view": lambda a, b: a.send(memoryview(b"abcdef")[::2], timeout=0),
+        "recv_into int array": lambda a, b: (b.send(b"12345678"), a.recv_into(array.array("i", [0, 0]), timeout=1))[1],
+        "send_many mixed": lambda a, b: (b.send_many([b"a", bytearray(b"b"), memoryview(b"c")]), a.recv_many(5, timeout=1))[1],
+        "send closed fd": lambda a, b: a.send(b"x", fds=[10_000], timeout=0),
+        "send file object": lambda a, b: (a.send(b"x", fds=[sys.stderr], timeout=0), len(b.recv_with_fds(timeout=1)[1]))[1],
+        "send too many fds": lambda a, b: a.send(b"x", fds=[0] * 300, timeout=0),
     }
     for t, value in BAD_TIMEOUTS.items():
         probes[f"send timeout {t}"] = lambda a, b, v=value: a.send(b"x", timeout=v)
