@@ -714,6 +714,44 @@ def test_channel_tcp_sends_share_one_thread_that_ends_when_idle(
     run(main())
 
 
+def test_channel_send_whose_thread_cannot_start_closes_the_channel(
+    run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No thread could start for a tcp send (RuntimeError, as at the process's
+    thread limit): the send raises, and the channel closes.
+
+    The send was queued for the thread before it failed to start: left open,
+    the channel's next send started a thread that sent the failed message
+    first, which its caller had been told did not go.
+    """
+    from fastipc.aio import _sender
+
+    async def main() -> None:
+        lst = await aio.listen("tcp://127.0.0.1:0")
+        ca = await aio.Channel.connect(lst.url)
+        cb = await lst.accept()
+        try:
+            with monkeypatch.context() as m:
+
+                def no_thread(self: threading.Thread) -> None:
+                    raise RuntimeError("can't start new thread")
+
+                m.setattr(_sender.threading.Thread, "start", no_thread)
+                with pytest.raises(RuntimeError, match="start new thread"):
+                    await ca.send(b"failed")
+            assert ca.closed
+            with pytest.raises(ValueError, match="closed"):
+                await ca.send(b"next")
+            with pytest.raises(Closed):  # the peer sees the end, not the failed message
+                await cb.recv(timeout=10)
+        finally:
+            ca.close()
+            cb.close()
+            lst.close()
+
+    run(main())
+
+
 def _pair(kind: str) -> tuple[aio.Channel, aio.Channel]:
     """Two connected channels; over tcp with small buffers (loopback's grow to megabytes)."""
     if kind == "socketpair":

@@ -300,7 +300,7 @@ class Channel:
                         raise
                     pause = await self._room(deadline, pause)
             await self._writable_now(deadline)
-            worker = self._sender.submit(lambda: send(data, fds, timeout=self._remaining(deadline)))
+            worker = self._hand_over(lambda: send(data, fds, timeout=self._remaining(deadline)))
             await self._in_worker(worker)
         finally:
             self._pass_turn(turn, worker)
@@ -311,7 +311,7 @@ class Channel:
         A batch that a unix socket takes whole or not at all (see the class)
         is sent on the loop thread, whole messages at a time: Timeout and
         Closed carry ``sent``, and a cancelled call may have sent a prefix of
-        the messages (each whole). Any other batch goes through the worker
+        the messages (each whole). Any other batch goes through the sender
         thread as a large :meth:`send` does.
         """
         deadline = deadline_of(timeout)
@@ -338,9 +338,7 @@ class Channel:
                     except Timeout:
                         raise timed_out(f"channel {self.name}", True, sent) from None
             await self._writable_now(deadline)
-            worker = self._sender.submit(
-                lambda: send_many(batch, timeout=self._remaining(deadline))
-            )
+            worker = self._hand_over(lambda: send_many(batch, timeout=self._remaining(deadline)))
             sent_all: int = await self._in_worker(worker)
             return sent_all
         finally:
@@ -375,6 +373,18 @@ class Channel:
             self._last = None
         if not turn.done():
             turn.set_result(None)
+
+    def _hand_over(self, send: Callable[[], _T]) -> asyncio.Future[_T]:
+        """Give ``send`` to the sender thread; a future of its result."""
+        try:
+            return self._sender.submit(send)
+        except BaseException:
+            # Cut short around the hand-over (a signal handler raised, no
+            # thread could start): the send may still run, after this call
+            # has failed and later sends have gone. Close, as an interrupted
+            # sync send that may have written part of a frame does.
+            self.close()
+            raise
 
     async def _in_worker(self, busy: asyncio.Future[_T]) -> _T:
         busy.add_done_callback(_seen)
