@@ -426,17 +426,19 @@ def test_close_from_another_thread_wakes_the_awaiter(run: Any, ring_name: str) -
         ring.close()
 
 
+@pytest.mark.parametrize("closer", ["thread", "handler"])
 @pytest.mark.parametrize("side", ["recv", "send_many", "recv_view"])
-def test_close_from_another_thread_while_the_first_wait_opens_its_bell(
-    run: Any, ring_name: str, monkeypatch: pytest.MonkeyPatch, side: str
+def test_close_while_the_first_wait_opens_its_bell(
+    run: Any, ring_name: str, monkeypatch: pytest.MonkeyPatch, side: str, closer: str
 ) -> None:
-    """close() from another thread while the first wait opens its doorbell fd.
+    """close() from another thread, or from a signal handler on the loop's
+    thread, while the first wait opens its doorbell fd.
 
     close() saw no loop yet (no bell, no block), so it released the handle's
     state on its own thread; the wait then stored and registered the bell
     it had opened, and that fd stayed open (and polled) until the handle
-    was collected. Made certain here: the close (in another thread, joined)
-    runs inside the bell's opening.
+    was collected. Made certain here: the close (in another thread, joined,
+    or called right there as a handler would) runs inside the bell's opening.
     """
     ring = aio.Ring.create(ring_name, 4096)
     if side == "send_many":
@@ -449,9 +451,12 @@ def test_close_from_another_thread_while_the_first_wait_opens_its_bell(
     def open_then_close(bell_side: int) -> int:
         fd = open_bell(bell_side)
         opened.append(fd)
-        t = threading.Thread(target=ring.close)
-        t.start()
-        t.join()
+        if closer == "handler":
+            ring.close()
+        else:
+            t = threading.Thread(target=ring.close)
+            t.start()
+            t.join()
         return fd
 
     monkeypatch.setattr(ring.sync, "_open_bell", open_then_close)

@@ -147,6 +147,13 @@ class _Awaiting:
             # Our own fd, not sync.fileno()'s: closing the sync handle from
             # another thread must never close an fd the loop still polls.
             w = self._waiters[side] = Waiters(self._ring._open_bell(side), False, True, lazy=True)
+            if self._closed:
+                # Closed while the bell opened, by a signal handler's close() on
+                # this thread: its release ran before the bell was stored.
+                if self._waiters[side] is w:
+                    self._waiters[side] = None
+                w.close_fd()  # not registered yet; idempotent
+                raise ValueError(f"ring {self.name!r} is closed")
         return w
 
     def _ring_bell(self, side: int) -> None:
