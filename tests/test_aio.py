@@ -719,6 +719,37 @@ def test_channel_tcp_sends_share_one_thread_that_ends_when_idle(
     run(main())
 
 
+def test_channel_sends_meet_their_thread_ending_idle(
+    run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sends that come just as the sender thread gives up waiting are never stranded.
+
+    The thread ends only if no send came while it decided to (under the
+    sender's lock); with a 1 ms idle limit and sends spaced around it, a send
+    queued to a thread that then ended would hang here.
+    """
+    from fastipc.aio import _sender
+
+    monkeypatch.setattr(_sender, "IDLE", 0.001)
+    rng = random.Random(7)
+
+    async def main() -> None:
+        lst = await aio.listen("tcp://127.0.0.1:0")
+        ca = await aio.Channel.connect(lst.url)
+        cb = await lst.accept()
+        try:
+            for i in range(300):
+                await asyncio.wait_for(ca.send(b"%d" % i), 10)
+                assert await cb.recv(timeout=10) == b"%d" % i
+                await asyncio.sleep(rng.uniform(0, 0.002))
+        finally:
+            ca.close()
+            cb.close()
+            lst.close()
+
+    run(main())
+
+
 def test_channel_send_whose_thread_cannot_start_closes_the_channel(
     run: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
