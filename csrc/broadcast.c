@@ -655,8 +655,11 @@ static int jump_to_head(fi_bcast *b)
      * against a single tail, a fast publisher looked like corruption. */
     uint64_t tail0 = ld_tail(h, __ATOMIC_ACQUIRE), head = ld_acq(&h->prod.head);
     uint64_t tail = ld_tail(h, __ATOMIC_ACQUIRE);
+    /* And reserved <= head + D: make_room stores head, then a `reserved` at
+     * most D past it, and head only grows. More would have every record
+     * from head on look overrun for ever: a receive that never returns. */
     if (head > tail || (head < tail0 && tail0 - head > b->size) || head < b->pos ||
-        reserved > tail0 + b->size)
+        reserved > tail0 + b->size || reserved > head + b->size)
         return -EBADMSG;
     b->pos = head;
     b->resync = 1;

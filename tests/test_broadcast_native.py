@@ -102,6 +102,43 @@ def test_hostile_positions_raise_incompatible_never_hang(
     Broadcast.unlink_name(ring_name)
 
 
+@pytest.mark.parametrize("how", ["recv", "recv_many", "recv_view", "recv_into"])
+def test_reserved_past_head_plus_a_lap_is_incompatible_not_a_receive_that_never_returns(
+    ring_name: str, how: str
+) -> None:
+    """`reserved` is never more than a data area past head (make_room stores head
+    first). A value past that but within a lap of the tail made every record from
+    head on look overrun for ever: a subscriber at head jumped back to head again and
+    again, so recv(timeout) said Empty with messages waiting and recv() without a
+    timeout spun for ever."""
+    with (
+        Broadcast.create(ring_name, 1024, subscribers=2) as pub,
+        Broadcast.subscribe(ring_name) as sub,  # its cursor is head (0)
+    ):
+        for i in range(3):
+            pub.publish(bytes([i]) * 100)
+        seg = Segment(ring_name)
+        try:
+            size = seg.u64(32)
+            assert seg.u64(HEAD) == 0
+            seg.u64(RESERVED, seg.u64(TAIL) + size)
+            started = time.monotonic()
+            with pytest.raises(IncompatibleSegment, match="corrupted"):
+                if how == "recv":
+                    sub.recv(timeout=2)
+                elif how == "recv_many":
+                    sub.recv_many(10, timeout=2)
+                elif how == "recv_into":
+                    sub.recv_into(bytearray(200), timeout=2)
+                else:
+                    with sub.recv_view(timeout=2):
+                        pass
+            assert time.monotonic() - started < 1.5
+        finally:
+            seg.close()
+    Broadcast.unlink_name(ring_name)
+
+
 def test_scribbled_record_header_is_incompatible_and_not_a_message(ring_name: str) -> None:
     with Broadcast.create(ring_name, 1024) as pub, Broadcast.subscribe(ring_name) as sub:
         pub.publish(b"a" * 10)
