@@ -448,8 +448,14 @@ static int make_room(fi_bcast *b, uint64_t tail, uint64_t end)
             uint64_t stride, seq;
             if (get_header(b, head, tail - head, &len, &stride, &seq))
                 return -EBADMSG;
-            if (head + stride > limit)
+            if (head + stride > limit) {
+                /* Cursors and pins stand at records: one inside a record is
+                 * corrupted (pub_ready, taking it for room, would send us
+                 * back here for ever, a publisher spinning in place). */
+                if (limit > head)
+                    return -EBADMSG;
                 break;
+            }
             head += stride;
             head_seq = seq + 1;
         }

@@ -195,6 +195,42 @@ def test_hostile_pins_and_slot_owners_do_not_stall_publishers(ring_name: str) ->
             seg.close()
 
 
+@pytest.mark.parametrize("how", ["publish", "reserve", "publish_many"])
+def test_block_cursor_inside_a_record_is_incompatible_not_a_publisher_spinning(
+    ring_name: str, how: str
+) -> None:
+    """A live subscriber's cursor scribbled to a position inside a record, past what
+    the next message needs: the waiting step took it for room (cursor >= need) and the
+    locked step, which moves head record by record, could not get there, so a block
+    publisher went back and forth between them at 100% CPU until its deadline (for
+    ever without one), then raised Full."""
+    with (
+        Broadcast.create(ring_name, 1024, subscribers=2, policy="block") as pub,
+        Broadcast.subscribe(ring_name),  # reads nothing: its cursor stays at head
+    ):
+        with pytest.raises(Full):
+            while True:
+                pub.publish(b"x" * 100, timeout=0)  # 128-byte records, to a full ring
+        seg = Segment(ring_name)
+        try:
+            assert seg.u64(HEAD) == 0 and seg.u64(SLOTS + 8) == 0
+            seg.u64(SLOTS + 8, 64)  # the cursor: inside the first record
+            started, cpu = time.monotonic(), time.process_time()
+            with pytest.raises(IncompatibleSegment, match="corrupted"):
+                if how == "publish":
+                    pub.publish(b"y", timeout=2)  # a 64-byte record: needs head past 64
+                elif how == "publish_many":
+                    pub.publish_many([b"y"], timeout=2)
+                else:
+                    with pub.reserve(1, timeout=2):
+                        pass
+            assert time.monotonic() - started < 1.5
+            assert time.process_time() - cpu < 1.5
+        finally:
+            seg.close()
+    Broadcast.unlink_name(ring_name)
+
+
 def test_ring_and_broadcast_refuse_each_other(ring_name: str) -> None:
     with Broadcast.create(ring_name, 1024), pytest.raises(IncompatibleSegment, match="Broadcast"):
         Ring.open(ring_name)
