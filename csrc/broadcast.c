@@ -1861,7 +1861,7 @@ static int64_t peek_loop(fi_bcast *b, int64_t timeout_ns, char **ptr, fi_bhold *
         int64_t rc = fi_lock_wait(m, deadline, b->spin_ns);
         if (rc)
             return rc;
-        uint64_t stride;
+        uint64_t stride = 0; /* set when rc >= 0 (gcc -O2 cannot tell) */
         rc = peek_locked(b, &stride);
         if (rc >= 0) {
             hold(b, rec);
