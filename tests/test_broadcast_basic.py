@@ -167,6 +167,16 @@ def test_create_refuses_bad_arguments(ring_name: str, kw: dict[str, object]) -> 
         Broadcast.create(ring_name, 64, subscribers="4")  # type: ignore[arg-type]
 
 
+def test_create_refuses_a_capacity_past_the_broadcast_limit_naming_it(ring_name: str) -> None:
+    """A Ring takes up to 2**32 - 128 bytes, a broadcast ring 2**32 - 256: past that, the
+    native backend said OSError(EINVAL) and the python one made the ring."""
+    for capacity in ((1 << 32) - 255, (1 << 32) - 128):
+        with pytest.raises(ValueError, match=f"{(1 << 32) - 256} bytes for a broadcast ring"):
+            Broadcast.create(ring_name, capacity)
+    with pytest.raises(FileNotFoundError):
+        Broadcast.open(ring_name)  # nothing was made
+
+
 def test_lagged_once_with_the_count_then_the_oldest_kept(
     ring_name: str, made: list[object]
 ) -> None:

@@ -35,7 +35,13 @@ from ._contract import drain, keep_bell_fd
 from ._names import unlink_ring
 from .errors import Closed, FastIPCError
 
-__all__ = ["MAX_SUBSCRIBERS", "POLICIES", "BroadcastBase", "SubscriberBase"]
+__all__ = [
+    "MAX_BROADCAST_CAPACITY",
+    "MAX_SUBSCRIBERS",
+    "POLICIES",
+    "BroadcastBase",
+    "SubscriberBase",
+]
 
 _B = TypeVar("_B", bound="BroadcastBase")
 _S = TypeVar("_S", bound="SubscriberBase")
@@ -44,6 +50,10 @@ _S = TypeVar("_S", bound="SubscriberBase")
 POLICIES = ("overwrite", "block")
 #: Most subscriber slots a broadcast ring may have.
 MAX_SUBSCRIBERS = 4096
+#: The largest broadcast ring capacity (bytes): a record, its header and
+#: padding to a cache line included, keeps a 32-bit size (csrc/broadcast.c's
+#: BC_MAX_CAPACITY); a little less than a Ring's.
+MAX_BROADCAST_CAPACITY = (1 << 32) - 256
 
 
 class BroadcastBase:

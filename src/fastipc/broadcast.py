@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ._checks import validate_capacity, validate_mode, validate_owners
-from ._contract_broadcast import MAX_SUBSCRIBERS, POLICIES
+from ._contract_broadcast import MAX_BROADCAST_CAPACITY, MAX_SUBSCRIBERS, POLICIES
 from ._names import unlink_ring, validate_name
 from .errors import IncompatibleSegment
 
@@ -109,6 +109,11 @@ class Broadcast(BroadcastImpl):
         different ring (or a Ring), OSError if the OS refuses.
         """
         name, capacity, mode = validate_name(name), validate_capacity(capacity), validate_mode(mode)
+        if capacity > MAX_BROADCAST_CAPACITY:
+            raise ValueError(
+                f"capacity must be between 1 and {MAX_BROADCAST_CAPACITY} bytes for a broadcast "
+                f"ring, got {capacity}"
+            )
         subscribers = _validate_subscribers(subscribers)
         policy = _validate_policy(policy)
         for _ in range(10):
