@@ -223,6 +223,30 @@ def test_fifo_with_a_reader_is_live(sock_dir: str) -> None:
     assert not os.path.exists(path)
 
 
+def test_ls_escapes_hostile_names_rather_than_print_or_fail_on_them() -> None:
+    # Anyone may make a file in /dev/shm: a name with an escape sequence, a
+    # newline (a made-up row) and a byte that is not UTF-8 (which a strict
+    # UTF-8 stdout, as on a desktop's en_US.UTF-8, cannot encode).
+    base = new_name()
+    path = os.fsencode(segment_path(base)) + b"\x1b[2J\nring  fake\xff"
+    with open(path, "wb"):
+        pass
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fastipc", "ls"],
+            env=child_env(PYTHONIOENCODING="utf-8"),
+            capture_output=True,
+            timeout=T,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        rows = [r for r in proc.stdout.splitlines() if base.encode() in r]
+        assert rows == [rows[0]] and b"\x1b" not in proc.stdout
+        assert f"shm://{base}\\x1b[2J\\nring  fake\\xff ".encode() in rows[0]
+    finally:
+        os.unlink(path)
+
+
 def test_ls_paths_errors(sock_dir: str) -> None:
     one_error_line(fastipc("ls", f"{sock_dir}/missing"))
     path = f"{sock_dir}/plain"

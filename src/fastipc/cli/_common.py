@@ -24,6 +24,7 @@ __all__ = [
     "log",
     "non_negative_int",
     "positive_int",
+    "printable",
     "seconds",
     "setup_logging",
     "sigterm_interrupts",
@@ -147,6 +148,18 @@ def as_text(data: bytes) -> str:
     if raw.endswith(b"\n"):
         raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
     return raw.decode("utf-8", "surrogateescape").translate(_CONTROLS)
+
+
+def printable(text: str) -> str:
+    """A name (a file name, a queue name) as the CLI prints it in a table: escaped as
+    :func:`as_text` escapes a message.
+
+    Anyone can make a file in /dev/shm or a queue whose name holds an escape
+    sequence, a newline (a made-up row) or bytes that are not UTF-8 (which a
+    strict UTF-8 stdout cannot even encode): such a name must neither drive
+    the terminal nor fail the whole listing.
+    """
+    return text.translate(_CONTROLS)
 
 
 def emit(data: bytes, binary: bool, args: argparse.Namespace | None = None) -> None:

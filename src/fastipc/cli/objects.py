@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from .. import inventory as inv
-from ._common import CLIError, describe
+from ._common import CLIError, describe, printable
 
 __all__ = ["add_ls", "add_rm", "cmd_ls", "cmd_rm"]
 
@@ -53,7 +53,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"entries": [e.to_json() for e in entries], "notes": notes}, indent=2))
         return 0
-    rows = [inv.COLUMNS, *inv.iter_rows(entries)]
+    rows = [inv.COLUMNS, *(tuple(map(printable, r)) for r in inv.iter_rows(entries))]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
