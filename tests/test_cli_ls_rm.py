@@ -247,6 +247,30 @@ def test_ls_escapes_hostile_names_rather_than_print_or_fail_on_them() -> None:
         os.unlink(path)
 
 
+def test_symlink_squatting_a_ring_name_is_listed_as_itself_and_removable(
+    ring_name: str, sock_dir: str
+) -> None:
+    # A symlink at a ring's name blocks Ring.create (FileExistsError): ls must
+    # show it, never what it points to, and rm must remove it, never its target.
+    target = f"{sock_dir}/target"
+    with open(target, "wb") as f:
+        f.write(b"x" * 1234)
+    os.chmod(target, 0o640)
+    for points_to in (target, f"{sock_dir}/missing"):
+        os.symlink(points_to, segment_path(ring_name))
+        with pytest.raises(FileExistsError):
+            Ring.create(ring_name, 4096)
+        row = ring_row(ring_name)
+        assert row is not None, "a squatting symlink is not listed"
+        assert row["size"] == len(points_to) and row["mode"] == "0777"
+        ok(fastipc("rm", ring_name))
+        assert not os.path.lexists(segment_path(ring_name))
+    with open(target, "rb") as f:
+        assert f.read() == b"x" * 1234
+    with Ring.create(ring_name, 4096, unlink_on_exit=True):
+        pass
+
+
 def test_ls_paths_errors(sock_dir: str) -> None:
     one_error_line(fastipc("ls", f"{sock_dir}/missing"))
     path = f"{sock_dir}/plain"

@@ -173,7 +173,9 @@ def ring_entry(name: str, scan: ProcessScan) -> Entry | None:
     files = []
     for path in [seg, *sems]:
         try:
-            files.append((path, os.stat(path)))
+            # lstat: a symlink squatting the name (dangling or not) is listed as
+            # itself, so that rm can remove it; the file it points to is not ours.
+            files.append((path, os.lstat(path)))
         except OSError:
             pass
     if not files:
