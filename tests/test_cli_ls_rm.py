@@ -271,6 +271,28 @@ def test_symlink_squatting_a_ring_name_is_listed_as_itself_and_removable(
         pass
 
 
+def test_fifo_with_a_reader_is_live_by_any_path(sock_dir: str) -> None:
+    # The same FIFO through a symlinked directory (as /var/run is /run): rm
+    # must still see its reader, and refuse to remove it.
+    os.mkdir(f"{sock_dir}/real")
+    os.symlink(f"{sock_dir}/real", f"{sock_dir}/link")
+    os.mkfifo(f"{sock_dir}/real/q.fifo", 0o600)
+    path = f"{sock_dir}/link/q.fifo"
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        (row,) = ls_json(path)
+        assert row["alive"] is True and row["pids"] == [os.getpid()]
+        (row,) = ls_json(f"{sock_dir}/link")
+        assert row["alive"] is True
+        assert "in use by pid" in one_error_line(fastipc("rm", path))
+        assert "in use by pid" in one_error_line(fastipc("rm", f"fifo://{path}"))
+        assert os.path.exists(path)
+    finally:
+        os.close(fd)
+    ok(fastipc("rm", path))
+    assert not os.path.exists(path)
+
+
 def test_ls_paths_errors(sock_dir: str) -> None:
     one_error_line(fastipc("ls", f"{sock_dir}/missing"))
     path = f"{sock_dir}/plain"

@@ -329,7 +329,9 @@ def socket_entry(path: str, st: os.stat_result, bound: dict[str, BoundPath]) -> 
 
 def fifo_entry(path: str, st: os.stat_result, scan: ProcessScan) -> Entry:
     """The entry of the FIFO at ``path``: alive while a process has it open for reading."""
-    f = scan.fifos.get(os.path.abspath(path), FifoUse())
+    f = scan.fifo_ids.get((st.st_dev, st.st_ino)) or scan.fifos.get(
+        os.path.abspath(path), FifoUse()
+    )
     return Entry(
         kind="fifo",
         name=f"fifo://{path}",

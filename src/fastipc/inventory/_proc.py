@@ -126,6 +126,9 @@ class ProcessScan:
         self.queues: dict[str, _Queue] = {}
         #: FIFO path -> readers and writers
         self.fifos: dict[str, FifoUse] = {}
+        #: the same, by the FIFO's (st_dev, st_ino): a path through a symlinked
+        #: directory (/var/run for /run) names the same FIFO
+        self.fifo_ids: dict[tuple[int, int], FifoUse] = {}
         #: pid -> cwd (for sockets bound to a relative path)
         self.cwd: dict[int, str] = {}
         #: processes of this user whose maps or fds could not be read (other
@@ -195,7 +198,8 @@ class ProcessScan:
                     access = int(info.get("flags", "0"), 8) & os.O_ACCMODE
                 except ValueError:
                     access = os.O_RDWR
-                entry = self.fifos.setdefault(target, FifoUse())
+                entry = self.fifo_ids.setdefault((st.st_dev, st.st_ino), FifoUse())
+                self.fifos.setdefault(target, entry)
                 if access in (os.O_RDONLY, os.O_RDWR):
                     entry.readers.add(pid)
                 if access in (os.O_WRONLY, os.O_RDWR):
