@@ -315,6 +315,25 @@ def test_recv_ring_created_with_capacity(running: Any, ring_name: str) -> None:
     assert not os.path.exists(f"/dev/shm/fastipc.{ring_name}"), "recv left the ring it made"
 
 
+def test_recv_ring_it_made_is_kept_while_messages_wait_in_it(running: Any, ring_name: str) -> None:
+    rcv = running("recv", f"shm://{ring_name}?capacity=65536", "--count", "1", "--timeout", "10")
+    deadline = time.monotonic() + T
+    while True:
+        try:
+            ring = Ring.open(ring_name)
+            break
+        except (FileNotFoundError, ValueError, OSError):
+            assert time.monotonic() < deadline, rcv.stderr
+            time.sleep(0.02)
+    with ring:
+        ring.send(b"one")
+        ring.send(b"two")  # sent, and acknowledged: it may not vanish with the name
+        assert rcv.finish() == 0, rcv.stderr
+        assert rcv.stdout == "one\n"
+        assert "not removed: 1 message still waits in it" in rcv.stderr
+    assert ok(fastipc("recv", f"shm://{ring_name}", "--count", "1", "--timeout", "10")) == "two\n"
+
+
 def test_recv_fifo(running: Any, sock_dir: str) -> None:
     path = f"{sock_dir}/p.fifo"
     rcv = running("recv", f"fifo://{path}", "--count", "2", "--timeout", "10")

@@ -183,8 +183,8 @@ def add_recv(sub: Any) -> None:
         "creates the FIFO and reads it; mq receives from the queue (creating it if needed); "
         "fd://N reads an inherited fd (e.g. fd://0 in a pipeline) until end of file; "
         "signal://self?sig=USR1,RTMIN+1 prints each signal as 'SIGNAL VALUE pid=P uid=U'; "
-        "shm://NAME receives from the ring (created, and removed at the end, when the URL "
-        "gives ?capacity=BYTES and it does not exist). SIGINT/SIGTERM end it with status 0.",
+        "shm://NAME receives from the ring (created, and removed at the end unless messages "
+        "still wait in it, when the URL gives ?capacity=BYTES and it does not exist). SIGINT/SIGTERM end it with status 0.",
         epilog="examples:\n"
         "  fastipc recv tcp://127.0.0.1:8080\n"
         "  fastipc recv udp://0.0.0.0:5000 --count 1 --timeout 10\n"
@@ -358,6 +358,27 @@ def _recv_ring(args: argparse.Namespace, ep: Endpoint) -> None:
     try:
         _print_until_closed(args, ring.recv, "nothing arrived in")
     finally:
-        if created:
-            ring.unlink()
-        ring.close()
+        try:
+            if created:
+                _remove_if_empty(ring, f"shm://{name}")
+        finally:
+            ring.close()
+
+
+def _remove_if_empty(ring: Ring, url: str) -> None:
+    """Remove the ring recv made, unless messages still wait in it: keep it, and say so.
+
+    Once removed, what waits in it could never be received again (the
+    senders holding it open would not know), and nothing would show the loss.
+    """
+    held = len(ring)
+    if held:
+        print(
+            f"fastipc: note: {url}: not removed: {held} "
+            f"{'message still waits' if held == 1 else 'messages still wait'} in it "
+            "(fastipc rm removes it)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    ring.unlink()
