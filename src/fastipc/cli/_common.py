@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import select
 import signal
 import sys
 import threading
@@ -29,6 +30,7 @@ __all__ = [
     "setup_logging",
     "sigterm_interrupts",
     "timed_out",
+    "write_all",
 ]
 
 #: A verb's runner: takes the parsed arguments, returns the exit status.
@@ -166,17 +168,34 @@ def emit(data: bytes, binary: bool, args: argparse.Namespace | None = None) -> N
     """Print one received message on stdout: a line of text, the bytes as they are,
     or as ``args`` asks (``--json``: a JSON string per line; ``--null``: bytes then NUL)."""
     if args is not None and getattr(args, "json", False):
-        sys.stdout.write(json.dumps(data.decode("utf-8", "surrogateescape")) + "\n")
-        sys.stdout.flush()
+        out = (json.dumps(data.decode("utf-8", "surrogateescape")) + "\n").encode()
     elif args is not None and getattr(args, "null", False):
-        sys.stdout.buffer.write(data + b"\0")
-        sys.stdout.buffer.flush()
+        out = data + b"\0"
     elif binary:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        out = data
     else:
-        sys.stdout.write(as_text(data) + "\n")
-        sys.stdout.flush()
+        text = as_text(data) + "\n"
+        out = text.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict")
+    write_all(out)
+
+
+def write_all(data: bytes) -> None:
+    """Write ``data`` to stdout, all of it, and flush.
+
+    An unbuffered stdout (``python -u``, ``PYTHONUNBUFFERED``) is a raw file:
+    its ``write`` stops short when a signal interrupts it in a full pipe, and
+    the text layer drops the rest without a word. Here the rest is written.
+    """
+    sys.stdout.flush()  # text printed before goes first
+    out = sys.stdout.buffer
+    view = memoryview(data)
+    while view:
+        n = out.write(view)
+        if n is None:  # a non-blocking stdout that is full: wait until it takes more
+            select.select([], [out], [])
+            continue
+        view = view[n:]
+    out.flush()
 
 
 def describe(exc: BaseException) -> str:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import queue
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from ..client import connect
 from ..endpoints import Endpoint, parse
@@ -184,7 +187,9 @@ def add_recv(sub: Any) -> None:
         "fd://N reads an inherited fd (e.g. fd://0 in a pipeline) until end of file; "
         "signal://self?sig=USR1,RTMIN+1 prints each signal as 'SIGNAL VALUE pid=P uid=U'; "
         "shm://NAME receives from the ring (created, and removed at the end unless messages "
-        "still wait in it, when the URL gives ?capacity=BYTES and it does not exist). SIGINT/SIGTERM end it with status 0.",
+        "still wait in it, when the URL gives ?capacity=BYTES and it does not exist). "
+        "SIGINT/SIGTERM end it with status 0, once the message it took is printed (a "
+        "second signal ends it at once).",
         epilog="examples:\n"
         "  fastipc recv tcp://127.0.0.1:8080\n"
         "  fastipc recv udp://0.0.0.0:5000 --count 1 --timeout 10\n"
@@ -256,6 +261,60 @@ class _Tally:
             sys.stderr.flush()
 
 
+_T = TypeVar("_T")
+
+#: Seconds one receive waits at a time while :class:`_Deferred` holds signals
+#: back: how late after Ctrl-C an idle recv ends.
+_SLICE = 0.05
+
+
+class _Deferred:
+    """SIGINT and SIGTERM while recv receives and prints: a message taken is printed first.
+
+    A receive takes its message off the ring, queue or stream for good: a
+    KeyboardInterrupt raised between its return and the end of printing the
+    message would drop it, silently (exit status 0). Inside :meth:`installed`
+    a signal only sets ``pending`` (a second one raises at once, for a stdout
+    that never drains); :meth:`receive` waits in slices of ``_SLICE`` seconds
+    and raises KeyboardInterrupt between messages.
+    """
+
+    def __init__(self) -> None:
+        self.pending = False
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # no handler can be set here: signals reach the main thread
+            return
+        signos = (signal.SIGINT, signal.SIGTERM)
+        previous = [signal.signal(signo, self._handler) for signo in signos]
+        try:
+            yield
+        finally:
+            for signo, handler in zip(signos, previous):
+                signal.signal(signo, handler)
+
+    def receive(self, recv: Callable[..., _T], timeout: float | None) -> _T:
+        """``recv(timeout=...)`` in slices: its message, Timeout past ``timeout``, or
+        KeyboardInterrupt once a signal is pending."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.pending:
+                raise KeyboardInterrupt
+            left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+            try:
+                return recv(timeout=max(left, 0.0))
+            except Timeout:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+
 def cmd_recv(args: argparse.Namespace) -> int:
     """Receive and print messages until EOF, --count, or a signal."""
     ep = parse(args.url)
@@ -286,16 +345,18 @@ def _print_until_closed(
 ) -> None:
     """Print what ``recv`` returns until Closed or ``--count``; CLIError on ``--timeout``."""
     received = 0
-    while _want_more(args, received):
-        try:
-            data = recv(timeout=args.timeout)
-        except Closed:
-            return
-        except Timeout:
-            raise timed_out(args.url, args.timeout, what_timed_out) from None
-        args.tally.add(len(data))  # before printing: it was received, whatever comes next
-        emit(data, args.binary, args)
-        received += 1
+    stop = _Deferred()
+    with stop.installed():
+        while _want_more(args, received):
+            try:
+                data = stop.receive(recv, args.timeout)
+            except Closed:
+                return
+            except Timeout:
+                raise timed_out(args.url, args.timeout, what_timed_out) from None
+            args.tally.add(len(data))  # before printing: it was received, whatever comes next
+            emit(data, args.binary, args)
+            received += 1
 
 
 def _recv_connected(args: argparse.Namespace, scheme: str) -> None:
@@ -314,18 +375,37 @@ def _recv_bound(args: argparse.Namespace) -> None:
     kw: dict[str, Any] = {"framing": args.framing}
     if args.max_message is not None:
         kw["max_message"] = args.max_message
+
+    def take(timeout: float | None) -> tuple[bytes, int]:
+        try:
+            return arrived.get(timeout=timeout)
+        except queue.Empty:
+            raise Timeout("nothing arrived") from None
+
     with serve(args.url, handler, **kw) as srv:
         srv.start()
         print(f"fastipc: receiving on {srv.address}", file=sys.stderr, flush=True)
         received = 0
-        while _want_more(args, received):
+        stop = _Deferred()
+        with stop.installed():
             try:
-                data, size = arrived.get(timeout=args.timeout)
-            except queue.Empty:
-                raise timed_out(srv.address, args.timeout, "nothing arrived at") from None
-            args.tally.add(size)
-            emit(data, args.binary, args)
-            received += 1
+                while _want_more(args, received):
+                    try:
+                        data, size = stop.receive(take, args.timeout)
+                    except Timeout:
+                        raise timed_out(srv.address, args.timeout, "nothing arrived at") from None
+                    args.tally.add(size)
+                    emit(data, args.binary, args)
+                    received += 1
+            except KeyboardInterrupt:
+                # What the server took (a FIFO's bytes, a datagram) is printed, not dropped.
+                srv.close()
+                while _want_more(args, received) and not arrived.empty():
+                    data, size = arrived.get_nowait()
+                    args.tally.add(size)
+                    emit(data, args.binary, args)
+                    received += 1
+                raise
 
 
 # ---------------------------------------------------------------------------
