@@ -195,3 +195,20 @@ def test_recv_progress_summary_after_ctrl_c(ring_name: str) -> None:
         _, err = proc.communicate(timeout=T)
         assert proc.returncode == 0
         assert "fastipc: received 1 message, 8 bytes" in err
+
+
+def test_closed_stdout_is_an_error_before_anything_is_received(ring_name: str) -> None:
+    # `fastipc recv URL >&-`: no traceback, and the message stays in the ring.
+    with fastipc_ring(ring_name) as ring:
+        ring.send(b"keep me")
+        for args in (["recv", f"shm://{ring_name}", "--count", "1"], ["ls"], ["info"]):
+            proc = subprocess.run(
+                ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "fastipc", *args],
+                env=child_env(),
+                capture_output=True,
+                text=True,
+                timeout=T,
+                check=False,
+            )
+            assert "stdout is closed" in one_error_line(proc), args
+        assert ring.recv(timeout=0) == b"keep me"

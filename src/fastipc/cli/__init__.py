@@ -60,6 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     run: Runner = args.run
+    if sys.stdout is None and _prints(args):
+        # fd 1 closed (cmd >&-): say so before a message is taken off its
+        # queue or ring only to find nowhere to print it.
+        print("fastipc: error: stdout is closed: nowhere to print to", file=sys.stderr)
+        return 1
     try:
         return run(args)
     except KeyboardInterrupt:
@@ -83,3 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as exc:
         print(f"fastipc: error: {describe(exc)}", file=sys.stderr)
         return 1
+
+
+def _prints(args: argparse.Namespace) -> bool:
+    """Whether the verb of ``args`` writes to stdout."""
+    if args.verb == "send":
+        return bool(args.wait_reply)
+    if args.verb == "rm":
+        return bool(args.verbose)
+    return args.verb in ("recv", "ls", "info", "bench")
