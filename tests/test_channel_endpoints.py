@@ -90,6 +90,14 @@ def test_path_limit_is_107_bytes() -> None:
         ("tcp://[::1:80", "host"),
         ("tcp://::1:80", "IPv6"),
         ("unix:///a\0b", "NUL"),
+        # numbers are ASCII digits: not '²' (int() refuses it), nor another script's
+        ("tcp://127.0.0.1:²", "port '²'"),
+        ("udp://127.0.0.1:٨٠", "port '٨٠'"),
+        ("fd://١", "fd '١' is not a descriptor number"),
+        ("signal://١٢٣?sig=USR1", "process '١٢٣' is not a pid"),
+        ("signal://123?sig=٣", "no signal name"),
+        ("signal://123?sig=RTMIN+١", "expected RTMIN"),
+        ("shm://r?capacity=١٠٠", "option capacity='١٠٠' is not a whole number"),
     ],
 )
 def test_malformed_urls_name_the_wrong_part(url: str, part: str) -> None:

@@ -204,13 +204,19 @@ def _parse_query(
     return options, typed
 
 
+def _digits(text: str) -> bool:
+    """Whether ``text`` is a number written in ASCII digits 0-9 (``isdecimal`` alone takes
+    any script's digits, ``"١"`` for 1; ``isdigit`` even ``"²"``, which ``int`` refuses)."""
+    return text.isascii() and text.isdecimal()
+
+
 class _BadOption(ValueError):
     """What is wrong with an option's value (the text follows ``option KEY='VALUE'``)."""
 
 
 def _count(minimum: int) -> Callable[[str], int]:
     def convert(value: str) -> int:
-        if not value.isdecimal() or int(value) < minimum:
+        if not _digits(value) or int(value) < minimum:
             raise _BadOption(f"is not a whole number >= {minimum}")
         return int(value)
 
@@ -274,7 +280,7 @@ def signal_number(text: str) -> int:
     (it is no signal).
     """
     name = text.strip().upper()
-    if name.isdecimal():
+    if _digits(name):
         signo = int(name)
     else:
         name = name.removeprefix("SIG")
@@ -285,7 +291,7 @@ def signal_number(text: str) -> int:
                 break
         rtmin, rtmax = int(signal.SIGRTMIN), int(signal.SIGRTMAX)
         if base in ("RTMIN", "RTMAX"):
-            if not offset.isdecimal():
+            if not _digits(offset):
                 raise _BadOption(f"has {text!r}: expected RTMIN+N or RTMAX-N")
             n = int(offset) if sign != "-" else -int(offset)
             signo = (rtmin if base == "RTMIN" else rtmax) + n
@@ -384,7 +390,7 @@ def _parse_host_port(rest: str, url: str) -> Endpoint:
             raise ValueError(f"endpoint {url!r}: host: write an IPv6 address as [ADDR]")
     if not host:
         raise ValueError(f"endpoint {url!r}: host: empty (use 0.0.0.0 for all interfaces)")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not _digits(port_text) or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"endpoint {url!r}: port {port_text!r} is not a number from 0 to 65535")
     return Endpoint(url=url, scheme="", host=host, port=int(port_text))
 
@@ -426,7 +432,7 @@ def _parse_shm(rest: str, url: str) -> Endpoint:
 
 def _parse_fd(rest: str, url: str) -> Endpoint:
     """``N``: a file descriptor number this process inherited or opened."""
-    if not rest.isdecimal() or len(rest) > 9:
+    if not _digits(rest) or len(rest) > 9:
         raise ValueError(f"endpoint {url!r}: fd {rest!r} is not a descriptor number (fd://0)")
     return Endpoint(url=url, scheme="", fd=int(rest))
 
@@ -435,7 +441,7 @@ def _parse_signal(rest: str, url: str) -> Endpoint:
     """``PID`` (a process id) or ``self``; the signals come in ``?sig=``."""
     if rest == "self":
         return Endpoint(url=url, scheme="")
-    if not rest.isdecimal() or not 0 < int(rest) < 2**31:
+    if not _digits(rest) or not 0 < int(rest) < 2**31:
         raise ValueError(
             f"endpoint {url!r}: process {rest!r} is not a pid (signal://1234) or 'self'"
         )
