@@ -63,6 +63,8 @@ def test_top_level_help_lists_every_verb() -> None:
         ["serve", "no-scheme"],
         ["recv", "unix://"],
         ["rm", "shm://bad/name"],
+        ["send", "signal://self?sig=USR1", "1"],  # would end the command itself
+        ["send", "signal://self?sig=QUIT", "1"],
     ],
 )
 def test_bad_url_is_one_error_line(args: list[str]) -> None:

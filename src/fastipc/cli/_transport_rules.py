@@ -57,6 +57,12 @@ def check_send(ep: Endpoint, args: argparse.Namespace) -> None:
     """``send``: CLIError for ``--priority`` off a queue and ``--wait-reply`` where none can come."""
     if args.priority is not None and ep.scheme != "mq":
         raise CLIError(f"--priority applies to mq:// queues only, not {ep.scheme}://")
+    if ep.scheme == "signal" and ep.pid is None:
+        # signal://self is the send command itself, which a signal it has no
+        # handler for would kill (exit status 138 for USR1, a core for QUIT).
+        raise CLIError(
+            "send: signal://self is this fastipc process; name the receiver: signal://PID?sig=..."
+        )
     if not args.wait_reply:
         return
     kind = transport(ep.scheme)
