@@ -212,3 +212,18 @@ def test_closed_stdout_is_an_error_before_anything_is_received(ring_name: str) -
             )
             assert "stdout is closed" in one_error_line(proc), args
         assert ring.recv(timeout=0) == b"keep me"
+
+
+def test_send_dash_with_stdin_closed_is_one_error_line(ring_name: str) -> None:
+    with fastipc_ring(ring_name) as ring:
+        proc = subprocess.run(
+            ["sh", "-c", 'exec "$@" <&-', "sh", sys.executable, "-m", "fastipc"]
+            + ["send", f"shm://{ring_name}", "-"],
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=T,
+            check=False,
+        )
+        assert "stdin is closed" in one_error_line(proc)
+        assert len(ring) == 0

@@ -126,8 +126,12 @@ def cmd_send(args: argparse.Namespace) -> int:
                 body = f.read()
         except OSError as exc:
             raise CLIError(f"--file {args.file}: {exc.strerror}") from None
+    elif args.message == "-":
+        if sys.stdin is None:  # fd 0 closed (cmd <&-)
+            raise CLIError("stdin is closed: no message to read for MESSAGE '-'")
+        body = sys.stdin.buffer.read()
     else:
-        body = sys.stdin.buffer.read() if args.message == "-" else os.fsencode(args.message)
+        body = os.fsencode(args.message)
     data = body + (b"\0" if args.nul else b"")
     ep = parse(args.url)
     rules.check_send(ep, args)
