@@ -91,6 +91,10 @@ def test_options_that_do_not_fit_the_scheme(ring_name: str) -> None:
         assert "mq" in one_error_line(fastipc("send", f"shm://{ring_name}", "x", "--priority", "3"))
         assert "reply" in one_error_line(fastipc("send", f"shm://{ring_name}", "x", "--wait-reply"))
     one_error_line(fastipc("send", "mq:///nope", "x", "--wait-reply"))
+    # --until-eof on an endpoint with no end of stream would wait forever after the replies.
+    for url in ("udp://127.0.0.1:9", "mq:///nope?reply=/nope", "unixgram:///tmp/nope.sock"):
+        line = one_error_line(fastipc("send", url, "x", "--wait-reply", "--until-eof"))
+        assert "--until-eof" in line and "--idle" in line, line
 
 
 # ---------------------------------------------------------------------------

@@ -73,6 +73,11 @@ def check_send(ep: Endpoint, args: argparse.Namespace) -> None:
             "--wait-reply on a queue needs ?reply=/QUEUE in the URL, naming the queue "
             "the answer comes back on"
         )
+    if getattr(args, "until_eof", False) and not kind.framed:
+        # Only a stream (tcp, unix, fd) has an end; elsewhere it would wait forever.
+        raise CLIError(
+            f"--until-eof reads a stream to its end; {ep.scheme}:// has none (use --idle S)"
+        )
 
 
 def send_options(ep: Endpoint, args: argparse.Namespace) -> dict[str, Any]:
