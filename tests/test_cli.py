@@ -71,6 +71,23 @@ def test_bad_url_is_one_error_line(args: list[str]) -> None:
     one_error_line(fastipc(*args))
 
 
+@pytest.mark.parametrize(
+    ("args", "part"),
+    [
+        (["--broadcast", "--peers"], "--broadcast is a run of its own"),
+        (["--broadcast", "--scaling"], "--broadcast is a run of its own"),
+        (["--aio", "--peers"], "--aio adds to the Ring and Channel run"),
+        (["--aio", "--broadcast"], "--aio adds to the Ring and Channel run"),
+        (["--json", "/nonexistent/dir/report.json"], "cannot write there"),
+    ],
+)
+def test_bench_flags_another_run_would_ignore_are_refused_at_once(
+    args: list[str], part: str
+) -> None:
+    # Refused before measuring (not ignored, nor found out after the run).
+    assert part in one_error_line(fastipc("bench", "--quick", *args, timeout=10))
+
+
 def test_unreachable_endpoints(sock_dir: str) -> None:
     port = free_port()
     line = one_error_line(fastipc("send", f"tcp://127.0.0.1:{port}", "hi", "--timeout", "5"))

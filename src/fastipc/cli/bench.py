@@ -95,6 +95,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Run the Ring and Channel benchmarks, or the peers comparison, and print the tables (or JSON)."""
     if args.plot and not (args.peers or args.scaling):
         raise CLIError("--plot draws the --peers and --scaling figures: add one of them")
+    # Each run measures one thing: a flag another run's would be ignored, silently.
+    if args.broadcast and (args.peers or args.scaling):
+        raise CLIError("--broadcast is a run of its own: not with --peers or --scaling")
+    if args.aio and (args.broadcast or args.peers or args.scaling):
+        raise CLIError(
+            "--aio adds to the Ring and Channel run: not with --broadcast, --peers or --scaling"
+        )
+    if args.json not in (None, "-"):
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise CLIError(f"--json {args.json}: cannot write there (before a run of minutes)")
     if args.repeat is not None and args.repeat < 1:
         raise CLIError("--repeat must be at least 1")
     if args.duration is not None and not 0 < args.duration <= 600:
