@@ -30,7 +30,7 @@ from _cli_util import (  # noqa: F401
 from conftest import child_env, new_name
 
 from fastipc import BACKEND, Ring, inventory
-from fastipc._names import segment_path, semaphore_paths
+from fastipc._names import bell_paths, segment_path, semaphore_paths
 from fastipc.endpoints import parse
 
 HOLD_RING = """
@@ -291,6 +291,28 @@ def test_fifo_with_a_reader_is_live_by_any_path(sock_dir: str) -> None:
         os.close(fd)
     ok(fastipc("rm", path))
     assert not os.path.exists(path)
+
+
+def test_doorbells_left_of_a_removed_ring_are_listed_and_removed(ring_name: str) -> None:
+    # A watcher of a ring removed meanwhile makes its doorbell FIFO again: all
+    # that is left of the ring. ls lists it under the ring's name, rm removes it.
+    ring = Ring.create(ring_name, 4096)
+    try:
+        ok(fastipc("rm", "--force", ring_name))
+        ring.fileno()
+        bells = [p for p in bell_paths(ring_name) if os.path.lexists(p)]
+        assert bells
+        row = ring_row(ring_name)
+        assert row is not None and row["files"] == bells
+        assert row["alive"] is True and row["pids"] == [os.getpid()]
+        assert "in use by pid" in one_error_line(fastipc("rm", ring_name))
+    finally:
+        ring.close()
+    row = ring_row(ring_name)
+    assert row is not None and row["alive"] is False
+    ok(fastipc("rm", ring_name))
+    assert not any(os.path.lexists(p) for p in bells)
+    assert ring_row(ring_name) is None
 
 
 def test_ls_paths_errors(sock_dir: str) -> None:

@@ -10,7 +10,9 @@ How each kind is found, and what "alive" means for it:
 ring
     ``/dev/shm/fastipc.NAME`` (plus ``sem.fastipc.NAME.items``/``.space``
     with the python backend): one row per ring. Alive while some process
-    has the segment mapped (``/proc/PID/maps``).
+    has the segment mapped (``/proc/PID/maps``). Doorbell FIFOs left of a
+    removed ring (``bell.fastipc.NAME.*``) show as that ring, alive while a
+    process has one open, so that ``rm NAME`` removes them.
 queue
     POSIX message queues. Listed from the mqueue filesystem when it is
     mounted (``/dev/mqueue`` by convention); otherwise only the queues some

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import struct
 from collections.abc import Iterable, Iterator
@@ -12,12 +13,16 @@ from typing import Any
 import posix_ipc
 
 from .._names import (
+    BELL_PREFIX,
+    BELL_SUFFIXES,
     SEGMENT_PREFIX,
     SEMAPHORE_PREFIX,
     SEMAPHORE_SUFFIXES,
     SHM_DIR,
+    bell_paths,
     segment_path,
     semaphore_paths,
+    subscriber_bells,
 )
 from ._proc import FifoUse, ProcessScan, parse_qsize, read_head, unix_sockets
 
@@ -98,8 +103,11 @@ COLUMNS = ("KIND", "NAME", "BACKEND", "SIZE", "MODE", "WAITING", "PIDS", "ALIVE"
 # ---------------------------------------------------------------------------
 
 
+_SUB_BELL = re.compile(r"\.sub[0-9]{1,4}\Z")
+
+
 def ring_names() -> list[str]:
-    """The names of the rings that have a segment or a semaphore in /dev/shm."""
+    """The names of the rings that have a segment, a semaphore or a doorbell in /dev/shm."""
     try:
         files = os.listdir(SHM_DIR)
     except OSError:
@@ -112,6 +120,16 @@ def ring_names() -> list[str]:
             for suffix in SEMAPHORE_SUFFIXES:
                 if f.endswith(suffix):
                     names.add(f[len(SEMAPHORE_PREFIX) : -len(suffix)])
+        elif f.startswith(BELL_PREFIX):
+            # A doorbell outliving its ring (made again by a watcher of a ring
+            # removed meanwhile) is listed under the ring's name, so rm finds it.
+            rest = f[len(BELL_PREFIX) :]
+            sub = _SUB_BELL.search(rest)
+            if sub:
+                names.add(rest[: sub.start()])
+            for suffix in BELL_SUFFIXES:
+                if rest.endswith(suffix):
+                    names.add(rest[: -len(suffix)])
     return sorted(n for n in names if n)
 
 
@@ -179,7 +197,7 @@ def ring_entry(name: str, scan: ProcessScan) -> Entry | None:
         except OSError:
             pass
     if not files:
-        return None
+        return _bells_entry(name, scan)
     first, st = files[0]
     size = st.st_size if first == seg else None  # None: only semaphores are left
     mode = stat.S_IMODE(st.st_mode)
@@ -197,6 +215,32 @@ def ring_entry(name: str, scan: ProcessScan) -> Entry | None:
         alive=bool(pids),
         detail={"files": [p for p, _ in files], "backend": backend},
         waiting=waiting,
+    )
+
+
+def _bells_entry(name: str, scan: ProcessScan) -> Entry | None:
+    """Ring ``name``'s entry when only doorbell FIFOs are left of it, or None."""
+    bells = []
+    for path in [*bell_paths(name), *subscriber_bells(name)]:
+        try:
+            bells.append((path, os.lstat(path)))
+        except OSError:
+            pass
+    if not bells:
+        return None
+    holders: set[int] = set()
+    for _, st in bells:
+        use = scan.fifo_ids.get((st.st_dev, st.st_ino))
+        if use is not None:
+            holders |= use.readers | use.writers
+    return Entry(
+        kind="ring",
+        name=f"shm://{name}",
+        path=segment_path(name),
+        mode=stat.S_IMODE(bells[0][1].st_mode),
+        pids=sorted(holders),
+        alive=bool(holders),
+        detail={"files": [p for p, _ in bells], "only_doorbells": True},
     )
 
 

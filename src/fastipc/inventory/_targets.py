@@ -154,7 +154,12 @@ def is_listening(path: str) -> bool:
 def remove(entry: Entry) -> None:
     """Remove the object of ``entry`` (its name: handles others hold keep working)."""
     if entry.kind in ("ring", "broadcast"):
-        unlink_ring(entry.name[len("shm://") :])
+        try:
+            unlink_ring(entry.name[len("shm://") :])
+        except FileNotFoundError:
+            if not entry.detail.get("only_doorbells"):
+                raise
+            # unlink_ring removed the doorbells, all that was left of the ring
     elif entry.kind == "queue":
         name = entry.name[len("mq://") :]
         try:
