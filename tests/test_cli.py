@@ -252,6 +252,25 @@ def test_recv_udp_count(running: Any) -> None:
     assert rcv.stdout == "first\ncaf\u00e9 \u2615\n"
 
 
+def test_serve_log_escapes_what_a_peer_names_itself(running: Any, sock_dir: str) -> None:
+    # A unixgram sender's address is a path it chose: an escape sequence and a
+    # newline in it must not reach the operator's terminal as they are.
+    path = f"{sock_dir}/g.sock"
+    srv = running("serve", f"unixgram://{path}")
+    srv.address()
+    client = f"{sock_dir}/\x1b[2J\n2026-01-01 00:00:00 forged"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(client)
+        s.sendto(b"a\\b", path)
+        srv.wait_for("message from")
+    os.unlink(client)
+    assert srv.stop() == 0
+    assert "\x1b" not in srv.stderr
+    (line,) = [ln for ln in srv.stderr.splitlines() if "message from" in ln]
+    assert line.endswith(f"message from {sock_dir}/\\x1b[2J\\n2026-01-01 00:00:00 forged: a\\\\b")
+    assert not any(ln.startswith("2026-01-01") for ln in srv.stderr.splitlines())
+
+
 def test_recv_unixgram_binary(running: Any, sock_dir: str) -> None:
     path = f"{sock_dir}/g.sock"
     rcv = running("recv", f"unixgram://{path}", "--count", "1", "--binary", "--timeout", "10")

@@ -210,6 +210,20 @@ def timed_out(url: str, timeout: float | None, what: str) -> CLIError:
     return CLIError(f"timed out: {what} {url} within {timeout:g} s")
 
 
+#: What a log line may not carry as it is: control characters and bytes that
+#: are not UTF-8 (a backslash stays: the message text in it is escaped already).
+_LOG_UNSAFE = {c: e for c, e in _CONTROLS.items() if c != 0x5C}
+
+
+class _LogFormatter(logging.Formatter):
+    """Log lines with control characters escaped: a peer names itself (a unix
+    client's bound path) and must not drive the terminal or forge a line."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.translate(_LOG_UNSAFE)
+        return super().formatMessage(record)
+
+
 def setup_logging(quiet: bool) -> None:
     """Send the ``fastipc`` loggers (server core and CLI) to stderr, INFO unless quiet."""
     global _log_handler
@@ -217,7 +231,7 @@ def setup_logging(quiet: bool) -> None:
     if _log_handler is not None:
         root.removeHandler(_log_handler)
     _log_handler = logging.StreamHandler(sys.stderr)
-    _log_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    _log_handler.setFormatter(_LogFormatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     root.addHandler(_log_handler)
     root.setLevel(logging.WARNING if quiet else logging.INFO)
     root.propagate = False
