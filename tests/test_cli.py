@@ -88,6 +88,16 @@ def test_bench_flags_another_run_would_ignore_are_refused_at_once(
     assert part in one_error_line(fastipc("bench", "--quick", *args, timeout=10))
 
 
+@pytest.mark.parametrize("value", ["1e300", "1e309", "nan", "-1"])
+def test_a_timeout_out_of_range_is_a_usage_error(ring_name: str, value: str) -> None:
+    # 1e300 s overflowed the conversion to nanoseconds: an OverflowError traceback.
+    with Ring.create(ring_name, 4096):
+        for verb in (["send", f"shm://{ring_name}", "x"], ["recv", f"shm://{ring_name}"]):
+            proc = fastipc(*verb, "--timeout", value)
+            assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+            assert "argument --timeout: must be a number of seconds" in proc.stderr
+
+
 def test_unreachable_endpoints(sock_dir: str) -> None:
     port = free_port()
     line = one_error_line(fastipc("send", f"tcp://127.0.0.1:{port}", "hi", "--timeout", "5"))

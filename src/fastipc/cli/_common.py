@@ -70,14 +70,21 @@ def _whole_number(text: str, low: int, wanted: str) -> int:
     return value
 
 
+#: The longest --timeout (and other seconds) taken: about 31 years. Past ~1e299 s
+#: the library's conversion to nanoseconds overflows (OverflowError).
+SECONDS_MAX = 1e9
+
+
 def seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds >= 0."""
+    """An argparse type: a finite number of seconds from 0 to ``SECONDS_MAX``."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    if not 0 <= value <= SECONDS_MAX:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds from 0 to {SECONDS_MAX:.0f}, got {text!r}"
+        )
     return value
 
 
