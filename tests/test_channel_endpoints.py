@@ -51,6 +51,8 @@ def test_options_come_typed_and_checked_once() -> None:
         ("unix:///a?mode=0999", "option mode='0999' is not an octal permission mask"),
         ("unix:///a?mode=1777", "option mode='1777' is not a permission mask between"),
         ("unix:///a?backlog=-1", "option backlog='-1' is not a whole number >= 0"),
+        # listen() takes a C int: more was an OverflowError from serve()
+        ("tcp://h:1?backlog=2147483648", "option backlog='2147483648' is over 2147483647"),
         ("unix:///a?max_message=0", "option max_message='0' is not a whole number >= 1"),
         ("shm://r?capacity=²", "option capacity='²' is not a whole number >= 1"),
         ("fifo:///f?single_writer=yes", "option single_writer='yes' is not 0 or 1"),

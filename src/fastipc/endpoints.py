@@ -71,7 +71,7 @@ class Endpoint:
 
     The options, checked and typed (None, or False, when not given; which
     scheme takes which is in ``_PARSERS``): ``mode`` (int, a permission
-    mask, ``?mode=0660``), ``backlog`` (int >= 0), ``max_message`` (int >= 1,
+    mask, ``?mode=0660``), ``backlog`` (int, 0 to 2**31 - 1), ``max_message`` (int >= 1,
     bytes; its upper bound, 2**32 - 1, is checked where it is used, as for
     the keyword), ``maxmsg``, ``msgsize`` and ``capacity`` (ints >= 1),
     ``single_writer`` (bool, ``0`` or ``1``), ``owner`` (int >= 0, a uid
@@ -214,10 +214,12 @@ class _BadOption(ValueError):
     """What is wrong with an option's value (the text follows ``option KEY='VALUE'``)."""
 
 
-def _count(minimum: int) -> Callable[[str], int]:
+def _count(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def convert(value: str) -> int:
         if not _digits(value) or int(value) < minimum:
             raise _BadOption(f"is not a whole number >= {minimum}")
+        if maximum is not None and int(value) > maximum:
+            raise _BadOption(f"is over {maximum}")
         return int(value)
 
     return convert
@@ -325,7 +327,8 @@ def signal_name(signo: int) -> str:
 #: option -> converter from its text to its typed value (the Endpoint
 #: attribute of the same name); raises _BadOption saying what is wrong.
 _OPTIONS: dict[str, Callable[[str], Any]] = {
-    "backlog": _count(0),
+    # listen() takes a C int (the kernel caps it at net.core.somaxconn anyway).
+    "backlog": _count(0, 2**31 - 1),
     "max_message": _count(1),
     "maxmsg": _count(1),
     "msgsize": _count(1),
