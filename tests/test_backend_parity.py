@@ -12,12 +12,19 @@ ValueError; a bad argument may be named first, on either backend.
 from __future__ import annotations
 
 import json
+import threading
+import time
+from typing import Any
 
 import pytest
 from conftest import child_env, new_name, run_python
 
+import fastipc
+from fastipc import Broadcast, Channel, Ring
+
 PROBES = r"""
 import array, json, math, sys
+import fastipc
 import fastipc
 from fastipc import Broadcast, Channel, Ring
 
@@ -251,3 +258,53 @@ def test_both_backends_answer_bad_calls_alike(kind: str) -> None:
     # Good arguments on a closed handle: ValueError (closed), whatever the call.
     after_close = {k: v for k, v in native.items() if k.startswith("closed ")}
     assert after_close and set(after_close.values()) == {"raises ValueError"}, after_close
+
+
+@pytest.mark.parametrize(
+    "timeout", [1e300, 10**400, float("inf"), 1e10], ids=["1e300", "10**400", "inf", "1e10"]
+)
+@pytest.mark.parametrize("kind", ["ring", "broadcast", "channel"])
+def test_a_timeout_of_centuries_waits_like_none(kind: str, timeout: Any) -> None:
+    """Timeouts past what a deadline in int64 ns holds (~146 years) wait as None does.
+
+    1e300 and 10**400 raised OverflowError from the C call (native) or the
+    arithmetic (python); math.inf already meant forever.
+    """
+    name = new_name()
+    closers: list[Any] = []
+    send: Any
+    recv: Any
+    if kind == "ring":
+        ring = Ring.create(name, 4096)
+        closers.append(ring)
+        send, recv = ring.send, ring.recv
+    elif kind == "broadcast":
+        pub = Broadcast.create(name, 4096, subscribers=1)
+        sub = Broadcast.subscribe(name)
+        closers += [sub, pub]
+        send, recv = pub.publish, sub.recv
+    else:
+        a, b = Channel.pair()
+        closers += [a, b]
+        send, recv = a.send, b.recv
+    try:
+        send(b"now", timeout=timeout)
+        assert recv(timeout=timeout) == b"now"
+        # fastipc.wait took such a timeout (inf too) for an expired deadline: [] at once.
+        threading.Timer(0.2, send, (b"ready",)).start()
+        waited_on = sub if kind == "broadcast" else ring if kind == "ring" else b
+        assert fastipc.wait([waited_on], timeout=timeout) == [waited_on]
+        assert recv(timeout=0) == b"ready"
+        later = threading.Timer(0.2, send, (b"later",))
+        later.start()
+        t0 = time.monotonic()
+        assert recv(timeout=timeout) == b"later"  # waited, then returned at once
+        assert time.monotonic() - t0 < 10
+        later.join()
+    finally:
+        for c in closers:
+            c.close()
+        if kind == "ring":
+            Ring.unlink_name(name)
+        elif kind == "broadcast":
+            Broadcast.unlink_name(name)

@@ -66,6 +66,9 @@ def inherited_block(block: str) -> RuntimeError:
 _INF = float("inf")
 #: Whole seconds above this take the checked path below (int * 1e9 stays exact here).
 _INT_FAST_MAX = 1 << 32
+#: Timeouts of this many ns or more wait forever (a deadline must fit an int64).
+_FOREVER_NS = 1 << 62
+_FLOAT_FAST_MAX = 1e9  # seconds: well under _FOREVER_NS
 
 
 def timeout_ns(timeout: float | None) -> int:
@@ -77,7 +80,7 @@ def timeout_ns(timeout: float | None) -> int:
     # fails the float test); anything else, and every error, below.
     kind = type(timeout)
     if kind is float:
-        if 0.0 <= timeout < _INF:
+        if 0.0 <= timeout < _FLOAT_FAST_MAX:
             return int(timeout * 1e9)
     elif kind is int and 0 <= timeout <= _INT_FAST_MAX:
         return timeout * 1_000_000_000  # type: ignore[return-value]
@@ -89,11 +92,12 @@ def _timeout_ns_checked(timeout: object) -> int:
         raise TypeError(
             f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
         )
-    if math.isnan(timeout) or timeout < 0:
+    if timeout < 0 or (isinstance(timeout, float) and math.isnan(timeout)):
         raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
-    if timeout == _INF:
-        return -1
-    return int(timeout * 1e9)
+    # Integer arithmetic for an int (10**400 has no float); past ~146 years
+    # (inf included) a deadline would not fit the C calls' int64: forever.
+    ns = timeout * 1_000_000_000 if isinstance(timeout, int) else timeout * 1e9
+    return -1 if ns >= _FOREVER_NS else int(ns)
 
 
 def deadline(timeout: float | None) -> int | None:

@@ -41,7 +41,8 @@ def wait(objects: Iterable[_O], timeout: float | None = None) -> list[_O]:
     cannot be waited on, OSError.
     """
     objs = list(objects)
-    until = None if timeout is None else time.monotonic() + timeout_ns(timeout) / 1e9
+    wait_ns = timeout_ns(timeout)  # -1: None, inf, or centuries: no deadline
+    until = None if wait_ns < 0 else time.monotonic() + wait_ns / 1e9
     handles: list[Any] = [getattr(o, "sync", o) for o in objs]
     rings = [h for h in handles if isinstance(h, _BELLED)]
     registered: list[Any] = []

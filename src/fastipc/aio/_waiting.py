@@ -44,9 +44,8 @@ monotonic = time.monotonic
 
 def deadline_of(timeout: float | None) -> float | None:
     """``timeout`` (seconds, None: forever) as a time.monotonic() deadline; checks it."""
-    if timeout is None:
-        return None
-    timeout_ns(timeout)  # TypeError/ValueError for a bad one, as in the sync calls
+    if timeout is None or timeout_ns(timeout) < 0:  # TypeError/ValueError for a bad one
+        return None  # inf, or a deadline past what the sync calls hold: forever
     return monotonic() + timeout
 
 

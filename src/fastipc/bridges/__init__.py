@@ -20,6 +20,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .._checks import timeout_ns
 from ..endpoints import Endpoint, parse
 
 __all__ = ["Bridge", "BridgeStats", "bridge"]
@@ -310,7 +311,8 @@ class Bridge:
         thread = self._thread
         if thread is None:
             return True
-        end = None if timeout is None else _now() + timeout
+        wait_ns = timeout_ns(timeout)  # TypeError/ValueError for a bad one; -1: no deadline
+        end = None if wait_ns < 0 else _now() + wait_ns / 1e9
         while not self._done.wait(0.2 if end is None else max(0.0, min(0.2, end - _now()))):
             if end is not None and _now() >= end:
                 return False
