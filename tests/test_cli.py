@@ -71,6 +71,14 @@ def test_bad_url_is_one_error_line(args: list[str]) -> None:
     one_error_line(fastipc(*args))
 
 
+@pytest.mark.parametrize("verb", ["recv", "serve"])
+@pytest.mark.parametrize("sig", ["INT", "TERM", "USR1,TERM"])
+def test_own_signals_that_stop_the_command_are_refused(verb: str, sig: str) -> None:
+    # Taken as messages, SIGINT and SIGTERM would leave only SIGKILL to stop it.
+    line = one_error_line(fastipc(verb, f"signal://self?sig={sig}", timeout=10))
+    assert "signal://self cannot receive SIG" in line and "USR1" in line
+
+
 @pytest.mark.parametrize(
     ("args", "part"),
     [

@@ -10,6 +10,7 @@ testing ``ep.scheme`` themselves.
 from __future__ import annotations
 
 import argparse
+import signal
 from typing import Any
 
 from .._registry import schemes, transport
@@ -19,6 +20,7 @@ from ._common import CLIError
 __all__ = [
     "RECV_BY_BINDING",
     "RECV_BY_CONNECTING",
+    "check_own_signals",
     "check_send",
     "check_serve_answers",
     "recv_framing",
@@ -40,6 +42,25 @@ def check_serve_answers(ep: Endpoint, answers: bool) -> None:
         raise CLIError("a FIFO is one-way: its writers cannot be answered (--echo, --reply)")
     if answers and kind is not None and not kind.can_answer(ep):
         raise CLIError("answering on a queue needs ?reply=/QUEUE in the URL (the client's too)")
+
+
+def check_own_signals(ep: Endpoint, verb: str) -> None:
+    """``recv``/``serve`` on ``signal://self``: CLIError for SIGINT/SIGTERM, which end the command.
+
+    Taken as messages they would leave nothing but SIGKILL to stop it.
+    """
+    if ep.scheme != "signal" or ep.pid is not None:
+        return
+    stops = sorted({signal.Signals(s).name for s in ep.sig or () if s in _STOPS})
+    if stops:
+        they = "they stop" if len(stops) > 1 else "it stops"
+        raise CLIError(
+            f"{verb}: signal://self cannot receive {' or '.join(stops)}: {they} this "
+            "command (receive USR1, USR2 or RTMIN+N)"
+        )
+
+
+_STOPS = (signal.SIGINT, signal.SIGTERM)
 
 
 def serve_can_close(ep: Endpoint) -> bool:

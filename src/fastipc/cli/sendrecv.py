@@ -322,6 +322,7 @@ class _Deferred:
 def cmd_recv(args: argparse.Namespace) -> int:
     """Receive and print messages until EOF, --count, or a signal."""
     ep = parse(args.url)
+    rules.check_own_signals(ep, "recv")
     args.tally = _Tally(args.progress)
     with sigterm_interrupts():
         try:

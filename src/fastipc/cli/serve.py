@@ -97,6 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve ``args.url`` until SIGINT/SIGTERM; exit status 0 then."""
     ep = parse(args.url)
     rules.check_serve_answers(ep, args.echo or args.reply is not None)
+    rules.check_own_signals(ep, "serve")
     setup_logging(args.quiet)
     reply: bytes | None = None if args.reply is None else args.reply.encode()
     echo: bool = args.echo
