@@ -407,6 +407,25 @@ def test_recv_fifo(running: Any, sock_dir: str) -> None:
     assert not os.path.exists(path)
 
 
+def test_recv_fifo_count_says_what_it_read_past_the_count(running: Any, sock_dir: str) -> None:
+    # A FIFO is read in whole chunks: frames past --count that came in the
+    # same write were read too, and nothing can put them back; they used to
+    # vanish without a word.
+    from fastipc.framing import pack_header
+
+    path = f"{sock_dir}/p.fifo"
+    rcv = running("recv", f"fifo://{path}", "--count", "1", "--timeout", "10")
+    rcv.address()
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, b"".join(pack_header(len(m), 0) + m for m in (b"one", b"two", b"three")))
+    finally:
+        os.close(fd)
+    assert rcv.finish() == 0, rcv.stderr
+    assert rcv.stdout == "one\n"
+    assert "2 more messages arrived past --count 1 and were not printed" in rcv.stderr
+
+
 def test_recv_prints_every_message_it_took_when_a_signal_ends_it(
     ring_name: str, sock_dir: str
 ) -> None:

@@ -387,30 +387,45 @@ def _recv_bound(args: argparse.Namespace) -> None:
         except queue.Empty:
             raise Timeout("nothing arrived") from None
 
-    with serve(args.url, handler, **kw) as srv:
-        srv.start()
-        print(f"fastipc: receiving on {srv.address}", file=sys.stderr, flush=True)
-        received = 0
-        stop = _Deferred()
-        with stop.installed():
-            try:
-                while _want_more(args, received):
-                    try:
-                        data, size = stop.receive(take, args.timeout)
-                    except Timeout:
-                        raise timed_out(srv.address, args.timeout, "nothing arrived at") from None
-                    args.tally.add(size)
-                    emit(data, args.binary, args)
-                    received += 1
-            except KeyboardInterrupt:
-                # What the server took (a FIFO's bytes, a datagram) is printed, not dropped.
-                srv.close()
-                while _want_more(args, received) and not arrived.empty():
-                    data, size = arrived.get_nowait()
-                    args.tally.add(size)
-                    emit(data, args.binary, args)
-                    received += 1
-                raise
+    try:
+        with serve(args.url, handler, **kw) as srv:
+            srv.start()
+            print(f"fastipc: receiving on {srv.address}", file=sys.stderr, flush=True)
+            received = 0
+            stop = _Deferred()
+            with stop.installed():
+                try:
+                    while _want_more(args, received):
+                        try:
+                            data, size = stop.receive(take, args.timeout)
+                        except Timeout:
+                            raise timed_out(
+                                srv.address, args.timeout, "nothing arrived at"
+                            ) from None
+                        args.tally.add(size)
+                        emit(data, args.binary, args)
+                        received += 1
+                except KeyboardInterrupt:
+                    # What the server took (a FIFO's bytes, a datagram) is printed, not dropped.
+                    srv.close()
+                    while _want_more(args, received) and not arrived.empty():
+                        data, size = arrived.get_nowait()
+                        args.tally.add(size)
+                        emit(data, args.binary, args)
+                        received += 1
+                    raise
+    finally:
+        # Past --count: the server read them (a FIFO is read in whole pipe
+        # chunks, several frames at a time) and nothing can put them back.
+        left = arrived.qsize()
+        if left:
+            when = "as recv stopped" if args.count is None else f"past --count {args.count}"
+            print(
+                f"fastipc: {left} more message{'s' if left > 1 else ''} arrived {when} "
+                f"and {'were' if left > 1 else 'was'} not printed",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 # ---------------------------------------------------------------------------
