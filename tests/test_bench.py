@@ -58,6 +58,7 @@ def test_bench_reports_every_figure() -> None:
 
     aio = report["aio"]["figures"]
     expected_aio = {"pp_ring", "pp_streams", "pps_ring", "pps_streams", "idle"}
+    expected_aio |= {f"{p}_channel_{t}" for p in ("pp", "pps") for t in ("unix", "tcp")}
     assert expected_aio <= set(aio) and {"aio_for", "aio_many", "streams_each"} <= set(aio)
     for key, fig in aio.items():
         assert fig["unit"] and fig["label"], key

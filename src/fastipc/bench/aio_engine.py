@@ -11,9 +11,11 @@ repetitions interleaved (figure A, B, C, ..., then again), the median of
   producers send with the sync calls; the streams producer writes frames and
   drains every 256.
 * ping-pong: median round trip of ``await send`` + ``await recv`` between two
-  asyncio processes, over two aio.Rings and over one Unix stream socket; and
-  the same with the loop asleep between messages (a 1 ms pause each round
-  trip, so the wake-up path is measured).
+  asyncio processes, over two aio.Rings, over one Unix stream socket (asyncio
+  streams), and over an aio.Channel on a unix socket and on loopback tcp (whose
+  every send goes through the channel's sender thread); and the same with the
+  loop asleep between messages (a 1 ms pause each round trip, so the wake-up
+  path is measured).
 * idle: CPU time / wall time of a process awaiting ``recv`` on an empty ring for 2 s.
 
 Run it with ``fastipc bench --aio``, ``python -m fastipc.bench aio [--repeat N]
@@ -268,7 +270,37 @@ def role_pingpong(
             warm = min(1000, rounds // 10)
             say({"rtt_us": statistics.median(times[warm:]) / 1000})
 
-    new_loop(loop_kind).run_until_complete(ring_side() if kind == "ring" else stream_side())
+    async def channel_side() -> None:
+        # a: the URL to listen at (tcp port 0: the echo says the one it got).
+        if side == "echo":
+            lst = await aio.listen(a)
+            say({"url": lst.url})
+            ch = await lst.accept()
+            lst.close()
+            try:
+                async for m in ch:
+                    await ch.send(m)
+            finally:
+                ch.close()
+        else:
+            ch = await aio.Channel.connect(a)
+            say("ready")
+            times = []
+            try:
+                for i in range(rounds):
+                    t0 = time.perf_counter_ns()
+                    await ch.send(MSG)
+                    await ch.recv()
+                    times.append(time.perf_counter_ns() - t0)
+                    if pause:
+                        await asyncio.sleep(pause)
+            finally:
+                ch.close()
+            warm = min(1000, rounds // 10)
+            say({"rtt_us": statistics.median(times[warm:]) / 1000})
+
+    side_of = {"ring": ring_side, "streams": stream_side}
+    new_loop(loop_kind).run_until_complete(side_of.get(kind, channel_side)())
 
 
 def role_idle(name: str, seconds: float, loop_kind: str) -> None:
@@ -348,10 +380,18 @@ def pingpong(kind: str, rounds: int, pause: float, loop_kind: str) -> float:
     try:
         if kind == "ring":
             made = [Ring.create(a, 4096), Ring.create(b, 4096)]
+        elif kind == "channel_tcp":
+            a = "tcp://127.0.0.1:0"
+        elif kind == "channel_unix":
+            a = "unix://" + os.path.join(tmp, "s")
         else:
             a = os.path.join(tmp, "s")
         echo = child("pingpong", kind, "echo", a, b, rounds, pause, loop_kind)
-        assert line(echo) == "ready"
+        said = line(echo)
+        if kind.startswith("channel"):
+            a = said["url"]  # type: ignore[index]
+        else:
+            assert said == "ready"
         ping = child("pingpong", kind, "ping", a, b, rounds, pause, loop_kind)
         assert line(ping) == "ready"
         rtt = line(ping)["rtt_us"]  # type: ignore[index]
@@ -381,6 +421,14 @@ def idle(loop_kind: str) -> float:
 
 
 THROUGHPUT = ["aio_for", "aio_many", "streams_each", "streams_chunk", "sync_recv", "sync_many"]
+#: Ping-pong kinds, each a row: aio.Ring, asyncio streams (unix), aio.Channel over unix and tcp.
+PINGPONG = ["ring", "streams", "channel_unix", "channel_tcp"]
+PINGPONG_LABELS = {
+    "ring": "aio.Ring",
+    "streams": "asyncio streams",
+    "channel_unix": "aio.Channel, unix",
+    "channel_tcp": "aio.Channel, tcp (loopback)",
+}
 LABELS = {
     "aio_for": "aio.Ring `async for` (1 await/msg)",
     "aio_many": "aio.Ring `await recv_many(256)`",
@@ -435,7 +483,7 @@ def measure(repeat: int, duration: float, rounds: int, loop: str) -> dict[str, l
     for rep in range(repeat):
         for fig in THROUGHPUT:
             res.setdefault(fig, []).append(throughput(fig, duration, loop))
-        for kind in ("ring", "streams"):
+        for kind in PINGPONG:
             res.setdefault(f"pp_{kind}", []).append(pingpong(kind, rounds, 0.0, loop))
             res.setdefault(f"pps_{kind}", []).append(
                 pingpong(kind, max(200, rounds // 50), 0.001, loop)
@@ -454,7 +502,7 @@ def to_json(res: dict[str, list[float]], loop: str) -> dict[str, Any]:
         elif key == "idle":
             label, unit = "idle awaiting consumer", "% CPU"
         else:
-            kind = "aio.Ring" if key.endswith("_ring") else "asyncio streams"
+            kind = PINGPONG_LABELS[key.split("_", 1)[1]]
             pause = "back to back" if key.startswith("pp_") else "1 ms pause each"
             label, unit = f"ping-pong, {pause}: {kind}", "µs"
         out["figures"][key] = {
@@ -495,9 +543,12 @@ def format_table(res: dict[str, list[float]], loop: str, repeat: int) -> str:
             ratio = f"{v / base_chunk:.1f}x read+split"
         lines.append(f"| {LABELS[fig]} | {cell(fig, '{:,.0f}')} msgs/s | {ratio} |")
     for k, label in (("pp", "ping-pong, back to back"), ("pps", "ping-pong, 1 ms pause each")):
-        r, s = med(f"{k}_ring"), med(f"{k}_streams")
-        vs = f"{r / s:.2f}x streams" if s > 0 else ""
-        lines.append(f"| {label}: aio.Ring | {cell(k + '_ring', '{:.1f}')} µs | {vs} |")
-        lines.append(f"| {label}: asyncio streams | {cell(k + '_streams', '{:.1f}')} µs | |")
+        s = med(f"{k}_streams")
+        for kind in PINGPONG:
+            key = f"{k}_{kind}"
+            if key not in res:
+                continue
+            vs = f"{med(key) / s:.2f}x streams" if s > 0 and kind != "streams" else ""
+            lines.append(f"| {label}: {PINGPONG_LABELS[kind]} | {cell(key, '{:.1f}')} µs | {vs} |")
     lines.append(f"| idle awaiting consumer | {cell('idle', '{:.2f}')} % CPU | |")
     return "\n".join(lines) + "\n"
