@@ -76,6 +76,34 @@ def run_python(
     return proc
 
 
+class _Interrupt(KeyboardInterrupt):
+    """What :func:`interrupted_at` raises (a KeyboardInterrupt, as Ctrl-C's handler)."""
+
+
+def interrupted_at(op: Any, n: int) -> bool:
+    """Run ``op()`` with a KeyboardInterrupt raised at its ``n``-th signal check: a Python
+    function's entry or right after a builtin call returns, where CPython 3.10+ runs a
+    signal handler (so a handler raising there is what this simulates, one instant at a
+    time). True if it was raised there; False if ``op`` finished first (``n`` is past
+    its last such instant). Sweep ``n`` from 1 until it returns False."""
+    seen = [0]
+
+    def hook(frame: Any, event: str, arg: Any) -> None:
+        if event in ("call", "c_return"):
+            seen[0] += 1
+            if seen[0] == n:
+                raise _Interrupt
+
+    sys.setprofile(hook)
+    try:
+        op()
+    except _Interrupt:
+        return True
+    finally:
+        sys.setprofile(None)
+    return False
+
+
 class Children:
     """Child interpreters of one test (``python -m _workers`` or ``python -c code``); every
     one still alive is SIGKILLed at teardown."""

@@ -6,16 +6,20 @@ duplicated, and none lost except what a killed consumer was receiving.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import itertools
 import os
 import random
 import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _workers import LOG_REC, SEQ_REC, make_msg, parse_msg
-from conftest import Children, fill
+from conftest import Children, fill, interrupted_at
 
 from fastipc import Ring, Timeout
 
@@ -327,3 +331,66 @@ def test_producer_killed_asleep_in_send_adds_nothing(make_ring: object, children
     time.sleep(0.3)
     r.recv(timeout=1)
     assert _stamp(children, p)[1] == "sent"
+
+
+def _drain(r: Ring) -> None:
+    with contextlib.suppress(Timeout):
+        while True:
+            r.recv(timeout=0)
+
+
+def test_calls_interrupted_at_any_instant_leave_a_killed_holder_recoverable(
+    make_ring: Any, children: Children
+) -> None:
+    # A handle whose call a raising signal handler cut short, at whatever instant,
+    # and that stays open and idle must not keep the others from taking over the
+    # side of a participant killed holding it (the python Ring's handle slot kept
+    # its claim on the side when the handler raised right after the release).
+    ring: Ring = make_ring(1024)
+
+    def reserve(h: Ring) -> None:
+        with h.reserve(8, timeout=1) as view:
+            view[:] = b"reserved"
+
+    def recv_view(h: Ring) -> None:
+        with h.recv_view(timeout=1) as view:
+            bytes(view)
+
+    calls: list[tuple[bool, Any]] = [
+        (False, lambda h: h.send(b"message", timeout=1)),
+        (False, lambda h: h.send_many([b"one", b"two"], timeout=1)),
+        (False, reserve),
+        (True, lambda h: h.recv(timeout=1)),
+        (True, lambda h: h.recv_into(bytearray(64), timeout=1)),
+        (True, lambda h: h.recv_many(2, timeout=1)),
+        (True, recv_view),
+    ]
+    idle: list[Ring] = []
+    try:
+        for receives, call in calls:
+            for n in itertools.count(1):
+                _drain(ring)
+                if receives:
+                    ring.send_many([b"first", b"second"], timeout=1)
+                h = Ring.open(ring.name)
+                idle.append(h)
+                gc.collect()  # a block's generator cut short in __enter__ lets go
+                if not interrupted_at(lambda h=h, call=call: call(h), n):
+                    break
+                gc.collect()
+        _drain(ring)
+        for what, size in (("reserve", 200), ("recv_view", 0)):
+            ring.send(make_msg(1, 0, 40), timeout=1)
+            holder = children.start("hold", ring.name, what, size, wait_for="holding")
+            t_kill = time.monotonic()
+            holder.kill()
+            holder.wait(10)
+            if what == "reserve":
+                ring.send(make_msg(1, 1, 40), timeout=RECOVERY_S)
+            else:
+                ring.recv(timeout=RECOVERY_S)
+            assert time.monotonic() - t_kill < RECOVERY_S + 0.1, what
+            _drain(ring)
+    finally:
+        for h in idle:
+            h.close()

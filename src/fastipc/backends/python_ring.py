@@ -1133,11 +1133,15 @@ class PythonRing(RingBase):
                     done = True
                 finally:
                     # Inline, not a helper: a signal handler may raise at a function's entry.
-                    if held or more:
-                        if not done:
-                            q[_W_PREL] = (q[_W_PREL] + 1) & _M64
-                        self._prod.release()
-                    buf[claim] = 0
+                    try:
+                        if held or more:
+                            if not done:
+                                q[_W_PREL] = (q[_W_PREL] + 1) & _M64
+                            self._prod.release()
+                    finally:
+                        # Cleared even when a handler raises right after the release: a
+                        # stale claim would keep peers from recovering a dead holder's mutex.
+                        buf[claim] = 0
                     if done:
                         # After the release, a full barrier (see _published).
                         if q[_W_WATCH]:
@@ -1222,11 +1226,13 @@ class PythonRing(RingBase):
                         sent = k
                 finally:
                     # Inline, not a helper: a signal handler may raise at a function's entry.
-                    if held:
-                        if not done:
-                            q[_W_PREL] = (q[_W_PREL] + 1) & _M64
-                        self._prod.release()
-                    self._buf[self._pclaim] = 0
+                    try:
+                        if held:
+                            if not done:
+                                q[_W_PREL] = (q[_W_PREL] + 1) & _M64
+                            self._prod.release()
+                    finally:
+                        self._buf[self._pclaim] = 0  # (see send)
                     self._left(turn)
             finally:
                 self._in_tx = False
@@ -1314,12 +1320,14 @@ class PythonRing(RingBase):
                 finally:
                     turn.block = 0
                     self._tx_hold = None
-                    if held:  # emptied by close() inside the block, which released it
-                        if not done:
-                            q[_W_PREL] = (q[_W_PREL] + 1) & _M64
-                        self._prod.release()
-                    if not self._torn_down:
-                        self._buf[self._pclaim] = 0
+                    try:
+                        if held:  # emptied by close() inside the block, which released it
+                            if not done:
+                                q[_W_PREL] = (q[_W_PREL] + 1) & _M64
+                            self._prod.release()
+                    finally:
+                        if not self._torn_down:
+                            self._buf[self._pclaim] = 0  # (see send)
                     self._left(turn)
             finally:
                 self._in_tx = False
@@ -1437,11 +1445,15 @@ class PythonRing(RingBase):
                     done = True
                 finally:
                     # Inline, not a helper: a signal handler may raise at a function's entry.
-                    if held or more:
-                        if not done:
-                            q[_W_CREL] = (q[_W_CREL] + 1) & _M64
-                        self._cons.release()
-                    buf[claim] = 0
+                    try:
+                        if held or more:
+                            if not done:
+                                q[_W_CREL] = (q[_W_CREL] + 1) & _M64
+                            self._cons.release()
+                    finally:
+                        # Cleared even when a handler raises right after the release: a
+                        # stale claim would keep peers from recovering a dead holder's mutex.
+                        buf[claim] = 0
                     if done:
                         # After the release, a full barrier (see _published).
                         if q[_W_WATCH + 1]:
@@ -1512,11 +1524,15 @@ class PythonRing(RingBase):
                     done = True
                 finally:
                     # Inline, not a helper: a signal handler may raise at a function's entry.
-                    if held or more:
-                        if not done:
-                            q[_W_CREL] = (q[_W_CREL] + 1) & _M64
-                        self._cons.release()
-                    buf[claim] = 0
+                    try:
+                        if held or more:
+                            if not done:
+                                q[_W_CREL] = (q[_W_CREL] + 1) & _M64
+                            self._cons.release()
+                    finally:
+                        # Cleared even when a handler raises right after the release: a
+                        # stale claim would keep peers from recovering a dead holder's mutex.
+                        buf[claim] = 0
                     if done:
                         # After the release, a full barrier (see _published).
                         if q[_W_WATCH + 1]:
@@ -1572,11 +1588,13 @@ class PythonRing(RingBase):
                     done = True
                 finally:
                     # Inline, not a helper: a signal handler may raise at a function's entry.
-                    if held:
-                        if not done:
-                            q[_W_CREL] = (q[_W_CREL] + 1) & _M64
-                        self._cons.release()
-                    self._buf[self._cclaim] = 0
+                    try:
+                        if held:
+                            if not done:
+                                q[_W_CREL] = (q[_W_CREL] + 1) & _M64
+                            self._cons.release()
+                    finally:
+                        self._buf[self._cclaim] = 0  # (see send)
                     self._left(turn)
             finally:
                 self._in_rx = False
@@ -1663,12 +1681,14 @@ class PythonRing(RingBase):
                 finally:
                     turn.block = 0
                     self._rx_hold = None
-                    if held:  # emptied by close() inside the block, which released it
-                        if not done:
-                            q[_W_CREL] = (q[_W_CREL] + 1) & _M64
-                        self._cons.release()
-                    if not self._torn_down:
-                        self._buf[self._cclaim] = 0
+                    try:
+                        if held:  # emptied by close() inside the block, which released it
+                            if not done:
+                                q[_W_CREL] = (q[_W_CREL] + 1) & _M64
+                            self._cons.release()
+                    finally:
+                        if not self._torn_down:
+                            self._buf[self._cclaim] = 0  # (see send)
                     self._left(turn)
             finally:
                 self._in_rx = False
