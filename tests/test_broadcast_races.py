@@ -5,7 +5,16 @@ reported as a failure rather than taking pytest down; real threads, processes an
 
 from __future__ import annotations
 
-from conftest import run_python
+import contextlib
+import gc
+import itertools
+import time
+from typing import Any
+
+import pytest
+from conftest import interrupted_at, run_python
+
+from fastipc import Broadcast, Timeout
 
 
 def test_subscribers_count_racing_close_from_another_thread_never_crashes(ring_name: str) -> None:
@@ -238,3 +247,46 @@ def test_shutdown_racing_a_publish_on_the_same_handle_opens_each_doorbell_once(
         """
     )
     assert out.stdout.strip() == "done"
+
+
+@pytest.mark.parametrize("policy", ["overwrite", "block"])
+def test_a_publish_a_handler_interrupted_at_any_instant_leaves_no_lock_taken(
+    ring_name: str, policy: str
+) -> None:
+    """A publisher whose call a raising signal handler cut short (at each instant where
+    CPython runs one, in turn) and that stays idle must leave both locks free: another
+    publisher publishes and a subscriber takes a view at once. (The python backend's
+    commit left its state lock taken when the handler raised as the commit began.)"""
+    big = 20_000  # over the one-call publish: the producer lock, then the commit's
+    pub = Broadcast.create(ring_name, 4 * big, subscribers=4, policy=policy)
+    sub = Broadcast.subscribe(ring_name)
+    other = Broadcast.open(ring_name)
+
+    def reserve(p: Broadcast) -> None:
+        with p.reserve(big, timeout=1) as view:
+            view[:4] = b"resv"
+
+    calls: list[Any] = [
+        lambda p: p.publish(b"p" * big, timeout=1),
+        lambda p: p.publish_many([b"m" * big, b"n" * big], timeout=1),
+        reserve,
+    ]
+    try:
+        for call in calls:
+            for n in itertools.count(1):
+                with contextlib.suppress(Timeout):
+                    while True:
+                        sub.recv(timeout=0)
+                done = not interrupted_at(lambda call=call: call(pub), n)
+                gc.collect()  # a reserve() block cut short in __enter__ lets go with its frame
+                t0 = time.monotonic()
+                other.publish(b"after", timeout=0.5)
+                with sub.recv_view(timeout=0.5):
+                    pass
+                assert time.monotonic() - t0 < 0.5, n
+                if done:
+                    break
+    finally:
+        other.close()
+        sub.close()
+        pub.close()

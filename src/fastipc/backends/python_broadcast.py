@@ -994,10 +994,12 @@ class PythonBroadcast(_Handle, BroadcastBase):
                 raise ValueError(f"broadcast ring {self.name!r} is closed")
             try:
                 self._lock(_LOCK_STATE, self._grace(deadline, _COMMIT_GRACE))
+                # In the try: a handler raising at _commit_held's entry (before its
+                # own try) must not leave the state lock taken.
+                wake = self._commit_held(old_tail, new_tail, new_pub, release)
             except BaseException:
                 fcntl.fcntl(self._fd, _F_SETLK, _UN[_LOCK_STATE])
                 raise
-            wake = self._commit_held(old_tail, new_tail, new_pub, release)
         for s in wake:
             self._ring(s)
 
