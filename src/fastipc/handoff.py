@@ -58,6 +58,9 @@ _RELEASED = 64 // 8  # index of the release position among the header's u64s
 #: A sender waits this long (ns) for room before sending a message inline.
 WAIT_NS = 200_000
 
+_MEMFD_NAME = ("fastipc-channel",)
+_MEMFD_FLAGS = (os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING,)
+
 _pack_desc = DESCRIPTOR.pack
 _unpack_desc = DESCRIPTOR.unpack_from
 
@@ -94,8 +97,13 @@ class SendArea:
     """The area this end sends large messages through (pure Python)."""
 
     def __init__(self, size: int) -> None:
-        fd = os.memfd_create("fastipc-channel", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        # The memfd lands in a list from C (no signal handler runs between the call and
+        # the store), so the try below closes it whatever a handler raises, wherever:
+        # an area that is not made leaves no fd behind.
+        made: list[int] = []
         try:
+            made += map(os.memfd_create, _MEMFD_NAME, _MEMFD_FLAGS)
+            fd = made[0]
             os.ftruncate(fd, AREA_HEADER + size)
             # Take the pages now: short of memory this fails here, not as a
             # SIGBUS on a later write into a page shmem cannot supply.
@@ -104,19 +112,21 @@ class SendArea:
                 fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
             )
             self._map = _map(fd, AREA_HEADER + size)
+            #: The memfd, until it went to the peer with a frame (then -1).
+            self.fd = fd
+            self.size = size
+            #: False once the receiver wrote a release position that cannot be.
+            self.usable = True
+            self._mv = memoryview(self._map)
+            self._words = self._mv[:AREA_HEADER].cast("Q")
+            self._words[0] = AREA_MAGIC
+            self._head = 0
+            self._released = 0
         except BaseException:
-            os.close(fd)
+            self.fd = -1  # (for __del__: closed here)
+            for fd in made:
+                os.close(fd)
             raise
-        #: The memfd, until it went to the peer with a frame (then -1).
-        self.fd = fd
-        self.size = size
-        #: False once the receiver wrote a release position that cannot be.
-        self.usable = True
-        self._mv = memoryview(self._map)
-        self._words = self._mv[:AREA_HEADER].cast("Q")
-        self._words[0] = AREA_MAGIC
-        self._head = 0
-        self._released = 0
 
     def put(self, data: memoryview, wait_until: int) -> bytes | None:
         """Copy ``data`` in and return its descriptor, or None: no room by ``wait_until`` (ns)."""
@@ -154,6 +164,12 @@ class SendArea:
     def close(self) -> None:
         self.announced()
         _unmap(self._map, (self._words, self._mv))
+
+    def __del__(self) -> None:
+        # An area dropped before its channel kept it (a handler raised as the
+        # constructor returned) must not leak its memfd.
+        if getattr(self, "fd", -1) >= 0:
+            self.announced()
 
 
 class ReceiveArea:
