@@ -14,6 +14,7 @@ from typing import Any, Union
 
 __all__ = [
     "FORKS",
+    "MAX_BATCH_COUNT",
     "MAX_CAPACITY",
     "MAX_FDS",
     "FdLike",
@@ -213,6 +214,12 @@ def validate_count(value: object, what: str, least: int) -> int:
     return value
 
 
+#: More messages than a batch call's C side counts in (size_t, and far more
+#: than a batch buffer holds): a larger max_count is taken as this.
+MAX_BATCH_COUNT = 1 << 31
+
+
 def validate_max_count(max_count: object) -> int:
-    """``max_count`` if it is an int >= 1 (how many messages a batch call may return)."""
-    return validate_count(max_count, "max_count", 1)
+    """``max_count`` (how many messages a batch call may return) if it is an int >= 1,
+    at most MAX_BATCH_COUNT (a larger one means as many as come)."""
+    return min(validate_count(max_count, "max_count", 1), MAX_BATCH_COUNT)

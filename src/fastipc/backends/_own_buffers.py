@@ -21,7 +21,7 @@ import sys
 import threading
 from typing import Any, Callable, ClassVar
 
-from .._checks import timeout_ns, validate_max_count
+from .._checks import MAX_BATCH_COUNT, timeout_ns, validate_max_count
 from .._turns import BUFFERS, refuse_or_free, takes_turn
 from ._native import SPIN_NS, ffi_fast
 
@@ -136,8 +136,8 @@ class OwnBuffers:
 
     @takes_turn(BUFFERS)
     def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
-        if type(max_count) is not int or max_count < 1:
-            validate_max_count(max_count)  # raises
+        if type(max_count) is not int or not 0 < max_count <= MAX_BATCH_COUNT:
+            max_count = validate_max_count(max_count)  # raises, or caps a huge one
         if timeout is not None:
             timeout_ns(timeout)
         holder: Any

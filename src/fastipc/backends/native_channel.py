@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any, NoReturn
 
 from .._checks import (
+    MAX_BATCH_COUNT,
     MAX_FDS,
     FdLike,
     check_buffer,
@@ -492,8 +493,8 @@ class NativeChannel(ChannelBase):
         except AttributeError:  # another call has it (fastipc._turns)
             timeout = turn.wait_take(self, RX, timeout)
         try:
-            if type(max_count) is not int or max_count < 1:
-                validate_max_count(max_count)
+            if type(max_count) is not int or not 0 < max_count <= MAX_BATCH_COUNT:
+                max_count = validate_max_count(max_count)  # raises, or caps a huge one
             if timeout is not None:
                 timeout_ns(timeout)
             if self._bview is None:
