@@ -528,34 +528,6 @@ def test_selectors_wait_on_ring_fileno(ring_name: str, spawn: Any) -> None:
         ring.close()
 
 
-@pytest.mark.parametrize("kind", ["ring", "subscriber"])
-def test_a_removed_rings_bell_asked_for_leaves_nothing_in_dev_shm(
-    ring_name: str, kind: str
-) -> None:
-    """fileno()/wait on a handle whose ring was removed: the bell works, and its
-    FIFO (made again, since removing the ring removed it) is not left in /dev/shm
-    for ever, as it was."""
-    if kind == "ring":
-        handle: Any = Ring.create(ring_name, 4096)
-        producer: Any = handle
-        send = handle.send
-    else:
-        producer = fastipc.Broadcast.create(ring_name, 4096, subscribers=2)
-        handle = fastipc.Broadcast.subscribe(ring_name)
-        send = producer.publish
-    try:
-        Ring.unlink_name(ring_name)
-        assert isinstance(handle.fileno(), int)
-        assert shm_entries(ring_name) == []
-        threading.Timer(0.1, send, (b"z",)).start()
-        assert fastipc.wait([handle], timeout=10) == [handle]
-        assert handle.recv(timeout=0) == b"z"
-        assert shm_entries(ring_name) == []
-    finally:
-        handle.close()
-        producer.close()
-
-
 def test_wait_returns_the_ready_rings_and_channels(ring_name: str) -> None:
     r1 = Ring.create(ring_name, 4096)
     r2 = Ring.create(ring_name + "b", 4096)

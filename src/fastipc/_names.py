@@ -151,26 +151,10 @@ def open_bell(
             )
         if made and mode is not None:
             os.fchmod(fd, mode)  # exactly `mode`: mkfifo applied the umask
-        if made and not os.path.lexists(segment_path(name)):
-            # The ring was removed (its bells with it) and a handle still open
-            # asked for its fd: the bell works through this fd alone, and its
-            # name must not outlive the ring in /dev/shm. (A ring makes its
-            # bells after its segment, so a ring being made is never met here.)
-            _unlink_if_same(path, st)
     except BaseException:
         os.close(fd)
         raise
     return fd
-
-
-def _unlink_if_same(path: str, st: os.stat_result) -> None:
-    """Remove ``path`` if it still names the file ``st`` describes (never another's)."""
-    try:
-        now = os.lstat(path)
-        if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def unlink_ring(name: str) -> None:
