@@ -15,7 +15,7 @@ from ..channel import listen as _sync_listen
 from ..endpoints import parse
 from ..errors import Closed, Timeout, timed_out
 from ._sender import Sender
-from ._waiting import BUSY_PAUSE_MAX, Waiters, deadline_of, elsewhere, monotonic, sleep_on
+from ._waiting import BUSY_PAUSE_MAX, Waiters, deadline_of, monotonic, on_loop_thread, sleep_on
 
 __all__ = ["DIRECT_MAX", "Channel", "Handler", "Listener", "Server", "listen", "serve"]
 
@@ -144,11 +144,7 @@ class Channel:
         with self._lock:
             self._closing = True
             loop = self._loop
-        if elsewhere(loop):  # unregister on the loop's thread, before the fd closes
-            assert loop is not None
-            loop.call_soon_threadsafe(self._release)
-        else:
-            self._release()
+        on_loop_thread(loop, self._release)  # unregistered there, before the fd closes
 
     def _release(self) -> None:
         self._rd.close()
@@ -300,10 +296,11 @@ class Channel:
                         raise
                     pause = await self._room(deadline, pause)
             await self._writable_now(deadline)
-            worker = self._hand_over(lambda: send(data, fds, timeout=self._remaining(deadline)))
-            await self._in_worker(worker)
+            worker = asyncio.get_running_loop().create_future()
+            self._sender.submit(lambda: send(data, fds, timeout=self._remaining(deadline)), worker)
+            await asyncio.shield(worker)
         finally:
-            self._pass_turn(turn, worker)
+            self._settle_turn(turn, worker)
 
     async def send_many(self, buffers: Iterable[Any], timeout: float | None = None) -> int:
         """Send each buffer as one message, with few syscalls; return how many.
@@ -338,11 +335,12 @@ class Channel:
                     except Timeout:
                         raise timed_out(f"channel {self.name}", True, sent) from None
             await self._writable_now(deadline)
-            worker = self._hand_over(lambda: send_many(batch, timeout=self._remaining(deadline)))
-            sent_all: int = await self._in_worker(worker)
+            worker = asyncio.get_running_loop().create_future()
+            self._sender.submit(lambda: send_many(batch, timeout=self._remaining(deadline)), worker)
+            sent_all: int = await asyncio.shield(worker)
             return sent_all
         finally:
-            self._pass_turn(turn, worker)
+            self._settle_turn(turn, worker)
 
     async def _turn(self, deadline: float | None) -> asyncio.Future[None]:
         """Wait for the sends awaited before this one; return this send's turn (see _pass_turn)."""
@@ -374,37 +372,26 @@ class Channel:
         if not turn.done():
             turn.set_result(None)
 
-    def _hand_over(self, send: Callable[[], _T]) -> asyncio.Future[_T]:
-        """Give ``send`` to the sender thread; a future of its result."""
-        try:
-            return self._sender.submit(send)
-        except BaseException:
-            # Cut short around the hand-over (a signal handler raised, no
-            # thread could start): the send may still run, after this call
-            # has failed and later sends have gone. Close, as an interrupted
-            # sync send that may have written part of a frame does.
-            self.close()
-            raise
+    def _settle_turn(self, turn: asyncio.Future[None], worker: asyncio.Future[Any] | None) -> None:
+        """End a send: pass its turn on, once its sender-thread send (if any) is over.
 
-    async def _in_worker(self, busy: asyncio.Future[_T]) -> _T:
-        busy.add_done_callback(_seen)
-        try:
-            return await asyncio.shield(busy)
-        except asyncio.CancelledError:
-            if not busy.done():
-                # Abandoned midway: as an interrupted sync send, close the
-                # channel (its sync send wakes within a slice and ends).
-                self.close()
-            raise
+        A send left while that one may still go out (an await cancelled by a
+        timeout or Ctrl-C, a signal handler raising anywhere after the future
+        was made: handed over or not, running or done but not yet reported)
+        abandons it, which closes the channel, as an interrupted sync send
+        does: a stream cannot take half a message, so the peer gets Closed,
+        never part of one, and a send the caller was told failed never goes
+        out later. Its sync send wakes within a slice and ends; the next
+        send meets the closed channel.
+        """
+        if worker is not None and not worker.done():
+            self.close()
+            worker.cancel()
+        self._pass_turn(turn, worker)
 
     def shutdown(self, how: str = "both") -> None:
         """:meth:`fastipc.Channel.shutdown` (``"write"``: the peer gets Closed after what was sent)."""
         self._ch.shutdown(how)
-
-
-def _seen(busy: asyncio.Future[Any]) -> None:
-    if not busy.cancelled():
-        busy.exception()  # seen here, so an abandoned await does not log it as lost
 
 
 #: The largest frame (or batch of frames, headers included) sent on the loop
@@ -467,13 +454,21 @@ class Listener:
 
     def _accept_now(self) -> _SyncChannel:
         self._check_open()
-        if self._sync is not None:
-            return self._sync.accept(timeout=0)
-        assert self._sock is not None
+        # Read once: a signal handler's close() (or another thread's, before
+        # the first wait) may release them from here on.
+        sync, sock = self._sync, self._sock
+        if sync is not None:
+            return sync.accept(timeout=0)
+        if sock is None:
+            self._check_open()
+            raise ValueError(f"operation on a closed listener ({self.url})")
         try:
-            conn, _ = self._sock.accept()
+            conn, _ = sock.accept()
         except (BlockingIOError, InterruptedError):
             raise Timeout("no connection waiting") from None
+        except OSError:
+            self._check_open()  # closed meanwhile: ValueError
+            raise
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return _SyncChannel.from_socket(conn, name=self.url)
 
@@ -501,11 +496,7 @@ class Listener:
         with self._lock:
             self._closing = True
             loop = self._loop
-        if elsewhere(loop):
-            assert loop is not None
-            loop.call_soon_threadsafe(self._release)
-        else:
-            self._release()
+        on_loop_thread(loop, self._release)
 
     def _release(self) -> None:
         self._w.close()
@@ -590,10 +581,9 @@ class Server:
         Idempotent, any thread: from another thread than the server's loop,
         this happens on the loop's thread, soon after.
         """
-        if elsewhere(self._loop):
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(self.close)
-            return
+        on_loop_thread(self._loop, self._close_here)
+
+    def _close_here(self) -> None:
         self._listener.close()
         for peer in list(self._peers):
             peer.close()

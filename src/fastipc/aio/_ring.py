@@ -20,8 +20,8 @@ from ._waiting import (
     Held,
     Waiters,
     deadline_of,
-    elsewhere,
     monotonic,
+    on_loop_thread,
     sleep_on,
 )
 
@@ -80,11 +80,7 @@ class _Awaiting:
             self._closed = True
             loop = self._loop
         self._ring.close()
-        if elsewhere(loop):  # unregister on the loop's thread, before the fds close
-            assert loop is not None
-            loop.call_soon_threadsafe(self._release)
-        else:
-            self._release()
+        on_loop_thread(loop, self._release)  # unregistered there, before the fds close
 
     def _here(self) -> None:
         """Before this loop first keeps state of the handle: ValueError if it is closed."""

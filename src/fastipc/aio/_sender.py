@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -25,7 +27,9 @@ class Sender:
     ends, and it is shared with getaddrinfo, which stalled sends would
     starve. Not a thread per send either: starting one (clone, and
     Thread.start waiting for it to run) cost ~100 µs a send on the loop's
-    thread. The channel's send turn keeps at most one call here at a time.
+    thread. Calls run in the order they come (the channel's send turn gives
+    them one at a time; an abandoned one may still run when the next, on the
+    closed channel, comes).
     """
 
     def __init__(self) -> None:
@@ -36,11 +40,23 @@ class Sender:
         # none for IDLE seconds ends under it only if none came meanwhile.
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        _LIVE.add(self)
 
-    def submit(self, call: Callable[[], _T]) -> asyncio.Future[_T]:
-        """Run ``call`` on the thread; a future of the running loop for its result."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[_T] = loop.create_future()
+    def _after_fork(self) -> None:
+        # The child has none of its parent's threads, and the lock may have
+        # been held by one (the thread ending idle) at the fork.
+        self._calls = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread = None
+
+    def submit(self, call: Callable[[], _T], fut: asyncio.Future[_T]) -> None:
+        """Run ``call`` on the thread; ``fut`` (of the running loop) gets its result.
+
+        The caller makes ``fut`` and holds it before handing it over, so that
+        whatever cuts the hand-over short finds it there (see aio.Channel).
+        """
+        loop = fut.get_loop()
+        fut.add_done_callback(_seen)
         with self._lock:
             self._calls.put((loop, fut, call))
             thread = self._thread
@@ -49,7 +65,6 @@ class Sender:
                 thread = threading.Thread(target=self._serve, name="fastipc-aio-send", daemon=True)
                 self._thread = thread
                 thread.start()
-        return fut
 
     def _serve(self) -> None:
         calls = self._calls
@@ -72,6 +87,22 @@ class Sender:
             except RuntimeError:
                 pass  # the loop is closed: nobody awaits it any more
             del loop, fut, result  # hold nothing of a send while idle
+
+
+_LIVE: weakref.WeakSet[Sender] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for sender in list(_LIVE):
+        sender._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _seen(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # seen here: an abandoned send's failure is expected, not logged
 
 
 def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "deadline_of",
     "elsewhere",
     "monotonic",
+    "on_loop_thread",
     "sleep_on",
 ]
 
@@ -57,6 +58,23 @@ def elsewhere(loop: asyncio.AbstractEventLoop | None) -> bool:
         return asyncio.get_running_loop() is not loop
     except RuntimeError:
         return True
+
+
+def on_loop_thread(loop: asyncio.AbstractEventLoop | None, release: Callable[[], None]) -> None:
+    """``release()`` on ``loop``'s thread if it runs in another thread, else here and now.
+
+    What a close() from any thread calls: the release unregisters fds the
+    loop may be polling, so it runs there. A loop closed between the look and
+    the hand-over polls nothing any more: then here.
+    """
+    if elsewhere(loop):
+        assert loop is not None
+        try:
+            loop.call_soon_threadsafe(release)
+            return
+        except RuntimeError:  # closed meanwhile
+            pass
+    release()
 
 
 class Waiters:
