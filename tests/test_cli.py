@@ -504,3 +504,49 @@ def test_recv_ends_with_status_0_on_signal(running: Any, sig: int) -> None:
     rcv = running("recv", "udp://127.0.0.1:0")
     rcv.address()
     assert rcv.stop(sig) == 0
+
+
+def test_recv_escapes_what_an_ascii_stdout_cannot_show() -> None:
+    # The message was taken: an encoding error after that used to lose it (exit 1).
+    env = child_env(PYTHONIOENCODING="ascii")
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastipc", "recv", "fd://0"],
+        input="café\n".encode(), env=env, capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"caf\\xe9\n"
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_recv_writes_all_of_a_message_to_a_non_blocking_stdout(
+    ring_name: str, unbuffered: str
+) -> None:
+    # A stdout pipe another process set O_NONBLOCK (flags are the pipe's, shared):
+    # the buffered stdout raised BlockingIOError midway and the message was cut.
+    import fcntl
+
+    big = b"m" * 300_000
+    with Ring.create(ring_name, 1 << 20) as ring:
+        ring.send(big)
+        r, w = os.pipe()
+        fcntl.fcntl(w, fcntl.F_SETFL, fcntl.fcntl(w, fcntl.F_GETFL) | os.O_NONBLOCK)
+        env = {k: v for k, v in child_env().items() if k != "PYTHONUNBUFFERED"}
+        if unbuffered:
+            env["PYTHONUNBUFFERED"] = "1"
+        cmd = [sys.executable, "-m", "fastipc", "recv", f"shm://{ring_name}", "--binary"]
+        proc = subprocess.Popen(cmd + ["--count", "1"], stdout=w, stderr=subprocess.PIPE, env=env)
+        os.close(w)
+        try:
+            time.sleep(0.5)  # the pipe fills: the writer meets EAGAIN
+            out = b""
+            while chunk := os.read(r, 1 << 20):
+                out += chunk
+            assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
+        finally:
+            os.close(r)
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            if proc.stderr:
+                proc.stderr.close()
+        assert out == big

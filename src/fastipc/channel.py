@@ -41,6 +41,10 @@ __all__ = ["DEFAULT_MAX_MESSAGE", "MAX_FDS", "Channel", "Listener", "listen"]
 _L = TypeVar("_L", bound="Listener")
 
 
+#: The longest single poll() (ms) of a wait: a longer one is made of several.
+_POLL_MAX_MS = 3_600_000
+
+
 class Channel(ChannelImpl):
     """A connected pair end that carries whole messages (any bytes, up to ``max_message``).
 
@@ -238,7 +242,7 @@ class Listener:
                 left = until - time.monotonic_ns()
                 if left <= 0:
                     raise Timeout(f"listener {self.name}: no connection within the timeout")
-                poller.poll(-(-left // 1_000_000))
+                poller.poll(min(-(-left // 1_000_000), _POLL_MAX_MS))  # poll() takes an int
         return Channel._adopt(conn, self.name, self.max_message, self.handoff)
 
     def fileno(self) -> int:

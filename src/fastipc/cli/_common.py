@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import select
 import signal
 import sys
@@ -182,7 +183,12 @@ def emit(data: bytes, binary: bool, args: argparse.Namespace | None = None) -> N
         out = data
     else:
         text = as_text(data) + "\n"
-        out = text.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict")
+        # Never an error after the message was taken: what the terminal's
+        # encoding cannot show is escaped (an ASCII stdout and 'café').
+        errors = sys.stdout.errors
+        if errors in (None, "strict"):
+            errors = "backslashreplace"
+        out = text.encode(sys.stdout.encoding or "utf-8", errors)
     write_all(out)
 
 
@@ -195,14 +201,23 @@ def write_all(data: bytes) -> None:
     """
     sys.stdout.flush()  # text printed before goes first
     out = sys.stdout.buffer
+    out.flush()
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (io.UnsupportedOperation too)
+        out.write(data)
+        out.flush()
+        return
+    # Straight to the fd: a buffered stdout set non-blocking (by a parent sharing
+    # the pipe) raised BlockingIOError midway, its count of what went unusable.
     view = memoryview(data)
     while view:
-        n = out.write(view)
-        if n is None:  # a non-blocking stdout that is full: wait until it takes more
-            select.select([], [out], [])
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:  # full: wait until it takes more
+            select.select([], [fd], [])
             continue
         view = view[n:]
-    out.flush()
 
 
 def describe(exc: BaseException) -> str:
