@@ -179,3 +179,14 @@ def test_bad_listen_options(sock_url: str) -> None:
         listen(sock_url, backlog=-1)
     with pytest.raises(ValueError, match="unknown option"):
         listen(sock_url + "?colour=red")
+
+
+@pytest.mark.parametrize("timeout", [3e6, 1e300])
+def test_accept_with_a_timeout_of_weeks_or_more_waits(sock_url: str, timeout: float) -> None:
+    # Past ~24.8 days poll() refused the ms count (OverflowError); 1e300 is forever.
+    import threading
+
+    with listen(sock_url) as lst:
+        threading.Timer(0.1, lambda: Channel.connect(sock_url).close()).start()
+        with lst.accept(timeout=timeout):
+            pass
