@@ -482,3 +482,14 @@ def _remove_if_empty(ring: Ring, url: str) -> None:
         )
         return
     ring.unlink()
+    # A send that came between the look and the unlink went into the removed
+    # ring, where nobody will receive it: not silently.
+    late = len(ring)
+    if late:
+        print(
+            f"fastipc: warning: {url}: {late} "
+            f"{'message' if late == 1 else 'messages'} came as the ring was removed "
+            "and will not be received",
+            file=sys.stderr,
+            flush=True,
+        )
