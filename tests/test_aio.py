@@ -684,7 +684,7 @@ def test_channel_tcp_sends_share_one_thread_that_ends_when_idle(
     """Every tcp send goes through a thread; one per channel, kept while sends come.
 
     A thread per send cost its start on the loop's thread each message (an
-    aio tcp round trip of 100 B: ~330 µs against ~130 with one kept).
+    aio tcp round trip of 100 B: ~390 µs against ~250 with one kept, quiet VM).
     """
     from fastipc.aio import _sender
 

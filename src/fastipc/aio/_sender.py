@@ -26,8 +26,8 @@ class Sender:
     Not the loop's default executor: its threads are joined when asyncio.run
     ends, and it is shared with getaddrinfo, which stalled sends would
     starve. Not a thread per send either: starting one (clone, and
-    Thread.start waiting for it to run) cost ~100 µs a send on the loop's
-    thread. Calls run in the order they come (the channel's send turn gives
+    Thread.start waiting for it to run) cost ~70-100 µs a send on the
+    loop's thread (benchmarks/RESULTS.md). Calls run in the order they come (the channel's send turn gives
     them one at a time; an abandoned one may still run when the next, on the
     closed channel, comes).
     """
