@@ -15,13 +15,49 @@ from ..channel import listen as _sync_listen
 from ..endpoints import parse
 from ..errors import Closed, Timeout, timed_out
 from ._sender import Sender
-from ._waiting import BUSY_PAUSE_MAX, Waiters, deadline_of, monotonic, on_loop_thread, sleep_on
+from ._waiting import (
+    BACKSTOP,
+    BUSY_PAUSE_MAX,
+    Waiters,
+    deadline_of,
+    monotonic,
+    on_loop_thread,
+    sleep_on,
+)
 
 __all__ = ["DIRECT_MAX", "Channel", "Handler", "Listener", "Server", "listen", "serve"]
 
 _T = TypeVar("_T")
 _ChanT = TypeVar("_ChanT", bound="Channel")
 _ServerT = TypeVar("_ServerT", bound="Server")
+
+
+class _Turn:
+    """One send's place in a channel's line of sends.
+
+    ``done`` resolves when the send has passed the turn on (the next one
+    goes). A signal handler that raises inside the code passing it on would
+    leave it pending for ever and every later send waiting; so the send's
+    ``finally`` first sets ``over`` (a plain store: no handler runs before
+    it), and a waiter that finds ``over`` (or the send's ``task`` done, for
+    a handler that raised before that ``finally`` was entered) with ``done``
+    still pending takes the turn itself (after its ``prev``, if the send had
+    stopped waiting for one: then its turn passes when that one does),
+    abandoning the sender-thread send in ``worker`` if one may still run.
+    """
+
+    __slots__ = ("done", "over", "prev", "task", "worker")
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        self.done = done
+        self.over = False
+        self.prev: _Turn | None = None
+        self.task = asyncio.current_task()
+        self.worker: asyncio.Future[Any] | None = None
+
+    def left(self) -> bool:
+        """Whether its send is over (whether or not it passed the turn on)."""
+        return self.over or (self.task is not None and self.task.done())
 
 
 class Channel:
@@ -69,8 +105,8 @@ class Channel:
         self._lock = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
-        #: The last send's turn: done once that send is over (the next goes then).
-        self._last: asyncio.Future[None] | None = None
+        #: The last send's turn (the next send waits for it).
+        self._last: _Turn | None = None
         #: A unix socket: frames that fit one kernel buffer go whole or not at all.
         self._unix = _family(fd) == socket.AF_UNIX
         #: Makes the sends that may block (see the class).
@@ -110,7 +146,7 @@ class Channel:
         try:
             sock.setblocking(False)
             coro = asyncio.get_running_loop().sock_connect(sock, addr)
-            if timeout is None:
+            if deadline_of(timeout) is None:  # None, inf, or centuries (checked as any timeout)
                 await coro
             else:
                 try:
@@ -281,7 +317,6 @@ class Channel:
         deadline = deadline_of(timeout)
         fds = list(fds)  # read now, once
         turn = await self._turn(deadline)
-        worker: asyncio.Future[Any] | None = None
         try:
             send = self._ch.send
             if self._whole_or_nothing(_nbytes(data) + 8):
@@ -296,11 +331,12 @@ class Channel:
                         raise
                     pause = await self._room(deadline, pause)
             await self._writable_now(deadline)
-            worker = asyncio.get_running_loop().create_future()
+            worker = turn.worker = asyncio.get_running_loop().create_future()
             self._sender.submit(lambda: send(data, fds, timeout=self._remaining(deadline)), worker)
             await asyncio.shield(worker)
         finally:
-            self._settle_turn(turn, worker)
+            turn.over = True  # first, a plain store: see _Turn
+            self._settle_turn(turn)
 
     async def send_many(self, buffers: Iterable[Any], timeout: float | None = None) -> int:
         """Send each buffer as one message, with few syscalls; return how many.
@@ -314,7 +350,6 @@ class Channel:
         deadline = deadline_of(timeout)
         batch = list(buffers)
         turn = await self._turn(deadline)
-        worker: asyncio.Future[Any] | None = None
         try:
             send_many = self._ch.send_many
             if self._whole_or_nothing(sum(_nbytes(b) + 8 for b in batch)):
@@ -335,59 +370,81 @@ class Channel:
                     except Timeout:
                         raise timed_out(f"channel {self.name}", True, sent) from None
             await self._writable_now(deadline)
-            worker = asyncio.get_running_loop().create_future()
+            worker = turn.worker = asyncio.get_running_loop().create_future()
             self._sender.submit(lambda: send_many(batch, timeout=self._remaining(deadline)), worker)
             sent_all: int = await asyncio.shield(worker)
             return sent_all
         finally:
-            self._settle_turn(turn, worker)
+            turn.over = True  # first, a plain store: see _Turn
+            self._settle_turn(turn)
 
-    async def _turn(self, deadline: float | None) -> asyncio.Future[None]:
-        """Wait for the sends awaited before this one; return this send's turn (see _pass_turn)."""
+    async def _turn(self, deadline: float | None) -> _Turn:
+        """Wait for the sends awaited before this one; return this send's turn (see _Turn)."""
         loop = asyncio.get_running_loop()
         before = self._last
-        turn: asyncio.Future[None] = loop.create_future()
-        self._last = turn
-        if before is None or before.done() or before.get_loop() is not loop:
+        turn = self._last = _Turn(loop.create_future())
+        if before is None or before.done.done() or before.done.get_loop() is not loop:
             return turn
         try:
-            left = self._remaining(deadline)
-            if left is not None and left <= 0:
-                raise asyncio.TimeoutError
-            await asyncio.wait_for(asyncio.shield(before), left)
+            await self._wait_turn(before, deadline)
         except BaseException as exc:
-            self._pass_turn(turn, before)  # the next send still waits for `before`
+            # The next send still waits for `before` (through this turn).
+            turn.prev = before
+            turn.over = True
+            self._pass_turn(turn, before.done)
             if isinstance(exc, asyncio.TimeoutError):
                 raise timed_out(f"channel {self.name}", True) from None
             raise
         return turn
 
-    def _pass_turn(self, turn: asyncio.Future[None], after: asyncio.Future[Any] | None) -> None:
+    async def _wait_turn(self, before: _Turn, deadline: float | None) -> None:
+        """Wait until ``before`` is passed on, or its send is found to have left without."""
+        cur = before
+        while not cur.done.done():
+            if cur.left():
+                if cur.prev is not None:  # it stopped waiting: wait for what it waited for
+                    cur = cur.prev
+                    continue
+                # Its send ended, but a signal handler raised before it passed the
+                # turn on: take it, abandoning its sender-thread send if any.
+                self._abandon(cur.worker)
+                return
+            left = self._remaining(deadline)
+            if left is not None and left <= 0:
+                raise asyncio.TimeoutError
+            await asyncio.wait(
+                (cur.done,), timeout=BACKSTOP if left is None else min(left, BACKSTOP)
+            )
+
+    def _pass_turn(self, turn: _Turn, after: asyncio.Future[Any] | None) -> None:
         """End ``turn`` (the next send goes) now, or once ``after`` is done."""
         if after is not None and not after.done():
             after.add_done_callback(lambda _: self._pass_turn(turn, None))
             return
         if self._last is turn:
             self._last = None
-        if not turn.done():
-            turn.set_result(None)
+        if not turn.done.done():
+            turn.done.set_result(None)
 
-    def _settle_turn(self, turn: asyncio.Future[None], worker: asyncio.Future[Any] | None) -> None:
-        """End a send: pass its turn on, once its sender-thread send (if any) is over.
+    def _settle_turn(self, turn: _Turn) -> None:
+        """End a send: pass its turn on (call right after setting ``turn.over``).
 
-        A send left while that one may still go out (an await cancelled by a
-        timeout or Ctrl-C, a signal handler raising anywhere after the future
-        was made: handed over or not, running or done but not yet reported)
-        abandons it, which closes the channel, as an interrupted sync send
-        does: a stream cannot take half a message, so the peer gets Closed,
-        never part of one, and a send the caller was told failed never goes
-        out later. Its sync send wakes within a slice and ends; the next
-        send meets the closed channel.
+        A send left while its sender-thread send may still go out (an await
+        cancelled by a timeout or Ctrl-C, a signal handler raising anywhere
+        after the future was made: handed over or not, running or done but
+        not yet reported) abandons it, which closes the channel, as an
+        interrupted sync send does: a stream cannot take half a message, so
+        the peer gets Closed, never part of one, and a send the caller was
+        told failed never goes out later. Its sync send wakes within a slice
+        and ends; the next send meets the closed channel.
         """
+        self._abandon(turn.worker)
+        self._pass_turn(turn, None)
+
+    def _abandon(self, worker: asyncio.Future[Any] | None) -> None:
         if worker is not None and not worker.done():
             self.close()
             worker.cancel()
-        self._pass_turn(turn, worker)
 
     def shutdown(self, how: str = "both") -> None:
         """:meth:`fastipc.Channel.shutdown` (``"write"``: the peer gets Closed after what was sent)."""
@@ -458,7 +515,11 @@ class Listener:
         # the first wait) may release them from here on.
         sync, sock = self._sync, self._sock
         if sync is not None:
-            return sync.accept(timeout=0)
+            try:
+                return sync.accept(timeout=0)
+            except (OSError, ValueError):
+                self._check_open()  # closed meanwhile: ValueError naming the listener
+                raise
         if sock is None:
             self._check_open()
             raise ValueError(f"operation on a closed listener ({self.url})")
@@ -588,7 +649,8 @@ class Server:
         for peer in list(self._peers):
             peer.close()
         for task in list(self._tasks):
-            task.cancel()
+            if not task.get_loop().is_closed():  # a closed loop's tasks run no more
+                task.cancel()
 
     async def wait_closed(self) -> None:
         """Wait for the per-connection tasks to end after :meth:`close`."""

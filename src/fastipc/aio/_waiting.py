@@ -140,7 +140,8 @@ class Waiters:
 
     def wake_all(self, result: bool) -> None:
         for fut in self.futs:
-            if not fut.done():
+            # A closed loop's futures wake nobody (and set_result would raise).
+            if not fut.done() and not fut.get_loop().is_closed():
                 fut.set_result(result)
 
     def close(self) -> None:
@@ -215,7 +216,7 @@ class Held:
     def give_back(self) -> None:
         fut, self.fut = self.fut, None
         self.task = None
-        if fut is not None and not fut.done():
+        if fut is not None and not fut.done() and not fut.get_loop().is_closed():
             fut.set_result(None)
 
     def loop(self) -> asyncio.AbstractEventLoop | None:
