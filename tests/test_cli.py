@@ -550,3 +550,14 @@ def test_recv_writes_all_of_a_message_to_a_non_blocking_stdout(
             if proc.stderr:
                 proc.stderr.close()
         assert out == big
+
+
+def test_own_signals_named_by_this_pid_are_refused_too() -> None:
+    # signal://PID with the command's own pid is signal://self.
+    code = f'exec "{sys.executable}" -m fastipc recv "signal://$$?sig=TERM"'
+    proc = subprocess.run(
+        ["sh", "-c", code], env=child_env(), capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "cannot receive SIGTERM" in proc.stderr

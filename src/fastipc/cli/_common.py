@@ -71,8 +71,8 @@ def _whole_number(text: str, low: int, wanted: str) -> int:
     return value
 
 
-#: The longest --timeout (and other seconds) taken: about 31 years. Past ~1e299 s
-#: the library's conversion to nanoseconds overflows (OverflowError).
+#: The longest --timeout (and other seconds) taken: about 31 years (the library
+#: takes more, as forever; a command line has no use for it).
 SECONDS_MAX = 1e9
 
 
@@ -185,10 +185,11 @@ def emit(data: bytes, binary: bool, args: argparse.Namespace | None = None) -> N
         text = as_text(data) + "\n"
         # Never an error after the message was taken: what the terminal's
         # encoding cannot show is escaped (an ASCII stdout and 'café').
-        errors = sys.stdout.errors
-        if errors in (None, "strict"):
-            errors = "backslashreplace"
-        out = text.encode(sys.stdout.encoding or "utf-8", errors)
+        encoding = sys.stdout.encoding or "utf-8"
+        try:
+            out = text.encode(encoding, sys.stdout.errors or "strict")
+        except UnicodeEncodeError:
+            out = text.encode(encoding, "backslashreplace")
     write_all(out)
 
 

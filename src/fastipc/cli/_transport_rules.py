@@ -10,6 +10,7 @@ testing ``ep.scheme`` themselves.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 from typing import Any
 
@@ -49,8 +50,8 @@ def check_own_signals(ep: Endpoint, verb: str) -> None:
 
     Taken as messages they would leave nothing but SIGKILL to stop it.
     """
-    if ep.scheme != "signal" or ep.pid is not None:
-        return
+    if ep.scheme != "signal" or (ep.pid is not None and ep.pid != os.getpid()):
+        return  # another process's signals (signal://PID names this one too)
     stops = sorted({signal.Signals(s).name for s in ep.sig or () if s in _STOPS})
     if stops:
         they = "they stop" if len(stops) > 1 else "it stops"

@@ -387,6 +387,7 @@ def _recv_bound(args: argparse.Namespace) -> None:
         except queue.Empty:
             raise Timeout("nothing arrived") from None
 
+    received = 0
     try:
         with serve(args.url, handler, **kw) as srv:
             srv.start()
@@ -419,7 +420,8 @@ def _recv_bound(args: argparse.Namespace) -> None:
         # chunks, several frames at a time) and nothing can put them back.
         left = arrived.qsize()
         if left:
-            when = "as recv stopped" if args.count is None else f"past --count {args.count}"
+            reached = args.count is not None and received >= args.count
+            when = f"past --count {args.count}" if reached else "as recv stopped"
             print(
                 f"fastipc: {left} more message{'s' if left > 1 else ''} arrived {when} "
                 f"and {'were' if left > 1 else 'was'} not printed",
@@ -482,8 +484,10 @@ def _remove_if_empty(ring: Ring, url: str) -> None:
         )
         return
     ring.unlink()
-    # A send that came between the look and the unlink went into the removed
-    # ring, where nobody will receive it: not silently.
+    # Senders still holding the removed ring open now get Closed, not a send
+    # nobody will receive; one that came between the look and the unlink is
+    # counted here, not lost silently.
+    ring.shutdown()
     late = len(ring)
     if late:
         print(
