@@ -1031,7 +1031,7 @@ def test_channel_close_from_another_thread_or_task_wakes_the_awaiter(run: Any) -
 
 def test_channel_close_from_a_signal_handler_inside_the_first_wait_does_not_deadlock() -> None:
     """A signal handler runs on the loop's thread between any two bytecodes, so its
-    close() may come while that thread holds the channel's lock (in _watch): with a
+    close() may come while that thread holds the channel's lock (in _bind): with a
     plain Lock that close() waited for itself for ever. Here the handler's close runs
     right where it would: inside the locked open check (in a child: a hang is killed)."""
     run_python(
@@ -1046,7 +1046,7 @@ def test_channel_close_from_a_signal_handler_inside_the_first_wait_does_not_dead
 
         def check_then_handler_close():
             check_open()
-            if not done and sys._getframe(1).f_code.co_name == "_watch":
+            if not done and sys._getframe(1).f_code.co_name == "_bind":
                 done.append(True)
                 ca.close()  # what a signal handler calling close() does here
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import select
 import socket
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -18,6 +17,7 @@ from ._sender import Sender
 from ._waiting import (
     BACKSTOP,
     BUSY_PAUSE_MAX,
+    LoopBound,
     Waiters,
     deadline_of,
     monotonic,
@@ -60,7 +60,7 @@ class _Turn:
         return self.over or (self.task is not None and self.task.done())
 
 
-class Channel:
+class Channel(LoopBound):
     """An awaitable face of :class:`fastipc.Channel`; the sync channel is :attr:`sync`.
 
     Receives use what is already buffered first and then wait on the socket
@@ -93,18 +93,9 @@ class Channel:
             raise TypeError(f"aio.Channel wraps a fastipc.Channel, not {type(channel).__name__}")
         self._ch = channel
         fd = channel.fileno()
+        super().__init__()  # close() from any thread: see LoopBound
         self._rd = Waiters(fd, False, False)
         self._wr = Waiters(fd, True, False)
-        # close() from another thread closes the socket at once while no loop
-        # may poll it, else on the loop's thread after unregistering: a loop
-        # must never poll a closed (or reused) fd number. Under _lock: close()
-        # sets _closing and reads _loop; a wait sets _loop before the loop
-        # first polls the socket, unless _closing.
-        # Reentrant: a signal handler that calls close() may run on this thread while
-        # it holds the lock (in _watch, or in close() itself).
-        self._lock = threading.RLock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closing = False
         #: The last send's turn (the next send waits for it).
         self._last: _Turn | None = None
         #: A unix socket: frames that fit one kernel buffer go whole or not at all.
@@ -175,13 +166,6 @@ class Channel:
     def __repr__(self) -> str:
         return f"<aio.Channel {self.name}{' closed' if self.closed else ''}>"
 
-    def close(self) -> None:
-        """Close the channel (idempotent, any thread): awaiting calls raise ValueError (closed)."""
-        with self._lock:
-            self._closing = True
-            loop = self._loop
-        on_loop_thread(loop, self._release)  # unregistered there, before the fd closes
-
     def _release(self) -> None:
         self._rd.close()
         self._wr.close()
@@ -197,15 +181,6 @@ class Channel:
         if self.closed:
             raise ValueError(f"operation on a closed channel ({self.name})")
 
-    def _watch(self) -> None:
-        """Before this loop first polls the socket: ValueError if close() came first."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            with self._lock:
-                self._check_open()
-                self._loop = loop
-                self._check_open()  # a signal handler's close() may have run in between
-
     async def _recv_with(self, attempt: Callable[[], _T], timeout: float | None) -> _T:
         deadline = deadline_of(timeout)
         while True:
@@ -216,7 +191,7 @@ class Channel:
             self._check_open()
             if deadline is not None and monotonic() >= deadline:
                 raise timed_out(f"channel {self.name}", False)
-            self._watch()
+            self._bind()
             await sleep_on(self._rd, deadline)
 
     async def recv(self, timeout: float | None = None) -> bytes:
@@ -258,7 +233,7 @@ class Channel:
             self._check_open()
             if deadline is not None and monotonic() >= deadline:
                 raise timed_out(f"channel {self.name}", True)
-            self._watch()
+            self._bind()
             if await sleep_on(self._wr, deadline):
                 return
 
@@ -483,7 +458,7 @@ def _poll_out(fd: int) -> bool:
     return bool(p.poll(0))
 
 
-class Listener:
+class Listener(LoopBound):
     """Accepts connections awaitably: unix (a :class:`fastipc.Listener`) or tcp.
 
     :meth:`close` may come from any thread, as a :class:`Channel`'s.
@@ -494,12 +469,8 @@ class Listener:
         self._sync = sync
         self.url = url
         fd = sync.fileno() if sync is not None else sock.fileno()  # type: ignore[union-attr]
+        super().__init__()  # close() from any thread: see LoopBound
         self._w = Waiters(fd, False, False)
-        # As in Channel: under _lock, close() sets _closing and reads _loop,
-        # and accept() sets _loop before its loop first polls the socket.
-        self._lock = threading.RLock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closing = False
 
     @property
     def closed(self) -> bool:
@@ -540,12 +511,7 @@ class Listener:
                 return Channel(self._accept_now())
             except Timeout:
                 pass
-            loop = asyncio.get_running_loop()
-            if self._loop is not loop:
-                with self._lock:
-                    self._check_open()
-                    self._loop = loop
-                    self._check_open()  # a signal handler's close() may have run in between
+            self._bind()
             await sleep_on(self._w, None)
 
     def close(self) -> None:
@@ -554,10 +520,7 @@ class Listener:
         Idempotent, any thread: from another thread than that of the loop
         awaiting accept(), the socket closes on the loop's thread, soon after.
         """
-        with self._lock:
-            self._closing = True
-            loop = self._loop
-        on_loop_thread(loop, self._release)
+        super().close()
 
     def _release(self) -> None:
         self._w.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -18,10 +17,10 @@ from ._waiting import (
     SPIN,
     SPIN_BUSY,
     Held,
+    LoopBound,
     Waiters,
     deadline_of,
     monotonic,
-    on_loop_thread,
     sleep_on,
 )
 
@@ -33,7 +32,7 @@ _T = TypeVar("_T")
 _RingT = TypeVar("_RingT", bound="_Awaiting")
 
 
-class _Awaiting:
+class _Awaiting(LoopBound):
     """What aio.Ring and aio.Subscriber share: awaiting a sync handle's receive side on its doorbell.
 
     ``self._ring`` is the sync handle seen through the ring's calls
@@ -47,14 +46,10 @@ class _Awaiting:
         self._ring = ring
         self._waiters: list[Waiters | None] = [None, None]
         self._held = Held()
-        self._closed = False
-        # As in aio.Channel: under _lock, close() sets _closed and reads
-        # _loop, and a call sets _loop (in _here) before its loop keeps any
-        # state of this handle (a bell's registration, an open block), so
-        # close() from another thread hands that state's release to the loop.
-        # Reentrant: a signal handler's close() may run while this thread holds it.
-        self._lock = threading.RLock()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # close() from any thread (see LoopBound): a call binds the loop before
+        # it keeps any state of this handle there (a bell's registration, an
+        # open block), so that state's release is handed to the loop.
+        super().__init__()
         # Bound once: the take of every `async for` step (~40 ns a lookup).
         self._take = ring._try_recv
 
@@ -66,30 +61,18 @@ class _Awaiting:
     @property
     def closed(self) -> bool:
         """True once this handle (or its sync handle) is closed."""
-        return self._closed or self._ring.closed
+        return self._closing or self._ring.closed
 
     def __len__(self) -> int:
         return len(self._ring)
 
     # ---- lifetime -----------------------------------------------------
-    def close(self) -> None:
-        """Close the handle (idempotent, any thread): awaiting calls raise ValueError (closed)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            loop = self._loop
-        self._ring.close()
-        on_loop_thread(loop, self._release)  # unregistered there, before the fds close
+    def _close_now(self) -> None:
+        self._ring.close()  # wakes its sync waiters in other threads now
 
-    def _here(self) -> None:
-        """Before this loop first keeps state of the handle: ValueError if it is closed."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            with self._lock:
-                if self._closed:
-                    raise ValueError(f"ring {self.name!r} is closed")
-                self._loop = loop
+    def _check_open(self) -> None:
+        if self._closing:
+            raise ValueError(f"ring {self.name!r} is closed")
 
     def __del__(self) -> None:
         # Dropped without close(): our own bell fds must not leak (the sync
@@ -135,15 +118,14 @@ class _Awaiting:
             raise ValueError(f"ring {self.name!r} is closed")
 
     def _bell(self, side: int) -> Waiters:
-        self._here()
+        self._bind()
         w = self._waiters[side]
         if w is None:
-            if self._closed:
-                raise ValueError(f"ring {self.name!r} is closed")
+            self._check_open()
             # Our own fd, not sync.fileno()'s: closing the sync handle from
             # another thread must never close an fd the loop still polls.
             w = self._waiters[side] = Waiters(self._ring._open_bell(side), False, True, lazy=True)
-            if self._closed:
+            if self._closing:
                 # Closed while the bell opened, by a signal handler's close() on
                 # this thread: its release ran before the bell was stored.
                 if self._waiters[side] is w:
@@ -466,7 +448,7 @@ class _Block:
         self._cm: Any = None
 
     def _enter(self) -> memoryview:
-        self._ring._here()  # before the block is opened: _held is this loop's state
+        self._ring._bind()  # before the block is opened: _held is this loop's state
         cm = self._make()
         view: memoryview = cm.__enter__()
         self._cm = cm

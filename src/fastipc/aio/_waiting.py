@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ __all__ = [
     "SPIN",
     "SPIN_BUSY",
     "Held",
+    "LoopBound",
     "Waiters",
     "deadline_of",
     "elsewhere",
@@ -75,6 +77,54 @@ def on_loop_thread(loop: asyncio.AbstractEventLoop | None, release: Callable[[],
         except RuntimeError:  # closed meanwhile
             pass
     release()
+
+
+class LoopBound:
+    """An aio handle whose fds one event loop polls, and whose close() may come from any thread.
+
+    A loop must never poll a closed (or reused) fd number: what the loop
+    polls is released (unregistered, then closed) by ``_release()`` on the
+    loop's thread, or at once while no loop polls. Under ``_lock``, close()
+    sets ``_closing`` and reads ``_loop``, and ``_bind()`` sets ``_loop``
+    before its loop first polls or keeps state of the handle, unless closed.
+    The lock is reentrant: a signal handler's close() may run on a thread
+    that holds it.
+
+    Subclasses give ``_check_open()`` (ValueError naming the handle once
+    closed; it must read ``_closing``) and an idempotent ``_release()``;
+    ``_close_now()`` is what close() does at once on the calling thread.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+
+    def close(self) -> None:
+        """Close the handle (idempotent, any thread): awaiting calls raise ValueError (closed)."""
+        with self._lock:
+            self._closing = True
+            loop = self._loop
+        self._close_now()
+        on_loop_thread(loop, self._release)  # unregistered there, before the fds close
+
+    def _close_now(self) -> None:
+        pass
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def _check_open(self) -> None:
+        raise NotImplementedError
+
+    def _bind(self) -> None:
+        """Before the running loop first polls or keeps state of the handle: ValueError if closed."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            with self._lock:
+                self._check_open()
+                self._loop = loop
+                self._check_open()  # a signal handler's close() may have run in between
 
 
 class Waiters:
