@@ -29,6 +29,7 @@ from conftest import child_env, join_all, new_name, run_python, shm_entries
 
 import fastipc
 from fastipc import Channel, Closed, Ring, Timeout, aio
+from fastipc.aio._channel import LOOP_SEND_MAX
 
 try:
     import uvloop
@@ -681,7 +682,8 @@ def _sender_threads() -> list[threading.Thread]:
 def test_channel_tcp_sends_share_one_thread_that_ends_when_idle(
     run: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every tcp send goes through a thread; one per channel, kept while sends come.
+    """Every tcp send over LOOP_SEND_MAX goes through a thread; one per channel,
+    kept while sends come.
 
     A thread per send cost its start on the loop's thread each message (an
     aio tcp round trip of 100 B: ~390 µs against ~250 with one kept, quiet VM).
@@ -690,6 +692,7 @@ def test_channel_tcp_sends_share_one_thread_that_ends_when_idle(
 
     monkeypatch.setattr(_sender, "IDLE", 0.3)
     before = set(_sender_threads())
+    pad = b"x" * LOOP_SEND_MAX
 
     async def main() -> None:
         lst = await aio.listen("tcp://127.0.0.1:0")
@@ -698,17 +701,17 @@ def test_channel_tcp_sends_share_one_thread_that_ends_when_idle(
         try:
             seen = set()
             for i in range(50):
-                await ca.send(b"%d" % i)
-                assert await cb.recv(timeout=10) == b"%d" % i
+                await ca.send(b"%d" % i + pad)
+                assert await cb.recv(timeout=10) == b"%d" % i + pad
                 seen |= set(_sender_threads()) - before
             assert len(seen) == 1, seen  # the same thread for every send
             (thread,) = seen
             thread.join(10)  # idle: it ends on its own
             assert not thread.is_alive()
             # The next send starts another, and sends stay in order across it.
-            await asyncio.gather(*(ca.send(b"%d" % i) for i in range(50, 60)))
+            await asyncio.gather(*(ca.send(b"%d" % i + pad) for i in range(50, 60)))
             assert [await cb.recv(timeout=10) for _ in range(10)] == [
-                b"%d" % i for i in range(50, 60)
+                b"%d" % i + pad for i in range(50, 60)
             ]
             assert len(set(_sender_threads()) - before) == 1
         finally:
@@ -832,8 +835,8 @@ def test_channel_tcp_send_interrupted_at_any_instant_keeps_the_stream_whole(
 def test_channel_send_whose_thread_cannot_start_closes_the_channel(
     run: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No thread could start for a tcp send (RuntimeError, as at the process's
-    thread limit): the send raises, and the channel closes.
+    """No thread could start for a tcp send over LOOP_SEND_MAX (RuntimeError, as at
+    the process's thread limit): the send raises, and the channel closes.
 
     The send was queued for the thread before it failed to start: left open,
     the channel's next send started a thread that sent the failed message
@@ -853,7 +856,7 @@ def test_channel_send_whose_thread_cannot_start_closes_the_channel(
 
                 m.setattr(_sender.threading.Thread, "start", no_thread)
                 with pytest.raises(RuntimeError, match="start new thread"):
-                    await ca.send(b"failed")
+                    await ca.send(b"failed" * LOOP_SEND_MAX)
             assert ca.closed
             with pytest.raises(ValueError, match="closed"):
                 await ca.send(b"next")
@@ -867,17 +870,17 @@ def test_channel_send_whose_thread_cannot_start_closes_the_channel(
     run(main())
 
 
-def _pair(kind: str) -> tuple[aio.Channel, aio.Channel]:
+def _pair(kind: str, buffers: int = 32768) -> tuple[aio.Channel, aio.Channel]:
     """Two connected channels; over tcp with small buffers (loopback's grow to megabytes)."""
     if kind == "socketpair":
         a, b = Channel.pair()
         return aio.Channel(a), aio.Channel(b)
     with socket.create_server(("127.0.0.1", 0)) as srv:
         c = socket.socket()
-        c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffers)
         c.connect(srv.getsockname())
         s, _ = srv.accept()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffers)
     return aio.Channel(Channel.from_socket(c)), aio.Channel(Channel.from_socket(s))
 
 
@@ -918,6 +921,143 @@ def test_channel_concurrent_sends_wait_on_the_loop_not_in_it(
                 assert [m[1] for m in got if m[0] == i] == list(range(per))
             assert not ca.closed
         finally:
+            ca.close()
+            cb.close()
+
+    run(main())
+
+
+def test_channel_small_tcp_sends_go_from_the_loop_without_a_thread(run: Any) -> None:
+    """A tcp frame of up to LOOP_SEND_MAX is written from the loop thread: no sender
+    thread starts (its two wake-ups cost ~60 µs of a round trip), even when the socket
+    cuts the frame and its rest goes out as the reader makes room."""
+    before = set(_sender_threads())
+
+    async def main() -> None:
+        ca, cb = _pair("tcp")
+        try:
+            for i in range(20):
+                await ca.send(b"%d" % i, timeout=10)
+                assert await cb.recv(timeout=10) == b"%d" % i
+
+            msgs = [bytes([i]) * (LOOP_SEND_MAX - 8) for i in range(12)]
+
+            async def sender() -> None:
+                for m in msgs:
+                    await ca.send(m, timeout=10)
+
+            async def receiver() -> list[bytes]:
+                await asyncio.sleep(0.2)  # the socket fills, and a frame is cut
+                return [await cb.recv(timeout=10) for _ in msgs]
+
+            got, _ = await asyncio.gather(receiver(), sender())
+            assert got == msgs
+            assert not set(_sender_threads()) - before
+        finally:
+            ca.close()
+            cb.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("how", ["timeout", "cancel"])
+def test_channel_tcp_send_cut_then_abandoned_closes_the_channel(run: Any, how: str) -> None:
+    """A frame the socket cut, whose send then times out or is cancelled before the
+    rest went: the channel closes and the peer gets Closed, never part of a message,
+    and the sync channel's send turn (held across the awaits) is given back."""
+
+    async def main() -> None:
+        ca, cb = _pair("tcp", 4096)  # the kernel's smallest: any 64 KiB frame is cut
+        try:
+            n = 3
+            for _ in range(n):
+                await ca.send(b"w" * 1000, timeout=5)
+            big = b"c" * (LOOP_SEND_MAX - 8)
+            if how == "timeout":
+                with pytest.raises(Timeout):
+                    await ca.send(big, timeout=0.2)
+            else:
+                task = asyncio.ensure_future(ca.send(big))
+                await asyncio.sleep(0.2)
+                assert not task.done()
+                # Cut, its rest waiting on this loop: the sync send turn is parked here.
+                assert ca.sync._tx_turn.block == -threading.get_ident()
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            assert ca.closed
+            assert ca.sync._tx_turn.block == 0 and hasattr(ca.sync._tx_turn, "free")
+            for _ in range(n):
+                assert await cb.recv(timeout=5) == b"w" * 1000
+            with pytest.raises(Closed):
+                await cb.recv(timeout=5)
+        finally:
+            ca.close()
+            cb.close()
+
+    run(main())
+
+
+def test_channel_tcp_cut_frame_keeps_other_threads_sync_sends_out_of_it(run: Any) -> None:
+    """While a frame the socket cut waits on the loop for room, the sync channel's
+    send turn stays taken: another thread's sync sends wait for it (their frames
+    are never spliced into it), and a sync send on the loop's own thread is refused
+    rather than wait for itself."""
+
+    async def main() -> None:
+        ca, cb = _pair("tcp", 16384)  # frames get cut (4096 would stall on tcp windows)
+        stop = threading.Event()
+        sync_sent = []
+
+        def sync_sender() -> None:
+            i = 0
+            while not stop.is_set():
+                ca.sync.send(b"s" + bytes([i % 256]) * 30_000, timeout=20)
+                sync_sent.append(i)
+                i += 1
+                time.sleep(0.002)  # let the loop's sends take the turn too
+
+        th = threading.Thread(target=sync_sender)
+        try:
+            th.start()
+            aio_msgs = [b"a" + bytes([i]) * 50_000 for i in range(30)]
+
+            refused = 0
+
+            async def sender() -> None:
+                nonlocal refused
+                for m in aio_msgs:
+                    task = asyncio.ensure_future(ca.send(m, timeout=20))
+                    await asyncio.sleep(0)  # it runs to its first await
+                    if ca.sync._tx_turn.block == -threading.get_ident():
+                        with pytest.raises(RuntimeError, match="wait for itself"):
+                            ca.sync.send(b"x")  # would wait for ever on this thread
+                        refused += 1
+                    await task
+                stop.set()
+
+            got: list[bytes] = []
+
+            async def receiver() -> None:
+                while True:
+                    m = await cb.recv(timeout=20)
+                    got.append(m)
+                    if stop.is_set() and len([g for g in got if g[:1] == b"a"]) == len(aio_msgs):
+                        return
+                    await asyncio.sleep(0.001)  # slow: frames get cut
+
+            await asyncio.gather(receiver(), sender())
+            await asyncio.get_running_loop().run_in_executor(None, th.join, 30)
+            while len([g for g in got if g[:1] == b"s"]) < len(sync_sent):
+                got.append(await cb.recv(timeout=20))
+            assert [g for g in got if g[:1] == b"a"] == aio_msgs
+            s_msgs = [g for g in got if g[:1] == b"s"]
+            assert s_msgs == [b"s" + bytes([i % 256]) * 30_000 for i in range(len(sync_sent))]
+            assert sync_sent and refused  # both kinds of send met cut frames
+            assert not ca.closed
+        finally:
+            stop.set()
+            th.join(30)
             ca.close()
             cb.close()
 

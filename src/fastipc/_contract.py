@@ -13,14 +13,15 @@ import errno
 import os
 import socket
 import struct
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, NoReturn, TypeVar
 
 from ._checks import FdLike, release_view, validate_fds
 from ._names import open_bell, unlink_ring
-from ._turns import new_turns
-from .errors import Closed, FastIPCError, Timeout, channel_error, channel_keeps_open
+from ._turns import TX, new_turns, takes_turn
+from .errors import Closed, FastIPCError, Timeout, channel_error, channel_keeps_open, timed_out
 from .handoff import DEFAULT_HANDOFF_AREA
 
 __all__ = ["DIRECT_MIN", "RECV_BUFFER", "ChannelBase", "RingBase", "drain"]
@@ -495,6 +496,93 @@ class ChannelBase:
         new_turns(self)
         self._setup()
         return self
+
+    # ---- a send that goes on across awaits (for aio.Channel) -------------
+    @takes_turn(TX)
+    def _send_begin(self, data: Any) -> bool | None:
+        """Send one message (no fds) without waiting: what aio.Channel's loop thread calls.
+
+        True: it all went out. None: nothing went (the socket is full).
+        Timeout: nothing went, as another thread's send holds the turn. Raises
+        what send() raises. False: part of the frame went out, and the send
+        turn stays taken (other threads' sends wait for it, as for a send in
+        progress) until :meth:`_send_more` returns True or :meth:`_send_drop`
+        gives up. The caller must then call one of them (an exception from
+        either gives the turn back). The frame goes inline (no hand-off area).
+        """
+        turn = self._tx_turn
+        try:
+            del turn.free
+        except AttributeError:  # another thread's send: the caller waits elsewhere
+            raise timed_out(f"channel {self.name} (another thread's call)", True) from None
+        try:
+            sent = self._tx_try(data)
+            if sent is not False:
+                return sent
+            turn.block = -threading.get_ident()  # held across awaits: see _turns.Turn
+            return False
+        except BaseException:
+            turn.block = 0
+            self._tx_abandon()  # closes if part of the frame may have gone out
+            raise
+        finally:
+            if not turn.block:
+                turn.free = True
+                if turn.waiting:
+                    turn.wake()
+
+    @takes_turn(TX)
+    def _send_more(self) -> bool:
+        """Write what the socket takes now of the frame :meth:`_send_begin` left part-sent.
+
+        True once it is all out (the send turn is given back); False: call
+        again when the socket polls writable. Raises what send() raises (the
+        channel is then closed, and the turn given back).
+        """
+        turn = self._tx_turn
+        if turn.block >= 0:
+            raise RuntimeError("no send is part-way to go on with")
+        try:
+            if not self._tx_resume():
+                return False
+            turn.block = 0
+            return True
+        except BaseException:
+            turn.block = 0
+            self._tx_abandon()
+            raise
+        finally:
+            if not turn.block:
+                turn.free = True
+                if turn.waiting:
+                    turn.wake()
+
+    def _send_drop(self) -> None:
+        """Give up the frame :meth:`_send_begin` left part-sent, if any: close the channel
+        (the stream cannot take the rest of another frame; the peer gets Closed, never
+        part of a message) and give the send turn back. Idempotent."""
+        turn = self._tx_turn
+        if turn.block >= 0:
+            return
+        turn.block = 0  # first, a plain store: a second call finds nothing to drop
+        try:
+            self._tx_abandon()
+        finally:
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
+
+    def _tx_try(self, data: Any) -> bool | None:
+        """One write of ``data``'s frame: True all of it, False part (kept), None nothing."""
+        raise NotImplementedError
+
+    def _tx_resume(self) -> bool:
+        """One write of the rest of the kept frame: True once it is all out."""
+        raise NotImplementedError
+
+    def _tx_abandon(self) -> None:
+        """Forget the kept frame, closing the channel if part of it may have gone out."""
+        raise NotImplementedError
 
     def _fd_list(self, fds: Iterable[FdLike]) -> list[int]:
         """The fd numbers to send with a message (checked); ValueError on a tcp channel."""

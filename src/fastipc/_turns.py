@@ -139,7 +139,9 @@ class Turn:
     truth test, all that giving the turn back costs while nobody waits, is
     no call). ``handed`` is the waiter the token is on its way to (see
     :meth:`wake`). ``block`` is the thread id of a reserve()/recv_view()
-    block holding the turn, else 0: such a block runs its caller's code with
+    block holding the turn, minus the thread id of an event loop whose
+    coroutine holds a channel's send turn across awaits (a frame part-sent:
+    ``ChannelBase._send_begin``), else 0. Such a block runs its caller's code with
     its generator suspended, on no thread's stack, so without it a waiter's
     look for a lost turn would take the turn from the block. No lock guards
     these: every check and the changes it decides are opcodes with no call
@@ -211,6 +213,13 @@ class Turn:
         if inside_a_call(sys._getframe(2 + depth), handle, side):
             doing = "" if sending is None else " (sending)" if sending else " (receiving)"
             raise reentrant_call(f"{what}{doing}")
+        if self.block == -threading.get_ident():
+            # Would wait for itself: only this thread's event loop can finish that send.
+            raise RuntimeError(
+                f"{what}: a send awaited on this thread's event loop (fastipc.aio) is "
+                "part-way through a message; a blocking call on the loop's thread would "
+                "wait for itself: await the aio.Channel's send instead"
+            )
         forever = timeout_ns(timeout) < 0  # None or inf; raises for a bad timeout
         if not forever and timeout == 0:
             raise timed_out(f"{what} (another thread's call)", sending)

@@ -25,7 +25,16 @@ from ._waiting import (
     sleep_on,
 )
 
-__all__ = ["DIRECT_MAX", "Channel", "Handler", "Listener", "Server", "listen", "serve"]
+__all__ = [
+    "DIRECT_MAX",
+    "LOOP_SEND_MAX",
+    "Channel",
+    "Handler",
+    "Listener",
+    "Server",
+    "listen",
+    "serve",
+]
 
 _T = TypeVar("_T")
 _ChanT = TypeVar("_ChanT", bound="Channel")
@@ -74,17 +83,20 @@ class Channel(LoopBound):
     :data:`DIRECT_MAX` bytes that the kernel queues in one buffer (at most
     half of ``SO_SNDBUF``) is taken whole or refused whole, so such a send
     is a non-blocking sync call on the loop thread, repeated whenever the
-    socket polls writable; cancelling it waiting sends nothing. Any other
-    message (larger, or on tcp, where a socket may take part of any write)
-    may be taken in parts, and a stream cannot take half a message and
-    resume later, so the channel's own sender thread (started at the first
-    such send, ended after 2 s without one) makes that sync send once the
-    socket polls writable, while the loop runs on; the await returns when
-    it is done, and the next send waits for it. Cancelling such an await (a
-    timeout, Ctrl-C ending ``asyncio.run``) while the message is still
-    going out abandons it midway, which closes the channel, as an
-    interrupted sync send does: the peer gets Closed, never part of a
-    message.
+    socket polls writable; cancelling it waiting sends nothing. On tcp,
+    where a socket may take part of any write, a message of up to
+    :data:`LOOP_SEND_MAX` bytes is written from the loop thread too; a part
+    the socket cut is finished there as room comes, holding the sync
+    channel's send turn meanwhile (another thread's sync send waits for
+    it). Any other message (larger, with fds, or meeting a full socket or
+    another thread's send) goes through the channel's own sender thread
+    (started at the first such send, ended after 2 s without one), which
+    makes the sync send once the socket polls writable, while the loop runs
+    on. The await returns when the message is out, and the next send waits
+    for it. Cancelling a send (a timeout, Ctrl-C ending ``asyncio.run``)
+    while its message is part-way out abandons it midway, which closes the
+    channel, as an interrupted sync send does: the peer gets Closed, never
+    part of a message.
     """
 
     def __init__(self, channel: _SyncChannel) -> None:
@@ -167,6 +179,7 @@ class Channel(LoopBound):
         return f"<aio.Channel {self.name}{' closed' if self.closed else ''}>"
 
     def _release(self) -> None:
+        self._ch._send_drop()  # gives back the send turn a part-sent frame holds
         self._rd.close()
         self._wr.close()
         self._ch.close()
@@ -294,7 +307,11 @@ class Channel(LoopBound):
         turn = await self._turn(deadline)
         try:
             send = self._ch.send
-            if self._whole_or_nothing(_nbytes(data) + 8):
+            nbytes = _nbytes(data) + 8
+            if not self._unix and not fds and nbytes <= LOOP_SEND_MAX:
+                if await self._send_on_loop(data, deadline):
+                    return
+            elif self._whole_or_nothing(nbytes):
                 pause = 0.0
                 while True:
                     try:
@@ -312,6 +329,40 @@ class Channel(LoopBound):
         finally:
             turn.over = True  # first, a plain store: see _Turn
             self._settle_turn(turn)
+
+    async def _send_on_loop(self, data: Any, deadline: float | None) -> bool:
+        """Send on the loop thread, awaiting room for a frame the socket cut; True once sent.
+
+        False: nothing went, as another thread's sync send holds the channel's
+        send turn; the sender thread's send then waits for it.
+        A frame cut part-way keeps the sync channel's send turn across the
+        awaits (see ChannelBase._send_begin); leaving before it is all out
+        (Timeout, cancelled, closed) drops it, closing the channel (see
+        _abandon), as a sync send cut short does.
+        """
+        begin = self._ch._send_begin
+        while True:
+            try:
+                sent = begin(data)
+            except Timeout:
+                return False
+            except Closed:
+                self._check_open()  # closed by close() from another thread meanwhile
+                raise
+            if sent is not None:
+                break
+            await self._writable(deadline)  # full: nothing went
+        if sent:
+            return True
+        more = self._ch._send_more
+        while True:
+            await self._writable(deadline)
+            try:
+                if more():
+                    return True
+            except Closed:
+                self._check_open()
+                raise
 
     async def send_many(self, buffers: Iterable[Any], timeout: float | None = None) -> int:
         """Send each buffer as one message, with few syscalls; return how many.
@@ -417,6 +468,7 @@ class Channel(LoopBound):
         self._pass_turn(turn, None)
 
     def _abandon(self, worker: asyncio.Future[Any] | None) -> None:
+        self._ch._send_drop()  # a frame _send_on_loop left part-sent: closes the channel
         if worker is not None and not worker.done():
             self.close()
             worker.cancel()
@@ -426,6 +478,10 @@ class Channel(LoopBound):
         self._ch.shutdown(how)
 
 
+#: The largest frame (bytes, header included) a tcp send writes from the loop
+#: thread (a frame the socket cuts is finished there as room comes): larger
+#: ones go through the sender thread, so that copying them never holds the loop.
+LOOP_SEND_MAX = 64 * 1024
 #: The largest frame (or batch of frames, headers included) sent on the loop
 #: thread, and only on a unix socket that queues it in one buffer: half its
 #: SO_SNDBUF less 64 bytes, and at most 32 KiB plus a page (Linux's

@@ -107,6 +107,8 @@ class NativeChannel(ChannelBase):
         self._big = None
         self._bigp = None
         self._view = None
+        self._tx_buf: Any = None  # the buffer of a frame _send_begin left part-sent
+        self._tx_len = 0
 
     def _release(self) -> None:
         self._big = self._bigp = None
@@ -246,6 +248,41 @@ class NativeChannel(ChannelBase):
         if rc == _EPIPE:
             raise Closed(f"channel {self.name}: the peer closed the connection", sent=sent)
         self._send_error(rc)
+
+    def _tx_try(self, data: Any) -> bool | None:
+        self._socket()
+        mv = check_buffer(data)
+        n = mv.nbytes
+        if n > self._max_message:
+            self._too_large(n)
+        self._tx_buf, self._tx_len = _cbuffer(mv), n  # kept: C finishes the frame from it
+        if self._tx_write():
+            return True
+        if self._tx_buf is not None:
+            return False
+        return None
+
+    def _tx_resume(self) -> bool:
+        self._socket()
+        return self._tx_write()
+
+    def _tx_write(self) -> bool:
+        h = self._h
+        rc = lib.fi_chan_try_send(h, self._tx_buf, self._tx_len)
+        if rc == 0:
+            self._tx_buf = None
+            return True
+        if rc == _EAGAIN:
+            if not lib.fi_chan_tx_partial(h):
+                self._tx_buf = None  # nothing of it went
+            return False
+        self._tx_buf = None
+        self._abandon_send()
+        self._send_error(rc)
+
+    def _tx_abandon(self) -> None:
+        self._tx_buf = None
+        self._abandon_send()
 
     def _abandon_send(self) -> None:
         """A send gives up: if half a frame went out the stream is lost, so close."""

@@ -207,6 +207,8 @@ class PythonChannel(ChannelBase):
         self._anc_args = (self._ancbuf,)
         self._tx_area = self._rx_area = None
         self._no_area = False
+        self._tx_frame: memoryview | None = None  # a frame _send_begin left part-sent
+        self._tx_done = 0  # its bytes that went out; -1 while a write's count is unknown
         self._rx_release = -1
         self._view = None
         self._held_release = -1
@@ -447,6 +449,52 @@ class PythonChannel(ChannelBase):
             if unsure or done < len(frame):
                 self.close()  # part of a frame went out: the stream cannot be resynchronised
             raise
+
+    def _tx_try(self, data: Any) -> bool | None:
+        sock = self._socket()
+        mv = check_buffer(data)
+        n = mv.nbytes
+        if n > self._max_message:
+            self._too_large(n)
+        frame = memoryview((self._heads[n] if n < self._nheads else _pack(n, 0)) + mv)
+        self._tx_frame = frame
+        self._tx_done = -1  # until send() is counted: a handler may raise right after it
+        if self._tx_write(sock, frame, 0):
+            return True
+        if self._tx_done:
+            return False
+        self._tx_frame = None
+        return None
+
+    def _tx_resume(self) -> bool:
+        sock = self._socket()
+        frame, done = self._tx_frame, self._tx_done
+        assert frame is not None and done > 0
+        self._tx_done = -1
+        return self._tx_write(sock, frame, done)
+
+    def _tx_write(self, sock: socket.socket, frame: memoryview, done: int) -> bool:
+        try:
+            done += sock.send(frame[done:] if done else frame, _SEND_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except (BrokenPipeError, ConnectionResetError):
+            self._tx_done = done  # send() raised: it wrote nothing
+            self._closed_send()
+        except OSError as exc:
+            self._tx_done = done
+            self._socket()  # closed by another thread: ValueError
+            raise OSError(exc.errno, exc.strerror, self.name) from None
+        self._tx_done = done
+        if done == len(frame):
+            self._tx_frame = None
+            return True
+        return False
+
+    def _tx_abandon(self) -> None:
+        frame, self._tx_frame = self._tx_frame, None
+        if frame is not None and self._tx_done not in (0, len(frame)):
+            self.close()  # part of a frame may have gone out: the stream cannot be resynchronised
 
     def _send_area_for(self, n: int) -> SendArea | None:
         """The area a message of ``n`` bytes goes through, or None: inline."""
