@@ -227,3 +227,40 @@ def test_send_dash_with_stdin_closed_is_one_error_line(ring_name: str) -> None:
         )
         assert "stdin is closed" in one_error_line(proc)
         assert len(ring) == 0
+
+
+def test_a_reader_of_stdout_gone_is_a_quiet_status_1_for_every_verb(
+    ring_name: str, tmp_path: os.PathLike[str]
+) -> None:
+    # `fastipc ls | head -0`: the reader is gone before anything is printed. Every
+    # verb ends with status 1 and nothing on stderr (as recv did already), also
+    # when stdout is buffered, where print() only fills the buffer and the EPIPE
+    # came in the interpreter's exit flush: status 120, "Exception ignored".
+    fifo = os.path.join(tmp_path, "f")
+    with fastipc_ring(ring_name) as ring:
+        for buffered in (True, False):
+            ring.send(b"one")  # for recv to take and fail to print
+            env = child_env()
+            env.pop("PYTHONUNBUFFERED", None)
+            if not buffered:
+                env["PYTHONUNBUFFERED"] = "1"
+            os.mkfifo(fifo)
+            for args in (
+                ["ls"],
+                ["ls", "--json"],
+                ["ls", os.fspath(tmp_path)],
+                ["info"],
+                ["rm", "-v", fifo],
+                ["recv", f"shm://{ring_name}", "--count", "1"],
+            ):
+                r, w = os.pipe()
+                os.close(r)  # the reader already gone, as after `| head -0`
+                try:
+                    proc = subprocess.run(
+                        [sys.executable, "-m", "fastipc", *args],
+                        env=env, stdout=w, stderr=subprocess.PIPE, text=True, timeout=T, check=False,
+                    )  # fmt: skip
+                finally:
+                    os.close(w)
+                assert (proc.returncode, proc.stderr) == (1, ""), (args, buffered)
+            assert not os.path.exists(fifo)  # rm -v removed it, then could not say so

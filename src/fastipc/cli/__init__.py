@@ -55,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fastipc`` command with ``argv`` (default: sys.argv[1:]); return the exit status.
 
     Failures print one line, ``fastipc: error: ...``, on stderr and return
-    1 (2 for usage errors, 130 after Ctrl-C).
+    1 (2 for usage errors, 130 after Ctrl-C); a reader of stdout gone (``fastipc
+    ls | head -0``) is a quiet 1, nothing printed.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -66,12 +67,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fastipc: error: stdout is closed: nowhere to print to", file=sys.stderr)
         return 1
     try:
-        return run(args)
+        status = run(args)
+        if sys.stdout is not None:
+            # What print() left in the buffer (stdout not a terminal) goes now: a
+            # reader gone meets EPIPE here, not in the interpreter's exit flush
+            # (exit status 120 and "Exception ignored ... BrokenPipeError").
+            sys.stdout.flush()
+        return status
     except KeyboardInterrupt:
         print("fastipc: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # stdout closed early (e.g. piped into head): not an error worth a traceback.
+        # stdout closed early (e.g. piped into head): a quiet exit, status 1, for
+        # every verb; no traceback, nothing on stderr.
         try:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep interpreter exit quiet
         except OSError:

@@ -57,6 +57,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    sys.stdout.flush()  # the table out first: a reader gone (| head -0) ends it quietly
     for note in notes:
         print(f"fastipc: note: {note}", file=sys.stderr)
     return 0
