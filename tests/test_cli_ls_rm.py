@@ -282,7 +282,7 @@ def test_fifo_with_a_reader_is_live_by_any_path(sock_dir: str) -> None:
     try:
         (row,) = ls_json(path)
         assert row["alive"] is True and row["pids"] == [os.getpid()]
-        (row,) = ls_json(f"{sock_dir}/link")
+        (row,) = ls_json(f"{sock_dir}/link/")  # the directory the link points to
         assert row["alive"] is True
         assert "in use by pid" in one_error_line(fastipc("rm", path))
         assert "in use by pid" in one_error_line(fastipc("rm", f"fifo://{path}"))
@@ -313,6 +313,41 @@ def test_doorbells_left_of_a_removed_ring_are_listed_and_removed(ring_name: str)
     ok(fastipc("rm", ring_name))
     assert not any(os.path.lexists(p) for p in bells)
     assert ring_row(ring_name) is None
+
+
+def test_ls_and_rm_follow_no_symlink_they_are_given(sock_dir: str) -> None:
+    # ls used to stat() its PATHs: a link to a directory listed the directory, a
+    # link to a FIFO showed the FIFO under the link's name, while rm (lstat)
+    # refused the same link as "not a socket file or FIFO". Both now refuse a
+    # link by name, and touch neither it nor what it points to.
+    os.mkdir(f"{sock_dir}/dir")
+    os.mkfifo(f"{sock_dir}/dir/q.fifo", 0o600)
+    links = {
+        "to-dir": f"{sock_dir}/dir",
+        "to-fifo": f"{sock_dir}/dir/q.fifo",
+        "dangling": f"{sock_dir}/missing",
+    }
+    for name, points_to in links.items():
+        os.symlink(points_to, f"{sock_dir}/{name}")
+    for name, points_to in links.items():
+        link = f"{sock_dir}/{name}"
+        for verb, arg in (("ls", link), ("ls", f"fifo://{link}"), ("rm", link)):
+            line = one_error_line(fastipc(verb, arg))
+            assert f"{link}: a symbolic link (to {points_to}): not followed" in line, line
+            if verb == "ls" and name == "to-dir" and "://" not in arg:
+                assert f"{link}/ lists that directory" in line, line
+        assert os.readlink(link) == points_to  # rm removed neither the link...
+    assert os.path.exists(f"{sock_dir}/dir/q.fifo")  # ... nor what it points to
+    # A bare word naming a link in the current directory: the same, not "no such ring".
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastipc", "rm", "to-fifo"],
+        cwd=sock_dir, env=child_env(), capture_output=True, text=True, timeout=T, check=False,
+    )  # fmt: skip
+    assert "to-fifo: a symbolic link" in one_error_line(proc)
+    # What the links point to, named as they are, is listed as before.
+    (row,) = ls_json(f"{sock_dir}/to-dir/")
+    assert row["name"] == f"fifo://{sock_dir}/to-dir/q.fifo"
+    assert [r["name"] for r in ls_json(sock_dir)] == []  # links in a directory: skipped
 
 
 def test_ls_paths_errors(sock_dir: str) -> None:

@@ -28,7 +28,8 @@ def add_ls(sub: Any) -> None:
         "that made it (rings), its size, mode, the messages waiting in it (rings, queues), the "
         "pids holding it and whether it is alive (a ring: mapped by a live process; a queue: open; a socket: bound by a live process; a FIFO: open for reading). With "
         "PATHs, list the socket files and FIFOs in those files and directories instead, "
-        "stale ones included; a URL (shm://NAME, mq:///NAME, ...) shows that object.",
+        "stale ones included (a PATH that is a symbolic link is refused, not followed; "
+        "DIR/ lists the directory a link points to); a URL (shm://NAME, mq:///NAME, ...) shows that object.",
         epilog="examples:\n  fastipc ls\n  fastipc ls /tmp --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -77,7 +78,8 @@ def add_rm(sub: Any) -> None:
         "(mq:///NAME), a socket file (a path, unix://PATH or unixgram://PATH) or a FIFO (a path "
         "or fifo://PATH). One that is alive (a ring mapped by a live process, a socket a "
         "process is bound to or that accepts connections, a queue held open, a FIFO with a "
-        "reader) is refused unless --force; processes holding it keep working. Every NAME is "
+        "reader) is refused unless --force; processes holding it keep working. A NAME that is "
+        "a symbolic link is refused: neither it nor what it points to is removed. Every NAME is "
         "tried; the exit status is 1 if any failed.",
         epilog="examples:\n  fastipc rm shm://myring mq:///jobs /tmp/app.sock\n"
         "  fastipc rm --force myring",

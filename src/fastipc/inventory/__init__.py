@@ -64,7 +64,7 @@ from ._entries import (
     socket_entry,
 )
 from ._proc import ProcessScan, mqueue_mount
-from ._targets import Target, is_listening, lookup, parse_target, remove
+from ._targets import Target, is_listening, lookup, parse_target, refuse_link, remove
 
 __all__ = [
     "COLUMNS",
@@ -139,6 +139,8 @@ def inventory(scan: ProcessScan | None = None) -> tuple[list[Entry], list[str]]:
 def list_paths(paths: Iterable[str], scan: ProcessScan | None = None) -> list[Entry]:
     """Socket files and FIFOs at ``paths`` (files, or directories: their entries), stale ones too.
 
+    A path that is a symbolic link is not followed (as ``rm`` removes none):
+    ValueError says so (``PATH/`` lists the directory a link points to).
     Raises FileNotFoundError for a missing path, ValueError for a file that
     is neither a socket nor a FIFO.
     """
@@ -146,17 +148,23 @@ def list_paths(paths: Iterable[str], scan: ProcessScan | None = None) -> list[En
     bound = bound_paths(scan)
     out: list[Entry] = []
     for path in paths:
-        st = os.stat(path)
+        st = os.lstat(path)
+        refuse_link(path, st, listing=True)
         if stat.S_ISDIR(st.st_mode):
-            for name in sorted(os.listdir(path)):
-                full = os.path.join(path, name)
-                try:
-                    est = os.lstat(full)
-                except OSError:
-                    continue
-                e = file_entry(full, est, scan, bound)
-                if e is not None:
-                    out.append(e)
+            # Opened without following a link put in its place since the lstat.
+            nofollow = 0 if path.endswith("/") else os.O_NOFOLLOW
+            dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | nofollow)
+            try:
+                for name in sorted(os.listdir(dfd)):
+                    try:
+                        est = os.lstat(name, dir_fd=dfd)
+                    except OSError:
+                        continue
+                    e = file_entry(os.path.join(path, name), est, scan, bound)
+                    if e is not None:
+                        out.append(e)
+            finally:
+                os.close(dfd)
             continue
         e = file_entry(path, st, scan, bound)
         if e is None:

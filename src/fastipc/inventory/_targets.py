@@ -16,7 +16,7 @@ from ._broadcast import as_broadcast
 from ._entries import Entry, bound_paths, file_entry, queue_attrs, queue_entry, ring_entry
 from ._proc import ProcessScan, mqueue_mount
 
-__all__ = ["Target", "is_listening", "lookup", "parse_target", "remove"]
+__all__ = ["Target", "is_listening", "lookup", "parse_target", "refuse_link", "remove"]
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,12 @@ def _ring_exists(name: str) -> bool:
 
 
 def _is_special_file(path: str) -> bool:
+    """Whether ``path`` is a socket file or FIFO, or a symbolic link to one (which
+    :func:`lookup` then refuses by name, rather than "no such ring")."""
     try:
         mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            mode = os.stat(path).st_mode  # only to tell what the word names
     except OSError:
         return False
     return stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode)
@@ -113,12 +117,28 @@ def lookup(target: Target, scan: ProcessScan | None = None) -> Entry:
         st = os.lstat(target.name)
     except FileNotFoundError:
         raise FileNotFoundError(errno.ENOENT, "no such file", target.name) from None
+    refuse_link(target.name, st)
     e = file_entry(target.name, st, scan, bound_paths(scan))
     if e is None:
         raise ValueError(f"{target.name}: not a socket file or FIFO")
     if e.kind == "socket" and not e.alive and is_listening(target.name):
         e.alive = True  # bound by a process /proc does not show (another namespace, ...)
     return e
+
+
+def refuse_link(path: str, st: os.stat_result, listing: bool = False) -> None:
+    """ValueError if ``st`` (of ``os.lstat(path)``) is a symbolic link: ``ls`` and ``rm``
+    follow none they are given, and say so rather than "not a socket file or FIFO".
+    ``listing`` (ls): a link to a directory gets the hint to add a slash."""
+    if not stat.S_ISLNK(st.st_mode):
+        return
+    try:
+        to = f" (to {os.readlink(path)})"
+    except OSError:
+        to = ""
+    # (os.path.isdir follows the link, only to word the hint.)
+    hint = f" ({path}/ lists that directory)" if listing and os.path.isdir(path) else ""
+    raise ValueError(f"{path}: a symbolic link{to}: not followed; name what it points to{hint}")
 
 
 def _queue_exists(name: str) -> bool:
