@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import mmap
 import os
+import socket
+import struct
 import sys
 
 import pytest
 from _channel_util import fd_count, no_fd_leak_fixture  # noqa: F401
+from conftest import interrupted_at
 
 from fastipc import Channel, Closed
 
@@ -180,3 +184,33 @@ def test_peer_gone_after_fds_still_closes_them(no_fd_leak: None) -> None:
             b.recv(timeout=5)
     os.close(r)
     os.close(w)
+
+
+def test_turning_linger_off_interrupted_at_any_instant_leaks_no_fd() -> None:
+    """The python backend turns SO_LINGER off on the fds it closes for the user (those
+    of unclaimed messages) through a dup of each: a raising signal handler right after
+    os.dup returned, or at the entry of socket.socket's __init__, leaked that dup. Swept
+    over every instant, the fd count is back where it was and the fds given stay open."""
+    from fastipc.backends.python_channel import _no_linger
+
+    r, w = os.pipe()  # not a socket: left alone
+    a, b = socket.socketpair()
+    with a, b:
+        try:
+            for n in itertools.count(1):
+                a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 30))
+                fds = [r, a.fileno()]
+                start = fd_count()
+                done = not interrupted_at(lambda fds=fds: _no_linger(fds), n)
+                assert fd_count() == start, f"an fd leaked when interrupted at instant {n}"
+                assert fds == [r, a.fileno()] and a.fileno() >= 0
+                os.fstat(r)
+                os.fstat(a.fileno())  # still open: only the dups were closed
+                if done:
+                    break
+            assert n > 5, "no instant was interrupted: the sweep tests nothing"
+            onoff, _ = struct.unpack("ii", a.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8))
+            assert onoff == 0
+        finally:
+            os.close(r)
+            os.close(w)

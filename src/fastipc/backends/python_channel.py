@@ -48,6 +48,7 @@ on it), which raises ValueError.
 
 from __future__ import annotations
 
+import _socket
 import array
 import errno
 import itertools
@@ -1115,24 +1116,37 @@ def _close_from(fds: list[int] | None) -> None:
 _LINGER = struct.Struct("ii")
 
 
+#: ``_socket.socket``'s family, type and proto arguments: taken from the fd.
+_FROM_FD = (-1,)
+
+
 def _no_linger(fds: list[int]) -> None:
     """Turn SO_LINGER off on the sockets among ``fds`` before they are closed.
 
     A peer could pass a socket with linger on and data unsent, whose last
     close() blocks for the linger time; the kernel still sends what is
-    queued, in the background. Works on a dup of each fd, so an exception at
-    any point can at worst leak that dup, never close an fd twice.
+    queued, in the background. Works on a dup of each fd (never closing an
+    fd of ``fds``), and the dup leaks under an exception at no instant: the
+    C socket type takes it straight from ``os.dup`` inside ``map``, with no
+    bytecode between where a signal handler could raise (``socket.socket``,
+    a Python class, ran its ``__init__`` first: a handler raising at its
+    entry, or right after ``os.dup`` returned, leaked the dup), and it is
+    closed by C calls only, each done once it returns.
     """
     for fd in list(fds):
+        socks: list[_socket.socket] = []
         try:
             if not stat.S_ISSOCK(os.fstat(fd).st_mode):
                 continue
-            with socket.socket(fileno=os.dup(fd)) as sock:
-                onoff, _ = _LINGER.unpack(sock.getsockopt(_SOL_SOCKET, socket.SO_LINGER, 8))
-                if onoff:
-                    sock.setsockopt(_SOL_SOCKET, socket.SO_LINGER, _LINGER.pack(0, 0))
+            socks += map(_socket.socket, _FROM_FD, _FROM_FD, _FROM_FD, map(os.dup, (fd,)))
+            onoff, _ = _LINGER.unpack(socks[0].getsockopt(_SOL_SOCKET, socket.SO_LINGER, 8))
+            if onoff:
+                socks[0].setsockopt(_SOL_SOCKET, socket.SO_LINGER, _LINGER.pack(0, 0))
         except OSError:
             pass
+        finally:
+            for sock in socks:
+                sock.close()
 
 
 def _close_all(fds: list[int]) -> None:
