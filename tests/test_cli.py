@@ -132,6 +132,47 @@ def test_options_that_do_not_fit_the_scheme(ring_name: str) -> None:
         assert "--until-eof" in line and "--idle" in line, line
 
 
+def test_framing_and_max_message_where_they_would_be_ignored_are_refused(
+    ring_name: str, queue_name: str, sock_dir: str
+) -> None:
+    # A ring and a queue keep messages whole, at the size they were made with:
+    # --framing and --max-message were ignored there without a word (recv took
+    # the message, of any size). Now refused, naming the flag and the endpoint
+    # kind, before anything is taken, sent or bound.
+    with Ring.create(ring_name, 4096) as ring:
+        ring.send(b"twelve bytes")
+        mq = posix_ipc.MessageQueue(queue_name, posix_ipc.O_CREX, mode=0o600)
+        try:
+            mq.send(b"twelve bytes")
+            ring_url, mq_url = f"shm://{ring_name}", f"mq://{queue_name}"
+            count = ["--count", "1", "--timeout", "5"]
+            for args, flag, kind, part in (
+                (["recv", ring_url, *count, "--max-message", "4"], "--max-message", "shm", "capacity="),
+                (["recv", mq_url, *count, "--max-message", "4"], "--max-message", "mq", "msgsize="),
+                (["serve", mq_url, "--max-message", "4"], "--max-message", "mq", "msgsize="),
+                (["recv", ring_url, *count, "--framing", "raw"], "--framing", "shm", "whole"),
+                (["recv", mq_url, *count, "--framing", "length"], "--framing", "mq", "whole"),
+                (["send", ring_url, "x", "--framing", "length"], "--framing", "shm", "whole"),
+                (["send", mq_url, "x", "--framing", "raw"], "--framing", "mq", "whole"),
+                (["serve", mq_url, "--framing", "length"], "--framing", "mq", "whole"),
+                # The same for the other endpoints that are no streams, and signals.
+                (["recv", "udp://127.0.0.1:0", *count, "--framing", "length"], "--framing", "udp", "datagram"),
+                (["recv", f"fifo://{sock_dir}/f", *count, "--framing", "raw"], "--framing", "fifo", "always"),
+                (["serve", "signal://self?sig=USR1", "--max-message", "4"], "--max-message", "signal", "int"),
+            ):  # fmt: skip
+                line = one_error_line(fastipc(*args, timeout=10))
+                assert f"{flag} " in line and f"{kind}://" in line and part in line, (args, line)
+            assert len(ring) == 1 and mq.current_messages == 1  # nothing taken, nothing sent
+            assert not os.path.exists(f"{sock_dir}/f")  # nor a FIFO made
+        finally:
+            mq.close()
+    # Where they apply they are taken as before (the shm:// and mq:// limits ride in the URL).
+    line = one_error_line(
+        fastipc("recv", "tcp://127.0.0.1:9", "--framing", "length", "--max-message", "4")
+    )
+    assert "--framing" not in line and "--max-message" not in line, line
+
+
 # ---------------------------------------------------------------------------
 # serve + send
 # ---------------------------------------------------------------------------

@@ -94,9 +94,9 @@ def add_framing(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--framing",
         choices=["raw", "length"],
-        default="raw",
-        help="tcp/unix framing: raw (default; what one read returns is one message: "
-        "what nc, socat and C peers speak) or length (fastipc's 8-byte header)",
+        help="stream framing (tcp, unix, fd): raw (default; what one read returns is one "
+        "message: what nc, socat and C peers speak) or length (fastipc's 8-byte header); "
+        "refused on other endpoints, which keep messages whole",
     )
 
 
@@ -106,7 +106,9 @@ def add_max_message(p: argparse.ArgumentParser) -> None:
         "--max-message",
         type=positive_int,
         metavar="BYTES",
-        help="largest message accepted (default 64 MiB)",
+        help="largest message accepted (default 64 MiB); refused on shm:// and mq://, "
+        "whose largest message is the ring's ?capacity= or the queue's ?msgsize=, "
+        "and on signal://",
     )
 
 

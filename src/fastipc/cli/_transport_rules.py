@@ -2,8 +2,8 @@
 
 Every scheme-specific rule of ``serve``, ``send`` and ``recv`` is here and
 nowhere else in the command: which endpoints can answer, which take
-``--close``, ``--priority`` or ``--wait-reply``, and whether ``recv``
-connects or binds. The verbs ask these functions and constants instead of
+``--close``, ``--priority``, ``--wait-reply``, ``--framing`` or
+``--max-message``, and whether ``recv`` connects or binds. The verbs ask these functions and constants instead of
 testing ``ep.scheme`` themselves.
 """
 
@@ -21,14 +21,67 @@ from ._common import CLIError
 __all__ = [
     "RECV_BY_BINDING",
     "RECV_BY_CONNECTING",
+    "check_message_options",
     "check_own_signals",
     "check_send",
     "check_serve_answers",
+    "framing",
     "recv_framing",
     "recv_text",
     "send_options",
     "serve_can_close",
 ]
+
+
+# ---------------------------------------------------------------------------
+# all verbs
+# ---------------------------------------------------------------------------
+
+#: Why ``--framing`` means nothing on an endpoint that is not a stream.
+_NO_FRAMING = {
+    "shm": "a ring keeps each message whole",
+    "mq": "a queue keeps each message whole",
+    "udp": "a datagram is one message",
+    "unixgram": "a datagram is one message",
+    "fifo": "a FIFO's messages are always length-framed",
+    "signal": "a signal carries one int",
+}
+
+#: Where ``--max-message`` would be ignored, and what sets the largest message there.
+_NO_MAX_MESSAGE = {
+    "shm": "a ring's largest message is set by its capacity: shm://NAME?capacity=BYTES "
+    "when it is made",
+    "mq": "a queue's largest message is its msgsize: mq:///NAME?msgsize=BYTES when it is made",
+    "signal": "a signal carries one int",
+}
+
+
+def check_message_options(ep: Endpoint, args: argparse.Namespace, rings: bool = True) -> None:
+    """``--framing`` and ``--max-message``: CLIError naming the flag and the endpoint kind
+    where it would be ignored (``--framing`` off a stream, ``--max-message`` on a ring,
+    a queue or signals), rather than ignore it silently. ``rings``: the verb takes
+    shm:// (send, recv; not serve)."""
+    kind = transport(ep.scheme)
+    if kind is None and not (rings and ep.scheme == "shm"):
+        return  # not an endpoint of these verbs: they say so themselves
+    if getattr(args, "framing", None) is not None and (kind is None or not kind.framed):
+        streams = ", ".join(f"{s}://" for s in schemes() if _framed(s))
+        why = _NO_FRAMING.get(ep.scheme, "not a stream")
+        raise CLIError(f"--framing applies to streams ({streams}) only, not {ep.scheme}:// ({why})")
+    if getattr(args, "max_message", None) is not None and ep.scheme in _NO_MAX_MESSAGE:
+        raise CLIError(
+            f"--max-message does not apply to {ep.scheme}://: {_NO_MAX_MESSAGE[ep.scheme]}"
+        )
+
+
+def _framed(scheme: str) -> bool:
+    kind = transport(scheme)
+    return kind is not None and kind.framed
+
+
+def framing(args: argparse.Namespace) -> str:
+    """The framing the verb uses: ``--framing``, else raw (what nc, socat and C peers speak)."""
+    return str(args.framing or "raw")
 
 
 # ---------------------------------------------------------------------------
@@ -126,11 +179,10 @@ RECV_BY_CONNECTING = tuple(s for s in schemes() if _receive_by_connecting(s))
 RECV_BY_BINDING = tuple(s for s in schemes() if not _receive_by_connecting(s))
 
 
-def recv_framing(kw: dict[str, Any], scheme: str, framing: str) -> None:
+def recv_framing(kw: dict[str, Any], scheme: str, args: argparse.Namespace) -> None:
     """Add ``recv``'s ``--framing`` to the connect keywords ``kw``; a queue takes none."""
-    kind = transport(scheme)
-    if kind is not None and kind.framed:
-        kw["framing"] = framing
+    if _framed(scheme):
+        kw["framing"] = framing(args)
 
 
 def recv_text(message: bytes, peer: Any, binary: bool) -> bytes:

@@ -134,13 +134,14 @@ def cmd_send(args: argparse.Namespace) -> int:
         body = os.fsencode(args.message)
     data = body + (b"\0" if args.nul else b"")
     ep = parse(args.url)
+    rules.check_message_options(ep, args)
     rules.check_send(ep, args)
     try:
         if ep.scheme == "shm":
             with _open_ring(ep) as ring:
                 ring.send(data, timeout=args.timeout)
             return 0
-        with connect(args.url, framing=args.framing, timeout=args.timeout) as client:
+        with connect(args.url, framing=rules.framing(args), timeout=args.timeout) as client:
             client.send(data, timeout=args.timeout, **rules.send_options(ep, args))
             if ep.scheme in ("tcp", "unix") and not args.keep_open:
                 client.shutdown("write")  # the peer sees the end: one reading to EOF answers
@@ -323,6 +324,7 @@ def cmd_recv(args: argparse.Namespace) -> int:
     """Receive and print messages until EOF, --count, or a signal."""
     ep = parse(args.url)
     rules.check_own_signals(ep, "recv")
+    rules.check_message_options(ep, args)
     args.tally = _Tally(args.progress)
     with sigterm_interrupts():
         try:
@@ -366,7 +368,7 @@ def _print_until_closed(
 
 def _recv_connected(args: argparse.Namespace, scheme: str) -> None:
     kw: dict[str, Any] = {"timeout": args.timeout, "max_message": args.max_message}
-    rules.recv_framing(kw, scheme, args.framing)
+    rules.recv_framing(kw, scheme, args)
     with connect(args.url, **kw) as client:
         _print_until_closed(args, client.recv, "nothing arrived from")
 
@@ -377,7 +379,7 @@ def _recv_bound(args: argparse.Namespace) -> None:
     def handler(message: bytes, peer: Any) -> None:
         arrived.put((rules.recv_text(message, peer, args.binary), len(message)))
 
-    kw: dict[str, Any] = {"framing": args.framing}
+    kw: dict[str, Any] = {"framing": rules.framing(args)}
     if args.max_message is not None:
         kw["max_message"] = args.max_message
 

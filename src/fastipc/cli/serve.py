@@ -98,6 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ep = parse(args.url)
     rules.check_serve_answers(ep, args.echo or args.reply is not None)
     rules.check_own_signals(ep, "serve")
+    rules.check_message_options(ep, args, rings=False)
     setup_logging(args.quiet)
     reply: bytes | None = None if args.reply is None else args.reply.encode()
     echo: bool = args.echo
@@ -126,7 +127,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             srv = serve(
                 args.url,
                 handler,
-                framing=args.framing,
+                framing=rules.framing(args),
                 max_clients=args.max_clients,
                 max_message=args.max_message,
                 idle_timeout=args.idle_timeout or None,
