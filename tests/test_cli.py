@@ -173,6 +173,25 @@ def test_framing_and_max_message_where_they_would_be_ignored_are_refused(
     assert "--framing" not in line and "--max-message" not in line, line
 
 
+def test_serve_close_where_there_is_no_connection_is_refused(
+    queue_name: str, sock_dir: str
+) -> None:
+    # serve --close on a datagram, queue or FIFO endpoint used to serve on as if
+    # it was not given (no connection to close); now one error line, before binding.
+    for url in (
+        "udp://127.0.0.1:0",
+        f"unixgram://{sock_dir}/g.sock",
+        f"fifo://{sock_dir}/f",
+        f"mq://{queue_name}",
+    ):
+        line = one_error_line(fastipc("serve", url, "--close", timeout=10))
+        scheme = url.split("://")[0]
+        assert "--close applies to" in line and f"not {scheme}://" in line, line
+    assert os.listdir(sock_dir) == []  # nothing bound or made
+    with pytest.raises(posix_ipc.ExistentialError):
+        posix_ipc.MessageQueue(queue_name)
+
+
 # ---------------------------------------------------------------------------
 # serve + send
 # ---------------------------------------------------------------------------

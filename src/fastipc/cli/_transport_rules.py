@@ -25,6 +25,7 @@ __all__ = [
     "check_own_signals",
     "check_send",
     "check_serve_answers",
+    "check_serve_close",
     "framing",
     "recv_framing",
     "recv_text",
@@ -121,6 +122,20 @@ def serve_can_close(ep: Endpoint) -> bool:
     """``serve --close`` applies to stream connections only: tcp and unix."""
     kind = transport(ep.scheme)
     return kind is not None and kind.closes_peer
+
+
+def check_serve_close(ep: Endpoint, close: bool) -> None:
+    """``serve --close``: CLIError off tcp/unix, where there is no connection to close
+    (it was ignored there)."""
+    if close and transport(ep.scheme) is not None and not serve_can_close(ep):
+        raise CLIError(
+            f"--close applies to stream connections ({_connections()}) only, not "
+            f"{ep.scheme}://, whose senders have no connection to close"
+        )
+
+
+def _connections() -> str:
+    return ", ".join(f"{s}://" for s in schemes() if (k := transport(s)) and k.closes_peer)
 
 
 # ---------------------------------------------------------------------------

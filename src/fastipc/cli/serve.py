@@ -56,8 +56,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--close",
         action="store_true",
-        help="close each stream connection after answering its first message, as the "
-        "course's one-shot servers do (for clients that read until EOF)",
+        help="close each stream connection (tcp, unix) after answering its first message, "
+        "as the course's one-shot servers do (for clients that read until EOF); refused "
+        "on other endpoints",
     )
     add_framing(p)
     p.add_argument(
@@ -102,7 +103,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(args.quiet)
     reply: bytes | None = None if args.reply is None else args.reply.encode()
     echo: bool = args.echo
-    close: bool = args.close and rules.serve_can_close(ep)
+    rules.check_serve_close(ep, args.close)
+    close: bool = args.close
     where = [args.url]  # the bound URL, once known
 
     def handler(message: bytes, peer: Any) -> bytes | None:
