@@ -122,10 +122,18 @@ def test_unreachable_endpoints(sock_dir: str) -> None:
 
 
 def test_options_that_do_not_fit_the_scheme(ring_name: str) -> None:
-    with Ring.create(ring_name, 4096):
+    with Ring.create(ring_name, 4096) as ring:
         assert "mq" in one_error_line(fastipc("send", f"shm://{ring_name}", "x", "--priority", "3"))
         assert "reply" in one_error_line(fastipc("send", f"shm://{ring_name}", "x", "--wait-reply"))
+        # --keep-open: only tcp/unix sends half-close; elsewhere it was ignored, and the
+        # message sent all the same. Now refused before sending.
+        line = one_error_line(fastipc("send", f"shm://{ring_name}", "x", "--keep-open"))
+        assert "--keep-open applies to" in line and "not shm://" in line, line
+        assert len(ring) == 0
     one_error_line(fastipc("send", "mq:///nope", "x", "--wait-reply"))
+    for url in ("udp://127.0.0.1:9", "mq:///nope", "fd://1"):
+        line = one_error_line(fastipc("send", url, "x", "--keep-open"))
+        assert "--keep-open applies to" in line and f"not {url.split(':')[0]}://" in line, line
     # --until-eof on an endpoint with no end of stream would wait forever after the replies.
     for url in ("udp://127.0.0.1:9", "mq:///nope?reply=/nope", "unixgram:///tmp/nope.sock"):
         line = one_error_line(fastipc("send", url, "x", "--wait-reply", "--until-eof"))

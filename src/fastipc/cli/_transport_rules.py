@@ -29,6 +29,7 @@ __all__ = [
     "framing",
     "recv_framing",
     "recv_text",
+    "send_half_closes",
     "send_options",
     "serve_can_close",
 ]
@@ -147,6 +148,11 @@ def check_send(ep: Endpoint, args: argparse.Namespace) -> None:
     """``send``: CLIError for ``--priority`` off a queue and ``--wait-reply`` where none can come."""
     if args.priority is not None and ep.scheme != "mq":
         raise CLIError(f"--priority applies to mq:// queues only, not {ep.scheme}://")
+    if getattr(args, "keep_open", False) and not send_half_closes(ep):
+        raise CLIError(
+            f"--keep-open applies to connections send half-closes ({_connections()}) only, "
+            f"not {ep.scheme}://"
+        )
     if ep.scheme == "signal" and ep.pid is None:
         # signal://self is the send command itself, which a signal it has no
         # handler for would kill (exit status 138 for USR1, a core for QUIT).
@@ -168,6 +174,11 @@ def check_send(ep: Endpoint, args: argparse.Namespace) -> None:
         raise CLIError(
             f"--until-eof reads a stream to its end; {ep.scheme}:// has none (use --idle S)"
         )
+
+
+def send_half_closes(ep: Endpoint) -> bool:
+    """Whether ``send`` half-closes after the message (unless ``--keep-open``): tcp and unix."""
+    return serve_can_close(ep)
 
 
 def send_options(ep: Endpoint, args: argparse.Namespace) -> dict[str, Any]:

@@ -102,7 +102,8 @@ def add_send(sub: Any) -> None:
         "--keep-open",
         action="store_true",
         help="tcp/unix: do not half-close after sending (by default the server sees end of "
-        "stream after the message, so one that reads until EOF answers)",
+        "stream after the message, so one that reads until EOF answers); refused on other "
+        "endpoints, which send no half-close",
     )
     p.add_argument(
         "--timeout",
@@ -143,7 +144,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             return 0
         with connect(args.url, framing=rules.framing(args), timeout=args.timeout) as client:
             client.send(data, timeout=args.timeout, **rules.send_options(ep, args))
-            if ep.scheme in ("tcp", "unix") and not args.keep_open:
+            if rules.send_half_closes(ep) and not args.keep_open:
                 client.shutdown("write")  # the peer sees the end: one reading to EOF answers
             if args.wait_reply:
                 _print_replies(args, client)
