@@ -200,6 +200,35 @@ def test_serve_close_where_there_is_no_connection_is_refused(
         posix_ipc.MessageQueue(queue_name)
 
 
+def test_serve_stream_client_limits_where_there_are_none_are_refused(
+    running: Any, queue_name: str, sock_dir: str
+) -> None:
+    # --max-clients, --max-buffered and --idle-timeout limit stream clients (and
+    # --idle-timeout a FIFO writer's half-written frame); on udp, unixgram, mq, fd
+    # and signals they were ignored without a word. Now refused, before binding.
+    for url, flag in (
+        ("udp://127.0.0.1:0", ["--max-clients", "4"]),
+        (f"unixgram://{sock_dir}/g.sock", ["--max-buffered", "1000000000"]),
+        (f"mq://{queue_name}", ["--idle-timeout", "5"]),
+        ("signal://self?sig=USR1", ["--idle-timeout", "0"]),
+        (f"fifo://{sock_dir}/f", ["--max-clients", "4"]),
+    ):
+        line = one_error_line(fastipc("serve", url, *flag, timeout=10))
+        scheme = url.split("://")[0]
+        assert f"{flag[0]} applies to stream clients" in line, line
+        assert f"not {scheme}://" in line, line
+    assert os.listdir(sock_dir) == []
+    # A FIFO takes --idle-timeout (its half-written frames), a stream all three.
+    for url, flags in (
+        (f"fifo://{sock_dir}/f", ["--idle-timeout", "5"]),
+        ("tcp://127.0.0.1:0", ["--max-clients", "4", "--max-buffered", "1000000000",
+                               "--idle-timeout", "0"]),
+    ):  # fmt: skip
+        srv = running("serve", url, *flags)
+        srv.address()
+        assert srv.stop() == 0, srv.stderr
+
+
 # ---------------------------------------------------------------------------
 # serve + send
 # ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@ __all__ = [
     "check_send",
     "check_serve_answers",
     "check_serve_close",
+    "check_serve_limits",
     "framing",
     "recv_framing",
     "recv_text",
@@ -132,6 +133,29 @@ def check_serve_close(ep: Endpoint, close: bool) -> None:
         raise CLIError(
             f"--close applies to stream connections ({_connections()}) only, not "
             f"{ep.scheme}://, whose senders have no connection to close"
+        )
+
+
+def check_serve_limits(ep: Endpoint, args: argparse.Namespace) -> None:
+    """``serve --max-clients``, ``--max-buffered``, ``--idle-timeout``: CLIError where
+    there are no stream clients for them to limit (they were ignored there); a FIFO's
+    half-written frame is given up after ``--idle-timeout`` too."""
+    if transport(ep.scheme) is None or serve_can_close(ep):
+        return
+    given = [
+        flag
+        for flag, value in (
+            ("--max-clients", args.max_clients),
+            ("--max-buffered", args.max_buffered),
+            ("--idle-timeout", None if ep.scheme == "fifo" else args.idle_timeout),
+        )
+        if value is not None
+    ]
+    if given:
+        also = " and FIFO writers" if given[0] == "--idle-timeout" else ""
+        raise CLIError(
+            f"{given[0]} applies to stream clients ({_connections()}){also} only, "
+            f"not {ep.scheme}://"
         )
 
 

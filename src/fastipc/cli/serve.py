@@ -64,26 +64,26 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--max-clients",
         type=positive_int,
-        default=1024,
         metavar="N",
-        help="stream clients served at once; more are closed at once (default 1024)",
+        help="stream clients (tcp, unix) served at once; more are closed at once "
+        "(default 1024); refused on other endpoints",
     )
     add_max_message(p)
     p.add_argument(
         "--max-buffered",
         type=positive_int,
         metavar="BYTES",
-        help="bytes held for all stream clients together (partial messages and queued "
-        "replies); past it the client holding the most is closed "
-        "(default 256 MiB, or twice --max-message if larger)",
+        help="bytes held for all stream clients (tcp, unix) together (partial messages and "
+        "queued replies); past it the client holding the most is closed "
+        "(default 256 MiB, or twice --max-message if larger); refused on other endpoints",
     )
     p.add_argument(
         "--idle-timeout",
         type=seconds,
-        default=300.0,
         metavar="S",
-        help="close a stream client that completes no message for S seconds "
-        "(default 300; 0: never)",
+        help="close a stream client (tcp, unix) that completes no message for S seconds, "
+        "drop a FIFO writer's frame left half-written as long (default 300; 0: never); "
+        "refused on other endpoints",
     )
     p.add_argument(
         "-q",
@@ -104,8 +104,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     reply: bytes | None = None if args.reply is None else args.reply.encode()
     echo: bool = args.echo
     rules.check_serve_close(ep, args.close)
+    rules.check_serve_limits(ep, args)
     close: bool = args.close
     where = [args.url]  # the bound URL, once known
+    limits: dict[str, Any] = {}  # those not given: serve()'s defaults
+    if args.max_clients is not None:
+        limits["max_clients"] = args.max_clients
+    if args.idle_timeout is not None:
+        limits["idle_timeout"] = args.idle_timeout or None  # 0: never
 
     def handler(message: bytes, peer: Any) -> bytes | None:
         text = as_text(message)
@@ -130,10 +136,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 args.url,
                 handler,
                 framing=rules.framing(args),
-                max_clients=args.max_clients,
                 max_message=args.max_message,
-                idle_timeout=args.idle_timeout or None,
                 max_buffered=args.max_buffered,
+                **limits,
             )
         except KeyboardInterrupt:
             return 0
