@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any, NoReturn, TypeVar
 
 from ._checks import FdLike, release_view, validate_fds
-from ._names import open_bell, unlink_ring
+from ._names import unlink_ring
 from ._turns import TX, new_turns, takes_turn
 from .errors import Closed, FastIPCError, Timeout, channel_error, channel_keeps_open, timed_out
 from .handoff import DEFAULT_HANDOFF_AREA
@@ -304,8 +304,15 @@ class RingBase:
     # backends order the increment before the re-check and the publish before
     # the producer's look at the count, so no wake-up is lost. Spurious ones
     # are: a byte may be stale, or another watcher's.
+    #
+    # A handle opens both bells when it opens the ring (while the name is the
+    # ring's) and keeps them; every readiness fd it hands out (fileno(), aio's
+    # own) is a duplicate of one of them (``_open_bell``), never the FIFO
+    # reopened by its path. So a handle of a ring removed meanwhile never
+    # makes a FIFO in /dev/shm again, and never takes the bell of a ring
+    # made anew under the name: its fd is the FIFO its own peers ring.
 
-    #: The fd ``fileno()`` opened (the recv bell), or -1.
+    #: The fd ``fileno()`` made (a duplicate of the recv bell), or -1.
     _bell_fd: int = -1
     #: Watches this handle holds per side (recv, send), undone by close().
     _watching: list[int] | None = None
@@ -335,8 +342,12 @@ class RingBase:
         return self._poll(1, nbytes)
 
     def _open_bell(self, side: int) -> int:
-        """A new fd (O_RDWR | O_NONBLOCK, owned by the caller) on ``side``'s doorbell FIFO."""
-        return open_bell(self.name, side, owners=self._owners)
+        """A new fd (owned by the caller) on ``side``'s doorbell FIFO: a duplicate
+        (:func:`dup_bell`) of the bell fd this handle opened with the ring.
+
+        Raises ValueError once the handle is closed.
+        """
+        raise NotImplementedError
 
     def _watch_add(self, side: int, delta: int) -> int:
         """Register (+1) or unregister (-1) this handle as a watcher of ``side``; new count."""
@@ -369,14 +380,19 @@ class RingBase:
         """An fd that becomes readable when a message may be waiting: the ring's recv doorbell.
 
         For ``selectors``, ``select.epoll`` and event loops. The fd is owned
-        by this handle (opened on first call, closed by :meth:`close`). It is
+        by this handle (closed by :meth:`close`): made on the first call, as a
+        duplicate of the doorbell the handle opened with the ring, so it is
+        the FIFO this handle's peers ring even if the ring was removed (or
+        made anew under its name) since; nothing is made in /dev/shm. It
+        shares its file status flags with the handle's own bell: leave it
+        non-blocking. Every call returns the same fd. It is
         rung only while someone is registered as a watcher: wrap the wait in
         ``with ring.watch():``, then, after the fd polls readable, drain it
         (``os.read(fd, 4096)``, non-blocking) and receive with ``timeout=0``.
         A readable fd is a hint (the message may already be taken), and a
         watcher must re-check the ring after registering: ``watch()`` returns
         :meth:`readable` for that. Raises ValueError on a closed handle, OSError
-        if the FIFO cannot be opened.
+        (e.g. EMFILE) if the fd cannot be duplicated.
         """
         if self.closed:
             raise ValueError(f"ring {self.name!r} is closed")
@@ -408,6 +424,27 @@ class RingBase:
         finally:
             if registered and not self.closed:
                 self._watch_add(0, -1)
+
+
+def dup_bell(handle: Any, bell: int, what: str) -> int:
+    """A duplicate (close-on-exec; shares the open file description, so it stays
+    non-blocking) of ``bell``, a doorbell fd ``handle`` holds, for the caller to own.
+
+    The handles close their bells only after ``closed`` reads True: a dup made
+    after that (of the number reused by then, or failing with EBADF) is seen
+    by the look at ``closed`` after it and undone, so a dup this returns is
+    always of the handle's bell. Raises ValueError (``what`` is closed).
+    """
+    try:
+        fd = os.dup(bell)
+    except OSError:
+        if handle.closed:
+            raise ValueError(f"{what} is closed") from None
+        raise
+    if handle.closed:
+        os.close(fd)
+        raise ValueError(f"{what} is closed")
+    return fd
 
 
 def keep_bell_fd(handle: Any, fd: int) -> None:

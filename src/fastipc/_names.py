@@ -110,6 +110,7 @@ def open_bell(
     mode: int | None = None,
     owners: frozenset[int] | None = None,
     path: str | None = None,
+    make: bool = True,
 ) -> int:
     """Open ring ``name``'s doorbell FIFO of ``side`` (0 recv, 1 send), making it if missing.
 
@@ -122,16 +123,24 @@ def open_bell(
     as for ``open_segment``; else PermissionError, or
     ``IncompatibleSegment`` for something that is not a FIFO), as a bell
     another user made could be rung or drained by them. ``path`` (e.g. a
-    ``subscriber_bell_path``) replaces the ring's ``side`` bell.
+    ``subscriber_bell_path``) replaces the ring's ``side`` bell. With
+    ``make=False`` a missing FIFO raises FileNotFoundError instead.
+
+    Call it only while the ring is known to be at its name: when a handle
+    opens the ring (or a subscriber takes its slot). A handle keeps the fds
+    and duplicates them for readiness (``fileno()``, aio): opened later, by
+    path, a bell could be one made again after the ring was removed (litter
+    that a ring made anew under the name would adopt), or another ring's.
     """
     if path is None:
         path = bell_paths(name)[side]
     made = False
-    try:
-        os.mkfifo(path, 0o600 if mode is None else mode)
-        made = True
-    except FileExistsError:
-        pass
+    if make:
+        try:
+            os.mkfifo(path, 0o600 if mode is None else mode)
+            made = True
+        except FileExistsError:
+            pass
     try:
         fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:

@@ -22,7 +22,7 @@ from .._checks import (
     timeout_ns,
     validate_count,
 )
-from .._contract import RingBase
+from .._contract import RingBase, dup_bell
 from .._names import incompatible, open_bell, open_segment, segment_path, unlink_ring
 from .._turns import BUFFERS, takes_turn
 from ..errors import Closed, MessageTooLarge, Timeout, ring_error, timed_out
@@ -81,6 +81,7 @@ class NativeRing(OwnBuffers, RingBase):
     _owner: int
     _threads: threading.local
     _busy: bool
+    _bells: tuple[int, int]
 
     # ---- lifetime -----------------------------------------------------
     @classmethod
@@ -93,13 +94,13 @@ class NativeRing(OwnBuffers, RingBase):
             out = ffi.new("fi_ring **")
             _check(lib.fi_ring_create(fd, capacity, out), name)
             handle = ffi.gc(out[0], lib.fi_ring_free)
-            _set_bells(handle, name, mode, None)
+            bells = _set_bells(handle, name, mode, None)
         except BaseException:
             unlink_ring(name)
             raise
         finally:
             os.close(fd)
-        return cls._wrap(name, handle)
+        return cls._wrap(name, handle, bells)
 
     @classmethod
     def _open(cls, name: str, owners: frozenset[int] | None = None) -> NativeRing:
@@ -133,18 +134,21 @@ class NativeRing(OwnBuffers, RingBase):
                 raise incompatible(name, "a fastipc ring of another layout version")
             _check(rc, name)
             handle = ffi.gc(out[0], lib.fi_ring_free)
-            _set_bells(handle, name, stat.S_IMODE(os.fstat(fd).st_mode), owners)
+            bells = _set_bells(handle, name, stat.S_IMODE(os.fstat(fd).st_mode), owners)
         finally:
             os.close(fd)
-        ring = cls._wrap(name, handle)
+        ring = cls._wrap(name, handle, bells)
         ring._owners = owners
         return ring
 
     @classmethod
-    def _wrap(cls, name: str, handle: Any) -> NativeRing:
+    def _wrap(cls, name: str, handle: Any, bells: tuple[int, int]) -> NativeRing:
         self = cls.__new__(cls)
         self.name = name
         self._closed = False
+        # The bell fds C holds (closed with the mapping, never before close()
+        # marks the handle closed): what readiness fds duplicate.
+        self._bells = bells
         # The owner of the C handle (ffi.gc'd by the caller: fi_ring_free):
         # freed only when nothing refers to it any more, so a thread still
         # inside a call, or a view pinning the mapping, never meets freed
@@ -512,11 +516,20 @@ class NativeRing(OwnBuffers, RingBase):
     def _poll(self, side: int, nbytes: int) -> bool:
         return _check(_poll(self._hf, side, nbytes), self.name) == 1
 
+    def _open_bell(self, side: int) -> int:
+        if side not in (0, 1):
+            raise ValueError(f"side must be 0 (recv) or 1 (send), not {side!r}")
+        if self._closed:
+            raise ValueError(f"ring {self.name!r} is closed")
+        # C closes its bells in unmap(), which only _close() (after _closed is
+        # set) or the handle's collection (not while self refers to it) reaches.
+        return dup_bell(self, self._bells[side], f"ring {self.name!r}")
 
-def _set_bells(handle: Any, name: str, mode: int, owners: frozenset[int] | None) -> None:
+
+def _set_bells(handle: Any, name: str, mode: int, owners: frozenset[int] | None) -> tuple[int, int]:
     """Open ring ``name``'s two doorbells (made with ``mode`` if missing) and give them to C,
     which rings them after publishing/consuming while someone watches and closes them
-    with the mapping."""
+    with the mapping. Returns the two fds (C's: for readiness fds to duplicate)."""
     fds: list[int] = []
     try:
         for side in (0, 1):
@@ -526,6 +539,7 @@ def _set_bells(handle: Any, name: str, mode: int, owners: frozenset[int] | None)
             os.close(fd)
         raise
     lib.fi_ring_set_bells(handle, fds[0], fds[1])
+    return fds[0], fds[1]
 
 
 def _cbuffer(data: Any, writable: bool = False) -> Any:

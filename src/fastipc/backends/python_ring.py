@@ -97,6 +97,7 @@ import mmap
 import os
 import platform
 import random
+import stat
 import struct
 import sys
 import threading
@@ -120,7 +121,7 @@ from .._checks import (
     validate_count,
     validate_max_count,
 )
-from .._contract import RingBase
+from .._contract import RingBase, dup_bell
 from .._names import (
     bell_paths,
     incompatible,
@@ -483,6 +484,7 @@ class PythonRing(RingBase):
         mm: mmap.mmap,
         capacity: int,
         dsize: int,
+        bells: tuple[int, int],
         items: posix_ipc.Semaphore,
         space: posix_ipc.Semaphore,
         prod: posix_ipc.Semaphore | None = None,
@@ -527,8 +529,9 @@ class PythonRing(RingBase):
         # understates what is committed.
         self._head_seen = 0
         self._tail_seen = 0
-        # The doorbell fds (recv, send), opened when first rung; -1 until then.
-        self._bells = [-1, -1]
+        # The doorbell fds (recv, send), opened with the ring and kept (rung here,
+        # duplicated for readiness fds: never reopened by path); closed at teardown.
+        self._bells = list(bells)
         self._q[self._slotw] = 0
         _LIVE.add(self)
 
@@ -541,6 +544,7 @@ class PythonRing(RingBase):
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         made: list[str] = [path]
         sems: list[posix_ipc.Semaphore] = []
+        bells: list[int] = []
         mm: mmap.mmap | None = None
         try:
             os.fchmod(fd, mode)  # the umask must not apply
@@ -570,12 +574,14 @@ class PythonRing(RingBase):
                 q.release()
             for side, bell in enumerate(bell_paths(name)):
                 made.append(bell)
-                os.close(open_bell(name, side, mode))  # with the ring's mode, before the magic
+                bells.append(open_bell(name, side, mode))  # the ring's mode, before the magic
             mm[0:8] = MAGIC  # last: an opener that sees the magic sees a whole ring
             fcntl.fcntl(fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
             ring = cls.__new__(cls)
-            ring._setup(name, fd, mm, capacity, dsize, *sems)
+            ring._setup(name, fd, mm, capacity, dsize, (bells[0], bells[1]), *sems)
         except BaseException:
+            for bfd in bells:
+                os.close(bfd)
             for sem in sems:
                 sem.close()
             if mm is not None:
@@ -595,6 +601,7 @@ class PythonRing(RingBase):
         fd = open_segment(name, owners)
         mm: mmap.mmap | None = None
         sems: list[posix_ipc.Semaphore] = []
+        bells: list[int] = []
         try:
             capacity, dsize = cls._read_geometry(name, fd)
             mm = mmap.mmap(fd, _DATA + dsize, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -607,10 +614,17 @@ class PythonRing(RingBase):
                     ) from None
                 except posix_ipc.PermissionsError:
                     raise PermissionError(errno.EACCES, "permission denied", sem_path) from None
+            # The bells now, while the name is this ring's (see _names.open_bell);
+            # one found missing is made again with the segment's mode.
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            for side in (0, 1):
+                bells.append(open_bell(name, side, mode, owners))
             ring = cls.__new__(cls)
-            ring._setup(name, fd, mm, capacity, dsize, *sems)
+            ring._setup(name, fd, mm, capacity, dsize, (bells[0], bells[1]), *sems)
             ring._owners = owners
         except BaseException:
+            for bfd in bells:
+                os.close(bfd)
             for sem in sems:
                 sem.close()
             if mm is not None:
@@ -1751,18 +1765,24 @@ class PythonRing(RingBase):
 
     # ---- readiness (see RingBase, "readiness") --------------------------------------
     def _ring_bell(self, side: int) -> None:
-        """Write one byte to ``side``'s doorbell (opened on first use); errors are ignored:
-        a full FIFO already holds a wake-up, and watchers re-check every 0.2 s anyway."""
+        """Write one byte to ``side``'s doorbell (the fd opened with the ring); errors are
+        ignored: a full FIFO already holds a wake-up, and watchers re-check every 0.2 s
+        anyway."""
         with self._slock:  # teardown closes the fds under it: never write to a reused fd
             if self._torn_down:
                 return
-            fd = self._bells[side]
             try:
-                if fd < 0:
-                    fd = self._bells[side] = open_bell(self.name, side, owners=self._owners)
-                os.write(fd, b"\0")
+                os.write(self._bells[side], b"\0")
             except OSError:
                 pass
+
+    def _open_bell(self, side: int) -> int:
+        if side not in (0, 1):
+            raise ValueError(f"side must be 0 (recv) or 1 (send), not {side!r}")
+        with self._slock:  # teardown closes the bells under it
+            if self._torn_down:
+                raise ValueError("ring is closed")
+            return dup_bell(self, self._bells[side], "ring")
 
     def _watch(self, side: int, delta: int) -> int:
         if self._closed:
