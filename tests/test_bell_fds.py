@@ -10,6 +10,7 @@ and its readiness fd is the very FIFO its peers ring.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import stat
@@ -24,8 +25,10 @@ import pytest
 from _cli_util import ring_row
 from conftest import child_env, shm_entries
 
+import fastipc
+import fastipc.aio
 from fastipc import Broadcast, Ring
-from fastipc._names import bell_paths
+from fastipc._names import bell_paths, subscriber_bell_path
 
 #: Seconds to wait for anything that should happen at once.
 T = 10.0
@@ -167,6 +170,73 @@ def test_fileno_of_a_removed_ring_makes_no_fifo_and_is_the_bell_the_peer_rings(
     assert ring_row(ring_name) is None  # `fastipc ls` shows nothing left of it
 
 
+def test_fileno_of_a_removed_broadcast_ring_makes_no_fifo(
+    ring_name: str, peers: list[Peer]
+) -> None:
+    """A subscriber of a removed broadcast ring: fileno() asked for first after
+    the removal makes no FIFO (it made the slot's bell again), and the
+    subscriber still hears a publisher in another process (through a bell the
+    publisher had opened, or the 0.2 s backstop of fastipc.wait)."""
+    pub = Broadcast.create(ring_name, 4096, subscribers=4)
+    sub = Broadcast.subscribe(ring_name)
+    peer = Peer("broadcast", ring_name, "open")
+    peers.append(peer)
+    try:
+        Ring.unlink_name(ring_name)
+        assert shm_entries(ring_name) == []
+        fd = sub.fileno()
+        assert shm_entries(ring_name) == []
+        assert stat.S_ISFIFO(os.fstat(fd).st_mode)
+        peer.tell("send", "sent")
+        assert fastipc.wait([sub], timeout=T) == [sub]
+        assert sub.recv(timeout=0) == b"z"
+        assert shm_entries(ring_name) == []
+    finally:
+        sub.close()
+        pub.close()
+    peer.close()
+    assert shm_entries(ring_name) == []
+    assert ring_row(ring_name) is None
+
+
+def test_a_subscribers_bell_rung_before_the_removal_is_its_fileno_after_it(
+    ring_name: str, peers: list[Peer]
+) -> None:
+    """The publisher in another process rang the subscriber's bell before the
+    ring was removed (so holds it); the subscriber's first fileno() after the
+    removal is that same FIFO: the publisher's bell wakes it (no backstop)."""
+    peer = Peer("broadcast", ring_name, "create")
+    peers.append(peer)
+    sub = Broadcast.subscribe(ring_name)
+    aio_sub: Any = None
+    try:
+        # Wake the subscriber once through aio (its own fd, not fileno()): the
+        # publisher opens the slot's bell then, while the ring has its name.
+        async def once() -> bytes:
+            nonlocal aio_sub
+            aio_sub = fastipc.aio.Subscriber(sub)
+            task = asyncio.ensure_future(aio_sub.recv(timeout=T))
+            await asyncio.sleep(0.3)  # registered at the bell, asleep
+            await asyncio.get_running_loop().run_in_executor(None, peer.tell, "send", "sent")
+            return await task
+
+        assert asyncio.run(once()) == b"z"
+        Ring.unlink_name(ring_name)
+        fd = sub.fileno()
+        assert shm_entries(ring_name) == []
+        with sub.watch() as ready:
+            assert not ready
+            peer.tell("send", "sent")
+            assert rung_within(fd), "the publisher's bell did not ring the subscriber's fd"
+        assert sub.recv(timeout=0) == b"z"
+    finally:
+        if aio_sub is not None:
+            aio_sub.close()
+        sub.close()
+    peer.close()
+    assert shm_entries(ring_name) == []
+
+
 # ---- a ring made again under the name of a removed one -------------------------------
 
 
@@ -210,10 +280,49 @@ def test_a_ring_made_again_under_the_name_never_shares_a_stale_handles_bell(
     assert ring_row(ring_name) is None
 
 
+def test_a_broadcast_ring_made_again_never_shares_a_stale_subscribers_bell(
+    ring_name: str, peers: list[Peer]
+) -> None:
+    """As above for a broadcast ring: a stale subscriber of a removed ring asks
+    for its fd; a new ring of the name (another process publishes) gets a new
+    subscriber in the same slot, whose bell is not the stale one, and the
+    publisher wakes it."""
+    old_pub = Broadcast.create(ring_name, 4096, subscribers=4)
+    stale = Broadcast.subscribe(ring_name)
+    try:
+        slot = stale._slot
+        Ring.unlink_name(ring_name)
+        stale_fd = stale.fileno()
+        creator = Peer("broadcast", ring_name, "create", 0o640)
+        peers.append(creator)
+        sub = Broadcast.subscribe(ring_name)
+        try:
+            assert sub._slot == slot
+            path = subscriber_bell_path(ring_name, slot)
+            fd = sub.fileno()
+            assert same_file(fd, path)
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+            assert not same_file(stale_fd, path)
+            with sub.watch() as ready, stale.watch():
+                assert not ready
+                creator.tell("send", "sent")
+                assert rung_within(fd), "the publisher did not ring the new subscriber"
+            assert sub.recv(timeout=0) == b"z"
+        finally:
+            sub.close()
+            Ring.unlink_name(ring_name)
+    finally:
+        stale.close()
+        old_pub.close()
+    creator.close()
+    assert shm_entries(ring_name) == []
+    assert ring_row(ring_name) is None
+
+
 # ---- the fd's lifetime ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["ring"])
+@pytest.mark.parametrize("kind", ["ring", "subscriber"])
 def test_fileno_from_many_threads_is_one_fd_closed_by_close(ring_name: str, kind: str) -> None:
     """Threads asking at once for the fd of a removed ring's handle get the same
     fd and make no FIFO; close() closes it; no fd is left open."""

@@ -20,8 +20,11 @@ Shared semantics (both backends):
   pid and start time, as the ring lock checks its owner), so it never
   stalls publishers.
 * Readiness: each subscriber slot has its own doorbell FIFO
-  (``_names.subscriber_bell_path``), rung after a publish while the slot's
+  (``_names.subscriber_bell_path``), made (if missing) and held by the
+  subscriber from ``subscribe`` on, rung after a publish while the slot's
   watcher count in the segment is non-zero (see :meth:`SubscriberBase.watch`).
+  Publishers open a slot's FIFO the first time they ring it but never make
+  one: a missing one is a removed ring's.
 """
 
 from __future__ import annotations
@@ -311,11 +314,13 @@ class SubscriberBase:
         raise NotImplementedError
 
     def _open_bell(self) -> int:
-        """A new fd (O_RDWR | O_NONBLOCK, owned by the caller) on this slot's doorbell FIFO."""
+        """A new fd (owned by the caller) on this slot's doorbell FIFO: a duplicate
+        (``_contract.dup_bell``) of the bell the subscriber opened (making it) as it
+        took its slot, never the FIFO reopened by path. ValueError once closed."""
         raise NotImplementedError
 
     # ---- shared behaviour ---------------------------------------------
-    #: The fd ``fileno()`` opened, or -1.
+    #: The fd ``fileno()`` made (a duplicate of the slot's bell), or -1.
     _bell_fd: int = -1
     #: Watches this handle holds (undone by close()), and the pid that made them.
     _watching: int = 0
@@ -360,12 +365,17 @@ class SubscriberBase:
     def fileno(self) -> int:
         """An fd that becomes readable when a message may be waiting: this subscriber's doorbell.
 
-        For selectors, epoll and event loops. Owned by this handle (opened
-        on first call, closed by :meth:`close`). It is rung only while this
+        For selectors, epoll and event loops. Owned by this handle (closed
+        by :meth:`close`): made on the first call as a duplicate of the slot's
+        bell the subscriber opened as it subscribed, so it is the FIFO the
+        publishers ring even if the ring was removed (or made anew under its
+        name) since; nothing is made in /dev/shm. It shares its file status
+        flags with that bell: leave it non-blocking. Every call returns the
+        same fd. It is rung only while this
         subscriber is registered as a watcher: wrap the wait in ``with
         sub.watch():`` and, once the fd polls readable, drain it and receive
         with ``timeout=0``. A readable fd is a hint. Raises ValueError on a
-        closed handle, OSError if the FIFO cannot be opened.
+        closed handle, OSError (e.g. EMFILE) if the fd cannot be duplicated.
         """
         if self.closed:
             raise ValueError(f"broadcast ring {self.name!r}: subscriber is closed")

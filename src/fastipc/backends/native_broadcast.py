@@ -9,6 +9,7 @@ import stat
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from functools import partial
@@ -22,6 +23,7 @@ from .._checks import (
     timeout_ns,
     validate_count,
 )
+from .._contract import dup_bell
 from .._contract_broadcast import POLICIES, BroadcastBase, SubscriberBase
 from .._names import (
     incompatible,
@@ -387,6 +389,10 @@ class NativeSubscriber(OwnBuffers, _Handle, SubscriberBase):
     _owner: int
     _threads: threading.local
     _busy: bool
+    #: The slot's bell, opened at subscribe and owned here (readiness fds dup it),
+    #: and what closes it once (close(), or the handle's collection).
+    _bell: int = -1
+    _bell_close: Any = staticmethod(lambda: None)
 
     @classmethod
     def _subscribe(cls, name: str, owners: frozenset[int] | None = None) -> NativeSubscriber:
@@ -397,10 +403,19 @@ class NativeSubscriber(OwnBuffers, _Handle, SubscriberBase):
         try:
             h = self._h
             self._err(_wait(lambda t: lib.fi_bc_subscribe(h, t), None))
+            self._slot = lib.fi_bc_slot(handle)
+            # The slot's bell now, while the name is this ring's (made with the
+            # ring's mode if missing): publishers ring that FIFO, and readiness
+            # fds duplicate this one (see _names.open_bell). Closed by close(),
+            # or when the handle is collected unclosed.
+            bell = open_bell(
+                name, 0, mode=mode, owners=owners, path=subscriber_bell_path(name, self._slot)
+            )
+            self._bell = bell
+            self._bell_close = weakref.finalize(self, os.close, bell)
         except BaseException:
             self._close_handle()
             raise
-        self._slot = lib.fi_bc_slot(handle)
         self._scratch = ffi_fast.new("char[]", SCRATCH_BYTES)
         self._sbuf = ffi_fast.buffer(self._scratch)
         lib_fast.fi_bc_set_scratch(self._hf, self._scratch, SCRATCH_BYTES)
@@ -426,6 +441,7 @@ class NativeSubscriber(OwnBuffers, _Handle, SubscriberBase):
         fd, self._bell_fd = self._bell_fd, -1
         if fd >= 0:
             os.close(fd)
+        self._bell_close()  # the slot's bell, after _closed (see dup_bell); once only
 
     def __len__(self) -> int:
         return self._err(lib_fast.fi_bc_len(self._hf))
@@ -591,10 +607,6 @@ class NativeSubscriber(OwnBuffers, _Handle, SubscriberBase):
         return self._err(lib_fast.fi_bc_poll(self._hf)) == 1
 
     def _open_bell(self) -> int:
-        return open_bell(
-            self.name,
-            0,
-            mode=self._mode,
-            owners=self._owners,
-            path=subscriber_bell_path(self.name, self._slot),
-        )
+        if self._closed:
+            raise ValueError(f"broadcast ring {self.name!r}: subscriber is closed")
+        return dup_bell(self, self._bell, f"broadcast ring {self.name!r}: subscriber")

@@ -74,10 +74,14 @@ Locks and ordering (the crash-safety argument is python_ring.py's):
   nanoseconds, and a waiting publisher re-checks after 1 ms, doubling up to
   ``_SLEEP_CAP``.
 
-Wake-ups: each subscriber slot has a doorbell FIFO (``_names.subscriber_bell_path``).
-A subscriber about to sleep registers as a watcher of its slot (and in the
-sleepers total) under the exclusive lock, re-checks, then polls its FIFO; a
-publisher reads the sleepers total in its commit's critical section and,
+Wake-ups: each subscriber slot has a doorbell FIFO (``_names.subscriber_bell_path``),
+which the subscriber makes (if missing) and opens as it subscribes, and
+publishers open the first time they ring it (never making it: see _ring).
+Every handle also holds the ring's ``.send`` bell from its opening on; none
+is reopened by path later (see ``_names.open_bell``). A subscriber about to
+sleep registers as a watcher of its slot (and in the sleepers total) under
+the exclusive lock, re-checks, then polls its FIFO; a publisher reads the
+sleepers total in its commit's critical section and,
 only if non-zero, writes a byte to the bell of each watching slot. So an
 idle subscriber costs nothing but a wake-up every ``_SLEEP_CAP`` seconds,
 and a publish with nobody asleep costs no syscall beyond the locks. Why
@@ -115,6 +119,7 @@ from .._checks import (
     validate_count,
     validate_max_count,
 )
+from .._contract import dup_bell
 from .._contract_broadcast import MAX_SUBSCRIBERS, POLICIES, BroadcastBase, SubscriberBase
 from .._names import (
     bell_paths,
@@ -196,6 +201,8 @@ _UN_BOTH = _flock(fcntl.F_UNLCK, _LOCK_PRODUCER, 2)
 _WR_BOTH = _flock(fcntl.F_WRLCK, _LOCK_PRODUCER, 2)
 
 _MAX_POS = 1 << 62
+#: The key of a subscriber's own slot's bell in a handle's ``_bells``.
+_OWN_BELL = -3
 #: Longest sleep before re-checking the shared state (seconds): a peer killed
 #: between its commit and its bell cannot strand a waiter for longer.
 _SLEEP_CAP = 0.2
@@ -299,7 +306,9 @@ class _Handle:
         self._owner = 0
         self._closed = False
         self._torn_down = False
-        self._bells: dict[int, int] = {}  # slot (or -1: the send bell) -> fd
+        # slot -> fd (-1: the send bell, _OWN_BELL: a subscriber's own slot's,
+        # -2: see PythonSubscriber.close); closed at teardown.
+        self._bells: dict[int, int] = {}
         self._seen: tuple[int, tuple[int, int, int, int]] = (-1, (0, 0, 0, 0))  # see _state
         _LIVE.add(self)
 
@@ -553,10 +562,28 @@ class _Handle:
         return freed
 
     # ---- bells ------------------------------------------------------------------
+    def _hold_bells(self, own_slot: int = -1) -> None:
+        """Open the ring's send bell and (``own_slot`` >= 0) a subscriber's own slot's,
+        made with the ring's mode if missing, and keep them: called as the handle
+        opens the ring, while the name is the ring's (see _names.open_bell). They are
+        never reopened by path later: a ring removed meanwhile would get its FIFO
+        made again, and one made anew under the name would share it."""
+        mode = self._mode()
+        with self._slock:
+            if self._torn_down:
+                raise ValueError(f"{self._what} {self.name!r} is closed")
+            self._bells[-1] = open_bell(self.name, 1, mode, self._owners)
+            if own_slot >= 0:
+                path = subscriber_bell_path(self.name, own_slot)
+                self._bells[_OWN_BELL] = open_bell(self.name, 0, mode, self._owners, path)
+
     def _ring(self, slot: int) -> None:
         """Write a byte to subscriber ``slot``'s bell (-1: the publishers' send bell).
         Errors are ignored: a full FIFO already holds a wake-up, and sleepers
-        re-check every _SLEEP_CAP anyway."""
+        re-check every _SLEEP_CAP anyway. A slot's bell is opened the first time,
+        by path, but never made: its subscriber made it as it subscribed, so a
+        missing one is a removed ring's (this handle's fd would be no FIFO any
+        subscriber polls; it costs them a wake-up, caught by their re-check)."""
         with self._slock:  # teardown closes the fds under it: never write to a reused fd
             if self._torn_down:
                 return
@@ -564,15 +591,14 @@ class _Handle:
             try:
                 if fd < 0:
                     if slot < 0:
-                        fd = open_bell(self.name, 1, owners=self._owners)
-                    else:
-                        fd = open_bell(
-                            self.name,
-                            0,
-                            owners=self._owners,
-                            path=subscriber_bell_path(self.name, slot),
-                            mode=self._mode(),
-                        )
+                        return  # (held from the start; not to be made again)
+                    fd = open_bell(
+                        self.name,
+                        0,
+                        owners=self._owners,
+                        path=subscriber_bell_path(self.name, slot),
+                        make=False,
+                    )
                     self._bells[slot] = fd
                 os.write(fd, b"\0")
             except OSError:
@@ -669,7 +695,8 @@ class _Handle:
         with suppress(BufferError):
             old_mm.close()
         os.close(old_fd)
-        self._bells = {}  # the parent's fds stay the parent's (closing them here is fine too)
+        # The bells stay: the child's copies of the parent's fds, the same FIFOs
+        # (never reopened by path: see _hold_bells), closed by the child's teardown.
 
     def __del__(self) -> None:
         with suppress(Exception):
@@ -722,6 +749,14 @@ class PythonBroadcast(_Handle, BroadcastBase):
                 with suppress(OSError):
                     os.unlink(p)
             raise
+        try:
+            pub._hold_bells()
+        except BaseException:
+            pub.close()
+            for p in made:
+                with suppress(OSError):
+                    os.unlink(p)
+            raise
         return pub
 
     @classmethod
@@ -736,6 +771,7 @@ class PythonBroadcast(_Handle, BroadcastBase):
             os.close(fd)
             raise
         try:
+            pub._hold_bells()
             pub._snapshot()
         except BaseException:
             pub.close()
@@ -937,16 +973,11 @@ class PythonBroadcast(_Handle, BroadcastBase):
         return False
 
     def _send_bell(self) -> int:
+        # Opened with the handle (_hold_bells); a blocked call has the turn, so
+        # teardown (which closes it) waits for the call to leave.
         fd = self._bells.get(-1, -1)
-        if fd < 0:
-            # Under _slock, as _ring() opens it too (close() rings it): one fd, never
-            # stored into a handle torn down meanwhile.
-            with self._slock:
-                if self._torn_down:
-                    raise ValueError(f"broadcast ring {self.name!r} is closed")
-                fd = self._bells.get(-1, -1)
-                if fd < 0:
-                    fd = self._bells[-1] = open_bell(self.name, 1, owners=self._owners)
+        if fd < 0 or self._torn_down:
+            raise ValueError(f"broadcast ring {self.name!r} is closed")
         return fd
 
     def _wake_self(self) -> None:
@@ -1282,6 +1313,7 @@ class PythonSubscriber(_Handle, SubscriberBase):
         sub._poller = None
         try:
             sub._claim()
+            sub._hold_bells(sub._slot)
         except BaseException:
             sub.close()
             raise
@@ -1717,13 +1749,10 @@ class PythonSubscriber(_Handle, SubscriberBase):
         return count
 
     def _open_bell(self) -> int:
-        return open_bell(
-            self.name,
-            0,
-            owners=self._owners,
-            path=subscriber_bell_path(self.name, self._slot),
-            mode=self._mode(),
-        )
+        with self._slock:  # teardown closes the bells under it
+            if self._torn_down:
+                raise ValueError(f"broadcast subscriber {self.name!r} is closed")
+            return dup_bell(self, self._bells[_OWN_BELL], f"broadcast subscriber {self.name!r}")
 
     def _wake_self(self) -> None:
         fd = self._bell_fd
