@@ -123,7 +123,9 @@ class _Awaiting(LoopBound):
         if w is None:
             self._check_open()
             # Our own fd, not sync.fileno()'s: closing the sync handle from
-            # another thread must never close an fd the loop still polls.
+            # another thread must never close an fd the loop still polls. (A
+            # duplicate of the bell the sync handle holds: never the FIFO
+            # reopened by path, which a removed ring's would make again.)
             w = self._waiters[side] = Waiters(self._ring._open_bell(side), False, True, lazy=True)
             if self._closing:
                 # Closed while the bell opened, by a signal handler's close() on
