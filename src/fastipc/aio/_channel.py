@@ -194,13 +194,20 @@ class Channel(LoopBound):
         if self.closed:
             raise ValueError(f"operation on a closed channel ({self.name})")
 
-    async def _recv_with(self, attempt: Callable[[], _T], timeout: float | None) -> _T:
+    async def _recv_with(
+        self, attempt: Callable[[], _T], timeout: float | None, missed: bool = False
+    ) -> _T:
+        """``attempt()`` (a timeout=0 receive) until it returns, waiting for the socket
+        in between; ``missed``: the caller's own attempt just found nothing."""
         deadline = deadline_of(timeout)
         while True:
-            try:
-                return attempt()
-            except Timeout:
-                pass
+            if missed:
+                missed = False
+            else:
+                try:
+                    return attempt()
+                except Timeout:
+                    pass
             self._check_open()
             if deadline is not None and monotonic() >= deadline:
                 raise timed_out(f"channel {self.name}", False)
@@ -219,7 +226,8 @@ class Channel(LoopBound):
             return recv(timeout=0)
         except Timeout:
             pass
-        return await self._recv_with(lambda: recv(timeout=0), timeout)
+        # Not tried again before the wait: a miss costs a syscall or two and a Timeout.
+        return await self._recv_with(lambda: recv(timeout=0), timeout, missed=True)
 
     async def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
         """Return 1 to ``max_count`` messages: waits for the first, takes what else arrived."""
