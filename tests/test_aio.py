@@ -998,6 +998,104 @@ def test_channel_tcp_send_cut_then_abandoned_closes_the_channel(run: Any, how: s
     run(main())
 
 
+@pytest.mark.parametrize(
+    "where", ["_send_drop", "_tx_abandon_surely", "_tx_abandon", "_abandon_send", "close"]
+)
+def test_channel_tcp_cut_frame_dropped_under_ctrl_c_still_closes(run: Any, where: str) -> None:
+    """A KeyboardInterrupt (a signal handler raising) at the start of any step that drops
+    a cut frame (its send timed out): the channel still ends closed, so the peer gets
+    Closed and never a message made of two frames, and the sync send turn comes back,
+    so another thread's sync send gets ValueError instead of waiting for ever.
+
+    Before, the drop gave the turn back first: the interrupted drop left the channel
+    open with half a frame out, and the next send continued it (a fabricated message)."""
+    from fastipc._contract import ChannelBase
+
+    async def main() -> None:
+        ca, cb = _pair("tcp", 4096)
+        target = getattr(type(ca.sync), where, None) or getattr(ChannelBase, where, None)
+        if target is None:
+            pytest.skip(f"{type(ca.sync).__name__} has no {where}")
+        code = target.__code__
+        armed = [True]
+
+        def prof(frame: Any, event: str, arg: Any) -> None:
+            if armed[0] and event == "call" and frame.f_code is code:
+                armed[0] = False
+                raise KeyboardInterrupt  # what a SIGINT handled at that instant raises
+
+        try:
+            sys.setprofile(prof)
+            try:
+                await ca.send(b"c" * (LOOP_SEND_MAX - 8), timeout=0.3)
+            except (KeyboardInterrupt, Timeout):
+                pass
+            finally:
+                sys.setprofile(None)
+            assert not armed[0], f"{where} was not reached"
+            assert ca.sync.closed
+            box: list[BaseException] = []
+
+            def other() -> None:
+                try:
+                    ca.sync.send(b"Z" * 40000, timeout=10)
+                except BaseException as exc:
+                    box.append(exc)
+
+            th = threading.Thread(target=other)
+            th.start()
+            await asyncio.get_running_loop().run_in_executor(None, th.join, 20)
+            assert box and isinstance(box[0], ValueError), box
+            with pytest.raises(Closed):
+                await cb.recv(timeout=5)
+        finally:
+            sys.setprofile(None)
+            ca.close()
+            cb.close()
+
+    run(main())
+
+
+def test_closing_the_sync_channel_under_a_parked_frame_frees_waiting_sync_sends(
+    run: Any,
+) -> None:
+    """sync.close() while a cut frame waits on the loop for room: another thread's sync
+    send waiting for the send turn gets ValueError at once, not when the loop next runs
+    the aio send (nor never, if the loop stopped)."""
+
+    async def main() -> None:
+        ca, cb = _pair("tcp", 4096)
+        try:
+            task = asyncio.ensure_future(ca.send(b"c" * (LOOP_SEND_MAX - 8)))
+            await asyncio.sleep(0.1)
+            assert ca.sync._tx_turn.block == -threading.get_ident()
+            box: list[BaseException] = []
+            done = threading.Event()
+
+            def other() -> None:
+                try:
+                    ca.sync.send(b"x", timeout=30)
+                except BaseException as exc:
+                    box.append(exc)
+                done.set()
+
+            th = threading.Thread(target=other)
+            th.start()
+            time.sleep(0.1)  # it waits for the turn (this loop is held: no await)
+            assert not done.is_set()
+            ca.sync.close()
+            assert done.wait(5)  # still without yielding to the loop
+            th.join()
+            assert isinstance(box[0], ValueError), box
+            with pytest.raises(ValueError):
+                await task
+        finally:
+            ca.close()
+            cb.close()
+
+    run(main())
+
+
 def test_channel_tcp_cut_frame_keeps_other_threads_sync_sends_out_of_it(run: Any) -> None:
     """While a frame the socket cut waits on the loop for room, the sync channel's
     send turn stays taken: another thread's sync sends wait for it (their frames

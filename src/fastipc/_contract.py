@@ -560,7 +560,7 @@ class ChannelBase:
             return False
         except BaseException:
             turn.block = 0
-            self._tx_abandon()  # closes if part of the frame may have gone out
+            self._tx_abandon_surely()  # closes if part of the frame may have gone out
             raise
         finally:
             if not turn.block:
@@ -586,7 +586,7 @@ class ChannelBase:
             return True
         except BaseException:
             turn.block = 0
-            self._tx_abandon()
+            self._tx_abandon_surely()
             raise
         finally:
             if not turn.block:
@@ -601,13 +601,31 @@ class ChannelBase:
         turn = self._tx_turn
         if turn.block >= 0:
             return
-        turn.block = 0  # first, a plain store: a second call finds nothing to drop
+        # The turn is parked until the frame is surely dropped: a handler raising
+        # before that leaves it for the next _send_drop (close(), the next send).
+        self._tx_abandon_surely()
+        turn.block = 0
+        turn.free = True
+        if turn.waiting:
+            turn.wake()
+
+    def _close_surely(self) -> None:
+        """close(), done again if a signal handler raised inside it: a stream with part
+        of a frame out must not stay open (the next frame would continue it)."""
+        try:
+            self.close()
+        except BaseException:
+            self.close()
+            raise
+
+    def _tx_abandon_surely(self) -> None:
+        """_tx_abandon(), done again if a signal handler raised inside it: a frame cut
+        short must never leave the channel open (the next frame would continue it)."""
         try:
             self._tx_abandon()
-        finally:
-            turn.free = True
-            if turn.waiting:
-                turn.wake()
+        except BaseException:
+            self._tx_abandon()
+            raise
 
     def _tx_try(self, data: Any) -> bool | None:
         """One write of ``data``'s frame: True all of it, False part (kept), None nothing."""
@@ -845,6 +863,15 @@ class ChannelBase:
     def close(self) -> None:
         """Close the socket and every received fd not handed out (idempotent)."""
         sock, self._sock = self._sock, None
+        turn = self._tx_turn
+        if turn.block < 0:
+            # A frame part-sent for an event loop (_send_begin) holds the send turn:
+            # the stream ends here, so give the turn back to the sends waiting for it
+            # (they meet the closed channel).
+            turn.block = 0
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
         if sock is None:
             return
         try:

@@ -179,7 +179,7 @@ class Channel(LoopBound):
         return f"<aio.Channel {self.name}{' closed' if self.closed else ''}>"
 
     def _release(self) -> None:
-        self._ch._send_drop()  # gives back the send turn a part-sent frame holds
+        self._drop_cut_frame()  # gives back the send turn a part-sent frame holds
         self._rd.close()
         self._wr.close()
         self._ch.close()
@@ -476,10 +476,20 @@ class Channel(LoopBound):
         self._pass_turn(turn, None)
 
     def _abandon(self, worker: asyncio.Future[Any] | None) -> None:
-        self._ch._send_drop()  # a frame _send_on_loop left part-sent: closes the channel
+        self._drop_cut_frame()
         if worker is not None and not worker.done():
             self.close()
             worker.cancel()
+
+    def _drop_cut_frame(self) -> None:
+        """Drop a frame _send_on_loop left part-sent, if any (closing the channel), done
+        again if a signal handler raised inside the first drop: else the send turn
+        stays parked and other threads' sync sends wait for a send that has left."""
+        try:
+            self._ch._send_drop()
+        except BaseException:
+            self._ch._send_drop()
+            raise
 
     def shutdown(self, how: str = "both") -> None:
         """:meth:`fastipc.Channel.shutdown` (``"write"``: the peer gets Closed after what was sent)."""

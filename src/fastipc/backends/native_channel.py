@@ -251,6 +251,9 @@ class NativeChannel(ChannelBase):
 
     def _tx_try(self, data: Any) -> bool | None:
         self._socket()
+        if lib.fi_chan_tx_partial(self._h):  # left by a drop cut short: never continue it
+            self._close_surely()
+            self._socket()  # ValueError
         mv = check_buffer(data)
         n = mv.nbytes
         if n > self._max_message:

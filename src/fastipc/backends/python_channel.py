@@ -357,7 +357,7 @@ class PythonChannel(ChannelBase):
                     if done < 0:
                         # A signal handler raised right after send() returned: bytes
                         # may have gone out uncounted, as in the general path.
-                        self.close()
+                        self._close_surely()
                     raise
                 if done == n + 8:
                     return
@@ -420,7 +420,7 @@ class PythonChannel(ChannelBase):
                     raise OSError(exc.errno, exc.strerror, self.name) from None
         except BaseException:
             if unsure or 0 < done < total:
-                self.close()  # part of a frame may have gone out: the stream cannot be resynchronised
+                self._close_surely()  # part of a frame may have gone out: the stream cannot be resynchronised
             raise
         if flags & FRAME_AREA and area is not None:
             area.announced()
@@ -448,11 +448,14 @@ class PythonChannel(ChannelBase):
                     raise OSError(exc.errno, exc.strerror, self.name) from None
         except BaseException:
             if unsure or done < len(frame):
-                self.close()  # part of a frame went out: the stream cannot be resynchronised
+                self._close_surely()  # part of a frame went out: the stream cannot be resynchronised
             raise
 
     def _tx_try(self, data: Any) -> bool | None:
         sock = self._socket()
+        if self._tx_frame is not None:  # left by a drop cut short: never continue it
+            self._close_surely()
+            self._socket()  # ValueError
         mv = check_buffer(data)
         n = mv.nbytes
         if n > self._max_message:
@@ -493,9 +496,10 @@ class PythonChannel(ChannelBase):
         return False
 
     def _tx_abandon(self) -> None:
-        frame, self._tx_frame = self._tx_frame, None
+        frame = self._tx_frame
         if frame is not None and self._tx_done not in (0, len(frame)):
             self.close()  # part of a frame may have gone out: the stream cannot be resynchronised
+        self._tx_frame = None  # last: a handler raising before it leaves it for a retry
 
     def _send_area_for(self, n: int) -> SendArea | None:
         """The area a message of ``n`` bytes goes through, or None: inline."""
@@ -567,7 +571,7 @@ class PythonChannel(ChannelBase):
                 unsure = False
         except BaseException as exc:
             if done or unsure:
-                self.close()  # part of a frame may have gone out: the stream cannot be resynchronised
+                self._close_surely()  # part of a frame may have gone out: the stream cannot be resynchronised
             if isinstance(exc, Timeout):
                 raise timed_out(f"channel {self.name}", True, sent) from None
             raise
@@ -610,7 +614,7 @@ class PythonChannel(ChannelBase):
         except BaseException as exc:
             sent = _frames_in(lens, done)
             if unsure or done != _bytes_of(lens, sent):
-                self.close()  # part of a frame may have gone out: the stream cannot be resynchronised
+                self._close_surely()  # part of a frame may have gone out: the stream cannot be resynchronised
             if isinstance(exc, Timeout):
                 raise timed_out(f"channel {self.name}", True, sent) from None
             raise
