@@ -1039,7 +1039,7 @@ def test_channel_tcp_cut_frame_dropped_under_ctrl_c_still_closes(run: Any, where
             def other() -> None:
                 try:
                     ca.sync.send(b"Z" * 40000, timeout=10)
-                except BaseException as exc:
+                except BaseException as exc:  # noqa: BLE001 - checked below
                     box.append(exc)
 
             th = threading.Thread(target=other)
@@ -1075,13 +1075,13 @@ def test_closing_the_sync_channel_under_a_parked_frame_frees_waiting_sync_sends(
             def other() -> None:
                 try:
                     ca.sync.send(b"x", timeout=30)
-                except BaseException as exc:
+                except BaseException as exc:  # noqa: BLE001 - checked below
                     box.append(exc)
                 done.set()
 
             th = threading.Thread(target=other)
             th.start()
-            time.sleep(0.1)  # it waits for the turn (this loop is held: no await)
+            time.sleep(0.1)  # noqa: ASYNC251 - the loop is held on purpose: the turn must come back without it
             assert not done.is_set()
             ca.sync.close()
             assert done.wait(5)  # still without yielding to the loop

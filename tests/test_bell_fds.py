@@ -391,3 +391,47 @@ def test_a_forked_child_rings_and_hears_the_parents_ring_after_removal(ring_name
         os.close(r)
         ring.close()
     assert shm_entries(ring_name) == []
+
+
+def _same_fifo_fds(fd: int) -> list[int]:
+    """The other fds of this process open on the FIFO of ``fd``."""
+    st = os.fstat(fd)
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        other = int(name)
+        if other == fd:
+            continue
+        try:
+            o = os.fstat(other)
+        except OSError:
+            continue
+        if (o.st_dev, o.st_ino) == (st.st_dev, st.st_ino):
+            out.append(other)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["ring", "subscriber"])
+def test_a_readiness_fd_made_blocking_leaves_the_handles_own_bell_non_blocking(
+    ring_name: str, kind: str
+) -> None:
+    """fileno()'s fd has an open file description of its own: a caller that makes it
+    blocking (os.set_blocking) does not make the bell the handle rings and drains
+    block too. A dup shared the flags: a send ringing a full FIFO would then hang."""
+    if kind == "ring":
+        owner = handle = Ring.create(ring_name, 4096)
+    else:
+        owner = Broadcast.create(ring_name, 4096, subscribers=2)
+        handle = Broadcast.subscribe(ring_name)
+    try:
+        fd = handle.fileno()
+        held = _same_fifo_fds(fd)
+        assert held  # the bell the handle holds
+        os.set_blocking(fd, False)
+        os.set_blocking(fd, True)
+        assert all(not os.get_blocking(h) for h in held)
+        assert stat.S_ISFIFO(os.fstat(fd).st_mode)
+    finally:
+        if handle is not owner:
+            handle.close()
+        owner.close()
+        Ring.unlink_name(ring_name)

@@ -383,9 +383,9 @@ class RingBase:
         by this handle (closed by :meth:`close`): made on the first call, as a
         duplicate of the doorbell the handle opened with the ring, so it is
         the FIFO this handle's peers ring even if the ring was removed (or
-        made anew under its name) since; nothing is made in /dev/shm. It
-        shares its file status flags with the handle's own bell: leave it
-        non-blocking. Every call returns the same fd. It is
+        made anew under its name) since; nothing is made in /dev/shm. It is
+        non-blocking, with flags of its own (reopened through /proc/self/fd).
+        Every call returns the same fd. It is
         rung only while someone is registered as a watcher: wrap the wait in
         ``with ring.watch():``, then, after the fd polls readable, drain it
         (``os.read(fd, 4096)``, non-blocking) and receive with ``timeout=0``.
@@ -427,16 +427,25 @@ class RingBase:
 
 
 def dup_bell(handle: Any, bell: int, what: str) -> int:
-    """A duplicate (close-on-exec; shares the open file description, so it stays
-    non-blocking) of ``bell``, a doorbell fd ``handle`` holds, for the caller to own.
+    """A new fd of the FIFO of ``bell``, a doorbell fd ``handle`` holds, for the caller
+    to own (close-on-exec, non-blocking).
 
-    The handles close their bells only after ``closed`` reads True: a dup made
-    after that (of the number reused by then, or failing with EBADF) is seen
-    by the look at ``closed`` after it and undone, so a dup this returns is
-    always of the handle's bell. Raises ValueError (``what`` is closed).
+    Reopened through ``/proc/self/fd`` (no path lookup in /dev/shm), so it has
+    an open file description of its own: a caller that made it blocking would
+    otherwise make the handle's own bell block too (its rings, and aio's
+    drains). Where /proc is missing, an ``os.dup`` (sharing the flags).
+    The handles close their bells only after ``closed`` reads True: an fd
+    made after that (of the number reused by then, or failing) is seen by
+    the look at ``closed`` after it and undone, so one this returns is always
+    of the handle's bell. Raises ValueError (``what`` is closed).
     """
     try:
-        fd = os.dup(bell)
+        try:
+            fd = os.open(
+                f"/proc/self/fd/{bell}", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+            )
+        except FileNotFoundError:  # no /proc here (or the number is free: see below)
+            fd = os.dup(bell)
     except OSError:
         if handle.closed:
             raise ValueError(f"{what} is closed") from None

@@ -369,9 +369,9 @@ class SubscriberBase:
         by :meth:`close`): made on the first call as a duplicate of the slot's
         bell the subscriber opened as it subscribed, so it is the FIFO the
         publishers ring even if the ring was removed (or made anew under its
-        name) since; nothing is made in /dev/shm. It shares its file status
-        flags with that bell: leave it non-blocking. Every call returns the
-        same fd. It is rung only while this
+        name) since; nothing is made in /dev/shm. It is non-blocking, with
+        flags of its own (reopened through /proc/self/fd). Every call returns
+        the same fd. It is rung only while this
         subscriber is registered as a watcher: wrap the wait in ``with
         sub.watch():`` and, once the fd polls readable, drain it and receive
         with ``timeout=0``. A readable fd is a hint. Raises ValueError on a

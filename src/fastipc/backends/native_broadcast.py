@@ -408,12 +408,14 @@ class NativeSubscriber(OwnBuffers, _Handle, SubscriberBase):
             # ring's mode if missing): publishers ring that FIFO, and readiness
             # fds duplicate this one (see _names.open_bell). Closed by close(),
             # or when the handle is collected unclosed.
-            bell = open_bell(
-                name, 0, mode=mode, owners=owners, path=subscriber_bell_path(name, self._slot)
-            )
-            self._bell = bell
-            self._bell_close = weakref.finalize(self, os.close, bell)
+            bells: list[int] = []
+            self._bell_close = weakref.finalize(self, _close_each, bells)
+            # `+= map`: no handler runs between the open and the store (no fd leaks).
+            path = subscriber_bell_path(name, self._slot)
+            bells += map(open_bell, (name,), (0,), (mode,), (owners,), (path,))
+            self._bell = bells[0]
         except BaseException:
+            self._bell_close()
             self._close_handle()
             raise
         self._scratch = ffi_fast.new("char[]", SCRATCH_BYTES)
@@ -610,3 +612,9 @@ class NativeSubscriber(OwnBuffers, _Handle, SubscriberBase):
         if self._closed:
             raise ValueError(f"broadcast ring {self.name!r}: subscriber is closed")
         return dup_bell(self, self._bell, f"broadcast ring {self.name!r}: subscriber")
+
+
+def _close_each(fds: list[int]) -> None:
+    """Close the fds in ``fds`` (a subscriber's slot bell: see _subscribe)."""
+    for fd in fds:
+        os.close(fd)

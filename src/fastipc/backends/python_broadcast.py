@@ -572,10 +572,15 @@ class _Handle:
         with self._slock:
             if self._torn_down:
                 raise ValueError(f"{self._what} {self.name!r} is closed")
-            self._bells[-1] = open_bell(self.name, 1, mode, self._owners)
+            # update(zip(keys, map(open_bell, ...))): no handler runs between an
+            # open and its store in the dict, so an interrupt leaks no fd.
+            name, owners = self.name, self._owners
+            self._bells.update(zip((-1,), map(open_bell, (name,), (1,), (mode,), (owners,))))
             if own_slot >= 0:
-                path = subscriber_bell_path(self.name, own_slot)
-                self._bells[_OWN_BELL] = open_bell(self.name, 0, mode, self._owners, path)
+                path = subscriber_bell_path(name, own_slot)
+                self._bells.update(
+                    zip((_OWN_BELL,), map(open_bell, (name,), (0,), (mode,), (owners,), (path,)))
+                )
 
     def _ring(self, slot: int) -> None:
         """Write a byte to subscriber ``slot``'s bell (-1: the publishers' send bell).

@@ -546,6 +546,7 @@ class PythonRing(RingBase):
         sems: list[posix_ipc.Semaphore] = []
         bells: list[int] = []
         mm: mmap.mmap | None = None
+        ring: PythonRing | None = None
         try:
             os.fchmod(fd, mode)  # the umask must not apply
             # Held while initialising so an opener that races us waits for the magic.
@@ -574,19 +575,27 @@ class PythonRing(RingBase):
                 q.release()
             for side, bell in enumerate(bell_paths(name)):
                 made.append(bell)
-                bells.append(open_bell(name, side, mode))  # the ring's mode, before the magic
+                # The ring's mode, before the magic. `+= map`: no handler runs
+                # between the open and the store, so an interrupt leaks no fd.
+                bells += map(open_bell, (name,), (side,), (mode,))
             mm[0:8] = MAGIC  # last: an opener that sees the magic sees a whole ring
             fcntl.fcntl(fd, _F_SETLK, _UNLOCKS[_LOCK_STATE])
             ring = cls.__new__(cls)
             ring._setup(name, fd, mm, capacity, dsize, (bells[0], bells[1]), *sems)
         except BaseException:
+            if ring is not None and hasattr(ring, "_bells"):
+                # Set up: the handle owns the fds, mapping and semaphores now, and
+                # closing them here too could close numbers reused meanwhile.
+                ring.close()
+                bells, sems, mm, fd = [], [], None, -1
             for bfd in bells:
                 os.close(bfd)
             for sem in sems:
                 sem.close()
             if mm is not None:
                 mm.close()
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
             for p in made:
                 try:
                     os.unlink(p)
@@ -602,6 +611,7 @@ class PythonRing(RingBase):
         mm: mmap.mmap | None = None
         sems: list[posix_ipc.Semaphore] = []
         bells: list[int] = []
+        ring: PythonRing | None = None
         try:
             capacity, dsize = cls._read_geometry(name, fd)
             mm = mmap.mmap(fd, _DATA + dsize, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -617,19 +627,23 @@ class PythonRing(RingBase):
             # The bells now, while the name is this ring's (see _names.open_bell);
             # one found missing is made again with the segment's mode.
             mode = stat.S_IMODE(os.fstat(fd).st_mode)
-            for side in (0, 1):
-                bells.append(open_bell(name, side, mode, owners))
+            # `+= map`: no handler runs between an open and its store (no fd leaks).
+            bells += map(open_bell, (name, name), (0, 1), (mode, mode), (owners, owners))
             ring = cls.__new__(cls)
             ring._setup(name, fd, mm, capacity, dsize, (bells[0], bells[1]), *sems)
             ring._owners = owners
         except BaseException:
+            if ring is not None and hasattr(ring, "_bells"):
+                ring.close()  # set up: it owns them all now (see _create)
+                bells, sems, mm, fd = [], [], None, -1
             for bfd in bells:
                 os.close(bfd)
             for sem in sems:
                 sem.close()
             if mm is not None:
                 mm.close()
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
             raise
         try:
             ring._read_state(_deadline(_OPEN_WAIT))
