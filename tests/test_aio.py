@@ -777,8 +777,9 @@ def test_channel_tcp_send_interrupted_at_any_instant_keeps_the_stream_whole(
     loop_kind: str,
 ) -> None:
     """A signal handler raising at any instant of an aio tcp send (every one inside
-    aio/_channel.py and aio/_sender.py, swept one per run; the hand-over to the
-    sender thread included): the peer never gets part of a message, and the
+    aio/_channel.py, aio/_sender.py and the sync channel's code it calls on the
+    loop thread, swept one per run; the hand-over to the sender thread
+    included): the peer never gets part of a message, and the
     channel is either closed (the peer gets the message whole, or nothing, then
     Closed) or still whole (the next send arrives, after the message or alone).
 
@@ -789,7 +790,14 @@ def test_channel_tcp_send_interrupted_at_any_instant_keeps_the_stream_whole(
     send itself waiting (asyncio.run turns Ctrl-C into a cancellation instead).
     """
     msg = bytes(range(256)) * 64
-    files = ("aio/_channel.py", "aio/_sender.py")
+    # The sync calls a tcp send makes on the loop thread too (_send_begin).
+    files = (
+        "aio/_channel.py",
+        "aio/_sender.py",
+        "fastipc/_contract.py",
+        "backends/native_channel.py",
+        "backends/python_channel.py",
+    )
     skip = frozenset({"_settle", "_seen"})
     loop = new_loop(loop_kind)
     try:
