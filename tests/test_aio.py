@@ -1411,7 +1411,11 @@ def test_channel_close_from_another_thread_just_before_the_first_wait(
     def check_then_close() -> None:
         check_open()
         # The check right before the wait on the socket.
-        if not closed_once and sys._getframe(1).f_code.co_name in ("_recv_with", "_writable"):
+        if not closed_once and sys._getframe(1).f_code.co_name in (
+            "recv",
+            "_recv_with",
+            "_writable",
+        ):
             closed_once.append(True)
             t = threading.Thread(target=ca.close)
             t.start()

@@ -543,6 +543,14 @@ class ChannelBase:
         self._setup()
         return self
 
+    def _recv_now(self) -> bytes | None:
+        """recv(timeout=0), but None where that raises Timeout: what aio.Channel tries
+        before and after each wait (a miss then costs no exception)."""
+        try:
+            return self.recv(timeout=0)
+        except Timeout:
+            return None
+
     # ---- a send that goes on across awaits (for aio.Channel) -------------
     @takes_turn(TX)
     def _send_begin(self, data: Any) -> bool | None:

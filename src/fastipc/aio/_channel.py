@@ -79,17 +79,17 @@ class Channel(LoopBound):
     ValueError.
 
     Sends take turns on the handle (in the order they were awaited) and
-    never block the loop. On a unix socket, a frame of up to
-    :data:`DIRECT_MAX` bytes that the kernel queues in one buffer (at most
-    half of ``SO_SNDBUF``) is taken whole or refused whole, so such a send
-    is a non-blocking sync call on the loop thread, repeated whenever the
-    socket polls writable; cancelling it waiting sends nothing. On tcp,
-    where a socket may take part of any write, a message of up to
-    :data:`LOOP_SEND_MAX` bytes is written from the loop thread too; a part
-    the socket cut is finished there as room comes, holding the sync
-    channel's send turn meanwhile (another thread's sync send waits for
-    it). Any other message (larger, with fds, or meeting a full socket or
-    another thread's send) goes through the channel's own sender thread
+    never block the loop. A message without fds whose frame is at most
+    :data:`LOOP_SEND_MAX` bytes is written from the loop thread, whenever
+    the socket polls writable; cancelling it before any of it went sends
+    nothing. A part the socket cut is finished there as room comes,
+    holding the sync channel's send turn meanwhile (another thread's sync
+    send waits for it). On a unix socket, a message with fds (or a batch)
+    of up to :data:`DIRECT_MAX` bytes that the kernel queues in one buffer
+    (at most half of ``SO_SNDBUF``) is taken whole or refused whole, so it
+    too is a non-blocking sync call on the loop thread. Any other message
+    (larger, or meeting another thread's send) goes through the channel's
+    own sender thread
     (started at the first such send, ended after 2 s without one), which
     makes the sync send once the socket polls writable, while the loop runs
     on. The await returns when the message is out, and the next send waits
@@ -194,20 +194,15 @@ class Channel(LoopBound):
         if self.closed:
             raise ValueError(f"operation on a closed channel ({self.name})")
 
-    async def _recv_with(
-        self, attempt: Callable[[], _T], timeout: float | None, missed: bool = False
-    ) -> _T:
+    async def _recv_with(self, attempt: Callable[[], _T], timeout: float | None) -> _T:
         """``attempt()`` (a timeout=0 receive) until it returns, waiting for the socket
-        in between; ``missed``: the caller's own attempt just found nothing."""
+        in between."""
         deadline = deadline_of(timeout)
         while True:
-            if missed:
-                missed = False
-            else:
-                try:
-                    return attempt()
-                except Timeout:
-                    pass
+            try:
+                return attempt()
+            except Timeout:
+                pass
             self._check_open()
             if deadline is not None and monotonic() >= deadline:
                 raise timed_out(f"channel {self.name}", False)
@@ -221,13 +216,17 @@ class Channel(LoopBound):
         peer closed (or died) and everything was received, ValueError
         (closed), and what the sync ``recv`` raises for a broken stream.
         """
-        recv = self._ch.recv
-        try:
-            return recv(timeout=0)
-        except Timeout:
-            pass
-        # Not tried again before the wait: a miss costs a syscall or two and a Timeout.
-        return await self._recv_with(lambda: recv(timeout=0), timeout, missed=True)
+        deadline = deadline_of(timeout)  # checked even when a message is there
+        now = self._ch._recv_now  # None for a miss: no Timeout raised and caught
+        msg = now()
+        while msg is None:
+            self._check_open()
+            if deadline is not None and monotonic() >= deadline:
+                raise timed_out(f"channel {self.name}", False)
+            self._bind()
+            await sleep_on(self._rd, deadline)
+            msg = now()
+        return msg
 
     async def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
         """Return 1 to ``max_count`` messages: waits for the first, takes what else arrived."""
@@ -316,7 +315,7 @@ class Channel(LoopBound):
         try:
             send = self._ch.send
             nbytes = _nbytes(data) + 8
-            if not self._unix and not fds and nbytes <= LOOP_SEND_MAX:
+            if not fds and nbytes <= LOOP_SEND_MAX:
                 if await self._send_on_loop(data, deadline):
                     return
             elif self._whole_or_nothing(nbytes):
@@ -496,9 +495,9 @@ class Channel(LoopBound):
         self._ch.shutdown(how)
 
 
-#: The largest frame (bytes, header included) a tcp send writes from the loop
-#: thread (a frame the socket cuts is finished there as room comes): larger
-#: ones go through the sender thread, so that copying them never holds the loop.
+#: The largest frame (bytes, header included) a send without fds writes from
+#: the loop thread (a frame the socket cuts is finished there as room comes):
+#: larger ones go through the sender thread, so copying them never holds the loop.
 LOOP_SEND_MAX = 64 * 1024
 #: The largest frame (or batch of frames, headers included) sent on the loop
 #: thread, and only on a unix socket that queues it in one buffer: half its

@@ -23,7 +23,7 @@ from .._checks import (
 )
 from .._contract import RECV_BUFFER, ChannelBase
 from .._turns import RX, TX, one_at_a_time, takes_turn
-from ..errors import Closed, channel_error, timed_out
+from ..errors import Closed, Timeout, channel_error, timed_out
 from ._blocking import deadline as _deadline
 from ._blocking import wait as _wait
 from ._native import SPIN_NS, ffi, ffi_fast, lib, lib_fast
@@ -254,11 +254,17 @@ class NativeChannel(ChannelBase):
         if lib.fi_chan_tx_partial(self._h):  # left by a drop cut short: never continue it
             self._close_surely()
             self._socket()  # ValueError
-        mv = check_buffer(data)
-        n = mv.nbytes
-        if n > self._max_message:
-            self._too_large(n)
-        self._tx_buf, self._tx_len = _cbuffer(mv), n  # kept: C finishes the frame from it
+        if type(data) is bytes:
+            n = len(data)
+            if n > self._max_message:
+                self._too_large(n)
+            self._tx_buf, self._tx_len = data, n  # kept: C finishes the frame from it
+        else:
+            mv = check_buffer(data)
+            n = mv.nbytes
+            if n > self._max_message:
+                self._too_large(n)
+            self._tx_buf, self._tx_len = _from_buffer(mv), n
         if self._tx_write():
             return True
         if self._tx_buf is not None:
@@ -270,13 +276,12 @@ class NativeChannel(ChannelBase):
         return self._tx_write()
 
     def _tx_write(self) -> bool:
-        h = self._h
-        rc = lib.fi_chan_try_send(h, self._tx_buf, self._tx_len)
+        rc = _try_send(self._hf, self._tx_buf, self._tx_len)  # never waits: keeps the GIL
         if rc == 0:
             self._tx_buf = None
             return True
         if rc == _EAGAIN:
-            if not lib.fi_chan_tx_partial(h):
+            if not lib_fast.fi_chan_tx_partial(self._hf):
                 self._tx_buf = None  # nothing of it went
             return False
         self._tx_buf = None
@@ -325,6 +330,28 @@ class NativeChannel(ChannelBase):
             if n >= 0:
                 return self._sbuf[:n]  # type: ignore[no-any-return]
             return self._recv_slow(n, timeout, 0)
+        finally:
+            turn.free = True
+            if turn.waiting:
+                turn.wake()
+
+    @takes_turn(RX)
+    def _recv_now(self) -> bytes | None:
+        turn = self._rx_turn
+        try:
+            del turn.free
+        except AttributeError:  # another thread receives: as recv(timeout=0)'s Timeout
+            return None
+        try:
+            n = _try_recv1(self._hf)
+            if n >= 0:
+                return self._sbuf[:n]  # type: ignore[no-any-return]
+            if n == _EAGAIN:
+                return None
+            try:
+                return self._recv_slow(n, 0, 0)
+            except Timeout:
+                return None
         finally:
             turn.free = True
             if turn.waiting:
