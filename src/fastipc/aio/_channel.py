@@ -164,7 +164,12 @@ class Channel(LoopBound):
 
     @property
     def sync(self) -> _SyncChannel:
-        """The sync :class:`fastipc.Channel` this wraps."""
+        """The sync :class:`fastipc.Channel` this wraps.
+
+        Close it through :meth:`close` (any thread), not ``sync.close()``: the
+        loop may still poll its socket (during a wait, and for one loop turn
+        after one), and only :meth:`close` stops that before the fd closes.
+        """
         return self._ch
 
     @property
