@@ -5,12 +5,16 @@ nothing left in /dev/shm."""
 from __future__ import annotations
 
 import os
+import resource
 import stat
+import struct
+import time
 
 import pytest
 from conftest import run_python, shm_entries
 
-from fastipc import Broadcast, IncompatibleSegment, Ring
+import fastipc
+from fastipc import Broadcast, Empty, IncompatibleSegment, Ring
 
 
 def test_ring_open_on_a_broadcast_ring_and_vice_versa_is_incompatible(ring_name: str) -> None:
@@ -151,6 +155,68 @@ def test_scribbled_header_and_slots_raise_incompatible_never_crash(ring_name: st
         """,
         timeout=300,
     )
+
+
+def _switches() -> int:
+    """Context switches of the calling thread so far (voluntary and not)."""
+    ru = resource.getrusage(resource.RUSAGE_THREAD)
+    return ru.ru_nvcsw + ru.ru_nivcsw
+
+
+def _tail_word(fd: int) -> int:
+    """Byte offset of the tail word a subscriber compares its cursor with: csrc/broadcast.c's
+    pub.tail, or the python backend's tail in the state slot its generation (word 7) picks."""
+    if fastipc.BACKEND == "native":
+        return 256
+    sel = struct.unpack("<Q", os.pread(fd, 8, 56))[0]
+    return 8 * (8 + 4 * (sel & 1))
+
+
+@pytest.mark.parametrize("how", ["recv", "recv_many", "recv_into", "recv_view"])
+def test_scribbled_tail_makes_a_waiting_receive_sleep_or_fail_never_spin(
+    ring_name: str, how: str
+) -> None:
+    """tools/scribble.py --backend python --seed 1109 (kind broadcast): the tail word
+    of the current state overwritten (0 -> 178) with the state generation unchanged.
+    The python subscriber's wake-up hint read the tail word itself and said "a message
+    is there", its take used the snapshot it had cached for that generation and said
+    "nothing": a receive went back and forth between the two at 100% CPU until its
+    deadline (for ever without one), then raised Empty."""
+    timeout = 1.0
+    with (
+        Broadcast.create(ring_name, 64, subscribers=2) as pub,
+        Broadcast.subscribe(ring_name) as sub,
+    ):
+        pub.publish(b"m" * 40)
+        assert sub.recv(timeout=0) == b"m" * 40  # the cursor at the tail, its state cached
+        fd = os.open(f"/dev/shm/fastipc.{ring_name}", os.O_RDWR)
+        try:
+            off = _tail_word(fd)
+            tail = struct.unpack("<Q", os.pread(fd, 8, off))[0]
+            os.pwrite(fd, struct.pack("<Q", tail + 178), off)
+            started, cpu, switches = time.monotonic(), time.process_time(), _switches()
+            with pytest.raises((IncompatibleSegment, Empty)):
+                if how == "recv":
+                    sub.recv(timeout=timeout)
+                elif how == "recv_many":
+                    sub.recv_many(4, timeout=timeout)
+                elif how == "recv_into":
+                    sub.recv_into(bytearray(64), timeout=timeout)
+                else:
+                    with sub.recv_view(timeout=timeout):
+                        pass
+            wall, used = time.monotonic() - started, time.process_time() - cpu
+            switched = _switches() - switches
+            assert wall < timeout + 1.0
+            # A sleeping wait uses a few ms of CPU and sleeps a few times; the spin used
+            # 0.3-1 s, or, on a busy machine (it yields the CPU between looks), less
+            # CPU and hundreds of context switches.
+            assert used < 0.1 * timeout and switched < 100, (
+                f"{how}: {used:.3f} s of CPU and {switched} context switches in {wall:.3f} s"
+            )
+        finally:
+            os.close(fd)
+    Broadcast.unlink_name(ring_name)
 
 
 def test_fastipc_ls_shows_a_broadcast_ring_with_its_subscribers_and_rm_removes_it(

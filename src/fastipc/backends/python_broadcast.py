@@ -1504,9 +1504,17 @@ class PythonSubscriber(_Handle, SubscriberBase):
         return result
 
     def _hint(self) -> bool:
-        """A lock-free peek (a hint, may be torn): has the tail moved past this cursor?"""
+        """A lock-free peek: a commit since the state this handle last read (the
+        generation moved), a tail past this cursor in that state, or a shutdown?
+
+        Compared with what ``_state`` caches, never with the slot's tail word itself:
+        a tail overwritten under an unchanged generation (a corrupted segment) made
+        this say "a message is there" while the take, which reuses the cached state,
+        found none, and a receive went from one to the other at 100% CPU until its
+        deadline (tools/scribble.py --backend python --seed 1109)."""
+        seen = self._seen
         q = self._q
-        return bool(q[_W_STATE + 4 * (q[_W_SEL] & 1)] != self._pos or q[_W_CLOSED])
+        return bool(q[_W_SEL] != seen[0] or seen[1][0] != self._pos or q[_W_CLOSED])
 
     def _wait(self, deadline: float | None, registered: list[int]) -> None:
         """Sleep until this slot's bell rings, the deadline passes (Empty) or _SLEEP_CAP.
