@@ -292,8 +292,12 @@ static int room_for(fi_ring *r, uint64_t tail, uint64_t rec)
         used = tail - r->cached_head;
         if (used > r->size)
             return -EBADMSG;
+        /* Every publish ends on a line, so the tail stands on one. Off it
+         * (corrupted), a record needs more than the slot_size() the waiting
+         * step (ready) looks for: it would see room where this says full,
+         * for ever. Checked only here, when full: never on the fast path. */
         if (r->size - used < rec)
-            return -EAGAIN;
+            return tail % 64 ? -EBADMSG : -EAGAIN;
     }
     return 0;
 }
@@ -936,9 +940,12 @@ static int closed_wait(fi_ring *r, enum fi_side side, uint64_t need, int64_t dea
 {
     if (__atomic_load_n(&r->closed, __ATOMIC_RELAXED))
         return -EBADF;
+    /* Also here, not only when asleep (as broadcast.c's side_wait): a side
+     * that looks ready but whose locked step keeps saying "not yet" (a
+     * corrupted segment) must still see its deadline. */
+    if (deadline >= 0 && mono_ns() >= deadline)
+        return -ETIMEDOUT;
     if (side == SIDE_CONS && is_closed(r->hdr)) {
-        if (deadline >= 0 && mono_ns() >= deadline)
-            return -ETIMEDOUT;
         struct timespec ts = {0, 200000};
         nanosleep(&ts, NULL);
         return 0;

@@ -253,3 +253,61 @@ def test_incompatible_segment_is_a_fastipc_error() -> None:
 
     assert issubclass(IncompatibleSegment, fastipc.FastIPCError)
     assert fastipc.errors.IncompatibleSegment is IncompatibleSegment
+
+
+# ---------------------------------------------------------------------------
+# waiting calls over a scribbled ring (tools/scribble.py)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(fastipc.BACKEND != "native", reason="csrc/ring.c's header layout")
+@pytest.mark.parametrize("how", ["send", "send_many", "reserve"])
+def test_tail_off_its_line_is_incompatible_not_a_send_that_ignores_its_timeout(
+    ring_name: str, how: str
+) -> None:
+    """Every publish ends on a 64-byte line, so the tail always stands on one. A tail
+    scribbled 8 bytes back, with the head mid-line (a batch's first record consumed)
+    and the ring full: the waiting step saw room for a 64-byte slot, the locked step
+    needed 72 bytes (the record plus the padding to the next line) and said "full";
+    the waiting step, ready at once, never looked at the clock, so a send, send_many
+    or reserve with a timeout never returned, at 100% CPU. In a child, so a hang
+    fails this test instead of stalling the run."""
+    proc = run_python(
+        f"""
+        import mmap, os, struct, time
+        from fastipc import Full, IncompatibleSegment, Ring
+        HEAD, TAIL, DSIZE = 264, 136, 32  # csrc/ring.c, struct fi_header
+        r = Ring.create({ring_name!r}, 1000)
+        fd = os.open("/dev/shm/fastipc." + {ring_name!r}, os.O_RDWR)
+        seg = mmap.mmap(fd, 0)
+        os.close(fd)
+        u64 = lambda off: struct.unpack_from("<Q", seg, off)[0]
+        r.send_many([b"a" * 48] * 2)  # two 56-byte records, then padding to the line
+        r.recv(timeout=0)  # the head: 56, mid-line
+        try:
+            while True:
+                r.send(b"b" * 56, timeout=0)  # 64-byte records until full
+        except Full:
+            pass
+        assert u64(TAIL) % 64 == 0 and u64(TAIL) - u64(HEAD) > u64(DSIZE) - 64
+        struct.pack_into("<Q", seg, TAIL, u64(TAIL) - 8)
+        started = time.monotonic()
+        try:
+            if {how!r} == "send":
+                r.send(b"c" * 56, timeout=0.5)
+            elif {how!r} == "send_many":
+                r.send_many([b"c" * 56], timeout=0.5)
+            else:
+                with r.reserve(56, timeout=0.5) as view:
+                    view[:] = b"c" * 56
+        except IncompatibleSegment as exc:
+            print("IncompatibleSegment", exc)
+        print("took", time.monotonic() - started)
+        seg.close()
+        r.close()
+        """,
+        timeout=20,
+    )
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("IncompatibleSegment"), proc.stdout
+    assert float(lines[1].split()[1]) < 0.4, proc.stdout
