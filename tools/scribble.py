@@ -74,6 +74,7 @@ SLOW_S = 0.5  # a call returning this long after its timeout is an overrun
 #: open and subscribe (no timeout) wait this long for a creator still initialising
 #: (a zeroed magic looks like one): backends/python_*.py _OPEN_WAIT, native likewise
 OPEN_WAIT_S = 1.0
+SETUP_S = 30.0  # a child's start and set-up before its first call, on a loaded machine
 SPIN_SHARE = 0.5  # of the timeout and of the wall time, in CPU: a spin
 M64 = (1 << 64) - 1
 
@@ -261,18 +262,24 @@ def run_child(seed: int, kind: str, timeout: float) -> int:
     calls: list[tuple[str, Any]] = []
     T = timeout
 
-    def fill(send: Any, recvs: list[Any]) -> None:
-        # wrap the positions, then leave the ring empty, part full or full
+    def fill(send: Any, send_many: Any, recvs: list[Any]) -> None:
+        # wrap the positions (batches too: a batch's records share its padding, so
+        # receiving them one by one leaves the head mid-line), then leave the ring
+        # empty, part full or full
         for _ in range(rng.randrange(0, 4)):
             for _ in range(rng.randrange(1, 12)):
                 with contextlib.suppress(fastipc.Full):
-                    send(payload(rng, cap), timeout=0)
+                    if rng.random() < 0.3:
+                        send_many([payload(rng, cap)] * rng.randrange(2, 5), timeout=0)
+                    else:
+                        send(payload(rng, cap), timeout=0)
             for r in recvs:
                 for _ in range(rng.randrange(0, 12)):
                     with contextlib.suppress(fastipc.Empty, fastipc.Lagged):
                         r.recv(timeout=0)
         level = rng.choice(["empty", "some", "some", "full"])
-        n = {"empty": 0, "some": rng.randrange(1, 5), "full": 10**4}[level]
+        # "full" under overwrite never is: a couple of laps of small records do
+        n = {"empty": 0, "some": rng.randrange(1, 5), "full": 2000}[level]
         for _ in range(n):
             try:
                 send(payload(rng, cap), timeout=0)
@@ -292,7 +299,7 @@ def run_child(seed: int, kind: str, timeout: float) -> int:
         prod: Any = Ring.create(name, cap)
         cons = Ring.open(name)
         handles += [prod, cons]
-        fill(prod.send, [cons])
+        fill(prod.send, prod.send_many, [cons])
         used_slots = 2
         buf = bytearray(cap)
 
@@ -320,7 +327,7 @@ def run_child(seed: int, kind: str, timeout: float) -> int:
         prod = Broadcast.create(name, cap, subscribers=nslots, policy=policy)
         subs = [Broadcast.subscribe(name) for _ in range(rng.randrange(1, min(nslots, 3) + 1))]
         handles += [prod, *subs]
-        fill(prod.publish, subs)
+        fill(prod.publish, prod.publish_many, subs)
         used_slots = len(subs)
         sub = subs[0]
         if len(subs) > 1 and rng.random() < 0.4:
@@ -427,7 +434,10 @@ def judge(c: Child, timeout: float, hang: float) -> list[str]:
             out.append(f"spin: {what} used {cpu:.3f} s CPU in {wall:.3f} s ({e['outcome']})")
     starts = [e["call"] for e in c.events if e["ev"] == "start"]
     if c.killed:
-        out.append(f"hang: {starts[-1] if starts else '?'} had not returned after {hang} s")
+        if starts:
+            out.append(f"hang: {starts[-1]} had not returned after {hang} s")
+        else:
+            out.append(f"hang: the set-up had not finished after {SETUP_S + hang} s")
     elif c.proc.returncode and c.proc.returncode < 0:
         last = starts[-1] if starts and starts[-1] not in done else "setup or exit"
         out.append(f"crash: signal {-c.proc.returncode} in {last}")
@@ -505,7 +515,8 @@ def run(args: argparse.Namespace) -> int:
                 proc = subprocess.Popen(
                     cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
                 )
-                c = Child(seed, backend, name, proc, started=time.monotonic() + 5)  # startup
+                # the set-up (start-up, the ring, its messages) is not timed as a call
+                c = Child(seed, backend, name, proc, started=time.monotonic() + SETUP_S)
                 running[proc.pid] = c
                 assert proc.stdout is not None
                 os.set_blocking(proc.stdout.fileno(), False)
