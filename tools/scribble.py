@@ -243,7 +243,7 @@ def scribble(rng: random.Random, seg: Any, lay: Layout) -> list[dict[str, Any]]:
 
 
 def payload(rng: random.Random, cap: int) -> bytes:
-    n = rng.choice([0, 1, 7, 8, 9, 40, 100, 300, cap])
+    n = rng.choice([0, 1, 7, 8, 9, 40, 48, 56, 100, 300, cap])
     return bytes(rng.randrange(0x80, 0x100) for _ in range(min(n, cap)))
 
 
