@@ -23,10 +23,10 @@ down):
    area; the values are hostile constants, the old value nudged by a few
    records or by a lap, another word's value (so positions that are
    plausible but inconsistent), or random;
-3. calls, each with a timeout of T seconds (default 0.1): recv, recv_many,
+3. calls, each with a timeout of T seconds (default 0.05): recv, recv_many,
    recv_into, recv_view, send/publish, send_many/publish_many, reserve, a
    new open (and subscribe), sometimes shutdown, then close of every handle,
-   measuring each call's wall time and CPU time (``time.process_time``).
+   measuring each call's wall time, CPU time and runnable time.
 
 The native backend's spin before sleeping is turned off
 (``FASTIPC_SPIN_US=0``), so a call that waits out its timeout should use
@@ -37,8 +37,10 @@ next to no CPU. A *finding* is:
   started (the child is killed);
 * ``overrun``: a call returned more than 0.5 s after its timeout (open and
   subscribe, which have none, wait up to 1 s for a creator still initialising);
-* ``spin``: a call burned at least half its timeout in CPU time, and at
-  least half its wall time (a waiting call busy-looping);
+* ``spin``: a call was runnable (on a CPU or queued for one:
+  /proc/thread-self/schedstat, which a busy machine does not shrink as it
+  does CPU time) for at least half its timeout and half its wall time (a
+  waiting call busy-looping);
 * ``error``: an exception other than the documented ones escaped (anything
   but fastipc's own errors -- IncompatibleSegment, Empty/Full, Closed,
   Lagged, MessageTooLarge -- and ValueError; subscribe may also raise
@@ -47,7 +49,9 @@ next to no CPU. A *finding* is:
 What a call returns is not judged: over a scribbled segment a message may
 be fabricated from the bytes there, and telling that apart from a real one
 is out of scope. Each finding is printed with the command that repeats it;
-the driver exits 1 if there is any.
+the driver exits 1 if there is any. ``--sabotage`` proves the checks can fail:
+each child also spins and raises KeyError (seed % 3 == 0), hangs (1) or dies of
+SIGSEGV (2), and each must be reported.
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ SLOW_S = 0.5  # a call returning this long after its timeout is an overrun
 #: (a zeroed magic looks like one): backends/python_*.py _OPEN_WAIT, native likewise
 OPEN_WAIT_S = 1.0
 SETUP_S = 30.0  # a child's start and set-up before its first call, on a loaded machine
-SPIN_SHARE = 0.5  # of the timeout and of the wall time, in CPU: a spin
+SPIN_SHARE = 0.5  # of the timeout and of the wall time, runnable: a spin
 M64 = (1 << 64) - 1
 
 # ---- the segment layouts (csrc/ring.c, csrc/broadcast.c, backends/python_*.py) ----
@@ -147,6 +151,18 @@ def layout(backend: str, kind: str, seg: Any, used_slots: int) -> Layout:
 # ---- the child: one seed ---------------------------------------------------------
 
 ALLOWED = ("FastIPCError", "ValueError")
+
+
+def busy_time() -> float:
+    """Seconds this thread has been runnable: on a CPU or waiting in the run queue
+    (/proc/thread-self/schedstat). Unlike CPU time it does not shrink on a busy
+    machine: a spinning call is runnable for its whole wait, a sleeping one is not."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            on_cpu, queued = f.read().split()[:2]
+        return (int(on_cpu) + int(queued)) / 1e9
+    except (OSError, ValueError):
+        return time.thread_time()
 
 
 def emit(**ev: Any) -> None:
@@ -247,7 +263,25 @@ def payload(rng: random.Random, cap: int) -> bytes:
     return bytes(rng.randrange(0x80, 0x100) for _ in range(min(n, cap)))
 
 
-def run_child(seed: int, kind: str, timeout: float) -> int:
+def sabotage(seed: int, timeout: float, hang: float) -> list[tuple[str, Any]]:
+    """Calls that misbehave on purpose (``--sabotage``: the driver must report them)."""
+
+    def spin() -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            pass
+
+    def error() -> None:
+        raise KeyError("sabotage")
+
+    if seed % 3 == 0:
+        return [("sabotage_spin", spin), ("sabotage_error", error)]
+    if seed % 3 == 1:
+        return [("sabotage_hang", lambda: time.sleep(hang + 30))]
+    return [("sabotage_crash", lambda: os.kill(os.getpid(), signal.SIGSEGV))]
+
+
+def run_child(seed: int, kind: str, timeout: float, hang: float, sabotaged: bool) -> int:
     import fastipc
     from fastipc import Broadcast, Ring
 
@@ -363,6 +397,8 @@ def run_child(seed: int, kind: str, timeout: float) -> int:
     ops = scribble(rng, seg, lay)
     emit(ev="plan", kind=kind, backend=backend, cap=cap, ops=ops, held=bool(held))
     rng.shuffle(calls)
+    if sabotaged:
+        calls[:0] = sabotage(seed, T, hang)
     if rng.random() < 0.25:
         calls.append(("shutdown", prod.shutdown))
         calls += [calls[k] for k in range(2)]  # a call or two after the shutdown
@@ -372,7 +408,7 @@ def run_child(seed: int, kind: str, timeout: float) -> int:
     calls.append(("close_new", lambda: [h.close() for h in handles]))
     for what, call in calls:
         emit(ev="start", call=what)
-        t0, c0 = time.monotonic(), time.process_time()
+        t0, c0, b0 = time.monotonic(), time.process_time(), busy_time()
         try:
             call()
             outcome, ok = "ok", True
@@ -389,6 +425,7 @@ def run_child(seed: int, kind: str, timeout: float) -> int:
             call=what,
             wall=time.monotonic() - t0,
             cpu=time.process_time() - c0,
+            busy=busy_time() - b0,
             outcome=outcome,
             ok=ok,
         )
@@ -424,14 +461,17 @@ def judge(c: Child, timeout: float, hang: float) -> list[str]:
     for e in c.events:
         if e["ev"] != "done":
             continue
-        what, wall, cpu = e["call"], e["wall"], e["cpu"]
+        what, wall, busy = e["call"], e["wall"], e["busy"]
         if not e["ok"]:
             out.append(f"error: {what} raised {e['outcome']}")
         budget = OPEN_WAIT_S if what in ("open", "subscribe") else timeout
         if wall > budget + SLOW_S:
             out.append(f"overrun: {what} took {wall:.2f} s ({e['outcome']})")
-        if cpu >= SPIN_SHARE * timeout and cpu >= SPIN_SHARE * wall:
-            out.append(f"spin: {what} used {cpu:.3f} s CPU in {wall:.3f} s ({e['outcome']})")
+        if busy >= SPIN_SHARE * timeout and busy >= SPIN_SHARE * wall:
+            out.append(
+                f"spin: {what} was runnable {busy:.3f} s (CPU {e['cpu']:.3f} s) "
+                f"in {wall:.3f} s ({e['outcome']})"
+            )
     starts = [e["call"] for e in c.events if e["ev"] == "start"]
     if c.killed:
         if starts:
@@ -458,7 +498,8 @@ def describe(c: Child) -> str:
                 )
         elif e["ev"] == "done":
             lines.append(
-                f"    {e['call']:<13} wall {e['wall']:.3f} cpu {e['cpu']:.3f}  {e['outcome'][:120]}"
+                f"    {e['call']:<13} wall {e['wall']:.3f} busy {e['busy']:.3f} "
+                f"cpu {e['cpu']:.3f}  {e['outcome'][:110]}"
             )
     return "\n".join(lines)
 
@@ -511,7 +552,8 @@ def run(args: argparse.Namespace) -> int:
                 env = dict(os.environ, FASTIPC_BACKEND=backend, FASTIPC_SPIN_US="0")
                 env["SCRIBBLE_NAME"] = name
                 cmd = [sys.executable, HERE, "--child", str(seed), "--kind", args.kind]
-                cmd += ["--timeout", str(args.timeout)]
+                cmd += ["--timeout", str(args.timeout), "--hang", str(args.hang)]
+                cmd += ["--sabotage"] if args.sabotage else []
                 proc = subprocess.Popen(
                     cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
                 )
@@ -572,10 +614,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hang", type=float, default=2.0, help="a call not back by then hangs (s)")
     p.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     p.add_argument("-v", "--verbose", action="store_true", help="describe every seed")
+    p.add_argument(
+        "--sabotage",
+        action="store_true",
+        help="self-test: each child also spins and raises KeyError, hangs, or crashes (must exit 1)",
+    )
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
-        return run_child(args.child, args.kind, args.timeout)
+        return run_child(args.child, args.kind, args.timeout, args.hang, args.sabotage)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 31)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
