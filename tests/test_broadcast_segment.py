@@ -5,7 +5,6 @@ nothing left in /dev/shm."""
 from __future__ import annotations
 
 import os
-import resource
 import stat
 import struct
 import time
@@ -157,10 +156,12 @@ def test_scribbled_header_and_slots_raise_incompatible_never_crash(ring_name: st
     )
 
 
-def _switches() -> int:
-    """Context switches of the calling thread so far (voluntary and not)."""
-    ru = resource.getrusage(resource.RUSAGE_THREAD)
-    return ru.ru_nvcsw + ru.ru_nivcsw
+def _runnable() -> float:
+    """Seconds the calling thread has been runnable (on a CPU or queued for one): a
+    busy machine shrinks a spinning thread's CPU time, not this."""
+    with open("/proc/thread-self/schedstat") as f:
+        on_cpu, queued = f.read().split()[:2]
+    return (int(on_cpu) + int(queued)) / 1e9
 
 
 def _tail_word(fd: int) -> int:
@@ -194,7 +195,7 @@ def test_scribbled_tail_makes_a_waiting_receive_sleep_or_fail_never_spin(
             off = _tail_word(fd)
             tail = struct.unpack("<Q", os.pread(fd, 8, off))[0]
             os.pwrite(fd, struct.pack("<Q", tail + 178), off)
-            started, cpu, switches = time.monotonic(), time.process_time(), _switches()
+            started, runnable = time.monotonic(), _runnable()
             with pytest.raises((IncompatibleSegment, Empty)):
                 if how == "recv":
                     sub.recv(timeout=timeout)
@@ -205,15 +206,10 @@ def test_scribbled_tail_makes_a_waiting_receive_sleep_or_fail_never_spin(
                 else:
                     with sub.recv_view(timeout=timeout):
                         pass
-            wall, used = time.monotonic() - started, time.process_time() - cpu
-            switched = _switches() - switches
+            wall, used = time.monotonic() - started, _runnable() - runnable
             assert wall < timeout + 1.0
-            # A sleeping wait uses a few ms of CPU and sleeps a few times; the spin used
-            # 0.3-1 s, or, on a busy machine (it yields the CPU between looks), less
-            # CPU and hundreds of context switches.
-            assert used < 0.1 * timeout and switched < 100, (
-                f"{how}: {used:.3f} s of CPU and {switched} context switches in {wall:.3f} s"
-            )
+            # A sleeping wait is runnable a few ms; the spin, its whole timeout.
+            assert used < 0.1 * timeout, f"{how}: runnable {used:.3f} s in {wall:.3f} s"
         finally:
             os.close(fd)
     Broadcast.unlink_name(ring_name)
