@@ -39,8 +39,8 @@ next to no CPU. A *finding* is:
   subscribe, which have none, wait up to 1 s for a creator still initialising);
 * ``spin``: a call was runnable (on a CPU or queued for one:
   /proc/thread-self/schedstat, which a busy machine does not shrink as it
-  does CPU time) for at least half its timeout and half its wall time (a
-  waiting call busy-looping);
+  does CPU time) for at least half its timeout and half its wall time, and
+  on a CPU for a tenth of that (a waiting call busy-looping);
 * ``error``: an exception other than the documented ones escaped (anything
   but fastipc's own errors -- IncompatibleSegment, Empty/Full, Closed,
   Lagged, MessageTooLarge -- and ValueError; subscribe may also raise
@@ -79,7 +79,10 @@ SLOW_S = 0.5  # a call returning this long after its timeout is an overrun
 #: (a zeroed magic looks like one): backends/python_*.py _OPEN_WAIT, native likewise
 OPEN_WAIT_S = 1.0
 SETUP_S = 30.0  # a child's start and set-up before its first call, on a loaded machine
-SPIN_SHARE = 0.5  # of the timeout and of the wall time, runnable: a spin
+SPIN_SHARE = 0.5  # of the timeout and of the wall time, runnable: a spin...
+#: ... if it also ran for this share of it: a short call that only waited in the
+#: run queue on a loaded machine (runnable 25 ms, CPU 0) is not one
+CPU_SHARE = 0.1
 M64 = (1 << 64) - 1
 
 # ---- the segment layouts (csrc/ring.c, csrc/broadcast.c, backends/python_*.py) ----
@@ -467,7 +470,11 @@ def judge(c: Child, timeout: float, hang: float) -> list[str]:
         budget = OPEN_WAIT_S if what in ("open", "subscribe") else timeout
         if wall > budget + SLOW_S:
             out.append(f"overrun: {what} took {wall:.2f} s ({e['outcome']})")
-        if busy >= SPIN_SHARE * timeout and busy >= SPIN_SHARE * wall:
+        if (
+            busy >= SPIN_SHARE * timeout
+            and busy >= SPIN_SHARE * wall
+            and e["cpu"] >= CPU_SHARE * busy
+        ):
             out.append(
                 f"spin: {what} was runnable {busy:.3f} s (CPU {e['cpu']:.3f} s) "
                 f"in {wall:.3f} s ({e['outcome']})"
