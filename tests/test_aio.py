@@ -968,6 +968,87 @@ def test_channel_receive_keeps_its_reader_between_back_to_back_waits(run: Any) -
     run(main())
 
 
+def test_channel_closed_by_a_hostile_frame_stops_being_polled_at_once(run: Any) -> None:
+    """A peer's bad header makes the sync receive close the channel (and its fd) inside
+    an aio recv whose reader registration lingers a loop turn (see Waiters.discard):
+    the registration goes at once, so a new fd given the same number in that turn is
+    armed by its own add_reader (a stale selector key made that one a no-op)."""
+
+    async def main() -> None:
+        s1, s2 = socket.socketpair()
+        ca = aio.Channel(Channel.from_socket(s1))
+        try:
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.01, s2.send, struct_frame(b"ok"))
+            assert await ca.recv(timeout=5) == b"ok"  # woken: the reader lingers
+            old = ca.sync.fileno()
+            loop.call_later(0.01, s2.send, b"\xff\xff\xff\x7f\0\0\0\0")  # 2 GiB: refused
+            with pytest.raises(Exception) as info:
+                await ca.recv(timeout=5)
+            assert not isinstance(info.value, Timeout)
+            assert ca.sync.closed
+            assert not ca._rd.registered  # at once, in this same turn
+            r, w = socket.socketpair()
+            try:
+                got: list[bytes] = []
+                fired = asyncio.Event()
+
+                def on_read() -> None:
+                    got.append(r.recv(10))
+                    fired.set()
+
+                # Often the number comes back (old == r or w): the case it guards.
+                assert old >= 0
+                loop.add_reader(r.fileno(), on_read)
+                w.send(b"ping")
+                await asyncio.wait_for(fired.wait(), 5)
+                assert got == [b"ping"]
+                loop.remove_reader(r.fileno())
+            finally:
+                r.close()
+                w.close()
+        finally:
+            ca.close()
+            s2.close()
+
+    run(main())
+
+
+def struct_frame(payload: bytes) -> bytes:
+    """A channel frame as the peer writes it: 4-byte length, 4-byte flags, payload."""
+    return len(payload).to_bytes(4, "little") + bytes(4) + payload
+
+
+def test_native_unix_send_refused_whole_leaves_no_hand_off_message_behind(run: Any) -> None:
+    """An aio send of a message the hand-off area takes (handoff_min=4096) that finds the
+    socket full: C put it in the area and its descriptor was refused. The send times
+    out; the next send (sync) must deliver its own message, not announce the first
+    one's (it did, natively, and reported its own as sent)."""
+
+    async def main() -> None:
+        a, b = Channel.pair(handoff_min=4096)
+        ca = aio.Channel(a)
+        try:
+            n = 0
+            with pytest.raises(Timeout):
+                while True:
+                    a.send(b"f" * 1000, timeout=0)
+                    n += 1
+            with pytest.raises(Timeout):
+                await ca.send(b"A" * 8192, timeout=0.2)
+            for _ in range(n):
+                assert b.recv(timeout=5) == b"f" * 1000
+            a.send(b"B" * 8192, timeout=5)
+            assert b.recv(timeout=5) == b"B" * 8192
+            with pytest.raises(Timeout):
+                b.recv(timeout=0.2)  # and nothing else
+        finally:
+            ca.close()
+            b.close()
+
+    run(main())
+
+
 def test_channel_small_tcp_sends_go_from_the_loop_without_a_thread(run: Any) -> None:
     """A tcp frame of up to LOOP_SEND_MAX is written from the loop thread: no sender
     thread starts (its two wake-ups cost ~60 µs of a round trip), even when the socket

@@ -444,7 +444,9 @@ def dup_bell(handle: Any, bell: int, what: str) -> int:
             fd = os.open(
                 f"/proc/self/fd/{bell}", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
             )
-        except FileNotFoundError:  # no /proc here (or the number is free: see below)
+        except (FileNotFoundError, PermissionError):
+            # No /proc here, or the FIFO's mode no longer lets this process open
+            # it (or the number is free, or another file's: see below).
             fd = os.dup(bell)
     except OSError:
         if handle.closed:
@@ -562,7 +564,9 @@ class ChannelBase:
         turn stays taken (other threads' sends wait for it, as for a send in
         progress) until :meth:`_send_more` returns True or :meth:`_send_drop`
         gives up. The caller must then call one of them (an exception from
-        either gives the turn back). The frame goes inline (no hand-off area).
+        either gives the turn back). The python backend sends the frame
+        inline; the native one as its send does (through the hand-off area
+        for a long enough message, when the channel has one).
         """
         turn = self._tx_turn
         try:

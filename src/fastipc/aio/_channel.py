@@ -106,7 +106,7 @@ class Channel(LoopBound):
         self._ch = channel
         fd = channel.fileno()
         super().__init__()  # close() from any thread: see LoopBound
-        self._rd = Waiters(fd, False, False)
+        self._rd = Waiters(fd, False, False, linger=True)
         self._wr = Waiters(fd, True, False)
         #: The last send's turn (the next send waits for it).
         self._last: _Turn | None = None
@@ -203,16 +203,20 @@ class Channel(LoopBound):
         """``attempt()`` (a timeout=0 receive) until it returns, waiting for the socket
         in between."""
         deadline = deadline_of(timeout)
-        while True:
-            try:
-                return attempt()
-            except Timeout:
-                pass
-            self._check_open()
-            if deadline is not None and monotonic() >= deadline:
-                raise timed_out(f"channel {self.name}", False)
-            self._bind()
-            await sleep_on(self._rd, deadline)
+        try:
+            while True:
+                try:
+                    return attempt()
+                except Timeout:
+                    pass
+                self._check_open()
+                if deadline is not None and monotonic() >= deadline:
+                    raise timed_out(f"channel {self.name}", False)
+                self._bind()
+                await sleep_on(self._rd, deadline)
+        except BaseException:
+            self._sync_failed()
+            raise
 
     async def recv(self, timeout: float | None = None) -> bytes:
         """Return the next message (fds that came with it are closed).
@@ -223,15 +227,26 @@ class Channel(LoopBound):
         """
         deadline = deadline_of(timeout)  # checked even when a message is there
         now = self._ch._recv_now  # None for a miss: no Timeout raised and caught
-        msg = now()
-        while msg is None:
-            self._check_open()
-            if deadline is not None and monotonic() >= deadline:
-                raise timed_out(f"channel {self.name}", False)
-            self._bind()
-            await sleep_on(self._rd, deadline)
+        try:
             msg = now()
+            while msg is None:
+                self._check_open()
+                if deadline is not None and monotonic() >= deadline:
+                    raise timed_out(f"channel {self.name}", False)
+                self._bind()
+                await sleep_on(self._rd, deadline)
+                msg = now()
+        except BaseException:
+            self._sync_failed()
+            raise
         return msg
+
+    def _sync_failed(self) -> None:
+        """After a receive raised: if the sync channel closed itself (a broken stream,
+        a hostile peer), stop polling its socket now, not at the loop's next turn
+        (see Waiters.discard): its fd number may be given to another file meanwhile."""
+        if self._ch.closed and self._rd.registered:
+            self._rd.close()
 
     async def recv_many(self, max_count: int, timeout: float | None = None) -> list[bytes]:
         """Return 1 to ``max_count`` messages: waits for the first, takes what else arrived."""

@@ -142,11 +142,14 @@ class Waiters:
     collected, and the loop must never keep polling a closed fd number.
     """
 
-    def __init__(self, fd: int, write: bool, drain_it: bool, lazy: bool = False) -> None:
+    def __init__(
+        self, fd: int, write: bool, drain_it: bool, lazy: bool = False, linger: bool = False
+    ) -> None:
         self.fd = fd
         self.write = write
         self.drain_it = drain_it
         self.lazy = lazy
+        self.linger = linger
         self.loop: asyncio.AbstractEventLoop | None = None
         self.futs: set[asyncio.Future[bool]] = set()
         self.registered = False
@@ -159,6 +162,7 @@ class Waiters:
                 raise RuntimeError("a fastipc handle is awaited from two event loops at once")
             self._unregister()
             self.loop = loop
+            self.parting = False  # a _part left queued on a loop closed since runs no more
         fut: asyncio.Future[bool] = loop.create_future()
         if not self.registered:
             if self.write:
@@ -171,18 +175,22 @@ class Waiters:
 
     def discard(self, fut: asyncio.Future[bool]) -> None:
         self.futs.discard(fut)
-        if not self.futs and not self.lazy and self.registered and not self.parting:
+        if self.futs or self.lazy:
+            return
+        if self.linger and self.registered:
             # Not now but at the loop's next turn, if no wait came meanwhile: a
             # receive that returns and awaits again (a ping-pong, `async for`)
             # keeps its registration, saving the selector two epoll_ctl calls
-            # and ~10 µs of Python a wait. One turn is as long as a waiter's
-            # own wake-up kept it registered before.
+            # and ~10 µs of Python a wait. The owner unregisters at once (close)
+            # if its socket closes meanwhile (see aio.Channel._sync_failed).
+            if self.parting:
+                return
             loop = self.loop
             if loop is not None and not loop.is_closed():
                 self.parting = True
                 loop.call_soon(self._part)
-            else:
-                self._unregister()
+                return
+        self._unregister()
 
     def _part(self) -> None:
         self.parting = False

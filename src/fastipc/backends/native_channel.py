@@ -282,7 +282,11 @@ class NativeChannel(ChannelBase):
             return True
         if rc == _EAGAIN:
             if not lib_fast.fi_chan_tx_partial(self._hf):
-                self._tx_buf = None  # nothing of it went
+                # Nothing of it went. A message C already put in the hand-off
+                # area (its descriptor refused) must not stay pending, or the
+                # next send would announce it instead of its own.
+                self._tx_buf = None
+                lib.fi_chan_tx_reset(self._h)
             return False
         self._tx_buf = None
         self._abandon_send()
